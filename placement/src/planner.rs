@@ -1,0 +1,595 @@
+//! The planner: from policies, the current placement and node health, the steps that make every group
+//! compliant, in an order that is safe to execute one step at a time.
+//!
+//! A pure, deterministic function: the same input gives the same plan, in the same order, on any machine.
+//! It never looks outside a group's jurisdiction for capacity. When the jurisdiction has too few healthy
+//! sites, the group is reported under-replicated and left that way: unavailability or reduced redundancy is
+//! preferable to a breach.
+//!
+//! Per group, steps come in this order, which is what makes a migration out of legacy sites safe:
+//!
+//! 1. new inside replicas are added as learners (they catch up without voting),
+//! 2. then promoted to voters,
+//! 3. leadership moves to the preferred inside voter,
+//! 4. outside (legacy) members are removed — voters only once existing inside voters form a quorum —,
+//!    then dead voters that have been replaced, then surplus members,
+//! 5. and each removed member's replica is purged.
+//!
+//! Every membership step is checked by [`Fence::admit`] against the membership the steps before it produce,
+//! and every leader by [`Fence::admit_leader`] (the pair assertion: the plan is checked when it is made and
+//! again by the Raft layer when each step is applied). A step the fence refuses is never emitted; a
+//! removal it refuses is reported as a blocked migration.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::fence::Fence;
+use crate::membership::Membership;
+use crate::policy::{GroupId, GroupPolicy};
+use crate::site::NodeId;
+use crate::state::{GroupState, Health, Placement};
+use crate::topology::Topology;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Step {
+    /// Bootstrap a group that does not exist yet with these voters.
+    CreateGroup {
+        group: GroupId,
+        voters: BTreeSet<NodeId>,
+    },
+    AddLearner {
+        group: GroupId,
+        node: NodeId,
+    },
+    PromoteVoter {
+        group: GroupId,
+        node: NodeId,
+    },
+    TransferLeader {
+        group: GroupId,
+        to: NodeId,
+    },
+    RemoveMember {
+        group: GroupId,
+        node: NodeId,
+    },
+    /// Delete the removed member's copy of the group's data from its disk.
+    PurgeReplica {
+        group: GroupId,
+        node: NodeId,
+    },
+}
+
+impl Step {
+    pub fn group(&self) -> &GroupId {
+        match self {
+            Step::CreateGroup { group, .. }
+            | Step::AddLearner { group, .. }
+            | Step::PromoteVoter { group, .. }
+            | Step::TransferLeader { group, .. }
+            | Step::RemoveMember { group, .. }
+            | Step::PurgeReplica { group, .. } => group,
+        }
+    }
+
+    /// The membership this step leads to from `current`; `None` for steps that leave it unchanged.
+    pub fn next_membership(&self, current: &Membership) -> Option<Membership> {
+        let mut next = current.clone();
+        match self {
+            Step::CreateGroup { voters, .. } => next = Membership::new(voters.iter().copied(), []),
+            Step::AddLearner { node, .. } => {
+                next.learners.insert(*node);
+            }
+            Step::PromoteVoter { node, .. } => {
+                next.learners.remove(node);
+                next.voters.insert(*node);
+            }
+            Step::RemoveMember { node, .. } => {
+                next.voters.remove(node);
+                next.learners.remove(node);
+            }
+            Step::TransferLeader { .. } | Step::PurgeReplica { .. } => return None,
+        }
+        Some(next)
+    }
+
+    /// Applies the step to a placement, as an executor that succeeded would.
+    pub fn apply(&self, placement: &mut Placement) {
+        let state = placement.entry(self.group().clone()).or_default();
+        if let Some(next) = self.next_membership(&state.membership) {
+            state.membership = next;
+        }
+        match self {
+            Step::TransferLeader { to, .. } => state.leader = Some(*to),
+            Step::RemoveMember { node, .. } if state.leader == Some(*node) => state.leader = None,
+            _ => {}
+        }
+    }
+}
+
+/// Why a group can't be made compliant now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+pub enum Problem {
+    /// Fewer healthy voters than a quorum: no membership change can commit until nodes return.
+    QuorumLost { voters: usize, healthy: usize },
+    /// Not enough healthy nodes inside the jurisdiction for the voters the policy asks for.
+    UnderReplicated {
+        voters_wanted: usize,
+        voters_possible: usize,
+    },
+    /// The voters found don't span the failure domains the policy asks for.
+    FailureDomainsShort {
+        sites_wanted: usize,
+        sites: usize,
+        regions_wanted: usize,
+        regions: usize,
+    },
+    /// Not enough healthy nodes inside the jurisdiction for the learners the policy asks for.
+    LearnersShort {
+        learners_wanted: usize,
+        learners_possible: usize,
+    },
+    /// Legacy voters outside the jurisdiction can't be removed yet: too few inside voters to form a quorum.
+    MigrationBlocked { outside_voters: Vec<NodeId> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GroupReport {
+    pub group: GroupId,
+    pub jurisdiction: String,
+    pub steps: usize,
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    pub groups: Vec<GroupReport>,
+}
+
+impl Plan {
+    /// True when every group can be made compliant by these steps.
+    pub fn is_feasible(&self) -> bool {
+        self.groups.iter().all(|report| report.problems.is_empty())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("the current placement has group `{0}`, which has no policy")]
+    UnknownGroup(GroupId),
+    #[error("group `{group}`: node {node} in the current placement is not in the topology")]
+    UnknownNode { group: GroupId, node: NodeId },
+    #[error("group `{group}`: node {node} is both voter and learner in the current placement")]
+    VoterAndLearner { group: GroupId, node: NodeId },
+    #[error("group `{group}` has learners but no voter in the current placement")]
+    NoVoters { group: GroupId },
+    #[error("group `{group}`: current leader {node} is not a voter")]
+    LeaderNotVoter { group: GroupId, node: NodeId },
+}
+
+/// Plans every group with a policy, in group-name order.
+pub fn plan(
+    topology: &Topology,
+    policies: &BTreeMap<GroupId, GroupPolicy>,
+    current: &Placement,
+    health: &Health,
+) -> Result<Plan, PlanError> {
+    validate_current(topology, policies, current)?;
+    let mut cluster = ClusterLoad::new(current);
+    let mut plan = Plan {
+        steps: Vec::new(),
+        groups: Vec::new(),
+    };
+    let empty = GroupState::default();
+    for (group, policy) in policies {
+        assert_eq!(group, &policy.group, "policies are keyed by their own group");
+        let state = current.get(group).unwrap_or(&empty);
+        let planner = GroupPlanner {
+            topology,
+            policy,
+            state,
+            health,
+        };
+        let (steps, problems) = planner.plan(&mut cluster);
+        plan.groups.push(GroupReport {
+            group: group.clone(),
+            jurisdiction: policy.jurisdiction.name().to_string(),
+            steps: steps.len(),
+            problems,
+        });
+        plan.steps.extend(steps);
+    }
+    Ok(plan)
+}
+
+fn validate_current(
+    topology: &Topology,
+    policies: &BTreeMap<GroupId, GroupPolicy>,
+    current: &Placement,
+) -> Result<(), PlanError> {
+    for (group, state) in current {
+        if !policies.contains_key(group) {
+            return Err(PlanError::UnknownGroup(group.clone()));
+        }
+        let group = group.clone();
+        let membership = &state.membership;
+        if let Some(node) = membership
+            .members()
+            .find(|&node| topology.site_of(node).is_none())
+        {
+            return Err(PlanError::UnknownNode { group, node });
+        }
+        if let Some(&node) = membership.voters.intersection(&membership.learners).next() {
+            return Err(PlanError::VoterAndLearner { group, node });
+        }
+        if membership.voters.is_empty() && !membership.learners.is_empty() {
+            return Err(PlanError::NoVoters { group });
+        }
+        if let Some(node) = state.leader.filter(|leader| !membership.voters.contains(leader)) {
+            return Err(PlanError::LeaderNotVoter { group, node });
+        }
+    }
+    Ok(())
+}
+
+/// What the groups planned so far put on each node: replicas (to spread data) and leaderships (to spread
+/// leader load). Updated as each group is planned, so later groups see earlier decisions.
+struct ClusterLoad {
+    replicas: BTreeMap<NodeId, usize>,
+    leaders: BTreeMap<NodeId, usize>,
+}
+
+impl ClusterLoad {
+    fn new(current: &Placement) -> ClusterLoad {
+        let mut replicas = BTreeMap::new();
+        for state in current.values() {
+            for node in state.membership.members() {
+                *replicas.entry(node).or_insert(0) += 1;
+            }
+        }
+        ClusterLoad {
+            replicas,
+            leaders: BTreeMap::new(),
+        }
+    }
+
+    fn replicas(&self, node: NodeId) -> usize {
+        self.replicas.get(&node).copied().unwrap_or(0)
+    }
+
+    fn leaders(&self, node: NodeId) -> usize {
+        self.leaders.get(&node).copied().unwrap_or(0)
+    }
+
+    fn moved(&mut self, before: &Membership, after: &Membership) {
+        for node in before.members().filter(|&node| !after.contains(node)) {
+            let count = self.replicas.entry(node).or_insert(0);
+            *count = count.saturating_sub(1);
+        }
+        for node in after.members().filter(|&node| !before.contains(node)) {
+            *self.replicas.entry(node).or_insert(0) += 1;
+        }
+    }
+}
+
+struct GroupPlanner<'a> {
+    topology: &'a Topology,
+    policy: &'a GroupPolicy,
+    state: &'a GroupState,
+    health: &'a Health,
+}
+
+/// The membership being built step by step, each step through the fence.
+struct Steps<'a> {
+    topology: &'a Topology,
+    policy: &'a GroupPolicy,
+    membership: Membership,
+    steps: Vec<Step>,
+}
+
+impl Steps<'_> {
+    /// Emits `step` if the fence admits the membership it leads to; returns whether it did.
+    fn push(&mut self, step: Step) -> bool {
+        let next = step
+            .next_membership(&self.membership)
+            .expect("only membership steps are pushed here");
+        match Fence::admit(self.topology, self.policy, &self.membership, &next) {
+            Ok(fenced) => {
+                self.membership = fenced.into_membership();
+                self.steps.push(step);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl GroupPlanner<'_> {
+    fn inside(&self, node: NodeId) -> bool {
+        self.topology.is_inside(node, &self.policy.jurisdiction)
+    }
+
+    fn up(&self, node: NodeId) -> bool {
+        self.health.is_up(node)
+    }
+
+    fn plan(&self, cluster: &mut ClusterLoad) -> (Vec<Step>, Vec<Problem>) {
+        let current = &self.state.membership;
+        let group = &self.policy.group;
+        let mut problems = Vec::new();
+
+        let voters = current.voters.len();
+        let healthy = current.voters.iter().filter(|&&node| self.up(node)).count();
+        if voters > 0 && healthy < GroupPolicy::quorum(voters) {
+            // No change could commit; planning one would only mislead the operator.
+            return (Vec::new(), vec![Problem::QuorumLost { voters, healthy }]);
+        }
+
+        let target_voters = self.choose_voters(cluster);
+        let target_learners = self.choose_learners(&target_voters, cluster);
+        self.report_shortfalls(&target_voters, &target_learners, &mut problems);
+        if target_voters.is_empty() {
+            return (Vec::new(), problems);
+        }
+
+        let mut steps = Steps {
+            topology: self.topology,
+            policy: self.policy,
+            membership: current.clone(),
+            steps: Vec::new(),
+        };
+
+        // 1 and 2: add, then promote.
+        if current.is_empty() {
+            let created = steps.push(Step::CreateGroup {
+                group: group.clone(),
+                voters: target_voters.clone(),
+            });
+            assert!(
+                created,
+                "the fence refused a group made only of healthy inside voters"
+            );
+        } else {
+            let joining: Vec<NodeId> = target_voters
+                .iter()
+                .copied()
+                .filter(|node| !current.voters.contains(node))
+                .collect();
+            for &node in joining.iter().filter(|node| !current.learners.contains(node)) {
+                let added = steps.push(Step::AddLearner {
+                    group: group.clone(),
+                    node,
+                });
+                assert!(added, "the fence refused adding inside node {node} as a learner");
+            }
+            for &node in &joining {
+                let promoted = steps.push(Step::PromoteVoter {
+                    group: group.clone(),
+                    node,
+                });
+                assert!(promoted, "the fence refused promoting inside learner {node}");
+            }
+        }
+        let new_learners: Vec<NodeId> = target_learners
+            .iter()
+            .copied()
+            .filter(|&node| !steps.membership.contains(node))
+            .collect();
+        for node in new_learners {
+            let added = steps.push(Step::AddLearner {
+                group: group.clone(),
+                node,
+            });
+            assert!(added, "the fence refused adding inside node {node} as a learner");
+        }
+
+        // 3: leadership to the preferred inside voter, before any removal can take the current leader away.
+        if let Some(leader) = self.choose_leader(&target_voters, cluster)
+            && self.state.leader != Some(leader)
+        {
+            let fenced = Fence::admit(self.topology, self.policy, &steps.membership, &steps.membership)
+                .expect("the membership built by admitted steps is admitted");
+            Fence::admit_leader(self.topology, self.policy, &fenced, leader)
+                .expect("the planner picks leaders among healthy inside voters only");
+            steps.steps.push(Step::TransferLeader {
+                group: group.clone(),
+                to: leader,
+            });
+        }
+
+        // 4 and 5: removals, legacy first, each followed by its purge.
+        let mut blocked = Vec::new();
+        for node in self.removal_order(&steps.membership, &target_voters, &target_learners) {
+            if steps.push(Step::RemoveMember {
+                group: group.clone(),
+                node,
+            }) {
+                steps.steps.push(Step::PurgeReplica {
+                    group: group.clone(),
+                    node,
+                });
+            } else if !self.inside(node) {
+                blocked.push(node);
+            }
+        }
+        if !blocked.is_empty() {
+            problems.push(Problem::MigrationBlocked {
+                outside_voters: blocked,
+            });
+        }
+
+        cluster.moved(current, &steps.membership);
+        (steps.steps, problems)
+    }
+
+    /// Picks up to `policy.voters` healthy inside nodes, greedily. Keys, most important first: helps reach
+    /// the policy's region minimum, then its site minimum; is already a voter, then a learner (keeping them
+    /// avoids moving data); adds a new site, then a new region (spread beyond the minimum when it is free);
+    /// leader preference; fewest replicas on the node; lowest id.
+    fn choose_voters(&self, cluster: &ClusterLoad) -> BTreeSet<NodeId> {
+        let current = &self.state.membership;
+        let domains = &self.policy.failure_domains;
+        let mut chosen = BTreeSet::new();
+        let mut sites = BTreeSet::new();
+        let mut regions = BTreeSet::new();
+        while chosen.len() < self.policy.voters {
+            let best = self
+                .topology
+                .nodes()
+                .filter(|&node| self.inside(node) && self.up(node) && !chosen.contains(&node))
+                .max_by_key(|&node| {
+                    let site = self.topology.site_of(node).expect("topology nodes have sites");
+                    let new_site = !sites.contains(&site.name);
+                    let new_region = !regions.contains(site.failure_region());
+                    (
+                        new_region && regions.len() < domains.distinct_regions_min,
+                        new_site && sites.len() < domains.distinct_sites_min,
+                        current.voters.contains(&node),
+                        current.learners.contains(&node),
+                        new_site,
+                        new_region,
+                        Reverse(self.policy.leader_rank(self.topology, node)),
+                        Reverse(cluster.replicas(node)),
+                        Reverse(node),
+                    )
+                });
+            let Some(node) = best else { break };
+            let site = self.topology.site_of(node).expect("topology nodes have sites");
+            sites.insert(site.name.clone());
+            regions.insert(site.failure_region().to_string());
+            chosen.insert(node);
+        }
+        chosen
+    }
+
+    /// Picks up to `policy.learners` healthy inside nodes that are not voters: current learners first, then
+    /// nodes at sites the voters don't cover, then the least loaded.
+    fn choose_learners(&self, voters: &BTreeSet<NodeId>, cluster: &ClusterLoad) -> BTreeSet<NodeId> {
+        let voter_sites: BTreeSet<_> = voters
+            .iter()
+            .filter_map(|&node| self.topology.site_of(node))
+            .map(|site| &site.name)
+            .collect();
+        let mut candidates: Vec<NodeId> = self
+            .topology
+            .nodes()
+            .filter(|&node| self.inside(node) && self.up(node) && !voters.contains(&node))
+            .collect();
+        candidates.sort_by_key(|&node| {
+            let site = &self
+                .topology
+                .site_of(node)
+                .expect("topology nodes have sites")
+                .name;
+            (
+                Reverse(self.state.membership.learners.contains(&node)),
+                Reverse(!voter_sites.contains(site)),
+                cluster.replicas(node),
+                node,
+            )
+        });
+        candidates.into_iter().take(self.policy.learners).collect()
+    }
+
+    /// The most preferred voter; among equals the current leader if it leads no more groups than the others,
+    /// else the one leading the fewest groups so far (balance), then the lowest id.
+    fn choose_leader(&self, voters: &BTreeSet<NodeId>, cluster: &mut ClusterLoad) -> Option<NodeId> {
+        let rank = |node: NodeId| self.policy.leader_rank(self.topology, node);
+        let best_rank = voters.iter().map(|&node| rank(node)).min()?;
+        let candidates: Vec<NodeId> = voters
+            .iter()
+            .copied()
+            .filter(|&node| rank(node) == best_rank)
+            .collect();
+        let fewest = candidates.iter().map(|&node| cluster.leaders(node)).min()?;
+        let keep = self
+            .state
+            .leader
+            .filter(|leader| candidates.contains(leader) && cluster.leaders(*leader) <= fewest);
+        let leader = keep.or_else(|| {
+            candidates
+                .iter()
+                .copied()
+                .min_by_key(|&node| (cluster.leaders(node), node))
+        })?;
+        *cluster.leaders.entry(leader).or_insert(0) += 1;
+        Some(leader)
+    }
+
+    /// Members to remove, in a safe order: outside voters, outside learners, dead voters that have been
+    /// replaced (a dead voter that can't be replaced is kept, so it rejoins when it returns), surplus
+    /// voters, surplus learners.
+    fn removal_order(
+        &self,
+        membership: &Membership,
+        target_voters: &BTreeSet<NodeId>,
+        target_learners: &BTreeSet<NodeId>,
+    ) -> Vec<NodeId> {
+        let fully_replaced = target_voters.len() >= self.policy.voters;
+        let outside_voters = membership.voters.iter().filter(|&&node| !self.inside(node));
+        let outside_learners = membership.learners.iter().filter(|&&node| !self.inside(node));
+        let dead_voters = membership
+            .voters
+            .iter()
+            .filter(|&&node| self.inside(node) && !self.up(node) && fully_replaced);
+        let surplus_voters = membership
+            .voters
+            .iter()
+            .filter(|&&node| self.inside(node) && self.up(node) && !target_voters.contains(&node));
+        let surplus_learners = membership.learners.iter().filter(|&&node| {
+            self.inside(node) && !target_learners.contains(&node) && !target_voters.contains(&node)
+        });
+        outside_voters
+            .chain(outside_learners)
+            .chain(dead_voters)
+            .chain(surplus_voters)
+            .chain(surplus_learners)
+            .copied()
+            .collect()
+    }
+
+    fn report_shortfalls(
+        &self,
+        voters: &BTreeSet<NodeId>,
+        learners: &BTreeSet<NodeId>,
+        problems: &mut Vec<Problem>,
+    ) {
+        let policy = self.policy;
+        if voters.len() < policy.voters {
+            problems.push(Problem::UnderReplicated {
+                voters_wanted: policy.voters,
+                voters_possible: voters.len(),
+            });
+        }
+        let sites: BTreeSet<_> = voters
+            .iter()
+            .filter_map(|&node| self.topology.site_of(node))
+            .map(|site| &site.name)
+            .collect();
+        let regions: BTreeSet<_> = voters
+            .iter()
+            .filter_map(|&node| self.topology.site_of(node))
+            .map(|site| site.failure_region())
+            .collect();
+        let domains = &policy.failure_domains;
+        if sites.len() < domains.distinct_sites_min || regions.len() < domains.distinct_regions_min {
+            problems.push(Problem::FailureDomainsShort {
+                sites_wanted: domains.distinct_sites_min,
+                sites: sites.len(),
+                regions_wanted: domains.distinct_regions_min,
+                regions: regions.len(),
+            });
+        }
+        if learners.len() < policy.learners {
+            problems.push(Problem::LearnersShort {
+                learners_wanted: policy.learners,
+                learners_possible: learners.len(),
+            });
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! The topology file (TOML): jurisdictions, sites and group policies, and optionally a group's current
+//! membership; and the current-placement file the planner reads (memberships, leaders, nodes down).
+//!
+//! Parsing is pure (text in, model out). Every error carries the line and column of the value at fault so the
+//! CLI can print `file:line:column: message`: a residency configuration is exactly the kind of file where a
+//! vague error gets "fixed" by guessing.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::country::Country;
+use crate::jurisdiction::Jurisdictions;
+use crate::membership::Membership;
+use crate::policy::{FailureDomains, GroupId, GroupPolicy, LeaderPreference};
+use crate::site::{NodeId, Site, SiteName};
+use crate::state::{GroupState, Health, Placement};
+use crate::topology::{Topology, TopologyError};
+
+/// A configuration error at a place in the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{line}:{column}: {message}")]
+pub struct ConfigError {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn at(text: &str, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before
+            .rfind('\n')
+            .map_or(before.len(), |newline| before.len() - newline - 1)
+            + 1;
+        ConfigError {
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+
+    fn from_toml(text: &str, error: toml::de::Error) -> ConfigError {
+        let span = error.span().unwrap_or(0..0);
+        ConfigError::at(text, span, error.message().to_string())
+    }
+}
+
+/// A parsed topology file.
+#[derive(Debug, Clone)]
+pub struct TopologyFile {
+    pub topology: Topology,
+    pub policies: BTreeMap<GroupId, GroupPolicy>,
+    /// Memberships declared in the file (`[group.current]`), e.g. a legacy group's members outside.
+    pub current: Placement,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTopology {
+    #[serde(default)]
+    jurisdiction: Vec<RawJurisdiction>,
+    #[serde(default)]
+    site: Vec<RawSite>,
+    #[serde(default)]
+    group: Vec<RawGroup>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJurisdiction {
+    name: Spanned<String>,
+    expr: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSite {
+    name: Spanned<String>,
+    country: Spanned<String>,
+    region: Option<String>,
+    zone: Option<String>,
+    nodes: Vec<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    name: Spanned<String>,
+    jurisdiction: Spanned<String>,
+    voters: Spanned<usize>,
+    #[serde(default)]
+    learners: usize,
+    distinct_sites: Option<Spanned<usize>>,
+    distinct_regions: Option<Spanned<usize>>,
+    #[serde(default)]
+    leader_preference: Vec<Spanned<String>>,
+    current: Option<RawMembership>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMembership {
+    voters: Vec<Spanned<u64>>,
+    #[serde(default)]
+    learners: Vec<Spanned<u64>>,
+    leader: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCurrent {
+    #[serde(default)]
+    group: Vec<RawCurrentGroup>,
+    #[serde(default)]
+    health: RawHealth,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCurrentGroup {
+    name: Spanned<String>,
+    voters: Vec<Spanned<u64>>,
+    #[serde(default)]
+    learners: Vec<Spanned<u64>>,
+    leader: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    #[serde(default)]
+    down_nodes: Vec<Spanned<u64>>,
+    #[serde(default)]
+    down_sites: Vec<Spanned<String>>,
+}
+
+impl TopologyFile {
+    pub fn parse(text: &str) -> Result<TopologyFile, ConfigError> {
+        let raw: RawTopology = toml::from_str(text).map_err(|error| ConfigError::from_toml(text, error))?;
+        let error = |span: Range<usize>, message: String| ConfigError::at(text, span, message);
+
+        let mut jurisdictions = Jurisdictions::default();
+        for definition in &raw.jurisdiction {
+            jurisdictions
+                .define(definition.name.get_ref(), definition.expr.get_ref())
+                .map_err(|reason| error(definition.expr.span(), format!("jurisdiction: {reason}")))?;
+        }
+
+        let mut topology = Topology::new(jurisdictions);
+        for site in &raw.site {
+            let country = Country::parse(site.country.get_ref()).map_err(|reason| {
+                error(
+                    site.country.span(),
+                    format!("site `{}`: {reason}", site.name.get_ref()),
+                )
+            })?;
+            let parsed = Site {
+                name: SiteName(site.name.get_ref().clone()),
+                country,
+                region: site.region.clone(),
+                zone: site.zone.clone(),
+                nodes: site.nodes.iter().map(|node| NodeId(*node.get_ref())).collect(),
+            };
+            topology.add_site(parsed).map_err(|reason| {
+                let span = match &reason {
+                    TopologyError::DuplicateSite(_) => site.name.span(),
+                    TopologyError::DuplicateNode { node, .. } => site
+                        .nodes
+                        .iter()
+                        .rev()
+                        .find(|raw| *raw.get_ref() == node.0)
+                        .map_or(site.name.span(), |raw| raw.span()),
+                };
+                error(span, reason.to_string())
+            })?;
+        }
+
+        let mut policies = BTreeMap::new();
+        let mut current = Placement::new();
+        for group in &raw.group {
+            let policy = parse_policy(text, &topology, group)?;
+            if policies.contains_key(&policy.group) {
+                return Err(error(
+                    group.name.span(),
+                    format!("group `{}` is defined twice", policy.group),
+                ));
+            }
+            if let Some(membership) = &group.current {
+                let state = parse_membership(
+                    text,
+                    &topology,
+                    &policy.group,
+                    &membership.voters,
+                    &membership.learners,
+                    &membership.leader,
+                )?;
+                current.insert(policy.group.clone(), state);
+            }
+            policies.insert(policy.group.clone(), policy);
+        }
+        Ok(TopologyFile {
+            topology,
+            policies,
+            current,
+        })
+    }
+
+    /// Parses a current-placement file against this topology: memberships replace those declared in the
+    /// topology file, group by group; `[health]` lists nodes and sites that are down.
+    pub fn parse_current(&self, text: &str) -> Result<(Placement, Health), ConfigError> {
+        let raw: RawCurrent = toml::from_str(text).map_err(|error| ConfigError::from_toml(text, error))?;
+        let mut placement = self.current.clone();
+        for group in &raw.group {
+            let id = GroupId(group.name.get_ref().clone());
+            if !self.policies.contains_key(&id) {
+                return Err(ConfigError::at(
+                    text,
+                    group.name.span(),
+                    format!("group `{id}` has no policy in the topology"),
+                ));
+            }
+            let state = parse_membership(
+                text,
+                &self.topology,
+                &id,
+                &group.voters,
+                &group.learners,
+                &group.leader,
+            )?;
+            placement.insert(id, state);
+        }
+        let mut health = Health::all_up();
+        for node in &raw.health.down_nodes {
+            let id = known_node(text, &self.topology, node)?;
+            health.node_down(id);
+        }
+        for site in &raw.health.down_sites {
+            let name = SiteName(site.get_ref().clone());
+            if self.topology.site(&name).is_none() {
+                return Err(ConfigError::at(
+                    text,
+                    site.span(),
+                    format!("unknown site `{name}`"),
+                ));
+            }
+            health.site_down(&self.topology, &name);
+        }
+        Ok((placement, health))
+    }
+}
+
+fn parse_policy(text: &str, topology: &Topology, group: &RawGroup) -> Result<GroupPolicy, ConfigError> {
+    let id = GroupId(group.name.get_ref().clone());
+    let jurisdiction = topology
+        .jurisdictions()
+        .resolve(group.jurisdiction.get_ref())
+        .map_err(|reason| {
+            ConfigError::at(text, group.jurisdiction.span(), format!("group `{id}`: {reason}"))
+        })?;
+    let voters = *group.voters.get_ref();
+    let mut leader_preference = Vec::new();
+    for entry in &group.leader_preference {
+        let name = SiteName(entry.get_ref().clone());
+        let preference = if topology.site(&name).is_some() {
+            LeaderPreference::Site(name)
+        } else if let Ok(country) = Country::parse(entry.get_ref()) {
+            LeaderPreference::Country(country)
+        } else {
+            let message =
+                format!("group `{id}`: leader preference `{name}` is neither a site nor a country code");
+            return Err(ConfigError::at(text, entry.span(), message));
+        };
+        leader_preference.push(preference);
+    }
+    let policy = GroupPolicy {
+        group: id,
+        jurisdiction,
+        voters,
+        learners: group.learners,
+        failure_domains: FailureDomains {
+            distinct_sites_min: group
+                .distinct_sites
+                .as_ref()
+                .map_or(voters, |sites| *sites.get_ref()),
+            distinct_regions_min: group
+                .distinct_regions
+                .as_ref()
+                .map_or(0, |regions| *regions.get_ref()),
+        },
+        leader_preference,
+    };
+    policy.validate(topology).map_err(|reason| {
+        use crate::policy::PolicyError::*;
+        let span = match &reason {
+            NoVoters { .. } | MoreVotersThanSites { .. } => group.voters.span(),
+            DomainsExceedVoters { kind: "sites", .. } => group
+                .distinct_sites
+                .as_ref()
+                .map_or(group.voters.span(), |s| s.span()),
+            DomainsExceedVoters { .. } => group
+                .distinct_regions
+                .as_ref()
+                .map_or(group.voters.span(), |s| s.span()),
+            PreferredSiteOutside { .. } | PreferredCountryOutside { .. } => group
+                .leader_preference
+                .first()
+                .map_or(group.name.span(), |entry| entry.span()),
+        };
+        let span = preference_span(group, &reason).unwrap_or(span);
+        ConfigError::at(text, span, format!("configuration error: {reason}"))
+    })?;
+    Ok(policy)
+}
+
+/// The exact entry a leader-preference error is about, when there is one.
+fn preference_span(group: &RawGroup, reason: &crate::policy::PolicyError) -> Option<Range<usize>> {
+    use crate::policy::PolicyError::*;
+    let wanted = match reason {
+        PreferredSiteOutside { site, .. } => site.0.clone(),
+        PreferredCountryOutside { country, .. } => country.to_string(),
+        _ => return None,
+    };
+    group
+        .leader_preference
+        .iter()
+        .find(|entry| *entry.get_ref() == wanted)
+        .map(|entry| entry.span())
+}
+
+fn known_node(text: &str, topology: &Topology, node: &Spanned<u64>) -> Result<NodeId, ConfigError> {
+    let id = NodeId(*node.get_ref());
+    match topology.site_of(id) {
+        Some(_) => Ok(id),
+        None => Err(ConfigError::at(
+            text,
+            node.span(),
+            format!("node {id} is not at any site of the topology"),
+        )),
+    }
+}
+
+fn parse_membership(
+    text: &str,
+    topology: &Topology,
+    group: &GroupId,
+    voters: &[Spanned<u64>],
+    learners: &[Spanned<u64>],
+    leader: &Option<Spanned<u64>>,
+) -> Result<GroupState, ConfigError> {
+    let mut membership = Membership::default();
+    for node in voters {
+        let id = known_node(text, topology, node)?;
+        if !membership.voters.insert(id) {
+            return Err(ConfigError::at(
+                text,
+                node.span(),
+                format!("group `{group}`: voter {id} is listed twice"),
+            ));
+        }
+    }
+    for node in learners {
+        let id = known_node(text, topology, node)?;
+        if membership.contains(id) {
+            return Err(ConfigError::at(
+                text,
+                node.span(),
+                format!("group `{group}`: learner {id} is listed twice or is also a voter"),
+            ));
+        }
+        membership.learners.insert(id);
+    }
+    if membership.voters.is_empty() {
+        let span = voters
+            .first()
+            .or(learners.first())
+            .map_or(0..0, |node| node.span());
+        return Err(ConfigError::at(
+            text,
+            span,
+            format!("group `{group}`: a current membership needs at least one voter"),
+        ));
+    }
+    let leader = match leader {
+        Some(node) => {
+            let id = known_node(text, topology, node)?;
+            if !membership.voters.contains(&id) {
+                return Err(ConfigError::at(
+                    text,
+                    node.span(),
+                    format!("group `{group}`: leader {id} is not one of its voters"),
+                ));
+            }
+            Some(id)
+        }
+        None => None,
+    };
+    Ok(GroupState { membership, leader })
+}
