@@ -188,6 +188,7 @@ pub fn render_step(topology: &Topology, step: &Step) -> String {
         }
         Step::AddLearner { node: n, .. } => format!("add learner {}", node(n)),
         Step::PromoteVoter { node: n, .. } => format!("promote {} to voter", node(n)),
+        Step::DemoteVoter { node: n, .. } => format!("demote {} to learner", node(n)),
         Step::TransferLeader { to, .. } => format!("transfer leadership to {}", node(to)),
         Step::RemoveMember { node: n, .. } => format!("remove member {}", node(n)),
         Step::PurgeReplica { node: n, .. } => format!("purge replica on {}", node(n)),

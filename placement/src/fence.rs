@@ -286,3 +286,232 @@ fn refusal(
         reason,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{file, members, policy};
+
+    fn reason(result: Result<FencedMembership, Refusal>) -> RefusalReason {
+        result.expect_err("the fence should have refused").reason
+    }
+
+    #[test]
+    fn a_member_outside_the_jurisdiction_is_never_added_and_the_refusal_names_everything() {
+        let file = file();
+        let eea = policy(&file, "eea");
+        let current = members(&[1, 3, 5], &[]);
+        let refusal = Fence::admit(&file.topology, &eea, &current, &members(&[1, 3, 5], &[9])).unwrap_err();
+        assert_eq!(refusal.reason, RefusalReason::OutsideJurisdiction);
+        assert_eq!(refusal.group, GroupId("eea".into()));
+        assert_eq!(refusal.node, Some(NodeId(9)));
+        assert_eq!(refusal.site, Some(SiteName("ashburn".into())));
+        assert_eq!(
+            refusal.country.map(|country| country.to_string()),
+            Some("US".into())
+        );
+        assert_eq!(refusal.jurisdiction, "EEA");
+        let text = refusal.to_string();
+        for part in ["eea", "n9", "ashburn", "US", "EEA"] {
+            assert!(text.contains(part), "refusal message `{text}` should name {part}");
+        }
+        // As a voter too, and into an empty group.
+        assert_eq!(
+            reason(Fence::admit(
+                &file.topology,
+                &eea,
+                &current,
+                &members(&[1, 3, 9], &[])
+            )),
+            RefusalReason::OutsideJurisdiction
+        );
+        assert_eq!(
+            reason(Fence::admit(
+                &file.topology,
+                &eea,
+                &Membership::default(),
+                &members(&[9], &[])
+            )),
+            RefusalReason::OutsideJurisdiction
+        );
+    }
+
+    #[test]
+    fn hamar_may_hold_eea_data_but_not_eu_data() {
+        let file = file();
+        let current = members(&[1, 3, 7], &[]);
+        let with_hamar = members(&[1, 3, 7], &[5]);
+        assert!(Fence::admit(&file.topology, &policy(&file, "eea"), &current, &with_hamar).is_ok());
+        let refusal = Fence::admit(&file.topology, &policy(&file, "eu"), &current, &with_hamar).unwrap_err();
+        assert_eq!(refusal.reason, RefusalReason::OutsideJurisdiction);
+        assert_eq!(refusal.site, Some(SiteName("hamar".into())));
+        assert_eq!(refusal.jurisdiction, "EU");
+    }
+
+    #[test]
+    fn a_leader_is_an_inside_voter() {
+        let file = file();
+        let eea = policy(&file, "eea");
+        let legacy = members(&[9, 10, 11, 1, 3], &[5]);
+        let fenced =
+            Fence::admit(&file.topology, &eea, &legacy, &legacy).expect("legacy members may stay in place");
+        assert_eq!(
+            Fence::admit_leader(&file.topology, &eea, &fenced, NodeId(1))
+                .unwrap()
+                .node(),
+            NodeId(1)
+        );
+        let outside = Fence::admit_leader(&file.topology, &eea, &fenced, NodeId(9)).unwrap_err();
+        assert_eq!(outside.reason, RefusalReason::LeaderOutsideJurisdiction);
+        assert_eq!(outside.site, Some(SiteName("ashburn".into())));
+        let learner = Fence::admit_leader(&file.topology, &eea, &fenced, NodeId(5)).unwrap_err();
+        assert_eq!(learner.reason, RefusalReason::LeaderNotVoter);
+        let unknown = Fence::admit_leader(&file.topology, &eea, &fenced, NodeId(99)).unwrap_err();
+        assert_eq!(unknown.reason, RefusalReason::UnknownNode);
+        // Norway leads an EEA group, never an EU one.
+        let eu = policy(&file, "eu");
+        let eu_members = Fence::admit(
+            &file.topology,
+            &eu,
+            &members(&[1, 3, 7], &[]),
+            &members(&[1, 3, 7], &[]),
+        )
+        .unwrap();
+        assert!(Fence::admit_leader(&file.topology, &eu, &eu_members, NodeId(5)).is_err());
+    }
+
+    #[test]
+    fn a_migrating_group_only_moves_towards_its_jurisdiction() {
+        let file = file();
+        let eea = policy(&file, "eea");
+        let topology = &file.topology;
+        let admit =
+            |current: &[u64], current_learners: &[u64], proposed: &[u64], proposed_learners: &[u64]| {
+                Fence::admit(
+                    topology,
+                    &eea,
+                    &members(current, current_learners),
+                    &members(proposed, proposed_learners),
+                )
+            };
+        assert!(
+            admit(&[9, 10, 11], &[], &[9, 10, 11], &[]).is_ok(),
+            "legacy members may stay until removed"
+        );
+
+        // Adding inside learners, then promoting them, moves inwards.
+        assert!(admit(&[9, 10, 11], &[], &[9, 10, 11], &[1, 3, 5]).is_ok());
+        assert!(admit(&[9, 10, 11], &[1, 3, 5], &[9, 10, 11, 1, 3, 5], &[]).is_ok());
+
+        // Never another outside member, never a vote for a legacy learner.
+        assert_eq!(
+            reason(admit(&[9, 10], &[], &[9, 10], &[11])),
+            RefusalReason::OutsideJurisdiction
+        );
+        assert_eq!(
+            reason(admit(&[9, 10], &[11], &[9, 10, 11], &[])),
+            RefusalReason::LegacyPromotion
+        );
+
+        // An outside voter leaves (removed or demoted) only when inside voters that were already voters form
+        // a quorum of the new configuration; voters promoted in the same change don't count.
+        assert_eq!(
+            reason(admit(&[9, 10, 11], &[], &[10, 11], &[9])),
+            RefusalReason::LegacyRemovalBeforeInsideQuorum
+        );
+        assert_eq!(
+            reason(admit(&[9, 10, 11, 1], &[3, 5], &[10, 11, 1, 3, 5], &[])),
+            RefusalReason::LegacyRemovalBeforeInsideQuorum
+        );
+        assert!(admit(&[9, 10, 11, 1, 3, 5], &[], &[10, 11, 1, 3, 5], &[]).is_ok());
+        assert!(admit(&[10, 11, 1, 3, 5], &[], &[11, 1, 3, 5], &[]).is_ok());
+        assert!(admit(&[11, 1, 3, 5], &[], &[1, 3, 5], &[]).is_ok());
+
+        // While outside voters remain, inside voters may not leave: that would hand quorum weight outside.
+        assert_eq!(
+            reason(admit(&[9, 10, 11, 1, 3, 5], &[], &[9, 10, 11, 1, 3], &[])),
+            RefusalReason::InsideVoterRemovedWhileMigrating
+        );
+        assert_eq!(
+            reason(admit(&[9, 1, 3, 5], &[], &[9, 1, 3], &[5])),
+            RefusalReason::InsideVoterRemovedWhileMigrating
+        );
+        // Outside learners carry no vote: inside voters may change around them, and they may be removed.
+        assert!(admit(&[1, 3, 5, 7], &[9], &[1, 3, 5], &[9]).is_ok());
+        assert!(admit(&[1, 3, 5], &[9], &[1, 3, 5], &[]).is_ok());
+        assert!(
+            admit(&[1, 3, 5], &[], &[1, 3], &[]).is_ok(),
+            "an inside voter may leave once no outside voter remains"
+        );
+    }
+
+    #[test]
+    fn malformed_memberships_are_refused() {
+        let file = file();
+        let eea = policy(&file, "eea");
+        let topology = &file.topology;
+        let current = members(&[1, 3, 5], &[]);
+        let no_voters = Fence::admit(topology, &eea, &current, &members(&[], &[1])).unwrap_err();
+        assert_eq!(
+            (no_voters.reason, no_voters.node),
+            (RefusalReason::NoVoters, None)
+        );
+        assert_eq!(
+            reason(Fence::admit(topology, &eea, &current, &members(&[1, 3, 5], &[5]))),
+            RefusalReason::VoterAndLearner
+        );
+        let unknown = Fence::admit(topology, &eea, &current, &members(&[1, 3, 5, 42], &[])).unwrap_err();
+        assert_eq!(
+            (unknown.reason, unknown.node, unknown.site.clone()),
+            (RefusalReason::UnknownNode, Some(NodeId(42)), None)
+        );
+    }
+
+    #[test]
+    fn data_goes_only_to_inside_nodes_or_legacy_members() {
+        let file = file();
+        let eea = policy(&file, "eea");
+        let topology = &file.topology;
+        let migrating = Fence::admit(
+            topology,
+            &eea,
+            &members(&[9, 1, 3], &[]),
+            &members(&[9, 1, 3], &[]),
+        )
+        .unwrap();
+        assert!(
+            Fence::admit_egress(topology, &eea, &migrating, NodeId(5)).is_ok(),
+            "inside, even if not a member yet"
+        );
+        assert!(
+            Fence::admit_egress(topology, &eea, &migrating, NodeId(9)).is_ok(),
+            "a legacy member until removed"
+        );
+        let refusal = Fence::admit_egress(topology, &eea, &migrating, NodeId(10)).unwrap_err();
+        assert_eq!(refusal.reason, RefusalReason::EgressOutsideJurisdiction);
+        assert_eq!(refusal.site, Some(SiteName("ashburn".into())));
+        assert!(
+            Fence::admit_egress(topology, &eea, &migrating, NodeId(77)).is_err(),
+            "unknown nodes get nothing"
+        );
+    }
+
+    #[test]
+    fn a_refusal_serialises_with_the_fields_operators_grep_for() {
+        let file = file();
+        let refusal = Fence::admit(
+            &file.topology,
+            &policy(&file, "eu"),
+            &members(&[1, 3, 7], &[]),
+            &members(&[1, 3, 7], &[5]),
+        )
+        .unwrap_err();
+        let json = serde_json::to_value(&refusal).unwrap();
+        assert_eq!(json["group"], "eu");
+        assert_eq!(json["node"], 5);
+        assert_eq!(json["site"], "hamar");
+        assert_eq!(json["country"], "NO");
+        assert_eq!(json["jurisdiction"], "EU");
+        assert_eq!(json["reason"], "outside_jurisdiction");
+    }
+}

@@ -12,6 +12,8 @@
 
 pub mod country;
 pub mod fence;
+#[cfg(test)]
+mod fixtures;
 pub mod jurisdiction;
 pub mod membership;
 pub mod planner;

@@ -12,7 +12,8 @@
 //! 2. then promoted to voters,
 //! 3. leadership moves to the preferred inside voter,
 //! 4. outside (legacy) members are removed — voters only once existing inside voters form a quorum —,
-//!    then dead voters that have been replaced, then surplus members,
+//!    then dead voters that have been replaced, then surplus members (a surplus voter chosen as a learner
+//!    is demoted instead, keeping its data),
 //! 5. and each removed member's replica is purged.
 //!
 //! Every membership step is checked by [`Fence::admit`] against the membership the steps before it produce,
@@ -26,6 +27,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use crate::fence::Fence;
+#[cfg(test)]
+use crate::jurisdiction::Jurisdiction;
 use crate::membership::Membership;
 use crate::policy::{GroupId, GroupPolicy};
 use crate::site::NodeId;
@@ -45,6 +48,11 @@ pub enum Step {
         node: NodeId,
     },
     PromoteVoter {
+        group: GroupId,
+        node: NodeId,
+    },
+    /// Turn a voter into a learner: it keeps its data and keeps receiving the log, but stops voting.
+    DemoteVoter {
         group: GroupId,
         node: NodeId,
     },
@@ -69,6 +77,7 @@ impl Step {
             Step::CreateGroup { group, .. }
             | Step::AddLearner { group, .. }
             | Step::PromoteVoter { group, .. }
+            | Step::DemoteVoter { group, .. }
             | Step::TransferLeader { group, .. }
             | Step::RemoveMember { group, .. }
             | Step::PurgeReplica { group, .. } => group,
@@ -87,6 +96,10 @@ impl Step {
                 next.learners.remove(node);
                 next.voters.insert(*node);
             }
+            Step::DemoteVoter { node, .. } => {
+                next.voters.remove(node);
+                next.learners.insert(*node);
+            }
             Step::RemoveMember { node, .. } => {
                 next.voters.remove(node);
                 next.learners.remove(node);
@@ -104,7 +117,11 @@ impl Step {
         }
         match self {
             Step::TransferLeader { to, .. } => state.leader = Some(*to),
-            Step::RemoveMember { node, .. } if state.leader == Some(*node) => state.leader = None,
+            Step::RemoveMember { node, .. } | Step::DemoteVoter { node, .. }
+                if state.leader == Some(*node) =>
+            {
+                state.leader = None
+            }
             _ => {}
         }
     }
@@ -405,7 +422,13 @@ impl GroupPlanner<'_> {
         // 4 and 5: removals, legacy first, each followed by its purge.
         let mut blocked = Vec::new();
         for node in self.removal_order(&steps.membership, &target_voters, &target_learners) {
-            if steps.push(Step::RemoveMember {
+            if target_learners.contains(&node) {
+                // A surplus voter chosen as a learner keeps its data: demote it rather than remove and re-add.
+                steps.push(Step::DemoteVoter {
+                    group: group.clone(),
+                    node,
+                });
+            } else if steps.push(Step::RemoveMember {
                 group: group.clone(),
                 node,
             }) {
@@ -591,5 +614,287 @@ impl GroupPlanner<'_> {
                 learners_possible: learners.len(),
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{file, members};
+    use crate::{SiteName, TopologyFile};
+
+    fn group(name: &str) -> GroupId {
+        GroupId(name.into())
+    }
+
+    fn state(voters: &[u64], learners: &[u64], leader: Option<u64>) -> GroupState {
+        GroupState {
+            membership: members(voters, learners),
+            leader: leader.map(NodeId),
+        }
+    }
+
+    /// Executes the plan step by step, asking the fence about every step as the Raft layer will.
+    fn execute(file: &TopologyFile, mut placement: Placement, plan: &Plan) -> Placement {
+        for step in &plan.steps {
+            let policy = &file.policies[step.group()];
+            let before = placement.get(step.group()).cloned().unwrap_or_default();
+            if let Some(next) = step.next_membership(&before.membership) {
+                Fence::admit(&file.topology, policy, &before.membership, &next)
+                    .unwrap_or_else(|refusal| panic!("planned step {step:?} refused: {refusal}"));
+            }
+            step.apply(&mut placement);
+            if let Step::TransferLeader { to, .. } = step {
+                let state = &placement[step.group()];
+                let fenced =
+                    Fence::admit(&file.topology, policy, &state.membership, &state.membership).unwrap();
+                Fence::admit_leader(&file.topology, policy, &fenced, *to).unwrap();
+            }
+        }
+        placement
+    }
+
+    fn only(file: &TopologyFile, name: &str) -> BTreeMap<GroupId, GroupPolicy> {
+        BTreeMap::from([(group(name), file.policies[&group(name)].clone())])
+    }
+
+    #[test]
+    fn a_legacy_group_migrates_in_a_safe_order_and_ends_inside() {
+        let file = file();
+        let policies = only(&file, "eea");
+        let current = Placement::from([(group("eea"), state(&[9, 10, 11], &[], Some(9)))]);
+        let plan = plan(&file.topology, &policies, &current, &Health::all_up()).unwrap();
+        assert!(plan.is_feasible(), "{plan:?}");
+
+        let position = |wanted: fn(&Step) -> bool| plan.steps.iter().position(wanted);
+        let last_add = plan
+            .steps
+            .iter()
+            .rposition(|step| matches!(step, Step::AddLearner { .. }))
+            .unwrap();
+        let first_promote = position(|step| matches!(step, Step::PromoteVoter { .. })).unwrap();
+        let last_promote = plan
+            .steps
+            .iter()
+            .rposition(|step| matches!(step, Step::PromoteVoter { .. }))
+            .unwrap();
+        let transfer = position(|step| matches!(step, Step::TransferLeader { .. })).unwrap();
+        let first_remove = position(|step| matches!(step, Step::RemoveMember { .. })).unwrap();
+        assert!(
+            last_add < first_promote && last_promote < transfer && transfer < first_remove,
+            "{:#?}",
+            plan.steps
+        );
+        for (index, step) in plan.steps.iter().enumerate() {
+            if let Step::RemoveMember { node, .. } = step {
+                assert!(
+                    matches!(&plan.steps[index + 1], Step::PurgeReplica { node: purged, .. } if purged == node)
+                );
+            }
+        }
+
+        let after = execute(&file, current, &plan);
+        let placed = &after[&group("eea")];
+        assert!(
+            placed
+                .membership
+                .members()
+                .all(|node| file.topology.is_inside(node, &Jurisdiction::eea()))
+        );
+        assert_eq!(placed.membership.voters.len(), 3);
+        let leader_site = file.topology.site_of(placed.leader.unwrap()).unwrap();
+        assert_eq!(
+            leader_site.name,
+            SiteName("hamar".into()),
+            "the leader preference is honoured"
+        );
+        let again = super::plan(&file.topology, &policies, &after, &Health::all_up()).unwrap();
+        assert!(
+            again.steps.is_empty(),
+            "a compliant placement needs no step: {:?}",
+            again.steps
+        );
+    }
+
+    #[test]
+    fn a_lost_site_is_replaced_inside_the_jurisdiction_only() {
+        let file = file();
+        let policies = only(&file, "eu");
+        let current = Placement::from([(group("eu"), state(&[1, 3, 7], &[], Some(1)))]);
+        let mut health = Health::all_up();
+        health.site_down(&file.topology, &SiteName("dublin-a".into()));
+        let plan = super::plan(&file.topology, &policies, &current, &health).unwrap();
+        // EU has Dublin A (down), Dublin B and Frankfurt here: Hamar and Ashburn are never candidates, so the
+        // group can only keep its count by doubling up in Dublin B, and says its failure domains are short.
+        for step in &plan.steps {
+            if let Step::AddLearner { node, .. } | Step::PromoteVoter { node, .. } = step {
+                assert!(
+                    file.topology.is_inside(*node, &Jurisdiction::eu()),
+                    "{step:?} goes outside the EU"
+                );
+            }
+        }
+        assert_eq!(
+            plan.groups[0].problems,
+            vec![Problem::FailureDomainsShort {
+                sites_wanted: 3,
+                sites: 2,
+                regions_wanted: 0,
+                regions: 2
+            }]
+        );
+        let after = execute(&file, current, &plan);
+        assert_eq!(after[&group("eu")].membership, members(&[3, 4, 7], &[]));
+        assert_ne!(
+            after[&group("eu")].leader,
+            Some(NodeId(1)),
+            "leadership leaves the dead site"
+        );
+    }
+
+    #[test]
+    fn too_few_healthy_nodes_inside_means_under_replicated_never_outside() {
+        let file = file();
+        let policies = only(&file, "eu");
+        let current = Placement::from([(group("eu"), state(&[1, 3, 7], &[], Some(1)))]);
+        let mut health = Health::all_up();
+        for site in ["dublin-b", "frankfurt"] {
+            health.site_down(&file.topology, &SiteName(site.into()));
+        }
+        // Two of three voters down: no quorum, so no change can be planned at all.
+        let plan = plan(&file.topology, &policies, &current, &health).unwrap();
+        assert!(plan.steps.is_empty());
+        assert_eq!(
+            plan.groups[0].problems,
+            vec![Problem::QuorumLost {
+                voters: 3,
+                healthy: 1
+            }]
+        );
+
+        // One voter down and no inside node to replace it: under-replicated, dead voter kept for its return.
+        let mut health = Health::all_up();
+        for node in [2, 3, 4] {
+            health.node_down(NodeId(node));
+        }
+        let current = Placement::from([(group("eu"), state(&[1, 3, 7], &[], Some(1)))]);
+        let plan = super::plan(&file.topology, &policies, &current, &health).unwrap();
+        assert!(!plan.is_feasible());
+        let after = execute(&file, current, &plan);
+        let placed = &after[&group("eu")];
+        assert!(
+            placed.membership.voters.contains(&NodeId(3)),
+            "an irreplaceable dead voter is kept"
+        );
+        assert!(
+            placed
+                .membership
+                .members()
+                .all(|node| file.topology.is_inside(node, &Jurisdiction::eu()))
+        );
+    }
+
+    #[test]
+    fn a_migration_stops_before_removing_legacy_voters_without_an_inside_quorum() {
+        let file = file();
+        let policies = only(&file, "eea");
+        let current = Placement::from([(group("eea"), state(&[9, 10, 11], &[], Some(9)))]);
+        let mut health = Health::all_up();
+        for site in ["dublin-a", "dublin-b", "frankfurt"] {
+            health.site_down(&file.topology, &SiteName(site.into()));
+        }
+        let plan = plan(&file.topology, &policies, &current, &health).unwrap();
+        // Only Hamar's two nodes are up inside: they join and vote, but 2 of 4 voters would be no quorum, so
+        // no legacy voter leaves. Leadership still moves inside.
+        assert!(
+            plan.groups[0]
+                .problems
+                .iter()
+                .any(|problem| matches!(problem, Problem::MigrationBlocked { .. }))
+        );
+        let after = execute(&file, current, &plan);
+        let voters = &after[&group("eea")].membership.voters;
+        assert!(voters.contains(&NodeId(5)) && voters.contains(&NodeId(6)));
+        assert_eq!(
+            voters
+                .iter()
+                .filter(|node| !file.topology.is_inside(**node, &Jurisdiction::eea()))
+                .count(),
+            3,
+            "{voters:?}"
+        );
+        assert_eq!(after[&group("eea")].leader, Some(NodeId(5)));
+    }
+
+    #[test]
+    fn new_groups_are_created_and_leaders_spread_over_preferred_voters() {
+        let text = format!(
+            "{}{}",
+            crate::fixtures::TOPOLOGY,
+            "
+[[group]]
+name = \"eu-2\"
+jurisdiction = \"EU\"
+voters = 3
+leader_preference = [\"IE\"]
+
+[[group]]
+name = \"eu-3\"
+jurisdiction = \"EU\"
+voters = 3
+leader_preference = [\"IE\"]
+"
+        );
+        let file = TopologyFile::parse(&text).unwrap();
+        let plan = plan(
+            &file.topology,
+            &file.policies,
+            &Placement::new(),
+            &Health::all_up(),
+        )
+        .unwrap();
+        assert!(plan.is_feasible());
+        let after = execute(&file, Placement::new(), &plan);
+        let leaders: Vec<NodeId> = ["eu-2", "eu-3"]
+            .iter()
+            .map(|name| after[&group(name)].leader.unwrap())
+            .collect();
+        for leader in &leaders {
+            assert_eq!(file.topology.country_of(*leader).unwrap().as_str(), "IE");
+        }
+        assert_ne!(
+            leaders[0], leaders[1],
+            "equally preferred leaders are spread across nodes"
+        );
+        assert_eq!(
+            plan,
+            super::plan(
+                &file.topology,
+                &file.policies,
+                &Placement::new(),
+                &Health::all_up()
+            )
+            .unwrap()
+        );
+    }
+
+    #[test]
+    fn inconsistent_current_placements_are_errors() {
+        let file = file();
+        let bad = Placement::from([(group("nope"), state(&[1], &[], None))]);
+        assert_eq!(
+            plan(&file.topology, &file.policies, &bad, &Health::all_up()),
+            Err(PlanError::UnknownGroup(group("nope")))
+        );
+        let bad = Placement::from([(group("eu"), state(&[1, 99], &[], None))]);
+        assert!(matches!(
+            plan(&file.topology, &file.policies, &bad, &Health::all_up()),
+            Err(PlanError::UnknownNode { .. })
+        ));
+        let bad = Placement::from([(group("eu"), state(&[1, 3], &[], Some(7)))]);
+        assert!(matches!(
+            plan(&file.topology, &file.policies, &bad, &Health::all_up()),
+            Err(PlanError::LeaderNotVoter { .. })
+        ));
     }
 }

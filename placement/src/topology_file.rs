@@ -400,3 +400,138 @@ fn parse_membership(
     };
     Ok(GroupState { membership, leader })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SITES: &str = r#"[[site]]
+name = "dublin-a"
+country = "IE"
+nodes = [1]
+
+[[site]]
+name = "hamar"
+country = "NO"
+nodes = [2]
+"#;
+
+    /// Parses `SITES` followed by `extra` and returns the error, whose line must be `line`.
+    fn error_at(extra: &str, line: usize) -> String {
+        let text = format!("{SITES}{extra}");
+        let error = TopologyFile::parse(&text).expect_err("the file should be refused");
+        assert_eq!(error.line, line, "wrong line for: {error}");
+        error.message
+    }
+
+    #[test]
+    fn the_example_topology_parses_with_a_legacy_group() {
+        let file = TopologyFile::parse(include_str!("../../deploy/topology.example.toml")).unwrap();
+        assert_eq!(file.topology.sites().count(), 6);
+        assert_eq!(file.policies.len(), 4);
+        let legacy = &file.current[&GroupId("users-legacy".into())];
+        assert!(
+            legacy
+                .membership
+                .voters
+                .iter()
+                .all(|&node| file.topology.country_of(node).unwrap().as_str() == "US")
+        );
+        assert!(
+            file.topology
+                .jurisdictions()
+                .get("EEA_GB_CH")
+                .unwrap()
+                .contains(Country::parse("CH").unwrap())
+        );
+    }
+
+    #[test]
+    fn bad_input_is_named_with_its_line() {
+        let message = error_at("[[site]]\nname = \"london\"\ncountry = \"UK\"\nnodes = [3]\n", 12);
+        assert!(message.contains("`UK`") && message.contains("GB"), "{message}");
+        assert!(
+            error_at("[[site]]\nname = \"hamar\"\ncountry = \"NO\"\nnodes = [3]\n", 11).contains("twice")
+        );
+        assert!(
+            error_at(
+                "[[site]]\nname = \"oslo\"\ncountry = \"NO\"\nnodes = [3, 1]\n",
+                13
+            )
+            .contains("node n1")
+        );
+        let message = error_at(
+            "[[group]]\nname = \"g\"\njurisdiction = \"EEA\"\nvoters = 3\n",
+            13,
+        );
+        assert!(
+            message.contains("3 voters") && message.contains("2 site"),
+            "{message}"
+        );
+        let message = error_at("[[jurisdiction]]\nname = \"X\"\nexpr = \"EEA + MARS\"\n", 12);
+        assert!(message.contains("MARS"), "{message}");
+        let message = error_at(
+            "[[group]]\nname = \"g\"\njurisdiction = \"EU\"\nvoters = 1\nleader_preference = [\"IE\", \"hamar\"]\n",
+            14,
+        );
+        assert!(
+            message.contains("configuration error")
+                && message.contains("hamar")
+                && message.contains("outside"),
+            "{message}"
+        );
+        let message = error_at(
+            "[[group]]\nname = \"g\"\njurisdiction = \"EU\"\nvoters = 1\nleader_preference = [\"NO\"]\n",
+            14,
+        );
+        assert!(message.contains("NO") && message.contains("outside"), "{message}");
+        let message = error_at(
+            "[[group]]\nname = \"g\"\njurisdiction = \"EU + ATLANTIS\"\nvoters = 1\n",
+            12,
+        );
+        assert!(message.contains("ATLANTIS"), "{message}");
+        assert!(
+            error_at(
+                "[[group]]\nname = \"g\"\njurisdiction = \"EEA\"\nvoters = 1\nvoterz = 2\n",
+                14
+            )
+            .contains("voterz")
+        );
+        assert!(error_at("[[group]]\nname = \"g\"\njurisdiction = \"EEA\"\nvoters = 1\n[[group]]\nname = \"g\"\njurisdiction = \"EEA\"\nvoters = 1\n", 15).contains("twice"));
+        let message = error_at(
+            "[[group]]\nname = \"g\"\njurisdiction = \"EEA\"\nvoters = 1\n[group.current]\nvoters = [1, 7]\n",
+            15,
+        );
+        assert!(message.contains("n7"), "{message}");
+        assert!(
+            !error_at("[[site]\n", 10).is_empty(),
+            "TOML syntax errors carry their line too"
+        );
+    }
+
+    #[test]
+    fn the_current_file_overrides_memberships_and_marks_nodes_down() {
+        let file = TopologyFile::parse(include_str!("../../deploy/topology.example.toml")).unwrap();
+        let text = "[[group]]\nname = \"users-eu\"\nvoters = [1, 3, 7]\nleader = 3\n\n[health]\ndown_sites = [\"dublin-a\"]\ndown_nodes = [7]\n";
+        let (placement, health) = file.parse_current(text).unwrap();
+        assert_eq!(placement[&GroupId("users-eu".into())].leader, Some(NodeId(3)));
+        assert!(
+            placement.contains_key(&GroupId("users-legacy".into())),
+            "topology memberships stay unless overridden"
+        );
+        assert!(
+            !health.is_up(NodeId(1))
+                && !health.is_up(NodeId(2))
+                && !health.is_up(NodeId(7))
+                && health.is_up(NodeId(3))
+        );
+        let error = file
+            .parse_current("[[group]]\nname = \"users-eu\"\nvoters = [1]\nleader = 3\n")
+            .unwrap_err();
+        assert_eq!(error.line, 4);
+        let error = file
+            .parse_current("[health]\ndown_sites = [\"atlantis\"]\n")
+            .unwrap_err();
+        assert_eq!(error.line, 2);
+    }
+}

@@ -1,0 +1,286 @@
+//! Property tests for the planner and the fence, over random topologies, policies, legacy placements and
+//! sequences of node and site failures and recoveries:
+//!
+//! (a) every step the planner emits is admitted by the fence, applied in order;
+//! (b) no plan ever adds a member outside its group's jurisdiction, nor picks a leader outside it;
+//! (c) the planner is deterministic;
+//! (d) once everything has recovered, when the jurisdiction has enough nodes and sites, one round of steps
+//!     reaches a compliant placement that needs no further step.
+
+use std::collections::BTreeMap;
+
+use placement::{
+    Country, FailureDomains, Fence, GroupId, GroupPolicy, GroupState, Health, Jurisdictions,
+    LeaderPreference, Membership, NodeId, Placement, Plan, Site, SiteName, Step, Topology,
+};
+use proptest::prelude::*;
+
+const COUNTRIES: [&str; 7] = ["IE", "NO", "DE", "FR", "US", "GB", "IS"];
+const JURISDICTIONS: [&str; 4] = ["EU", "EEA", "EEA + GB", "EU - DE"];
+
+#[derive(Debug, Clone)]
+struct World {
+    topology: Topology,
+    policies: BTreeMap<GroupId, GroupPolicy>,
+    current: Placement,
+    events: Vec<Event>,
+}
+
+#[derive(Debug, Clone)]
+enum Event {
+    NodeDown(usize),
+    NodeUp(usize),
+    SiteDown(usize),
+    SiteUp(usize),
+}
+
+#[derive(Debug, Clone)]
+struct RawSite {
+    country: usize,
+    region: usize,
+    nodes: usize,
+}
+
+#[derive(Debug, Clone)]
+struct RawGroup {
+    jurisdiction: usize,
+    voters: usize,
+    learners: usize,
+    distinct_sites: usize,
+    distinct_regions: usize,
+    prefer_site: Option<usize>,
+    existing: Option<(Vec<usize>, Vec<usize>, usize)>,
+}
+
+fn raw_group() -> impl Strategy<Value = RawGroup> {
+    (
+        0..JURISDICTIONS.len(),
+        1..=5usize,
+        0..=2usize,
+        0..=5usize,
+        0..=2usize,
+        proptest::option::of(0..8usize),
+        proptest::option::weighted(
+            0.6,
+            (
+                proptest::collection::vec(0..40usize, 1..6),
+                proptest::collection::vec(0..40usize, 0..3),
+                0..5usize,
+            ),
+        ),
+    )
+        .prop_map(
+            |(jurisdiction, voters, learners, distinct_sites, distinct_regions, prefer_site, existing)| {
+                RawGroup {
+                    jurisdiction,
+                    voters,
+                    learners,
+                    distinct_sites,
+                    distinct_regions,
+                    prefer_site,
+                    existing,
+                }
+            },
+        )
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        (0..40usize).prop_map(Event::NodeDown),
+        (0..40usize).prop_map(Event::NodeUp),
+        (0..8usize).prop_map(Event::SiteDown),
+        (0..8usize).prop_map(Event::SiteUp),
+    ]
+}
+
+fn world() -> impl Strategy<Value = World> {
+    let site = (0..COUNTRIES.len(), 0..3usize, 1..=3usize).prop_map(|(country, region, nodes)| RawSite {
+        country,
+        region,
+        nodes,
+    });
+    (
+        proptest::collection::vec(site, 2..=7),
+        proptest::collection::vec(raw_group(), 1..=4),
+        proptest::collection::vec(event(), 0..10),
+    )
+        .prop_map(|(sites, groups, events)| build(sites, groups, events))
+}
+
+/// Turns raw choices into a valid world: policies are clamped to what their jurisdiction can hold (invalid
+/// policies are load-time errors, tested elsewhere), legacy memberships are drawn from all nodes.
+fn build(raw_sites: Vec<RawSite>, raw_groups: Vec<RawGroup>, events: Vec<Event>) -> World {
+    let mut topology = Topology::new(Jurisdictions::default());
+    let mut next_node = 1;
+    for (index, raw) in raw_sites.iter().enumerate() {
+        let nodes = (next_node..next_node + raw.nodes as u64).map(NodeId).collect();
+        next_node += raw.nodes as u64;
+        let site = Site {
+            name: SiteName(format!("site-{index}")),
+            country: Country::parse(COUNTRIES[raw.country]).unwrap(),
+            region: Some(format!("region-{}", raw.region)),
+            zone: None,
+            nodes,
+        };
+        topology.add_site(site).unwrap();
+    }
+    let all_nodes: Vec<NodeId> = topology.nodes().collect();
+    let mut policies = BTreeMap::new();
+    let mut current = Placement::new();
+    for (index, raw) in raw_groups.into_iter().enumerate() {
+        let jurisdiction = topology
+            .jurisdictions()
+            .resolve(JURISDICTIONS[raw.jurisdiction])
+            .unwrap();
+        let inside_sites: Vec<&Site> = topology.sites_inside(&jurisdiction).collect();
+        if inside_sites.is_empty() {
+            continue;
+        }
+        let voters = raw.voters.min(inside_sites.len());
+        let leader_preference = raw
+            .prefer_site
+            .map(|pick| LeaderPreference::Site(inside_sites[pick % inside_sites.len()].name.clone()))
+            .into_iter()
+            .collect();
+        let policy = GroupPolicy {
+            group: GroupId(format!("group-{index}")),
+            jurisdiction,
+            voters,
+            learners: raw.learners,
+            failure_domains: FailureDomains {
+                distinct_sites_min: raw.distinct_sites.clamp(1, voters),
+                distinct_regions_min: raw.distinct_regions.min(voters),
+            },
+            leader_preference,
+        };
+        policy.validate(&topology).expect("generated policies are valid");
+        if let Some((voters, learners, leader)) = raw.existing {
+            let voters: Vec<NodeId> = voters
+                .iter()
+                .map(|pick| all_nodes[pick % all_nodes.len()])
+                .collect();
+            let membership = Membership::new(
+                voters.iter().copied(),
+                learners
+                    .iter()
+                    .map(|pick| all_nodes[pick % all_nodes.len()])
+                    .filter(|node| !voters.contains(node)),
+            );
+            let leader = membership
+                .voters
+                .iter()
+                .copied()
+                .nth(leader % membership.voters.len());
+            current.insert(policy.group.clone(), GroupState { membership, leader });
+        }
+        policies.insert(policy.group.clone(), policy);
+    }
+    World {
+        topology,
+        policies,
+        current,
+        events,
+    }
+}
+
+/// Applies `plan` to `placement` in order, asking the fence about every step (property a) and checking that
+/// nothing joins or leads from outside the jurisdiction (property b).
+fn execute(world: &World, placement: &mut Placement, plan: &Plan) -> Result<(), TestCaseError> {
+    for step in &plan.steps {
+        let policy = &world.policies[step.group()];
+        let before = placement.get(step.group()).cloned().unwrap_or_default();
+        let joining: Vec<NodeId> = match step {
+            Step::CreateGroup { voters, .. } => voters.iter().copied().collect(),
+            Step::AddLearner { node, .. } => vec![*node],
+            Step::TransferLeader { to, .. } => vec![*to],
+            _ => vec![],
+        };
+        for node in joining {
+            prop_assert!(
+                world.topology.is_inside(node, &policy.jurisdiction),
+                "{step:?} reaches outside {}",
+                policy.jurisdiction
+            );
+        }
+        if let Some(next) = step.next_membership(&before.membership) {
+            let admitted = Fence::admit(&world.topology, policy, &before.membership, &next);
+            prop_assert!(admitted.is_ok(), "{step:?} refused: {:?}", admitted.err());
+        }
+        step.apply(placement);
+        if let Step::TransferLeader { to, .. } = step {
+            let state = &placement[step.group()];
+            let fenced = Fence::admit(&world.topology, policy, &state.membership, &state.membership).unwrap();
+            prop_assert!(Fence::admit_leader(&world.topology, policy, &fenced, *to).is_ok());
+        }
+    }
+    Ok(())
+}
+
+fn plan_checked(world: &World, placement: &Placement, health: &Health) -> Result<Plan, TestCaseError> {
+    let plan = placement::plan(&world.topology, &world.policies, placement, health).unwrap();
+    // (c) Deterministic: the same input, rebuilt from scratch, gives the same plan.
+    let rebuilt: Placement = placement
+        .iter()
+        .rev()
+        .map(|(group, state)| (group.clone(), state.clone()))
+        .collect();
+    let again = placement::plan(
+        &world.topology,
+        &world.policies.clone(),
+        &rebuilt,
+        &health.clone(),
+    )
+    .unwrap();
+    prop_assert_eq!(&plan, &again);
+    Ok(plan)
+}
+
+fn site_nodes(world: &World, site: usize) -> Vec<NodeId> {
+    let sites: Vec<&Site> = world.topology.sites().collect();
+    sites[site % sites.len()].nodes.clone()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+
+    #[test]
+    fn plans_stay_inside_the_fence_and_converge(world in world()) {
+        let nodes: Vec<NodeId> = world.topology.nodes().collect();
+        let mut placement = world.current.clone();
+        let mut health = Health::all_up();
+        for event in &world.events {
+            match event {
+                Event::NodeDown(pick) => health.node_down(nodes[pick % nodes.len()]),
+                Event::NodeUp(pick) => health.node_up(nodes[pick % nodes.len()]),
+                Event::SiteDown(pick) => site_nodes(&world, *pick).into_iter().for_each(|node| health.node_down(node)),
+                Event::SiteUp(pick) => site_nodes(&world, *pick).into_iter().for_each(|node| health.node_up(node)),
+            }
+            let plan = plan_checked(&world, &placement, &health)?;
+            execute(&world, &mut placement, &plan)?;
+        }
+
+        // (d) Everything recovers.
+        let health = Health::all_up();
+        let plan = plan_checked(&world, &placement, &health)?;
+        execute(&world, &mut placement, &plan)?;
+        for report in &plan.groups {
+            if !report.problems.is_empty() {
+                continue;
+            }
+            let policy = &world.policies[&report.group];
+            let state = &placement[&report.group];
+            let outside: Vec<NodeId> =
+                state.membership.members().filter(|&node| !world.topology.is_inside(node, &policy.jurisdiction)).collect();
+            prop_assert!(outside.is_empty(), "{}: members {outside:?} outside after a feasible plan", report.group);
+            prop_assert_eq!(state.membership.voters.len(), policy.voters);
+            prop_assert_eq!(state.membership.learners.len(), policy.learners);
+            let leader = state.leader.expect("a compliant group has a leader");
+            prop_assert!(state.membership.voters.contains(&leader));
+        }
+        let settled = plan_checked(&world, &placement, &health)?;
+        for report in plan.groups.iter().filter(|report| report.problems.is_empty()) {
+            let again: Vec<&Step> = settled.steps.iter().filter(|step| step.group() == &report.group).collect();
+            prop_assert!(again.is_empty(), "{} did not converge: {again:?}", report.group);
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! The placement CLI as an operator runs it: the real binary against the example topology in `deploy/`.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn domicile(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_domicile"))
+        .args(args)
+        .output()
+        .expect("the domicile binary runs")
+}
+
+fn example() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/topology.example.toml")
+        .display()
+        .to_string()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn plan_migrates_the_legacy_group_out_of_the_us_and_exits_zero() {
+    let output = domicile(&["placement", "plan", "--topology", &example()]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = stdout(&output);
+    assert!(text.contains("group users-legacy (EEA)"), "{text}");
+    assert!(text.contains("remove member n9 (ashburn, US)"), "{text}");
+
+    let output = domicile(&["placement", "plan", "--topology", &example(), "--json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&output.stdout).expect("--json prints JSON");
+    let steps = plan["steps"].as_array().unwrap();
+    let legacy: Vec<&serde_json::Value> = steps
+        .iter()
+        .filter(|step| step["group"] == "users-legacy")
+        .collect();
+    let first_removal = legacy
+        .iter()
+        .position(|step| step["step"] == "remove_member")
+        .unwrap();
+    let last_promotion = legacy
+        .iter()
+        .rposition(|step| step["step"] == "promote_voter")
+        .unwrap();
+    assert!(
+        last_promotion < first_removal,
+        "legacy voters leave only after inside voters are promoted"
+    );
+}
+
+#[test]
+fn plan_exits_one_with_the_reason_when_no_compliant_placement_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let current = dir.path().join("current.toml");
+    std::fs::write(&current, "[health]\ndown_sites = [\"dublin-a\", \"dublin-b\"]\n").unwrap();
+    let output = domicile(&[
+        "placement",
+        "plan",
+        "--topology",
+        &example(),
+        "--current",
+        current.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = stdout(&output);
+    assert!(text.contains("NOT COMPLIANT"), "{text}");
+    assert!(
+        text.contains("failure domains short") || text.contains("under-replicated"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("ashburn, US) to voter"),
+        "never looks outside: {text}"
+    );
+}
+
+#[test]
+fn check_admits_inside_members_and_refuses_outside_ones_with_json() {
+    let output = domicile(&[
+        "placement",
+        "check",
+        "--topology",
+        &example(),
+        "--group",
+        "users-eu",
+        "--members",
+        "n1,n3,n7",
+        "--leader",
+        "n1",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+
+    let output = domicile(&[
+        "placement",
+        "check",
+        "--topology",
+        &example(),
+        "--group",
+        "users-eu",
+        "--members",
+        "1,3,5",
+        "--json",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let refusal: serde_json::Value = serde_json::from_slice(&output.stdout).expect("--json prints JSON");
+    assert_eq!(refusal["group"], "users-eu");
+    assert_eq!(refusal["node"], 5);
+    assert_eq!(refusal["site"], "hamar");
+    assert_eq!(refusal["country"], "NO");
+    assert_eq!(refusal["jurisdiction"], "EU");
+    assert_eq!(refusal["reason"], "outside_jurisdiction");
+
+    // The legacy group may keep its US voters in place, but not hand them leadership.
+    let output = domicile(&[
+        "placement",
+        "check",
+        "--topology",
+        &example(),
+        "--group",
+        "users-legacy",
+        "--members",
+        "9,10,11",
+        "--leader",
+        "9",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stdout(&output).contains("leadership may not move outside"),
+        "{}",
+        stdout(&output)
+    );
+}
+
+#[test]
+fn bad_input_names_the_file_and_line_and_exits_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[site]]\nname = \"london\"\ncountry = \"UK\"\nnodes = [1]\n",
+    )
+    .unwrap();
+    let output = domicile(&["placement", "plan", "--topology", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains(&format!("{}:3:", path.display())), "{error}");
+    assert!(error.contains("GB"), "{error}");
+
+    let output = domicile(&[
+        "placement",
+        "check",
+        "--topology",
+        &example(),
+        "--group",
+        "nope",
+        "--members",
+        "1",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let output = domicile(&["placement", "plan", "--topology", "/nonexistent/topology.toml"]);
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn demo_runs_and_ends_with_a_clean_residency_report() {
+    let output = domicile(&["demo"]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = stdout(&output);
+    assert!(text.contains("refused"), "{text}");
+    assert!(
+        text.contains("no replica of any group is outside its jurisdiction"),
+        "{text}"
+    );
+}
