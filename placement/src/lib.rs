@@ -6,6 +6,34 @@
 //! replicated. [`Fence`] decides whether a membership, a leader or a replication target is allowed, and is
 //! the only maker of [`FencedMembership`]. [`plan`] computes the steps that make every group compliant.
 //!
+//! ```
+//! use placement::{Fence, Membership, NodeId, RefusalReason, TopologyFile};
+//!
+//! let file = TopologyFile::parse(r#"
+//!     [[site]]
+//!     name = "dublin"
+//!     country = "IE"
+//!     nodes = [1]
+//!
+//!     [[site]]
+//!     name = "hamar"
+//!     country = "NO"
+//!     nodes = [2]
+//!
+//!     [[group]]
+//!     name = "users-eu"
+//!     jurisdiction = "EU"
+//!     voters = 1
+//! "#).unwrap();
+//! let policy = &file.policies[&placement::GroupId("users-eu".into())];
+//! let current = Membership::new([NodeId(1)], []);
+//! // Norway is in the EEA, not in the EU: Hamar may not hold EU-only data.
+//! let with_hamar = Membership::new([NodeId(1)], [NodeId(2)]);
+//! let refusal = Fence::admit(&file.topology, policy, &current, &with_hamar).unwrap_err();
+//! assert_eq!(refusal.reason, RefusalReason::OutsideJurisdiction);
+//! assert_eq!(refusal.country.unwrap().as_str(), "NO");
+//! ```
+//!
 //! This crate is pure: no I/O, no clock, no randomness, no hash-ordered iteration. Every function gives the
 //! same answer for the same input, on every node and in the simulator — which is what lets the Raft layer,
 //! the planner and the simulator all ask the fence the same question and get the same answer.
