@@ -1,5 +1,6 @@
 //! `domicile`: the command-line entry point (the node and the operator verbs will live here too).
 
+mod certs_cli;
 mod demo;
 mod placement_cli;
 
@@ -25,6 +26,11 @@ enum Command {
         #[command(subcommand)]
         command: placement_cli::PlacementCommand,
     },
+    /// Create a development cluster CA and node certificates that attest each node's site and country.
+    Certs {
+        #[command(subcommand)]
+        command: certs_cli::CertsCommand,
+    },
     /// Show the placement layer at work on the embedded example topology.
     Demo,
 }
@@ -34,6 +40,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Placement { command } => placement_cli::run(command),
+        Command::Certs { command } => certs_cli::run(command),
         Command::Demo => demo::run(),
     };
     match outcome {

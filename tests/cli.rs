@@ -1,4 +1,4 @@
-//! The placement CLI as an operator runs it: the real binary against the example topology in `deploy/`.
+//! The CLI as an operator runs it: the real binary against the example topology in `deploy/`.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -183,4 +183,69 @@ fn demo_runs_and_ends_with_a_clean_residency_report() {
         text.contains("no replica of any group is outside its jurisdiction"),
         "{text}"
     );
+}
+
+#[test]
+fn certs_bind_the_site_and_country_from_the_topology() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().to_str().unwrap();
+    let output = domicile(&["certs", "init", "--dir", certs]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = domicile(&[
+        "certs",
+        "node",
+        "--id",
+        "5",
+        "--site",
+        "hamar",
+        "--topology",
+        &example(),
+        "--dir",
+        certs,
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let pem = std::fs::read_to_string(dir.path().join("node-5.pem")).unwrap();
+    let der = der_of_pem(&pem);
+    let identity = raft::identity::attested_identity(&der).unwrap();
+    assert_eq!(
+        (
+            identity.node.0,
+            identity.site.0.as_str(),
+            identity.country.as_str()
+        ),
+        (5, "hamar", "NO")
+    );
+    // A node can't be certified for a site the topology doesn't place it at.
+    let output = domicile(&[
+        "certs",
+        "node",
+        "--id",
+        "9",
+        "--site",
+        "dublin-a",
+        "--topology",
+        &example(),
+        "--dir",
+        certs,
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not at site `dublin-a`"));
+}
+
+/// The DER body of a single-certificate PEM file.
+fn der_of_pem(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
 }

@@ -1,0 +1,340 @@
+//! Node identities attested by the cluster CA.
+//!
+//! The fence trusts one fact about a peer: the country of its site. A node could be misconfigured, or lie, so
+//! that fact never comes from the peer's own words. The cluster CA signs each node's certificate with a
+//! versioned identity URI in its subject alternative names,
+//!
+//! ```text
+//! domicile://v1/node/7/site/hamar/country/NO
+//! ```
+//!
+//! and peers read the node id, site and country from the *verified* certificate after a mutual-TLS
+//! handshake. A certificate from another CA, an expired one, or none at all fails the handshake; a valid
+//! certificate whose identity disagrees with the topology (site unknown, wrong country, node placed
+//! elsewhere) is refused by [`check_against_topology`].
+//!
+//! Certificate generation takes its validity window as arguments: this module never reads the clock, so
+//! the simulator and tests decide what "now" is.
+
+use std::sync::Arc;
+
+use placement::{Country, NodeId, SiteName, Topology};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use time::OffsetDateTime;
+
+const IDENTITY_PREFIX: &str = "domicile://v1/node/";
+/// Site names in identities are DNS-label-like, so the URI needs no escaping and parses one way only.
+const SITE_NAME_BYTES_MAX: usize = 63;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("site name `{0}` can't go in a certificate: use 1 to 63 of a-z, 0-9 and `-`")]
+    BadSiteName(String),
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS configuration failed: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("the CA certificate can't be used as a trust root: {0}")]
+    TrustRoot(String),
+    #[error("{what} is not valid PEM: {reason}")]
+    Pem { what: &'static str, reason: String },
+    #[error("the certificate can't be parsed: {0}")]
+    Parse(String),
+    #[error("the certificate carries no Domicile node identity (a `{IDENTITY_PREFIX}...` URI)")]
+    NoIdentity,
+    #[error("the certificate carries more than one Domicile node identity")]
+    SeveralIdentities,
+    #[error("malformed node identity `{0}`")]
+    Malformed(String),
+    #[error("certificate says node {node} is at site `{site}`, which the topology does not have")]
+    UnknownSite { node: NodeId, site: SiteName },
+    #[error("certificate says site `{site}` is in {attested}, but the topology puts it in {configured}")]
+    CountryMismatch {
+        site: SiteName,
+        attested: Country,
+        configured: Country,
+    },
+    #[error(
+        "certificate says node {node} is at site `{attested}`, but the topology places it at `{configured}`"
+    )]
+    NodeMisplaced {
+        node: NodeId,
+        attested: SiteName,
+        configured: String,
+    },
+}
+
+/// Who a node is, as its certificate attests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeIdentity {
+    pub node: NodeId,
+    pub site: SiteName,
+    pub country: Country,
+}
+
+impl NodeIdentity {
+    pub fn uri(&self) -> String {
+        format!(
+            "{IDENTITY_PREFIX}{}/site/{}/country/{}",
+            self.node.0, self.site, self.country
+        )
+    }
+
+    pub fn parse_uri(uri: &str) -> Result<NodeIdentity, IdentityError> {
+        let malformed = || IdentityError::Malformed(uri.to_string());
+        let rest = uri.strip_prefix(IDENTITY_PREFIX).ok_or_else(malformed)?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        let [node, "site", site, "country", country] = parts.as_slice() else {
+            return Err(malformed());
+        };
+        // u64::from_str accepts a leading `+`; an identity has one spelling only.
+        if !node.bytes().all(|byte| byte.is_ascii_digit()) {
+            return Err(malformed());
+        }
+        let node = node.parse::<u64>().map(NodeId).map_err(|_| malformed())?;
+        check_site_name(site)?;
+        let country = Country::parse(country).map_err(|_| malformed())?;
+        Ok(NodeIdentity {
+            node,
+            site: SiteName(site.to_string()),
+            country,
+        })
+    }
+}
+
+fn check_site_name(site: &str) -> Result<(), IdentityError> {
+    let valid = !site.is_empty()
+        && site.len() <= SITE_NAME_BYTES_MAX
+        && site
+            .bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(IdentityError::BadSiteName(site.to_string()))
+    }
+}
+
+/// The DNS name a node's certificate carries and a dialling peer expects.
+pub fn server_name(node: NodeId) -> String {
+    format!("node-{}.domicile.internal", node.0)
+}
+
+/// A validity window, `[not_before, not_after]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Validity {
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+/// A certificate and its private key, PEM-encoded.
+#[derive(Clone, Debug)]
+pub struct CertifiedKey {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// The cluster's certificate authority: the root every node certificate chains to.
+pub struct ClusterCa {
+    certified: CertifiedKey,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl ClusterCa {
+    pub fn generate(cluster: &str, validity: Validity) -> Result<ClusterCa, IdentityError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("Domicile cluster CA ({cluster})"));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.not_before = validity.not_before;
+        params.not_after = validity.not_after;
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        let certified = CertifiedKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        Ok(ClusterCa {
+            certified,
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// Loads a CA written by [`ClusterCa::certified_key`] (e.g. `domicile certs init`).
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<ClusterCa, IdentityError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        let certified = CertifiedKey {
+            cert_pem: cert_pem.to_string(),
+            key_pem: key_pem.to_string(),
+        };
+        Ok(ClusterCa { certified, issuer })
+    }
+
+    pub fn certified_key(&self) -> &CertifiedKey {
+        &self.certified
+    }
+
+    /// Issues a node certificate binding `identity`, usable both to serve and to dial (mutual TLS).
+    pub fn issue(&self, identity: &NodeIdentity, validity: Validity) -> Result<CertifiedKey, IdentityError> {
+        check_site_name(&identity.site.0)?;
+        let mut params = CertificateParams::new(vec![server_name(identity.node)])?;
+        params
+            .subject_alt_names
+            .push(SanType::URI(identity.uri().try_into()?));
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("domicile {}", identity.node));
+        params
+            .distinguished_name
+            .push(DnType::CountryName, identity.country.as_str());
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.not_before = validity.not_before;
+        params.not_after = validity.not_after;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(CertifiedKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// Reads the node identity from a certificate. Call it only on a certificate the TLS handshake verified
+/// against the cluster CA: an unverified certificate proves nothing.
+pub fn attested_identity(cert_der: &[u8]) -> Result<NodeIdentity, IdentityError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|error| IdentityError::Parse(error.to_string()))?;
+    let names = cert
+        .subject_alternative_name()
+        .map_err(|error| IdentityError::Parse(error.to_string()))?
+        .map(|extension| extension.value.general_names.clone())
+        .unwrap_or_default();
+    let mut identities = names.iter().filter_map(|name| match name {
+        x509_parser::extensions::GeneralName::URI(uri) if uri.starts_with("domicile:") => Some(*uri),
+        _ => None,
+    });
+    let uri = identities.next().ok_or(IdentityError::NoIdentity)?;
+    if identities.next().is_some() {
+        return Err(IdentityError::SeveralIdentities);
+    }
+    NodeIdentity::parse_uri(uri)
+}
+
+/// Checks an attested identity against the topology: the site exists, stands in the attested country, and
+/// is where the topology places the node. Any disagreement is refused rather than resolved in anyone's favour.
+pub fn check_against_topology(identity: &NodeIdentity, topology: &Topology) -> Result<(), IdentityError> {
+    let site = topology
+        .site(&identity.site)
+        .ok_or_else(|| IdentityError::UnknownSite {
+            node: identity.node,
+            site: identity.site.clone(),
+        })?;
+    if site.country != identity.country {
+        return Err(IdentityError::CountryMismatch {
+            site: site.name.clone(),
+            attested: identity.country,
+            configured: site.country,
+        });
+    }
+    match topology.site_of(identity.node) {
+        Some(placed) if placed.name == identity.site => Ok(()),
+        placed => Err(IdentityError::NodeMisplaced {
+            node: identity.node,
+            attested: identity.site.clone(),
+            configured: placed.map_or_else(|| "no site".to_string(), |site| format!("`{}`", site.name)),
+        }),
+    }
+}
+
+/// TLS 1.3 configurations for a node: its server side demands a client certificate from the cluster CA, its
+/// client side presents its own and accepts only servers from the same CA. One crypto provider (ring).
+pub struct TlsConfigs {
+    pub server: Arc<ServerConfig>,
+    pub client: Arc<ClientConfig>,
+}
+
+pub fn tls_configs(ca_cert_pem: &str, node: &CertifiedKey) -> Result<TlsConfigs, IdentityError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let ca = CertificateDer::from_pem_slice(ca_cert_pem.as_bytes()).map_err(|error| IdentityError::Pem {
+        what: "the CA certificate",
+        reason: error.to_string(),
+    })?;
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(ca)
+        .map_err(|error| IdentityError::TrustRoot(error.to_string()))?;
+    let roots = Arc::new(roots);
+    let chain = || {
+        CertificateDer::from_pem_slice(node.cert_pem.as_bytes())
+            .map(|cert| vec![cert])
+            .map_err(|error| IdentityError::Pem {
+                what: "the node certificate",
+                reason: error.to_string(),
+            })
+    };
+    let key = || {
+        PrivateKeyDer::from_pem_slice(node.key_pem.as_bytes()).map_err(|error| IdentityError::Pem {
+            what: "the node key",
+            reason: error.to_string(),
+        })
+    };
+
+    let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .build()
+        .map_err(|error| IdentityError::TrustRoot(error.to_string()))?;
+    let server = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(client_verifier)
+        .with_single_cert(chain()?, key()?)?;
+    let client = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain()?, key()?)?;
+    Ok(TlsConfigs {
+        server: Arc::new(server),
+        client: Arc::new(client),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_uris_round_trip_and_have_one_spelling() {
+        let identity = NodeIdentity {
+            node: NodeId(7),
+            site: SiteName("hamar".into()),
+            country: Country::parse("NO").unwrap(),
+        };
+        assert_eq!(identity.uri(), "domicile://v1/node/7/site/hamar/country/NO");
+        assert_eq!(NodeIdentity::parse_uri(&identity.uri()).unwrap(), identity);
+        for bad in [
+            "domicile://v2/node/7/site/hamar/country/NO",
+            "domicile://v1/node/+7/site/hamar/country/NO",
+            "domicile://v1/node/7/site/Hamar/country/NO",
+            "domicile://v1/node/7/site/hamar/country/UK",
+            "domicile://v1/node/7/site/hamar/country/NO/extra",
+            "domicile://v1/node/7/site//country/NO",
+            "domicile://v1/node/99999999999999999999/site/hamar/country/NO",
+        ] {
+            assert!(NodeIdentity::parse_uri(bad).is_err(), "{bad} should be refused");
+        }
+    }
+}
