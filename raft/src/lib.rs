@@ -7,3 +7,4 @@
 //! transport come next, over `storage`.
 
 pub mod identity;
+pub mod quic;

@@ -1,0 +1,236 @@
+//! The QUIC transport over real UDP sockets on loopback: mutual TLS, identities attested by certificates
+//! and checked against the topology, framed and bounded messages, many requests on one connection.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use placement::{Country, NodeId, SiteName, Topology, TopologyFile};
+use raft::identity::{ClusterCa, NodeIdentity, TlsConfigs, Validity, tls_configs};
+use raft::quic::{Handler, QuicConfig, QuicNode, TransportError};
+use time::{Duration, OffsetDateTime};
+
+const TOPOLOGY: &str = r#"
+[[site]]
+name = "dublin-a"
+country = "IE"
+nodes = [1]
+
+[[site]]
+name = "hamar"
+country = "NO"
+nodes = [7]
+
+[[site]]
+name = "ashburn"
+country = "US"
+nodes = [9]
+"#;
+
+/// Answers with what it was told and who, by certificate, told it.
+struct Echo;
+
+impl Handler<String, String> for Echo {
+    fn handle(
+        &self,
+        peer: NodeIdentity,
+        request: String,
+    ) -> Pin<Box<dyn Future<Output = String> + Send + '_>> {
+        Box::pin(async move {
+            format!(
+                "{request} from {} at {} in {}",
+                peer.node, peer.site, peer.country
+            )
+        })
+    }
+}
+
+fn validity() -> Validity {
+    let now = OffsetDateTime::now_utc();
+    Validity {
+        not_before: now - Duration::hours(1),
+        not_after: now + Duration::days(1),
+    }
+}
+
+fn identity(node: u64, site: &str, country: &str) -> NodeIdentity {
+    NodeIdentity {
+        node: NodeId(node),
+        site: SiteName(site.into()),
+        country: Country::parse(country).unwrap(),
+    }
+}
+
+fn topology() -> Arc<Topology> {
+    Arc::new(TopologyFile::parse(TOPOLOGY).unwrap().topology)
+}
+
+fn tls(ca: &ClusterCa, who: &NodeIdentity) -> TlsConfigs {
+    tls_configs(&ca.certified_key().cert_pem, &ca.issue(who, validity()).unwrap()).unwrap()
+}
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn node(
+    who: NodeIdentity,
+    tls: &TlsConfigs,
+    peers: BTreeMap<NodeId, SocketAddr>,
+    config: QuicConfig,
+) -> Arc<QuicNode> {
+    QuicNode::bind(who, loopback(), tls, topology(), peers, config, Arc::new(Echo)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_carry_the_senders_attested_identity_and_share_one_connection() {
+    let ca = ClusterCa::generate("test", validity()).unwrap();
+    let (dublin, hamar) = (identity(1, "dublin-a", "IE"), identity(7, "hamar", "NO"));
+    let server = node(
+        hamar.clone(),
+        &tls(&ca, &hamar),
+        BTreeMap::new(),
+        QuicConfig::loopback(),
+    );
+    let peers = BTreeMap::from([(NodeId(7), server.local_addr().unwrap())]);
+    let client = Arc::new(node(
+        dublin.clone(),
+        &tls(&ca, &dublin),
+        peers,
+        QuicConfig::loopback(),
+    ));
+
+    let reply: String = client.request(NodeId(7), "hello").await.unwrap();
+    assert_eq!(reply, "hello from n1 at dublin-a in IE");
+
+    let mut requests = tokio::task::JoinSet::new();
+    for index in 0..64 {
+        let client = client.clone();
+        requests.spawn(async move {
+            (
+                index,
+                client
+                    .request::<_, String>(NodeId(7), &format!("request {index}"))
+                    .await,
+            )
+        });
+    }
+    let mut answered = 0;
+    while let Some(joined) = requests.join_next().await {
+        let (index, reply) = joined.unwrap();
+        assert_eq!(
+            reply.unwrap(),
+            format!("request {index} from n1 at dublin-a in IE")
+        );
+        answered += 1;
+    }
+    assert_eq!(answered, 64);
+    client.close();
+    server.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_from_another_ca_or_disagreeing_with_the_topology_are_refused() {
+    let ca = ClusterCa::generate("prod", validity()).unwrap();
+    let hamar = identity(7, "hamar", "NO");
+    let server = node(
+        hamar.clone(),
+        &tls(&ca, &hamar),
+        BTreeMap::new(),
+        QuicConfig::loopback(),
+    );
+    let peers = BTreeMap::from([(NodeId(7), server.local_addr().unwrap())]);
+
+    // A certificate from another CA that trusts ours: the server refuses it at the handshake.
+    let rogue = ClusterCa::generate("rogue", validity()).unwrap();
+    let dublin = identity(1, "dublin-a", "IE");
+    let forged = tls_configs(
+        &ca.certified_key().cert_pem,
+        &rogue.issue(&dublin, validity()).unwrap(),
+    )
+    .unwrap();
+    let intruder = node(dublin.clone(), &forged, peers.clone(), QuicConfig::loopback());
+    assert!(
+        intruder
+            .request::<_, String>(NodeId(7), "let me in")
+            .await
+            .is_err()
+    );
+
+    // A node of this CA whose certificate puts it at a site the topology doesn't (node 9 is in Ashburn):
+    // it can't even start, and if it did, its peers would refuse it.
+    let misplaced = identity(9, "dublin-a", "IE");
+    let misplaced_tls = tls(&ca, &misplaced);
+    let started = QuicNode::bind(
+        misplaced.clone(),
+        loopback(),
+        &misplaced_tls,
+        topology(),
+        peers.clone(),
+        QuicConfig::loopback(),
+        Arc::new(Echo),
+    );
+    assert!(matches!(started, Err(TransportError::Identity(_))));
+
+    // Dialling node 7 at an address where node 1 answers: the certificate names the wrong node.
+    let impostor = node(
+        dublin.clone(),
+        &tls(&ca, &dublin),
+        BTreeMap::new(),
+        QuicConfig::loopback(),
+    );
+    let confused_peers = BTreeMap::from([(NodeId(7), impostor.local_addr().unwrap())]);
+    let us = identity(9, "ashburn", "US");
+    let dialler = node(us.clone(), &tls(&ca, &us), confused_peers, QuicConfig::loopback());
+    let error = dialler.request::<_, String>(NodeId(7), "hi").await.unwrap_err();
+    assert!(matches!(error, TransportError::Connect { .. }), "{error}");
+    for node in [server, intruder, impostor, dialler] {
+        node.close();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frames_are_refused_before_allocation() {
+    let ca = ClusterCa::generate("test", validity()).unwrap();
+    let (dublin, hamar) = (identity(1, "dublin-a", "IE"), identity(7, "hamar", "NO"));
+    let small = QuicConfig {
+        message_bytes_max: 64 << 10,
+        ..QuicConfig::loopback()
+    };
+    let server = node(hamar.clone(), &tls(&ca, &hamar), BTreeMap::new(), small);
+    let peers = BTreeMap::from([(NodeId(7), server.local_addr().unwrap())]);
+    let client = node(dublin.clone(), &tls(&ca, &dublin), peers, QuicConfig::loopback());
+
+    let big = "x".repeat(256 << 10);
+    let error = client.request::<_, String>(NodeId(7), &big).await.unwrap_err();
+    match error {
+        TransportError::Remote { reason, .. } => assert!(reason.contains("exceeds"), "{reason}"),
+        other => panic!("expected the server to refuse the frame, got {other}"),
+    }
+    // The connection survives a refused request.
+    let reply: String = client.request(NodeId(7), "small").await.unwrap();
+    assert!(reply.starts_with("small from n1"));
+
+    // And a sender won't build a frame beyond its own bound either.
+    let tiny = QuicConfig {
+        message_bytes_max: 1 << 10,
+        ..QuicConfig::loopback()
+    };
+    let peers = BTreeMap::from([(NodeId(7), server.local_addr().unwrap())]);
+    let careful = node(
+        identity(9, "ashburn", "US"),
+        &tls(&ca, &identity(9, "ashburn", "US")),
+        peers,
+        tiny,
+    );
+    let error = careful
+        .request::<_, String>(NodeId(7), &"y".repeat(4 << 10))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, TransportError::Codec(_)), "{error}");
+    for node in [server, client, careful] {
+        node.close();
+    }
+}

@@ -1,0 +1,155 @@
+//! The seam between the apply logic and the store that keeps its tables.
+//!
+//! A backend is an ordered map of byte keys to byte values in a few tables, with atomic batch
+//! commits and consistent read views. Production uses redb ([`crate::redb_store`]); tests and the
+//! simulator use [`MemBackend`]. Values reach the backend already sealed by [`crate::codec`], so
+//! every backend stores the same bytes and the apply logic detects corruption the same way.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::error::StateMachineError;
+
+/// The tables of the state machine. The order is part of the snapshot format (append only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Table {
+    /// User records by encoded (jurisdiction, user id, record name).
+    Records,
+    /// Per client: the last applied sequence and its response.
+    Dedup,
+    /// Applied log id, membership, policy version.
+    Meta,
+}
+
+impl Table {
+    pub const ALL: [Table; 3] = [Table::Records, Table::Dedup, Table::Meta];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Records => "records",
+            Table::Dedup => "dedup",
+            Table::Meta => "meta",
+        }
+    }
+}
+
+/// Changes committed atomically: one batch per applied group of entries.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    /// Empty every table before applying `changes` (snapshot install).
+    pub clear_first: bool,
+    /// `None` deletes the key.
+    pub changes: BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>,
+    /// Make this commit (and every earlier one) durable before returning.
+    pub durable: bool,
+}
+
+/// Called with each (key, value) a scan finds.
+pub type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StateMachineError> + 'a;
+
+/// A consistent, read-only view of the tables.
+pub trait BackendView: Send + 'static {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StateMachineError>;
+
+    /// Visits every key starting with `prefix` in key order (an empty prefix visits the table).
+    fn scan_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        visit: &mut Visit<'_>,
+    ) -> Result<(), StateMachineError>;
+}
+
+/// An ordered store with atomic batches, plus a place for the current snapshot.
+pub trait Backend: Send + 'static {
+    type View: BackendView;
+
+    /// A view of the last commit that stays consistent while later batches commit.
+    fn view(&self) -> Result<Self::View, StateMachineError>;
+
+    /// Commits `batch` atomically; durable only if `batch.durable`.
+    fn commit(&mut self, batch: WriteBatch) -> Result<(), StateMachineError>;
+
+    /// Durably replaces the current snapshot's bytes.
+    fn save_snapshot(&mut self, bytes: &[u8]) -> Result<(), StateMachineError>;
+
+    /// The current snapshot's bytes, if one was saved.
+    fn load_snapshot(&self) -> Result<Option<Vec<u8>>, StateMachineError>;
+}
+
+type Tables = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
+
+/// An in-memory backend: an ordered map behind an `Arc`, copied on write while a view holds it.
+#[derive(Clone, Default)]
+pub struct MemBackend {
+    tables: Arc<Tables>,
+    snapshot: Option<Vec<u8>>,
+}
+
+impl MemBackend {
+    pub fn new() -> MemBackend {
+        MemBackend::default()
+    }
+}
+
+/// A view of a [`MemBackend`].
+pub struct MemView {
+    tables: Arc<Tables>,
+}
+
+impl BackendView for MemView {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StateMachineError> {
+        Ok(self.tables.get(&(table, key.to_vec())).cloned())
+    }
+
+    fn scan_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        visit: &mut Visit<'_>,
+    ) -> Result<(), StateMachineError> {
+        for ((found_table, key), value) in self.tables.range((table, prefix.to_vec())..) {
+            if *found_table != table || !key.starts_with(prefix) {
+                break;
+            }
+            visit(key, value)?;
+        }
+        Ok(())
+    }
+}
+
+impl Backend for MemBackend {
+    type View = MemView;
+
+    fn view(&self) -> Result<MemView, StateMachineError> {
+        Ok(MemView {
+            tables: self.tables.clone(),
+        })
+    }
+
+    fn commit(&mut self, batch: WriteBatch) -> Result<(), StateMachineError> {
+        let tables = Arc::make_mut(&mut self.tables);
+        if batch.clear_first {
+            tables.clear();
+        }
+        for (key, value) in batch.changes {
+            match value {
+                Some(value) => tables.insert(key, value),
+                None => tables.remove(&key),
+            };
+        }
+        Ok(())
+    }
+
+    fn save_snapshot(&mut self, bytes: &[u8]) -> Result<(), StateMachineError> {
+        self.snapshot = Some(bytes.to_vec());
+        Ok(())
+    }
+
+    fn load_snapshot(&self) -> Result<Option<Vec<u8>>, StateMachineError> {
+        Ok(self.snapshot.clone())
+    }
+}

@@ -1,0 +1,146 @@
+//! Typed errors of the storage crate, one enum per surface.
+//!
+//! Corruption is never a panic and never a silent skip: it is a [`LogError::Corrupt`] (or its
+//! state-machine and snapshot counterparts) that names the file, the byte offset and, when the
+//! damaged bytes still tell us, the replica group. Such an error means "refuse to start": the
+//! operator has to restore the replica from its peers.
+
+use std::io;
+
+/// Errors of the node-wide Raft log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The operating system failed an operation; retrying may help only after operator action.
+    #[error("log i/o failed on {file}: {source}")]
+    Io {
+        file: String,
+        #[source]
+        source: io::Error,
+    },
+
+    /// Bytes on disk are not what we wrote. The node must not serve the affected groups.
+    #[error("log corrupt in {file} at offset {offset} (group {}): {reason}", display_group(*group))]
+    Corrupt {
+        file: String,
+        offset: u64,
+        /// The group the damaged record belonged to, when it can still be told.
+        group: Option<u64>,
+        reason: String,
+    },
+
+    /// The log has fewer entries than the durably recorded commit index: acknowledged data is gone
+    /// (for example the file was truncated at a record boundary by something other than us).
+    #[error("group {group} lost committed entries: committed index {committed} but the log ends at {last:?}")]
+    LostCommittedEntries {
+        group: u64,
+        committed: u64,
+        last: Option<u64>,
+    },
+
+    /// An earlier write or sync failed; after a failed fdatasync the page cache can no longer be
+    /// trusted (PostgreSQL "fsyncgate"), so the log refuses all further work until reopened.
+    #[error("log is failed after an earlier i/o error: {0}")]
+    Poisoned(String),
+
+    /// The caller broke the log's contract (e.g. a gap in appended indexes).
+    #[error("invalid log operation on group {group}: {reason}")]
+    Invalid { group: u64, reason: String },
+}
+
+fn display_group(group: Option<u64>) -> String {
+    match group {
+        Some(group) => group.to_string(),
+        None => "unknown".to_string(),
+    }
+}
+
+impl LogError {
+    pub(crate) fn io(file: impl Into<String>, source: io::Error) -> Self {
+        LogError::Io {
+            file: file.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(
+        file: impl Into<String>,
+        offset: u64,
+        group: Option<u64>,
+        reason: impl Into<String>,
+    ) -> Self {
+        LogError::Corrupt {
+            file: file.into(),
+            offset,
+            group,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<LogError> for io::Error {
+    fn from(error: LogError) -> Self {
+        let kind = match &error {
+            LogError::Io { source, .. } => source.kind(),
+            LogError::Corrupt { .. } | LogError::LostCommittedEntries { .. } => io::ErrorKind::InvalidData,
+            LogError::Poisoned(_) => io::ErrorKind::Other,
+            LogError::Invalid { .. } => io::ErrorKind::InvalidInput,
+        };
+        io::Error::new(kind, error)
+    }
+}
+
+/// Errors of the encoding layer.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("encode failed: {0}")]
+    Encode(String),
+    #[error("decode failed: {0}")]
+    Decode(String),
+    #[error("unsupported format version {found} (this build reads {supported})")]
+    Version { found: u8, supported: u8 },
+    #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    Checksum { stored: u32, computed: u32 },
+    #[error("length {length} exceeds the bound {bound}")]
+    TooLong { length: u64, bound: u64 },
+    #[error("truncated: need {needed} bytes, have {available}")]
+    Truncated { needed: u64, available: u64 },
+}
+
+/// Errors of the state machine and its backing store.
+#[derive(Debug, thiserror::Error)]
+pub enum StateMachineError {
+    #[error("state machine store failed: {0}")]
+    Backend(String),
+
+    /// A stored value failed its checksum or did not decode: refuse to serve it.
+    #[error("state machine corrupt in {location}: {reason}")]
+    Corrupt { location: String, reason: String },
+
+    #[error("snapshot rejected: {0}")]
+    Snapshot(#[from] SnapshotError),
+
+    #[error("state machine worker stopped")]
+    WorkerStopped,
+}
+
+impl From<StateMachineError> for io::Error {
+    fn from(error: StateMachineError) -> Self {
+        let kind = match &error {
+            StateMachineError::Corrupt { .. } | StateMachineError::Snapshot(_) => io::ErrorKind::InvalidData,
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, error)
+    }
+}
+
+/// Errors of snapshot encoding, transfer and verification.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// A frame of the snapshot stream is damaged; `offset` is its position in the stream.
+    #[error("snapshot corrupt at offset {offset} (frame {frame}): {reason}")]
+    Corrupt { offset: u64, frame: u64, reason: String },
+
+    /// The snapshot does not match the metadata openraft asked us to install.
+    #[error("snapshot does not match its metadata: {0}")]
+    MetaMismatch(String),
+}

@@ -1,0 +1,75 @@
+//! What a Domicile node keeps on disk for every replica group it hosts.
+//!
+//! Two stores, two kinds of guarantee:
+//!
+//! * **The Raft log** ([`log`], [`raft_log`]) is one append-only, segmented write-ahead log per
+//!   node, shared by all groups, with an in-memory index per group (etcd's WAL, TiKV's
+//!   raft-engine). An append is acknowledged through openraft's flush callback only after an
+//!   fdatasync covering it; concurrent appends of any groups share one sync ([`group_commit`]).
+//!   Votes and commit indexes live in the same log and are reloaded on start. Recovery truncates a
+//!   torn tail and refuses, with a named error, anything else that is damaged.
+//! * **The state machine** ([`state_machine`]) applies committed entries deterministically
+//!   ([`apply`]) into an ordered key-value store behind a small trait ([`backend`]); production
+//!   uses redb ([`redb_store`], the only module that imports redb). It does not fsync each apply:
+//!   after a crash it resumes from its last durable point and openraft re-applies the committed
+//!   entries still in the log. Snapshots ([`snapshot`]) are built from one consistent read,
+//!   framed in bounded checksummed chunks, and carry the group's membership and policy version.
+//!
+//! Everything written to disk or sent on the wire is encoded by [`codec`] (postcard, versioned,
+//! checksummed). The log's logic runs over the [`disk::Disk`] trait and uses no thread, clock or
+//! OS randomness, so the simulator can run it on a simulated disk and drive group commit from a
+//! task on its deterministic runtime.
+//!
+//! *Architecture invariant:* only `codec` imports postcard and only `redb_store` imports redb.
+
+pub mod apply;
+pub mod backend;
+mod blocking;
+pub mod codec;
+pub mod disk;
+pub mod error;
+pub mod group_commit;
+pub mod log;
+pub mod raft_log;
+pub mod record;
+pub mod redb_store;
+pub mod segment;
+pub mod snapshot;
+pub mod state_machine;
+
+use openraft::RaftTypeConfig;
+use openraft::alias::CommittedLeaderIdOf;
+use openraft::alias::EntryPayloadOf;
+
+pub use crate::record::Command;
+pub use crate::record::CommandError;
+pub use crate::record::Record;
+pub use crate::record::RecordKey;
+pub use crate::record::Response;
+pub use crate::record::WriteId;
+
+/// The openraft type configs this crate's stores work with.
+///
+/// The `raft` crate defines the concrete config (and with it the runtime: tokio in production,
+/// openraft-rt-sim in the simulator); any config whose application data is [`Command`], whose
+/// responses are [`Response`], whose node ids are `u64` and whose entries are openraft's
+/// [`openraft::Entry`] qualifies, whatever its runtime, node type or leader-id mode.
+pub trait StorageTypeConfig:
+    RaftTypeConfig<
+        D = Command,
+        R = Response,
+        NodeId = u64,
+        Entry = openraft::Entry<CommittedLeaderIdOf<Self>, EntryPayloadOf<Self>>,
+    >
+{
+}
+
+impl<C> StorageTypeConfig for C where
+    C: RaftTypeConfig<
+            D = Command,
+            R = Response,
+            NodeId = u64,
+            Entry = openraft::Entry<CommittedLeaderIdOf<C>, EntryPayloadOf<C>>,
+        >
+{
+}

@@ -1,0 +1,871 @@
+//! The node-wide Raft log: one append-only, segmented write-ahead log shared by every replica
+//! group on the node, with an in-memory index per group.
+//!
+//! Guarantees:
+//! * **Order.** Records reach the file in the order [`Wal`] accepts them, so syncing a position
+//!   makes every earlier record durable (a segment is synced before the next one is started).
+//! * **Replay equals the live state.** Recovery feeds every intact record through the same
+//!   [`Wal::apply`] the live path uses, so the index rebuilt after a crash is the index the node
+//!   had, minus unsynced records.
+//! * **Damage is named.** A torn tail in the last segment is truncated and logged; anything else
+//!   (bad checksum, a record that does not decode, an index gap, a missing segment, committed
+//!   entries that are gone) refuses to open with the file, offset and group.
+//! * **Purge by segment.** A segment is removed once it is not the active one, every older
+//!   segment is gone and no group's live entry is in it. Each segment starts with a checkpoint of
+//!   every group's vote, commit and purge point, so deleting old segments never loses metadata.
+//!
+//! This module does no syncing of its own except at segment rotation: the group-commit driver
+//! ([`crate::group_commit`]) decides when to fdatasync. It uses no thread, clock or randomness.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::ops::RangeBounds;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::codec;
+use crate::disk::Disk;
+use crate::disk::DiskFile;
+use crate::error::LogError;
+use crate::segment;
+use crate::segment::GroupCheckpoint;
+use crate::segment::RECORD_PAYLOAD_BYTES_MAX;
+use crate::segment::RecordHead;
+use crate::segment::SEGMENT_FILE_BYTES_MAX;
+use crate::segment::ScanEnd;
+
+/// Tuning of the log.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// A new segment is started before a write would make the active one larger than this.
+    pub segment_bytes_max: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes_max: 64 << 20,
+        }
+    }
+}
+
+/// A byte position in the log; ordered by segment, then offset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+/// Where one entry's record is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Location {
+    segment: u64,
+    offset: u64,
+    frame_len: u32,
+}
+
+struct Segment<F> {
+    file: Arc<F>,
+    name: String,
+    len: u64,
+    /// Entries of any group whose live record is in this segment.
+    live_entries: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+struct GroupState {
+    entries: BTreeMap<u64, Location>,
+    vote: Option<Vec<u8>>,
+    committed: Option<(u64, Vec<u8>)>,
+    purged: Option<(u64, Vec<u8>)>,
+}
+
+/// Entries of one group, framed outside the log's lock and written by [`Wal::append`].
+pub struct EntryBatch {
+    group: u64,
+    bytes: Vec<u8>,
+    /// (index, offset in `bytes`, frame length)
+    frames: Vec<(u64, u32, u32)>,
+}
+
+impl EntryBatch {
+    pub fn new(group: u64) -> EntryBatch {
+        EntryBatch {
+            group,
+            bytes: Vec::new(),
+            frames: Vec::new(),
+        }
+    }
+
+    /// Frames `entry` as the entry at `index`.
+    pub fn push<E: Serialize>(&mut self, index: u64, entry: &E) -> Result<(), LogError> {
+        let start = self.bytes.len();
+        let head = RecordHead::Entry {
+            group: self.group,
+            index,
+        };
+        codec::encode_frame(&head, Some(entry), RECORD_PAYLOAD_BYTES_MAX, &mut self.bytes).map_err(|e| {
+            LogError::Invalid {
+                group: self.group,
+                reason: format!("entry {index}: {e}"),
+            }
+        })?;
+        let frame_len = self.bytes.len() - start;
+        self.frames.push((index, start as u32, frame_len as u32));
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+}
+
+/// What a write left for the group-commit driver: sync `file` to make `end` durable.
+pub struct Written<F> {
+    pub end: Position,
+    pub file: Arc<F>,
+}
+
+/// Where to read one entry from, handed out so the read happens outside the log's lock.
+pub struct EntryRef<F> {
+    pub group: u64,
+    pub index: u64,
+    file: Arc<F>,
+    name: String,
+    location: Location,
+}
+
+impl<F: DiskFile> EntryRef<F> {
+    /// Reads and verifies the record; returns the encoded entry.
+    pub fn read(&self) -> Result<Vec<u8>, LogError> {
+        let Location {
+            offset, frame_len, ..
+        } = self.location;
+        let corrupt = |reason: String| LogError::corrupt(self.name.clone(), offset, Some(self.group), reason);
+        let mut frame = vec![0u8; frame_len as usize];
+        self.file
+            .read_at(offset, &mut frame)
+            .map_err(|e| LogError::io(self.name.clone(), e))?;
+        let payload = codec::open_frame(&frame).map_err(|e| corrupt(e.to_string()))?;
+        let (head, body) = codec::decode_prefix::<RecordHead>(payload).map_err(|e| corrupt(e.to_string()))?;
+        let expected = RecordHead::Entry {
+            group: self.group,
+            index: self.index,
+        };
+        if head != expected {
+            return Err(corrupt(format!(
+                "index points at {head:?}, expected {expected:?}"
+            )));
+        }
+        Ok(body.to_vec())
+    }
+}
+
+/// The log's state and logic; see the module docs.
+pub struct Wal<D: Disk> {
+    disk: D,
+    config: LogConfig,
+    segments: BTreeMap<u64, Segment<D::File>>,
+    groups: BTreeMap<u64, GroupState>,
+    /// Set by the first failed write: the file's state is unknown after it.
+    failed: Option<String>,
+}
+
+impl<D: Disk> Wal<D> {
+    /// Opens the log on `disk`, replaying every segment; see the module docs for what refuses.
+    pub fn open(disk: D, config: LogConfig) -> Result<Wal<D>, LogError> {
+        assert!(
+            config.segment_bytes_max >= 4096,
+            "segment_bytes_max must leave room for records"
+        );
+        let mut ids = Vec::new();
+        for name in disk.list().map_err(|e| LogError::io("<log directory>", e))? {
+            match segment::parse_segment_name(&name) {
+                Some(id) => ids.push(id),
+                None => tracing::debug!(%name, "ignoring a file that is not a log segment"),
+            }
+        }
+        ids.sort_unstable();
+        for pair in ids.windows(2) {
+            if pair[1] != pair[0] + 1 {
+                return Err(LogError::corrupt(
+                    segment::segment_name(pair[0] + 1),
+                    0,
+                    None,
+                    "segment missing between existing segments",
+                ));
+            }
+        }
+        let mut wal = Wal {
+            disk,
+            config,
+            segments: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            failed: None,
+        };
+        for (position, &id) in ids.iter().enumerate() {
+            wal.replay_segment(id, position + 1 == ids.len())?;
+        }
+        wal.check_committed_present()?;
+        // The last segment may have been removed as torn before its checkpoint was complete.
+        let active = ids.last().copied().unwrap_or(1);
+        if !wal.segments.contains_key(&active) {
+            wal.start_segment(active)?;
+        }
+        Ok(wal)
+    }
+
+    fn replay_segment(&mut self, id: u64, is_last: bool) -> Result<(), LogError> {
+        let name = segment::segment_name(id);
+        let file = self.disk.open(&name).map_err(|e| LogError::io(&name, e))?;
+        let len = file.len().map_err(|e| LogError::io(&name, e))?;
+        if len > SEGMENT_FILE_BYTES_MAX {
+            return Err(LogError::corrupt(
+                &name,
+                0,
+                None,
+                format!("segment of {len} bytes exceeds the bound"),
+            ));
+        }
+        let mut bytes = vec![0u8; len as usize];
+        file.read_at(0, &mut bytes).map_err(|e| LogError::io(&name, e))?;
+        let file = Arc::new(file);
+        let previous_len = self
+            .segments
+            .get(&id.wrapping_sub(1))
+            .map(|previous| previous.len);
+        self.segments.insert(
+            id,
+            Segment {
+                file: file.clone(),
+                name: name.clone(),
+                len,
+                live_entries: 0,
+            },
+        );
+        let end = segment::scan(&name, id, &bytes, is_last, |record| {
+            if record.offset == segment::SEGMENT_HEADER_BYTES as u64 {
+                check_segment_start(&name, &record.head, previous_len)?;
+            }
+            let location = Location {
+                segment: id,
+                offset: record.offset,
+                frame_len: record.frame_len,
+            };
+            let group = record.head.group();
+            self.apply(record.head, location)
+                .map_err(|reason| LogError::corrupt(&name, record.offset, group, format!("replay: {reason}")))
+        })?;
+        if let ScanEnd::TornTail { offset, reason } = end {
+            if offset <= segment::SEGMENT_HEADER_BYTES as u64 {
+                // The crash hit while the segment was being started (its header or checkpoint is
+                // torn): nothing in it was acknowledged. Remove it; open() starts it anew.
+                tracing::warn!(file = %name, offset, %reason, "removing a log segment torn while being started");
+                self.segments.remove(&id);
+                drop(file);
+                return self.disk.remove(&name).map_err(|e| LogError::io(&name, e));
+            }
+            tracing::warn!(file = %name, offset, %reason, "truncating the torn tail of the log");
+            file.truncate(offset).map_err(|e| LogError::io(&name, e))?;
+            let segment = self.segments.get_mut(&id).expect("segment inserted above");
+            segment.len = file.len().map_err(|e| LogError::io(&name, e))?;
+        }
+        Ok(())
+    }
+
+    /// A durable commit index beyond the log's end means acknowledged entries were lost.
+    fn check_committed_present(&self) -> Result<(), LogError> {
+        for (&group, state) in &self.groups {
+            let Some((committed, _)) = &state.committed else {
+                continue;
+            };
+            let last = state
+                .entries
+                .keys()
+                .next_back()
+                .copied()
+                .or(state.purged.as_ref().map(|(i, _)| *i));
+            if last.is_none_or(|last| last < *committed) {
+                return Err(LogError::LostCommittedEntries {
+                    group,
+                    committed: *committed,
+                    last,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The one function that changes the index, used by the live path and by replay alike.
+    /// Errors are reasons: corruption during replay, a contract violation when live.
+    fn apply(&mut self, head: RecordHead, location: Location) -> Result<(), String> {
+        match head {
+            RecordHead::Entry { group, index } => {
+                let state = self.groups.entry(group).or_default();
+                if state.purged.as_ref().is_some_and(|(purged, _)| index <= *purged) {
+                    // Written before a purge that a later checkpoint or record recorded.
+                    return Ok(());
+                }
+                if let Some(&last) = state.entries.keys().next_back()
+                    && index != last + 1
+                {
+                    return Err(format!(
+                        "group {group}: entry {index} does not follow entry {last}"
+                    ));
+                }
+                if state.entries.is_empty()
+                    && let Some((purged, _)) = &state.purged
+                    && index != purged + 1
+                {
+                    return Err(format!(
+                        "group {group}: entry {index} does not follow the purge point {purged}"
+                    ));
+                }
+                state.entries.insert(index, location);
+                self.segments
+                    .get_mut(&location.segment)
+                    .expect("entry in a known segment")
+                    .live_entries += 1;
+            }
+            RecordHead::Vote { group, vote } => self.groups.entry(group).or_default().vote = Some(vote),
+            RecordHead::Committed { group, index, log_id } => {
+                self.groups.entry(group).or_default().committed = Some((index, log_id));
+            }
+            RecordHead::Truncate { group, first_removed } => {
+                let state = self.groups.entry(group).or_default();
+                let removed = state.entries.split_off(&first_removed);
+                self.release(removed.values());
+            }
+            RecordHead::Purge { group, index, log_id } => self.purge_group(group, index, log_id),
+            RecordHead::Checkpoint { groups, .. } => {
+                for checkpoint in groups {
+                    let state = self.groups.entry(checkpoint.group).or_default();
+                    state.vote = checkpoint.vote;
+                    state.committed = checkpoint.committed;
+                    if let Some((index, log_id)) = checkpoint.purged {
+                        self.purge_group(checkpoint.group, index, log_id);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn purge_group(&mut self, group: u64, index: u64, log_id: Vec<u8>) {
+        let state = self.groups.entry(group).or_default();
+        if state.purged.as_ref().is_some_and(|(purged, _)| *purged >= index) {
+            return;
+        }
+        let kept = state.entries.split_off(&(index + 1));
+        let removed = std::mem::replace(&mut state.entries, kept);
+        state.purged = Some((index, log_id));
+        self.release(removed.values());
+    }
+
+    fn release<'a>(&mut self, locations: impl Iterator<Item = &'a Location>) {
+        for location in locations {
+            let segment = self
+                .segments
+                .get_mut(&location.segment)
+                .expect("live entry in a known segment");
+            assert!(
+                segment.live_entries > 0,
+                "segment {} live count underflow",
+                location.segment
+            );
+            segment.live_entries -= 1;
+        }
+    }
+
+    fn check_usable(&self) -> Result<(), LogError> {
+        match &self.failed {
+            Some(reason) => Err(LogError::Poisoned(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn active_id(&self) -> u64 {
+        *self
+            .segments
+            .keys()
+            .next_back()
+            .expect("the log always has an active segment")
+    }
+
+    /// Writes bytes at the end of the active segment, rotating first if they would not fit.
+    fn write(&mut self, bytes: &[u8]) -> Result<(Position, Arc<D::File>), LogError> {
+        self.check_usable()?;
+        let active = self.active_id();
+        let segment = &self.segments[&active];
+        if segment.len > segment::SEGMENT_HEADER_BYTES as u64
+            && segment.len + bytes.len() as u64 > self.config.segment_bytes_max
+        {
+            self.rotate()?;
+        }
+        let active = self.active_id();
+        let segment = self.segments.get_mut(&active).expect("active segment");
+        let start = Position {
+            segment: active,
+            offset: segment.len,
+        };
+        if let Err(error) = segment.file.append(bytes) {
+            self.failed = Some(format!("append to {} failed: {error}", segment.name));
+            return Err(LogError::io(segment.name.clone(), error));
+        }
+        segment.len += bytes.len() as u64;
+        Ok((start, segment.file.clone()))
+    }
+
+    /// Seals the active segment (synced, so later positions imply it) and starts the next one
+    /// with a checkpoint of every group's metadata.
+    fn rotate(&mut self) -> Result<(), LogError> {
+        let active = self.active_id();
+        let segment = &self.segments[&active];
+        if let Err(error) = segment.file.sync() {
+            self.failed = Some(format!("sync of {} failed: {error}", segment.name));
+            return Err(LogError::io(segment.name.clone(), error));
+        }
+        self.start_segment(active + 1)
+    }
+
+    fn start_segment(&mut self, id: u64) -> Result<(), LogError> {
+        let name = segment::segment_name(id);
+        let previous_segment_len = self
+            .segments
+            .get(&id.wrapping_sub(1))
+            .map_or(0, |previous| previous.len);
+        let mut bytes = segment::encode_header(id);
+        let groups = self
+            .groups
+            .iter()
+            .map(|(&group, state)| GroupCheckpoint {
+                group,
+                vote: state.vote.clone(),
+                committed: state.committed.clone(),
+                purged: state.purged.clone(),
+            })
+            .collect();
+        codec::encode_frame(
+            &RecordHead::Checkpoint {
+                previous_segment_len,
+                groups,
+            },
+            None::<&()>,
+            RECORD_PAYLOAD_BYTES_MAX,
+            &mut bytes,
+        )
+        .map_err(|e| LogError::corrupt(&name, 0, None, format!("checkpoint does not fit a record: {e}")))?;
+        let result = self
+            .disk
+            .create(&name)
+            .and_then(|file| file.append(&bytes).map(|()| file));
+        let file = match result {
+            Ok(file) => file,
+            Err(error) => {
+                self.failed = Some(format!("starting segment {name} failed: {error}"));
+                return Err(LogError::io(name, error));
+            }
+        };
+        self.segments.insert(
+            id,
+            Segment {
+                file: Arc::new(file),
+                name,
+                len: bytes.len() as u64,
+                live_entries: 0,
+            },
+        );
+        Ok(())
+    }
+
+    fn write_record(&mut self, head: RecordHead) -> Result<Written<D::File>, LogError> {
+        let mut bytes = Vec::new();
+        let group = head.group().unwrap_or_default();
+        codec::encode_frame(&head, None::<&()>, RECORD_PAYLOAD_BYTES_MAX, &mut bytes).map_err(|e| {
+            LogError::Invalid {
+                group,
+                reason: e.to_string(),
+            }
+        })?;
+        let (start, file) = self.write(&bytes)?;
+        let location = Location {
+            segment: start.segment,
+            offset: start.offset,
+            frame_len: bytes.len() as u32,
+        };
+        self.apply(head, location)
+            .map_err(|reason| LogError::Invalid { group, reason })?;
+        Ok(Written {
+            end: Position {
+                segment: start.segment,
+                offset: start.offset + bytes.len() as u64,
+            },
+            file,
+        })
+    }
+
+    /// Appends a batch of one group's entries; they must continue the group's log.
+    pub fn append(&mut self, batch: &EntryBatch) -> Result<Written<D::File>, LogError> {
+        assert!(!batch.is_empty(), "an empty batch has nothing to make durable");
+        let group = batch.group;
+        // A group with entries continues after its last one; one without continues after its purge
+        // point; a fresh group may start anywhere (openraft decides the first index).
+        let expected = self
+            .groups
+            .get(&group)
+            .and_then(|state| match state.entries.keys().next_back() {
+                Some(last) => Some(last + 1),
+                None => state.purged.as_ref().map(|(purged, _)| purged + 1),
+            });
+        let first = expected.unwrap_or(batch.frames[0].0);
+        for (next, &(index, _, _)) in (first..).zip(&batch.frames) {
+            if index != next {
+                return Err(LogError::Invalid {
+                    group,
+                    reason: format!("append of entry {index} where {next} was expected"),
+                });
+            }
+        }
+        let (start, file) = self.write(&batch.bytes)?;
+        for &(index, offset, frame_len) in &batch.frames {
+            let location = Location {
+                segment: start.segment,
+                offset: start.offset + u64::from(offset),
+                frame_len,
+            };
+            self.apply(RecordHead::Entry { group, index }, location)
+                .map_err(|reason| LogError::Invalid { group, reason })?;
+        }
+        Ok(Written {
+            end: Position {
+                segment: start.segment,
+                offset: start.offset + batch.bytes.len() as u64,
+            },
+            file,
+        })
+    }
+
+    pub fn save_vote(&mut self, group: u64, vote: Vec<u8>) -> Result<Written<D::File>, LogError> {
+        self.write_record(RecordHead::Vote { group, vote })
+    }
+
+    pub fn save_committed(
+        &mut self,
+        group: u64,
+        index: u64,
+        log_id: Vec<u8>,
+    ) -> Result<Written<D::File>, LogError> {
+        self.write_record(RecordHead::Committed { group, index, log_id })
+    }
+
+    /// Deletes the group's entries at `first_removed` and after.
+    pub fn truncate(&mut self, group: u64, first_removed: u64) -> Result<Written<D::File>, LogError> {
+        self.write_record(RecordHead::Truncate { group, first_removed })
+    }
+
+    /// Deletes the group's entries up to and including `index`, then removes segments nobody
+    /// needs any more.
+    pub fn purge(&mut self, group: u64, index: u64, log_id: Vec<u8>) -> Result<Written<D::File>, LogError> {
+        let written = self.write_record(RecordHead::Purge { group, index, log_id })?;
+        self.remove_unneeded_segments()?;
+        Ok(written)
+    }
+
+    /// Removes the oldest segments while they hold no live entry. Only a prefix is removed: a
+    /// truncate record in a newer segment may be what keeps an older entry dead.
+    fn remove_unneeded_segments(&mut self) -> Result<(), LogError> {
+        let active = self.active_id();
+        while let Some((&oldest, segment)) = self.segments.first_key_value() {
+            if oldest == active || segment.live_entries > 0 {
+                break;
+            }
+            let name = segment.name.clone();
+            self.disk.remove(&name).map_err(|e| LogError::io(&name, e))?;
+            tracing::debug!(file = %name, "removed a log segment every group has moved past");
+            self.segments.remove(&oldest);
+        }
+        Ok(())
+    }
+
+    pub fn vote(&self, group: u64) -> Option<Vec<u8>> {
+        self.groups.get(&group)?.vote.clone()
+    }
+
+    pub fn committed(&self, group: u64) -> Option<Vec<u8>> {
+        Some(self.groups.get(&group)?.committed.as_ref()?.1.clone())
+    }
+
+    pub fn purged(&self, group: u64) -> Option<Vec<u8>> {
+        Some(self.groups.get(&group)?.purged.as_ref()?.1.clone())
+    }
+
+    pub fn last_index(&self, group: u64) -> Option<u64> {
+        self.groups.get(&group)?.entries.keys().next_back().copied()
+    }
+
+    /// Groups that have any state in the log.
+    pub fn groups(&self) -> Vec<u64> {
+        self.groups.keys().copied().collect()
+    }
+
+    /// Segment ids currently on disk (oldest first).
+    pub fn segment_ids(&self) -> Vec<u64> {
+        self.segments.keys().copied().collect()
+    }
+
+    /// Where to read the group's entries in `range` (only those present).
+    pub fn locate(&self, group: u64, range: impl RangeBounds<u64>) -> Vec<EntryRef<D::File>> {
+        let Some(state) = self.groups.get(&group) else {
+            return Vec::new();
+        };
+        let range = (clone_bound(range.start_bound()), clone_bound(range.end_bound()));
+        if range_is_empty(&range) {
+            return Vec::new();
+        }
+        state
+            .entries
+            .range(range)
+            .map(|(&index, &location)| {
+                let segment = &self.segments[&location.segment];
+                EntryRef {
+                    group,
+                    index,
+                    file: segment.file.clone(),
+                    name: segment.name.clone(),
+                    location,
+                }
+            })
+            .collect()
+    }
+}
+
+fn clone_bound(bound: Bound<&u64>) -> Bound<u64> {
+    match bound {
+        Bound::Included(x) => Bound::Included(*x),
+        Bound::Excluded(x) => Bound::Excluded(*x),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// Every segment starts with a checkpoint; when its predecessor is still on disk, the
+/// predecessor must have exactly the length the checkpoint recorded.
+fn check_segment_start(name: &str, head: &RecordHead, previous_len: Option<u64>) -> Result<(), LogError> {
+    let offset = segment::SEGMENT_HEADER_BYTES as u64;
+    let RecordHead::Checkpoint {
+        previous_segment_len, ..
+    } = head
+    else {
+        return Err(LogError::corrupt(
+            name,
+            offset,
+            head.group(),
+            "segment does not start with a checkpoint",
+        ));
+    };
+    match previous_len {
+        Some(found) if found != *previous_segment_len => Err(LogError::corrupt(
+            name,
+            offset,
+            None,
+            format!(
+                "the previous segment has {found} bytes but had {previous_segment_len} when this one started"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// BTreeMap::range panics on an inverted range; openraft may ask for an empty one.
+fn range_is_empty(range: &(Bound<u64>, Bound<u64>)) -> bool {
+    let start = match range.0 {
+        Bound::Included(x) => x,
+        Bound::Excluded(x) => match x.checked_add(1) {
+            Some(x) => x,
+            None => return true,
+        },
+        Bound::Unbounded => 0,
+    };
+    match range.1 {
+        Bound::Included(end) => start > end,
+        Bound::Excluded(end) => start >= end,
+        Bound::Unbounded => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::MemDisk;
+
+    fn small() -> LogConfig {
+        LogConfig {
+            segment_bytes_max: 4096,
+        }
+    }
+
+    fn append(wal: &mut Wal<MemDisk>, group: u64, indexes: std::ops::RangeInclusive<u64>) {
+        let mut batch = EntryBatch::new(group);
+        for index in indexes {
+            batch
+                .push(index, &format!("g{group}-e{index}-{}", "x".repeat(100)))
+                .unwrap();
+        }
+        wal.append(&batch).unwrap();
+    }
+
+    fn read_all(wal: &Wal<MemDisk>, group: u64) -> Vec<(u64, String)> {
+        wal.locate(group, ..)
+            .iter()
+            .map(|r| (r.index, codec::decode::<String>(&r.read().unwrap()).unwrap()))
+            .collect()
+    }
+
+    fn sync_all(disk: &MemDisk) {
+        for name in disk.list().unwrap() {
+            disk.open(&name).unwrap().sync().unwrap();
+        }
+    }
+
+    #[test]
+    fn replay_rebuilds_the_same_index_across_segments() {
+        let disk = MemDisk::new();
+        let mut wal = Wal::open(disk.clone(), small()).unwrap();
+        for round in 0..20u64 {
+            append(&mut wal, 1, round * 10 + 1..=round * 10 + 10);
+            append(&mut wal, 2, round * 5 + 1..=round * 5 + 5);
+        }
+        wal.save_vote(1, vec![1, 2]).unwrap();
+        wal.truncate(2, 90).unwrap();
+        wal.save_committed(1, 150, vec![9]).unwrap();
+        assert!(wal.segment_ids().len() > 3, "the test needs several segments");
+        let before = (read_all(&wal, 1), read_all(&wal, 2));
+        sync_all(&disk);
+        let reopened = Wal::open(disk, small()).unwrap();
+        assert_eq!((read_all(&reopened, 1), read_all(&reopened, 2)), before);
+        assert_eq!(reopened.last_index(2), Some(89));
+        assert_eq!(reopened.vote(1), Some(vec![1, 2]));
+        assert_eq!(reopened.committed(1), Some(vec![9]));
+    }
+
+    #[test]
+    fn purge_removes_only_a_prefix_of_segments_nobody_needs_and_keeps_metadata() {
+        let disk = MemDisk::new();
+        let mut wal = Wal::open(disk.clone(), small()).unwrap();
+        wal.save_vote(7, vec![7]).unwrap();
+        append(&mut wal, 2, 1..=2);
+        append(&mut wal, 1, 1..=100);
+        append(&mut wal, 1, 101..=200);
+        assert!(wal.segment_ids().len() >= 3, "the test needs several segments");
+        wal.purge(1, 150, vec![150]).unwrap();
+        assert_eq!(
+            wal.segment_ids().first(),
+            Some(&1),
+            "group 2 still needs the oldest segment"
+        );
+        wal.purge(2, 2, vec![2]).unwrap();
+        let segments_after = wal.segment_ids();
+        assert!(segments_after.first() > Some(&2), "{segments_after:?}");
+        sync_all(&disk);
+        let reopened = Wal::open(disk, small()).unwrap();
+        assert_eq!(reopened.vote(7), Some(vec![7]), "the checkpoint carries the vote");
+        assert_eq!(reopened.purged(1), Some(vec![150]));
+        assert_eq!(read_all(&reopened, 1).first().map(|e| e.0), Some(151));
+        assert_eq!(reopened.last_index(2), None);
+    }
+
+    #[test]
+    fn crash_loses_only_unsynced_records_and_the_torn_tail_is_cut() {
+        let disk = MemDisk::new();
+        let mut wal = Wal::open(disk.clone(), LogConfig::default()).unwrap();
+        append(&mut wal, 1, 1..=5);
+        sync_all(&disk);
+        append(&mut wal, 1, 6..=8);
+        let name = segment::segment_name(1);
+        let mut bytes = disk.bytes(&name).unwrap();
+        bytes.truncate(bytes.len() - 3); // the last write was torn
+        disk.set_bytes(&name, bytes);
+        let mut reopened = Wal::open(disk.clone(), LogConfig::default()).unwrap();
+        assert_eq!(reopened.last_index(1), Some(7));
+        append(&mut reopened, 1, 8..=9);
+        assert_eq!(read_all(&reopened, 1).len(), 9);
+    }
+
+    #[test]
+    fn a_segment_torn_while_being_started_is_started_again() {
+        let disk = MemDisk::new();
+        let mut wal = Wal::open(disk.clone(), small()).unwrap();
+        for batch in 0..12 {
+            append(&mut wal, 1, batch * 10 + 1..=batch * 10 + 10);
+        }
+        sync_all(&disk);
+        let last = *wal.segment_ids().last().unwrap();
+        assert!(last > 2, "the test needs several segments");
+        drop(wal);
+        let name = segment::segment_name(last);
+        let bytes = disk.bytes(&name).unwrap();
+        disk.set_bytes(&name, bytes[..segment::SEGMENT_HEADER_BYTES + 3].to_vec());
+        let wal = Wal::open(disk.clone(), small()).unwrap();
+        assert_eq!(
+            wal.segment_ids().last(),
+            Some(&last),
+            "the segment is started anew"
+        );
+        let expected = wal.last_index(1);
+        assert!(
+            expected.is_some_and(|last| last < 120),
+            "the torn segment's entries are gone"
+        );
+        drop(wal);
+        sync_all(&disk);
+        let reopened = Wal::open(disk, small()).unwrap();
+        assert_eq!(
+            reopened.last_index(1),
+            expected,
+            "and the log opens again afterwards"
+        );
+    }
+
+    #[test]
+    fn appends_must_continue_the_log() {
+        let mut wal = Wal::open(MemDisk::new(), LogConfig::default()).unwrap();
+        append(&mut wal, 1, 3..=4);
+        let mut gap = EntryBatch::new(1);
+        gap.push(6, &"x").unwrap();
+        assert!(matches!(
+            wal.append(&gap),
+            Err(LogError::Invalid { group: 1, .. })
+        ));
+        wal.purge(1, 10, vec![]).unwrap();
+        assert_eq!(wal.last_index(1), None);
+        let mut after_purge = EntryBatch::new(1);
+        after_purge.push(11, &"y").unwrap();
+        wal.append(&after_purge).unwrap();
+    }
+
+    #[test]
+    fn a_lost_committed_entry_refuses_to_open() {
+        let disk = MemDisk::new();
+        let mut wal = Wal::open(disk.clone(), LogConfig::default()).unwrap();
+        append(&mut wal, 4, 1..=3);
+        wal.save_committed(4, 3, vec![]).unwrap();
+        wal.truncate(4, 3).unwrap(); // only a damaged disk could do this to a committed entry
+        sync_all(&disk);
+        let error = Wal::open(disk, LogConfig::default()).err().expect("must refuse");
+        assert!(
+            matches!(
+                error,
+                LogError::LostCommittedEntries {
+                    group: 4,
+                    committed: 3,
+                    last: Some(2)
+                }
+            ),
+            "{error}"
+        );
+    }
+}

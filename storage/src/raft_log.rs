@@ -1,0 +1,294 @@
+//! openraft's log storage for one replica group, on top of the node-wide log.
+//!
+//! [`LogEngine`] owns the node's [`Wal`] and its [`CommitQueue`]; [`GroupLog`] is a cheap handle
+//! for one group that implements [`RaftLogStorage`] and [`RaftLogReader`].
+//!
+//! Durability of each operation:
+//! * `append`: acknowledged through openraft's [`IOFlushed`] callback only after an fdatasync that
+//!   covers the entries (group commit);
+//! * `save_vote`: returns only after an fdatasync covering the vote;
+//! * `save_committed`, `truncate_after`, `purge`: written in log order and made durable by the next
+//!   group sync (the driver syncs whenever anything is unsynced) without blocking the caller.
+//!   Losing one of these in a crash is safe: a commit index only speeds up re-apply, a lost
+//!   truncation is redone by the leader before any conflicting entry is acknowledged (the append
+//!   that follows it is synced after it), and a lost purge leaves extra entries.
+//!
+//! Someone must drive the commit queue, or appends never complete: [`LogEngine::spawn_sync_thread`]
+//! in production, a runtime task calling [`CommitQueue::sync_pending`] in the simulator.
+
+use std::fmt::Debug;
+use std::io;
+use std::marker::PhantomData;
+use std::ops::RangeBounds;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use openraft::LogState;
+use openraft::OptionalSend;
+use openraft::RaftLogReader;
+use openraft::alias::LogIdOf;
+use openraft::alias::VoteOf;
+use openraft::entry::RaftEntry;
+use openraft::storage::IOFlushed;
+use openraft::storage::RaftLogStorage;
+use openraft::type_config::OneshotSender;
+use openraft::type_config::TypeConfigExt;
+
+use crate::StorageTypeConfig;
+use crate::codec;
+use crate::disk::Disk;
+use crate::error::LogError;
+use crate::group_commit::CommitQueue;
+use crate::group_commit::SyncThread;
+use crate::group_commit::Waiter;
+use crate::log::EntryBatch;
+use crate::log::LogConfig;
+use crate::log::Wal;
+use crate::log::Written;
+
+/// The node-wide log shared by every group's [`GroupLog`].
+pub struct LogEngine<D: Disk> {
+    wal: Mutex<Wal<D>>,
+    queue: Arc<CommitQueue<D::File>>,
+}
+
+impl<D: Disk> LogEngine<D> {
+    /// Opens (recovering) the log; see [`Wal::open`] for what refuses to start.
+    pub fn open(disk: D, config: LogConfig) -> Result<Arc<LogEngine<D>>, LogError> {
+        let wal = Wal::open(disk, config)?;
+        Ok(Arc::new(LogEngine {
+            wal: Mutex::new(wal),
+            queue: Arc::new(CommitQueue::new()),
+        }))
+    }
+
+    /// The queue a group-commit driver must drive.
+    pub fn commit_queue(&self) -> Arc<CommitQueue<D::File>> {
+        self.queue.clone()
+    }
+
+    /// Starts the production driver; dropping the handle syncs what is pending and stops it.
+    pub fn spawn_sync_thread(&self) -> io::Result<SyncThread<D::File>> {
+        SyncThread::spawn(self.queue.clone())
+    }
+
+    /// The openraft log storage of one group.
+    pub fn group<C: StorageTypeConfig>(self: &Arc<Self>, group: u64) -> GroupLog<C, D> {
+        GroupLog {
+            engine: self.clone(),
+            group,
+            _config: PhantomData,
+        }
+    }
+
+    /// Groups that have any state in the log.
+    pub fn groups(&self) -> Vec<u64> {
+        self.lock().groups()
+    }
+
+    /// Segment ids on disk, oldest first.
+    pub fn segment_ids(&self) -> Vec<u64> {
+        self.lock().segment_ids()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Wal<D>> {
+        // A panic while holding the lock would leave the index half-updated: stop serving.
+        self.wal
+            .lock()
+            .expect("log index lock poisoned by an earlier panic")
+    }
+
+    /// Runs one write and hands its end position to the commit queue, both under the log's lock
+    /// so the queue sees positions in log order.
+    fn write(
+        &self,
+        operation: impl FnOnce(&mut Wal<D>) -> Result<Written<D::File>, LogError>,
+        waiter: Option<Waiter>,
+    ) -> Result<(), LogError> {
+        let mut wal = self.lock();
+        let written = match operation(&mut wal) {
+            Ok(written) => written,
+            Err(error) => {
+                if let Some(waiter) = waiter {
+                    waiter(Err(io::Error::other(error.to_string())));
+                }
+                return Err(error);
+            }
+        };
+        self.queue
+            .push(written.end, written.file, waiter)
+            .map_err(LogError::Poisoned)
+    }
+}
+
+/// openraft's log storage and reader for one group.
+pub struct GroupLog<C, D: Disk> {
+    engine: Arc<LogEngine<D>>,
+    group: u64,
+    _config: PhantomData<fn() -> C>,
+}
+
+impl<C, D: Disk> Clone for GroupLog<C, D> {
+    fn clone(&self) -> Self {
+        GroupLog {
+            engine: self.engine.clone(),
+            group: self.group,
+            _config: PhantomData,
+        }
+    }
+}
+
+fn decode_error(group: u64, what: &str, error: crate::error::CodecError) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("group {group}: stored {what} does not decode: {error}"),
+    )
+}
+
+impl<C: StorageTypeConfig, D: Disk> GroupLog<C, D> {
+    pub fn group(&self) -> u64 {
+        self.group
+    }
+
+    fn read_entries(&self, range: impl RangeBounds<u64>) -> Result<Vec<C::Entry>, io::Error> {
+        let refs = self.engine.lock().locate(self.group, range);
+        // Reads run outside the lock; a purge meanwhile only unlinks files we still hold open.
+        refs.iter()
+            .map(|entry_ref| {
+                let bytes = entry_ref.read()?;
+                let entry: C::Entry =
+                    codec::decode(&bytes).map_err(|e| decode_error(self.group, "entry", e))?;
+                assert_eq!(
+                    entry.index(),
+                    entry_ref.index,
+                    "group {}: the index points at another entry",
+                    self.group
+                );
+                Ok(entry)
+            })
+            .collect()
+    }
+
+    fn last_log_id(&self) -> Result<Option<LogIdOf<C>>, io::Error> {
+        let (last, purged) = {
+            let wal = self.engine.lock();
+            (wal.last_index(self.group), wal.purged(self.group))
+        };
+        if let Some(last) = last
+            && let Some(entry) = self.read_entries(last..=last)?.pop()
+        {
+            return Ok(Some(entry.log_id()));
+        }
+        self.decode_purged(purged)
+    }
+
+    fn decode_purged(&self, purged: Option<Vec<u8>>) -> Result<Option<LogIdOf<C>>, io::Error> {
+        purged
+            .map(|bytes| codec::decode(&bytes).map_err(|e| decode_error(self.group, "purge point", e)))
+            .transpose()
+    }
+
+    /// Waits until everything written so far is durable.
+    async fn wait_durable(
+        &self,
+        operation: impl FnOnce(&mut Wal<D>) -> Result<Written<D::File>, LogError>,
+    ) -> Result<(), io::Error> {
+        let (tx, rx) = C::oneshot();
+        let waiter: Waiter = Box::new(move |result| {
+            // The receiver is gone only if the caller's future was dropped; nothing to tell then.
+            let _ = tx.send(result);
+        });
+        self.engine.write(operation, Some(waiter))?;
+        rx.await
+            .map_err(|_| io::Error::other("the log sync driver stopped"))?
+    }
+}
+
+impl<C: StorageTypeConfig, D: Disk> RaftLogReader<C> for GroupLog<C, D> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<C::Entry>, io::Error> {
+        self.read_entries(range)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
+        let vote = self.engine.lock().vote(self.group);
+        vote.map(|bytes| codec::decode(&bytes).map_err(|e| decode_error(self.group, "vote", e)))
+            .transpose()
+    }
+}
+
+impl<C: StorageTypeConfig, D: Disk> RaftLogStorage<C> for GroupLog<C, D> {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
+        let purged = self.engine.lock().purged(self.group);
+        let last_purged_log_id = self.decode_purged(purged)?;
+        let last_log_id = self.last_log_id()?;
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &VoteOf<C>) -> Result<(), io::Error> {
+        let bytes = codec::encode(vote).map_err(io::Error::other)?;
+        let group = self.group;
+        self.wait_durable(move |wal| wal.save_vote(group, bytes)).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
+        let Some(committed) = committed else { return Ok(()) };
+        let bytes = codec::encode(&committed).map_err(io::Error::other)?;
+        let group = self.group;
+        Ok(self
+            .engine
+            .write(move |wal| wal.save_committed(group, committed.index, bytes), None)?)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
+        let committed = self.engine.lock().committed(self.group);
+        committed
+            .map(|bytes| codec::decode(&bytes).map_err(|e| decode_error(self.group, "commit index", e)))
+            .transpose()
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        // Framing and checksumming happen here, outside the log's lock.
+        let mut batch = EntryBatch::new(self.group);
+        for entry in entries {
+            batch.push(entry.index(), &entry)?;
+        }
+        if batch.is_empty() {
+            callback.io_completed(Ok(()));
+            return Ok(());
+        }
+        let waiter: Waiter = Box::new(move |result| callback.io_completed(result));
+        Ok(self.engine.write(|wal| wal.append(&batch), Some(waiter))?)
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
+        let first_removed = last_log_id.map_or(0, |log_id| log_id.index + 1);
+        let group = self.group;
+        Ok(self
+            .engine
+            .write(move |wal| wal.truncate(group, first_removed), None)?)
+    }
+
+    async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
+        let bytes = codec::encode(&log_id).map_err(io::Error::other)?;
+        let group = self.group;
+        Ok(self
+            .engine
+            .write(move |wal| wal.purge(group, log_id.index, bytes), None)?)
+    }
+}

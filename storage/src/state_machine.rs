@@ -1,0 +1,311 @@
+//! openraft's state machine for one replica group, over any [`Backend`].
+//!
+//! Each `apply` call becomes one atomic backend batch (one redb write transaction) built by the
+//! deterministic [`Applier`]; responses are sent only after the batch commits.
+//!
+//! **Durability choice.** Applies are not fsynced one by one. A batch commits non-durably and
+//! every [`DURABLE_EVERY_BATCHES`]th batch, every snapshot build and every snapshot install commit
+//! durably. After a crash the backend is at its last durable commit — a consistent state that
+//! includes its own applied log id — and openraft re-applies the committed entries after it from
+//! the log, which is already durable (and whose purge never passes a durable snapshot, because
+//! building a snapshot makes the state durable first). Fsyncing each apply would double the syncs
+//! on the write path for no gain in safety: the log is the durable record of what was committed.
+//! Re-applying is safe because applying is deterministic and retried writes are deduplicated.
+//!
+//! Opening verifies the stored metadata and the current snapshot, refusing to start on damage.
+
+use std::io;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use futures_util::Stream;
+use futures_util::TryStreamExt;
+use openraft::EntryPayload;
+use openraft::OptionalSend;
+use openraft::RaftSnapshotBuilder;
+use openraft::Snapshot;
+use openraft::StoredMembership;
+use openraft::alias::LogIdOf;
+use openraft::alias::SnapshotMetaOf;
+use openraft::alias::SnapshotOf;
+use openraft::alias::StoredMembershipOf;
+use openraft::storage::EntryResponder;
+use openraft::storage::RaftStateMachine;
+
+use crate::StorageTypeConfig;
+use crate::apply;
+use crate::apply::Applier;
+use crate::backend::Backend;
+use crate::backend::WriteBatch;
+pub use crate::blocking::Execution;
+use crate::blocking::Executor;
+use crate::codec;
+use crate::error::SnapshotError;
+use crate::error::StateMachineError;
+use crate::record::Record;
+use crate::record::RecordKey;
+use crate::record::Response;
+use crate::snapshot;
+use crate::snapshot::SnapshotData;
+use crate::snapshot::SnapshotHeader;
+
+/// Every this many apply batches, one commits durably (bounds the re-apply after a crash).
+pub const DURABLE_EVERY_BATCHES: u32 = 64;
+
+struct Core<B> {
+    backend: B,
+    batches_since_durable: u32,
+}
+
+/// The state machine of one group.
+pub struct StateMachine<C, B: Backend> {
+    core: Arc<Mutex<Core<B>>>,
+    executor: Arc<Executor>,
+    _config: PhantomData<fn() -> C>,
+}
+
+/// Builds snapshots while the state machine keeps applying.
+pub struct SnapshotBuilder<C, B: Backend> {
+    core: Arc<Mutex<Core<B>>>,
+    executor: Arc<Executor>,
+    _config: PhantomData<fn() -> C>,
+}
+
+fn lock<B>(core: &Mutex<Core<B>>) -> std::sync::MutexGuard<'_, Core<B>> {
+    core.lock()
+        .expect("state machine lock poisoned by an earlier panic")
+}
+
+fn corrupt(what: &str, error: impl std::fmt::Display) -> StateMachineError {
+    StateMachineError::Corrupt {
+        location: format!("meta {what}"),
+        reason: error.to_string(),
+    }
+}
+
+/// Decodes caller-encoded bytes; empty means "never set".
+fn decode_optional<T: serde::de::DeserializeOwned>(
+    what: &str,
+    bytes: &[u8],
+) -> Result<Option<T>, StateMachineError> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    codec::decode(bytes).map(Some).map_err(|e| corrupt(what, e))
+}
+
+type AppliedState<C> = (Option<LogIdOf<C>>, StoredMembershipOf<C>);
+
+fn applied_state_of<C: StorageTypeConfig>(
+    header: &SnapshotHeader,
+) -> Result<AppliedState<C>, StateMachineError> {
+    let applied = decode_optional("applied log id", &header.last_log_id)?;
+    let membership = decode_optional("membership", &header.membership)?.unwrap_or_default();
+    Ok((applied, membership))
+}
+
+impl<B: Backend> Core<B> {
+    fn header(&self) -> Result<SnapshotHeader, StateMachineError> {
+        snapshot::header_from_view(&self.backend.view()?)
+    }
+
+    fn apply<C: StorageTypeConfig>(
+        &mut self,
+        entries: Vec<C::Entry>,
+    ) -> Result<Vec<Response>, StateMachineError> {
+        let view = self.backend.view()?;
+        let mut applier = Applier::new(&view);
+        let mut responses = Vec::with_capacity(entries.len());
+        let mut last = None;
+        for entry in entries {
+            let index = entry.log_id.index;
+            let response = match &entry.payload {
+                EntryPayload::Blank => Response::Empty,
+                EntryPayload::Normal(command) => applier.apply(index, command)?,
+                EntryPayload::Membership(membership) => {
+                    let stored = StoredMembership::new(Some(entry.log_id.clone()), membership.clone());
+                    applier.set_meta(apply::META_MEMBERSHIP, &encode(&stored)?)?;
+                    Response::Empty
+                }
+            };
+            responses.push(response);
+            last = Some(entry.log_id);
+        }
+        if let Some(last) = last {
+            applier.set_meta(apply::META_APPLIED, &encode(&last)?)?;
+        }
+        let mut batch = applier.finish();
+        drop(view);
+        self.batches_since_durable += 1;
+        if self.batches_since_durable >= DURABLE_EVERY_BATCHES {
+            batch.durable = true;
+            self.batches_since_durable = 0;
+        }
+        self.backend.commit(batch)?;
+        Ok(responses)
+    }
+
+    fn make_durable(&mut self) -> Result<(), StateMachineError> {
+        self.backend.commit(WriteBatch {
+            durable: true,
+            ..WriteBatch::default()
+        })?;
+        self.batches_since_durable = 0;
+        Ok(())
+    }
+
+    fn build_snapshot(&mut self) -> Result<SnapshotData, StateMachineError> {
+        // Durable first: the log may be purged up to this snapshot as soon as it exists.
+        self.make_durable()?;
+        let view = self.backend.view()?;
+        let data = snapshot::build(&view, snapshot::header_from_view(&view)?)?;
+        self.backend.save_snapshot(data.as_bytes())?;
+        Ok(data)
+    }
+
+    fn install_snapshot(&mut self, data: &SnapshotData) -> Result<(), StateMachineError> {
+        let batch = data.install_batch()?;
+        self.backend.commit(batch)?;
+        self.batches_since_durable = 0;
+        self.backend.save_snapshot(data.as_bytes())
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StateMachineError> {
+    codec::encode(value).map_err(|e| StateMachineError::Backend(format!("encoding failed: {e}")))
+}
+
+fn snapshot_of<C: StorageTypeConfig>(
+    data: SnapshotData,
+) -> Result<SnapshotOf<C, SnapshotData>, StateMachineError> {
+    let (last_log_id, last_membership) = applied_state_of::<C>(data.header())?;
+    Ok(Snapshot {
+        meta: SnapshotMetaOf::<C> {
+            last_log_id,
+            last_membership,
+        },
+        snapshot: data,
+    })
+}
+
+impl<C: StorageTypeConfig, B: Backend> StateMachine<C, B> {
+    /// Opens the state machine, refusing damaged metadata or a damaged current snapshot.
+    pub fn open(backend: B, execution: Execution) -> Result<Self, StateMachineError> {
+        let core = Core {
+            backend,
+            batches_since_durable: 0,
+        };
+        applied_state_of::<C>(&core.header()?)?;
+        if let Some(bytes) = core.backend.load_snapshot()? {
+            let data = SnapshotData::from_bytes(bytes)?;
+            applied_state_of::<C>(data.header())?;
+        }
+        let executor = Executor::new(execution, "domicile-state-machine".into())?;
+        Ok(StateMachine {
+            core: Arc::new(Mutex::new(core)),
+            executor: Arc::new(executor),
+            _config: PhantomData,
+        })
+    }
+
+    async fn with_core<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Core<B>) -> Result<T, StateMachineError> + Send + 'static,
+    ) -> Result<T, StateMachineError> {
+        let core = self.core.clone();
+        self.executor.run::<C, _>(move || job(&mut lock(&core))).await?
+    }
+
+    /// A local read of one record: as of the last applied entry, not linearizable.
+    pub async fn read_record(&self, key: RecordKey) -> Result<Option<Record>, StateMachineError> {
+        self.with_core(move |core| apply::read_record(&core.backend.view()?, &key))
+            .await
+    }
+
+    /// The group's policy version as of the last applied entry.
+    pub async fn policy_version(&self) -> Result<u64, StateMachineError> {
+        self.with_core(|core| Ok(core.header()?.policy_version)).await
+    }
+}
+
+impl<C: StorageTypeConfig, B: Backend> RaftStateMachine<C> for StateMachine<C, B> {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = SnapshotBuilder<C, B>;
+
+    async fn applied_state(&mut self) -> Result<AppliedState<C>, io::Error> {
+        let header = self.with_core(|core| core.header()).await?;
+        Ok(applied_state_of::<C>(&header)?)
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<C>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut batch = Vec::new();
+        let mut responders = Vec::new();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            batch.push(entry);
+            responders.push(responder);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let responses = self.with_core(move |core| core.apply::<C>(batch)).await?;
+        assert_eq!(
+            responses.len(),
+            responders.len(),
+            "one response per applied entry"
+        );
+        for (responder, response) in responders.into_iter().zip(responses) {
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            core: self.core.clone(),
+            executor: self.executor.clone(),
+            _config: PhantomData,
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<C>,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
+        let (last_log_id, last_membership) = applied_state_of::<C>(snapshot.header())?;
+        if last_log_id != meta.last_log_id || last_membership != meta.last_membership {
+            let reason =
+                format!("snapshot holds {last_log_id:?}/{last_membership}, openraft installs {meta}");
+            return Err(StateMachineError::Snapshot(SnapshotError::MetaMismatch(reason)).into());
+        }
+        Ok(self
+            .with_core(move |core| core.install_snapshot(&snapshot))
+            .await?)
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, SnapshotData>>, io::Error> {
+        let bytes = self.with_core(|core| core.backend.load_snapshot()).await?;
+        let Some(bytes) = bytes else { return Ok(None) };
+        let data = SnapshotData::from_bytes(bytes).map_err(StateMachineError::from)?;
+        Ok(Some(snapshot_of::<C>(data)?))
+    }
+}
+
+impl<C: StorageTypeConfig, B: Backend> RaftSnapshotBuilder<C> for SnapshotBuilder<C, B> {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, SnapshotData>, io::Error> {
+        let core = self.core.clone();
+        let data = self
+            .executor
+            .run::<C, _>(move || lock(&core).build_snapshot())
+            .await??;
+        Ok(snapshot_of::<C>(data)?)
+    }
+}
