@@ -80,6 +80,10 @@ pub enum RefusalReason {
     LeaderNotVoter,
     /// Data would be sent to a node that is neither inside the jurisdiction nor a legacy member.
     EgressOutsideJurisdiction,
+    /// A node outside the jurisdiction (and not a legacy member) was asked to store the group's data.
+    IngressOutsideJurisdiction,
+    /// A vote was requested by, or entries were sent from, a would-be leader outside the jurisdiction.
+    CandidateOutsideJurisdiction,
     /// The proposed membership has no voter.
     NoVoters,
     /// A node is proposed as both voter and learner.
@@ -104,6 +108,12 @@ impl RefusalReason {
             RefusalReason::LeaderNotVoter => "a leader must be a voter of the group",
             RefusalReason::EgressOutsideJurisdiction => {
                 "the group's data may not be sent to a node outside the jurisdiction"
+            }
+            RefusalReason::IngressOutsideJurisdiction => {
+                "this node is outside the jurisdiction and may not store the group's data"
+            }
+            RefusalReason::CandidateOutsideJurisdiction => {
+                "a node outside the jurisdiction may not lead the group, so its votes and entries are refused"
             }
             RefusalReason::NoVoters => "a membership needs at least one voter",
             RefusalReason::VoterAndLearner => "a node can't be both voter and learner",
@@ -267,6 +277,14 @@ impl Fence {
             Some(target),
             RefusalReason::EgressOutsideJurisdiction,
         ))
+    }
+}
+
+impl Refusal {
+    /// A refusal about `node` for the group of `policy`, naming the node's site and country from the
+    /// topology. For runtime enforcement points (egress, ingress) that apply the fence's rules to messages.
+    pub fn new(topology: &Topology, policy: &GroupPolicy, node: NodeId, reason: RefusalReason) -> Refusal {
+        refusal(topology, policy, Some(node), reason)
     }
 }
 

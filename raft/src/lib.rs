@@ -1,10 +1,22 @@
 //! Replica groups on the wire.
 //!
-//! Today this crate holds the first piece of the transport: [`identity`], how a node proves which site (and
-//! so which country) it stands in. The cluster CA signs each node's certificate with its node id, site and
-//! country; peers learn each other's site from the verified certificate, never from what a peer says. The
-//! residency fence's egress and ingress checks are built on that fact. Multi-group openraft and the QUIC
-//! transport come next, over `storage`.
+//! A [`host::Host`] runs the openraft groups placed on one node over `storage`, and talks to other hosts
+//! through a [`transport::Transport`]: QUIC with mutual TLS in production ([`quic`]), a simulated network in
+//! the simulator. Peers learn each other's site from the verified certificate ([`identity`]), never from
+//! what a peer says. The residency fence is enforced at three points ([`residency`]): on membership and
+//! leadership changes, on every message carrying a group's data as it leaves, and on every message as it
+//! arrives. Keys route to groups by jurisdiction and a stable hash of the user id ([`routing`]).
+//!
+//! Everything here except `quic` is generic over openraft's runtime ([`config::GroupConfig`]) and uses no
+//! tokio spawn, wall clock or OS randomness directly, so the simulator runs the same code.
 
+pub mod config;
+pub mod host;
 pub mod identity;
+pub mod message;
+pub mod network;
 pub mod quic;
+pub mod residency;
+pub mod routing;
+pub mod stores;
+pub mod transport;

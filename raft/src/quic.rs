@@ -31,9 +31,13 @@ use serde::de::DeserializeOwned;
 use storage::codec::{self, FRAME_HEADER_BYTES, FrameHeader};
 use tokio::sync::Mutex;
 
+use crate::config::GroupConfig;
+use crate::host::Host;
 use crate::identity::{
     IdentityError, NodeIdentity, TlsConfigs, attested_identity, check_against_topology, server_name,
 };
+use crate::stores::Stores;
+use crate::transport::{PeerRequest, PeerResponse, Transport, TransportError};
 
 /// Tuning for one kind of link. quinn's defaults assume ~100 ms round trips and modest windows.
 #[derive(Clone, Debug)]
@@ -84,12 +88,12 @@ impl QuicConfig {
         }
     }
 
-    fn transport(&self) -> Result<TransportConfig, TransportError> {
+    fn transport(&self) -> Result<TransportConfig, QuicError> {
         let mut transport = TransportConfig::default();
         let idle = self
             .idle_timeout
             .try_into()
-            .map_err(|_| TransportError::Config("idle timeout out of range".into()))?;
+            .map_err(|_| QuicError::Config("idle timeout out of range".into()))?;
         transport
             .max_idle_timeout(Some(idle))
             .keep_alive_interval(Some(self.keep_alive))
@@ -104,7 +108,7 @@ impl QuicConfig {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum TransportError {
+pub enum QuicError {
     #[error("no address known for node {0}")]
     UnknownPeer(NodeId),
     #[error("transport configuration: {0}")]
@@ -136,12 +140,12 @@ pub enum TransportError {
     Remote { node: NodeId, reason: String },
 }
 
-impl TransportError {
+impl QuicError {
     /// True when trying again (later, or after reconnecting) can help.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            TransportError::Connect { .. } | TransportError::Stream { .. } | TransportError::Timeout(_)
+            QuicError::Connect { .. } | QuicError::Stream { .. } | QuicError::Timeout(_)
         )
     }
 }
@@ -160,7 +164,7 @@ pub struct QuicNode {
     me: NodeIdentity,
     endpoint: Endpoint,
     topology: Arc<Topology>,
-    addresses: BTreeMap<NodeId, SocketAddr>,
+    addresses: std::sync::RwLock<BTreeMap<NodeId, SocketAddr>>,
     connections: Mutex<BTreeMap<NodeId, Connection>>,
     config: QuicConfig,
 }
@@ -175,7 +179,7 @@ impl QuicNode {
         addresses: BTreeMap<NodeId, SocketAddr>,
         config: QuicConfig,
         handler: Arc<H>,
-    ) -> Result<Arc<QuicNode>, TransportError>
+    ) -> Result<Arc<QuicNode>, QuicError>
     where
         Request: DeserializeOwned + Send + 'static,
         Response: Serialize + Send + Sync + 'static,
@@ -184,22 +188,22 @@ impl QuicNode {
         check_against_topology(&me, &topology)?;
         let transport = Arc::new(config.transport()?);
         let server_crypto = QuicServerConfig::try_from(tls.server.clone())
-            .map_err(|error| TransportError::Config(error.to_string()))?;
+            .map_err(|error| QuicError::Config(error.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
         server.transport_config(transport.clone());
         let client_crypto = QuicClientConfig::try_from(tls.client.clone())
-            .map_err(|error| TransportError::Config(error.to_string()))?;
+            .map_err(|error| QuicError::Config(error.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
         client.transport_config(transport);
         let mut endpoint =
-            Endpoint::server(server, addr).map_err(|source| TransportError::Bind { addr, source })?;
+            Endpoint::server(server, addr).map_err(|source| QuicError::Bind { addr, source })?;
         endpoint.set_default_client_config(client);
 
         let node = Arc::new(QuicNode {
             me,
             endpoint,
             topology,
-            addresses,
+            addresses: std::sync::RwLock::new(addresses),
             connections: Mutex::new(BTreeMap::new()),
             config,
         });
@@ -211,10 +215,18 @@ impl QuicNode {
         &self.me
     }
 
-    pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
+    /// Records where `node` listens (its identity is still checked on every connection).
+    pub fn learn_address(&self, node: NodeId, addr: SocketAddr) {
+        self.addresses
+            .write()
+            .expect("address book lock")
+            .insert(node, addr);
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, QuicError> {
         self.endpoint
             .local_addr()
-            .map_err(|error| TransportError::Config(error.to_string()))
+            .map_err(|error| QuicError::Config(error.to_string()))
     }
 
     /// Sends one request to `to` and waits for its response, within `config.request_timeout`.
@@ -222,14 +234,14 @@ impl QuicNode {
         &self,
         to: NodeId,
         request: &Request,
-    ) -> Result<Response, TransportError>
+    ) -> Result<Response, QuicError>
     where
         Request: Serialize + ?Sized,
         Response: DeserializeOwned,
     {
         let exchange = async {
             let connection = self.connection(to).await?;
-            let stream_error = |reason: String| TransportError::Stream { node: to, reason };
+            let stream_error = |reason: String| QuicError::Stream { node: to, reason };
             let (mut send, mut recv) = connection
                 .open_bi()
                 .await
@@ -246,24 +258,30 @@ impl QuicNode {
                     FrameError::Transport(error) => error,
                     FrameError::Io(reason) => stream_error(reason),
                 })?;
-            reply.map_err(|reason| TransportError::Remote { node: to, reason })
+            reply.map_err(|reason| QuicError::Remote { node: to, reason })
         };
         match tokio::time::timeout(self.config.request_timeout, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(TransportError::Timeout(to)),
+            Err(_) => Err(QuicError::Timeout(to)),
         }
     }
 
     /// The live connection to `to`, dialling (and checking the peer's attested identity) if needed.
-    async fn connection(&self, to: NodeId) -> Result<Connection, TransportError> {
+    async fn connection(&self, to: NodeId) -> Result<Connection, QuicError> {
         let mut connections = self.connections.lock().await;
         if let Some(connection) = connections.get(&to)
             && connection.close_reason().is_none()
         {
             return Ok(connection.clone());
         }
-        let addr = *self.addresses.get(&to).ok_or(TransportError::UnknownPeer(to))?;
-        let connect_error = |reason: String| TransportError::Connect {
+        let addr = self
+            .addresses
+            .read()
+            .expect("address book lock")
+            .get(&to)
+            .copied();
+        let addr = addr.ok_or(QuicError::UnknownPeer(to))?;
+        let connect_error = |reason: String| QuicError::Connect {
             node: to,
             addr,
             reason,
@@ -278,7 +296,7 @@ impl QuicNode {
         let identity = peer_identity(&connection, &self.topology)?;
         if identity.node != to {
             connection.close(VarInt::from_u32(1), b"wrong peer");
-            return Err(TransportError::WrongPeer {
+            return Err(QuicError::WrongPeer {
                 expected: to,
                 attested: identity.node,
             });
@@ -366,7 +384,7 @@ async fn serve_stream<Request, Response, H>(
 #[derive(Debug, thiserror::Error)]
 enum FrameError {
     #[error(transparent)]
-    Transport(#[from] TransportError),
+    Transport(#[from] QuicError),
     #[error("{0}")]
     Io(String),
 }
@@ -377,7 +395,7 @@ async fn write_frame<T: Serialize + ?Sized>(
     bytes_max: u32,
 ) -> Result<(), FrameError> {
     let mut frame = Vec::new();
-    codec::encode_frame(value, None::<&()>, bytes_max as usize, &mut frame).map_err(TransportError::Codec)?;
+    codec::encode_frame(value, None::<&()>, bytes_max as usize, &mut frame).map_err(QuicError::Codec)?;
     send.write_all(&frame)
         .await
         .map_err(|error| FrameError::Io(error.to_string()))?;
@@ -393,7 +411,7 @@ async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream, bytes_max: u32) 
     let parsed = FrameHeader::parse(&header);
     if parsed.payload_len > bytes_max {
         // Bounded before allocating: a peer can't make us reserve what it claims.
-        let error = TransportError::TooLarge {
+        let error = QuicError::TooLarge {
             length: u64::from(parsed.payload_len),
             bound: u64::from(bytes_max),
         };
@@ -404,6 +422,73 @@ async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream, bytes_max: u32) 
     recv.read_exact(&mut frame[FRAME_HEADER_BYTES..])
         .await
         .map_err(|error| FrameError::Io(error.to_string()))?;
-    let payload = codec::open_frame(&frame).map_err(TransportError::Codec)?;
-    Ok(codec::decode(payload).map_err(TransportError::Codec)?)
+    let payload = codec::open_frame(&frame).map_err(QuicError::Codec)?;
+    Ok(codec::decode(payload).map_err(QuicError::Codec)?)
+}
+
+impl Transport for QuicNode {
+    async fn send(&self, to: NodeId, request: PeerRequest) -> Result<PeerResponse, TransportError> {
+        self.request(to, &request).await.map_err(|error| match error {
+            QuicError::Timeout(node) => TransportError::Timeout(node),
+            QuicError::Identity(_) | QuicError::WrongPeer { .. } | QuicError::Remote { .. } => {
+                TransportError::Refused {
+                    node: to,
+                    reason: error.to_string(),
+                }
+            }
+            other => TransportError::Unreachable(to, other.to_string()),
+        })
+    }
+}
+
+impl<C: GroupConfig, T: Transport, S: Stores<C>> Handler<PeerRequest, PeerResponse> for Host<C, T, S> {
+    fn handle(
+        &self,
+        peer: NodeIdentity,
+        request: PeerRequest,
+    ) -> Pin<Box<dyn Future<Output = PeerResponse> + Send + '_>> {
+        Box::pin(async move { Host::handle(self, &peer, request).await })
+    }
+}
+
+/// A handler installed after the endpoint is bound: the host needs the endpoint as its transport, and the
+/// endpoint needs the host as its handler. Until installed, every request is refused.
+pub struct LateHandler<H> {
+    handler: std::sync::OnceLock<Arc<H>>,
+}
+
+impl<H> Default for LateHandler<H> {
+    fn default() -> Self {
+        LateHandler {
+            handler: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+impl<H> LateHandler<H> {
+    /// Installs the handler; a second call is ignored (the first handler stays).
+    pub fn install(&self, handler: Arc<H>) {
+        let _ = self.handler.set(handler);
+    }
+}
+
+impl<H: Handler<PeerRequest, PeerResponse>> Handler<PeerRequest, PeerResponse> for LateHandler<H> {
+    fn handle(
+        &self,
+        peer: NodeIdentity,
+        request: PeerRequest,
+    ) -> Pin<Box<dyn Future<Output = PeerResponse> + Send + '_>> {
+        match self.handler.get() {
+            Some(handler) => handler.handle(peer, request),
+            None => {
+                let group = request.group;
+                Box::pin(async move {
+                    PeerResponse::Refused {
+                        group,
+                        reason: "node is starting".into(),
+                    }
+                })
+            }
+        }
+    }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use placement::{Country, NodeId, SiteName, Topology, TopologyFile};
 use raft::identity::{ClusterCa, NodeIdentity, TlsConfigs, Validity, tls_configs};
-use raft::quic::{Handler, QuicConfig, QuicNode, TransportError};
+use raft::quic::{Handler, QuicConfig, QuicError, QuicNode};
 use time::{Duration, OffsetDateTime};
 
 const TOPOLOGY: &str = r#"
@@ -172,7 +172,7 @@ async fn peers_from_another_ca_or_disagreeing_with_the_topology_are_refused() {
         QuicConfig::loopback(),
         Arc::new(Echo),
     );
-    assert!(matches!(started, Err(TransportError::Identity(_))));
+    assert!(matches!(started, Err(QuicError::Identity(_))));
 
     // Dialling node 7 at an address where node 1 answers: the certificate names the wrong node.
     let impostor = node(
@@ -185,7 +185,7 @@ async fn peers_from_another_ca_or_disagreeing_with_the_topology_are_refused() {
     let us = identity(9, "ashburn", "US");
     let dialler = node(us.clone(), &tls(&ca, &us), confused_peers, QuicConfig::loopback());
     let error = dialler.request::<_, String>(NodeId(7), "hi").await.unwrap_err();
-    assert!(matches!(error, TransportError::Connect { .. }), "{error}");
+    assert!(matches!(error, QuicError::Connect { .. }), "{error}");
     for node in [server, intruder, impostor, dialler] {
         node.close();
     }
@@ -206,7 +206,7 @@ async fn oversized_frames_are_refused_before_allocation() {
     let big = "x".repeat(256 << 10);
     let error = client.request::<_, String>(NodeId(7), &big).await.unwrap_err();
     match error {
-        TransportError::Remote { reason, .. } => assert!(reason.contains("exceeds"), "{reason}"),
+        QuicError::Remote { reason, .. } => assert!(reason.contains("exceeds"), "{reason}"),
         other => panic!("expected the server to refuse the frame, got {other}"),
     }
     // The connection survives a refused request.
@@ -229,7 +229,7 @@ async fn oversized_frames_are_refused_before_allocation() {
         .request::<_, String>(NodeId(7), &"y".repeat(4 << 10))
         .await
         .unwrap_err();
-    assert!(matches!(error, TransportError::Codec(_)), "{error}");
+    assert!(matches!(error, QuicError::Codec(_)), "{error}");
     for node in [server, client, careful] {
         node.close();
     }

@@ -65,6 +65,17 @@ pub struct StateMachine<C, B: Backend> {
     _config: PhantomData<fn() -> C>,
 }
 
+/// A second handle on the same state machine, for local reads beside the one openraft drives.
+impl<C, B: Backend> Clone for StateMachine<C, B> {
+    fn clone(&self) -> Self {
+        StateMachine {
+            core: self.core.clone(),
+            executor: self.executor.clone(),
+            _config: PhantomData,
+        }
+    }
+}
+
 /// Builds snapshots while the state machine keeps applying.
 pub struct SnapshotBuilder<C, B: Backend> {
     core: Arc<Mutex<Core<B>>>,

@@ -1,0 +1,630 @@
+//! A host runs the replica groups placed on one node.
+//!
+//! Everything that could move a group's data or authority passes the group's fence here:
+//!
+//! * membership changes and leader transfers ([`Host::execute`]) are admitted by the placement fence
+//!   against the membership openraft holds *now*, and proposed with a precondition that the membership has
+//!   not changed since — so openraft is never called with an unadmitted membership, even under a race;
+//! * outgoing entries, snapshot chunks and leadership hand-overs are checked by the egress fence in
+//!   [`crate::network`];
+//! * incoming messages ([`Host::handle`]) are checked by the ingress fence: this node must be allowed to
+//!   store the group's data, the sender's attested identity must match the leader or candidate the message
+//!   claims to come from, and that would-be leader must stand inside the jurisdiction. A node outside the
+//!   jurisdiction that still holds a legacy replica never campaigns (its election timer is off).
+//!
+//! The host is generic over the openraft runtime (through [`GroupConfig`]), the transport and the stores, so
+//! the simulator runs exactly this code.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+
+use openraft::alias::SnapshotMetaOf;
+use openraft::async_runtime::WatchReceiver;
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use openraft::vote::{RaftLeaderId, RaftVote};
+use openraft::{ChangeMembers, Raft, ReadPolicy, Snapshot};
+use placement::{FencedMembership, GroupId, GroupPolicy, Membership, NodeId, Refusal, Step, Topology};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use storage::snapshot::SnapshotData;
+use storage::state_machine::StateMachine;
+use storage::{Command, Record, RecordKey, Response, codec};
+
+use crate::config::GroupConfig;
+use crate::identity::NodeIdentity;
+use crate::message::SnapshotChunk;
+use crate::network::{GroupNetworkFactory, MetricsCell, membership_of};
+use crate::residency::{GroupFence, IncidentCounts, Incidents};
+use crate::routing::group_number;
+use crate::stores::Stores;
+use crate::transport::{PeerRequest, PeerResponse, RequestKind, Transport};
+
+/// Bound on one snapshot in flight, in bytes: a sender can't make a receiver buffer more.
+pub const SNAPSHOT_BYTES_MAX: u64 = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error(transparent)]
+    Residency(#[from] Refusal),
+    #[error("this node does not host group `{0}`")]
+    UnknownGroup(String),
+    #[error("not the leader of group `{group}`; the leader is {leader:?}")]
+    NotLeader { group: GroupId, leader: Option<NodeId> },
+    #[error("group `{group}`: {reason}")]
+    Raft { group: GroupId, reason: String },
+    #[error("storage: {0}")]
+    Store(String),
+    #[error("group `{group}` is already open on this node")]
+    AlreadyOpen { group: GroupId },
+    #[error("step {0:?} runs on the node that holds the replica, not through Raft")]
+    LocalStep(Step),
+}
+
+impl HostError {
+    /// Whether trying again (possibly at the leader it names) can help. A residency refusal never can.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, HostError::NotLeader { .. } | HostError::Raft { .. })
+    }
+}
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadConsistency {
+    /// Reflects every write acknowledged before the read began (ReadIndex through the leader).
+    Linearizable,
+    /// This replica's state as of its last applied entry; may lag the leader. Explicitly marked stale.
+    Stale,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadOutcome {
+    pub record: Option<Record>,
+    /// True when the read was served from local state without confirming leadership.
+    pub stale: bool,
+}
+
+/// What a host reports about one of its groups.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GroupStatus {
+    pub group: GroupId,
+    pub jurisdiction: String,
+    pub membership: Membership,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_applied: Option<u64>,
+    pub committed: Option<u64>,
+}
+
+struct Group<C: GroupConfig, B: storage::backend::Backend> {
+    fence: Arc<GroupFence>,
+    raft: Raft<C, StateMachine<C, B>>,
+    /// A second handle on the state machine openraft drives, for local reads.
+    state_machine: StateMachine<C, B>,
+    /// The snapshot being received, chunk by chunk.
+    incoming_snapshot: Mutex<Option<IncomingSnapshot<C>>>,
+}
+
+struct IncomingSnapshot<C: GroupConfig> {
+    meta: SnapshotMetaOf<C>,
+    next: u64,
+    chunks: Vec<Vec<u8>>,
+    bytes: u64,
+}
+
+pub struct Host<C: GroupConfig, T: Transport, S: Stores<C>> {
+    me: NodeIdentity,
+    topology: Arc<Topology>,
+    /// Every group's policy, hosted here or not: a message for a group this node must never hold is an
+    /// incident, not just an unknown group.
+    policies: BTreeMap<u64, GroupPolicy>,
+    transport: Arc<T>,
+    stores: S,
+    raft_config: Arc<openraft::Config>,
+    incidents: Arc<Incidents>,
+    groups: RwLock<GroupTable<C, S::Backend>>,
+}
+
+/// The groups a host runs, by group number.
+type GroupTable<C, B> = BTreeMap<u64, Arc<Group<C, B>>>;
+
+impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
+    pub fn new(
+        me: NodeIdentity,
+        topology: Arc<Topology>,
+        policies: impl IntoIterator<Item = GroupPolicy>,
+        transport: Arc<T>,
+        stores: S,
+        raft_config: Arc<openraft::Config>,
+    ) -> Host<C, T, S> {
+        let policies = policies
+            .into_iter()
+            .map(|policy| (group_number(&policy.group), policy))
+            .collect();
+        let (incidents, groups) = (Arc::default(), RwLock::default());
+        Host {
+            me,
+            topology,
+            policies,
+            transport,
+            stores,
+            raft_config,
+            incidents,
+            groups,
+        }
+    }
+
+    pub fn identity(&self) -> &NodeIdentity {
+        &self.me
+    }
+
+    pub fn incidents(&self) -> IncidentCounts {
+        self.incidents.counts()
+    }
+
+    fn group(&self, group: &GroupId) -> Result<Arc<Group<C, S::Backend>>, HostError> {
+        let groups = self.groups.read().expect("group table lock");
+        groups
+            .get(&group_number(group))
+            .cloned()
+            .ok_or_else(|| HostError::UnknownGroup(group.0.clone()))
+    }
+
+    /// Opens (or recovers) this node's replica of a group. `legacy` lists the group's members outside its
+    /// jurisdiction that predate the fence. Refused if this node may not hold the group's data.
+    pub async fn open_group(&self, policy: GroupPolicy, legacy: BTreeSet<NodeId>) -> Result<(), HostError> {
+        let number = group_number(&policy.group);
+        let name = policy.group.clone();
+        if self
+            .groups
+            .read()
+            .expect("group table lock")
+            .contains_key(&number)
+        {
+            return Err(HostError::AlreadyOpen { group: name });
+        }
+        let fence = Arc::new(GroupFence::new(
+            number,
+            policy,
+            self.topology.clone(),
+            legacy,
+            self.incidents.clone(),
+        ));
+        fence.check_ingress(self.me.node)?;
+        let opened = self
+            .stores
+            .open_group(number)
+            .map_err(|error| HostError::Store(error.to_string()))?;
+        let (log, state_machine) = (opened.log, opened.state_machine);
+        let metrics: MetricsCell<C> = Arc::new(OnceLock::new());
+        let network = GroupNetworkFactory {
+            fence: fence.clone(),
+            transport: self.transport.clone(),
+            metrics: metrics.clone(),
+        };
+        let raft = Raft::new(
+            self.me.node.0,
+            self.raft_config.clone(),
+            network,
+            log,
+            state_machine.clone(),
+        )
+        .await
+        .map_err(|error| HostError::Raft {
+            group: name.clone(),
+            reason: error.to_string(),
+        })?;
+        let _ = metrics.set(raft.metrics());
+        if !self.topology.is_inside(self.me.node, &fence.policy.jurisdiction) {
+            // A legacy replica outside the jurisdiction replicates but never campaigns. Its peers refuse its
+            // votes anyway (ingress); this keeps it from trying and from inflating terms.
+            raft.runtime_config().elect(false);
+        }
+        let group = Group {
+            fence,
+            raft,
+            state_machine,
+            incoming_snapshot: Mutex::new(None),
+        };
+        self.groups
+            .write()
+            .expect("group table lock")
+            .insert(number, Arc::new(group));
+        Ok(())
+    }
+
+    /// The group's fence on this node, for admitting a membership (e.g. before [`Host::bootstrap`]).
+    pub fn fence(&self, group: &GroupId) -> Result<Arc<GroupFence>, HostError> {
+        Ok(self.group(group)?.fence.clone())
+    }
+
+    /// Starts a new group with an admitted membership. Call on one node only.
+    pub async fn bootstrap(&self, membership: FencedMembership) -> Result<(), HostError> {
+        let group = self.group(membership.group())?;
+        assert!(
+            membership.membership().learners.is_empty(),
+            "a group is bootstrapped with voters only"
+        );
+        let voters: BTreeSet<u64> = membership.membership().voters.iter().map(|node| node.0).collect();
+        group
+            .raft
+            .initialize(voters)
+            .await
+            .map_err(|error| HostError::Raft {
+                group: membership.group().clone(),
+                reason: error.to_string(),
+            })
+    }
+
+    /// Executes one planner step that changes membership or leadership. Runs on the group's leader.
+    pub async fn execute(&self, step: &Step) -> Result<(), HostError> {
+        let name = step.group().clone();
+        let group = self.group(&name)?;
+        let raft_error = |reason: String| HostError::Raft {
+            group: name.clone(),
+            reason,
+        };
+        let metrics = group.raft.metrics().borrow_watched().clone();
+        if metrics.current_leader != Some(self.me.node.0) {
+            return Err(HostError::NotLeader {
+                group: name,
+                leader: metrics.current_leader.map(NodeId),
+            });
+        }
+        let current = membership_of::<C>(&metrics);
+
+        if let Step::TransferLeader { to, .. } = step {
+            let leader = group.fence.admit_leader(&current, *to)?;
+            return group
+                .raft
+                .trigger()
+                .transfer_leader(leader.node().0)
+                .await
+                .map_err(|error| raft_error(error.to_string()));
+        }
+        let Some(proposed) = step.next_membership(&current) else {
+            return Err(HostError::LocalStep(step.clone()));
+        };
+        let fenced = group.fence.admit_change(&current, &proposed)?;
+        let (change, retain) = match step {
+            Step::AddLearner { node, .. } => (ChangeMembers::AddNodes(BTreeMap::from([(node.0, ())])), true),
+            Step::PromoteVoter { node, .. } => (ChangeMembers::AddVoterIds(BTreeSet::from([node.0])), true),
+            Step::DemoteVoter { node, .. } => (ChangeMembers::RemoveVoters(BTreeSet::from([node.0])), true),
+            Step::RemoveMember { node, .. } if current.voters.contains(node) => {
+                (ChangeMembers::RemoveVoters(BTreeSet::from([node.0])), false)
+            }
+            Step::RemoveMember { node, .. } => (ChangeMembers::RemoveNodes(BTreeSet::from([node.0])), false),
+            Step::CreateGroup { .. } | Step::TransferLeader { .. } | Step::PurgeReplica { .. } => {
+                return Err(HostError::LocalStep(step.clone()));
+            }
+        };
+        // Admitted against `current`: propose only if the membership is still the one we checked.
+        let precondition = openraft::raft::Precondition::LastMembershipLogId {
+            last_membership_log_id: metrics.membership_config.log_id().clone(),
+        };
+        group
+            .raft
+            .change_membership_if(change, retain, [precondition])
+            .await
+            .map_err(|error| raft_error(error.to_string()))?;
+        let applied = membership_of::<C>(&group.raft.metrics().borrow_watched());
+        assert_eq!(
+            &applied,
+            fenced.membership(),
+            "openraft committed a membership other than the one the fence admitted"
+        );
+        Ok(())
+    }
+
+    /// Asks this node to campaign for leadership of `group` now (failover drills). It still needs a quorum
+    /// of votes, and its peers refuse to vote for a candidate outside the jurisdiction.
+    pub async fn campaign(&self, group: &GroupId) -> Result<(), HostError> {
+        let replica = self.group(group)?;
+        replica
+            .raft
+            .trigger()
+            .elect(false)
+            .await
+            .map_err(|error| HostError::Raft {
+                group: group.clone(),
+                reason: error.to_string(),
+            })
+    }
+
+    /// Waits until `node` has replicated everything the leader had when the wait began (a learner caught up).
+    pub async fn wait_caught_up(
+        &self,
+        group: &GroupId,
+        node: NodeId,
+        timeout: Duration,
+    ) -> Result<(), HostError> {
+        let replica = self.group(group)?;
+        let target = replica.raft.metrics().borrow_watched().last_log_index;
+        replica
+            .raft
+            .wait(Some(timeout))
+            .metrics(
+                |metrics| {
+                    let matched = metrics
+                        .replication
+                        .as_ref()
+                        .and_then(|progress| progress.get(&node.0).cloned().flatten());
+                    matched.map(|log_id| log_id.index) >= target
+                },
+                format!("{node} catching up"),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|error| HostError::Raft {
+                group: group.clone(),
+                reason: error.to_string(),
+            })
+    }
+
+    /// Proposes a write; returns the state machine's response once committed and applied.
+    pub async fn write(&self, group: &GroupId, command: Command) -> Result<Response, HostError> {
+        let replica = self.group(group)?;
+        match replica.raft.client_write(command).await {
+            Ok(written) => Ok(written.data),
+            Err(error) => Err(match error.forward_to_leader() {
+                Some(forward) => HostError::NotLeader {
+                    group: group.clone(),
+                    leader: forward.leader_id.map(NodeId),
+                },
+                None => HostError::Raft {
+                    group: group.clone(),
+                    reason: error.to_string(),
+                },
+            }),
+        }
+    }
+
+    pub async fn read(
+        &self,
+        group: &GroupId,
+        key: RecordKey,
+        consistency: ReadConsistency,
+    ) -> Result<ReadOutcome, HostError> {
+        let replica = self.group(group)?;
+        if consistency == ReadConsistency::Linearizable {
+            replica
+                .raft
+                .ensure_linearizable(ReadPolicy::ReadIndex)
+                .await
+                .map_err(|error| match error.forward_to_leader() {
+                    Some(forward) => HostError::NotLeader {
+                        group: group.clone(),
+                        leader: forward.leader_id.map(NodeId),
+                    },
+                    None => HostError::Raft {
+                        group: group.clone(),
+                        reason: error.to_string(),
+                    },
+                })?;
+        }
+        let record = replica
+            .state_machine
+            .read_record(key)
+            .await
+            .map_err(|error| HostError::Store(error.to_string()))?;
+        Ok(ReadOutcome {
+            record,
+            stale: consistency == ReadConsistency::Stale,
+        })
+    }
+
+    pub fn status(&self, group: &GroupId) -> Result<GroupStatus, HostError> {
+        let replica = self.group(group)?;
+        let metrics = replica.raft.metrics().borrow_watched().clone();
+        Ok(GroupStatus {
+            group: group.clone(),
+            jurisdiction: replica.fence.policy.jurisdiction.name().to_string(),
+            membership: membership_of::<C>(&metrics),
+            leader: metrics.current_leader.map(NodeId),
+            term: metrics.vote.leader_id().term(),
+            last_applied: metrics.last_applied.map(|log_id| log_id.index),
+            committed: metrics.local_committed.map(|log_id| log_id.index),
+        })
+    }
+
+    /// Stops every group (their logs and state machines stay on disk).
+    pub async fn shutdown(&self) {
+        let groups: Vec<_> = self
+            .groups
+            .write()
+            .expect("group table lock")
+            .values()
+            .cloned()
+            .collect();
+        for group in groups {
+            let _ = group.raft.shutdown().await;
+        }
+    }
+
+    /// Serves a message from a peer whose identity the transport authenticated.
+    pub async fn handle(&self, peer: &NodeIdentity, request: PeerRequest) -> PeerResponse {
+        let number = request.group;
+        let Some(group) = self
+            .groups
+            .read()
+            .expect("group table lock")
+            .get(&number)
+            .cloned()
+        else {
+            return self.refuse_unhosted(number);
+        };
+        match self.serve(&group, peer, request).await {
+            Ok(bytes) => PeerResponse::Ok(bytes),
+            Err(Served::Refused(reason)) => PeerResponse::Refused {
+                group: number,
+                reason,
+            },
+            Err(Served::Failed(reason)) => PeerResponse::Failed {
+                group: number,
+                reason,
+            },
+        }
+    }
+
+    /// A message for a group this node does not host. If the group's jurisdiction excludes this node, that
+    /// is an ingress incident (someone tried to make it store data it must never hold).
+    fn refuse_unhosted(&self, number: u64) -> PeerResponse {
+        let Some(policy) = self.policies.get(&number) else {
+            return PeerResponse::Refused {
+                group: number,
+                reason: format!("{} knows no group {number}", self.me.node),
+            };
+        };
+        let fence = GroupFence::new(
+            number,
+            policy.clone(),
+            self.topology.clone(),
+            BTreeSet::new(),
+            self.incidents.clone(),
+        );
+        let reason = match fence.check_ingress(self.me.node) {
+            Err(refusal) => refusal.to_string(),
+            Ok(()) => format!("{} does not host group `{}`", self.me.node, policy.group),
+        };
+        PeerResponse::Refused {
+            group: number,
+            reason,
+        }
+    }
+
+    async fn serve(
+        &self,
+        group: &Group<C, S::Backend>,
+        peer: &NodeIdentity,
+        request: PeerRequest,
+    ) -> Result<Vec<u8>, Served> {
+        // This node may only store the group's data if it may hold it at all.
+        group.fence.check_ingress(self.me.node).map_err(refused)?;
+        let raft = &group.raft;
+        match request.kind {
+            RequestKind::AppendEntries => {
+                let rpc: AppendEntriesRequest<C> = decode(&request.body)?;
+                self.check_sender(group, peer, *rpc.vote.leader_id().node_id())?;
+                encode(&raft.append_entries(rpc).await.map_err(failed)?)
+            }
+            RequestKind::Vote | RequestKind::PreVote => {
+                let rpc: VoteRequest<C> = decode(&request.body)?;
+                self.check_sender(group, peer, *rpc.vote.leader_id().node_id())?;
+                let response = if request.kind == RequestKind::Vote {
+                    raft.vote(rpc).await
+                } else {
+                    raft.pre_vote(rpc).await
+                };
+                encode(&response.map_err(failed)?)
+            }
+            RequestKind::TransferLeader => {
+                let transfer: TransferLeaderRequest<C> = decode(&request.body)?;
+                self.check_sender(group, peer, *transfer.from_leader().leader_id().node_id())?;
+                // Taking over leadership: this node must itself be a node that may lead.
+                group.fence.check_leader_peer(self.me.node).map_err(refused)?;
+                encode(&raft.handle_transfer_leader(transfer).await.map_err(failed)?)
+            }
+            RequestKind::SnapshotChunk => {
+                let chunk: SnapshotChunk<C> = decode(&request.body)?;
+                self.check_sender(group, peer, *chunk.vote.leader_id().node_id())?;
+                let response = match self.receive_chunk(group, &chunk)? {
+                    None => None,
+                    Some((meta, data)) => {
+                        let snapshot = Snapshot { meta, snapshot: data };
+                        Some(
+                            raft.install_full_snapshot(chunk.vote.clone(), snapshot)
+                                .await
+                                .map_err(failed)?,
+                        )
+                    }
+                };
+                encode(&response)
+            }
+        }
+    }
+
+    /// The sender's attested identity must be the leader or candidate the message names, and that node
+    /// must stand inside the jurisdiction.
+    fn check_sender(
+        &self,
+        group: &Group<C, S::Backend>,
+        peer: &NodeIdentity,
+        claimed: u64,
+    ) -> Result<(), Served> {
+        if peer.node.0 != claimed {
+            let reason = format!(
+                "forged sender: {} (attested at {}) speaks for node {claimed}",
+                peer.node, peer.site
+            );
+            tracing::warn!(group = %group.fence.policy.group, peer = %peer.node, site = %peer.site, claimed, "{reason}");
+            return Err(Served::Refused(reason));
+        }
+        group.fence.check_leader_peer(peer.node).map_err(refused)
+    }
+
+    /// Adds a chunk to the snapshot in flight; returns the whole snapshot once the last chunk arrived.
+    fn receive_chunk(
+        &self,
+        group: &Group<C, S::Backend>,
+        chunk: &SnapshotChunk<C>,
+    ) -> Result<Option<(SnapshotMetaOf<C>, SnapshotData)>, Served> {
+        let mut incoming = group.incoming_snapshot.lock().expect("snapshot lock");
+        if chunk.sequence == 0 {
+            *incoming = Some(IncomingSnapshot {
+                meta: chunk.meta.clone(),
+                next: 0,
+                chunks: Vec::new(),
+                bytes: 0,
+            });
+        }
+        let Some(assembly) = incoming.as_mut() else {
+            return Err(Served::Refused(format!(
+                "snapshot chunk {} without its start",
+                chunk.sequence
+            )));
+        };
+        if assembly.meta != chunk.meta || assembly.next != chunk.sequence || chunk.sequence >= chunk.count {
+            *incoming = None;
+            return Err(Served::Refused(
+                "snapshot chunk out of order or from another transfer".into(),
+            ));
+        }
+        assembly.bytes += chunk.bytes.len() as u64;
+        if assembly.bytes > SNAPSHOT_BYTES_MAX {
+            *incoming = None;
+            return Err(Served::Refused(format!(
+                "snapshot exceeds {SNAPSHOT_BYTES_MAX} bytes"
+            )));
+        }
+        assembly.chunks.push(chunk.bytes.clone());
+        assembly.next += 1;
+        if assembly.next < chunk.count {
+            return Ok(None);
+        }
+        let done = incoming.take().expect("assembly present");
+        let data = SnapshotData::from_chunks(done.chunks.iter().map(Vec::as_slice))
+            .map_err(|error| Served::Refused(format!("snapshot refused: {error}")))?;
+        Ok(Some((done.meta, data)))
+    }
+}
+
+enum Served {
+    Refused(String),
+    Failed(String),
+}
+
+fn refused(refusal: Refusal) -> Served {
+    Served::Refused(refusal.to_string())
+}
+
+fn failed(error: impl std::fmt::Display) -> Served {
+    Served::Failed(error.to_string())
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Served> {
+    codec::decode(bytes).map_err(|error| Served::Refused(format!("undecodable message: {error}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Served> {
+    codec::encode(value).map_err(|error| Served::Failed(format!("can't encode the response: {error}")))
+}

@@ -1,0 +1,118 @@
+//! How a host reaches its peers: one request, one response, addressed by node id.
+//!
+//! The host speaks in [`PeerRequest`]s — a group, what kind of Raft message, and the message encoded by
+//! `storage::codec` — so the transport never needs to know openraft's types. Production sends them over QUIC
+//! ([`crate::quic::QuicNode`]); the simulator delivers them through its simulated network. Either way the
+//! receiving host is told the sender's *attested* identity, from which it decides what to accept.
+
+use std::future::Future;
+
+use placement::NodeId;
+use serde::{Deserialize, Serialize};
+
+/// Kinds of peer messages. The order is part of the wire format (append only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestKind {
+    /// Log entries, or a heartbeat when it carries none.
+    AppendEntries,
+    Vote,
+    /// One chunk of a snapshot (`SnapshotChunk` in the body).
+    SnapshotChunk,
+    PreVote,
+    TransferLeader,
+}
+
+impl RequestKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RequestKind::AppendEntries => "append_entries",
+            RequestKind::Vote => "vote",
+            RequestKind::SnapshotChunk => "snapshot_chunk",
+            RequestKind::PreVote => "pre_vote",
+            RequestKind::TransferLeader => "transfer_leader",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerRequest {
+    pub group: u64,
+    pub kind: RequestKind,
+    /// Whether the message carries the group's data (entries, snapshot bytes): what the egress fence guards.
+    pub carries_data: bool,
+    pub body: Vec<u8>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// The Raft response, encoded.
+    Ok(Vec<u8>),
+    /// The receiving host refused the message (ingress fence, unknown group, forged sender).
+    Refused { group: u64, reason: String },
+    /// The message was accepted but Raft failed to process it.
+    Failed { group: u64, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    #[error("node {0} is unreachable: {1}")]
+    Unreachable(NodeId, String),
+    #[error("request to node {0} timed out")]
+    Timeout(NodeId),
+    #[error("node {node} refused the connection or the message: {reason}")]
+    Refused { node: NodeId, reason: String },
+}
+
+/// Sends peer requests. Implementations must not reorder a single caller's request and its response, and
+/// must report the peer's identity to the receiving host from authentication, not from the message.
+pub trait Transport: Send + Sync + 'static {
+    fn send(
+        &self,
+        to: NodeId,
+        request: PeerRequest,
+    ) -> impl Future<Output = Result<PeerResponse, TransportError>> + Send;
+}
+
+/// A switchable fault layer over a transport, for tests: messages to a cut peer fail as unreachable
+/// without being sent. Cut both directions (on both nodes' layers) for a symmetric partition.
+pub struct Faulty<T> {
+    inner: std::sync::Arc<T>,
+    cut: std::sync::RwLock<std::collections::BTreeSet<NodeId>>,
+}
+
+impl<T> Faulty<T> {
+    pub fn new(inner: std::sync::Arc<T>) -> Faulty<T> {
+        Faulty {
+            inner,
+            cut: Default::default(),
+        }
+    }
+
+    pub fn inner(&self) -> &std::sync::Arc<T> {
+        &self.inner
+    }
+
+    pub fn cut(&self, peer: NodeId) {
+        self.cut.write().expect("fault layer lock").insert(peer);
+    }
+
+    pub fn heal(&self, peer: NodeId) {
+        self.cut.write().expect("fault layer lock").remove(&peer);
+    }
+
+    pub fn heal_all(&self) {
+        self.cut.write().expect("fault layer lock").clear();
+    }
+}
+
+impl<T: Transport> Transport for Faulty<T> {
+    async fn send(&self, to: NodeId, request: PeerRequest) -> Result<PeerResponse, TransportError> {
+        if self.cut.read().expect("fault layer lock").contains(&to) {
+            return Err(TransportError::Unreachable(
+                to,
+                "link cut by the fault layer".into(),
+            ));
+        }
+        self.inner.send(to, request).await
+    }
+}
