@@ -213,22 +213,38 @@ voters = 1
         let policy = file.policies.values().next().unwrap().clone();
         let incidents = Arc::new(Incidents::default());
         let legacy = legacy.iter().map(|&id| NodeId(id)).collect();
-        (GroupFence::new(7, policy, Arc::new(file.topology), legacy, incidents.clone()), incidents)
+        (
+            GroupFence::new(7, policy, Arc::new(file.topology), legacy, incidents.clone()),
+            incidents,
+        )
     }
 
     #[test]
     fn egress_reaches_inside_nodes_and_legacy_members_only() {
         let (fence, incidents) = fence(&[4]);
         let membership = Membership::new([NodeId(1), NodeId(4)], []);
-        assert!(fence.check_egress(NodeId(2), &membership).is_ok(), "inside, joining or not");
-        assert!(fence.check_egress(NodeId(4), &membership).is_ok(), "a legacy member still in the group");
+        assert!(
+            fence.check_egress(NodeId(2), &membership).is_ok(),
+            "inside, joining or not"
+        );
+        assert!(
+            fence.check_egress(NodeId(4), &membership).is_ok(),
+            "a legacy member still in the group"
+        );
         let refusal = fence.check_egress(NodeId(5), &membership).unwrap_err();
         assert_eq!(refusal.reason, RefusalReason::EgressOutsideJurisdiction);
         assert_eq!(refusal.site.as_ref().map(|site| site.0.as_str()), Some("ashburn"));
         // Norway is outside the EU; a legacy node that has left the group gets nothing more.
         assert!(fence.check_egress(NodeId(3), &membership).is_err());
-        assert!(fence.check_egress(NodeId(4), &Membership::new([NodeId(1)], [])).is_err());
-        assert!(fence.check_egress(NodeId(99), &membership).is_err(), "unknown nodes get nothing");
+        assert!(
+            fence
+                .check_egress(NodeId(4), &Membership::new([NodeId(1)], []))
+                .is_err()
+        );
+        assert!(
+            fence.check_egress(NodeId(99), &membership).is_err(),
+            "unknown nodes get nothing"
+        );
         assert_eq!(incidents.counts().egress_blocked, 4);
     }
 
@@ -236,15 +252,39 @@ voters = 1
     fn ingress_and_leadership_stay_inside() {
         let (fence, incidents) = fence(&[4]);
         assert!(fence.check_ingress(NodeId(1)).is_ok());
-        assert!(fence.check_ingress(NodeId(4)).is_ok(), "a legacy replica still stores until removed");
-        assert_eq!(fence.check_ingress(NodeId(5)).unwrap_err().reason, RefusalReason::IngressOutsideJurisdiction);
-        assert_eq!(fence.check_ingress(NodeId(3)).unwrap_err().reason, RefusalReason::IngressOutsideJurisdiction);
+        assert!(
+            fence.check_ingress(NodeId(4)).is_ok(),
+            "a legacy replica still stores until removed"
+        );
+        assert_eq!(
+            fence.check_ingress(NodeId(5)).unwrap_err().reason,
+            RefusalReason::IngressOutsideJurisdiction
+        );
+        assert_eq!(
+            fence.check_ingress(NodeId(3)).unwrap_err().reason,
+            RefusalReason::IngressOutsideJurisdiction
+        );
         assert!(fence.check_leader_peer(NodeId(2)).is_ok());
         let refusal = fence.check_leader_peer(NodeId(4)).unwrap_err();
-        assert_eq!(refusal.reason, RefusalReason::CandidateOutsideJurisdiction, "legacy voters never lead");
-        assert_eq!(incidents.counts(), IncidentCounts { membership_refused: 0, egress_blocked: 0, ingress_refused: 3 });
+        assert_eq!(
+            refusal.reason,
+            RefusalReason::CandidateOutsideJurisdiction,
+            "legacy voters never lead"
+        );
+        assert_eq!(
+            incidents.counts(),
+            IncidentCounts {
+                membership_refused: 0,
+                egress_blocked: 0,
+                ingress_refused: 3
+            }
+        );
         let current = Membership::new([NodeId(1), NodeId(4)], []);
-        assert!(fence.admit_change(&current, &Membership::new([NodeId(1), NodeId(4)], [NodeId(5)])).is_err());
+        assert!(
+            fence
+                .admit_change(&current, &Membership::new([NodeId(1), NodeId(4)], [NodeId(5)]))
+                .is_err()
+        );
         assert!(fence.admit_leader(&current, NodeId(4)).is_err());
         assert_eq!(incidents.counts().membership_refused, 2);
     }
