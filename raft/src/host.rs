@@ -115,9 +115,10 @@ struct IncomingSnapshot<C: GroupConfig> {
 pub struct Host<C: GroupConfig, T: Transport, S: Stores<C>> {
     me: NodeIdentity,
     topology: Arc<Topology>,
-    /// Every group's policy, hosted here or not: a message for a group this node must never hold is an
-    /// incident, not just an unknown group.
-    policies: BTreeMap<u64, GroupPolicy>,
+    /// Every group's policy and legacy members, hosted here or not: a replica is opened on demand when a
+    /// legitimate leader first contacts this node, and a message for a group this node must never hold is
+    /// an incident, not just an unknown group.
+    policies: BTreeMap<u64, (GroupPolicy, BTreeSet<NodeId>)>,
     transport: Arc<T>,
     stores: S,
     raft_config: Arc<openraft::Config>,
@@ -132,14 +133,14 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
     pub fn new(
         me: NodeIdentity,
         topology: Arc<Topology>,
-        policies: impl IntoIterator<Item = GroupPolicy>,
+        groups: impl IntoIterator<Item = (GroupPolicy, BTreeSet<NodeId>)>,
         transport: Arc<T>,
         stores: S,
         raft_config: Arc<openraft::Config>,
     ) -> Host<C, T, S> {
-        let policies = policies
+        let policies = groups
             .into_iter()
-            .map(|policy| (group_number(&policy.group), policy))
+            .map(|(policy, legacy)| (group_number(&policy.group), (policy, legacy)))
             .collect();
         let (incidents, groups) = (Arc::default(), RwLock::default());
         Host {
@@ -444,14 +445,18 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
     /// Serves a message from a peer whose identity the transport authenticated.
     pub async fn handle(&self, peer: &NodeIdentity, request: PeerRequest) -> PeerResponse {
         let number = request.group;
-        let Some(group) = self
+        let hosted = self
             .groups
             .read()
             .expect("group table lock")
             .get(&number)
-            .cloned()
-        else {
-            return self.refuse_unhosted(number);
+            .cloned();
+        let group = match hosted {
+            Some(group) => group,
+            None => match self.open_on_demand(number).await {
+                Ok(group) => group,
+                Err(response) => return response,
+            },
         };
         match self.serve(&group, peer, request).await {
             Ok(bytes) => PeerResponse::Ok(bytes),
@@ -466,30 +471,46 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
         }
     }
 
-    /// A message for a group this node does not host. If the group's jurisdiction excludes this node, that
-    /// is an ingress incident (someone tried to make it store data it must never hold).
-    fn refuse_unhosted(&self, number: u64) -> PeerResponse {
-        let Some(policy) = self.policies.get(&number) else {
-            return PeerResponse::Refused {
+    /// A message for a group this node does not host yet: a leader adding this node as a learner. The
+    /// replica is opened if the group's fence lets this node hold its data; if not, that is an ingress
+    /// incident (someone tried to make it store data it must never hold).
+    async fn open_on_demand(&self, number: u64) -> Result<Arc<Group<C, S::Backend>>, PeerResponse> {
+        let Some((policy, legacy)) = self.policies.get(&number) else {
+            let reason = format!("{} knows no group {number}", self.me.node);
+            return Err(PeerResponse::Refused {
                 group: number,
-                reason: format!("{} knows no group {number}", self.me.node),
-            };
+                reason,
+            });
         };
+        let incidents = self.incidents.clone();
         let fence = GroupFence::new(
             number,
             policy.clone(),
             self.topology.clone(),
-            BTreeSet::new(),
-            self.incidents.clone(),
+            legacy.clone(),
+            incidents,
         );
-        let reason = match fence.check_ingress(self.me.node) {
-            Err(refusal) => refusal.to_string(),
-            Ok(()) => format!("{} does not host group `{}`", self.me.node, policy.group),
-        };
-        PeerResponse::Refused {
-            group: number,
-            reason,
+        if let Err(refusal) = fence.check_ingress(self.me.node) {
+            return Err(PeerResponse::Refused {
+                group: number,
+                reason: refusal.to_string(),
+            });
         }
+        match self.open_group(policy.clone(), legacy.clone()).await {
+            Ok(()) | Err(HostError::AlreadyOpen { .. }) => {}
+            Err(error) => {
+                return Err(PeerResponse::Failed {
+                    group: number,
+                    reason: error.to_string(),
+                });
+            }
+        }
+        let groups = self.groups.read().expect("group table lock");
+        let vanished = || PeerResponse::Failed {
+            group: number,
+            reason: "group closed while opening".into(),
+        };
+        groups.get(&number).cloned().ok_or_else(vanished)
     }
 
     async fn serve(

@@ -30,6 +30,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use time::OffsetDateTime;
 
 const IDENTITY_PREFIX: &str = "domicile://v1/node/";
+const CLIENT_PREFIX: &str = "domicile://v1/client/";
 /// Site names in identities are DNS-label-like, so the URI needs no escaping and parses one way only.
 const SITE_NAME_BYTES_MAX: usize = 63;
 
@@ -109,7 +110,50 @@ impl NodeIdentity {
     }
 }
 
+/// A client service (not a node): it may call the client API, never speak Raft.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub name: String,
+}
+
+impl ClientIdentity {
+    pub fn uri(&self) -> String {
+        format!("{CLIENT_PREFIX}{}", self.name)
+    }
+
+    pub fn parse_uri(uri: &str) -> Result<ClientIdentity, IdentityError> {
+        let name = uri
+            .strip_prefix(CLIENT_PREFIX)
+            .ok_or_else(|| IdentityError::Malformed(uri.to_string()))?;
+        check_label(name).map_err(|_| IdentityError::Malformed(uri.to_string()))?;
+        Ok(ClientIdentity {
+            name: name.to_string(),
+        })
+    }
+}
+
+/// Who is at the other end of a verified connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Peer {
+    Node(NodeIdentity),
+    Client(ClientIdentity),
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Node(node) => write!(f, "{} at {} ({})", node.node, node.site, node.country),
+            Peer::Client(client) => write!(f, "client `{}`", client.name),
+        }
+    }
+}
+
 fn check_site_name(site: &str) -> Result<(), IdentityError> {
+    check_label(site)
+}
+
+/// Names in identities are DNS-label-like: 1 to 63 of a-z, 0-9 and `-`.
+fn check_label(site: &str) -> Result<(), IdentityError> {
     let valid = !site.is_empty()
         && site.len() <= SITE_NAME_BYTES_MAX
         && site
@@ -185,6 +229,33 @@ impl ClusterCa {
         &self.certified
     }
 
+    /// Issues a client certificate: it authenticates a service to the client API and nothing else.
+    pub fn issue_client(
+        &self,
+        identity: &ClientIdentity,
+        validity: Validity,
+    ) -> Result<CertifiedKey, IdentityError> {
+        check_label(&identity.name)?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .subject_alt_names
+            .push(SanType::URI(identity.uri().try_into()?));
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("domicile client {}", identity.name));
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = validity.not_before;
+        params.not_after = validity.not_after;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(CertifiedKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
     /// Issues a node certificate binding `identity`, usable both to serve and to dial (mutual TLS).
     pub fn issue(&self, identity: &NodeIdentity, validity: Validity) -> Result<CertifiedKey, IdentityError> {
         check_site_name(&identity.site.0)?;
@@ -234,6 +305,17 @@ pub fn attested_identity(cert_der: &[u8]) -> Result<NodeIdentity, IdentityError>
         return Err(IdentityError::SeveralIdentities);
     }
     NodeIdentity::parse_uri(uri)
+}
+
+/// Reads the identity, node or client, from a certificate the TLS handshake verified.
+pub fn attested_peer(cert_der: &[u8]) -> Result<Peer, IdentityError> {
+    match attested_identity(cert_der) {
+        Ok(node) => Ok(Peer::Node(node)),
+        Err(IdentityError::Malformed(uri)) if uri.starts_with(CLIENT_PREFIX) => {
+            ClientIdentity::parse_uri(&uri).map(Peer::Client)
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// Checks an attested identity against the topology: the site exists, stands in the attested country, and

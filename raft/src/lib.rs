@@ -10,6 +10,7 @@
 //! Everything here except `quic` is generic over openraft's runtime ([`config::GroupConfig`]) and uses no
 //! tokio spawn, wall clock or OS randomness directly, so the simulator runs the same code.
 
+pub mod client_protocol;
 pub mod config;
 pub mod host;
 pub mod identity;
@@ -18,5 +19,6 @@ pub mod network;
 pub mod quic;
 pub mod residency;
 pub mod routing;
+pub mod service;
 pub mod stores;
 pub mod transport;

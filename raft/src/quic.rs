@@ -29,14 +29,11 @@ use quinn::{Connection, Endpoint, RecvStream, SendStream, TransportConfig, VarIn
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use storage::codec::{self, FRAME_HEADER_BYTES, FrameHeader};
-use tokio::sync::Mutex;
 
-use crate::config::GroupConfig;
-use crate::host::Host;
+use crate::client_protocol::{ClientResponse, Envelope, EnvelopeResponse};
 use crate::identity::{
-    IdentityError, NodeIdentity, TlsConfigs, attested_identity, check_against_topology, server_name,
+    IdentityError, NodeIdentity, Peer, TlsConfigs, attested_peer, check_against_topology, server_name,
 };
-use crate::stores::Stores;
 use crate::transport::{PeerRequest, PeerResponse, Transport, TransportError};
 
 /// Tuning for one kind of link. quinn's defaults assume ~100 ms round trips and modest windows.
@@ -150,69 +147,50 @@ impl QuicError {
     }
 }
 
-/// Serves requests arriving from attested peers.
+/// Serves requests arriving from attested peers (nodes, or client services).
 pub trait Handler<Request, Response>: Send + Sync + 'static {
-    fn handle(
-        &self,
-        peer: NodeIdentity,
-        request: Request,
-    ) -> Pin<Box<dyn Future<Output = Response> + Send + '_>>;
+    fn handle(&self, peer: Peer, request: Request) -> Pin<Box<dyn Future<Output = Response> + Send + '_>>;
 }
 
-/// One node's QUIC endpoint: a server for its peers and a client of theirs.
-pub struct QuicNode {
-    me: NodeIdentity,
+/// The dialling side: connections to nodes by id, one per node, each checked to be the node it claims.
+/// Used by every node for its peers and by the client library for the nodes it talks to.
+pub struct Dialer {
     endpoint: Endpoint,
-    topology: Arc<Topology>,
+    /// With a topology, a dialled node's attested site is also checked against it (node to node); clients
+    /// don't carry the topology and rely on the certificate chain and the node id in the server name.
+    topology: Option<Arc<Topology>>,
     addresses: std::sync::RwLock<BTreeMap<NodeId, SocketAddr>>,
-    connections: Mutex<BTreeMap<NodeId, Connection>>,
+    connections: std::sync::Mutex<BTreeMap<NodeId, Connection>>,
     config: QuicConfig,
 }
 
-impl QuicNode {
-    /// Binds `addr` and starts serving `handler`. `addresses` says where each peer listens.
-    pub fn bind<Request, Response, H>(
-        me: NodeIdentity,
-        addr: SocketAddr,
+impl Dialer {
+    /// A client-only endpoint presenting `tls.client` (e.g. a client service's certificate).
+    pub fn client(
         tls: &TlsConfigs,
-        topology: Arc<Topology>,
         addresses: BTreeMap<NodeId, SocketAddr>,
         config: QuicConfig,
-        handler: Arc<H>,
-    ) -> Result<Arc<QuicNode>, QuicError>
-    where
-        Request: DeserializeOwned + Send + 'static,
-        Response: Serialize + Send + Sync + 'static,
-        H: Handler<Request, Response>,
-    {
-        check_against_topology(&me, &topology)?;
-        let transport = Arc::new(config.transport()?);
-        let server_crypto = QuicServerConfig::try_from(tls.server.clone())
-            .map_err(|error| QuicError::Config(error.to_string()))?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-        server.transport_config(transport.clone());
-        let client_crypto = QuicClientConfig::try_from(tls.client.clone())
-            .map_err(|error| QuicError::Config(error.to_string()))?;
-        let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
-        client.transport_config(transport);
-        let mut endpoint =
-            Endpoint::server(server, addr).map_err(|source| QuicError::Bind { addr, source })?;
-        endpoint.set_default_client_config(client);
-
-        let node = Arc::new(QuicNode {
-            me,
-            endpoint,
-            topology,
-            addresses: std::sync::RwLock::new(addresses),
-            connections: Mutex::new(BTreeMap::new()),
-            config,
-        });
-        spawn_accept_loop(node.clone(), handler);
-        Ok(node)
+    ) -> Result<Dialer, QuicError> {
+        let addr: SocketAddr = "127.0.0.1:0".parse().expect("a literal address");
+        let mut endpoint = Endpoint::client(addr).map_err(|source| QuicError::Bind { addr, source })?;
+        endpoint.set_default_client_config(client_config(tls, &config)?);
+        Ok(Dialer::over(endpoint, None, addresses, config))
     }
 
-    pub fn identity(&self) -> &NodeIdentity {
-        &self.me
+    fn over(
+        endpoint: Endpoint,
+        topology: Option<Arc<Topology>>,
+        addresses: BTreeMap<NodeId, SocketAddr>,
+        config: QuicConfig,
+    ) -> Dialer {
+        let addresses = std::sync::RwLock::new(addresses);
+        Dialer {
+            endpoint,
+            topology,
+            addresses,
+            connections: Default::default(),
+            config,
+        }
     }
 
     /// Records where `node` listens (its identity is still checked on every connection).
@@ -221,12 +199,6 @@ impl QuicNode {
             .write()
             .expect("address book lock")
             .insert(node, addr);
-    }
-
-    pub fn local_addr(&self) -> Result<SocketAddr, QuicError> {
-        self.endpoint
-            .local_addr()
-            .map_err(|error| QuicError::Config(error.to_string()))
     }
 
     /// Sends one request to `to` and waits for its response, within `config.request_timeout`.
@@ -242,22 +214,21 @@ impl QuicNode {
         let exchange = async {
             let connection = self.connection(to).await?;
             let stream_error = |reason: String| QuicError::Stream { node: to, reason };
-            let (mut send, mut recv) = connection
-                .open_bi()
-                .await
-                .map_err(|error| stream_error(error.to_string()))?;
+            let frame_error = |error: FrameError| match error {
+                FrameError::Transport(error) => error,
+                FrameError::Io(reason) => stream_error(reason),
+            };
+            let (mut send, mut recv) = connection.open_bi().await.map_err(|error| {
+                // A broken connection is dropped so the next request dials afresh.
+                self.forget(to, &connection);
+                stream_error(error.to_string())
+            })?;
             write_frame(&mut send, request, self.config.message_bytes_max)
                 .await
-                .map_err(|error| match error {
-                    FrameError::Transport(error) => error,
-                    FrameError::Io(reason) => stream_error(reason),
-                })?;
+                .map_err(frame_error)?;
             let reply: Result<Response, String> = read_frame(&mut recv, self.config.message_bytes_max)
                 .await
-                .map_err(|error| match error {
-                    FrameError::Transport(error) => error,
-                    FrameError::Io(reason) => stream_error(reason),
-                })?;
+                .map_err(frame_error)?;
             reply.map_err(|reason| QuicError::Remote { node: to, reason })
         };
         match tokio::time::timeout(self.config.request_timeout, exchange).await {
@@ -266,10 +237,20 @@ impl QuicNode {
         }
     }
 
-    /// The live connection to `to`, dialling (and checking the peer's attested identity) if needed.
+    fn forget(&self, to: NodeId, broken: &Connection) {
+        let mut connections = self.connections.lock().expect("connection table lock");
+        if connections
+            .get(&to)
+            .is_some_and(|current| current.stable_id() == broken.stable_id())
+        {
+            connections.remove(&to);
+        }
+    }
+
+    /// The live connection to `to`, dialling (and checking the peer's attested identity) if needed. The
+    /// table lock is never held while dialling: a dead peer must not hold up requests to live ones.
     async fn connection(&self, to: NodeId) -> Result<Connection, QuicError> {
-        let mut connections = self.connections.lock().await;
-        if let Some(connection) = connections.get(&to)
+        if let Some(connection) = self.connections.lock().expect("connection table lock").get(&to)
             && connection.close_reason().is_none()
         {
             return Ok(connection.clone());
@@ -293,26 +274,126 @@ impl QuicNode {
         let connection = connecting
             .await
             .map_err(|error| connect_error(error.to_string()))?;
-        let identity = peer_identity(&connection, &self.topology)?;
-        if identity.node != to {
-            connection.close(VarInt::from_u32(1), b"wrong peer");
-            return Err(QuicError::WrongPeer {
-                expected: to,
-                attested: identity.node,
-            });
+        match peer_identity(&connection, self.topology.as_deref())? {
+            Peer::Node(identity) if identity.node == to => {}
+            Peer::Node(identity) => {
+                connection.close(VarInt::from_u32(1), b"wrong peer");
+                return Err(QuicError::WrongPeer {
+                    expected: to,
+                    attested: identity.node,
+                });
+            }
+            Peer::Client(_) => {
+                connection.close(VarInt::from_u32(1), b"not a node");
+                return Err(QuicError::Identity(IdentityError::NoIdentity));
+            }
         }
-        connections.insert(to, connection.clone());
-        Ok(connection)
+        let mut connections = self.connections.lock().expect("connection table lock");
+        // Another request may have dialled meanwhile: keep one connection per peer.
+        match connections.get(&to) {
+            Some(existing) if existing.close_reason().is_none() => {
+                connection.close(VarInt::from_u32(0), b"duplicate");
+                Ok(existing.clone())
+            }
+            _ => {
+                connections.insert(to, connection.clone());
+                Ok(connection)
+            }
+        }
     }
 
-    /// Closes every connection and the endpoint.
     pub fn close(&self) {
         self.endpoint.close(VarInt::from_u32(0), b"shutdown");
     }
 }
 
-/// The attested identity of the peer at the other end of a verified connection.
-fn peer_identity(connection: &Connection, topology: &Topology) -> Result<NodeIdentity, IdentityError> {
+/// One node's QUIC endpoint: a server for its peers (and clients) and a dialler of its peers.
+pub struct QuicNode {
+    me: NodeIdentity,
+    dialer: Dialer,
+    topology: Arc<Topology>,
+}
+
+fn client_config(tls: &TlsConfigs, config: &QuicConfig) -> Result<quinn::ClientConfig, QuicError> {
+    let crypto = QuicClientConfig::try_from(tls.client.clone())
+        .map_err(|error| QuicError::Config(error.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(Arc::new(config.transport()?));
+    Ok(client)
+}
+
+impl QuicNode {
+    /// Binds `addr` and starts serving `handler`. `addresses` says where each peer listens.
+    pub fn bind<Request, Response, H>(
+        me: NodeIdentity,
+        addr: SocketAddr,
+        tls: &TlsConfigs,
+        topology: Arc<Topology>,
+        addresses: BTreeMap<NodeId, SocketAddr>,
+        config: QuicConfig,
+        handler: Arc<H>,
+    ) -> Result<Arc<QuicNode>, QuicError>
+    where
+        Request: DeserializeOwned + Send + 'static,
+        Response: Serialize + Send + Sync + 'static,
+        H: Handler<Request, Response>,
+    {
+        check_against_topology(&me, &topology)?;
+        let server_crypto = QuicServerConfig::try_from(tls.server.clone())
+            .map_err(|error| QuicError::Config(error.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server.transport_config(Arc::new(config.transport()?));
+        let mut endpoint =
+            Endpoint::server(server, addr).map_err(|source| QuicError::Bind { addr, source })?;
+        endpoint.set_default_client_config(client_config(tls, &config)?);
+        let dialer = Dialer::over(endpoint, Some(topology.clone()), addresses, config);
+        let node = Arc::new(QuicNode { me, dialer, topology });
+        spawn_accept_loop(node.clone(), handler);
+        Ok(node)
+    }
+
+    pub fn identity(&self) -> &NodeIdentity {
+        &self.me
+    }
+
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
+    }
+
+    /// Records where `node` listens (its identity is still checked on every connection).
+    pub fn learn_address(&self, node: NodeId, addr: SocketAddr) {
+        self.dialer.learn_address(node, addr);
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, QuicError> {
+        self.dialer
+            .endpoint
+            .local_addr()
+            .map_err(|error| QuicError::Config(error.to_string()))
+    }
+
+    /// Sends one request to `to` and waits for its response, within `config.request_timeout`.
+    pub async fn request<Request, Response>(
+        &self,
+        to: NodeId,
+        request: &Request,
+    ) -> Result<Response, QuicError>
+    where
+        Request: Serialize + ?Sized,
+        Response: DeserializeOwned,
+    {
+        self.dialer.request(to, request).await
+    }
+
+    /// Closes every connection and the endpoint.
+    pub fn close(&self) {
+        self.dialer.close();
+    }
+}
+
+/// The attested identity of the peer at the other end of a verified connection; a node's is also checked
+/// against the topology when there is one.
+fn peer_identity(connection: &Connection, topology: Option<&Topology>) -> Result<Peer, IdentityError> {
     let certificates = connection
         .peer_identity()
         .and_then(|any| {
@@ -321,9 +402,11 @@ fn peer_identity(connection: &Connection, topology: &Topology) -> Result<NodeIde
         })
         .ok_or(IdentityError::NoIdentity)?;
     let leaf = certificates.first().ok_or(IdentityError::NoIdentity)?;
-    let identity = attested_identity(leaf.as_ref())?;
-    check_against_topology(&identity, topology)?;
-    Ok(identity)
+    let peer = attested_peer(leaf.as_ref())?;
+    if let (Peer::Node(identity), Some(topology)) = (&peer, topology) {
+        check_against_topology(identity, topology)?;
+    }
+    Ok(peer)
 }
 
 // quinn needs tokio tasks for its connections: this transport is the one tokio-bound part of `raft/`.
@@ -335,12 +418,12 @@ where
     H: Handler<Request, Response>,
 {
     tokio::spawn(async move {
-        while let Some(incoming) = node.endpoint.accept().await {
+        while let Some(incoming) = node.dialer.endpoint.accept().await {
             let node = node.clone();
             let handler = handler.clone();
             tokio::spawn(async move {
                 let Ok(connection) = incoming.await else { return };
-                let peer = match peer_identity(&connection, &node.topology) {
+                let peer = match peer_identity(&connection, Some(&node.topology)) {
                     Ok(peer) => peer,
                     Err(error) => {
                         tracing::warn!(remote = %connection.remote_address(), %error, "refusing peer");
@@ -350,7 +433,7 @@ where
                 };
                 while let Ok((send, recv)) = connection.accept_bi().await {
                     let (handler, peer) = (handler.clone(), peer.clone());
-                    let bytes_max = node.config.message_bytes_max;
+                    let bytes_max = node.dialer.config.message_bytes_max;
                     tokio::spawn(serve_stream(handler, peer, send, recv, bytes_max));
                 }
             });
@@ -360,7 +443,7 @@ where
 
 async fn serve_stream<Request, Response, H>(
     handler: Arc<H>,
-    peer: NodeIdentity,
+    peer: Peer,
     mut send: SendStream,
     mut recv: RecvStream,
     bytes_max: u32,
@@ -372,12 +455,12 @@ async fn serve_stream<Request, Response, H>(
     let reply: Result<Response, String> = match read_frame::<Request>(&mut recv, bytes_max).await {
         Ok(request) => Ok(handler.handle(peer.clone(), request).await),
         Err(error) => {
-            tracing::warn!(peer = %peer.node, site = %peer.site, error = %error, "refused a request frame");
+            tracing::warn!(%peer, error = %error, "refused a request frame");
             Err(error.to_string())
         }
     };
     if let Err(error) = write_frame(&mut send, &reply, bytes_max).await {
-        tracing::debug!(peer = %peer.node, %error, "could not send a response");
+        tracing::debug!(%peer, %error, "could not send a response");
     }
 }
 
@@ -428,26 +511,22 @@ async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream, bytes_max: u32) 
 
 impl Transport for QuicNode {
     async fn send(&self, to: NodeId, request: PeerRequest) -> Result<PeerResponse, TransportError> {
-        self.request(to, &request).await.map_err(|error| match error {
-            QuicError::Timeout(node) => TransportError::Timeout(node),
-            QuicError::Identity(_) | QuicError::WrongPeer { .. } | QuicError::Remote { .. } => {
-                TransportError::Refused {
-                    node: to,
-                    reason: error.to_string(),
-                }
-            }
-            other => TransportError::Unreachable(to, other.to_string()),
-        })
-    }
-}
-
-impl<C: GroupConfig, T: Transport, S: Stores<C>> Handler<PeerRequest, PeerResponse> for Host<C, T, S> {
-    fn handle(
-        &self,
-        peer: NodeIdentity,
-        request: PeerRequest,
-    ) -> Pin<Box<dyn Future<Output = PeerResponse> + Send + '_>> {
-        Box::pin(async move { Host::handle(self, &peer, request).await })
+        let reply: Result<EnvelopeResponse, QuicError> = self.request(to, &Envelope::Peer(request)).await;
+        match reply {
+            Ok(EnvelopeResponse::Peer(response)) => Ok(response),
+            Ok(EnvelopeResponse::Client(_)) => Err(TransportError::Refused {
+                node: to,
+                reason: "answered a Raft message with a client response".into(),
+            }),
+            Err(QuicError::Timeout(node)) => Err(TransportError::Timeout(node)),
+            Err(
+                error @ (QuicError::Identity(_) | QuicError::WrongPeer { .. } | QuicError::Remote { .. }),
+            ) => Err(TransportError::Refused {
+                node: to,
+                reason: error.to_string(),
+            }),
+            Err(other) => Err(TransportError::Unreachable(to, other.to_string())),
+        }
     }
 }
 
@@ -472,20 +551,26 @@ impl<H> LateHandler<H> {
     }
 }
 
-impl<H: Handler<PeerRequest, PeerResponse>> Handler<PeerRequest, PeerResponse> for LateHandler<H> {
+impl<H: Handler<Envelope, EnvelopeResponse>> Handler<Envelope, EnvelopeResponse> for LateHandler<H> {
     fn handle(
         &self,
-        peer: NodeIdentity,
-        request: PeerRequest,
-    ) -> Pin<Box<dyn Future<Output = PeerResponse> + Send + '_>> {
+        peer: Peer,
+        request: Envelope,
+    ) -> Pin<Box<dyn Future<Output = EnvelopeResponse> + Send + '_>> {
         match self.handler.get() {
             Some(handler) => handler.handle(peer, request),
             None => {
-                let group = request.group;
+                let starting = "node is starting".to_string();
                 Box::pin(async move {
-                    PeerResponse::Refused {
-                        group,
-                        reason: "node is starting".into(),
+                    match request {
+                        Envelope::Peer(request) => EnvelopeResponse::Peer(PeerResponse::Refused {
+                            group: request.group,
+                            reason: starting,
+                        }),
+                        Envelope::Client(_) => EnvelopeResponse::Client(ClientResponse::Unavailable {
+                            group: String::new(),
+                            reason: starting,
+                        }),
                     }
                 })
             }

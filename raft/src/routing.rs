@@ -60,6 +60,11 @@ impl Router {
         Ok(Router { shards })
     }
 
+    /// Every jurisdiction with its shard groups, in name order.
+    pub fn shards(&self) -> impl Iterator<Item = (&String, &Vec<GroupId>)> {
+        self.shards.iter()
+    }
+
     /// The group that holds `user_id`'s records in `jurisdiction`.
     pub fn route(&self, jurisdiction: &str, user_id: &str) -> Result<&GroupId, RoutingError> {
         let groups = self.shards.get(jurisdiction).filter(|groups| !groups.is_empty());

@@ -12,10 +12,18 @@ use std::time::Duration;
 
 use common::{ONE_CLUSTER_AT_A_TIME, cluster, group, put};
 use placement::{Membership, NodeId, RefusalReason, SiteName, Step};
+use raft::client_protocol::{Envelope, EnvelopeResponse};
 use raft::config::TokioConfig;
 use raft::host::{HostError, ReadConsistency};
 use raft::routing::group_number;
 use raft::transport::{PeerRequest, PeerResponse, RequestKind};
+
+fn peer_reply(response: EnvelopeResponse) -> PeerResponse {
+    match response {
+        EnvelopeResponse::Peer(response) => response,
+        other => panic!("a peer request got {other:?}"),
+    }
+}
 use storage::RecordKey;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,7 +190,14 @@ async fn forged_and_outside_messages_are_refused_and_counted() {
     };
 
     // Sent to the US node, which must never hold EU data: refused, and an incident there.
-    let reply: PeerResponse = cluster.node(1).quic.request(NodeId(4), &forged(1)).await.unwrap();
+    let reply = peer_reply(
+        cluster
+            .node(1)
+            .quic
+            .request(NodeId(4), &Envelope::Peer(forged(1)))
+            .await
+            .unwrap(),
+    );
     let PeerResponse::Refused { reason, .. } = reply else {
         panic!("the US node accepted EU data: {reply:?}")
     };
@@ -191,12 +206,14 @@ async fn forged_and_outside_messages_are_refused_and_counted() {
 
     // Sent by the US node to an EU follower, pretending to be the leader: the certificate says otherwise.
     let follower = if leader == NodeId(1) { 2 } else { 1 };
-    let reply: PeerResponse = cluster
-        .node(4)
-        .quic
-        .request(NodeId(follower), &forged(leader.0))
-        .await
-        .unwrap();
+    let reply = peer_reply(
+        cluster
+            .node(4)
+            .quic
+            .request(NodeId(follower), &Envelope::Peer(forged(leader.0)))
+            .await
+            .unwrap(),
+    );
     assert!(
         matches!(&reply, PeerResponse::Refused { reason, .. } if reason.contains("forged sender")),
         "{reply:?}"
@@ -204,12 +221,14 @@ async fn forged_and_outside_messages_are_refused_and_counted() {
 
     // Sent by the US node as itself: a leader outside the jurisdiction is refused, and counted.
     let before = cluster.node(follower).host.incidents().ingress_refused;
-    let reply: PeerResponse = cluster
-        .node(4)
-        .quic
-        .request(NodeId(follower), &forged(4))
-        .await
-        .unwrap();
+    let reply = peer_reply(
+        cluster
+            .node(4)
+            .quic
+            .request(NodeId(follower), &Envelope::Peer(forged(4)))
+            .await
+            .unwrap(),
+    );
     assert!(
         matches!(&reply, PeerResponse::Refused { reason, .. } if reason.contains("may not lead")),
         "{reply:?}"

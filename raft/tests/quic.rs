@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use placement::{Country, NodeId, SiteName, Topology, TopologyFile};
-use raft::identity::{ClusterCa, NodeIdentity, TlsConfigs, Validity, tls_configs};
+use raft::identity::{ClusterCa, NodeIdentity, Peer, TlsConfigs, Validity, tls_configs};
 use raft::quic::{Handler, QuicConfig, QuicError, QuicNode};
 use time::{Duration, OffsetDateTime};
 
@@ -33,17 +33,8 @@ nodes = [9]
 struct Echo;
 
 impl Handler<String, String> for Echo {
-    fn handle(
-        &self,
-        peer: NodeIdentity,
-        request: String,
-    ) -> Pin<Box<dyn Future<Output = String> + Send + '_>> {
-        Box::pin(async move {
-            format!(
-                "{request} from {} at {} in {}",
-                peer.node, peer.site, peer.country
-            )
-        })
+    fn handle(&self, peer: Peer, request: String) -> Pin<Box<dyn Future<Output = String> + Send + '_>> {
+        Box::pin(async move { format!("{request} from {peer}") })
     }
 }
 
@@ -103,7 +94,7 @@ async fn requests_carry_the_senders_attested_identity_and_share_one_connection()
     ));
 
     let reply: String = client.request(NodeId(7), "hello").await.unwrap();
-    assert_eq!(reply, "hello from n1 at dublin-a in IE");
+    assert_eq!(reply, "hello from n1 at dublin-a (IE)");
 
     let mut requests = tokio::task::JoinSet::new();
     for index in 0..64 {
@@ -122,7 +113,7 @@ async fn requests_carry_the_senders_attested_identity_and_share_one_connection()
         let (index, reply) = joined.unwrap();
         assert_eq!(
             reply.unwrap(),
-            format!("request {index} from n1 at dublin-a in IE")
+            format!("request {index} from n1 at dublin-a (IE)")
         );
         answered += 1;
     }

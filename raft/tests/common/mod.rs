@@ -126,11 +126,14 @@ pub async fn cluster() -> Cluster {
             let faults = Arc::new(Faulty::new(quic.clone()));
             let dir = tempfile::tempdir().unwrap();
             let stores = DiskStores::open(dir.path()).unwrap();
-            let policies = file.policies.values().cloned();
+            let groups = file
+                .policies
+                .values()
+                .map(|policy| (policy.clone(), legacy_members(&file, policy)));
             let host = Arc::new(Host::new(
                 identity,
                 topology.clone(),
-                policies,
+                groups,
                 faults.clone(),
                 stores,
                 raft_config(),
@@ -158,6 +161,18 @@ pub async fn cluster() -> Cluster {
         }
     }
     Cluster { file, nodes }
+}
+
+/// A group's declared members outside its jurisdiction (from `[group.current]`): its legacy members.
+pub fn legacy_members(file: &TopologyFile, policy: &placement::GroupPolicy) -> BTreeSet<NodeId> {
+    let Some(state) = file.current.get(&policy.group) else {
+        return BTreeSet::new();
+    };
+    state
+        .membership
+        .members()
+        .filter(|&node| !file.topology.is_inside(node, &policy.jurisdiction))
+        .collect()
 }
 
 pub fn group(name: &str) -> GroupId {

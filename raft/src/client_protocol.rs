@@ -1,0 +1,121 @@
+//! What client services and nodes say to each other, and the envelope that lets one QUIC endpoint carry
+//! both peer (Raft) and client traffic.
+//!
+//! Every message is encoded by `storage::codec` inside a checksummed frame. The variant order of each enum
+//! is part of the wire format (append only).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use storage::{CommandError, Record, WriteId};
+
+use crate::transport::{PeerRequest, PeerResponse};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Envelope {
+    Peer(PeerRequest),
+    Client(ClientRequest),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum EnvelopeResponse {
+    Peer(PeerResponse),
+    Client(ClientResponse),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consistency {
+    Linearizable,
+    Stale,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ClientOp {
+    Put {
+        record: String,
+        value: Vec<u8>,
+        write: WriteId,
+    },
+    Get {
+        record: String,
+        consistency: Consistency,
+    },
+    Delete {
+        record: String,
+        write: WriteId,
+    },
+    CompareAndSet {
+        record: String,
+        expected_revision: Option<u64>,
+        value: Vec<u8>,
+        write: WriteId,
+    },
+    Scan,
+}
+
+impl ClientOp {
+    /// Whether a retry is safe without the caller's help: reads, and writes deduplicated by their write id.
+    pub fn is_idempotent(&self) -> bool {
+        true
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// Which groups shard each jurisdiction (names only: no keys, no placement).
+    ShardMap,
+    /// One operation on one user's records, in one jurisdiction.
+    Call {
+        jurisdiction: String,
+        user_id: String,
+        op: ClientOp,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientResult {
+    Written {
+        revision: u64,
+    },
+    Deleted {
+        previous_revision: Option<u64>,
+    },
+    Value {
+        record: Option<Record>,
+        stale: bool,
+    },
+    Records(Vec<(String, Record)>),
+    /// The state machine refused the command (e.g. a compare-and-set whose revision did not match).
+    Rejected(CommandError),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ClientResponse {
+    ShardMap(BTreeMap<String, Vec<String>>),
+    Done {
+        group: String,
+        result: ClientResult,
+    },
+    /// Ask the leader instead (when this node knows it).
+    NotLeader {
+        group: String,
+        leader: Option<u64>,
+    },
+    /// This node holds no replica of the group: ask another.
+    NotHosted {
+        group: String,
+    },
+    /// The request would put data where its jurisdiction forbids, or no group is fenced to it.
+    Residency {
+        reason: String,
+    },
+    /// The group can't serve now (no quorum, shutting down); a retry later may succeed.
+    Unavailable {
+        group: String,
+        reason: String,
+    },
+    /// The request itself is wrong; retrying won't help.
+    Invalid {
+        reason: String,
+    },
+}

@@ -1,0 +1,217 @@
+//! A node's front door: one handler for everything arriving on its QUIC endpoint — Raft traffic from peer
+//! nodes (to the [`Host`]) and calls from client services (routed to the user's group).
+//!
+//! Clients may not speak Raft, and nodes' Raft traffic is only accepted from attested nodes. A client call
+//! is routed by its jurisdiction and user id; a jurisdiction with no group fenced to it is refused rather
+//! than stored anywhere else.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use placement::GroupId;
+use storage::{Command, RecordKey, Response};
+
+use crate::client_protocol::{
+    ClientOp, ClientRequest, ClientResponse, ClientResult, Consistency, Envelope, EnvelopeResponse,
+};
+use crate::config::GroupConfig;
+use crate::host::{Host, HostError, ReadConsistency};
+use crate::identity::Peer;
+use crate::quic::Handler;
+use crate::routing::{Router, RoutingError};
+use crate::stores::Stores;
+use crate::transport::{PeerResponse, Transport};
+
+pub struct NodeService<C: GroupConfig, T: Transport, S: Stores<C>> {
+    host: Arc<Host<C, T, S>>,
+    router: Router,
+}
+
+impl<C: GroupConfig, T: Transport, S: Stores<C>> NodeService<C, T, S> {
+    pub fn new(host: Arc<Host<C, T, S>>, router: Router) -> Self {
+        NodeService { host, router }
+    }
+
+    pub fn host(&self) -> &Arc<Host<C, T, S>> {
+        &self.host
+    }
+
+    pub async fn serve_client(&self, request: ClientRequest) -> ClientResponse {
+        match request {
+            ClientRequest::ShardMap => {
+                let map: BTreeMap<String, Vec<String>> = self
+                    .router
+                    .shards()
+                    .map(|(jurisdiction, groups)| {
+                        (
+                            jurisdiction.clone(),
+                            groups.iter().map(|group| group.0.clone()).collect(),
+                        )
+                    })
+                    .collect();
+                ClientResponse::ShardMap(map)
+            }
+            ClientRequest::Call {
+                jurisdiction,
+                user_id,
+                op,
+            } => self.call(jurisdiction, user_id, op).await,
+        }
+    }
+
+    async fn call(&self, jurisdiction: String, user_id: String, op: ClientOp) -> ClientResponse {
+        let group = match self.router.route(&jurisdiction, &user_id) {
+            Ok(group) => group.clone(),
+            Err(error @ RoutingError::NoGroup(_)) => {
+                return ClientResponse::Residency {
+                    reason: format!("{error}: the data would have nowhere lawful to live"),
+                };
+            }
+            Err(error) => {
+                return ClientResponse::Invalid {
+                    reason: error.to_string(),
+                };
+            }
+        };
+        let key = |record: String| RecordKey::new(jurisdiction.clone(), user_id.clone(), record);
+        let outcome = match op {
+            ClientOp::Get { record, consistency } => {
+                let consistency = match consistency {
+                    Consistency::Linearizable => ReadConsistency::Linearizable,
+                    Consistency::Stale => ReadConsistency::Stale,
+                };
+                self.host
+                    .read(&group, key(record), consistency)
+                    .await
+                    .map(|read| ClientResult::Value {
+                        record: read.record,
+                        stale: read.stale,
+                    })
+            }
+            ClientOp::Put { record, value, write } => {
+                self.write(
+                    &group,
+                    Command::Put {
+                        write,
+                        key: key(record),
+                        value,
+                    },
+                )
+                .await
+            }
+            ClientOp::Delete { record, write } => {
+                self.write(
+                    &group,
+                    Command::Delete {
+                        write,
+                        key: key(record),
+                    },
+                )
+                .await
+            }
+            ClientOp::CompareAndSet {
+                record,
+                expected_revision,
+                value,
+                write,
+            } => {
+                let command = Command::CompareAndSet {
+                    write,
+                    key: key(record),
+                    expected_revision,
+                    value,
+                };
+                self.write(&group, command).await
+            }
+            ClientOp::Scan => {
+                let command = Command::Scan {
+                    jurisdiction: jurisdiction.clone(),
+                    user_id: user_id.clone(),
+                };
+                self.write(&group, command).await
+            }
+        };
+        match outcome {
+            Ok(result) => ClientResponse::Done {
+                group: group.0,
+                result,
+            },
+            Err(HostError::NotLeader { leader, .. }) => ClientResponse::NotLeader {
+                group: group.0,
+                leader: leader.map(|node| node.0),
+            },
+            Err(HostError::UnknownGroup(_)) => ClientResponse::NotHosted { group: group.0 },
+            Err(HostError::Residency(refusal)) => ClientResponse::Residency {
+                reason: refusal.to_string(),
+            },
+            Err(error) => ClientResponse::Unavailable {
+                group: group.0,
+                reason: error.to_string(),
+            },
+        }
+    }
+
+    async fn write(&self, group: &GroupId, command: Command) -> Result<ClientResult, HostError> {
+        Ok(match self.host.write(group, command).await? {
+            Response::Written { revision } => ClientResult::Written { revision },
+            Response::Deleted { previous_revision } => ClientResult::Deleted { previous_revision },
+            Response::Value(record) => ClientResult::Value { record, stale: false },
+            Response::Records(records) => ClientResult::Records(records),
+            Response::Rejected(error) => ClientResult::Rejected(error),
+            other => {
+                return Err(HostError::Raft {
+                    group: group.clone(),
+                    reason: format!("unexpected response {other:?}"),
+                });
+            }
+        })
+    }
+}
+
+/// Raft traffic only from attested nodes; client calls from anyone the CA certified.
+pub async fn route_envelope<C: GroupConfig, T: Transport, S: Stores<C>>(
+    host: &Host<C, T, S>,
+    service: Option<&NodeService<C, T, S>>,
+    peer: Peer,
+    envelope: Envelope,
+) -> EnvelopeResponse {
+    match (envelope, peer) {
+        (Envelope::Peer(request), Peer::Node(node)) => {
+            EnvelopeResponse::Peer(host.handle(&node, request).await)
+        }
+        (Envelope::Peer(request), Peer::Client(client)) => EnvelopeResponse::Peer(PeerResponse::Refused {
+            group: request.group,
+            reason: format!("client `{}` may not speak Raft", client.name),
+        }),
+        (Envelope::Client(request), _) => EnvelopeResponse::Client(match service {
+            Some(service) => service.serve_client(request).await,
+            None => ClientResponse::Invalid {
+                reason: "this endpoint serves no clients".into(),
+            },
+        }),
+    }
+}
+
+impl<C: GroupConfig, T: Transport, S: Stores<C>> Handler<Envelope, EnvelopeResponse>
+    for NodeService<C, T, S>
+{
+    fn handle(
+        &self,
+        peer: Peer,
+        request: Envelope,
+    ) -> Pin<Box<dyn Future<Output = EnvelopeResponse> + Send + '_>> {
+        Box::pin(route_envelope(&self.host, Some(self), peer, request))
+    }
+}
+
+impl<C: GroupConfig, T: Transport, S: Stores<C>> Handler<Envelope, EnvelopeResponse> for Host<C, T, S> {
+    fn handle(
+        &self,
+        peer: Peer,
+        request: Envelope,
+    ) -> Pin<Box<dyn Future<Output = EnvelopeResponse> + Send + '_>> {
+        Box::pin(route_envelope(self, None, peer, request))
+    }
+}
