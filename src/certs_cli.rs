@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, anyhow, bail};
 use clap::Subcommand;
 use placement::{NodeId, SiteName};
-use raft::identity::{CertifiedKey, ClusterCa, NodeIdentity, Validity};
+use raft::identity::{CertifiedKey, ClientIdentity, ClusterCa, NodeIdentity, Validity};
 use time::{Duration, OffsetDateTime};
 
 use crate::placement_cli::load;
@@ -30,6 +30,15 @@ pub enum CertsCommand {
         site: String,
         #[arg(long, default_value = "deploy/topology.example.toml")]
         topology: PathBuf,
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 90)]
+        days: i64,
+    },
+    /// Issue client-NAME.pem / client-NAME.key for a service that calls the client API (never Raft).
+    Client {
+        #[arg(long)]
+        name: String,
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
         #[arg(long, default_value_t = 90)]
@@ -68,13 +77,7 @@ pub fn run(command: CertsCommand) -> anyhow::Result<ExitCode> {
                     placed.nodes
                 );
             }
-            let read = |name: &str| {
-                let path = dir.join(name);
-                std::fs::read_to_string(&path).with_context(|| {
-                    format!("can't read {} (run `domicile certs init` first)", path.display())
-                })
-            };
-            let ca = ClusterCa::from_pem(&read("ca.pem")?, &read("ca.key")?)?;
+            let ca = load_ca(&dir)?;
             let identity = NodeIdentity {
                 node: id,
                 site,
@@ -89,8 +92,28 @@ pub fn run(command: CertsCommand) -> anyhow::Result<ExitCode> {
                 id.0
             );
         }
+        CertsCommand::Client { name, dir, days } => {
+            let ca = load_ca(&dir)?;
+            let identity = ClientIdentity { name: name.clone() };
+            let client = ca.issue_client(&identity, validity(days)?)?;
+            write_pair(&dir, &format!("client-{name}"), &client)?;
+            println!(
+                "{} written to {}/client-{name}.pem and .key",
+                identity.uri(),
+                dir.display()
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn load_ca(dir: &Path) -> anyhow::Result<ClusterCa> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path)
+            .with_context(|| format!("can't read {} (run `domicile certs init` first)", path.display()))
+    };
+    Ok(ClusterCa::from_pem(&read("ca.pem")?, &read("ca.key")?)?)
 }
 
 fn validity(days: i64) -> anyhow::Result<Validity> {

@@ -1,108 +1,443 @@
-//! `domicile demo`: the placement layer at work on the embedded example topology.
-//!
-//! Today Domicile's finished layer is placement, so the demo shows it end to end without any setup: the
-//! sites and which jurisdictions each can serve, the plan that migrates a legacy US group into the EEA, the
-//! fence refusing a US node in an EU group, and a residency report of the placement the plan leads to. The
-//! networked cluster demo (QUIC, TLS, disks, failover) replaces this once the node exists.
+//! `domicile demo`: a local cluster of five nodes in five sites — Dublin A, Dublin B, Hamar, Frankfurt and
+//! Ashburn — with real QUIC, mutual TLS and disks under a temporary directory, shown working end to end:
+//! EEA, EU and US groups; user records written through the client library; the failover when the Dublin A
+//! node is killed (no acknowledged write lost); the fence refusing the Ashburn node in an EU group; and a
+//! residency report. Every process it starts is stopped when it ends, also on Ctrl-C.
 
-use std::process::ExitCode;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitCode, Stdio};
+use std::time::{Duration, Instant};
 
-use anyhow::anyhow;
-use placement::{Fence, GroupId, Jurisdiction, NodeId, TopologyFile};
+use anyhow::{Context, anyhow, bail};
+use client::{Client, ClientTls};
+use placement::TopologyFile;
+use raft::identity::{ClientIdentity, ClusterCa, NodeIdentity, Validity};
 
-use crate::placement_cli::{apply_plan, describe_node, render_plan};
+use crate::admin_api::{AddLearner, AdminError, NodeStatus};
+use crate::operator_cli::{fetch_status, group_views, render_groups};
 
-const EXAMPLE_TOPOLOGY: &str = include_str!("../deploy/topology.example.toml");
+const TOPOLOGY: &str = r#"# The demo cluster: five nodes in five sites.
+[[site]]
+name = "dublin-a"
+country = "IE"
+region = "eu-west"
+nodes = [1]
 
-pub fn run() -> anyhow::Result<ExitCode> {
-    let file = TopologyFile::parse(EXAMPLE_TOPOLOGY).map_err(|error| anyhow!("embedded topology:{error}"))?;
-    let topology = &file.topology;
-    let (eu, eea) = (Jurisdiction::eu(), Jurisdiction::eea());
+[[site]]
+name = "dublin-b"
+country = "IE"
+region = "eu-west"
+nodes = [2]
 
-    println!("== Sites (embedded deploy/topology.example.toml)\n");
-    println!(
-        "{:<10} {:<7} {:<11} {:<12} {:>3} {:>4}",
-        "site", "country", "region", "nodes", "EU", "EEA"
-    );
-    for site in topology.sites() {
-        let nodes: Vec<String> = site.nodes.iter().map(NodeId::to_string).collect();
-        let mark = |inside: bool| if inside { "yes" } else { "-" };
-        println!(
-            "{:<10} {:<7} {:<11} {:<12} {:>3} {:>4}",
-            site.name.0,
-            site.country.as_str(),
-            site.region.as_deref().unwrap_or("-"),
-            nodes.join(","),
-            mark(eu.contains(site.country)),
-            mark(eea.contains(site.country)),
-        );
-    }
+[[site]]
+name = "hamar"
+country = "NO"
+region = "eu-north"
+nodes = [3]
 
-    println!("\n== The plan (legacy group users-legacy migrates from Ashburn into the EEA)\n");
-    let plan = placement::plan(
-        topology,
-        &file.policies,
-        &file.current,
-        &placement::Health::all_up(),
-    )?;
-    print!("{}", render_plan(topology, &plan));
+[[site]]
+name = "frankfurt"
+country = "DE"
+region = "eu-central"
+nodes = [4]
 
-    println!("\n== The fence refuses what would breach residency\n");
-    let users_eu = GroupId("users-eu".into());
-    let policy = &file.policies[&users_eu];
-    let placed = apply_plan(&file.current, &plan);
-    let eu_members = placed[&users_eu].membership.clone();
-    for (attempt, node) in [
-        ("add Ashburn node as a learner of users-eu", 9),
-        ("add Hamar node (Norway: EEA, not EU)", 5),
-    ] {
-        let mut proposed = eu_members.clone();
-        proposed.learners.insert(NodeId(node));
-        match Fence::admit(topology, policy, &eu_members, &proposed) {
-            Ok(_) => return Err(anyhow!("the fence admitted `{attempt}`: residency is broken")),
-            Err(refusal) => println!("{attempt}:\n  refused: {refusal}"),
+[[site]]
+name = "ashburn"
+country = "US"
+region = "us-east"
+nodes = [5]
+
+# European users' data, anywhere in the EEA (Norway included).
+[[group]]
+name = "users-eea"
+jurisdiction = "EEA"
+voters = 3
+leader_preference = ["dublin-a"]
+
+# EU-only data: Hamar (Norway) and Ashburn may never hold it.
+[[group]]
+name = "users-eu"
+jurisdiction = "EU"
+voters = 3
+leader_preference = ["dublin-a"]
+
+# US users' data stays in the US.
+[[group]]
+name = "users-us"
+jurisdiction = "US"
+voters = 1
+"#;
+
+/// Kills (by pid) every node it started when dropped: on success, on error, and on Ctrl-C.
+struct Nodes {
+    children: BTreeMap<u64, Child>,
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
-    let fenced = Fence::admit(topology, policy, &eu_members, &eu_members)?;
-    if let Err(refusal) = Fence::admit_leader(topology, policy, &fenced, NodeId(9)) {
-        println!("transfer users-eu leadership to Ashburn:\n  refused: {refusal}");
+}
+
+impl Nodes {
+    fn kill(&mut self, node: u64) -> anyhow::Result<()> {
+        let child = self
+            .children
+            .get_mut(&node)
+            .ok_or_else(|| anyhow!("no node {node}"))?;
+        child.kill().context("SIGKILL")?;
+        child.wait().context("reaping the killed node")?;
+        Ok(())
     }
 
-    println!("\n== Residency report (placement after the plan)\n");
-    let mut breaches = 0;
-    for (group, state) in &placed {
-        let policy = &file.policies[group];
-        let members: Vec<String> = state
-            .membership
-            .members()
-            .map(|node| describe_node(topology, node))
+    /// SIGTERM each (graceful: leaderships handed over), then SIGKILL what is still running after 5 s.
+    fn stop(&mut self) {
+        for child in self.children.values() {
+            // SAFETY: kill(2) on a pid we spawned and have not reaped; no memory is involved.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for child in self.children.values_mut() {
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+struct Layout {
+    dir: PathBuf,
+    nodes: BTreeMap<u64, (SocketAddr, SocketAddr)>,
+}
+
+pub async fn run(records: u64) -> anyhow::Result<ExitCode> {
+    let scratch = tempfile::Builder::new()
+        .prefix("domicile-demo-")
+        .tempdir()
+        .context("a temporary directory")?;
+    let layout = prepare(scratch.path())?;
+    let mut nodes = start(&layout)?;
+    let outcome = tokio::select! {
+        outcome = show(&layout, &mut nodes, records) => outcome,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+    };
+    println!("\n== Stopping every node the demo started");
+    nodes.stop();
+    drop(nodes);
+    outcome
+}
+
+/// Certificates, the topology and one config per node, in `dir`.
+fn prepare(dir: &Path) -> anyhow::Result<Layout> {
+    let file = TopologyFile::parse(TOPOLOGY).map_err(|error| anyhow!("demo topology:{error}"))?;
+    std::fs::write(dir.join("topology.toml"), TOPOLOGY)?;
+    let now = time::OffsetDateTime::now_utc();
+    let validity = Validity {
+        not_before: now - time::Duration::minutes(5),
+        not_after: now + time::Duration::days(1),
+    };
+    let ca = ClusterCa::generate("demo", validity)?;
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs)?;
+    std::fs::write(certs.join("ca.pem"), &ca.certified_key().cert_pem)?;
+    let client = ca.issue_client(&ClientIdentity { name: "demo".into() }, validity)?;
+    std::fs::write(certs.join("client-demo.pem"), &client.cert_pem)?;
+    std::fs::write(certs.join("client-demo.key"), &client.key_pem)?;
+
+    let mut nodes = BTreeMap::new();
+    for site in file.topology.sites() {
+        for &id in &site.nodes {
+            let identity = NodeIdentity {
+                node: id,
+                site: site.name.clone(),
+                country: site.country,
+            };
+            let pair = ca.issue(&identity, validity)?;
+            std::fs::write(certs.join(format!("node-{}.pem", id.0)), &pair.cert_pem)?;
+            std::fs::write(certs.join(format!("node-{}.key", id.0)), &pair.key_pem)?;
+            nodes.insert(id.0, (free_udp_port()?, free_tcp_port()?));
+        }
+    }
+    for site in file.topology.sites() {
+        for &id in &site.nodes {
+            let (listen, admin) = nodes[&id.0];
+            let mut config = format!(
+                "cluster = \"demo\"\nnode_id = {id}\nsite = \"{site}\"\ndata_dir = \"data/n{id}\"\nlisten = \"{listen}\"\nadmin = \"{admin}\"\ntopology = \"topology.toml\"\n\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/node-{id}.pem\"\nkey = \"certs/node-{id}.key\"\n",
+                id = id.0,
+                site = site.name,
+            );
+            for (&peer, &(peer_listen, peer_admin)) in nodes.iter().filter(|(peer, _)| **peer != id.0) {
+                config.push_str(&format!(
+                    "\n[[peer]]\nid = {peer}\naddr = \"{peer_listen}\"\nadmin = \"{peer_admin}\"\n"
+                ));
+            }
+            std::fs::write(dir.join(format!("node-{}.toml", id.0)), config)?;
+        }
+    }
+    Ok(Layout {
+        dir: dir.to_path_buf(),
+        nodes,
+    })
+}
+
+fn free_udp_port() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn free_tcp_port() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn start(layout: &Layout) -> anyhow::Result<Nodes> {
+    let exe = std::env::current_exe().context("the domicile binary")?;
+    let mut nodes = Nodes {
+        children: BTreeMap::new(),
+    };
+    for &id in layout.nodes.keys() {
+        let log = std::fs::File::create(layout.dir.join(format!("node-{id}.log")))?;
+        let child = std::process::Command::new(&exe)
+            .args(["node", "--config"])
+            .arg(layout.dir.join(format!("node-{id}.toml")))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting a node")?;
+        nodes.children.insert(id, child);
+    }
+    Ok(nodes)
+}
+
+fn admin(layout: &Layout, node: u64) -> String {
+    layout.nodes[&node].1.to_string()
+}
+
+async fn statuses(layout: &Layout, skip: &[u64]) -> Vec<NodeStatus> {
+    let mut all = Vec::new();
+    for &id in layout.nodes.keys().filter(|id| !skip.contains(id)) {
+        if let Ok(status) = fetch_status(&admin(layout, id)).await {
+            all.push(status);
+        }
+    }
+    all
+}
+
+/// Polls until every group has a leader that is not in `dead`; gives up after `limit`.
+async fn wait_for_leaders(
+    layout: &Layout,
+    dead: &[u64],
+    limit: Duration,
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    let started = Instant::now();
+    loop {
+        let nodes = statuses(layout, dead).await;
+        let views = group_views(&nodes);
+        let leaders: BTreeMap<String, u64> = views
+            .iter()
+            .filter_map(|(group, view)| {
+                view.leader
+                    .filter(|leader| !dead.contains(leader))
+                    .map(|leader| (group.clone(), leader))
+            })
             .collect();
-        let outside: Vec<NodeId> = state
-            .membership
-            .members()
-            .filter(|&node| !topology.is_inside(node, &policy.jurisdiction))
-            .collect();
-        breaches += outside.len();
-        let leader = state
-            .leader
-            .map(|node| describe_node(topology, node))
-            .unwrap_or_else(|| "-".into());
-        let verdict = if outside.is_empty() {
-            "all inside".to_string()
-        } else {
-            format!("OUTSIDE: {outside:?}")
+        if views.len() == 3 && leaders.len() == 3 {
+            return Ok(leaders);
+        }
+        if started.elapsed() > limit {
+            bail!(
+                "groups without a leader after {limit:?}: {:?} (node logs in {})",
+                views
+                    .keys()
+                    .filter(|group| !leaders.contains_key(*group))
+                    .collect::<Vec<_>>(),
+                layout.dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn show(layout: &Layout, nodes: &mut Nodes, records: u64) -> anyhow::Result<ExitCode> {
+    println!(
+        "== Five nodes, five sites, one cluster CA (everything under {})",
+        layout.dir.display()
+    );
+    for (id, (listen, admin)) in &layout.nodes {
+        println!("   n{id}: QUIC {listen}, admin http://{admin}");
+    }
+    let leaders = wait_for_leaders(layout, &[], Duration::from_secs(30)).await?;
+    println!("   every group has a leader");
+
+    println!("\n== Writing {records} user records through the client library");
+    let endpoints: Vec<String> = layout
+        .nodes
+        .iter()
+        .map(|(id, (listen, _))| format!("n{id}@{listen}"))
+        .collect();
+    let client = Client::builder()
+        .endpoints(&endpoints)
+        .tls(ClientTls::from_dir(layout.dir.join("certs"), "demo")?)
+        .default_jurisdiction("EEA")
+        .timeout(Duration::from_secs(5))
+        .build()
+        .await?;
+    let bar = indicatif::ProgressBar::new(records);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("   {bar:40} {pos}/{len} records {msg}")
+            .expect("a valid template"),
+    );
+    let mut acknowledged = Vec::new();
+    let started = Instant::now();
+    for index in 0..records {
+        // Six in ten users are European (EEA), three EU-only, one American.
+        let jurisdiction = match index % 10 {
+            0..=5 => "EEA",
+            6..=8 => "EU",
+            _ => "US",
         };
+        let user = format!("user-{index:05}");
+        let value = format!("{{\"user\":\"{user}\",\"phone\":\"+000 {index:07}\"}}").into_bytes();
+        client
+            .in_jurisdiction(jurisdiction)
+            .put(&user, "profile", value.clone())
+            .await?;
+        acknowledged.push((jurisdiction, user, value));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "   {records} records acknowledged in {elapsed:.1} s ({:.0} writes/s, one at a time)",
+        records as f64 / elapsed
+    );
+
+    println!("\n== Groups, leaders and replicas by site");
+    let nodes_now = statuses(layout, &[]).await;
+    print!("{}", render_groups(&group_views(&nodes_now), &nodes_now));
+
+    let victim = 1;
+    let led: Vec<String> = leaders
+        .iter()
+        .filter(|(_, leader)| **leader == victim)
+        .map(|(group, _)| group.clone())
+        .collect();
+    println!(
+        "\n== Killing n{victim} (Dublin A) with SIGKILL; it led: {}",
+        if led.is_empty() {
+            "nothing".into()
+        } else {
+            led.join(", ")
+        }
+    );
+    let killed_at = Instant::now();
+    nodes.kill(victim)?;
+    let after = wait_for_leaders(layout, &[victim], Duration::from_secs(30)).await?;
+    let failover = killed_at.elapsed();
+    for group in &led {
         println!(
-            "{group:<13} {:<5} leader {leader:<22} {verdict}\n  members {}",
-            policy.jurisdiction.name(),
-            members.join(", ")
+            "   {group}: leader n{victim} -> n{} ({:.2} s after the kill)",
+            after[group],
+            failover.as_secs_f64()
         );
     }
-    if breaches == 0 {
-        println!("\nno replica of any group is outside its jurisdiction.");
-        Ok(ExitCode::SUCCESS)
-    } else {
-        println!("\n{breaches} replica(s) outside their jurisdiction.");
-        Ok(ExitCode::from(1))
+    let mut lost = 0;
+    for (jurisdiction, user, value) in &acknowledged {
+        let record = client.in_jurisdiction(jurisdiction).get(user, "profile").await?;
+        if record.map(|record| record.value) != Some(value.clone()) {
+            lost += 1;
+        }
     }
+    println!(
+        "   read back all {} acknowledged writes (linearizable): {lost} lost",
+        acknowledged.len()
+    );
+
+    println!("\n== Asking to add the Ashburn node (n5, US) to the EU group");
+    let eu_leader = after["users-eu"];
+    let url = format!("http://{}/groups/users-eu/learners", admin(layout, eu_leader));
+    let response = reqwest::Client::new()
+        .post(&url)
+        .json(&AddLearner { node: 5 })
+        .send()
+        .await?;
+    let refused = response.status() == reqwest::StatusCode::FORBIDDEN;
+    let answer: AdminError = response.json().await.context("the admin endpoint's answer")?;
+    println!(
+        "   HTTP {}: {}",
+        if refused {
+            "403 Forbidden"
+        } else {
+            "unexpected status"
+        },
+        answer.error
+    );
+    if let Some(refusal) = &answer.refusal {
+        println!("   refusal: {refusal}");
+    }
+
+    println!("\n== Residency report");
+    let nodes_now = statuses(layout, &[victim]).await;
+    let topology = TopologyFile::parse(TOPOLOGY).map_err(|error| anyhow!("{error}"))?;
+    let mut breaches = 0;
+    for (group, view) in group_views(&nodes_now) {
+        let members: Vec<String> = view
+            .voters
+            .iter()
+            .chain(&view.learners)
+            .map(|member| format!("n{} {}/{}", member.node, member.site, member.country))
+            .collect();
+        let outside = view
+            .voters
+            .iter()
+            .chain(&view.learners)
+            .filter(|member| !member.inside)
+            .count();
+        breaches += outside;
+        let verdict = if outside == 0 {
+            format!("all inside {}", view.jurisdiction)
+        } else {
+            format!("{outside} OUTSIDE {}", view.jurisdiction)
+        };
+        println!(
+            "   {group:<10} {:<4} {verdict:<18} replicas: {}",
+            view.jurisdiction,
+            members.join(", ")
+        );
+        let policy = &topology.policies[&placement::GroupId(group.clone())];
+        let dead_inside = view.voters.iter().filter(|member| member.node == victim).count();
+        if dead_inside > 0 && policy.voters > 1 {
+            println!(
+                "   {:<10} under-replicated until n{victim} returns or the planner replaces it inside {}",
+                "", view.jurisdiction
+            );
+        }
+    }
+    let incidents = nodes_now.iter().fold((0, 0, 0), |total, node| {
+        (
+            total.0 + node.incidents.membership_refused,
+            total.1 + node.incidents.egress_blocked,
+            total.2 + node.incidents.ingress_refused,
+        )
+    });
+    println!(
+        "   fence incidents: {} refused changes, {} blocked messages out, {} refused messages in",
+        incidents.0, incidents.1, incidents.2
+    );
+    if breaches == 0 {
+        println!("   no replica of any group is outside its jurisdiction.");
+    }
+    Ok(if lost == 0 && breaches == 0 && refused {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -1,7 +1,17 @@
-//! `domicile`: the command-line entry point (the node and the operator verbs will live here too).
+//! `domicile`: the node, the operator verbs, the demo and the development tools, in one binary.
 
+// The binary is the outermost layer: it owns the tokio runtime, reads the wall clock for timings shown to
+// people and certificate validity, and spawns tasks directly. Library code the simulator runs may not.
+#![allow(clippy::disallowed_methods)]
+
+mod admin;
+mod admin_api;
 mod certs_cli;
 mod demo;
+mod metrics;
+mod node;
+mod node_config;
+mod operator_cli;
 mod placement_cli;
 
 use std::process::ExitCode;
@@ -31,17 +41,82 @@ enum Command {
         #[command(subcommand)]
         command: certs_cli::CertsCommand,
     },
-    /// Show the placement layer at work on the embedded example topology.
-    Demo,
+    /// Start a local 5-site cluster (real QUIC, TLS and disks under a temp dir) and show it working.
+    Demo {
+        /// Records to write through the client library.
+        #[arg(long, default_value_t = 600)]
+        records: u64,
+    },
+    /// Run a node (`--config node.toml`), or act on one (`drain`).
+    Node {
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        #[command(subcommand)]
+        action: Option<NodeAction>,
+    },
+    /// The cluster's groups, leaders and replicas by site, from the admin endpoints.
+    Status {
+        #[arg(long, default_value = "127.0.0.1:7200")]
+        admin: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: operator_cli::Output,
+    },
+    /// Leadership operations.
+    Leader {
+        #[command(subcommand)]
+        command: operator_cli::LeaderCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeAction {
+    /// Move every leadership off a node (inside each group's jurisdiction), e.g. before maintenance.
+    Drain {
+        node: placement::NodeId,
+        #[arg(long, default_value = "127.0.0.1:7200")]
+        admin: String,
+    },
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
 /// Exit codes: 0 success; 1 the answer is "no" (a refusal, no compliant placement); 2 bad input.
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let default_filter = if matches!(cli.command, Command::Node { action: None, .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let outcome = match cli.command {
         Command::Placement { command } => placement_cli::run(command),
         Command::Certs { command } => certs_cli::run(command),
-        Command::Demo => demo::run(),
+        Command::Demo { records } => runtime().and_then(|runtime| runtime.block_on(demo::run(records))),
+        Command::Node { config, action } => runtime().and_then(|runtime| {
+            runtime.block_on(async {
+                match (config, action) {
+                    (_, Some(NodeAction::Drain { node, admin })) => operator_cli::drain(&admin, node).await,
+                    (Some(config), None) => node::run(&config).await,
+                    (None, None) => Err(anyhow::anyhow!(
+                        "give --config node.toml to run a node (see deploy/node.example.toml)"
+                    )),
+                }
+            })
+        }),
+        Command::Status { admin, output } => {
+            runtime().and_then(|runtime| runtime.block_on(operator_cli::status(&admin, output)))
+        }
+        Command::Leader {
+            command: operator_cli::LeaderCommand::Move { admin, group, to },
+        } => runtime().and_then(|runtime| runtime.block_on(operator_cli::move_leader(&admin, &group, to))),
     };
     match outcome {
         Ok(code) => code,

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::{Context, anyhow};
 use clap::Subcommand;
 use placement::{
-    Fence, GroupId, GroupState, Health, Membership, NodeId, Placement, Plan, Problem, Refusal, Step,
-    Topology, TopologyFile,
+    Fence, GroupId, Health, Membership, NodeId, Placement, Plan, Problem, Refusal, Step, Topology,
+    TopologyFile,
 };
 
 #[derive(Subcommand)]
@@ -231,14 +231,4 @@ fn render_problem(topology: &Topology, problem: &Problem) -> String {
                 .join(", ")
         ),
     }
-}
-
-/// The membership every group ends with once `plan` has run.
-pub fn apply_plan(current: &Placement, plan: &Plan) -> Placement {
-    let mut placement: Placement = current.clone();
-    for step in &plan.steps {
-        step.apply(&mut placement);
-    }
-    placement.retain(|_, state: &mut GroupState| !state.membership.is_empty());
-    placement
 }

@@ -234,6 +234,30 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
         Ok(())
     }
 
+    /// The groups this node holds a replica of, by name.
+    pub fn hosted_groups(&self) -> Vec<GroupId> {
+        let groups = self.groups.read().expect("group table lock");
+        let mut names: Vec<GroupId> = groups
+            .values()
+            .map(|group| group.fence.policy.group.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Whether the group's replica here has a membership yet (bootstrapped, or joined by a leader).
+    pub async fn is_initialized(&self, group: &GroupId) -> Result<bool, HostError> {
+        let replica = self.group(group)?;
+        replica
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|error| HostError::Raft {
+                group: group.clone(),
+                reason: error.to_string(),
+            })
+    }
+
     /// The group's fence on this node, for admitting a membership (e.g. before [`Host::bootstrap`]).
     pub fn fence(&self, group: &GroupId) -> Result<Arc<GroupFence>, HostError> {
         Ok(self.group(group)?.fence.clone())

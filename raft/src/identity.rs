@@ -307,6 +307,15 @@ pub fn attested_identity(cert_der: &[u8]) -> Result<NodeIdentity, IdentityError>
     NodeIdentity::parse_uri(uri)
 }
 
+/// The node identity in a PEM certificate (a node reading its own certificate at start-up).
+pub fn node_identity_of_pem(cert_pem: &str) -> Result<NodeIdentity, IdentityError> {
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|error| IdentityError::Pem {
+        what: "the node certificate",
+        reason: error.to_string(),
+    })?;
+    attested_identity(der.as_ref())
+}
+
 /// Reads the identity, node or client, from a certificate the TLS handshake verified.
 pub fn attested_peer(cert_der: &[u8]) -> Result<Peer, IdentityError> {
     match attested_identity(cert_der) {

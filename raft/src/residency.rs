@@ -36,7 +36,7 @@ pub struct Incidents {
     ingress_refused: AtomicU64,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IncidentCounts {
     pub membership_refused: u64,
     pub egress_blocked: u64,

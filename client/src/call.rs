@@ -1,0 +1,423 @@
+use std::collections::BTreeMap;
+use std::future::{Future, IntoFuture};
+use std::hash::BuildHasher;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use placement::NodeId;
+use raft::client_protocol::{
+    ClientOp, ClientRequest, ClientResponse, ClientResult, Consistency, Envelope, EnvelopeResponse,
+};
+use raft::quic::Dialer;
+use raft::routing::stable_hash;
+use storage::{CommandError, Record, WriteId};
+use tokio::time::Instant;
+
+use crate::{ClientBuilder, ClientError};
+
+/// A connection to a Domicile cluster. Cheap to share (`Arc<Client>`); calls may run concurrently.
+pub struct Client {
+    dialer: Dialer,
+    nodes: Vec<NodeId>,
+    default_jurisdiction: String,
+    timeout: Duration,
+    attempts_max: u32,
+    /// Identifies this client's writes for deduplication; random per client.
+    client_id: u64,
+    sequence: AtomicU64,
+    shard_map: BTreeMap<String, Vec<String>>,
+    /// The last known leader of each group.
+    leaders: Mutex<BTreeMap<String, NodeId>>,
+    /// Round-robin start for calls without a known leader.
+    next_node: AtomicU64,
+    /// Nodes that failed to answer recently, and when: skipped while others remain.
+    suspects: Mutex<BTreeMap<NodeId, Instant>>,
+}
+
+/// How long a node that failed to answer is skipped when choosing whom to ask.
+const SUSPECT_FOR: Duration = Duration::from_secs(2);
+
+impl Client {
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    pub(crate) async fn connect(
+        dialer: Dialer,
+        nodes: Vec<NodeId>,
+        default_jurisdiction: String,
+        timeout: Duration,
+        attempts_max: u32,
+    ) -> Result<Client, ClientError> {
+        let client_id = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+        let mut client = Client {
+            dialer,
+            nodes,
+            default_jurisdiction,
+            timeout,
+            attempts_max,
+            client_id,
+            sequence: AtomicU64::new(0),
+            shard_map: BTreeMap::new(),
+            leaders: Mutex::new(BTreeMap::new()),
+            next_node: AtomicU64::new(0),
+            suspects: Mutex::new(BTreeMap::new()),
+        };
+        client.shard_map = client.fetch_shard_map().await?;
+        Ok(client)
+    }
+
+    /// Calls in another jurisdiction than the default one.
+    pub fn in_jurisdiction<'a>(&'a self, jurisdiction: &'a str) -> Scoped<'a> {
+        Scoped {
+            client: self,
+            jurisdiction,
+        }
+    }
+
+    fn scoped(&self) -> Scoped<'_> {
+        Scoped {
+            client: self,
+            jurisdiction: &self.default_jurisdiction,
+        }
+    }
+
+    /// Writes `value` as `record` of `user_id`; returns the record's new revision.
+    pub async fn put(&self, user_id: &str, record: &str, value: Vec<u8>) -> Result<u64, ClientError> {
+        self.scoped().put(user_id, record, value).await
+    }
+
+    /// Reads a record, linearizably unless `.stale()` is asked for.
+    pub fn get<'a>(&'a self, user_id: &'a str, record: &'a str) -> Get<'a> {
+        Get {
+            scoped: self.scoped(),
+            user_id,
+            record,
+            consistency: Consistency::Linearizable,
+        }
+    }
+
+    /// Deletes a record; returns the revision it had, if it existed.
+    pub async fn delete(&self, user_id: &str, record: &str) -> Result<Option<u64>, ClientError> {
+        self.scoped().delete(user_id, record).await
+    }
+
+    /// Writes only if the record is at `expected_revision` (`None`: absent); [`ClientError::Conflict`] if not.
+    pub async fn compare_and_set(
+        &self,
+        user_id: &str,
+        record: &str,
+        expected_revision: Option<u64>,
+        value: Vec<u8>,
+    ) -> Result<u64, ClientError> {
+        self.scoped()
+            .compare_and_set(user_id, record, expected_revision, value)
+            .await
+    }
+
+    /// Every record of one user, by record name.
+    pub async fn scan_user(&self, user_id: &str) -> Result<Vec<(String, Record)>, ClientError> {
+        self.scoped().scan_user(user_id).await
+    }
+
+    fn next_write(&self) -> WriteId {
+        WriteId {
+            client_id: self.client_id,
+            sequence: self.sequence.fetch_add(1, Ordering::Relaxed) + 1,
+        }
+    }
+
+    async fn fetch_shard_map(&self) -> Result<BTreeMap<String, Vec<String>>, ClientError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut last_error = String::from("no node answered");
+        for attempt in 0..self.attempts_max {
+            for &node in &self.nodes {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    return Err(ClientError::Timeout {
+                        deadline: self.timeout,
+                        last_error,
+                    });
+                }
+                let request = Envelope::Client(ClientRequest::ShardMap);
+                match tokio::time::timeout(
+                    remaining,
+                    self.dialer.request::<_, EnvelopeResponse>(node, &request),
+                )
+                .await
+                {
+                    Ok(Ok(EnvelopeResponse::Client(ClientResponse::ShardMap(map)))) => return Ok(map),
+                    Ok(Ok(other)) => last_error = format!("{node} answered {other:?}"),
+                    Ok(Err(error)) => last_error = error.to_string(),
+                    Err(_) => last_error = format!("{node} did not answer in time"),
+                }
+            }
+            backoff(attempt, deadline).await;
+        }
+        Err(ClientError::Unavailable(last_error))
+    }
+
+    /// One call, routed to the user's group and retried (safely) until it succeeds, fails for good, or the
+    /// deadline passes.
+    async fn call(
+        &self,
+        jurisdiction: &str,
+        user_id: &str,
+        op: ClientOp,
+    ) -> Result<ClientResult, ClientError> {
+        let deadline = Instant::now() + self.timeout;
+        let group = self.route(jurisdiction, user_id)?;
+        let mut last_error = String::from("no attempt made");
+        for attempt in 0..self.attempts_max {
+            let node = self.target(&group);
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            let request = Envelope::Client(ClientRequest::Call {
+                jurisdiction: jurisdiction.to_string(),
+                user_id: user_id.to_string(),
+                op: op.clone(),
+            });
+            // One attempt may use a share of the deadline, not all of it: a dead node must leave time to ask
+            // another.
+            let attempt_limit = remaining.min((self.timeout / 4).max(Duration::from_millis(250)));
+            let reply = tokio::time::timeout(
+                attempt_limit,
+                self.dialer.request::<_, EnvelopeResponse>(node, &request),
+            )
+            .await;
+            match reply {
+                Ok(Ok(EnvelopeResponse::Client(response))) => match response {
+                    ClientResponse::Done { result, .. } => return Ok(result),
+                    ClientResponse::NotLeader {
+                        leader: Some(leader), ..
+                    } if self.nodes.contains(&NodeId(leader)) => {
+                        self.leaders
+                            .lock()
+                            .expect("leader cache lock")
+                            .insert(group.clone(), NodeId(leader));
+                        last_error = format!("{node} is not the leader of {group}; {leader} is");
+                        continue;
+                    }
+                    ClientResponse::NotLeader { .. } => {
+                        self.forget_leader(&group);
+                        last_error = format!("{group} has no leader at {node} now");
+                    }
+                    ClientResponse::NotHosted { .. } => {
+                        self.forget_leader(&group);
+                        last_error = format!("{node} holds no replica of {group}");
+                        continue;
+                    }
+                    ClientResponse::Unavailable { reason, .. } => last_error = reason,
+                    ClientResponse::Residency { reason } => return Err(ClientError::Residency(reason)),
+                    ClientResponse::Invalid { reason } => return Err(ClientError::Invalid(reason)),
+                    ClientResponse::ShardMap(_) => last_error = "unexpected shard map".into(),
+                },
+                Ok(Ok(EnvelopeResponse::Peer(_))) => {
+                    last_error = format!("{node} answered with a peer response")
+                }
+                Ok(Err(error)) => {
+                    self.suspect(node, &group);
+                    last_error = error.to_string();
+                }
+                Err(_) => {
+                    self.suspect(node, &group);
+                    last_error = format!("{node} did not answer in time");
+                }
+            }
+            backoff(attempt, deadline).await;
+        }
+        if Instant::now() >= deadline {
+            return Err(ClientError::Timeout {
+                deadline: self.timeout,
+                last_error,
+            });
+        }
+        Err(ClientError::Unavailable(last_error))
+    }
+
+    fn route(&self, jurisdiction: &str, user_id: &str) -> Result<String, ClientError> {
+        match self
+            .shard_map
+            .get(jurisdiction)
+            .filter(|groups| !groups.is_empty())
+        {
+            Some(groups) => {
+                Ok(groups[(stable_hash(user_id.as_bytes()) % groups.len() as u64) as usize].clone())
+            }
+            None => Err(ClientError::Residency(format!(
+                "no replica group is fenced to jurisdiction `{jurisdiction}`: the data would have nowhere lawful to live"
+            ))),
+        }
+    }
+
+    fn target(&self, group: &str) -> NodeId {
+        if let Some(&leader) = self.leaders.lock().expect("leader cache lock").get(group) {
+            return leader;
+        }
+        let suspects = self.suspects.lock().expect("suspect list lock");
+        let now = Instant::now();
+        for _ in 0..self.nodes.len() {
+            let next = self.next_node.fetch_add(1, Ordering::Relaxed) as usize;
+            let node = self.nodes[next % self.nodes.len()];
+            if suspects
+                .get(&node)
+                .is_none_or(|since| now.duration_since(*since) > SUSPECT_FOR)
+            {
+                return node;
+            }
+        }
+        // Everyone failed lately: ask the next one anyway.
+        let next = self.next_node.fetch_add(1, Ordering::Relaxed) as usize;
+        self.nodes[next % self.nodes.len()]
+    }
+
+    fn suspect(&self, node: NodeId, group: &str) {
+        self.suspects
+            .lock()
+            .expect("suspect list lock")
+            .insert(node, Instant::now());
+        let mut leaders = self.leaders.lock().expect("leader cache lock");
+        if leaders.get(group) == Some(&node) {
+            leaders.remove(group);
+        }
+    }
+
+    fn forget_leader(&self, group: &str) {
+        self.leaders.lock().expect("leader cache lock").remove(group);
+    }
+}
+
+/// Exponential backoff from 10 ms, capped at 200 ms and at the deadline.
+async fn backoff(attempt: u32, deadline: Instant) {
+    let pause = Duration::from_millis(10u64 << attempt.min(4)).min(Duration::from_millis(200));
+    let until = (Instant::now() + pause).min(deadline);
+    tokio::time::sleep_until(until).await;
+}
+
+/// Calls in one jurisdiction.
+pub struct Scoped<'a> {
+    client: &'a Client,
+    jurisdiction: &'a str,
+}
+
+impl<'a> Scoped<'a> {
+    pub async fn put(&self, user_id: &str, record: &str, value: Vec<u8>) -> Result<u64, ClientError> {
+        let op = ClientOp::Put {
+            record: record.into(),
+            value,
+            write: self.client.next_write(),
+        };
+        match self.client.call(self.jurisdiction, user_id, op).await? {
+            ClientResult::Written { revision } => Ok(revision),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn get(&self, user_id: &'a str, record: &'a str) -> Get<'a> {
+        let scoped = Scoped {
+            client: self.client,
+            jurisdiction: self.jurisdiction,
+        };
+        Get {
+            scoped,
+            user_id,
+            record,
+            consistency: Consistency::Linearizable,
+        }
+    }
+
+    pub async fn delete(&self, user_id: &str, record: &str) -> Result<Option<u64>, ClientError> {
+        let op = ClientOp::Delete {
+            record: record.into(),
+            write: self.client.next_write(),
+        };
+        match self.client.call(self.jurisdiction, user_id, op).await? {
+            ClientResult::Deleted { previous_revision } => Ok(previous_revision),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn compare_and_set(
+        &self,
+        user_id: &str,
+        record: &str,
+        expected_revision: Option<u64>,
+        value: Vec<u8>,
+    ) -> Result<u64, ClientError> {
+        let write = self.client.next_write();
+        let op = ClientOp::CompareAndSet {
+            record: record.into(),
+            expected_revision,
+            value,
+            write,
+        };
+        match self.client.call(self.jurisdiction, user_id, op).await? {
+            ClientResult::Written { revision } => Ok(revision),
+            ClientResult::Rejected(error @ CommandError::RevisionMismatch { .. }) => {
+                Err(ClientError::Conflict(error))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn scan_user(&self, user_id: &str) -> Result<Vec<(String, Record)>, ClientError> {
+        match self
+            .client
+            .call(self.jurisdiction, user_id, ClientOp::Scan)
+            .await?
+        {
+            ClientResult::Records(records) => Ok(records),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn unexpected(result: ClientResult) -> ClientError {
+    match result {
+        ClientResult::Rejected(error) => ClientError::Rejected(error),
+        other => ClientError::Invalid(format!("unexpected result {other:?}")),
+    }
+}
+
+/// A read; `.await` it for a linearizable read, or call `.stale()` first to accept any replica's state.
+pub struct Get<'a> {
+    scoped: Scoped<'a>,
+    user_id: &'a str,
+    record: &'a str,
+    consistency: Consistency,
+}
+
+impl Get<'_> {
+    /// Serve from any replica's local state, possibly behind the leader. The outcome is marked stale.
+    pub fn stale(mut self) -> Self {
+        self.consistency = Consistency::Stale;
+        self
+    }
+}
+
+impl<'a> IntoFuture for Get<'a> {
+    type Output = Result<Option<Record>, ClientError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let op = ClientOp::Get {
+                record: self.record.into(),
+                consistency: self.consistency,
+            };
+            match self
+                .scoped
+                .client
+                .call(self.scoped.jurisdiction, self.user_id, op)
+                .await?
+            {
+                ClientResult::Value { record, .. } => Ok(record),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+}

@@ -1,0 +1,196 @@
+//! The admin endpoint: HTTP on loopback by default. `GET /status`, `GET /metrics` (Prometheus text),
+//! `POST /groups/{group}/learners`, `POST /groups/{group}/leader`, `POST /drain`.
+//!
+//! Membership and leadership requests go through the host, so through the residency fence: a refused
+//! request answers 403 with the typed refusal, and is counted as an incident.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use placement::{GroupId, NodeId, Step};
+use raft::host::HostError;
+
+use crate::admin_api::{AddLearner, AdminError, GroupView, Incidents, Member, MoveLeader, NodeStatus};
+use crate::node::Node;
+
+pub async fn serve(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(node.config.admin)
+        .await
+        .with_context(|| {
+            format!(
+                "can't listen on the admin address {} (is the port in use?)",
+                node.config.admin
+            )
+        })?;
+    let app = Router::new()
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/groups/{group}/learners", post(add_learner))
+        .route("/groups/{group}/leader", post(move_leader))
+        .route("/drain", post(drain))
+        .with_state(node.clone());
+    let observer = node.clone();
+    tokio::spawn(async move {
+        // Leader changes are counted by sampling: a change between two samples 200 ms apart is one change.
+        loop {
+            observe(&observer);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    Ok(tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "the admin endpoint stopped");
+        }
+    }))
+}
+
+fn observe(node: &Node) {
+    let statuses: Vec<_> = node
+        .host
+        .hosted_groups()
+        .iter()
+        .filter_map(|group| node.host.status(group).ok())
+        .collect();
+    node.metrics
+        .observe(node.config.node.0, &statuses, node.host.incidents());
+}
+
+pub fn node_status(node: &Node) -> NodeStatus {
+    let topology = &node.file.topology;
+    let member = |id: NodeId, jurisdiction: &placement::Jurisdiction| {
+        let site = topology.site_of(id);
+        Member {
+            node: id.0,
+            site: site.map_or("?".into(), |site| site.name.0.clone()),
+            country: site.map_or("?".into(), |site| site.country.to_string()),
+            inside: topology.is_inside(id, jurisdiction),
+        }
+    };
+    let groups = node
+        .host
+        .hosted_groups()
+        .iter()
+        .filter_map(|group| node.host.status(group).ok())
+        .map(|status| {
+            let jurisdiction = &node.file.policies[&status.group].jurisdiction;
+            GroupView {
+                group: status.group.0.clone(),
+                jurisdiction: status.jurisdiction.clone(),
+                leader: status.leader.map(|id| id.0),
+                term: status.term,
+                last_applied: status.last_applied,
+                committed: status.committed,
+                voters: status
+                    .membership
+                    .voters
+                    .iter()
+                    .map(|&id| member(id, jurisdiction))
+                    .collect(),
+                learners: status
+                    .membership
+                    .learners
+                    .iter()
+                    .map(|&id| member(id, jurisdiction))
+                    .collect(),
+            }
+        })
+        .collect();
+    let identity = node.host.identity();
+    let incidents = node.host.incidents();
+    NodeStatus {
+        cluster: node.config.cluster.clone(),
+        node: identity.node.0,
+        site: identity.site.0.clone(),
+        country: identity.country.to_string(),
+        listen: node.config.listen.to_string(),
+        peer_admins: node
+            .config
+            .peers
+            .iter()
+            .filter_map(|(id, peer)| peer.admin.map(|admin| (id.0, admin.to_string())))
+            .collect::<BTreeMap<_, _>>(),
+        groups,
+        incidents: Incidents {
+            membership_refused: incidents.membership_refused,
+            egress_blocked: incidents.egress_blocked,
+            ingress_refused: incidents.ingress_refused,
+        },
+    }
+}
+
+async fn status(State(node): State<Arc<Node>>) -> Json<NodeStatus> {
+    Json(node_status(&node))
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    observe(&node);
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        node.metrics.render(),
+    )
+}
+
+async fn add_learner(
+    State(node): State<Arc<Node>>,
+    Path(group): Path<String>,
+    Json(body): Json<AddLearner>,
+) -> Response {
+    let step = Step::AddLearner {
+        group: GroupId(group),
+        node: NodeId(body.node),
+    };
+    execute(&node, step).await
+}
+
+async fn move_leader(
+    State(node): State<Arc<Node>>,
+    Path(group): Path<String>,
+    Json(body): Json<MoveLeader>,
+) -> Response {
+    let step = Step::TransferLeader {
+        group: GroupId(group),
+        to: NodeId(body.to),
+    };
+    execute(&node, step).await
+}
+
+async fn drain(State(node): State<Arc<Node>>) -> Response {
+    Json(node.drain().await).into_response()
+}
+
+async fn execute(node: &Node, step: Step) -> Response {
+    match node.host.execute(&step).await {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(serde_json::json!({"ok": true, "step": step})),
+        )
+            .into_response(),
+        Err(error) => error_response(error),
+    }
+}
+
+fn error_response(error: HostError) -> Response {
+    let message = error.to_string();
+    let (status, leader, refusal) = match &error {
+        HostError::Residency(refusal) => (StatusCode::FORBIDDEN, None, serde_json::to_value(refusal).ok()),
+        HostError::NotLeader { leader, .. } => (StatusCode::CONFLICT, leader.map(|id| id.0), None),
+        HostError::UnknownGroup(_) => (StatusCode::NOT_FOUND, None, None),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, None, None),
+    };
+    (
+        status,
+        Json(AdminError {
+            error: message,
+            leader,
+            refusal,
+        }),
+    )
+        .into_response()
+}

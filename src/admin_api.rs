@@ -1,0 +1,66 @@
+//! The admin endpoint's JSON shapes, shared by the server, the operator CLI and the demo.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub cluster: String,
+    pub node: u64,
+    pub site: String,
+    pub country: String,
+    pub listen: String,
+    /// Admin endpoints of the peers this node knows, by node id.
+    pub peer_admins: BTreeMap<u64, String>,
+    pub groups: Vec<GroupView>,
+    pub incidents: Incidents,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroupView {
+    pub group: String,
+    pub jurisdiction: String,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_applied: Option<u64>,
+    pub committed: Option<u64>,
+    pub voters: Vec<Member>,
+    pub learners: Vec<Member>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub node: u64,
+    pub site: String,
+    pub country: String,
+    /// Whether the member's site is inside the group's jurisdiction.
+    pub inside: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Incidents {
+    pub membership_refused: u64,
+    pub egress_blocked: u64,
+    pub ingress_refused: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AddLearner {
+    pub node: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MoveLeader {
+    pub to: u64,
+}
+
+/// Every non-2xx answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AdminError {
+    pub error: String,
+    /// For "not the leader": who is, when known.
+    pub leader: Option<u64>,
+    /// For residency refusals: the typed refusal.
+    pub refusal: Option<serde_json::Value>,
+}

@@ -1,0 +1,150 @@
+//! The node's Prometheus metrics. Names are stable and prefixed `domicile_`, as etcd's are `etcd_`.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use raft::host::GroupStatus;
+use raft::residency::IncidentCounts;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabel {
+    pub group: String,
+    pub jurisdiction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    has_leader: Family<GroupLabel, Gauge>,
+    is_leader: Family<GroupLabel, Gauge>,
+    leader_changes: Family<GroupLabel, Counter>,
+    applied_index: Family<GroupLabel, Gauge>,
+    fence_refusals: Counter<u64, AtomicU64>,
+    egress_blocked: Counter<u64, AtomicU64>,
+    ingress_refused: Counter<u64, AtomicU64>,
+    pub request_seconds: Family<OpLabel, Histogram>,
+    /// Last seen leader per group and last exported incident counts, to turn snapshots into counters.
+    seen: Mutex<(BTreeMap<String, Option<u64>>, IncidentCounts)>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("domicile");
+        let has_leader = Family::<GroupLabel, Gauge>::default();
+        registry.register(
+            "raft_has_leader",
+            "1 if this replica knows a leader of the group",
+            has_leader.clone(),
+        );
+        let is_leader = Family::<GroupLabel, Gauge>::default();
+        registry.register(
+            "raft_is_leader",
+            "1 if this node leads the group",
+            is_leader.clone(),
+        );
+        let leader_changes = Family::<GroupLabel, Counter>::default();
+        registry.register(
+            "raft_leader_changes",
+            "Leader changes seen by this replica",
+            leader_changes.clone(),
+        );
+        let applied_index = Family::<GroupLabel, Gauge>::default();
+        registry.register(
+            "raft_applied_index",
+            "Last log index applied by this replica",
+            applied_index.clone(),
+        );
+        let fence_refusals = Counter::default();
+        registry.register(
+            "fence_refusals",
+            "Membership or leadership changes refused by the residency fence",
+            fence_refusals.clone(),
+        );
+        let egress_blocked = Counter::default();
+        registry.register(
+            "fence_egress_blocked",
+            "Messages with a group's data not sent: receiver outside the jurisdiction",
+            egress_blocked.clone(),
+        );
+        let ingress_refused = Counter::default();
+        registry.register(
+            "fence_ingress_refused",
+            "Messages refused on arrival by the residency fence",
+            ingress_refused.clone(),
+        );
+        let request_seconds = Family::<OpLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Client requests served by this node",
+            request_seconds.clone(),
+        );
+        Metrics {
+            registry,
+            has_leader,
+            is_leader,
+            leader_changes,
+            applied_index,
+            fence_refusals,
+            egress_blocked,
+            ingress_refused,
+            request_seconds,
+            seen: Mutex::new((BTreeMap::new(), IncidentCounts::default())),
+        }
+    }
+
+    /// Folds a snapshot of the node's groups and incident counters into the metrics.
+    pub fn observe(&self, me: u64, groups: &[GroupStatus], incidents: IncidentCounts) {
+        let mut seen = self.seen.lock().expect("metrics lock");
+        for status in groups {
+            let label = GroupLabel {
+                group: status.group.0.clone(),
+                jurisdiction: status.jurisdiction.clone(),
+            };
+            let leader = status.leader.map(|node| node.0);
+            self.has_leader
+                .get_or_create(&label)
+                .set(i64::from(leader.is_some()));
+            self.is_leader
+                .get_or_create(&label)
+                .set(i64::from(leader == Some(me)));
+            self.applied_index
+                .get_or_create(&label)
+                .set(status.last_applied.unwrap_or(0) as i64);
+            let previous = seen.0.insert(status.group.0.clone(), leader);
+            if leader.is_some() && previous.is_some_and(|previous| previous != leader) {
+                self.leader_changes.get_or_create(&label).inc();
+            }
+        }
+        let last = seen.1;
+        self.fence_refusals.inc_by(
+            incidents
+                .membership_refused
+                .saturating_sub(last.membership_refused),
+        );
+        self.egress_blocked
+            .inc_by(incidents.egress_blocked.saturating_sub(last.egress_blocked));
+        self.ingress_refused
+            .inc_by(incidents.ingress_refused.saturating_sub(last.ingress_refused));
+        seen.1 = incidents;
+    }
+
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String can't fail");
+        text
+    }
+}

@@ -1,0 +1,400 @@
+//! `domicile node --config node.toml`: one node of a cluster.
+//!
+//! Start-up: read the config, the topology and the certificates (the node's identity — node id, site,
+//! country — is what its certificate attests, whatever the config says); refuse a data directory of
+//! another cluster; bind the QUIC endpoint (peers and clients) and the admin endpoint; open the replica
+//! groups this node belongs to in the initial placement (the pure planner run on the topology, the same on
+//! every node) and bootstrap those it is first in. Replicas added later open on demand when a leader
+//! contacts the node. On SIGTERM or SIGINT the node hands its leaderships to other voters inside each
+//! group's jurisdiction, then stops.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use placement::{GroupPolicy, Health, Membership, NodeId, Step, TopologyFile};
+use raft::client_protocol::{ClientOp, ClientRequest, Envelope, EnvelopeResponse};
+use raft::config::TokioConfig;
+use raft::host::Host;
+use raft::identity::{CertifiedKey, Peer, check_against_topology, node_identity_of_pem, tls_configs};
+use raft::quic::{Handler, LateHandler, QuicConfig, QuicNode};
+use raft::routing::Router;
+use raft::service::NodeService;
+use raft::stores::DiskStores;
+
+use crate::metrics::{Metrics, OpLabel};
+use crate::node_config::NodeConfig;
+
+pub type NodeHost = Host<TokioConfig, QuicNode, DiskStores>;
+type Service = NodeService<TokioConfig, QuicNode, DiskStores>;
+
+pub struct Node {
+    pub config: NodeConfig,
+    pub file: TopologyFile,
+    pub host: Arc<NodeHost>,
+    pub quic: Arc<QuicNode>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
+    let config = NodeConfig::load(config_path)?;
+    let node = Arc::new(Node::start(config).await?);
+    let admin = crate::admin::serve(node.clone()).await?;
+    tracing::info!(node = %node.config.node, listen = %node.config.listen, admin = %node.config.admin, "node started");
+    wait_for_stop_signal().await?;
+    tracing::info!("stopping: handing over leaderships");
+    let moved = node.drain().await;
+    tracing::info!(moved = moved.len(), "leaderships handed over");
+    admin.abort();
+    node.host.shutdown().await;
+    node.quic.close();
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("can't listen for SIGTERM")?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        result = tokio::signal::ctrl_c() => result.context("can't listen for Ctrl-C")?,
+    }
+    Ok(())
+}
+
+/// One leadership hand-over made (or attempted) by [`Node::drain`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Handover {
+    pub group: String,
+    pub to: Option<u64>,
+    pub error: Option<String>,
+}
+
+impl Node {
+    pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
+        let text = std::fs::read_to_string(&config.topology)
+            .with_context(|| format!("can't read the topology {}", config.topology.display()))?;
+        let file =
+            TopologyFile::parse(&text).map_err(|error| anyhow!("{}:{error}", config.topology.display()))?;
+        let topology = Arc::new(file.topology.clone());
+
+        let read = |path: &Path, what: &str| {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("missing {what}: can't read {}", path.display()))
+        };
+        let ca = read(&config.ca, "the cluster CA certificate")?;
+        let certified = CertifiedKey {
+            cert_pem: read(&config.cert, "the node certificate")?,
+            key_pem: read(&config.key, "the node key")?,
+        };
+        let identity = own_identity(&certified.cert_pem)?;
+        if identity.node != config.node {
+            bail!(
+                "the certificate {} is for node {}, but the config says node {}",
+                config.cert.display(),
+                identity.node,
+                config.node
+            );
+        }
+        if identity.site.0 != config.site {
+            // The certificate is what peers will believe; this node believes it too.
+            tracing::error!(
+                configured = %config.site, attested = %identity.site, country = %identity.country,
+                "the config claims a site the certificate does not attest: running as the certificate says"
+            );
+        }
+        check_against_topology(&identity, &topology)
+            .context("the node's certificate disagrees with the topology")?;
+        claim_data_dir(&config.data_dir, &config.cluster, &ca)?;
+        let tls = tls_configs(&ca, &certified).context("the TLS configuration is unusable")?;
+
+        let handler = Arc::new(LateHandler::<Front>::default());
+        let addresses: BTreeMap<NodeId, std::net::SocketAddr> =
+            config.peers.iter().map(|(&id, peer)| (id, peer.addr)).collect();
+        let quic = QuicNode::bind(
+            identity.clone(),
+            config.listen,
+            &tls,
+            topology.clone(),
+            addresses,
+            QuicConfig::loopback(),
+            handler.clone(),
+        )
+        .map_err(|error| anyhow!("can't listen on {}: {error} (is the port in use?)", config.listen))?;
+
+        let stores = DiskStores::open(&config.data_dir.join("store")).map_err(|error| anyhow!("{error}"))?;
+        let groups = file
+            .policies
+            .values()
+            .map(|policy| (policy.clone(), legacy_members(&file, policy)));
+        let raft_config = openraft::Config {
+            cluster_name: config.cluster.clone(),
+            heartbeat_interval: config.raft.heartbeat_interval_ms,
+            election_timeout_min: config.raft.election_timeout_min_ms,
+            election_timeout_max: config.raft.election_timeout_max_ms,
+            ..Default::default()
+        };
+        let raft_config = Arc::new(raft_config.validate().context("invalid Raft timing")?);
+        let host = Arc::new(Host::new(
+            identity,
+            topology,
+            groups,
+            quic.clone(),
+            stores,
+            raft_config,
+        ));
+        let router = Router::new(file.policies.values()).context("routing")?;
+        let metrics = Arc::new(Metrics::new());
+        handler.install(Arc::new(Front {
+            service: NodeService::new(host.clone(), router),
+            metrics: metrics.clone(),
+        }));
+
+        let node = Node {
+            config,
+            file,
+            host,
+            quic,
+            metrics,
+        };
+        node.open_initial_groups().await?;
+        Ok(node)
+    }
+
+    /// Opens the groups this node belongs to in the initial placement, and bootstraps those it is the
+    /// first inside voter of. Every node computes the same placement: the planner is pure.
+    async fn open_initial_groups(&self) -> anyhow::Result<()> {
+        let me = self.config.node;
+        for (policy, membership, adopted) in initial_placement(&self.file)? {
+            if !membership.contains(me) {
+                continue;
+            }
+            let legacy = legacy_members(&self.file, &policy);
+            self.host.open_group(policy.clone(), legacy).await?;
+            let first_inside = membership
+                .voters
+                .iter()
+                .copied()
+                .find(|&node| self.file.topology.is_inside(node, &policy.jurisdiction));
+            if first_inside == Some(me) && !self.host.is_initialized(&policy.group).await? {
+                let fence = self.host.fence(&policy.group)?;
+                // A legacy group is adopted as it stands; a new one is created from nothing. Both via the fence.
+                let current = if adopted {
+                    membership.clone()
+                } else {
+                    Membership::default()
+                };
+                let fenced = fence.admit_change(&current, &membership)?;
+                self.host.bootstrap(fenced).await?;
+                tracing::info!(group = %policy.group, ?membership, "bootstrapped");
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands each leadership this node holds to the most preferred other voter inside the jurisdiction.
+    pub async fn drain(&self) -> Vec<Handover> {
+        let me = self.config.node;
+        let mut handovers = Vec::new();
+        for group in self.host.hosted_groups() {
+            let Ok(status) = self.host.status(&group) else {
+                continue;
+            };
+            if status.leader != Some(me) {
+                continue;
+            }
+            let policy = &self.file.policies[&group];
+            let fence = match self.host.fence(&group) {
+                Ok(fence) => fence,
+                Err(error) => {
+                    handovers.push(Handover {
+                        group: group.0.clone(),
+                        to: None,
+                        error: Some(error.to_string()),
+                    });
+                    continue;
+                }
+            };
+            let target = status
+                .membership
+                .voters
+                .iter()
+                .copied()
+                .filter(|&node| node != me && fence.admit_leader(&status.membership, node).is_ok())
+                .min_by_key(|&node| (policy.leader_rank(&self.file.topology, node), node));
+            let Some(to) = target else {
+                let error = "no other voter inside the jurisdiction to hand over to".to_string();
+                handovers.push(Handover {
+                    group: group.0.clone(),
+                    to: None,
+                    error: Some(error),
+                });
+                continue;
+            };
+            let step = Step::TransferLeader {
+                group: group.clone(),
+                to,
+            };
+            let outcome = self.host.execute(&step).await;
+            handovers.push(Handover {
+                group: group.0.clone(),
+                to: Some(to.0),
+                error: outcome.err().map(|error| error.to_string()),
+            });
+        }
+        // Give the new leaders a moment to take over before this node stops answering.
+        for _ in 0..30 {
+            let still_leading = self.host.hosted_groups().iter().any(|group| {
+                self.host
+                    .status(group)
+                    .is_ok_and(|status| status.leader == Some(me))
+            });
+            if !still_leading {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        handovers
+    }
+}
+
+/// Each group's initial membership: the declared one (`[group.current]`, adopted as it stands), or the
+/// voters the planner would create it with. `true` marks adopted groups.
+pub fn initial_placement(file: &TopologyFile) -> anyhow::Result<Vec<(GroupPolicy, Membership, bool)>> {
+    let plan = placement::plan(&file.topology, &file.policies, &file.current, &Health::all_up())?;
+    let mut placements = Vec::new();
+    for (group, policy) in &file.policies {
+        if let Some(state) = file.current.get(group) {
+            placements.push((policy.clone(), state.membership.clone(), true));
+            continue;
+        }
+        let created = plan.steps.iter().find_map(|step| match step {
+            Step::CreateGroup {
+                group: created,
+                voters,
+            } if created == group => Some(voters.clone()),
+            _ => None,
+        });
+        match created {
+            Some(voters) => placements.push((policy.clone(), Membership::new(voters, []), false)),
+            None => tracing::error!(%group, "no compliant initial placement: the group is not created"),
+        }
+    }
+    Ok(placements)
+}
+
+/// A group's declared members outside its jurisdiction: the legacy members it may keep until removed.
+pub fn legacy_members(file: &TopologyFile, policy: &GroupPolicy) -> BTreeSet<NodeId> {
+    let Some(state) = file.current.get(&policy.group) else {
+        return BTreeSet::new();
+    };
+    state
+        .membership
+        .members()
+        .filter(|&node| !file.topology.is_inside(node, &policy.jurisdiction))
+        .collect()
+}
+
+fn own_identity(cert_pem: &str) -> anyhow::Result<raft::identity::NodeIdentity> {
+    node_identity_of_pem(cert_pem).context("the node certificate carries no usable node identity")
+}
+
+/// The data directory belongs to one cluster: its name and CA are recorded on first start and checked on
+/// every start after, so a node pointed at another cluster's data refuses instead of mixing them.
+fn claim_data_dir(dir: &Path, cluster: &str, ca_pem: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("can't create the data directory {}", dir.display()))?;
+    let marker = dir.join("CLUSTER");
+    let identity = format!(
+        "cluster {cluster}\nca {:016x}\n",
+        raft::routing::stable_hash(ca_pem.trim().as_bytes())
+    );
+    match std::fs::read_to_string(&marker) {
+        Ok(existing) if existing == identity => Ok(()),
+        Ok(existing) => bail!(
+            "the data directory {} belongs to another cluster ({}), not to `{cluster}` with this CA: refusing to mix their data",
+            dir.display(),
+            existing.lines().collect::<Vec<_>>().join(", ")
+        ),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&marker, identity).with_context(|| format!("can't write {}", marker.display()))
+        }
+        Err(error) => Err(error).with_context(|| format!("can't read {}", marker.display())),
+    }
+}
+
+/// The node's front door: routes envelopes to the service and times client calls.
+struct Front {
+    service: Service,
+    metrics: Arc<Metrics>,
+}
+
+impl Handler<Envelope, EnvelopeResponse> for Front {
+    fn handle(
+        &self,
+        peer: Peer,
+        request: Envelope,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = EnvelopeResponse> + Send + '_>> {
+        Box::pin(async move {
+            let op = match &request {
+                Envelope::Client(ClientRequest::Call { op, .. }) => Some(match op {
+                    ClientOp::Put { .. } => "put",
+                    ClientOp::Get { .. } => "get",
+                    ClientOp::Delete { .. } => "delete",
+                    ClientOp::CompareAndSet { .. } => "cas",
+                    ClientOp::Scan => "scan",
+                }),
+                _ => None,
+            };
+            let started = std::time::Instant::now();
+            let response = self.service.handle(peer, request).await;
+            if let Some(op) = op {
+                self.metrics
+                    .request_seconds
+                    .get_or_create(&OpLabel { op: op.into() })
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            response
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_dir_belongs_to_one_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        claim_data_dir(dir.path(), "blue", "CA-ONE").unwrap();
+        claim_data_dir(dir.path(), "blue", "CA-ONE").unwrap();
+        let error = claim_data_dir(dir.path(), "green", "CA-ONE")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("another cluster"), "{error}");
+        assert!(
+            claim_data_dir(dir.path(), "blue", "CA-TWO").is_err(),
+            "same name, another CA"
+        );
+    }
+
+    #[test]
+    fn the_initial_placement_adopts_legacy_groups_and_creates_new_ones() {
+        let file = TopologyFile::parse(include_str!("../deploy/topology.example.toml")).unwrap();
+        let placements = initial_placement(&file).unwrap();
+        assert_eq!(placements.len(), file.policies.len());
+        for (policy, membership, adopted) in placements {
+            if adopted {
+                assert_eq!(policy.group.0, "users-legacy");
+            } else {
+                assert!(
+                    membership
+                        .members()
+                        .all(|node| file.topology.is_inside(node, &policy.jurisdiction))
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The node's configuration file (TOML). See `deploy/node.example.toml` for a commented example.
+//!
+//! Relative paths are resolved against the directory of the configuration file, so a directory holding a
+//! config, its certificates and the topology can be moved as a whole.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow, bail};
+use placement::NodeId;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    cluster: String,
+    node_id: u64,
+    site: String,
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    #[serde(default = "default_admin")]
+    admin: SocketAddr,
+    topology: PathBuf,
+    tls: RawTls,
+    #[serde(default)]
+    peer: Vec<RawPeer>,
+    #[serde(default)]
+    raft: RaftTuning,
+}
+
+fn default_admin() -> SocketAddr {
+    "127.0.0.1:7200".parse().expect("a literal address")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    id: u64,
+    addr: SocketAddr,
+    admin: Option<SocketAddr>,
+}
+
+/// Raft timing, in milliseconds. Defaults suit loopback and a single region; raise them across oceans.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTuning {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub cluster: String,
+    pub node: NodeId,
+    pub site: String,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub topology: PathBuf,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub peers: BTreeMap<NodeId, Peer>,
+    pub raft: RaftTuning,
+}
+
+impl NodeConfig {
+    pub fn load(path: &Path) -> anyhow::Result<NodeConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("can't read the node config {}", path.display()))?;
+        let raw: RawConfig = toml::from_str(&text).map_err(|error| {
+            let line = error
+                .span()
+                .map(|span| text[..span.start].matches('\n').count() + 1)
+                .unwrap_or(0);
+            anyhow!("{}:{line}: {}", path.display(), error.message())
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |relative: &Path| {
+            if relative.is_absolute() {
+                relative.to_path_buf()
+            } else {
+                base.join(relative)
+            }
+        };
+        let mut peers = BTreeMap::new();
+        for peer in &raw.peer {
+            if peer.id == raw.node_id {
+                bail!("{}: node {} lists itself as a peer", path.display(), raw.node_id);
+            }
+            if peers
+                .insert(
+                    NodeId(peer.id),
+                    Peer {
+                        addr: peer.addr,
+                        admin: peer.admin,
+                    },
+                )
+                .is_some()
+            {
+                bail!("{}: peer {} is listed twice", path.display(), peer.id);
+            }
+        }
+        if !raw.admin.ip().is_loopback() {
+            tracing::warn!(admin = %raw.admin, "the admin endpoint listens beyond loopback: it has no authentication");
+        }
+        let tuning = raw.raft;
+        if tuning.heartbeat_interval_ms == 0
+            || tuning.election_timeout_min_ms <= tuning.heartbeat_interval_ms
+            || tuning.election_timeout_max_ms <= tuning.election_timeout_min_ms
+        {
+            bail!(
+                "{}: [raft] needs 0 < heartbeat_interval_ms < election_timeout_min_ms < election_timeout_max_ms",
+                path.display()
+            );
+        }
+        Ok(NodeConfig {
+            cluster: raw.cluster,
+            node: NodeId(raw.node_id),
+            site: raw.site,
+            data_dir: resolve(&raw.data_dir),
+            listen: raw.listen,
+            admin: raw.admin,
+            topology: resolve(&raw.topology),
+            ca: resolve(&raw.tls.ca),
+            cert: resolve(&raw.tls.cert),
+            key: resolve(&raw.tls.key),
+            peers,
+            raft: tuning,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> anyhow::Result<NodeConfig> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, text).unwrap();
+        NodeConfig::load(&path)
+    }
+
+    const GOOD: &str = r#"
+cluster = "test"
+node_id = 1
+site = "dublin-a"
+data_dir = "data"
+listen = "127.0.0.1:7101"
+topology = "topology.toml"
+[tls]
+ca = "certs/ca.pem"
+cert = "certs/node-1.pem"
+key = "certs/node-1.key"
+[[peer]]
+id = 2
+addr = "127.0.0.1:7102"
+"#;
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_file() {
+        let config = load(GOOD).unwrap();
+        assert!(config.data_dir.ends_with("data") && config.data_dir.is_absolute());
+        assert_eq!(config.peers.len(), 1);
+        assert_eq!(config.admin.port(), 7200);
+    }
+
+    #[test]
+    fn bad_configs_say_what_and_where() {
+        let error = load(&GOOD.replace("node_id = 1", "node_id = \"one\""))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("node.toml:3"), "{error}");
+        let error = load(&GOOD.replace("id = 2", "id = 1")).unwrap_err().to_string();
+        assert!(error.contains("itself"), "{error}");
+        let error = load(&format!("{GOOD}\nbogus = 1\n")).unwrap_err().to_string();
+        assert!(error.contains("bogus"), "{error}");
+        let error = load(&format!("{GOOD}\n[raft]\nheartbeat_interval_ms = 900\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("heartbeat"), "{error}");
+    }
+}
