@@ -8,14 +8,15 @@
 //! contacts the node. On SIGTERM or SIGINT the node hands its leaderships to other voters inside each
 //! group's jurisdiction, then stops.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use placement::{GroupPolicy, Health, Membership, NodeId, Step, TopologyFile};
+use placement::{NodeId, Step, TopologyFile};
+use raft::bootstrap::open_initial_groups;
 use raft::client_protocol::{ClientOp, ClientRequest, Envelope, EnvelopeResponse};
 use raft::config::TokioConfig;
 use raft::host::Host;
@@ -128,7 +129,7 @@ impl Node {
         let groups = file
             .policies
             .values()
-            .map(|policy| (policy.clone(), legacy_members(&file, policy)));
+            .map(|policy| (policy.clone(), file.legacy_members(&policy.group)));
         let raft_config = openraft::Config {
             cluster_name: config.cluster.clone(),
             heartbeat_interval: config.raft.heartbeat_interval_ms,
@@ -152,46 +153,14 @@ impl Node {
             metrics: metrics.clone(),
         }));
 
-        let node = Node {
+        open_initial_groups(&host, &file).await?;
+        Ok(Node {
             config,
             file,
             host,
             quic,
             metrics,
-        };
-        node.open_initial_groups().await?;
-        Ok(node)
-    }
-
-    /// Opens the groups this node belongs to in the initial placement, and bootstraps those it is the
-    /// first inside voter of. Every node computes the same placement: the planner is pure.
-    async fn open_initial_groups(&self) -> anyhow::Result<()> {
-        let me = self.config.node;
-        for (policy, membership, adopted) in initial_placement(&self.file)? {
-            if !membership.contains(me) {
-                continue;
-            }
-            let legacy = legacy_members(&self.file, &policy);
-            self.host.open_group(policy.clone(), legacy).await?;
-            let first_inside = membership
-                .voters
-                .iter()
-                .copied()
-                .find(|&node| self.file.topology.is_inside(node, &policy.jurisdiction));
-            if first_inside == Some(me) && !self.host.is_initialized(&policy.group).await? {
-                let fence = self.host.fence(&policy.group)?;
-                // A legacy group is adopted as it stands; a new one is created from nothing. Both via the fence.
-                let current = if adopted {
-                    membership.clone()
-                } else {
-                    Membership::default()
-                };
-                let fenced = fence.admit_change(&current, &membership)?;
-                self.host.bootstrap(fenced).await?;
-                tracing::info!(group = %policy.group, ?membership, "bootstrapped");
-            }
-        }
-        Ok(())
+        })
     }
 
     /// Hands each leadership this node holds to the most preferred other voter inside the jurisdiction.
@@ -258,43 +227,6 @@ impl Node {
         }
         handovers
     }
-}
-
-/// Each group's initial membership: the declared one (`[group.current]`, adopted as it stands), or the
-/// voters the planner would create it with. `true` marks adopted groups.
-pub fn initial_placement(file: &TopologyFile) -> anyhow::Result<Vec<(GroupPolicy, Membership, bool)>> {
-    let plan = placement::plan(&file.topology, &file.policies, &file.current, &Health::all_up())?;
-    let mut placements = Vec::new();
-    for (group, policy) in &file.policies {
-        if let Some(state) = file.current.get(group) {
-            placements.push((policy.clone(), state.membership.clone(), true));
-            continue;
-        }
-        let created = plan.steps.iter().find_map(|step| match step {
-            Step::CreateGroup {
-                group: created,
-                voters,
-            } if created == group => Some(voters.clone()),
-            _ => None,
-        });
-        match created {
-            Some(voters) => placements.push((policy.clone(), Membership::new(voters, []), false)),
-            None => tracing::error!(%group, "no compliant initial placement: the group is not created"),
-        }
-    }
-    Ok(placements)
-}
-
-/// A group's declared members outside its jurisdiction: the legacy members it may keep until removed.
-pub fn legacy_members(file: &TopologyFile, policy: &GroupPolicy) -> BTreeSet<NodeId> {
-    let Some(state) = file.current.get(&policy.group) else {
-        return BTreeSet::new();
-    };
-    state
-        .membership
-        .members()
-        .filter(|&node| !file.topology.is_inside(node, &policy.jurisdiction))
-        .collect()
 }
 
 fn own_identity(cert_pem: &str) -> anyhow::Result<raft::identity::NodeIdentity> {
@@ -378,23 +310,5 @@ mod tests {
             claim_data_dir(dir.path(), "blue", "CA-TWO").is_err(),
             "same name, another CA"
         );
-    }
-
-    #[test]
-    fn the_initial_placement_adopts_legacy_groups_and_creates_new_ones() {
-        let file = TopologyFile::parse(include_str!("../deploy/topology.example.toml")).unwrap();
-        let placements = initial_placement(&file).unwrap();
-        assert_eq!(placements.len(), file.policies.len());
-        for (policy, membership, adopted) in placements {
-            if adopted {
-                assert_eq!(policy.group.0, "users-legacy");
-            } else {
-                assert!(
-                    membership
-                        .members()
-                        .all(|node| file.topology.is_inside(node, &policy.jurisdiction))
-                );
-            }
-        }
     }
 }

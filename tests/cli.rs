@@ -168,21 +168,33 @@ fn bad_input_names_the_file_and_line_and_exits_two() {
     assert_eq!(output.status.code(), Some(2));
 }
 
+/// The README's main command, shorter: five nodes in five sites as real processes, records written through
+/// the client library, the Dublin A node SIGKILLed, the fence's refusal, the residency report.
 #[test]
-fn demo_runs_and_ends_with_a_clean_residency_report() {
-    let output = domicile(&["demo"]);
+fn demo_runs_a_five_site_cluster_end_to_end() {
+    let output = domicile(&["demo", "--records", "60"]);
+    let text = stdout(&output);
     assert_eq!(
         output.status.code(),
         Some(0),
-        "{}",
+        "{text}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let text = stdout(&output);
-    assert!(text.contains("refused"), "{text}");
+    assert!(text.contains("60 records acknowledged"), "{text}");
+    assert!(
+        text.contains("read back all 60 acknowledged writes (linearizable): 0 lost"),
+        "{text}"
+    );
+    assert!(text.contains("HTTP 403 Forbidden"), "{text}");
+    assert!(
+        text.contains("\"site\":\"ashburn\"") && text.contains("\"jurisdiction\":\"EU\""),
+        "{text}"
+    );
     assert!(
         text.contains("no replica of any group is outside its jurisdiction"),
         "{text}"
     );
+    assert!(text.contains("Stopping every node the demo started"), "{text}");
 }
 
 #[test]
@@ -248,4 +260,61 @@ fn der_of_pem(pem: &str) -> Vec<u8> {
     rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
         .unwrap()
         .to_vec()
+}
+
+#[test]
+fn operator_verbs_say_clearly_when_the_cluster_is_unreachable() {
+    for args in [
+        vec!["status", "--admin", "127.0.0.1:1"],
+        vec![
+            "leader",
+            "move",
+            "--admin",
+            "127.0.0.1:1",
+            "--group",
+            "users-eu",
+            "--to",
+            "2",
+        ],
+        vec!["node", "drain", "1", "--admin", "127.0.0.1:1"],
+    ] {
+        let output = domicile(&args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let error = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            error.contains("can't reach the admin endpoint at 127.0.0.1:1"),
+            "{args:?}: {error}"
+        );
+    }
+    let output = domicile(&["node"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--config"));
+}
+
+#[test]
+fn a_node_with_a_bad_config_or_missing_certificate_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "cluster = \"x\"\nnode_id = 1\n").unwrap();
+    let output = domicile(&["node", "--config", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("node.toml"),
+        "names the file"
+    );
+
+    std::fs::copy(example(), dir.path().join("topology.example.toml")).unwrap();
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/node.example.toml"))
+            .unwrap(),
+    )
+    .unwrap();
+    let output = domicile(&["node", "--config", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        error.contains("missing the cluster CA certificate") && error.contains("ca.pem"),
+        "{error}"
+    );
 }

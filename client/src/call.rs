@@ -192,9 +192,11 @@ impl Client {
             match reply {
                 Ok(Ok(EnvelopeResponse::Client(response))) => match response {
                     ClientResponse::Done { result, .. } => return Ok(result),
+                    // Follow a hint to a node we can reach; a hint at a node that just failed us is stale
+                    // (followers name the old leader until they notice it is gone): wait, ask again.
                     ClientResponse::NotLeader {
                         leader: Some(leader), ..
-                    } if self.nodes.contains(&NodeId(leader)) => {
+                    } if self.nodes.contains(&NodeId(leader)) && !self.is_suspect(NodeId(leader)) => {
                         self.leaders
                             .lock()
                             .expect("leader cache lock")
@@ -254,8 +256,21 @@ impl Client {
         }
     }
 
+    fn is_suspect(&self, node: NodeId) -> bool {
+        let suspects = self.suspects.lock().expect("suspect list lock");
+        suspects
+            .get(&node)
+            .is_some_and(|since| since.elapsed() <= SUSPECT_FOR)
+    }
+
     fn target(&self, group: &str) -> NodeId {
-        if let Some(&leader) = self.leaders.lock().expect("leader cache lock").get(group) {
+        let cached = self
+            .leaders
+            .lock()
+            .expect("leader cache lock")
+            .get(group)
+            .copied();
+        if let Some(leader) = cached.filter(|&leader| !self.is_suspect(leader)) {
             return leader;
         }
         let suspects = self.suspects.lock().expect("suspect list lock");

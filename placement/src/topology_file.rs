@@ -139,6 +139,18 @@ struct RawHealth {
 }
 
 impl TopologyFile {
+    /// A group's declared members outside its jurisdiction: the legacy members it may keep until removed.
+    pub fn legacy_members(&self, group: &GroupId) -> std::collections::BTreeSet<NodeId> {
+        let (Some(state), Some(policy)) = (self.current.get(group), self.policies.get(group)) else {
+            return Default::default();
+        };
+        state
+            .membership
+            .members()
+            .filter(|&node| !self.topology.is_inside(node, &policy.jurisdiction))
+            .collect()
+    }
+
     pub fn parse(text: &str) -> Result<TopologyFile, ConfigError> {
         let raw: RawTopology = toml::from_str(text).map_err(|error| ConfigError::from_toml(text, error))?;
         let error = |span: Range<usize>, message: String| ConfigError::at(text, span, message);

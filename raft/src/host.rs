@@ -124,6 +124,9 @@ pub struct Host<C: GroupConfig, T: Transport, S: Stores<C>> {
     raft_config: Arc<openraft::Config>,
     incidents: Arc<Incidents>,
     groups: RwLock<GroupTable<C, S::Backend>>,
+    /// Groups being opened right now: a second open of the same group (on demand, while start-up opens it)
+    /// must not race the first for its files.
+    opening: Mutex<BTreeSet<u64>>,
 }
 
 /// The groups a host runs, by group number.
@@ -152,6 +155,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             raft_config,
             incidents,
             groups,
+            opening: Mutex::default(),
         }
     }
 
@@ -176,14 +180,27 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
     pub async fn open_group(&self, policy: GroupPolicy, legacy: BTreeSet<NodeId>) -> Result<(), HostError> {
         let number = group_number(&policy.group);
         let name = policy.group.clone();
-        if self
+        let open = self
             .groups
             .read()
             .expect("group table lock")
-            .contains_key(&number)
-        {
+            .contains_key(&number);
+        if open || !self.opening.lock().expect("opening set lock").insert(number) {
             return Err(HostError::AlreadyOpen { group: name });
         }
+        let opened = self.open_claimed(number, policy, legacy).await;
+        self.opening.lock().expect("opening set lock").remove(&number);
+        opened
+    }
+
+    /// Opens a group whose number this call has claimed in `opening`.
+    async fn open_claimed(
+        &self,
+        number: u64,
+        policy: GroupPolicy,
+        legacy: BTreeSet<NodeId>,
+    ) -> Result<(), HostError> {
+        let name = policy.group.clone();
         let fence = Arc::new(GroupFence::new(
             number,
             policy,

@@ -10,10 +10,12 @@
 //! Everything here except `quic` is generic over openraft's runtime ([`config::GroupConfig`]) and uses no
 //! tokio spawn, wall clock or OS randomness directly, so the simulator runs the same code.
 
+pub mod bootstrap;
 pub mod client_protocol;
 pub mod config;
 pub mod host;
 pub mod identity;
+pub mod local_cluster;
 pub mod message;
 pub mod network;
 pub mod quic;

@@ -5,17 +5,16 @@
 //! real sockets, so wall-clock waits are what they are made of; no assertion is on a duration.
 #![allow(clippy::disallowed_methods, dead_code)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use placement::{GroupId, NodeId, Topology, TopologyFile};
-use raft::config::TokioConfig;
-use raft::host::{Host, HostError};
-use raft::identity::{ClusterCa, NodeIdentity, Validity, tls_configs};
-use raft::quic::{LateHandler, QuicConfig, QuicNode};
-use raft::stores::DiskStores;
-use raft::transport::Faulty;
+use std::ops::Deref;
+
+use placement::{GroupId, NodeId};
+use raft::host::HostError;
+use raft::identity::Validity;
+use raft::local_cluster::{LocalCluster, LocalNode};
 use storage::{Command, RecordKey, WriteId};
 use time::OffsetDateTime;
 
@@ -59,19 +58,18 @@ voters = 3
 voters = [1, 4, 5]
 "#;
 
-pub type TestHost = Host<TokioConfig, Faulty<QuicNode>, DiskStores>;
-
-pub struct Node {
-    pub id: NodeId,
-    pub host: Arc<TestHost>,
-    pub quic: Arc<QuicNode>,
-    pub faults: Arc<Faulty<QuicNode>>,
+/// A local cluster of the topology above, in a temporary directory that lives as long as it.
+pub struct Cluster {
+    pub local: LocalCluster,
     _dir: tempfile::TempDir,
 }
 
-pub struct Cluster {
-    pub file: TopologyFile,
-    pub nodes: BTreeMap<NodeId, Node>,
+impl Deref for Cluster {
+    type Target = LocalCluster;
+
+    fn deref(&self) -> &LocalCluster {
+        &self.local
+    }
 }
 
 pub fn raft_config() -> Arc<openraft::Config> {
@@ -90,89 +88,14 @@ pub fn raft_config() -> Arc<openraft::Config> {
 pub static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 pub async fn cluster() -> Cluster {
-    let file = TopologyFile::parse(TOPOLOGY).unwrap();
-    let topology: Arc<Topology> = Arc::new(file.topology.clone());
+    let dir = tempfile::tempdir().unwrap();
     let now = OffsetDateTime::now_utc();
     let validity = Validity {
         not_before: now - time::Duration::hours(1),
         not_after: now + time::Duration::days(1),
     };
-    let ca = ClusterCa::generate("cluster-test", validity).unwrap();
-    let mut nodes = BTreeMap::new();
-    for site in topology.sites() {
-        for &id in &site.nodes {
-            let identity = NodeIdentity {
-                node: id,
-                site: site.name.clone(),
-                country: site.country,
-            };
-            let tls = tls_configs(
-                &ca.certified_key().cert_pem,
-                &ca.issue(&identity, validity).unwrap(),
-            )
-            .unwrap();
-            let late = Arc::new(LateHandler::<TestHost>::default());
-            let loopback = "127.0.0.1:0".parse().unwrap();
-            let quic = QuicNode::bind(
-                identity.clone(),
-                loopback,
-                &tls,
-                topology.clone(),
-                BTreeMap::new(),
-                QuicConfig::loopback(),
-                late.clone(),
-            )
-            .unwrap();
-            let faults = Arc::new(Faulty::new(quic.clone()));
-            let dir = tempfile::tempdir().unwrap();
-            let stores = DiskStores::open(dir.path()).unwrap();
-            let groups = file
-                .policies
-                .values()
-                .map(|policy| (policy.clone(), legacy_members(&file, policy)));
-            let host = Arc::new(Host::new(
-                identity,
-                topology.clone(),
-                groups,
-                faults.clone(),
-                stores,
-                raft_config(),
-            ));
-            late.install(host.clone());
-            nodes.insert(
-                id,
-                Node {
-                    id,
-                    host,
-                    quic,
-                    faults,
-                    _dir: dir,
-                },
-            );
-        }
-    }
-    let addresses: Vec<(NodeId, std::net::SocketAddr)> = nodes
-        .values()
-        .map(|node| (node.id, node.quic.local_addr().unwrap()))
-        .collect();
-    for node in nodes.values() {
-        for &(peer, addr) in &addresses {
-            node.quic.learn_address(peer, addr);
-        }
-    }
-    Cluster { file, nodes }
-}
-
-/// A group's declared members outside its jurisdiction (from `[group.current]`): its legacy members.
-pub fn legacy_members(file: &TopologyFile, policy: &placement::GroupPolicy) -> BTreeSet<NodeId> {
-    let Some(state) = file.current.get(&policy.group) else {
-        return BTreeSet::new();
-    };
-    state
-        .membership
-        .members()
-        .filter(|&node| !file.topology.is_inside(node, &policy.jurisdiction))
-        .collect()
+    let local = LocalCluster::start(TOPOLOGY, dir.path(), validity, raft_config()).unwrap();
+    Cluster { local, _dir: dir }
 }
 
 pub fn group(name: &str) -> GroupId {
@@ -195,7 +118,7 @@ pub fn put(sequence: u64) -> Command {
 }
 
 impl Cluster {
-    pub fn node(&self, id: u64) -> &Node {
+    pub fn node(&self, id: u64) -> &LocalNode {
         &self.nodes[&NodeId(id)]
     }
 
@@ -263,9 +186,6 @@ impl Cluster {
     }
 
     pub async fn stop(self) {
-        for node in self.nodes.values() {
-            node.host.shutdown().await;
-            node.quic.close();
-        }
+        self.local.stop().await;
     }
 }

@@ -1,0 +1,169 @@
+//! The client library against a real 3-node cluster (QUIC, TLS and disks on loopback, in one process).
+
+// A tokio program against real sockets: it waits on tokio's clock and spawns tokio tasks directly.
+#![allow(clippy::disallowed_methods)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use client::{Client, ClientError, ClientTls};
+use placement::NodeId;
+use raft::identity::Validity;
+use raft::local_cluster::LocalCluster;
+
+const TOPOLOGY: &str = r#"
+[[site]]
+name = "dublin-a"
+country = "IE"
+nodes = [1]
+[[site]]
+name = "dublin-b"
+country = "IE"
+nodes = [2]
+[[site]]
+name = "hamar"
+country = "NO"
+nodes = [3]
+[[group]]
+name = "users-eea"
+jurisdiction = "EEA"
+voters = 3
+"#;
+
+async fn cluster(dir: &std::path::Path) -> LocalCluster {
+    let now = time::OffsetDateTime::now_utc();
+    let validity = Validity {
+        not_before: now - time::Duration::hours(1),
+        not_after: now + time::Duration::days(1),
+    };
+    let config = openraft::Config {
+        heartbeat_interval: 50,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
+        ..Default::default()
+    };
+    let cluster = LocalCluster::start(TOPOLOGY, dir, validity, Arc::new(config.validate().unwrap())).unwrap();
+    cluster.create_groups().await.unwrap();
+    cluster
+}
+
+async fn client_of(cluster: &LocalCluster, timeout: Duration) -> Client {
+    let (ca, certificate) = cluster.client_certificate("tests").unwrap();
+    let tls = ClientTls {
+        ca_cert_pem: ca,
+        cert_pem: certificate.cert_pem,
+        key_pem: certificate.key_pem,
+    };
+    Client::builder()
+        .endpoints(cluster.endpoints())
+        .tls(tls)
+        .timeout(timeout)
+        .build()
+        .await
+        .unwrap()
+}
+
+/// The node that reports itself leader, ignoring `stopped` nodes (their last metrics stay frozen).
+async fn leader(cluster: &LocalCluster, stopped: &[NodeId]) -> NodeId {
+    let group = placement::GroupId("users-eea".into());
+    for _ in 0..200 {
+        for node in cluster.nodes.values().filter(|node| !stopped.contains(&node.id)) {
+            if let Ok(status) = node.host.status(&group)
+                && status.leader == Some(node.id)
+            {
+                return node.id;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no leader");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_failover_during_a_write_loop_loses_nothing_and_applies_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path()).await;
+    let client = Arc::new(client_of(&cluster, Duration::from_secs(8)).await);
+    let first_leader = leader(&cluster, &[]).await;
+
+    // Create-if-absent writes: were a retried write applied twice, its second application would find the
+    // record present and the client would see a conflict for a write that had succeeded.
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for index in 0..120u32 {
+                let record = format!("record-{index}");
+                let value = format!("value-{index}").into_bytes();
+                match client
+                    .compare_and_set("user-1", &record, None, value.clone())
+                    .await
+                {
+                    Ok(_) => acknowledged.push((record, value)),
+                    Err(error) => return Err((index, error)),
+                }
+            }
+            Ok(acknowledged)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.stop_node(first_leader).await;
+    let acknowledged = writer
+        .await
+        .unwrap()
+        .unwrap_or_else(|(index, error)| panic!("write {index} failed: {error}"));
+    assert_eq!(acknowledged.len(), 120);
+    leader(&cluster, &[first_leader]).await; // a new leader took over (or this panics)
+
+    for (record, value) in &acknowledged {
+        let stored = client.get("user-1", record).await.unwrap();
+        assert_eq!(
+            stored.map(|record| record.value).as_ref(),
+            Some(value),
+            "{record}"
+        );
+    }
+    let all = client.scan_user("user-1").await.unwrap();
+    assert_eq!(
+        all.len(),
+        acknowledged.len(),
+        "exactly the acknowledged records exist"
+    );
+    // Stale reads are served from any replica and may lag, but they only ever return written values.
+    if let Some(record) = client.get("user-1", "record-0").stale().await.unwrap() {
+        assert_eq!(record.value, b"value-0");
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_to_a_dead_cluster_fail_with_a_timeout_inside_their_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path()).await;
+    let deadline = Duration::from_secs(2);
+    let client = client_of(&cluster, deadline).await;
+    client.put("user-2", "profile", b"x".to_vec()).await.unwrap();
+    cluster.stop().await;
+
+    let started = Instant::now();
+    let error = client.put("user-2", "profile", b"y".to_vec()).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(error, ClientError::Timeout { .. }), "{error}");
+    assert!(error.is_retryable());
+    // The deadline is the contract: the call returns once it has passed, not seconds later.
+    assert!(
+        took < deadline + Duration::from_secs(1),
+        "the call took {took:?} with a {deadline:?} deadline"
+    );
+
+    // Data of a jurisdiction with no group is refused, never stored elsewhere; retrying can't help.
+    let error = client
+        .in_jurisdiction("EU")
+        .put("user-3", "profile", b"z".to_vec())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ClientError::Residency(_)) && !error.is_retryable(),
+        "{error}"
+    );
+}

@@ -1,0 +1,174 @@
+//! A whole cluster in one process, on real QUIC sockets over loopback and real disks: for tests, examples
+//! and benchmarks of the layers above (client library, operator tools). Each node is a [`Host`] behind a
+//! [`NodeService`], exactly as in `domicile node`, with a switchable fault layer on its transport.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use placement::{NodeId, TopologyFile};
+
+use crate::bootstrap::open_initial_groups;
+use crate::config::TokioConfig;
+use crate::host::{Host, HostError};
+use crate::identity::{
+    CertifiedKey, ClientIdentity, ClusterCa, IdentityError, NodeIdentity, Validity, tls_configs,
+};
+use crate::quic::{LateHandler, QuicConfig, QuicNode};
+use crate::routing::Router;
+use crate::service::NodeService;
+use crate::stores::DiskStores;
+use crate::transport::Faulty;
+
+pub type LocalHost = Host<TokioConfig, Faulty<QuicNode>, DiskStores>;
+pub type LocalService = NodeService<TokioConfig, Faulty<QuicNode>, DiskStores>;
+
+pub struct LocalNode {
+    pub id: NodeId,
+    pub host: Arc<LocalHost>,
+    pub quic: Arc<QuicNode>,
+    pub faults: Arc<Faulty<QuicNode>>,
+}
+
+pub struct LocalCluster {
+    pub file: TopologyFile,
+    pub ca: ClusterCa,
+    pub nodes: BTreeMap<NodeId, LocalNode>,
+    validity: Validity,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalClusterError {
+    #[error("topology: {0}")]
+    Topology(String),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("{0}")]
+    Start(String),
+    #[error(transparent)]
+    Host(#[from] HostError),
+}
+
+impl LocalCluster {
+    /// Starts every node of `topology`, each with its own directory under `dir`. Call inside a tokio
+    /// runtime. `validity` is the certificates' window (the caller reads the clock, not this crate).
+    pub fn start(
+        topology: &str,
+        dir: &Path,
+        validity: Validity,
+        raft_config: Arc<openraft::Config>,
+    ) -> Result<LocalCluster, LocalClusterError> {
+        let file =
+            TopologyFile::parse(topology).map_err(|error| LocalClusterError::Topology(error.to_string()))?;
+        let shared_topology = Arc::new(file.topology.clone());
+        let ca = ClusterCa::generate("local", validity)?;
+        let router = Router::new(file.policies.values())
+            .map_err(|error| LocalClusterError::Topology(error.to_string()))?;
+        let mut nodes = BTreeMap::new();
+        for site in file.topology.sites() {
+            for &id in &site.nodes {
+                let identity = NodeIdentity {
+                    node: id,
+                    site: site.name.clone(),
+                    country: site.country,
+                };
+                let tls = tls_configs(&ca.certified_key().cert_pem, &ca.issue(&identity, validity)?)?;
+                let handler = Arc::new(LateHandler::<LocalService>::default());
+                let loopback = "127.0.0.1:0".parse().expect("a literal address");
+                let quic = QuicNode::bind(
+                    identity.clone(),
+                    loopback,
+                    &tls,
+                    shared_topology.clone(),
+                    BTreeMap::new(),
+                    QuicConfig::loopback(),
+                    handler.clone(),
+                )
+                .map_err(|error| LocalClusterError::Start(error.to_string()))?;
+                let faults = Arc::new(Faulty::new(quic.clone()));
+                let stores = DiskStores::open(&dir.join(format!("n{}", id.0)))
+                    .map_err(|error| LocalClusterError::Start(error.to_string()))?;
+                let groups = file
+                    .policies
+                    .values()
+                    .map(|policy| (policy.clone(), file.legacy_members(&policy.group)));
+                let host = Arc::new(Host::new(
+                    identity,
+                    shared_topology.clone(),
+                    groups,
+                    faults.clone(),
+                    stores,
+                    raft_config.clone(),
+                ));
+                handler.install(Arc::new(NodeService::new(host.clone(), router.clone())));
+                nodes.insert(
+                    id,
+                    LocalNode {
+                        id,
+                        host,
+                        quic,
+                        faults,
+                    },
+                );
+            }
+        }
+        for node in nodes.values() {
+            for peer in nodes.values() {
+                let addr = peer
+                    .quic
+                    .local_addr()
+                    .map_err(|error| LocalClusterError::Start(error.to_string()))?;
+                node.quic.learn_address(peer.id, addr);
+            }
+        }
+        Ok(LocalCluster {
+            file,
+            ca,
+            nodes,
+            validity,
+        })
+    }
+
+    /// Opens and bootstraps every group's initial placement, as `domicile node` does at start-up.
+    pub async fn create_groups(&self) -> Result<(), LocalClusterError> {
+        for node in self.nodes.values() {
+            open_initial_groups(&node.host, &self.file).await?;
+        }
+        Ok(())
+    }
+
+    /// `n1@127.0.0.1:PORT` for every node still listening.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes
+            .values()
+            .filter_map(|node| {
+                node.quic
+                    .local_addr()
+                    .ok()
+                    .map(|addr| format!("n{}@{addr}", node.id.0))
+            })
+            .collect()
+    }
+
+    /// The CA certificate and a client certificate for `name`, as PEM.
+    pub fn client_certificate(&self, name: &str) -> Result<(String, CertifiedKey), LocalClusterError> {
+        let client = self
+            .ca
+            .issue_client(&ClientIdentity { name: name.into() }, self.validity)?;
+        Ok((self.ca.certified_key().cert_pem.clone(), client))
+    }
+
+    /// Stops one node as a crash would look to its peers: its groups stop and its endpoint closes.
+    pub async fn stop_node(&self, id: NodeId) {
+        if let Some(node) = self.nodes.get(&id) {
+            node.host.shutdown().await;
+            node.quic.close();
+        }
+    }
+
+    pub async fn stop(&self) {
+        for &id in self.nodes.keys() {
+            self.stop_node(id).await;
+        }
+    }
+}
