@@ -66,6 +66,11 @@ enum Command {
         #[command(subcommand)]
         command: operator_cli::LeaderCommand,
     },
+    /// The deterministic simulator: run or sweep seeds of a scenario against the real Raft code.
+    Sim {
+        #[command(subcommand)]
+        command: simulator::cli::SimCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -117,6 +122,7 @@ fn main() -> ExitCode {
         Command::Leader {
             command: operator_cli::LeaderCommand::Move { admin, group, to },
         } => runtime().and_then(|runtime| runtime.block_on(operator_cli::move_leader(&admin, &group, to))),
+        Command::Sim { command } => simulator::cli::run(command),
     };
     match outcome {
         Ok(code) => code,

@@ -18,7 +18,7 @@ use anyhow::{Context, anyhow, bail};
 use placement::{NodeId, Step, TopologyFile};
 use raft::bootstrap::open_initial_groups;
 use raft::client_protocol::{ClientOp, ClientRequest, Envelope, EnvelopeResponse};
-use raft::config::TokioConfig;
+use raft::config::{TokioConfig, group_raft_config};
 use raft::host::Host;
 use raft::identity::{CertifiedKey, Peer, check_against_topology, node_identity_of_pem, tls_configs};
 use raft::quic::{Handler, LateHandler, QuicConfig, QuicNode};
@@ -130,14 +130,14 @@ impl Node {
             .policies
             .values()
             .map(|policy| (policy.clone(), file.legacy_members(&policy.group)));
-        let raft_config = openraft::Config {
-            cluster_name: config.cluster.clone(),
-            heartbeat_interval: config.raft.heartbeat_interval_ms,
-            election_timeout_min: config.raft.election_timeout_min_ms,
-            election_timeout_max: config.raft.election_timeout_max_ms,
-            ..Default::default()
-        };
-        let raft_config = Arc::new(raft_config.validate().context("invalid Raft timing")?);
+        let tuning = config.raft;
+        let raft_config = group_raft_config(
+            &config.cluster,
+            tuning.heartbeat_interval_ms,
+            tuning.election_timeout_min_ms,
+            tuning.election_timeout_max_ms,
+        );
+        let raft_config = Arc::new(raft_config.context("invalid Raft timing")?);
         let host = Arc::new(Host::new(
             identity,
             topology,

@@ -56,7 +56,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 not_before: now - time::Duration::minutes(5),
                 not_after: now + time::Duration::hours(1),
             };
-            let config = Arc::new(openraft::Config::default().validate()?);
+            let config = Arc::new(raft::config::group_raft_config("example", 100, 500, 1000)?);
             let cluster = LocalCluster::start(TOPOLOGY, scratch.path(), validity, config)?;
             cluster.create_groups().await?;
             let (ca, certificate) = cluster.client_certificate("example")?;

@@ -36,13 +36,8 @@ async fn cluster(dir: &std::path::Path) -> LocalCluster {
         not_before: now - time::Duration::hours(1),
         not_after: now + time::Duration::days(1),
     };
-    let config = openraft::Config {
-        heartbeat_interval: 50,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
-        ..Default::default()
-    };
-    let cluster = LocalCluster::start(TOPOLOGY, dir, validity, Arc::new(config.validate().unwrap())).unwrap();
+    let config = raft::config::group_raft_config("client-test", 50, 300, 600).unwrap();
+    let cluster = LocalCluster::start(TOPOLOGY, dir, validity, Arc::new(config)).unwrap();
     cluster.create_groups().await.unwrap();
     cluster
 }

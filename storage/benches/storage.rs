@@ -4,7 +4,11 @@
 //!
 //! * `raw/*`: the baseline: a plain file, 256-byte write + fdatasync per entry, and batched by 100.
 //! * `append/*`: durable appends of 256-byte entries through `GroupLog` (acknowledged by the flush
-//!   callback after group commit) with 1, 16 and 64 concurrent appenders over 1 and 16 groups.
+//!   callback after group commit) with 1, 16 and 64 concurrent appenders over 1 and 16 groups,
+//!   one entry per append call.
+//! * `append_16_per_call/*`: the same, but each append call carries 16 entries, as openraft hands
+//!   the log a batch per call when it replicates or has queued client writes. Throughput counts
+//!   entries; every call still waits for its own fdatasync-backed acknowledgement.
 //! * `apply`: state-machine apply on redb, 100 entries per batch.
 //! * `snapshot/*`: building and installing a snapshot of about 5 MB.
 //!
@@ -122,9 +126,9 @@ fn appending(groups: u64) -> Appending {
     }
 }
 
-/// `total` appends of one entry each, by `appenders` tasks spread round-robin over the groups;
-/// each append waits for its flush callback before the appender issues the next.
-fn run_appends(setup: &Appending, appenders: u64, total: u64) -> Duration {
+/// `total` appends of `entries_per_append` entries each, by `appenders` tasks spread round-robin
+/// over the groups; each append waits for its flush callback before the appender issues the next.
+fn run_appends(setup: &Appending, appenders: u64, total: u64, entries_per_append: u64) -> Duration {
     let start = Instant::now();
     let tasks: Vec<_> = (0..appenders)
         .map(|a| {
@@ -135,13 +139,10 @@ fn run_appends(setup: &Appending, appenders: u64, total: u64) -> Duration {
                     let (tx, rx) = BenchConfig::oneshot();
                     {
                         let mut guard = log.lock().await;
-                        guard.1 += 1;
-                        let index = guard.1;
-                        guard
-                            .0
-                            .append([entry(index)], IOFlushed::signal(tx))
-                            .await
-                            .unwrap();
+                        let first = guard.1 + 1;
+                        guard.1 += entries_per_append;
+                        let entries = (first..first + entries_per_append).map(entry);
+                        guard.0.append(entries, IOFlushed::signal(tx)).await.unwrap();
                     }
                     rx.await.unwrap().unwrap();
                 }
@@ -157,17 +158,25 @@ fn run_appends(setup: &Appending, appenders: u64, total: u64) -> Duration {
 }
 
 fn append(c: &mut Criterion) {
-    let mut group = c.benchmark_group("append");
+    append_with(c, "append", 1);
+}
+
+fn append_16_per_call(c: &mut Criterion) {
+    append_with(c, "append_16_per_call", 16);
+}
+
+fn append_with(c: &mut Criterion, name: &str, entries_per_append: u64) {
+    let mut group = c.benchmark_group(name);
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(3))
         .warm_up_time(Duration::from_millis(500));
-    group.throughput(Throughput::Elements(1));
+    group.throughput(Throughput::Elements(entries_per_append));
     for groups in [1u64, 16] {
         for appenders in [1u64, 16, 64] {
             let setup = appending(groups);
             group.bench_function(format!("appenders_{appenders}_groups_{groups}"), |b| {
-                b.iter_custom(|iters| run_appends(&setup, appenders, iters))
+                b.iter_custom(|iters| run_appends(&setup, appenders, iters, entries_per_append))
             });
         }
     }
@@ -263,5 +272,5 @@ fn snapshot(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, raw, append, apply, snapshot);
+criterion_group!(benches, raw, append, append_16_per_call, apply, snapshot);
 criterion_main!(benches);

@@ -14,6 +14,11 @@
 //!   segment is gone and no group's live entry is in it. Each segment starts with a checkpoint of
 //!   every group's vote, commit and purge point, so deleting old segments never loses metadata.
 //!
+//! * **Preallocation.** On disks that gain from it ([`Disk::preallocation_bytes`]) the active
+//!   segment is filled with zeros ahead of its records, a chunk at a time, so a sync flushes data without a file-size update (see [`crate::disk`]); replay ends the
+//!   records at the zero tail and tells it from damage (see [`crate::segment`]). A segment is cut
+//!   to the length of its records when it is sealed.
+//!
 //! This module does no syncing of its own except at segment rotation: the group-commit driver
 //! ([`crate::group_commit`]) decides when to fdatasync. It uses no thread, clock or randomness.
 
@@ -68,7 +73,10 @@ struct Location {
 struct Segment<F> {
     file: Arc<F>,
     name: String,
+    /// Where its records end.
     len: u64,
+    /// The file's length: `len` plus the zero tail not yet written.
+    allocated: u64,
     /// Entries of any group whose live record is in this segment.
     live_entries: u64,
 }
@@ -245,6 +253,7 @@ impl<D: Disk> Wal<D> {
                 file: file.clone(),
                 name: name.clone(),
                 len,
+                allocated: len,
                 live_entries: 0,
             },
         );
@@ -261,20 +270,29 @@ impl<D: Disk> Wal<D> {
             self.apply(record.head, location)
                 .map_err(|reason| LogError::corrupt(&name, record.offset, group, format!("replay: {reason}")))
         })?;
-        if let ScanEnd::TornTail { offset, reason } = end {
-            if offset <= segment::SEGMENT_HEADER_BYTES as u64 {
-                // The crash hit while the segment was being started (its header or checkpoint is
-                // torn): nothing in it was acknowledged. Remove it; open() starts it anew.
-                tracing::warn!(file = %name, offset, %reason, "removing a log segment torn while being started");
-                self.segments.remove(&id);
-                drop(file);
-                return self.disk.remove(&name).map_err(|e| LogError::io(&name, e));
+        let (offset, reason) = match end {
+            ScanEnd::Clean => return Ok(()),
+            ScanEnd::ZeroTail { offset } if offset > segment::SEGMENT_HEADER_BYTES as u64 => {
+                // Preallocated space after the last record: the next write goes there.
+                self.segments.get_mut(&id).expect("segment inserted above").len = offset;
+                return Ok(());
             }
-            tracing::warn!(file = %name, offset, %reason, "truncating the torn tail of the log");
-            file.truncate(offset).map_err(|e| LogError::io(&name, e))?;
-            let segment = self.segments.get_mut(&id).expect("segment inserted above");
-            segment.len = file.len().map_err(|e| LogError::io(&name, e))?;
+            ScanEnd::ZeroTail { offset } => (offset, "no checkpoint before the zero tail".to_string()),
+            ScanEnd::TornTail { offset, reason } => (offset, reason),
+        };
+        if offset <= segment::SEGMENT_HEADER_BYTES as u64 {
+            // The crash hit while the segment was being started (its header or checkpoint is
+            // torn): nothing in it was acknowledged. Remove it; open() starts it anew.
+            tracing::warn!(file = %name, offset, %reason, "removing a log segment torn while being started");
+            self.segments.remove(&id);
+            drop(file);
+            return self.disk.remove(&name).map_err(|e| LogError::io(&name, e));
         }
+        tracing::warn!(file = %name, offset, %reason, "truncating the torn tail of the log");
+        file.truncate(offset).map_err(|e| LogError::io(&name, e))?;
+        let segment = self.segments.get_mut(&id).expect("segment inserted above");
+        segment.len = file.len().map_err(|e| LogError::io(&name, e))?;
+        segment.allocated = segment.len;
         Ok(())
     }
 
@@ -408,16 +426,22 @@ impl<D: Disk> Wal<D> {
             self.rotate()?;
         }
         let active = self.active_id();
+        let segment_bytes_max = self.config.segment_bytes_max;
+        let preallocation_bytes = self.disk.preallocation_bytes();
         let segment = self.segments.get_mut(&active).expect("active segment");
         let start = Position {
             segment: active,
             offset: segment.len,
         };
-        if let Err(error) = segment.file.append(bytes) {
-            self.failed = Some(format!("append to {} failed: {error}", segment.name));
+        let end = segment.len + bytes.len() as u64;
+        let result = preallocate(segment, end, preallocation_bytes, segment_bytes_max)
+            .and_then(|()| segment.file.write_at(segment.len, bytes));
+        if let Err(error) = result {
+            self.failed = Some(format!("write to {} failed: {error}", segment.name));
             return Err(LogError::io(segment.name.clone(), error));
         }
-        segment.len += bytes.len() as u64;
+        segment.len = end;
+        segment.allocated = segment.allocated.max(end);
         Ok((start, segment.file.clone()))
     }
 
@@ -426,10 +450,21 @@ impl<D: Disk> Wal<D> {
     fn rotate(&mut self) -> Result<(), LogError> {
         let active = self.active_id();
         let segment = &self.segments[&active];
-        if let Err(error) = segment.file.sync() {
-            self.failed = Some(format!("sync of {} failed: {error}", segment.name));
+        // Synced (and cut to its records: a sealed segment has no zero tail) before the next
+        // segment exists, so replay never finds a sealed segment shorter than its successor says.
+        let result = segment.file.sync().and_then(|()| {
+            if segment.allocated > segment.len {
+                segment.file.truncate(segment.len)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(error) = result {
+            self.failed = Some(format!("sealing {} failed: {error}", segment.name));
             return Err(LogError::io(segment.name.clone(), error));
         }
+        let segment = self.segments.get_mut(&active).expect("active segment");
+        segment.allocated = segment.len;
         self.start_segment(active + 1)
     }
 
@@ -477,6 +512,7 @@ impl<D: Disk> Wal<D> {
                 file: Arc::new(file),
                 name,
                 len: bytes.len() as u64,
+                allocated: bytes.len() as u64,
                 live_entries: 0,
             },
         );
@@ -642,6 +678,24 @@ impl<D: Disk> Wal<D> {
             })
             .collect()
     }
+}
+
+/// Fills the segment with zeros ahead of a write that would reach `end`, `chunk_bytes` at a time
+/// and never past `segment_bytes_max` (a write larger than that simply grows the file). Each
+/// extension makes one sync also commit the new file size.
+fn preallocate<F: DiskFile>(
+    segment: &mut Segment<F>,
+    end: u64,
+    chunk_bytes: u64,
+    segment_bytes_max: u64,
+) -> std::io::Result<()> {
+    if chunk_bytes == 0 || end <= segment.allocated || segment.allocated >= segment_bytes_max {
+        return Ok(());
+    }
+    let target = (segment.allocated + chunk_bytes).max(end).min(segment_bytes_max);
+    segment.file.extend_zeroed(target)?;
+    segment.allocated = target;
+    Ok(())
 }
 
 fn clone_bound(bound: Bound<&u64>) -> Bound<u64> {
@@ -828,6 +882,75 @@ mod tests {
             expected,
             "and the log opens again afterwards"
         );
+    }
+
+    /// Segments of 64 KiB, preallocated 16 KiB at a time.
+    fn preallocating() -> (MemDisk, LogConfig) {
+        let config = LogConfig {
+            segment_bytes_max: 64 << 10,
+        };
+        (MemDisk::preallocating(16 << 10), config)
+    }
+
+    #[test]
+    fn a_preallocated_log_recovers_its_synced_records_after_a_crash_and_goes_on() {
+        let (disk, config) = preallocating();
+        let mut wal = Wal::open(disk.clone(), config.clone()).unwrap();
+        append(&mut wal, 1, 1..=40);
+        sync_all(&disk);
+        append(&mut wal, 1, 41..=45); // never synced
+        let name = segment::segment_name(1);
+        let bytes = disk.bytes(&name).unwrap();
+        assert!(
+            bytes.len() >= 16 << 10 && bytes.ends_with(&[0; 4096]),
+            "the segment is filled with zeros ahead of its records"
+        );
+        drop(wal);
+        disk.crash();
+        let mut reopened = Wal::open(disk.clone(), config.clone()).unwrap();
+        assert_eq!(reopened.last_index(1), Some(40), "the zero tail ends the records");
+        for first in (41..1500).step_by(20) {
+            append(&mut reopened, 1, first..=first + 19);
+        }
+        assert!(reopened.segment_ids().len() > 2, "the test needs rotations");
+        let before = read_all(&reopened, 1);
+        sync_all(&disk);
+        drop(reopened);
+        disk.crash();
+        let reopened = Wal::open(disk.clone(), config).unwrap();
+        assert_eq!(read_all(&reopened, 1), before);
+        for id in &reopened.segment_ids()[..reopened.segment_ids().len() - 1] {
+            let bytes = disk.bytes(&segment::segment_name(*id)).unwrap();
+            let end = segment::scan("sealed", *id, &bytes, false, |_| Ok(())).unwrap();
+            assert_eq!(end, ScanEnd::Clean, "a sealed segment is cut to its records");
+        }
+    }
+
+    #[test]
+    fn a_zeroed_block_amid_synced_records_of_a_preallocated_segment_is_named() {
+        let (disk, config) = preallocating();
+        let mut wal = Wal::open(disk.clone(), config.clone()).unwrap();
+        append(&mut wal, 3, 1..=60);
+        sync_all(&disk);
+        drop(wal);
+        let name = segment::segment_name(1);
+        let pristine = disk.bytes(&name).unwrap();
+        for block in [1024, 2048, 4096] {
+            let mut bytes = pristine.clone();
+            bytes[block..block + 512].fill(0);
+            disk.set_bytes(&name, bytes);
+            match Wal::open(disk.clone(), config.clone()) {
+                Err(LogError::Corrupt { file, offset, .. }) => {
+                    assert_eq!(file, name);
+                    assert!(offset <= block as u64, "{offset} names the damaged record");
+                }
+                Err(other) => panic!("unexpected error {other}"),
+                Ok(wal) => panic!(
+                    "zeros at {block} amid synced records were taken for a tail: {:?}",
+                    wal.last_index(3)
+                ),
+            }
+        }
     }
 
     #[test]

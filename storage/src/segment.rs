@@ -5,12 +5,28 @@
 //! [`crate::codec`]); a frame's payload is a postcard [`RecordHead`] followed, for entries, by the
 //! encoded Raft entry.
 //!
-//! Scanning distinguishes the two ways a segment can end badly:
-//! * a **torn tail**: the last frame is incomplete (its header or payload runs past the end of the
-//!   file). Only the last segment may have one; a crash mid-write produces exactly this shape, so
-//!   recovery truncates it and logs the fact.
-//! * **corruption**: a frame that is complete but fails its checksum or does not decode, a length
-//!   beyond the bound, or any damage in a segment that is not the last. Recovery refuses to start.
+//! The last segment is preallocated: the log fills it with zeros ahead of its records (see
+//! [`crate::disk`]), so it ends in a **zero tail**, space not yet written. No record is empty (a
+//! frame's length is never 0, its payload holds at least a [`RecordHead`]), so a frame header of
+//! zeros marks the end of the records — provided every byte after it is zero too.
+//!
+//! Scanning distinguishes the ways a segment can end badly:
+//! * a **torn tail**, only allowed in the last segment, in one of two shapes a crash mid-write
+//!   produces: the last frame runs past the end of the file (a file that grew by appending), or
+//!   it was written into the zero tail and only a prefix of it landed: from a sector boundary
+//!   inside the frame to the end of the file every byte is still zero. Both are truncated, logged.
+//! * **corruption**: everything else. A frame that fails its checksum or does not decode while
+//!   non-zero bytes follow its end (a zeroed block amid records that were written after it), a
+//!   zero-length frame followed by non-zero bytes (zeros, then data), a length beyond the bound,
+//!   or any damage in a sealed segment, which holds only whole records and no zero tail.
+//!   Recovery refuses to start.
+//!
+//! What the zero tail costs in detection: damage that leaves the last segment looking exactly like
+//! a crash (the end of its records zeroed, and nothing written after them) is cut as a torn tail,
+//! as a truncation at a record boundary always was; and a crash whose writes reached the disk out
+//! of order (a later sector landed, an earlier one did not) is refused as corruption, although
+//! nothing acknowledged was lost: the conservative side of an ambiguity that bytes alone cannot
+//! resolve.
 
 use serde::Deserialize;
 use serde::Serialize;
@@ -30,6 +46,10 @@ const MAGIC: [u8; 8] = *b"DOMWAL\0\0";
 
 /// Bytes of a segment header.
 pub const SEGMENT_HEADER_BYTES: usize = 21;
+
+/// The unit a disk writes whole: a write cut short by a crash keeps whole sectors (a partial
+/// `write(2)` after SIGKILL stops at a page boundary, a multiple of this).
+pub const SECTOR_BYTES: u64 = 512;
 
 /// What one log record says. The enum's variant order is part of the on-disk format: append only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +167,9 @@ pub struct ScannedRecord<'a> {
 pub enum ScanEnd {
     /// Every byte belongs to an intact record.
     Clean,
+    /// The records end at `offset` and every later byte is zero: preallocated space (only in the
+    /// last segment).
+    ZeroTail { offset: u64 },
     /// The last record is incomplete from `offset` on; only allowed in the last segment.
     TornTail { offset: u64, reason: String },
 }
@@ -177,8 +200,22 @@ pub fn scan(
         };
     }
     check_header(file, id, bytes)?;
+    // Only the last segment is written into preallocated space; beyond `data_end` it is all zeros.
+    let data_end = if is_last {
+        bytes
+            .iter()
+            .rposition(|&byte| byte != 0)
+            .map_or(0, |last| last + 1)
+    } else {
+        bytes.len()
+    };
     let mut offset = SEGMENT_HEADER_BYTES;
     while offset < bytes.len() {
+        if offset >= data_end {
+            return Ok(ScanEnd::ZeroTail {
+                offset: offset as u64,
+            });
+        }
         let torn = |reason: String| {
             if is_last {
                 Ok(ScanEnd::TornTail {
@@ -199,6 +236,16 @@ pub fn scan(
             return torn(format!("record header has only {remaining} bytes"));
         };
         let header = FrameHeader::parse(header_bytes.try_into().expect("slice of header size"));
+        if header.payload_len == 0 {
+            return Err(LogError::corrupt(
+                file,
+                offset as u64,
+                None,
+                format!(
+                    "a record of length 0 (no record is empty) with data after it, up to offset {data_end}"
+                ),
+            ));
+        }
         if header.payload_len as usize > RECORD_PAYLOAD_BYTES_MAX {
             return Err(LogError::corrupt(
                 file,
@@ -214,8 +261,20 @@ pub fn scan(
         let Some(frame) = bytes.get(offset..offset + frame_len) else {
             return torn(format!("record of {frame_len} bytes but only {remaining} remain"));
         };
-        let payload = codec::open_frame(frame)
-            .map_err(|e| LogError::corrupt(file, offset as u64, None, e.to_string()))?;
+        let payload = match codec::open_frame(frame) {
+            Ok(payload) => payload,
+            Err(error) => {
+                if is_last && let Some(zeros_from) = landed_prefix_end(offset, frame_len, data_end) {
+                    return Ok(ScanEnd::TornTail {
+                        offset: offset as u64,
+                        reason: format!(
+                            "only a prefix of the record was written: zeros from offset {zeros_from} to the end ({error})"
+                        ),
+                    });
+                }
+                return Err(LogError::corrupt(file, offset as u64, None, error.to_string()));
+            }
+        };
         let (head, body) = codec::decode_prefix::<RecordHead>(payload).map_err(|e| {
             LogError::corrupt(file, offset as u64, None, format!("record does not decode: {e}"))
         })?;
@@ -237,6 +296,15 @@ pub fn scan(
         offset += frame_len;
     }
     Ok(ScanEnd::Clean)
+}
+
+/// Whether the frame at `offset` has the shape of a write cut short in preallocated space: from a
+/// sector boundary inside the frame to the end of the file (`data_end` is just past the last
+/// non-zero byte) every byte is zero. Returns that boundary. A frame followed by any non-zero byte
+/// does not qualify: something was written after it, so it was complete once.
+fn landed_prefix_end(offset: usize, frame_len: usize, data_end: usize) -> Option<u64> {
+    let zeros_from = (data_end as u64).next_multiple_of(SECTOR_BYTES);
+    (zeros_from > offset as u64 && zeros_from < (offset + frame_len) as u64).then_some(zeros_from)
 }
 
 #[cfg(test)]
@@ -303,7 +371,7 @@ mod tests {
     fn end_reason(end: &ScanEnd) -> String {
         match end {
             ScanEnd::TornTail { reason, .. } => reason.clone(),
-            ScanEnd::Clean => String::new(),
+            ScanEnd::Clean | ScanEnd::ZeroTail { .. } => String::new(),
         }
     }
 
@@ -331,6 +399,128 @@ mod tests {
                 // records is returned, never a changed one.
                 Ok((seen, _)) => assert!(records.starts_with(&seen), "bit {bit}: {seen:?}"),
             }
+        }
+    }
+
+    /// Metadata records whose last bytes are not zero, so where their data ends is plain.
+    fn votes(count: u64) -> Vec<RecordHead> {
+        (0..count)
+            .map(|group| RecordHead::Vote {
+                group,
+                vote: vec![0xab; 150 + group as usize * 7],
+            })
+            .collect()
+    }
+
+    /// A last segment as the log leaves it: records, then a preallocated zero tail.
+    fn preallocated(records: &[RecordHead]) -> (Vec<u8>, Vec<usize>, usize) {
+        let (mut bytes, starts) = segment_with(records);
+        let data_end = bytes.len();
+        bytes.resize(data_end + 8192, 0);
+        (bytes, starts, data_end)
+    }
+
+    #[test]
+    fn a_zero_tail_ends_the_records_of_the_last_segment_only() {
+        let records = votes(6);
+        let (bytes, _, data_end) = preallocated(&records);
+        assert_eq!(
+            heads(&bytes, true).unwrap(),
+            (
+                records,
+                ScanEnd::ZeroTail {
+                    offset: data_end as u64
+                }
+            )
+        );
+        assert!(
+            matches!(heads(&bytes, false), Err(LogError::Corrupt { offset, .. }) if offset == data_end as u64),
+            "a sealed segment was cut to its records: zeros in it are damage"
+        );
+    }
+
+    #[test]
+    fn zeros_followed_by_data_are_corruption_not_a_zero_tail() {
+        let records = votes(6);
+        let (mut bytes, _, data_end) = preallocated(&records);
+        // One stray byte far into the zero tail: the zeros before it are not a tail.
+        bytes[data_end + 5000] = 1;
+        assert!(
+            matches!(heads(&bytes, true), Err(LogError::Corrupt { offset, .. }) if offset == data_end as u64)
+        );
+        // A whole valid record after a gap of zeros.
+        let (mut bytes, _, data_end) = preallocated(&records);
+        let mut record = Vec::new();
+        codec::encode_frame(&records[0], None::<&()>, RECORD_PAYLOAD_BYTES_MAX, &mut record).unwrap();
+        bytes[data_end + 1024..data_end + 1024 + record.len()].copy_from_slice(&record);
+        assert!(matches!(heads(&bytes, true), Err(LogError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn a_zeroed_block_amid_records_is_corruption_wherever_it_falls() {
+        let records = votes(12);
+        let (pristine, starts, data_end) = preallocated(&records);
+        let last_start = *starts.last().unwrap();
+        // Every 512-byte-aligned block (and every 64-byte step, to hit headers and boundaries)
+        // that leaves a whole record after it.
+        for block_start in (SEGMENT_HEADER_BYTES..last_start).step_by(64) {
+            let mut bytes = pristine.clone();
+            let block_end = (block_start + 512).min(last_start);
+            bytes[block_start..block_end].fill(0);
+            match heads(&bytes, true) {
+                Err(LogError::Corrupt { file, .. }) => assert_eq!(file, "s"),
+                other => panic!(
+                    "zeros at {block_start}..{block_end} before the record at {last_start} (data ends at {data_end}): {:?}",
+                    other.map(|(seen, end)| (seen.len(), end))
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_cut_short_in_the_zero_tail_is_a_torn_tail() {
+        let mut records = votes(3);
+        records.push(RecordHead::Vote {
+            group: 9,
+            vote: vec![0xcd; 3000],
+        });
+        let (pristine, starts, data_end) = preallocated(&records);
+        let last_start = starts[3];
+        let mut boundaries = 0;
+        // A crash kept whole sectors of the last write: a prefix of it, then zeros.
+        for landed_end in (last_start + 1..data_end).filter(|o| (*o as u64).is_multiple_of(SECTOR_BYTES)) {
+            boundaries += 1;
+            let mut bytes = pristine.clone();
+            bytes[landed_end..data_end].fill(0);
+            let (seen, end) = heads(&bytes, true).unwrap();
+            assert_eq!(seen, records[..3].to_vec(), "cut at {landed_end}");
+            assert!(
+                matches!(end, ScanEnd::TornTail { offset, .. } if offset == last_start as u64),
+                "cut at {landed_end}: {end:?}"
+            );
+            // The same record with its first sectors missing and its end present is not a
+            // prefix: zeros followed by data, refused.
+            let mut bytes = pristine.clone();
+            bytes[last_start..landed_end].fill(0);
+            assert!(
+                matches!(heads(&bytes, true), Err(LogError::Corrupt { .. })),
+                "zeros up to {landed_end}"
+            );
+        }
+        assert!(boundaries >= 5, "the last record must span several sectors");
+    }
+
+    #[test]
+    fn a_flipped_bit_in_the_last_record_before_the_zero_tail_is_corruption() {
+        let records = votes(4);
+        let (pristine, starts, data_end) = preallocated(&records);
+        for offset in starts[3] + FRAME_HEADER_BYTES..data_end {
+            let mut bytes = pristine.clone();
+            bytes[offset] ^= 0x10;
+            assert!(
+                matches!(heads(&bytes, true), Err(LogError::Corrupt { .. })),
+                "flip at {offset}"
+            );
         }
     }
 

@@ -73,14 +73,7 @@ impl Deref for Cluster {
 }
 
 pub fn raft_config() -> Arc<openraft::Config> {
-    let config = openraft::Config {
-        cluster_name: "domicile-test".into(),
-        heartbeat_interval: 50,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
-        ..Default::default()
-    };
-    Arc::new(config.validate().unwrap())
+    Arc::new(raft::config::group_raft_config("domicile-test", 50, 300, 600).unwrap())
 }
 
 /// The cluster tests share two cores with everything else: run them one at a time so elections and

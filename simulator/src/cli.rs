@@ -1,0 +1,198 @@
+//! `domicile sim run|sweep`: one seed with a JSON report, or many seeds with a summary and, for each
+//! failure, the exact command that replays it.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use crate::scenario::{self, RunConfig, Scenario};
+use crate::world::Canary;
+
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// Run one seed of a scenario. Exit 0 only when every checker found nothing.
+    Run {
+        #[arg(long, value_enum)]
+        scenario: Scenario,
+        #[arg(long)]
+        seed: u64,
+        /// Print one JSON object (the report) instead of a summary line.
+        #[arg(long)]
+        json: bool,
+        /// Write the tracked keys' client history as Jepsen-shaped JSON lines.
+        #[arg(long)]
+        history: Option<std::path::PathBuf>,
+        /// Write the trace (one line per event, virtual time first).
+        #[arg(long)]
+        trace: Option<std::path::PathBuf>,
+        /// Plant a bug the checkers must catch (builds with the `canaries` feature only).
+        #[arg(long)]
+        canary: Option<String>,
+        /// Simulated seconds of faults (the scenario's default otherwise).
+        #[arg(long)]
+        fault_seconds: Option<u64>,
+    },
+    /// Run seeds A..B (B excluded) of a scenario and summarise; failures print their replay command.
+    Sweep {
+        #[arg(long, value_enum)]
+        scenario: Scenario,
+        /// A range `A..B`.
+        #[arg(long)]
+        seeds: String,
+        #[arg(long)]
+        canary: Option<String>,
+        #[arg(long)]
+        fault_seconds: Option<u64>,
+    },
+}
+
+fn parse_canary(name: Option<&str>) -> anyhow::Result<Option<Canary>> {
+    let Some(name) = name else { return Ok(None) };
+    if !cfg!(feature = "canaries") {
+        anyhow::bail!("canaries are compiled out; build with `--features simulator/canaries`");
+    }
+    let names: Vec<&str> = Canary::ALL.iter().map(|canary| canary.name()).collect();
+    let canary = Canary::from_name(name)
+        .ok_or_else(|| anyhow::anyhow!("unknown canary `{name}`; known: {}", names.join(", ")))?;
+    anyhow::ensure!(
+        matches!(canary, Canary::AckBeforeSync | Canary::FollowerReads),
+        "canary `{name}` needs the migrate scenario, which is not built yet"
+    );
+    Ok(Some(canary))
+}
+
+fn parse_seeds(range: &str) -> anyhow::Result<std::ops::Range<u64>> {
+    let (start, end) = range
+        .split_once("..")
+        .ok_or_else(|| anyhow::anyhow!("--seeds takes a range A..B, got `{range}`"))?;
+    let (start, end): (u64, u64) = (start.trim().parse()?, end.trim().parse()?);
+    anyhow::ensure!(start < end, "empty seed range {range}");
+    Ok(start..end)
+}
+
+/// The wall clock, for `wall_seconds` only: it never reaches the simulation.
+#[allow(clippy::disallowed_methods)]
+fn wall_now() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+fn replay_command(config: &RunConfig) -> String {
+    let mut command = format!(
+        "domicile sim run --scenario {} --seed {}",
+        config.scenario.name(),
+        config.seed
+    );
+    if let Some(canary) = config.canary {
+        command.push_str(&format!(" --canary {}", canary.name()));
+    }
+    if let Some(seconds) = config.fault_seconds {
+        command.push_str(&format!(" --fault-seconds {seconds}"));
+    }
+    command
+}
+
+pub fn run(command: SimCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        SimCommand::Run {
+            scenario,
+            seed,
+            json,
+            history,
+            trace,
+            canary,
+            fault_seconds,
+        } => {
+            let config = RunConfig {
+                scenario,
+                seed,
+                canary: parse_canary(canary.as_deref())?,
+                keep_trace: trace.is_some(),
+                fault_seconds,
+            };
+            let started = wall_now();
+            let mut outcome = scenario::run(&config);
+            outcome.report.wall_seconds = started.elapsed().as_secs_f64();
+            if let Some(path) = history {
+                std::fs::write(&path, &outcome.history)?;
+            }
+            if let (Some(path), Some(text)) = (trace, &outcome.trace) {
+                std::fs::write(&path, text)?;
+            }
+            let report = &outcome.report;
+            if json {
+                println!("{}", serde_json::to_string_pretty(report)?);
+            } else {
+                println!(
+                    "seed {} {}: {:.1} simulated s in {:.2} s, ops ok/failed/unknown {}/{}/{}, trace {}",
+                    report.seed,
+                    scenario.name(),
+                    report.sim_seconds,
+                    report.wall_seconds,
+                    report.ops_ok,
+                    report.ops_failed,
+                    report.ops_unknown,
+                    report.trace_hash
+                );
+            }
+            for detail in &outcome.details {
+                eprintln!("violation: {detail}");
+            }
+            let failing = report.violations.failing();
+            if failing.is_empty() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "seed {seed} failed: {}; replay: {}",
+                    failing.join(", "),
+                    replay_command(&config)
+                );
+                Ok(ExitCode::from(1))
+            }
+        }
+        SimCommand::Sweep {
+            scenario,
+            seeds,
+            canary,
+            fault_seconds,
+        } => {
+            let canary = parse_canary(canary.as_deref())?;
+            let seeds = parse_seeds(&seeds)?;
+            let started = wall_now();
+            let (mut failed, mut sim_seconds, mut count) = (Vec::new(), 0.0, 0u64);
+            for seed in seeds.clone() {
+                let config = RunConfig {
+                    scenario,
+                    seed,
+                    canary,
+                    keep_trace: false,
+                    fault_seconds,
+                };
+                let outcome = scenario::run(&config);
+                count += 1;
+                sim_seconds += outcome.report.sim_seconds;
+                let failing = outcome.report.violations.failing();
+                if !failing.is_empty() {
+                    println!("FAIL seed {seed}: {}", failing.join(", "));
+                    println!("  replay: {}", replay_command(&config));
+                    failed.push((seed, failing));
+                }
+            }
+            let wall = started.elapsed().as_secs_f64();
+            println!(
+                "{} seeds of {}: {} passed, {} failed; {:.0} simulated s in {:.1} s ({:.1} seeds per core-minute)",
+                count,
+                scenario.name(),
+                count - failed.len() as u64,
+                failed.len(),
+                sim_seconds,
+                wall,
+                count as f64 * 60.0 / wall.max(1e-9)
+            );
+            Ok(if failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}

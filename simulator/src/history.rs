@@ -1,0 +1,194 @@
+//! The tracked keys' client history: Jepsen-shaped lines for `--history`, operations for porcupine,
+//! and the acknowledged writes the lost-write checker looks for in the final log.
+//!
+//! Values are unique per write, so a register's value identifies the write that produced it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use porcupine_rs::{CheckResult, Model, Operation};
+use serde_json::json;
+use storage::WriteId;
+
+use crate::checkers::{Checker, Checks};
+
+#[derive(Clone, Debug)]
+pub enum Op {
+    Read {
+        key: u64,
+        value: Option<String>,
+    },
+    Write {
+        key: u64,
+        value: String,
+    },
+    /// `succeeded: None` when the outcome is unknown.
+    Cas {
+        key: u64,
+        expected: Option<String>,
+        new: String,
+        succeeded: Option<bool>,
+    },
+}
+
+impl Op {
+    fn key(&self) -> u64 {
+        match self {
+            Op::Read { key, .. } | Op::Write { key, .. } | Op::Cas { key, .. } => *key,
+        }
+    }
+}
+
+/// One register per key.
+#[derive(Clone)]
+pub struct Registers;
+
+impl Model for Registers {
+    type State = Option<String>;
+    type Op = Op;
+    type Metadata = ();
+
+    fn partition_operations(history: &[Operation<Self>]) -> Vec<Vec<Operation<Self>>> {
+        let mut by_key: BTreeMap<u64, Vec<Operation<Self>>> = BTreeMap::new();
+        for operation in history {
+            by_key
+                .entry(operation.op.key())
+                .or_default()
+                .push(operation.clone());
+        }
+        by_key.into_values().collect()
+    }
+
+    fn init() -> Option<String> {
+        None
+    }
+
+    fn step(state: &Option<String>, op: &Op) -> (bool, Option<String>) {
+        match op {
+            Op::Read { value, .. } => (value == state, state.clone()),
+            Op::Write { value, .. } => (true, Some(value.clone())),
+            Op::Cas {
+                expected,
+                new,
+                succeeded: Some(true),
+                ..
+            } => (expected == state, Some(new.clone())),
+            Op::Cas {
+                expected,
+                succeeded: Some(false),
+                ..
+            } => (expected != state, state.clone()),
+            Op::Cas {
+                expected,
+                new,
+                succeeded: None,
+                ..
+            } => (
+                true,
+                if expected == state {
+                    Some(new.clone())
+                } else {
+                    state.clone()
+                },
+            ),
+        }
+    }
+}
+
+/// A write the cluster acknowledged: it must be in the committed log at `revision`.
+#[derive(Clone, Debug)]
+pub struct AckedWrite {
+    pub group: placement::GroupId,
+    pub key: u64,
+    pub write: WriteId,
+    pub revision: u64,
+}
+
+#[derive(Default)]
+pub struct History {
+    pub lines: Vec<serde_json::Value>,
+    pub operations: Vec<Operation<Registers>>,
+    pub acked: Vec<AckedWrite>,
+    /// Every value any write tried to store.
+    pub written_values: BTreeSet<String>,
+    pub ok: u64,
+    pub failed: u64,
+    pub unknown: u64,
+}
+
+impl History {
+    pub fn line(
+        &mut self,
+        process: u64,
+        kind: &str,
+        f: &str,
+        key: u64,
+        value: serde_json::Value,
+        nanos: u64,
+    ) {
+        match kind {
+            "ok" => self.ok += 1,
+            "fail" => self.failed += 1,
+            "info" => self.unknown += 1,
+            _ => {}
+        }
+        self.lines.push(
+            json!({"process": process, "type": kind, "f": f, "key": key, "value": value, "time": nanos}),
+        );
+    }
+
+    pub fn jsonl(&self) -> String {
+        self.lines.iter().map(|line| format!("{line}\n")).collect()
+    }
+
+    /// Porcupine on the whole history; an undecided check counts as a failure. Also: no read of a
+    /// value that no write ever tried to store.
+    pub fn check(&self, checks: &Checks, budget: Duration) {
+        for operation in &self.operations {
+            if let Op::Read {
+                key,
+                value: Some(value),
+            } = &operation.op
+                && !self.written_values.contains(value)
+            {
+                checks.violation(
+                    Checker::LostAckedWrites,
+                    format!("key {key} read {value:?}, which was never written"),
+                );
+            }
+        }
+        match porcupine_rs::check_operations_timeout::<Registers>(&self.operations, budget) {
+            CheckResult::Ok => {}
+            CheckResult::Illegal => {
+                let mut by_key: BTreeMap<u64, Vec<Operation<Registers>>> = BTreeMap::new();
+                for operation in &self.operations {
+                    by_key
+                        .entry(operation.op.key())
+                        .or_default()
+                        .push(operation.clone());
+                }
+                let illegal: Vec<u64> = by_key
+                    .iter()
+                    .filter(|(_, operations)| {
+                        matches!(
+                            porcupine_rs::check_operations_timeout::<Registers>(operations, budget),
+                            CheckResult::Illegal
+                        )
+                    })
+                    .map(|(key, _)| *key)
+                    .collect();
+                checks.violation(
+                    Checker::Linearizability,
+                    format!(
+                        "the history of {} operations is not linearizable; keys {illegal:?}",
+                        self.operations.len()
+                    ),
+                )
+            }
+            CheckResult::Unknown => checks.violation(
+                Checker::Linearizability,
+                format!("porcupine could not decide within {budget:?} (counts as a failure)"),
+            ),
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The thin executor of the planner's steps: it observes each group's membership and leader, asks
+//! the pure planner (`placement::plan`) what to do given which nodes are down, and executes the next
+//! step of each group on that group's leader through the host (whose fence checks it again).
+//!
+//! `AddLearner` first opens the group on the joining node; `PurgeReplica` forgets the group on the
+//! removed node.
+
+use std::collections::BTreeMap;
+
+use placement::{GroupId, GroupState, Health, Placement, Step};
+
+use crate::world::World;
+
+/// What one planning round did.
+#[derive(Debug, Default)]
+pub struct Round {
+    pub executed: Vec<Step>,
+    pub under_replicated: Vec<GroupId>,
+}
+
+/// The placement as the world's leaders see it (groups without a leader are left out: the planner
+/// can't change them now anyway).
+pub fn observed_placement(world: &World) -> Placement {
+    let mut placement = BTreeMap::new();
+    for group in world.policies.keys() {
+        if let Some((leader, host)) = world.leader(group)
+            && let Ok(status) = host.status(group)
+        {
+            placement.insert(
+                group.clone(),
+                GroupState {
+                    membership: status.membership,
+                    leader: Some(leader),
+                },
+            );
+        }
+    }
+    placement
+}
+
+/// One round: plan, then execute the first step of every group that has one.
+pub async fn round(world: &World, gate: &(dyn Fn(&World, &Step) -> bool + Sync)) -> Round {
+    let placement = observed_placement(world);
+    let mut health = Health::all_up();
+    for node in world.down_nodes() {
+        health.node_down(node);
+    }
+    let policies: BTreeMap<GroupId, placement::GroupPolicy> = world
+        .policies
+        .iter()
+        .filter(|(group, _)| placement.contains_key(*group))
+        .map(|(group, policy)| (group.clone(), policy.clone()))
+        .collect();
+    let mut outcome = Round::default();
+    let plan = match placement::plan(&world.topology, &policies, &placement, &health) {
+        Ok(plan) => plan,
+        Err(error) => {
+            world.log(format!("planner refused the observed placement: {error}"));
+            return outcome;
+        }
+    };
+    for report in &plan.groups {
+        if !report.problems.is_empty() {
+            outcome.under_replicated.push(report.group.clone());
+        }
+    }
+    let mut done: std::collections::BTreeSet<GroupId> = Default::default();
+    for step in plan.steps {
+        if !done.insert(step.group().clone()) || !gate(world, &step) {
+            continue;
+        }
+        if execute(world, &step).await {
+            outcome.executed.push(step);
+        }
+    }
+    outcome
+}
+
+/// Executes one step; returns whether it took effect.
+pub async fn execute(world: &World, step: &Step) -> bool {
+    let group = step.group().clone();
+    match step {
+        Step::PurgeReplica { node, .. } => {
+            world.drop_replica(*node, &group);
+            world.log(format!("step {step:?}: done"));
+            return true;
+        }
+        Step::AddLearner { node, .. } => {
+            if let Err(error) = world.add_replica(*node, &group).await {
+                world.log(format!("step {step:?}: {error}"));
+                return false;
+            }
+        }
+        _ => {}
+    }
+    let Some((_, host)) = world.leader(&group) else {
+        return false;
+    };
+    match host.execute(step).await {
+        Ok(()) => {
+            world.log(format!("step {step:?}: done"));
+            true
+        }
+        Err(error) => {
+            world.log(format!("step {step:?}: {error}"));
+            false
+        }
+    }
+}

@@ -1,0 +1,722 @@
+//! The scenarios: a world, a client workload on tracked keys, a fault schedule drawn from the seed,
+//! then healing, the liveness check and the final checks.
+//!
+//! * `failover`: leaders crash, partitions (leader isolated, one-way cuts, majority/minority) come and
+//!   go, lossy and duplicating links, now and then a power loss of every node at once.
+//! * `site-outage`: a whole EEA site (Dublin A) is lost, then returns; the planner re-replicates groups
+//!   inside their jurisdiction (EEA: to Frankfurt) or reports them under-replicated (EU).
+//! * `chaos`: all of it at random, plus disk faults (EIO/ENOSPC on sync, latency spikes, torn writes,
+//!   bit flips the log's checksums must catch, a disk lost).
+
+use std::collections::BTreeSet;
+use std::io;
+use std::time::Duration;
+
+use openraft::AsyncRuntime;
+use openraft::async_runtime::Instant as _;
+use openraft_rt_sim::{SimInstant, SimRuntime};
+use placement::{GroupId, NodeId};
+use raft::host::ReadConsistency;
+use raft::routing::Router;
+use serde::Serialize;
+use storage::{Command, RecordKey, WriteId};
+
+use crate::checkers::{Checker, Violations};
+use crate::network::{LinkModel, NetFaults};
+use crate::orchestrator;
+use crate::prng::Prng;
+use crate::stores::SyncLatency;
+use crate::workload::{Workload, tracked_keys};
+use crate::world::{Canary, GroupSpec, World, WorldSpec};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    Failover,
+    SiteOutage,
+    Chaos,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Failover => "failover",
+            Scenario::SiteOutage => "site-outage",
+            Scenario::Chaos => "chaos",
+        }
+    }
+}
+
+/// The EEA world: two Dublin sites, Hamar (Norway: EEA, not EU) and Frankfurt.
+pub const EEA_TOPOLOGY: &str = r#"
+[[site]]
+name = "dublin-a"
+country = "IE"
+nodes = [1]
+
+[[site]]
+name = "dublin-b"
+country = "IE"
+nodes = [2]
+
+[[site]]
+name = "hamar"
+country = "NO"
+nodes = [3]
+
+[[site]]
+name = "frankfurt"
+country = "DE"
+nodes = [4]
+
+[[group]]
+name = "users-eea"
+jurisdiction = "EEA"
+voters = 3
+
+[[group]]
+name = "users-eu"
+jurisdiction = "EU"
+voters = 3
+"#;
+
+fn nodes(ids: &[u64]) -> BTreeSet<NodeId> {
+    ids.iter().map(|&id| NodeId(id)).collect()
+}
+
+fn eea_world() -> WorldSpec {
+    WorldSpec {
+        topology: EEA_TOPOLOGY.to_string(),
+        groups: vec![
+            GroupSpec {
+                group: GroupId("users-eea".into()),
+                voters: nodes(&[1, 2, 3]),
+                legacy: BTreeSet::new(),
+            },
+            GroupSpec {
+                group: GroupId("users-eu".into()),
+                voters: nodes(&[1, 2, 4]),
+                legacy: BTreeSet::new(),
+            },
+        ],
+        links: LinkModel::new(),
+        sync_latency: SyncLatency::default(),
+    }
+}
+
+/// One run's settings.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub scenario: Scenario,
+    pub seed: u64,
+    pub canary: Option<Canary>,
+    pub keep_trace: bool,
+    /// Simulated seconds of faults (the scenario's default when `None`).
+    pub fault_seconds: Option<u64>,
+}
+
+/// What `--json` prints.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub seed: u64,
+    pub scenario: Scenario,
+    pub canary: Option<&'static str>,
+    pub trace_hash: String,
+    pub sim_seconds: f64,
+    pub wall_seconds: f64,
+    pub ops_ok: u64,
+    pub ops_failed: u64,
+    pub ops_unknown: u64,
+    pub records_modeled: u64,
+    pub bytes_modeled: u64,
+    pub violations: Violations,
+}
+
+pub struct Outcome {
+    pub report: Report,
+    pub history: String,
+    pub trace: Option<String>,
+    pub details: Vec<String>,
+}
+
+/// Runs one seed of a scenario on a fresh deterministic runtime.
+pub fn run(config: &RunConfig) -> Outcome {
+    let mut runtime = SimRuntime::with_seed(config.seed);
+    let (world, workload, sim_seconds) = runtime.block_on(simulate(config));
+    let history = workload.history.lock().expect("history lock");
+    // Porcupine runs outside the simulation: it is a pure function of the history.
+    history.check(&world.checks, Duration::from_secs(60));
+    let violations = world.checks.violations();
+    let report = Report {
+        seed: config.seed,
+        scenario: config.scenario,
+        canary: config.canary.map(Canary::name),
+        trace_hash: format!("{:016x}", world.trace_hash()),
+        sim_seconds,
+        wall_seconds: 0.0,
+        ops_ok: history.ok,
+        ops_failed: history.failed,
+        ops_unknown: history.unknown,
+        records_modeled: 0,
+        bytes_modeled: 0,
+        violations,
+    };
+    let outcome = Outcome {
+        report,
+        history: history.jsonl(),
+        trace: world.trace_text(),
+        details: world.checks.details(),
+    };
+    drop(history);
+    drop(runtime);
+    outcome
+}
+
+async fn simulate(config: &RunConfig) -> (World, Workload, f64) {
+    let start = SimInstant::now();
+    let spec = eea_world();
+    let world = World::build(config.seed, &spec, config.canary, config.keep_trace)
+        .await
+        .expect("the world builds");
+    let router = Router::new(world.policies.values()).expect("group names do not collide");
+    let keys = tracked_keys(&router, &["EEA", "EU"], 3);
+    let workload = Workload::new(world.clone(), keys, (5, 40));
+    let observer = spawn_observer(world.clone());
+    world.sleep(Duration::from_secs(1)).await;
+    workload.start(4);
+    let fault_seconds = config.fault_seconds.unwrap_or(match config.scenario {
+        Scenario::Failover => 20,
+        Scenario::SiteOutage => 30,
+        Scenario::Chaos => 30,
+    });
+    let mut faults = Faults::new(world.clone(), world.fork_rng(0xfa017), config.scenario);
+    faults.run(Duration::from_secs(fault_seconds)).await;
+    faults.heal_everything().await;
+    liveness(&world).await;
+    workload.stop().await;
+    final_checks(&world, &workload).await;
+    observer.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    world.observe().await;
+    let sim_seconds = (SimInstant::now() - start).as_secs_f64();
+    world.log(format!("end: {:.3} simulated seconds", sim_seconds));
+    world.shutdown().await;
+    (world, workload, sim_seconds)
+}
+
+struct ObserverHandle {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Observes every replica every 20 ms of simulated time until stopped.
+fn spawn_observer(world: World) -> ObserverHandle {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    drop(SimRuntime::spawn(async move {
+        // Bounded: a run is far shorter than 10^7 steps of 20 ms (55 simulated hours).
+        for _ in 0..10_000_000u64 {
+            if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            world.observe().await;
+            SimRuntime::sleep(Duration::from_millis(20)).await;
+        }
+    }));
+    ObserverHandle { stop }
+}
+
+/// The fault injector: one decision every 100 ms of simulated time, drawn from its own PRNG stream.
+struct Faults {
+    world: World,
+    rng: Prng,
+    scenario: Scenario,
+    /// (when, node) restarts due.
+    restarts: Vec<(SimInstant, NodeId)>,
+    /// (when, node) crashes due.
+    crashes: Vec<(SimInstant, NodeId)>,
+    heal_at: Option<SimInstant>,
+    power_loss_done: bool,
+    outage: Option<(Vec<NodeId>, SimInstant)>,
+    outage_done: bool,
+}
+
+const TICK: Duration = Duration::from_millis(100);
+
+impl Faults {
+    fn new(world: World, rng: Prng, scenario: Scenario) -> Faults {
+        Faults {
+            world,
+            rng,
+            scenario,
+            restarts: Vec::new(),
+            crashes: Vec::new(),
+            heal_at: None,
+            power_loss_done: false,
+            outage: None,
+            outage_done: false,
+        }
+    }
+
+    async fn run(&mut self, duration: Duration) {
+        let end = SimInstant::now() + duration;
+        let base = NetFaults {
+            loss_per_million: if self.scenario == Scenario::SiteOutage {
+                2_000
+            } else {
+                10_000
+            },
+            duplicate_per_million: 5_000,
+            delay_per_million: 20_000,
+            delay_max_micros: 100_000,
+            blocked: BTreeSet::new(),
+        };
+        self.world.network.set_faults(base.clone());
+        let ticks = duration.as_millis() / TICK.as_millis();
+        let mut plan_due = SimInstant::now();
+        for _ in 0..ticks {
+            if SimInstant::now() >= end {
+                break;
+            }
+            self.due_restarts().await;
+            if self.heal_at.is_some_and(|at| SimInstant::now() >= at) {
+                self.heal_at = None;
+                let mut faults = self.world.network.faults();
+                faults.blocked.clear();
+                self.world.network.set_faults(faults);
+                self.world.log("network healed");
+            }
+            match self.scenario {
+                Scenario::Failover => self.failover_tick().await,
+                Scenario::SiteOutage => self.site_outage_tick().await,
+                Scenario::Chaos => self.chaos_tick().await,
+            }
+            if self.scenario != Scenario::Failover && SimInstant::now() >= plan_due {
+                plan_due = SimInstant::now() + Duration::from_secs(1);
+                self.plan_round().await;
+            }
+            SimRuntime::sleep(TICK).await;
+        }
+    }
+
+    async fn plan_round(&self) {
+        let step = async {
+            let round = orchestrator::round(&self.world, &|_, _| true).await;
+            for group in round.under_replicated {
+                self.world.log(format!("{group} under-replicated"));
+            }
+        };
+        let _ = SimRuntime::timeout(Duration::from_secs(10), step).await;
+    }
+
+    async fn due_restarts(&mut self) {
+        let now = SimInstant::now();
+        let (due, later): (Vec<_>, Vec<_>) = self.crashes.drain(..).partition(|(at, _)| *at <= now);
+        self.crashes = later;
+        for (_, node) in due {
+            self.world.log(format!("{node} exits after its failed fdatasync"));
+            self.crash(node, (200, 2_000)).await;
+        }
+        let (due, later): (Vec<_>, Vec<_>) = self.restarts.drain(..).partition(|(at, _)| *at <= now);
+        self.restarts = later;
+        for (_, node) in due {
+            if let Err(error) = self.world.start(node).await {
+                self.world.log(format!("{node} failed to restart: {error}"));
+            }
+        }
+    }
+
+    fn schedule_restart(&mut self, node: NodeId, millis: (u64, u64)) {
+        let at = SimInstant::now() + Duration::from_millis(self.rng.between(millis.0, millis.1));
+        self.restarts.push((at, node));
+    }
+
+    fn groups(&self) -> Vec<GroupId> {
+        self.world.policies.keys().cloned().collect()
+    }
+
+    async fn crash(&mut self, node: NodeId, restart_millis: (u64, u64)) {
+        if !self.world.is_up(node) {
+            return;
+        }
+        self.world.crash(node, true).await;
+        self.schedule_restart(node, restart_millis);
+    }
+
+    fn block(&mut self, pairs: impl IntoIterator<Item = (NodeId, NodeId)>, what: &str) {
+        let mut faults = self.world.network.faults();
+        faults.blocked.extend(pairs);
+        self.world.network.set_faults(faults);
+        let millis = self.rng.between(1_000, 4_000);
+        self.heal_at = Some(SimInstant::now() + Duration::from_millis(millis));
+        self.world.log(format!("partition: {what} for {millis} ms"));
+    }
+
+    /// A partition of one of the shapes the issue names, around `leader` when there is one.
+    fn partition(&mut self) {
+        let all = self.world.node_ids();
+        let groups = self.groups();
+        let group = self.rng.pick(&groups).clone();
+        let leader = self.world.leader(&group).map(|(node, _)| node);
+        let shape = self.rng.below(5);
+        let pairs_between = |a: &[NodeId], b: &[NodeId]| {
+            let mut pairs = Vec::new();
+            for &x in a {
+                for &y in b {
+                    pairs.push((x, y));
+                    pairs.push((y, x));
+                }
+            }
+            pairs
+        };
+        match (shape, leader) {
+            (0, Some(leader)) => {
+                let rest: Vec<NodeId> = all.iter().copied().filter(|&n| n != leader).collect();
+                self.block(
+                    pairs_between(&[leader], &rest),
+                    &format!("{leader} isolated (leader of {group})"),
+                );
+            }
+            (1, Some(leader)) => {
+                let others: Vec<NodeId> = all.iter().copied().filter(|&n| n != leader).collect();
+                let to = *self.rng.pick(&others);
+                self.block([(leader, to)], &format!("one-way {leader} -> {to}"));
+            }
+            (2, _) => {
+                // Majority / minority.
+                let mut shuffled = all.clone();
+                for index in (1..shuffled.len()).rev() {
+                    let other = self.rng.below(index as u64 + 1) as usize;
+                    shuffled.swap(index, other);
+                }
+                let (minority, majority) = shuffled.split_at(shuffled.len() / 2);
+                self.block(
+                    pairs_between(minority, majority),
+                    &format!("minority {minority:?} | majority {majority:?}"),
+                );
+            }
+            (3, _) => {
+                // Ring: each node reaches only its neighbours.
+                let mut pairs = Vec::new();
+                let count = all.len();
+                for (i, &x) in all.iter().enumerate() {
+                    for (j, &y) in all.iter().enumerate() {
+                        let distance = (i + count - j) % count;
+                        if i != j && distance != 1 && distance != count - 1 {
+                            pairs.push((x, y));
+                        }
+                    }
+                }
+                self.block(pairs, "ring");
+            }
+            _ => {
+                // Bridge: two halves that only one node connects.
+                if all.len() >= 3 {
+                    let bridge = *self.rng.pick(&all);
+                    let rest: Vec<NodeId> = all.iter().copied().filter(|&n| n != bridge).collect();
+                    let (a, b) = rest.split_at(rest.len() / 2);
+                    self.block(
+                        pairs_between(a, b),
+                        &format!("bridge through {bridge}: {a:?} | {b:?}"),
+                    );
+                }
+            }
+        }
+    }
+
+    async fn power_loss(&mut self) {
+        self.power_loss_done = true;
+        self.world.log("power loss: every node at once");
+        for node in self.world.node_ids() {
+            self.crash(node, (1_000, 3_000)).await;
+        }
+    }
+
+    async fn failover_tick(&mut self) {
+        let roll = self.rng.below(1_000);
+        let down = self.world.down_nodes().len();
+        if roll < 15 && down == 0 {
+            let groups = self.groups();
+            let group = self.rng.pick(&groups).clone();
+            if let Some((leader, _)) = self.world.leader(&group) {
+                self.world.log(format!("crash {leader}, leader of {group}"));
+                self.crash(leader, (1_000, 5_000)).await;
+            }
+        } else if roll < 25 && self.heal_at.is_none() {
+            self.partition();
+        } else if roll < 27 && !self.power_loss_done && down == 0 {
+            self.power_loss().await;
+        }
+    }
+
+    async fn site_outage_tick(&mut self) {
+        if !self.outage_done && self.outage.is_none() && self.rng.chance(50_000) {
+            let nodes = self.world.site_nodes("dublin-a");
+            self.world.log(format!("site outage: dublin-a {nodes:?}"));
+            self.world.network.set_faults(NetFaults {
+                blocked: BTreeSet::new(),
+                ..self.world.network.faults()
+            });
+            for &node in &nodes {
+                self.world.crash(node, true).await;
+            }
+            let back = SimInstant::now() + Duration::from_millis(self.rng.between(8_000, 15_000));
+            self.outage = Some((nodes, back));
+        }
+        if let Some((nodes, back)) = self.outage.clone()
+            && SimInstant::now() >= back
+        {
+            self.outage = None;
+            self.outage_done = true;
+            self.world.log("site dublin-a returns");
+            for node in nodes {
+                let _ = self.world.start(node).await;
+            }
+        }
+    }
+
+    async fn chaos_tick(&mut self) {
+        let roll = self.rng.below(1_000);
+        let all = self.world.node_ids();
+        let node = *self.rng.pick(&all);
+        let down = self.world.down_nodes().len();
+        let lost = all.iter().filter(|&&n| self.world.is_lost(n)).count();
+        match roll {
+            0..10 if down < 2 => {
+                self.world.log(format!("crash {node}"));
+                self.crash(node, (500, 5_000)).await;
+            }
+            10..20 if self.heal_at.is_none() => self.partition(),
+            20..23 if self.world.is_up(node) => {
+                let kind = if self.rng.below(2) == 0 {
+                    io::ErrorKind::Other
+                } else {
+                    io::ErrorKind::StorageFull
+                };
+                self.world.log(format!(
+                    "{node}: next fdatasync fails ({kind:?}); the process will crash"
+                ));
+                if let Some(disk) = self.world.disk(node) {
+                    disk.fail_next_sync(kind);
+                }
+                // A failed fdatasync poisons the log: the process exits (once it has met the error) and is
+                // restarted.
+                let at = SimInstant::now() + Duration::from_millis(self.rng.between(50, 500));
+                self.crashes.push((at, node));
+            }
+            23..25 if !self.world.is_up(node) && lost == 0 && !self.world.is_lost(node) => {
+                if let Some(disk) = self.world.disk(node) {
+                    let flipped = self.rng.fork(7);
+                    let mut flipped = flipped;
+                    let at = disk.flip_bit(&mut flipped);
+                    self.world
+                        .log(format!("{node}: bit flipped at {at:?} while down"));
+                }
+            }
+            25..26 if lost == 0 && down == 0 => {
+                self.world.lose(node).await;
+            }
+            26..28 => {
+                let mut faults = self.world.network.faults();
+                faults.loss_per_million = self.rng.below(50_000);
+                faults.duplicate_per_million = self.rng.below(20_000);
+                self.world.log(format!(
+                    "links: loss {} ppm, duplication {} ppm",
+                    faults.loss_per_million, faults.duplicate_per_million
+                ));
+                self.world.network.set_faults(faults);
+            }
+            28..29 if !self.outage_done && down == 0 => {
+                self.outage_done = true;
+                let sites: Vec<String> = self
+                    .world
+                    .topology
+                    .sites()
+                    .map(|site| site.name.0.clone())
+                    .collect();
+                let site = self.rng.pick(&sites).clone();
+                self.world.log(format!("site outage: {site}"));
+                for node in self.world.site_nodes(&site) {
+                    self.crash(node, (3_000, 10_000)).await;
+                }
+            }
+            29..30 if !self.power_loss_done && down == 0 => self.power_loss().await,
+            _ => {}
+        }
+    }
+
+    /// Faults stop: links heal, every node that can come back does.
+    async fn heal_everything(&mut self) {
+        self.world.network.set_faults(NetFaults::default());
+        self.heal_at = None;
+        self.restarts.clear();
+        self.crashes.clear();
+        self.world.log("faults stop; everything heals");
+        for node in self.world.node_ids() {
+            if let Err(error) = self.world.start(node).await {
+                self.world.log(format!("{node} failed to restart: {error}"));
+            }
+        }
+    }
+}
+
+/// Simulated time within which every group that can must elect a leader and serve a write and a read.
+const LIVENESS_BOUND: Duration = Duration::from_secs(30);
+
+async fn liveness(world: &World) {
+    for (index, group) in world.policies.keys().enumerate() {
+        let started = SimInstant::now();
+        // A group can recover if a quorum of its voters (as its replicas last knew them) is not lost.
+        let voters: BTreeSet<NodeId> = world
+            .holders(group)
+            .into_iter()
+            .filter_map(|node| world.status(node, group))
+            .max_by_key(|status| (status.term, status.committed))
+            .map(|status| status.membership.voters)
+            .unwrap_or_default();
+        let healthy = voters.iter().filter(|&&node| world.is_up(node)).count();
+        if voters.is_empty() || healthy < voters.len() / 2 + 1 {
+            world.log(format!(
+                "liveness: {group} can't recover ({healthy} of {} voters healthy)",
+                voters.len()
+            ));
+            if !voters.is_empty() || world.holders(group).iter().all(|&node| !world.is_lost(node)) {
+                world.checks.violation(
+                    Checker::Liveness,
+                    format!("{group} has no quorum of healthy voters after faults stopped"),
+                );
+            }
+            continue;
+        }
+        let key = RecordKey::new("probe", format!("liveness-{index}"), "probe");
+        let mut served = false;
+        for attempt in 0..300u64 {
+            if SimInstant::now() - started > LIVENESS_BOUND {
+                break;
+            }
+            if let Some((_, host)) = world.leader(group) {
+                let write = Command::Put {
+                    write: WriteId {
+                        client_id: 900_000 + index as u64,
+                        sequence: attempt + 1,
+                    },
+                    key: key.clone(),
+                    value: b"alive".to_vec(),
+                };
+                let probe = async {
+                    host.write(group, write).await.ok()?;
+                    host.read(group, key.clone(), ReadConsistency::Linearizable)
+                        .await
+                        .ok()
+                };
+                if let Ok(Some(_)) = SimRuntime::timeout(Duration::from_secs(2), probe).await {
+                    served = true;
+                    break;
+                }
+            }
+            SimRuntime::sleep(Duration::from_millis(100)).await;
+        }
+        let took = SimInstant::now() - started;
+        world.log(format!(
+            "liveness: {group} served={served} after {} ms",
+            took.as_millis()
+        ));
+        if !served {
+            world.checks.violation(
+                Checker::Liveness,
+                format!(
+                    "{group} did not elect a leader and serve a write and a read within {LIVENESS_BOUND:?}"
+                ),
+            );
+        }
+    }
+}
+
+/// After the run: every acknowledged write is in the committed log where it was acknowledged, and
+/// every replica's committed entries agree.
+async fn final_checks(world: &World, workload: &Workload) {
+    let acked = workload.history.lock().expect("history lock").acked.clone();
+    for group in world.policies.keys() {
+        let Some((leader, host)) = world.leader(group) else {
+            for write in acked.iter().filter(|write| &write.group == group) {
+                world.checks.violation(
+                    Checker::LostAckedWrites,
+                    format!(
+                        "{group} has no leader at the end; acknowledged {:?} can't be found",
+                        write.write
+                    ),
+                );
+            }
+            continue;
+        };
+        let committed = host
+            .status(group)
+            .ok()
+            .and_then(|status| status.committed)
+            .unwrap_or(0);
+        for write in acked.iter().filter(|write| &write.group == group) {
+            if write.revision > committed {
+                world.checks.violation(
+                    Checker::LostAckedWrites,
+                    format!(
+                        "{:?} acknowledged at {} but {group} committed only {committed}",
+                        write.write, write.revision
+                    ),
+                );
+                continue;
+            }
+            let Some(entries) = world
+                .entries(leader, group, write.revision, write.revision + 1)
+                .await
+            else {
+                continue;
+            };
+            // Purged by a snapshot: not verifiable from the log.
+            let Some((_, _, payload)) = entries.first() else {
+                continue;
+            };
+            if !payload.contains(&format!("{:?}", write.write)) {
+                world.checks.violation(
+                    Checker::LostAckedWrites,
+                    format!(
+                        "{:?} acknowledged at {} of {group}, but the committed entry there is {payload}",
+                        write.write, write.revision
+                    ),
+                );
+            }
+        }
+        log_agreement(world, group, leader, committed).await;
+    }
+}
+
+/// The last committed entries of every running replica match the leader's.
+async fn log_agreement(world: &World, group: &GroupId, leader: NodeId, committed: u64) {
+    let from = committed.saturating_sub(300).max(1);
+    let Some(reference) = world.entries(leader, group, from, committed + 1).await else {
+        return;
+    };
+    for node in world.holders(group) {
+        if node == leader {
+            continue;
+        }
+        let Some(status) = world.status(node, group) else {
+            continue;
+        };
+        let theirs = status.committed.unwrap_or(0).min(committed);
+        if theirs < from {
+            continue;
+        }
+        let Some(entries) = world.entries(node, group, from, theirs + 1).await else {
+            continue;
+        };
+        for (index, term, payload) in entries {
+            let Some((_, leader_term, leader_payload)) = reference.iter().find(|(i, ..)| *i == index) else {
+                continue;
+            };
+            if term != *leader_term || &payload != leader_payload {
+                world.checks.violation(
+                    Checker::RaftSafety,
+                    format!("{group} entry {index}: {node} committed term {term}, the leader {leader} has term {leader_term}"),
+                );
+            }
+        }
+    }
+}

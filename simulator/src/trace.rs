@@ -1,0 +1,51 @@
+//! The run's trace: one line per event the world decides or observes, stamped with virtual time. Its
+//! hash (FNV-1a over the text) is the determinism witness: the same seed must give the same hash in
+//! any process, on any machine.
+
+use openraft_rt_sim::SimInstant;
+
+use crate::prng::{FNV_OFFSET_BASIS, fnv1a};
+
+pub struct Trace {
+    start: SimInstant,
+    hash: u64,
+    lines: u64,
+    /// Kept only when asked for (`--trace`): a long run's text is large.
+    kept: Option<Vec<String>>,
+}
+
+impl Trace {
+    pub fn new(start: SimInstant, keep: bool) -> Trace {
+        Trace {
+            start,
+            hash: FNV_OFFSET_BASIS,
+            lines: 0,
+            kept: keep.then(Vec::new),
+        }
+    }
+
+    pub fn log(&mut self, now: SimInstant, event: &str) {
+        let micros = (now - self.start).as_micros();
+        let line = format!("{:>6}.{:06} {event}", micros / 1_000_000, micros % 1_000_000);
+        self.hash = fnv1a(self.hash, line.as_bytes());
+        self.hash = fnv1a(self.hash, b"\n");
+        self.lines += 1;
+        if let Some(kept) = &mut self.kept {
+            kept.push(line);
+        }
+    }
+
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    pub fn lines(&self) -> u64 {
+        self.lines
+    }
+
+    pub fn text(&self) -> Option<String> {
+        self.kept
+            .as_ref()
+            .map(|lines| lines.iter().map(|line| format!("{line}\n")).collect())
+    }
+}
