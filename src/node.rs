@@ -44,15 +44,32 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let config = NodeConfig::load(config_path)?;
     let node = Arc::new(Node::start(config).await?);
     let admin = crate::admin::serve(node.clone()).await?;
+    let preference = tokio::spawn(honour_leader_preferences(node.clone()));
     tracing::info!(node = %node.config.node, listen = %node.config.listen, admin = %node.config.admin, "node started");
     wait_for_stop_signal().await?;
     tracing::info!("stopping: handing over leaderships");
     let moved = node.drain().await;
     tracing::info!(moved = moved.len(), "leaderships handed over");
     admin.abort();
+    preference.abort();
     node.host.shutdown().await;
     node.quic.close();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every few seconds, each group this node leads hands leadership to a caught-up voter its policy prefers
+/// (inside the jurisdiction, through the fence), so leaders settle where the policy wants them when healthy.
+async fn honour_leader_preferences(node: Arc<Node>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for group in node.host.hosted_groups() {
+            match node.host.honour_leader_preference(&group).await {
+                Ok(Some(to)) => tracing::info!(%group, %to, "leadership moved to the preferred voter"),
+                Ok(None) => {}
+                Err(error) => tracing::debug!(%group, %error, "leader preference not applied"),
+            }
+        }
+    }
 }
 
 async fn wait_for_stop_signal() -> anyhow::Result<()> {

@@ -318,3 +318,89 @@ fn a_node_with_a_bad_config_or_missing_certificate_refuses_to_start() {
         "{error}"
     );
 }
+
+/// A node stopped with SIGTERM exits cleanly, and restarted on the same data directory it serves what it
+/// stored before: the Raft log and the state machine recover from disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stops_on_sigterm_and_restarts_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    std::fs::write(
+        path("topology.toml"),
+        "[[site]]\nname = \"dublin-a\"\ncountry = \"IE\"\nnodes = [1]\n\n[[group]]\nname = \"users-eu\"\njurisdiction = \"EU\"\nvoters = 1\n",
+    )
+    .unwrap();
+    let certs = path("certs");
+    let certs = certs.to_str().unwrap();
+    let topology = path("topology.toml");
+    for args in [
+        vec!["certs", "init", "--dir", certs],
+        vec![
+            "certs",
+            "node",
+            "--id",
+            "1",
+            "--site",
+            "dublin-a",
+            "--topology",
+            topology.to_str().unwrap(),
+            "--dir",
+            certs,
+        ],
+        vec!["certs", "client", "--name", "tests", "--dir", certs],
+    ] {
+        assert_eq!(domicile(&args).status.code(), Some(0), "{args:?}");
+    }
+    let listen = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = format!(
+        "cluster = \"restart\"\nnode_id = 1\nsite = \"dublin-a\"\ndata_dir = \"data\"\nlisten = \"{listen}\"\nadmin = \"{admin}\"\ntopology = \"topology.toml\"\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/node-1.pem\"\nkey = \"certs/node-1.key\"\n"
+    );
+    std::fs::write(path("node.toml"), config).unwrap();
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_domicile"))
+            .args(["node", "--config", path("node.toml").to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let connect = || async {
+        client::Client::builder()
+            .endpoints([format!("n1@{listen}")])
+            .tls(client::ClientTls::from_dir(certs, "tests").unwrap())
+            .default_jurisdiction("EU")
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .await
+            .unwrap()
+    };
+
+    let mut node = start();
+    let client = connect().await;
+    client
+        .put("user-1", "profile", b"before the restart".to_vec())
+        .await
+        .unwrap();
+    drop(client);
+    // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
+    unsafe { libc::kill(node.id() as libc::pid_t, libc::SIGTERM) };
+    let status = node.wait().unwrap();
+    assert!(status.success(), "a SIGTERM stop is clean: {status:?}");
+
+    let mut node = start();
+    let client = connect().await;
+    let record = client.get("user-1", "profile").await.unwrap();
+    assert_eq!(
+        record.map(|record| record.value),
+        Some(b"before the restart".to_vec())
+    );
+    node.kill().unwrap();
+    node.wait().unwrap();
+}

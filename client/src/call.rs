@@ -208,10 +208,10 @@ impl Client {
                         self.forget_leader(&group);
                         last_error = format!("{group} has no leader at {node} now");
                     }
+                    // Ask another node after a pause: this one holds no replica (or is still opening it).
                     ClientResponse::NotHosted { .. } => {
                         self.forget_leader(&group);
                         last_error = format!("{node} holds no replica of {group}");
-                        continue;
                     }
                     ClientResponse::Unavailable { reason, .. } => last_error = reason,
                     ClientResponse::Residency { reason } => return Err(ClientError::Residency(reason)),

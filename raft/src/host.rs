@@ -358,6 +358,41 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
         Ok(())
     }
 
+    /// Honours the group's leader preference: if this node leads `group` and a voter the policy prefers
+    /// more is inside the jurisdiction and fully caught up, leadership moves to it (through the fence).
+    /// Returns the node it moved to. Never moves leadership to a lagging or less preferred node.
+    pub async fn honour_leader_preference(&self, group: &GroupId) -> Result<Option<NodeId>, HostError> {
+        let replica = self.group(group)?;
+        let metrics = replica.raft.metrics().borrow_watched().clone();
+        let me = self.me.node;
+        if metrics.current_leader != Some(me.0) {
+            return Ok(None);
+        }
+        let policy = &replica.fence.policy;
+        let rank = |node: NodeId| policy.leader_rank(&self.topology, node);
+        let caught_up = |node: NodeId| {
+            let matched = metrics
+                .replication
+                .as_ref()
+                .and_then(|progress| progress.get(&node.0).cloned().flatten());
+            matched.map(|log_id| log_id.index) == metrics.last_log_index
+        };
+        let preferred = membership_of::<C>(&metrics)
+            .voters
+            .iter()
+            .copied()
+            .filter(|&node| node != me && rank(node) < rank(me))
+            .filter(|&node| self.topology.is_inside(node, &policy.jurisdiction) && caught_up(node))
+            .min_by_key(|&node| (rank(node), node));
+        let Some(to) = preferred else { return Ok(None) };
+        self.execute(&Step::TransferLeader {
+            group: group.clone(),
+            to,
+        })
+        .await?;
+        Ok(Some(to))
+    }
+
     /// Asks this node to campaign for leadership of `group` now (failover drills). It still needs a quorum
     /// of votes, and its peers refuse to vote for a candidate outside the jurisdiction.
     pub async fn campaign(&self, group: &GroupId) -> Result<(), HostError> {

@@ -298,3 +298,51 @@ async fn a_group_cut_off_from_its_inside_voters_elects_no_one_outside() {
     assert_eq!(leader, NodeId(1));
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_preferred_leader_takes_over_once_caught_up_and_never_one_outside() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = cluster().await;
+    let eu = group("users-eu");
+    cluster.open("users-eu", &[1, 2], &[]).await;
+    let members = Membership::new([NodeId(1), NodeId(2)], []);
+    let fenced = cluster
+        .node(1)
+        .host
+        .fence(&eu)
+        .unwrap()
+        .admit_change(&Membership::default(), &members)
+        .unwrap();
+    cluster.node(1).host.bootstrap(fenced).await.unwrap();
+    cluster.write("users-eu", &[1, 2], put(1)).await.unwrap();
+    // The policy prefers Dublin B (n2). Whoever leads asks; only a leader that is not preferred moves.
+    let mut moved = None;
+    for _ in 0..100 {
+        let leader = cluster
+            .leader("users-eu", &[1, 2], Duration::from_secs(10))
+            .await
+            .expect("a leader");
+        if leader == NodeId(2) {
+            break;
+        }
+        moved = cluster.nodes[&leader]
+            .host
+            .honour_leader_preference(&eu)
+            .await
+            .unwrap()
+            .or(moved);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let leader = cluster
+        .leader("users-eu", &[1, 2], Duration::from_secs(10))
+        .await
+        .expect("a leader");
+    assert_eq!(leader, NodeId(2), "leadership reached the preferred site");
+    assert!(moved.is_none() || moved == Some(NodeId(2)));
+    // The preferred leader stays put: nobody is preferred over it.
+    assert_eq!(
+        cluster.node(2).host.honour_leader_preference(&eu).await.unwrap(),
+        None
+    );
+    cluster.stop().await;
+}

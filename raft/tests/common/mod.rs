@@ -48,6 +48,7 @@ voters = 3
 name = "users-eu"
 jurisdiction = "EU"
 voters = 2
+leader_preference = ["dublin-b"]
 
 [[group]]
 name = "users-legacy"
