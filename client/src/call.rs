@@ -24,9 +24,8 @@ pub struct Client {
     default_jurisdiction: String,
     timeout: Duration,
     attempts_max: u32,
-    /// Identifies this client's writes for deduplication; random per client.
-    client_id: u64,
-    sequence: AtomicU64,
+    /// Write sessions not in use by a call (see [`Session`]).
+    sessions: Mutex<Vec<Session>>,
     shard_map: BTreeMap<String, Vec<String>>,
     /// The last known leader of each group.
     leaders: Mutex<BTreeMap<String, NodeId>>,
@@ -34,6 +33,60 @@ pub struct Client {
     next_node: AtomicU64,
     /// Nodes that failed to answer recently, and when: skipped while others remain.
     suspects: Mutex<BTreeMap<NodeId, Instant>>,
+}
+
+/// A deduplication identity: the state machine remembers, per client id, the last sequence it applied and
+/// its response, and refuses a sequence older than that one. Concurrent calls through one `Client` would
+/// reach the state machine out of order, so each write call holds a session of its own while it runs — a
+/// session's sequences are then issued and applied one at a time, in order — and a retry of the call
+/// resends the same id and sequence, so it is applied once. Sessions are pooled: a client makes as many as
+/// it has had concurrent writes, each with a random id.
+struct Session {
+    client_id: u64,
+    sequence: u64,
+}
+
+impl Session {
+    fn new() -> Session {
+        // `RandomState::new()` is keyed afresh each time: ids differ across sessions, clients and processes.
+        let client_id = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+        Session {
+            client_id,
+            sequence: 0,
+        }
+    }
+}
+
+/// Returns its session to the pool when the call ends, also when the call's future is dropped: a request
+/// still in flight then carries an older sequence than any later use of the session, so if it arrives
+/// after one, the state machine refuses it rather than applying it out of order.
+struct SessionGuard<'a> {
+    client: &'a Client,
+    session: Option<Session>,
+}
+
+impl SessionGuard<'_> {
+    fn next_write(&mut self) -> WriteId {
+        let session = self
+            .session
+            .as_mut()
+            .expect("a guard holds its session until dropped");
+        session.sequence += 1;
+        WriteId {
+            client_id: session.client_id,
+            sequence: session.sequence,
+        }
+    }
+}
+
+impl Drop for SessionGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take()
+            && let Ok(mut pool) = self.client.sessions.lock()
+        {
+            pool.push(session);
+        }
+    }
 }
 
 /// How long a node that failed to answer is skipped when choosing whom to ask.
@@ -51,15 +104,13 @@ impl Client {
         timeout: Duration,
         attempts_max: u32,
     ) -> Result<Client, ClientError> {
-        let client_id = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
         let mut client = Client {
             dialer,
             nodes,
             default_jurisdiction,
             timeout,
             attempts_max,
-            client_id,
-            sequence: AtomicU64::new(0),
+            sessions: Mutex::new(Vec::new()),
             shard_map: BTreeMap::new(),
             leaders: Mutex::new(BTreeMap::new()),
             next_node: AtomicU64::new(0),
@@ -122,10 +173,17 @@ impl Client {
         self.scoped().scan_user(user_id).await
     }
 
-    fn next_write(&self) -> WriteId {
-        WriteId {
-            client_id: self.client_id,
-            sequence: self.sequence.fetch_add(1, Ordering::Relaxed) + 1,
+    /// A write session for one call, held until the call ends (see [`Session`]).
+    fn session(&self) -> SessionGuard<'_> {
+        let session = self
+            .sessions
+            .lock()
+            .expect("session pool lock")
+            .pop()
+            .unwrap_or_else(Session::new);
+        SessionGuard {
+            client: self,
+            session: Some(session),
         }
     }
 
@@ -321,10 +379,11 @@ pub struct Scoped<'a> {
 
 impl<'a> Scoped<'a> {
     pub async fn put(&self, user_id: &str, record: &str, value: Vec<u8>) -> Result<u64, ClientError> {
+        let mut session = self.client.session();
         let op = ClientOp::Put {
             record: record.into(),
             value,
-            write: self.client.next_write(),
+            write: session.next_write(),
         };
         match self.client.call(self.jurisdiction, user_id, op).await? {
             ClientResult::Written { revision } => Ok(revision),
@@ -346,9 +405,10 @@ impl<'a> Scoped<'a> {
     }
 
     pub async fn delete(&self, user_id: &str, record: &str) -> Result<Option<u64>, ClientError> {
+        let mut session = self.client.session();
         let op = ClientOp::Delete {
             record: record.into(),
-            write: self.client.next_write(),
+            write: session.next_write(),
         };
         match self.client.call(self.jurisdiction, user_id, op).await? {
             ClientResult::Deleted { previous_revision } => Ok(previous_revision),
@@ -363,7 +423,8 @@ impl<'a> Scoped<'a> {
         expected_revision: Option<u64>,
         value: Vec<u8>,
     ) -> Result<u64, ClientError> {
-        let write = self.client.next_write();
+        let mut session = self.client.session();
+        let write = session.next_write();
         let op = ClientOp::CompareAndSet {
             record: record.into(),
             expected_revision,

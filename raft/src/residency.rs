@@ -139,6 +139,10 @@ impl GroupFence {
 
     /// Egress enforcement: may this group's data go to `target`, given the current membership?
     pub fn check_egress(&self, target: NodeId, membership: &Membership) -> Result<(), Refusal> {
+        #[cfg(feature = "canaries")]
+        if canary::egress_off() {
+            return Ok(());
+        }
         if self.topology.site_of(target).is_some()
             && (self.inside(target) || (self.legacy.contains(&target) && membership.contains(target)))
         {
@@ -181,6 +185,24 @@ impl GroupFence {
             RefusalReason::CandidateOutsideJurisdiction,
         );
         Err(self.refuse(Enforcement::Ingress, refusal))
+    }
+}
+
+/// A planted bug for the simulator's `egress-off` canary: the egress fence lets everything through.
+/// Compiled only with the `canaries` feature, which no production build enables; it exists to prove
+/// that the simulator's residency checker catches a fence that is switched off.
+#[cfg(feature = "canaries")]
+pub mod canary {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static EGRESS_OFF: AtomicBool = AtomicBool::new(false);
+
+    pub fn set_egress_off(off: bool) {
+        EGRESS_OFF.store(off, Ordering::Relaxed);
+    }
+
+    pub fn egress_off() -> bool {
+        EGRESS_OFF.load(Ordering::Relaxed)
     }
 }
 

@@ -6,6 +6,7 @@
 //! latency, loss, crash, partition and client operation (the simulator's own [`prng::Prng`]). The same
 //! seed gives the same trace, and so the same `trace_hash`, in any process.
 
+pub mod bulk;
 pub mod checkers;
 pub mod cli;
 pub mod config;

@@ -212,7 +212,13 @@ impl Network {
         self.lock().stats.clone()
     }
 
-    fn incarnation(&self, node: NodeId) -> u64 {
+    /// Latency and bandwidth between two nodes (bulk transfers use the bandwidth).
+    pub fn link(&self, from: NodeId, to: NodeId) -> Link {
+        self.links.link(&self.topology, from, to)
+    }
+
+    /// Bumped at every start and every crash of `node`.
+    pub fn incarnation(&self, node: NodeId) -> u64 {
         self.lock().incarnations.get(&node).copied().unwrap_or(0)
     }
 

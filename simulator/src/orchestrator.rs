@@ -2,8 +2,9 @@
 //! the pure planner (`placement::plan`) what to do given which nodes are down, and executes the next
 //! step of each group on that group's leader through the host (whose fence checks it again).
 //!
-//! `AddLearner` first opens the group on the joining node; `PurgeReplica` forgets the group on the
-//! removed node.
+//! `AddLearner` first opens the group on the joining node (and, when the world models bulk data,
+//! starts copying the group's ranges to it); `PurgeReplica` forgets the group on the removed node (and
+//! deletes its bulk copies, which the conservation checker watches).
 
 use std::collections::BTreeMap;
 
@@ -40,6 +41,16 @@ pub fn observed_placement(world: &World) -> Placement {
 
 /// One round: plan, then execute the first step of every group that has one.
 pub async fn round(world: &World, gate: &(dyn Fn(&World, &Step) -> bool + Sync)) -> Round {
+    round_with(world, gate, false).await
+}
+
+/// One round; with `purge_after_removal`, a removal that took effect is followed at once by the purge
+/// the plan put after it (the next round no longer sees the removed node, so could not purge it).
+pub async fn round_with(
+    world: &World,
+    gate: &(dyn Fn(&World, &Step) -> bool + Sync),
+    purge_after_removal: bool,
+) -> Round {
     let placement = observed_placement(world);
     let mut health = Health::all_up();
     for node in world.down_nodes() {
@@ -65,12 +76,20 @@ pub async fn round(world: &World, gate: &(dyn Fn(&World, &Step) -> bool + Sync))
         }
     }
     let mut done: std::collections::BTreeSet<GroupId> = Default::default();
-    for step in plan.steps {
-        if !done.insert(step.group().clone()) || !gate(world, &step) {
+    for (index, step) in plan.steps.iter().enumerate() {
+        if !done.insert(step.group().clone()) || !gate(world, step) {
             continue;
         }
-        if execute(world, &step).await {
-            outcome.executed.push(step);
+        if !execute(world, step).await {
+            continue;
+        }
+        outcome.executed.push(step.clone());
+        if let (true, Step::RemoveMember { node, .. }) = (purge_after_removal, step)
+            && let Some(purge @ Step::PurgeReplica { node: purged, .. }) = plan.steps.get(index + 1)
+            && purged == node
+            && execute(world, purge).await
+        {
+            outcome.executed.push(purge.clone());
         }
     }
     outcome
@@ -81,6 +100,14 @@ pub async fn execute(world: &World, step: &Step) -> bool {
     let group = step.group().clone();
     match step {
         Step::PurgeReplica { node, .. } => {
+            if let Some(bulk) = &world.bulk {
+                let voters = world
+                    .leader(&group)
+                    .and_then(|(_, host)| host.status(&group).ok())
+                    .map(|status| status.membership.voters)
+                    .unwrap_or_default();
+                bulk.purge(world, &group, *node, &voters);
+            }
             world.drop_replica(*node, &group);
             world.log(format!("step {step:?}: done"));
             return true;
@@ -99,6 +126,9 @@ pub async fn execute(world: &World, step: &Step) -> bool {
     match host.execute(step).await {
         Ok(()) => {
             world.log(format!("step {step:?}: done"));
+            if let (Step::AddLearner { node, .. }, Some(bulk)) = (step, &world.bulk) {
+                bulk.start_transfer(world, &group, *node);
+            }
             true
         }
         Err(error) => {

@@ -24,6 +24,7 @@ use raft::host::{GroupStatus, Host};
 use raft::identity::NodeIdentity;
 use raft::routing::group_number;
 
+use crate::bulk::Bulk;
 use crate::checkers::{Checks, Observer, ReplicaView};
 use crate::config::SimConfig;
 use crate::disk::SimDisk;
@@ -83,6 +84,8 @@ pub struct WorldSpec {
     pub groups: Vec<GroupSpec>,
     pub links: LinkModel,
     pub sync_latency: SyncLatency,
+    /// Modelled bulk data held by the groups' initial voters: (records per group, ranges per group).
+    pub bulk: Option<(u64, u64)>,
 }
 
 struct Running {
@@ -108,6 +111,7 @@ pub struct Inner {
     pub network: Arc<Network>,
     pub checks: Arc<Checks>,
     pub canary: Option<Canary>,
+    pub bulk: Option<Arc<Bulk>>,
     raft_config: Arc<openraft::Config>,
     sync_latency: SyncLatency,
     nodes: Mutex<BTreeMap<NodeId, NodeSlot>>,
@@ -203,6 +207,17 @@ impl World {
                 slot.replicas.insert(group.group.clone());
             }
         }
+        let bulk = spec.bulk.map(|(records, ranges)| {
+            let groups: Vec<(GroupId, BTreeSet<NodeId>)> = spec
+                .groups
+                .iter()
+                .map(|group| (group.group.clone(), group.voters.clone()))
+                .collect();
+            Arc::new(Bulk::new(&groups, records, ranges))
+        });
+        // The planted egress bug lives in production code (`raft::residency`), behind its own feature.
+        #[cfg(feature = "canaries")]
+        raft::residency::canary::set_egress_off(canary == Some(Canary::EgressOff));
         let world = World(Arc::new(Inner {
             topology,
             policies: file.policies.clone(),
@@ -210,6 +225,7 @@ impl World {
             network,
             checks,
             canary,
+            bulk,
             raft_config: raft_config(),
             sync_latency: spec.sync_latency,
             nodes: Mutex::new(nodes),

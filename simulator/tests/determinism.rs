@@ -80,13 +80,14 @@ fn history_is_written_as_jepsen_json_lines() {
     std::fs::remove_file(path).unwrap();
 }
 
-/// Each implemented canary is caught, by the right checker, within a handful of seeds.
+/// Each canary that is caught today (`egress-off` is not yet: see the simulator's README section), by the right checker, within a handful of seeds.
 #[cfg(feature = "canaries")]
 #[test]
 fn planted_bugs_are_caught_by_the_right_checker() {
     for (canary, scenario, checker) in [
         ("ack-before-sync", "chaos", "lost_acked_writes"),
         ("follower-reads", "failover", "linearizability"),
+        ("early-legacy-removal", "migrate", "conservation"),
     ] {
         let caught = (1..=32).any(|seed| {
             let seed = seed.to_string();
