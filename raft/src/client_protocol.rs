@@ -53,13 +53,6 @@ pub enum ClientOp {
     Scan,
 }
 
-impl ClientOp {
-    /// Whether a retry is safe without the caller's help: reads, and writes deduplicated by their write id.
-    pub fn is_idempotent(&self) -> bool {
-        true
-    }
-}
-
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ClientRequest {
     /// Which groups shard each jurisdiction (names only: no keys, no placement).

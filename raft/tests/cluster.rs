@@ -46,9 +46,14 @@ async fn an_eea_group_never_gains_a_us_member_and_survives_losing_its_leader() {
         "{refused}"
     );
 
-    let fence = cluster.node(1).host.fence(&eea).unwrap();
     let members = Membership::new([NodeId(1), NodeId(2), NodeId(3)], []);
-    let fenced = fence.admit_change(&Membership::default(), &members).unwrap();
+    let fenced = cluster
+        .node(1)
+        .host
+        .fence(&eea)
+        .unwrap()
+        .admit_change(&Membership::default(), &members)
+        .unwrap();
     cluster.node(1).host.bootstrap(fenced).await.unwrap();
     let mut acknowledged = Vec::new();
     for sequence in 1..=30 {
@@ -154,16 +159,7 @@ async fn forged_and_outside_messages_are_refused_and_counted() {
     let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
     let cluster = cluster().await;
     let eu = group("users-eu");
-    cluster.open("users-eu", &[1, 2], &[]).await;
-    let members = Membership::new([NodeId(1), NodeId(2)], []);
-    let fenced = cluster
-        .node(1)
-        .host
-        .fence(&eu)
-        .unwrap()
-        .admit_change(&Membership::default(), &members)
-        .unwrap();
-    cluster.node(1).host.bootstrap(fenced).await.unwrap();
+    cluster.create("users-eu", &[1, 2]).await;
     let leader = cluster.write("users-eu", &[1, 2], put(1)).await.unwrap();
 
     // An AppendEntries for the EU group, carrying an entry, as a leader at term 1 would send it.
@@ -304,16 +300,7 @@ async fn the_preferred_leader_takes_over_once_caught_up_and_never_one_outside() 
     let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
     let cluster = cluster().await;
     let eu = group("users-eu");
-    cluster.open("users-eu", &[1, 2], &[]).await;
-    let members = Membership::new([NodeId(1), NodeId(2)], []);
-    let fenced = cluster
-        .node(1)
-        .host
-        .fence(&eu)
-        .unwrap()
-        .admit_change(&Membership::default(), &members)
-        .unwrap();
-    cluster.node(1).host.bootstrap(fenced).await.unwrap();
+    cluster.create("users-eu", &[1, 2]).await;
     cluster.write("users-eu", &[1, 2], put(1)).await.unwrap();
     // The policy prefers Dublin B (n2). Whoever leads asks; only a leader that is not preferred moves.
     let mut moved = None;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Cluster, ONE_CLUSTER_AT_A_TIME, cluster, group};
-use placement::{Membership, NodeId};
+use placement::NodeId;
 use porcupine_rs::{CheckResult, Model, Operation};
 use raft::host::{HostError, ReadConsistency};
 use serde_json::json;
@@ -318,16 +318,7 @@ async fn client(
 async fn a_history_with_a_leader_kill_is_linearizable() {
     let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
     let cluster = Arc::new(cluster().await);
-    cluster.open("users-eea", &[1, 2, 3], &[]).await;
-    let members = Membership::new([NodeId(1), NodeId(2), NodeId(3)], []);
-    let fenced = cluster
-        .node(1)
-        .host
-        .fence(&group("users-eea"))
-        .unwrap()
-        .admit_change(&Membership::default(), &members)
-        .unwrap();
-    cluster.node(1).host.bootstrap(fenced).await.unwrap();
+    cluster.create("users-eea", &[1, 2, 3]).await;
     cluster
         .leader("users-eea", &[1, 2, 3], Duration::from_secs(10))
         .await

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use std::ops::Deref;
 
-use placement::{GroupId, NodeId};
+use placement::{GroupId, Membership, NodeId};
 use raft::host::HostError;
 use raft::identity::Validity;
 use raft::local_cluster::{LocalCluster, LocalNode};
@@ -126,6 +126,20 @@ impl Cluster {
                 .await
                 .unwrap();
         }
+    }
+
+    /// Opens `name` on `voters` and bootstraps it from the first of them, through the fence.
+    pub async fn create(&self, name: &str, voters: &[u64]) {
+        self.open(name, voters, &[]).await;
+        let members = Membership::new(voters.iter().map(|&id| NodeId(id)), []);
+        let first = self.node(voters[0]);
+        let fenced = first
+            .host
+            .fence(&group(name))
+            .unwrap()
+            .admit_change(&Membership::default(), &members)
+            .unwrap();
+        first.host.bootstrap(fenced).await.unwrap();
     }
 
     /// The node that reports itself leader of `name`, among `among`, waiting up to `deadline`.
