@@ -20,7 +20,8 @@
 //! ```
 //!
 //! Guarantees: every call has a deadline (the builder's `timeout`) and fails with
-//! [`ClientError::Timeout`] when it passes; writes carry this client's id and a sequence number, so a retry
+//! [`ClientError::Timeout`] when it passes; writes carry a session id and a sequence number (each
+//! concurrent call holds a session of its own, so `Arc<Client>` may be shared by many tasks), so a retry
 //! after a lost reply is applied once; only such safe retries are made, a bounded number of times with
 //! backoff; a call follows leader hints to the right node. Data goes only to the groups fenced to its
 //! jurisdiction: when there is none, the call fails with [`ClientError::Residency`] instead of storing the
