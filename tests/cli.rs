@@ -319,12 +319,10 @@ fn a_node_with_a_bad_config_or_missing_certificate_refuses_to_start() {
     );
 }
 
-/// A node stopped with SIGTERM exits cleanly, and restarted on the same data directory it serves what it
-/// stored before: the Raft log and the state machine recover from disk.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_stops_on_sigterm_and_restarts_from_disk() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = |name: &str| dir.path().join(name);
+/// A one-node cluster's files in `dir`: topology, CA, node and client certificates, `node.toml`.
+/// Returns the node's QUIC and admin addresses.
+fn single_node(dir: &std::path::Path) -> (std::net::SocketAddr, std::net::SocketAddr) {
+    let path = |name: &str| dir.join(name);
     std::fs::write(
         path("topology.toml"),
         "[[site]]\nname = \"dublin-a\"\ncountry = \"IE\"\nnodes = [1]\n\n[[group]]\nname = \"users-eu\"\njurisdiction = \"EU\"\nvoters = 1\n",
@@ -363,6 +361,18 @@ async fn a_node_stops_on_sigterm_and_restarts_from_disk() {
         "cluster = \"restart\"\nnode_id = 1\nsite = \"dublin-a\"\ndata_dir = \"data\"\nlisten = \"{listen}\"\nadmin = \"{admin}\"\ntopology = \"topology.toml\"\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/node-1.pem\"\nkey = \"certs/node-1.key\"\n"
     );
     std::fs::write(path("node.toml"), config).unwrap();
+    (listen, admin)
+}
+
+/// A node stopped with SIGTERM exits cleanly, and restarted on the same data directory it serves what it
+/// stored before: the Raft log and the state machine recover from disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stops_on_sigterm_and_restarts_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let (listen, _) = single_node(dir.path());
+    let certs = path("certs");
+    let certs = certs.to_str().unwrap();
     let start = || {
         Command::new(env!("CARGO_BIN_EXE_domicile"))
             .args(["node", "--config", path("node.toml").to_str().unwrap()])
@@ -403,4 +413,18 @@ async fn a_node_stops_on_sigterm_and_restarts_from_disk() {
     );
     node.kill().unwrap();
     node.wait().unwrap();
+}
+
+#[test]
+fn a_node_whose_port_is_taken_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (listen, _) = single_node(dir.path());
+    let _squatter = std::net::UdpSocket::bind(listen).unwrap();
+    let output = domicile(&["node", "--config", dir.path().join("node.toml").to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        error.contains(&format!("can't listen on {listen}")) && error.contains("port in use"),
+        "{error}"
+    );
 }
