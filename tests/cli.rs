@@ -374,12 +374,13 @@ async fn a_node_stops_on_sigterm_and_restarts_from_disk() {
     let certs = path("certs");
     let certs = certs.to_str().unwrap();
     let start = || {
-        Command::new(env!("CARGO_BIN_EXE_domicile"))
+        let child = Command::new(env!("CARGO_BIN_EXE_domicile"))
             .args(["node", "--config", path("node.toml").to_str().unwrap()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .unwrap()
+            .unwrap();
+        KillOnDrop(child)
     };
     let connect = || async {
         client::Client::builder()
@@ -400,8 +401,8 @@ async fn a_node_stops_on_sigterm_and_restarts_from_disk() {
         .unwrap();
     drop(client);
     // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
-    unsafe { libc::kill(node.id() as libc::pid_t, libc::SIGTERM) };
-    let status = node.wait().unwrap();
+    unsafe { libc::kill(node.0.id() as libc::pid_t, libc::SIGTERM) };
+    let status = node.0.wait().unwrap();
     assert!(status.success(), "a SIGTERM stop is clean: {status:?}");
 
     let mut node = start();
@@ -411,8 +412,17 @@ async fn a_node_stops_on_sigterm_and_restarts_from_disk() {
         record.map(|record| record.value),
         Some(b"before the restart".to_vec())
     );
-    node.kill().unwrap();
-    node.wait().unwrap();
+    drop(node);
+}
+
+/// A node process this test started, stopped by pid when the test ends, also when an assertion fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
