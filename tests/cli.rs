@@ -405,7 +405,7 @@ async fn a_node_stops_on_sigterm_and_restarts_from_disk() {
     let status = node.0.wait().unwrap();
     assert!(status.success(), "a SIGTERM stop is clean: {status:?}");
 
-    let mut node = start();
+    let node = start();
     let client = connect().await;
     let record = client.get("user-1", "profile").await.unwrap();
     assert_eq!(
