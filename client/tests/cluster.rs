@@ -6,57 +6,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use client::{Client, ClientError, ClientTls};
+mod common;
+
+use client::ClientError;
+use common::{client_of, cluster};
 use placement::NodeId;
-use raft::identity::Validity;
 use raft::local_cluster::LocalCluster;
-
-const TOPOLOGY: &str = r#"
-[[site]]
-name = "dublin-a"
-country = "IE"
-nodes = [1]
-[[site]]
-name = "dublin-b"
-country = "IE"
-nodes = [2]
-[[site]]
-name = "hamar"
-country = "NO"
-nodes = [3]
-[[group]]
-name = "users-eea"
-jurisdiction = "EEA"
-voters = 3
-"#;
-
-async fn cluster(dir: &std::path::Path) -> LocalCluster {
-    let now = time::OffsetDateTime::now_utc();
-    let validity = Validity {
-        not_before: now - time::Duration::hours(1),
-        not_after: now + time::Duration::days(1),
-    };
-    let config = raft::config::group_raft_config("client-test", 50, 300, 600).unwrap();
-    let cluster = LocalCluster::start(TOPOLOGY, dir, validity, Arc::new(config)).unwrap();
-    cluster.create_groups().await.unwrap();
-    cluster
-}
-
-async fn client_of(cluster: &LocalCluster, timeout: Duration) -> Client {
-    let (ca, certificate) = cluster.client_certificate("tests").unwrap();
-    let tls = ClientTls {
-        ca_cert_pem: ca,
-        cert_pem: certificate.cert_pem,
-        key_pem: certificate.key_pem,
-    };
-    Client::builder()
-        .endpoints(cluster.endpoints())
-        .tls(tls)
-        .timeout(timeout)
-        .build()
-        .await
-        .unwrap()
-}
 
 /// The node that reports itself leader, ignoring `stopped` nodes (their last metrics stay frozen).
 async fn leader(cluster: &LocalCluster, stopped: &[NodeId]) -> NodeId {

@@ -9,52 +9,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use client::{Client, ClientTls};
-use raft::identity::Validity;
-use raft::local_cluster::LocalCluster;
+mod common;
 
-const TOPOLOGY: &str = r#"
-[[site]]
-name = "dublin-a"
-country = "IE"
-nodes = [1]
-[[site]]
-name = "dublin-b"
-country = "IE"
-nodes = [2]
-[[site]]
-name = "hamar"
-country = "NO"
-nodes = [3]
-[[group]]
-name = "users-eea"
-jurisdiction = "EEA"
-voters = 3
-"#;
+use common::{client_of, cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_through_one_client_all_succeed_and_read_back() {
     let dir = tempfile::tempdir().unwrap();
-    let now = time::OffsetDateTime::now_utc();
-    let validity = Validity {
-        not_before: now - time::Duration::hours(1),
-        not_after: now + time::Duration::days(1),
-    };
-    let config = openraft::Config::default().validate().unwrap();
-    let cluster = LocalCluster::start(TOPOLOGY, dir.path(), validity, Arc::new(config)).unwrap();
-    cluster.create_groups().await.unwrap();
-    let (ca, certificate) = cluster.client_certificate("concurrent").unwrap();
-    let client = Client::builder()
-        .endpoints(cluster.endpoints())
-        .tls(ClientTls {
-            ca_cert_pem: ca,
-            cert_pem: certificate.cert_pem,
-            key_pem: certificate.key_pem,
-        })
-        .timeout(Duration::from_secs(10))
-        .build()
-        .await
-        .unwrap();
+    let cluster = cluster(dir.path()).await;
+    let client = client_of(&cluster, Duration::from_secs(10)).await;
     let client = Arc::new(client);
 
     let (tasks, writes_per_task) = (64, 8);
