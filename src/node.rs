@@ -19,6 +19,7 @@ use placement::{NodeId, Step, TopologyFile};
 use raft::bootstrap::open_initial_groups;
 use raft::client_protocol::{ClientOp, ClientRequest, Envelope, EnvelopeResponse};
 use raft::config::{TokioConfig, group_raft_config};
+use raft::directory::Directory;
 use raft::host::Host;
 use raft::identity::{CertifiedKey, Peer, check_against_topology, node_identity_of_pem, tls_configs};
 use raft::quic::{Handler, LateHandler, QuicConfig, QuicNode};
@@ -155,6 +156,7 @@ impl Node {
             tuning.election_timeout_max_ms,
         );
         let raft_config = Arc::new(raft_config.context("invalid Raft timing")?);
+        let me = identity.node;
         let host = Arc::new(Host::new(
             identity,
             topology,
@@ -166,7 +168,7 @@ impl Node {
         let router = Router::new(file.policies.values()).context("routing")?;
         let metrics = Arc::new(Metrics::new());
         handler.install(Arc::new(Front {
-            service: NodeService::new(host.clone(), router),
+            service: NodeService::new(host.clone(), Directory::new(me, &file.topology, router)),
             metrics: metrics.clone(),
         }));
 

@@ -2,8 +2,8 @@ use std::collections::BTreeMap;
 use std::future::{Future, IntoFuture};
 use std::hash::BuildHasher;
 use std::pin::Pin;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use placement::NodeId;
@@ -26,7 +26,8 @@ pub struct Client {
     attempts_max: u32,
     /// Write sessions not in use by a call (see [`Session`]).
     sessions: Mutex<Vec<Session>>,
-    shard_map: BTreeMap<String, Vec<String>>,
+    /// Each jurisdiction's published shard map (group names), learnt on first use.
+    shard_maps: Mutex<BTreeMap<String, Arc<Vec<String>>>>,
     /// The last known leader of each group.
     leaders: Mutex<BTreeMap<String, NodeId>>,
     /// Round-robin start for calls without a known leader.
@@ -104,20 +105,26 @@ impl Client {
         timeout: Duration,
         attempts_max: u32,
     ) -> Result<Client, ClientError> {
-        let mut client = Client {
+        let client = Client {
             dialer,
             nodes,
             default_jurisdiction,
             timeout,
             attempts_max,
             sessions: Mutex::new(Vec::new()),
-            shard_map: BTreeMap::new(),
+            shard_maps: Mutex::new(BTreeMap::new()),
             leaders: Mutex::new(BTreeMap::new()),
             next_node: AtomicU64::new(0),
             suspects: Mutex::new(BTreeMap::new()),
         };
-        client.shard_map = client.fetch_shard_map().await?;
-        Ok(client)
+        // Learn the default jurisdiction's map now, so a client that can reach no node fails here; a
+        // jurisdiction with no group is only an error for the calls that use it.
+        let deadline = Instant::now() + client.timeout;
+        let default_jurisdiction = client.default_jurisdiction.clone();
+        match client.shard_map(&default_jurisdiction, deadline).await {
+            Ok(_) | Err(ClientError::Residency(_)) => Ok(client),
+            Err(error) => Err(error),
+        }
     }
 
     /// Calls in another jurisdiction than the default one.
@@ -187,8 +194,16 @@ impl Client {
         }
     }
 
-    async fn fetch_shard_map(&self) -> Result<BTreeMap<String, Vec<String>>, ClientError> {
-        let deadline = Instant::now() + self.timeout;
+    /// The published shard map of `jurisdiction`: cached, or asked of the nodes in turn until one inside
+    /// the jurisdiction answers (nodes outside it hold none of its routing metadata and say so).
+    async fn shard_map(
+        &self,
+        jurisdiction: &str,
+        deadline: Instant,
+    ) -> Result<Arc<Vec<String>>, ClientError> {
+        if let Some(map) = self.shard_maps.lock().expect("shard map lock").get(jurisdiction) {
+            return Ok(map.clone());
+        }
         let mut last_error = String::from("no node answered");
         for attempt in 0..self.attempts_max {
             for &node in &self.nodes {
@@ -199,20 +214,43 @@ impl Client {
                         last_error,
                     });
                 }
-                let request = Envelope::Client(ClientRequest::ShardMap);
-                match tokio::time::timeout(
-                    remaining,
+                let request = Envelope::Client(ClientRequest::ShardMap {
+                    jurisdiction: jurisdiction.to_string(),
+                });
+                let attempt_limit = remaining.min((self.timeout / 4).max(Duration::from_millis(250)));
+                let reply = tokio::time::timeout(
+                    attempt_limit,
                     self.dialer.request::<_, EnvelopeResponse>(node, &request),
                 )
-                .await
-                {
-                    Ok(Ok(EnvelopeResponse::Client(ClientResponse::ShardMap(map)))) => return Ok(map),
+                .await;
+                match reply {
+                    Ok(Ok(EnvelopeResponse::Client(ClientResponse::ShardMap {
+                        jurisdiction: answered,
+                        groups,
+                        ..
+                    }))) if answered == jurisdiction && !groups.is_empty() => {
+                        let map = Arc::new(groups);
+                        let mut maps = self.shard_maps.lock().expect("shard map lock");
+                        return Ok(maps.entry(answered).or_insert(map).clone());
+                    }
+                    Ok(Ok(EnvelopeResponse::Client(ClientResponse::Residency { reason }))) => {
+                        return Err(ClientError::Residency(reason));
+                    }
+                    Ok(Ok(EnvelopeResponse::Client(ClientResponse::Invalid { reason }))) => {
+                        return Err(ClientError::Invalid(reason));
+                    }
                     Ok(Ok(other)) => last_error = format!("{node} answered {other:?}"),
                     Ok(Err(error)) => last_error = error.to_string(),
                     Err(_) => last_error = format!("{node} did not answer in time"),
                 }
             }
             backoff(attempt, deadline).await;
+        }
+        if Instant::now() >= deadline {
+            return Err(ClientError::Timeout {
+                deadline: self.timeout,
+                last_error,
+            });
         }
         Err(ClientError::Unavailable(last_error))
     }
@@ -226,7 +264,7 @@ impl Client {
         op: ClientOp,
     ) -> Result<ClientResult, ClientError> {
         let deadline = Instant::now() + self.timeout;
-        let group = self.route(jurisdiction, user_id)?;
+        let group = self.route(jurisdiction, user_id, deadline).await?;
         let mut last_error = String::from("no attempt made");
         for attempt in 0..self.attempts_max {
             let node = self.target(&group);
@@ -274,7 +312,7 @@ impl Client {
                     ClientResponse::Unavailable { reason, .. } => last_error = reason,
                     ClientResponse::Residency { reason } => return Err(ClientError::Residency(reason)),
                     ClientResponse::Invalid { reason } => return Err(ClientError::Invalid(reason)),
-                    ClientResponse::ShardMap(_) => last_error = "unexpected shard map".into(),
+                    ClientResponse::ShardMap { .. } => last_error = "unexpected shard map".into(),
                 },
                 Ok(Ok(EnvelopeResponse::Peer(_))) => {
                     last_error = format!("{node} answered with a peer response")
@@ -299,19 +337,15 @@ impl Client {
         Err(ClientError::Unavailable(last_error))
     }
 
-    fn route(&self, jurisdiction: &str, user_id: &str) -> Result<String, ClientError> {
-        match self
-            .shard_map
-            .get(jurisdiction)
-            .filter(|groups| !groups.is_empty())
-        {
-            Some(groups) => {
-                Ok(groups[(stable_hash(user_id.as_bytes()) % groups.len() as u64) as usize].clone())
-            }
-            None => Err(ClientError::Residency(format!(
-                "no replica group is fenced to jurisdiction `{jurisdiction}`: the data would have nowhere lawful to live"
-            ))),
-        }
+    /// The group holding `user_id`'s records: the jurisdiction's published map, then a stable hash.
+    async fn route(
+        &self,
+        jurisdiction: &str,
+        user_id: &str,
+        deadline: Instant,
+    ) -> Result<String, ClientError> {
+        let groups = self.shard_map(jurisdiction, deadline).await?;
+        Ok(groups[(stable_hash(user_id.as_bytes()) % groups.len() as u64) as usize].clone())
     }
 
     fn is_suspect(&self, node: NodeId) -> bool {

@@ -4,8 +4,6 @@
 //! Every message is encoded by `storage::codec` inside a checksummed frame. The variant order of each enum
 //! is part of the wire format (append only).
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 use storage::{CommandError, Record, WriteId};
 
@@ -55,8 +53,9 @@ pub enum ClientOp {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ClientRequest {
-    /// Which groups shard each jurisdiction (names only: no keys, no placement).
-    ShardMap,
+    /// The published shard map of one jurisdiction (group names only: no keys, no placement). Only nodes
+    /// inside the jurisdiction hold it; others answer `NotHosted`.
+    ShardMap { jurisdiction: String },
     /// One operation on one user's records, in one jurisdiction.
     Call {
         jurisdiction: String,
@@ -84,7 +83,11 @@ pub enum ClientResult {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ClientResponse {
-    ShardMap(BTreeMap<String, Vec<String>>),
+    ShardMap {
+        jurisdiction: String,
+        epoch: u64,
+        groups: Vec<String>,
+    },
     Done {
         group: String,
         result: ClientResult,

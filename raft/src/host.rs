@@ -38,7 +38,7 @@ use crate::network::{GroupNetworkFactory, MetricsCell, membership_of};
 use crate::residency::{GroupFence, IncidentCounts, Incidents};
 use crate::routing::group_number;
 use crate::stores::Stores;
-use crate::transport::{PeerRequest, PeerResponse, RequestKind, Transport};
+use crate::transport::{PeerRequest, PeerResponse, RequestKind, Transport, TransportError};
 
 /// Bound on one snapshot in flight, in bytes: a sender can't make a receiver buffer more.
 pub const SNAPSHOT_BYTES_MAX: u64 = 1 << 30;
@@ -518,8 +518,77 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
         }
     }
 
+    /// Whether `peer` may read the routing metadata in this node's replica of the request's group: the
+    /// replica must be here (a directory read never opens one), and the metadata is the group's data, so it
+    /// goes only where the group's data may go — the egress fence decides on the peer's attested site, and
+    /// a refusal is an incident. Returns the group and the jurisdiction asked for.
+    pub fn admit_directory_read(
+        &self,
+        peer: &NodeIdentity,
+        request: &PeerRequest,
+    ) -> Result<(GroupId, String), PeerResponse> {
+        let number = request.group;
+        let refuse = |reason: String| PeerResponse::Refused {
+            group: number,
+            reason,
+        };
+        let hosted = self
+            .groups
+            .read()
+            .expect("group table lock")
+            .get(&number)
+            .cloned();
+        let Some(group) = hosted else {
+            return Err(refuse(format!(
+                "{} holds no replica of group {number}",
+                self.me.node
+            )));
+        };
+        let membership = membership_of::<C>(&group.raft.metrics().borrow_watched());
+        if let Err(refusal) = group.fence.check_egress(peer.node, &membership) {
+            return Err(refuse(refusal.to_string()));
+        }
+        let jurisdiction: String = codec::decode(&request.body)
+            .map_err(|error| refuse(format!("undecodable directory read: {error}")))?;
+        let policy = &group.fence.policy;
+        if jurisdiction != policy.jurisdiction.name() {
+            return Err(refuse(format!(
+                "group `{}` keeps the routing metadata of `{}`, not of `{jurisdiction}`",
+                policy.group,
+                policy.jurisdiction.name()
+            )));
+        }
+        Ok((policy.group.clone(), jurisdiction))
+    }
+
+    /// Sends a request of this host's own (not a group's Raft traffic) to a peer.
+    pub async fn ask_peer(&self, to: NodeId, request: PeerRequest) -> Result<PeerResponse, TransportError> {
+        self.transport.send(to, request).await
+    }
+
     /// Serves a message from a peer whose identity the transport authenticated.
     pub async fn handle(&self, peer: &NodeIdentity, request: PeerRequest) -> PeerResponse {
+        if request.kind == RequestKind::DirectoryRead {
+            // Without a service on this endpoint, answer with what the replica holds.
+            let (group, jurisdiction) = match self.admit_directory_read(peer, &request) {
+                Ok(admitted) => admitted,
+                Err(refused) => return refused,
+            };
+            let key = crate::directory::shard_map_key(&jurisdiction);
+            return match self.read(&group, key, ReadConsistency::Stale).await {
+                Ok(read) => match codec::encode(&read.record.map(|record| record.value)) {
+                    Ok(bytes) => PeerResponse::Ok(bytes),
+                    Err(error) => PeerResponse::Failed {
+                        group: request.group,
+                        reason: error.to_string(),
+                    },
+                },
+                Err(error) => PeerResponse::Failed {
+                    group: request.group,
+                    reason: error.to_string(),
+                },
+            };
+        }
         let number = request.group;
         let hosted = self
             .groups
@@ -621,6 +690,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
                 group.fence.check_leader_peer(self.me.node).map_err(refused)?;
                 encode(&raft.handle_transfer_leader(transfer).await.map_err(failed)?)
             }
+            RequestKind::DirectoryRead => Err(Served::Failed("directory reads are served apart".into())),
             RequestKind::SnapshotChunk => {
                 let chunk: SnapshotChunk<C> = decode(&request.body)?;
                 self.check_sender(group, peer, *chunk.vote.leader_id().node_id())?;

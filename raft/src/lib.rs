@@ -13,6 +13,7 @@
 pub mod bootstrap;
 pub mod client_protocol;
 pub mod config;
+pub mod directory;
 pub mod host;
 pub mod identity;
 pub mod local_cluster;

@@ -10,6 +10,7 @@ use placement::{NodeId, TopologyFile};
 
 use crate::bootstrap::open_initial_groups;
 use crate::config::TokioConfig;
+use crate::directory::Directory;
 use crate::host::{Host, HostError};
 use crate::identity::{
     CertifiedKey, ClientIdentity, ClusterCa, IdentityError, NodeIdentity, Validity, tls_configs,
@@ -100,7 +101,8 @@ impl LocalCluster {
                     stores,
                     raft_config.clone(),
                 ));
-                handler.install(Arc::new(NodeService::new(host.clone(), router.clone())));
+                let directory = Directory::new(id, &file.topology, router.clone());
+                handler.install(Arc::new(NodeService::new(host.clone(), directory)));
                 nodes.insert(
                     id,
                     LocalNode {

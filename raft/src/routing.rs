@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use placement::{GroupId, GroupPolicy};
+use placement::{GroupId, GroupPolicy, Jurisdiction};
 
 /// FNV-1a, 64-bit. Stable across versions and platforms by construction.
 pub fn stable_hash(bytes: &[u8]) -> u64 {
@@ -32,16 +32,20 @@ pub enum RoutingError {
     Collision { first: GroupId, second: GroupId },
 }
 
-/// Shard groups per jurisdiction name, each list in group-name order.
+/// Shard groups per jurisdiction name, each list in group-name order: the topology's proposal of each
+/// jurisdiction's shard map (the published map lives in the jurisdiction's directory group, see
+/// [`crate::directory`]).
 #[derive(Clone, Debug, Default)]
 pub struct Router {
     shards: BTreeMap<String, Vec<GroupId>>,
+    jurisdictions: BTreeMap<String, Jurisdiction>,
 }
 
 impl Router {
     pub fn new<'a>(policies: impl IntoIterator<Item = &'a GroupPolicy>) -> Result<Router, RoutingError> {
         let mut shards: BTreeMap<String, Vec<GroupId>> = BTreeMap::new();
         let mut numbers: BTreeMap<u64, GroupId> = BTreeMap::new();
+        let mut jurisdictions = BTreeMap::new();
         for policy in policies {
             if let Some(first) = numbers.insert(group_number(&policy.group), policy.group.clone()) {
                 return Err(RoutingError::Collision {
@@ -49,6 +53,9 @@ impl Router {
                     second: policy.group.clone(),
                 });
             }
+            jurisdictions
+                .entry(policy.jurisdiction.name().to_string())
+                .or_insert_with(|| policy.jurisdiction.clone());
             shards
                 .entry(policy.jurisdiction.name().to_string())
                 .or_default()
@@ -57,7 +64,20 @@ impl Router {
         for groups in shards.values_mut() {
             groups.sort();
         }
-        Ok(Router { shards })
+        Ok(Router {
+            shards,
+            jurisdictions,
+        })
+    }
+
+    /// Every jurisdiction some group is fenced to, by name.
+    pub fn jurisdictions(&self) -> impl Iterator<Item = (&String, &Jurisdiction)> {
+        self.jurisdictions.iter()
+    }
+
+    /// The shard groups of one jurisdiction, in name order (never empty).
+    pub fn shards_of(&self, jurisdiction: &str) -> Option<&Vec<GroupId>> {
+        self.shards.get(jurisdiction).filter(|groups| !groups.is_empty())
     }
 
     /// Every jurisdiction with its shard groups, in name order.

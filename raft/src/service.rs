@@ -2,10 +2,10 @@
 //! nodes (to the [`Host`]) and calls from client services (routed to the user's group).
 //!
 //! Clients may not speak Raft, and nodes' Raft traffic is only accepted from attested nodes. A client call
-//! is routed by its jurisdiction and user id; a jurisdiction with no group fenced to it is refused rather
-//! than stored anywhere else.
+//! is routed by its jurisdiction's published shard map ([`Directory`]) and its user id; a jurisdiction with
+//! no group fenced to it is refused rather than stored anywhere else, and a node outside the jurisdiction,
+//! which holds none of its routing metadata, sends the client elsewhere.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,21 +17,21 @@ use crate::client_protocol::{
     ClientOp, ClientRequest, ClientResponse, ClientResult, Consistency, Envelope, EnvelopeResponse,
 };
 use crate::config::GroupConfig;
+use crate::directory::{Directory, DirectoryError, is_reserved_user};
 use crate::host::{Host, HostError, ReadConsistency};
-use crate::identity::Peer;
+use crate::identity::{NodeIdentity, Peer};
 use crate::quic::Handler;
-use crate::routing::{Router, RoutingError};
 use crate::stores::Stores;
-use crate::transport::{PeerResponse, Transport};
+use crate::transport::{PeerRequest, PeerResponse, RequestKind, Transport};
 
 pub struct NodeService<C: GroupConfig, T: Transport, S: Stores<C>> {
     host: Arc<Host<C, T, S>>,
-    router: Router,
+    directory: Directory,
 }
 
 impl<C: GroupConfig, T: Transport, S: Stores<C>> NodeService<C, T, S> {
-    pub fn new(host: Arc<Host<C, T, S>>, router: Router) -> Self {
-        NodeService { host, router }
+    pub fn new(host: Arc<Host<C, T, S>>, directory: Directory) -> Self {
+        NodeService { host, directory }
     }
 
     pub fn host(&self) -> &Arc<Host<C, T, S>> {
@@ -40,18 +40,15 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> NodeService<C, T, S> {
 
     pub async fn serve_client(&self, request: ClientRequest) -> ClientResponse {
         match request {
-            ClientRequest::ShardMap => {
-                let map: BTreeMap<String, Vec<String>> = self
-                    .router
-                    .shards()
-                    .map(|(jurisdiction, groups)| {
-                        (
-                            jurisdiction.clone(),
-                            groups.iter().map(|group| group.0.clone()).collect(),
-                        )
-                    })
-                    .collect();
-                ClientResponse::ShardMap(map)
+            ClientRequest::ShardMap { jurisdiction } => {
+                match self.directory.shard_map(&self.host, &jurisdiction).await {
+                    Ok(map) => ClientResponse::ShardMap {
+                        jurisdiction,
+                        epoch: map.epoch,
+                        groups: map.shards.iter().map(|group| group.0.clone()).collect(),
+                    },
+                    Err(error) => directory_refusal(error),
+                }
             }
             ClientRequest::Call {
                 jurisdiction,
@@ -62,18 +59,14 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> NodeService<C, T, S> {
     }
 
     async fn call(&self, jurisdiction: String, user_id: String, op: ClientOp) -> ClientResponse {
-        let group = match self.router.route(&jurisdiction, &user_id) {
-            Ok(group) => group.clone(),
-            Err(error @ RoutingError::NoGroup(_)) => {
-                return ClientResponse::Residency {
-                    reason: format!("{error}: the data would have nowhere lawful to live"),
-                };
-            }
-            Err(error) => {
-                return ClientResponse::Invalid {
-                    reason: error.to_string(),
-                };
-            }
+        if is_reserved_user(&user_id) {
+            return ClientResponse::Invalid {
+                reason: "user ids starting with a NUL byte are reserved for the system".into(),
+            };
+        }
+        let group = match self.directory.shard_map(&self.host, &jurisdiction).await {
+            Ok(map) => map.route(&user_id).clone(),
+            Err(error) => return directory_refusal(error),
         };
         let key = |record: String| RecordKey::new(jurisdiction.clone(), user_id.clone(), record);
         let outcome = match op {
@@ -153,6 +146,33 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> NodeService<C, T, S> {
         }
     }
 
+    /// A peer inside the jurisdiction asks for the shard map this node's directory replica holds. If none
+    /// is published yet and this node leads the directory group, it publishes the topology's proposal
+    /// first: so a map gets published however clients and peers happen to be spread over the nodes.
+    async fn serve_directory_read(&self, peer: &NodeIdentity, request: PeerRequest) -> PeerResponse {
+        let (directory, jurisdiction) = match self.host.admit_directory_read(peer, &request) {
+            Ok(admitted) => admitted,
+            Err(refused) => return refused,
+        };
+        let failed = |reason: String| PeerResponse::Failed {
+            group: request.group,
+            reason,
+        };
+        let stored = match self
+            .directory
+            .read_own_replica(&self.host, &jurisdiction, &directory)
+            .await
+        {
+            Ok(map) => map.map(|map| map.encode()).transpose(),
+            Err(error) => Err(error),
+        };
+        match stored.map(|stored| storage::codec::encode(&stored)) {
+            Ok(Ok(bytes)) => PeerResponse::Ok(bytes),
+            Ok(Err(error)) => failed(error.to_string()),
+            Err(error) => failed(error.to_string()),
+        }
+    }
+
     async fn write(&self, group: &GroupId, command: Command) -> Result<ClientResult, HostError> {
         Ok(match self.host.write(group, command).await? {
             Response::Written { revision } => ClientResult::Written { revision },
@@ -170,6 +190,27 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> NodeService<C, T, S> {
     }
 }
 
+/// What a client is told when the shard map can't be had here.
+fn directory_refusal(error: DirectoryError) -> ClientResponse {
+    match error {
+        DirectoryError::NoGroup(_) => ClientResponse::Residency {
+            reason: error.to_string(),
+        },
+        DirectoryError::Outside { directory, .. } => ClientResponse::NotHosted { group: directory.0 },
+        DirectoryError::Unavailable { ref directory, .. } => ClientResponse::Unavailable {
+            group: directory.0.clone(),
+            reason: error.to_string(),
+        },
+        DirectoryError::Corrupt { .. } => {
+            tracing::error!(%error, "refusing to route by a damaged shard map");
+            ClientResponse::Unavailable {
+                group: String::new(),
+                reason: error.to_string(),
+            }
+        }
+    }
+}
+
 /// Raft traffic only from attested nodes; client calls from anyone the CA certified.
 pub async fn route_envelope<C: GroupConfig, T: Transport, S: Stores<C>>(
     host: &Host<C, T, S>,
@@ -178,9 +219,12 @@ pub async fn route_envelope<C: GroupConfig, T: Transport, S: Stores<C>>(
     envelope: Envelope,
 ) -> EnvelopeResponse {
     match (envelope, peer) {
-        (Envelope::Peer(request), Peer::Node(node)) => {
-            EnvelopeResponse::Peer(host.handle(&node, request).await)
-        }
+        (Envelope::Peer(request), Peer::Node(node)) => EnvelopeResponse::Peer(match service {
+            Some(service) if request.kind == RequestKind::DirectoryRead => {
+                service.serve_directory_read(&node, request).await
+            }
+            _ => host.handle(&node, request).await,
+        }),
         (Envelope::Peer(request), Peer::Client(client)) => EnvelopeResponse::Peer(PeerResponse::Refused {
             group: request.group,
             reason: format!("client `{}` may not speak Raft", client.name),

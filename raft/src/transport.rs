@@ -20,6 +20,9 @@ pub enum RequestKind {
     SnapshotChunk,
     PreVote,
     TransferLeader,
+    /// A node inside a jurisdiction asks for the shard map its replica of the directory group holds
+    /// (`crate::directory`); the jurisdiction's name in the body.
+    DirectoryRead,
 }
 
 impl RequestKind {
@@ -30,6 +33,7 @@ impl RequestKind {
             RequestKind::SnapshotChunk => "snapshot_chunk",
             RequestKind::PreVote => "pre_vote",
             RequestKind::TransferLeader => "transfer_leader",
+            RequestKind::DirectoryRead => "directory_read",
         }
     }
 }

@@ -1,0 +1,176 @@
+//! Each jurisdiction's routing metadata lives in a group fenced to it: published once by the directory
+//! group, learnt by nodes inside from their replica or a peer, refused to nodes outside.
+//!
+//! Waiting polls with a deadline on tokio's clock (real sockets); no assertion is on a duration.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ONE_CLUSTER_AT_A_TIME, cluster, group};
+use placement::{GroupId, NodeId};
+use raft::client_protocol::{
+    ClientOp, ClientRequest, ClientResponse, Consistency, Envelope, EnvelopeResponse,
+};
+use raft::directory::{ShardMap, shard_map_key};
+use raft::host::ReadConsistency;
+use raft::routing::group_number;
+use raft::transport::{PeerRequest, PeerResponse, RequestKind};
+
+async fn ask(cluster: &common::Cluster, from: u64, to: u64, request: ClientRequest) -> ClientResponse {
+    let reply = cluster
+        .node(from)
+        .quic
+        .request(NodeId(to), &Envelope::Client(request))
+        .await
+        .unwrap();
+    match reply {
+        EnvelopeResponse::Client(response) => response,
+        other => panic!("a client request got {other:?}"),
+    }
+}
+
+fn shard_map_request(jurisdiction: &str) -> ClientRequest {
+    ClientRequest::ShardMap {
+        jurisdiction: jurisdiction.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jurisdictions_shard_map_is_published_in_its_directory_group_and_kept_from_outside() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = cluster().await;
+    // The EEA's shards by name are users-eea and users-legacy: users-eea is its directory group. It is
+    // created on the three EEA nodes; node 3 (Hamar) asks, whichever of them leads.
+    cluster.create("users-eea", &[1, 2, 3]).await;
+    cluster
+        .leader("users-eea", &[1, 2, 3], Duration::from_secs(10))
+        .await
+        .expect("the directory group elects a leader");
+
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(15);
+    let (epoch, groups) = loop {
+        match ask(&cluster, 3, 3, shard_map_request("EEA")).await {
+            ClientResponse::ShardMap {
+                jurisdiction,
+                epoch,
+                groups,
+            } => {
+                assert_eq!(jurisdiction, "EEA");
+                break (epoch, groups);
+            }
+            ClientResponse::Unavailable { .. } if tokio::time::Instant::now() < give_up => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("node 3 could not learn the EEA map: {other:?}"),
+        }
+    };
+    assert_eq!(epoch, 1);
+    assert_eq!(groups, ["users-eea", "users-legacy"]);
+
+    // The map is a record of the directory group, replicated to its members: every EEA replica holds it.
+    let directory = group("users-eea");
+    for id in [1, 2, 3] {
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
+        let stored = loop {
+            let read = cluster
+                .node(id)
+                .host
+                .read(&directory, shard_map_key("EEA"), ReadConsistency::Stale)
+                .await
+                .unwrap();
+            match read.record {
+                Some(record) => break record,
+                None if tokio::time::Instant::now() < give_up => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                None => panic!("node {id} never received the published map"),
+            }
+        };
+        let map = ShardMap::decode("EEA", &stored.value).unwrap();
+        assert_eq!(
+            map.shards,
+            [GroupId("users-eea".into()), GroupId("users-legacy".into())]
+        );
+        // Damage is named, never routed by.
+        let mut damaged = stored.value.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 0x40;
+        assert!(ShardMap::decode("EEA", &damaged).is_err());
+        assert!(
+            ShardMap::decode("EU", &stored.value).is_err(),
+            "sealed to its jurisdiction"
+        );
+    }
+
+    // The US node holds none of the EEA's routing metadata: it sends clients elsewhere, for the map and
+    // for calls alike, and never asks an EEA node for it.
+    assert!(
+        matches!(ask(&cluster, 1, 4, shard_map_request("EEA")).await, ClientResponse::NotHosted { group } if group == "users-eea")
+    );
+    let call = ClientRequest::Call {
+        jurisdiction: "EEA".into(),
+        user_id: "alice".into(),
+        op: ClientOp::Get {
+            record: "email".into(),
+            consistency: Consistency::Stale,
+        },
+    };
+    assert!(matches!(
+        ask(&cluster, 1, 4, call).await,
+        ClientResponse::NotHosted { .. }
+    ));
+
+    // Asked anyway, by the US node's own certificate: the egress fence refuses, and it is an incident.
+    let blocked_before: u64 = [1, 2, 3]
+        .iter()
+        .map(|&id| cluster.node(id).host.incidents().egress_blocked)
+        .sum();
+    let read = PeerRequest {
+        group: group_number(&directory),
+        kind: RequestKind::DirectoryRead,
+        carries_data: false,
+        body: storage::codec::encode("EEA").unwrap(),
+    };
+    let reply = cluster
+        .node(4)
+        .host
+        .ask_peer(NodeId(1), read.clone())
+        .await
+        .unwrap();
+    let PeerResponse::Refused { reason, .. } = reply else {
+        panic!("an EEA node gave the EEA shard map to a US node: {reply:?}")
+    };
+    assert!(reason.contains("ashburn") && reason.contains("EEA"), "{reason}");
+    let blocked_after: u64 = [1, 2, 3]
+        .iter()
+        .map(|&id| cluster.node(id).host.incidents().egress_blocked)
+        .sum();
+    assert_eq!(blocked_after, blocked_before + 1);
+
+    // A directory read never opens a replica: node 5 (US) has none of users-eea and says so.
+    let reply = cluster.node(1).host.ask_peer(NodeId(5), read).await.unwrap();
+    assert!(matches!(reply, PeerResponse::Refused { .. }), "{reply:?}");
+    assert!(!cluster.node(5).host.hosted_groups().contains(&directory));
+
+    // A jurisdiction no group is fenced to has no map anywhere: a residency refusal, not a retry.
+    assert!(matches!(
+        ask(&cluster, 1, 1, shard_map_request("US")).await,
+        ClientResponse::Residency { .. }
+    ));
+    // The directory's reserved user id is not a client's to use.
+    let forged = ClientRequest::Call {
+        jurisdiction: "EEA".into(),
+        user_id: "\u{0}directory".into(),
+        op: ClientOp::Get {
+            record: "shard-map".into(),
+            consistency: Consistency::Stale,
+        },
+    };
+    assert!(matches!(
+        ask(&cluster, 1, 1, forged).await,
+        ClientResponse::Invalid { .. }
+    ));
+    cluster.stop().await;
+}
