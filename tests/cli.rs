@@ -1,14 +1,11 @@
 //! The CLI as an operator runs it: the real binary against the example topology in `deploy/`.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
 
-fn domicile(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_domicile"))
-        .args(args)
-        .output()
-        .expect("the domicile binary runs")
-}
+use std::path::PathBuf;
+use std::process::Output;
+
+use common::{cluster_files, domicile};
 
 fn example() -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -319,49 +316,10 @@ fn a_node_with_a_bad_config_or_missing_certificate_refuses_to_start() {
     );
 }
 
-/// A one-node cluster's files in `dir`: topology, CA, node and client certificates, `node.toml`.
-/// Returns the node's QUIC and admin addresses.
-fn single_node(dir: &std::path::Path) -> (std::net::SocketAddr, std::net::SocketAddr) {
-    let path = |name: &str| dir.join(name);
-    std::fs::write(
-        path("topology.toml"),
-        "[[site]]\nname = \"dublin-a\"\ncountry = \"IE\"\nnodes = [1]\n\n[[group]]\nname = \"users-eu\"\njurisdiction = \"EU\"\nvoters = 1\n",
-    )
-    .unwrap();
-    let certs = path("certs");
-    let certs = certs.to_str().unwrap();
-    let topology = path("topology.toml");
-    for args in [
-        vec!["certs", "init", "--dir", certs],
-        vec![
-            "certs",
-            "node",
-            "--id",
-            "1",
-            "--site",
-            "dublin-a",
-            "--topology",
-            topology.to_str().unwrap(),
-            "--dir",
-            certs,
-        ],
-        vec!["certs", "client", "--name", "tests", "--dir", certs],
-    ] {
-        assert_eq!(domicile(&args).status.code(), Some(0), "{args:?}");
-    }
-    let listen = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let config = format!(
-        "cluster = \"restart\"\nnode_id = 1\nsite = \"dublin-a\"\ndata_dir = \"data\"\nlisten = \"{listen}\"\nadmin = \"{admin}\"\ntopology = \"topology.toml\"\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/node-1.pem\"\nkey = \"certs/node-1.key\"\n"
-    );
-    std::fs::write(path("node.toml"), config).unwrap();
-    (listen, admin)
+/// A one-node cluster's files in `dir` (see `common::cluster_files`).
+fn single_node(dir: &std::path::Path) -> common::NodeFiles {
+    let topology = "[[site]]\nname = \"dublin-a\"\ncountry = \"IE\"\nnodes = [1]\n\n[[group]]\nname = \"users-eu\"\njurisdiction = \"EU\"\nvoters = 1\n";
+    cluster_files(dir, "restart", topology, &[(1, "dublin-a")]).remove(0)
 }
 
 /// A node stopped with SIGTERM exits cleanly, and restarted on the same data directory it serves what it
@@ -370,18 +328,11 @@ fn single_node(dir: &std::path::Path) -> (std::net::SocketAddr, std::net::Socket
 async fn a_node_stops_on_sigterm_and_restarts_from_disk() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name);
-    let (listen, _) = single_node(dir.path());
+    let node_files = single_node(dir.path());
+    let listen = node_files.listen;
     let certs = path("certs");
     let certs = certs.to_str().unwrap();
-    let start = || {
-        let child = Command::new(env!("CARGO_BIN_EXE_domicile"))
-            .args(["node", "--config", path("node.toml").to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        KillOnDrop(child)
-    };
+    let start = || node_files.start();
     let connect = || async {
         client::Client::builder()
             .endpoints([format!("n1@{listen}")])
@@ -415,22 +366,16 @@ async fn a_node_stops_on_sigterm_and_restarts_from_disk() {
     drop(node);
 }
 
-/// A node process this test started, stopped by pid when the test ends, also when an assertion fails.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_node_whose_port_is_taken_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let (listen, _) = single_node(dir.path());
+    let listen = single_node(dir.path()).listen;
     let _squatter = std::net::UdpSocket::bind(listen).unwrap();
-    let output = domicile(&["node", "--config", dir.path().join("node.toml").to_str().unwrap()]);
+    let output = domicile(&[
+        "node",
+        "--config",
+        dir.path().join("node-1.toml").to_str().unwrap(),
+    ]);
     assert_eq!(output.status.code(), Some(2));
     let error = String::from_utf8_lossy(&output.stderr);
     assert!(

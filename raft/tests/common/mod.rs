@@ -18,6 +18,8 @@ use raft::local_cluster::{LocalCluster, LocalNode};
 use storage::{Command, RecordKey, WriteId};
 use time::OffsetDateTime;
 
+pub mod jepsen;
+
 pub const TOPOLOGY: &str = r#"
 [[site]]
 name = "dublin-a"
