@@ -34,6 +34,10 @@ pub struct Metrics {
     egress_blocked: Counter<u64, AtomicU64>,
     ingress_refused: Counter<u64, AtomicU64>,
     pub request_seconds: Family<OpLabel, Histogram>,
+    /// Membership steps the repair driver executed (replacing members found down).
+    pub repair_steps: Family<GroupLabel, Counter>,
+    /// 1 while a group this node leads has members down and no replacement inside its jurisdiction.
+    pub under_replicated: Family<GroupLabel, Gauge>,
     /// Last seen leader per group and last exported incident counts, to turn snapshots into counters.
     seen: Mutex<(BTreeMap<String, Option<u64>>, IncidentCounts)>,
 }
@@ -91,8 +95,22 @@ impl Metrics {
             "Client requests served by this node",
             request_seconds.clone(),
         );
+        let repair_steps = Family::<GroupLabel, Counter>::default();
+        registry.register(
+            "repair_steps",
+            "Membership steps executed to replace members found down (inside the jurisdiction)",
+            repair_steps.clone(),
+        );
+        let under_replicated = Family::<GroupLabel, Gauge>::default();
+        registry.register(
+            "group_under_replicated",
+            "1 if a group this node leads has members down and no replacement inside its jurisdiction",
+            under_replicated.clone(),
+        );
         Metrics {
             registry,
+            repair_steps,
+            under_replicated,
             has_leader,
             is_leader,
             leader_changes,

@@ -23,11 +23,12 @@ use raft::directory::Directory;
 use raft::host::Host;
 use raft::identity::{CertifiedKey, Peer, check_against_topology, node_identity_of_pem, tls_configs};
 use raft::quic::{Handler, LateHandler, QuicConfig, QuicNode};
+use raft::repair::{Repair, Repairer};
 use raft::routing::Router;
 use raft::service::NodeService;
 use raft::stores::DiskStores;
 
-use crate::metrics::{Metrics, OpLabel};
+use crate::metrics::{GroupLabel, Metrics, OpLabel};
 use crate::node_config::NodeConfig;
 
 pub type NodeHost = Host<TokioConfig, QuicNode, DiskStores>;
@@ -46,6 +47,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let node = Arc::new(Node::start(config).await?);
     let admin = crate::admin::serve(node.clone()).await?;
     let preference = tokio::spawn(honour_leader_preferences(node.clone()));
+    let repair = tokio::spawn(repair_groups(node.clone()));
     tracing::info!(node = %node.config.node, listen = %node.config.listen, admin = %node.config.admin, "node started");
     wait_for_stop_signal().await?;
     tracing::info!("stopping: handing over leaderships");
@@ -53,6 +55,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     tracing::info!(moved = moved.len(), "leaderships handed over");
     admin.abort();
     preference.abort();
+    repair.abort();
     node.host.shutdown().await;
     node.quic.close();
     Ok(ExitCode::SUCCESS)
@@ -69,6 +72,38 @@ async fn honour_leader_preferences(node: Arc<Node>) {
                 Ok(None) => {}
                 Err(error) => tracing::debug!(%group, %error, "leader preference not applied"),
             }
+        }
+    }
+}
+
+/// Every second, each group this node leads replaces members that stopped answering with nodes inside its
+/// jurisdiction, or reports itself under-replicated (see `raft::repair`).
+async fn repair_groups(node: Arc<Node>) {
+    let down_after = node.config.raft.repair_down_after_ms;
+    if down_after == 0 {
+        return;
+    }
+    let repairer = Repairer::<TokioConfig>::new(Duration::from_millis(down_after));
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let outcomes = repairer.round(&node.host).await;
+        for group in node.host.hosted_groups() {
+            let Some(policy) = node.file.policies.get(&group) else {
+                continue;
+            };
+            let label = GroupLabel {
+                group: group.0.clone(),
+                jurisdiction: policy.jurisdiction.name().to_string(),
+            };
+            let outcome = outcomes.get(&group);
+            if let Some(Repair::Executed(_)) = outcome {
+                node.metrics.repair_steps.get_or_create(&label).inc();
+            }
+            let under = matches!(outcome, Some(Repair::UnderReplicated { .. }));
+            node.metrics
+                .under_replicated
+                .get_or_create(&label)
+                .set(i64::from(under));
         }
     }
 }

@@ -56,6 +56,9 @@ pub struct RaftTuning {
     pub heartbeat_interval_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
+    /// A member whose heartbeats go unacknowledged this long is replaced, inside the jurisdiction, by the
+    /// group's leader (0: never; replacements are then only made on an operator's request).
+    pub repair_down_after_ms: u64,
 }
 
 impl Default for RaftTuning {
@@ -64,6 +67,7 @@ impl Default for RaftTuning {
             heartbeat_interval_ms: 100,
             election_timeout_min_ms: 500,
             election_timeout_max_ms: 1000,
+            repair_down_after_ms: 5000,
         }
     }
 }

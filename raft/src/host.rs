@@ -490,6 +490,11 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
         })
     }
 
+    /// openraft's metrics of a hosted group, as of now.
+    pub fn raft_metrics(&self, group: &GroupId) -> Result<openraft::RaftMetrics<C>, HostError> {
+        Ok(self.group(group)?.raft.metrics().borrow_watched().clone())
+    }
+
     pub fn status(&self, group: &GroupId) -> Result<GroupStatus, HostError> {
         let replica = self.group(group)?;
         let metrics = replica.raft.metrics().borrow_watched().clone();

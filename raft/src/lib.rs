@@ -20,6 +20,7 @@ pub mod local_cluster;
 pub mod message;
 pub mod network;
 pub mod quic;
+pub mod repair;
 pub mod residency;
 pub mod routing;
 pub mod service;

@@ -84,13 +84,18 @@ pub fn raft_config() -> Arc<openraft::Config> {
 pub static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 pub async fn cluster() -> Cluster {
+    cluster_of(TOPOLOGY).await
+}
+
+/// A local cluster of another topology.
+pub async fn cluster_of(topology: &str) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let now = OffsetDateTime::now_utc();
     let validity = Validity {
         not_before: now - time::Duration::hours(1),
         not_after: now + time::Duration::days(1),
     };
-    let local = LocalCluster::start(TOPOLOGY, dir.path(), validity, raft_config()).unwrap();
+    let local = LocalCluster::start(topology, dir.path(), validity, raft_config()).unwrap();
     Cluster { local, _dir: dir }
 }
 
