@@ -6,10 +6,11 @@
 //! once it has caught up. One step per round, re-planned from the membership openraft then holds, so a
 //! round that fails or races another change just leaves the next round to try again.
 //!
-//! Repair only: a round with no member down does nothing, so a migration (moving legacy members out) stays
-//! the operator's decision, made with `placement plan` and executed on request. What the planner can't
-//! fix — no healthy node left inside the jurisdiction, a lost quorum — is reported and logged as
-//! under-replication, never worked around: the fence admits no replacement outside.
+//! Repair only: a round with no member down does nothing, and a group that still has legacy members (being
+//! migrated) is left alone, so a migration stays the operator's decision, made with `placement plan` and
+//! executed on request. What the planner can't fix — no healthy node left inside the jurisdiction, a lost
+//! quorum — is reported and logged as under-replication, never worked around: the fence admits no
+//! replacement outside.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -37,6 +38,10 @@ pub enum Repair {
     Executed(Step),
     /// A new voter is still catching up: promoted in a later round.
     CatchingUp(NodeId),
+    /// Members are down, but the group still has legacy members outside its jurisdiction: it is being
+    /// migrated, and its membership changes are the operator's (the planner's next step might be a
+    /// migration step, not a repair).
+    Migrating { down: Vec<NodeId> },
     /// Members are down and the planner can't replace them (the problems say why).
     UnderReplicated {
         down: Vec<NodeId>,
@@ -134,6 +139,10 @@ impl<C: GroupConfig> Repairer<C> {
             return Ok(Repair::Healthy);
         }
         let fence = host.fence(group)?;
+        if membership.members().any(|node| fence.is_legacy(node)) {
+            tracing::warn!(%group, ?down, "members down in a migrating group: left to the operator");
+            return Ok(Repair::Migrating { down });
+        }
         let policies = BTreeMap::from([(group.clone(), fence.policy.clone())]);
         let current = BTreeMap::from([(
             group.clone(),
