@@ -3,8 +3,9 @@
 //! redb, only keeps its durable commits across a crash.
 //!
 //! Group commit is driven by a task on the deterministic runtime: it waits until something is
-//! written, lets the simulated fdatasync take its time, and calls [`CommitQueue::sync_pending`] —
-//! the same queue production drives from its sync thread.
+//! accepted into the log, lets the simulated fdatasync take its time, and calls
+//! [`LogEngine::sync_pending`] (write the log's buffer, sync, acknowledge) — the same round
+//! production's sync thread runs.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -132,7 +133,11 @@ impl SimStores {
         };
         let engine = LogEngine::open(handle, config).map_err(|error| error.to_string())?;
         let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let queue = engine.commit_queue();
+        let notified = wake.clone();
+        engine
+            .commit_queue()
+            .set_notify(Arc::new(move || notified.notify_one()));
+        let driven = engine.clone();
         let driver_alive = alive.clone();
         let driver_wake = wake.clone();
         // Bounded by the incarnation: it stops once the node dies (`kill` wakes it to notice).
@@ -146,9 +151,9 @@ impl SimStores {
                 };
                 SimRuntime::sleep(Duration::from_micros(micros)).await;
                 // On a detached disk this fails every waiter, so nothing waits forever.
-                queue.sync_pending();
+                driven.sync_pending();
             }
-            queue.sync_pending();
+            driven.sync_pending();
         }));
         Ok(SimStores {
             engine,

@@ -101,8 +101,9 @@ type SharedLog = Arc<tokio::sync::Mutex<(GroupLog<BenchConfig, FsDisk>, u64)>>;
 
 struct Appending {
     runtime: tokio::runtime::Runtime,
+    engine: Arc<LogEngine<FsDisk>>,
     logs: Vec<SharedLog>,
-    _sync: storage::group_commit::SyncThread<File>,
+    _sync: storage::group_commit::SyncThread,
     _dir: tempfile::TempDir,
 }
 
@@ -120,6 +121,7 @@ fn appending(groups: u64) -> Appending {
         .unwrap();
     Appending {
         runtime,
+        engine,
         logs,
         _sync: sync,
         _dir: dir,
@@ -175,9 +177,21 @@ fn append_with(c: &mut Criterion, name: &str, entries_per_append: u64) {
     for groups in [1u64, 16] {
         for appenders in [1u64, 16, 64] {
             let setup = appending(groups);
-            group.bench_function(format!("appenders_{appenders}_groups_{groups}"), |b| {
+            let name = format!("appenders_{appenders}_groups_{groups}");
+            group.bench_function(&name, |b| {
                 b.iter_custom(|iters| run_appends(&setup, appenders, iters, entries_per_append))
             });
+            // How well appends shared syncs, over warm-up and measurement alike.
+            let entries: u64 = setup
+                .logs
+                .iter()
+                .map(|log| setup.runtime.block_on(log.lock()).1)
+                .sum();
+            let syncs = setup.engine.commit_queue().sync_count().max(1);
+            eprintln!(
+                "{name}: {entries} entries in {syncs} syncs, {:.1} entries per sync",
+                entries as f64 / syncs as f64
+            );
         }
     }
     group.finish();

@@ -22,8 +22,8 @@ use storage::state_machine::Execution;
 use storage::state_machine::StateMachine;
 
 /// Keeps a store's directory and sync thread alive for the duration of one suite case.
-struct Guard<F: storage::group_commit::SyncFile> {
-    _sync: SyncThread<F>,
+struct Guard {
+    _sync: SyncThread,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -34,14 +34,14 @@ impl
         TestConfig,
         GroupLog<TestConfig, FsDisk>,
         StateMachine<TestConfig, RedbBackend>,
-        Guard<std::fs::File>,
+        Guard,
     > for FileStores
 {
     async fn build(
         &self,
     ) -> Result<
         (
-            Guard<std::fs::File>,
+            Guard,
             GroupLog<TestConfig, FsDisk>,
             StateMachine<TestConfig, RedbBackend>,
         ),
@@ -80,14 +80,14 @@ impl
         TestConfig,
         GroupLog<TestConfig, MemDisk>,
         StateMachine<TestConfig, MemBackend>,
-        Guard<storage::disk::MemFile>,
+        Guard,
     > for MemoryStores
 {
     async fn build(
         &self,
     ) -> Result<
         (
-            Guard<storage::disk::MemFile>,
+            Guard,
             GroupLog<TestConfig, MemDisk>,
             StateMachine<TestConfig, MemBackend>,
         ),
