@@ -188,6 +188,9 @@ fn append_with(c: &mut Criterion, name: &str, entries_per_append: u64) {
                 .map(|log| setup.runtime.block_on(log.lock()).1)
                 .sum();
             let syncs = setup.engine.commit_queue().sync_count().max(1);
+            if entries == 0 {
+                continue; // filtered out
+            }
             eprintln!(
                 "{name}: {entries} entries in {syncs} syncs, {:.1} entries per sync",
                 entries as f64 / syncs as f64

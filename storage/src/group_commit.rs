@@ -8,6 +8,14 @@
 //! While one round's sync runs, new appends fill the buffer for the next round, so N concurrent
 //! appends across any number of groups cost about one write and one sync.
 //!
+//! Gathering. Appenders that each wait for their own acknowledgement would otherwise split into
+//! two halves that take turns: the half a round acknowledges appends again while the next round
+//! (holding the other half) is already syncing, so every sync covers only half of them. Before a
+//! round, [`SyncThread`] therefore waits until as many waiters are pending as the previous round
+//! saw (those it acknowledged plus those still waiting), the way PostgreSQL's `commit_delay` waits
+//! for its siblings, but never longer than half the previous round took: where the appenders
+//! do not come back, an acknowledgement is late by at most half a round.
+//!
 //! Guarantees:
 //! * a waiter is completed with `Ok` only after a sync that started after its bytes were written;
 //! * waiters complete in log order, each exactly once;
@@ -76,6 +84,8 @@ struct QueueState {
     failed: Option<String>,
     closed: bool,
     syncs: u64,
+    /// Waiters the last round saw: those it acknowledged and those already waiting for the next.
+    waiters_seen: usize,
     notify: Option<Notify>,
 }
 
@@ -95,6 +105,7 @@ impl CommitQueue {
                 failed: None,
                 closed: false,
                 syncs: 0,
+                waiters_seen: 0,
                 notify: None,
             }),
             work: Condvar::new(),
@@ -178,6 +189,7 @@ impl CommitQueue {
                         .take_while(|(position, _)| *position <= target)
                         .count();
                     let completed: Vec<_> = state.waiters.drain(..covered).map(|(_, waiter)| waiter).collect();
+                    state.waiters_seen = completed.len() + state.waiters.len();
                     (completed, None)
                 }
                 Err(reason) => {
@@ -212,6 +224,20 @@ impl CommitQueue {
         }
     }
 
+    /// Waits, at most `patience`, until as many waiters are pending as the last round saw, so that
+    /// appenders it acknowledged share the next round with those that were already waiting.
+    /// Returns at once when the queue is closed or failed. See the module docs.
+    #[cfg(not(loom))]
+    pub fn gather(&self, patience: std::time::Duration) {
+        let state = self.state.lock().expect("commit queue lock poisoned");
+        let _state = self
+            .work
+            .wait_timeout_while(state, patience, |state| {
+                !state.closed && state.failed.is_none() && state.waiters.len() < state.waiters_seen
+            })
+            .expect("commit queue lock poisoned");
+    }
+
     /// Asks the driver to finish: it syncs what is pending, then stops.
     pub fn close(&self) {
         self.state.lock().expect("commit queue lock poisoned").closed = true;
@@ -241,15 +267,34 @@ impl SyncThread {
         let driven = queue.clone();
         let thread = std::thread::Builder::new()
             .name("domicile-log-sync".into())
-            .spawn(move || {
-                while driven.wait_for_work() {
-                    driven.sync_pending(&*journal);
-                }
-            })?;
+            .spawn(move || drive(&driven, &*journal))?;
         Ok(SyncThread {
             queue,
             thread: Some(thread),
         })
+    }
+}
+
+/// The sync thread's loop. It reads the wall clock only to bound [`CommitQueue::gather`] by the
+/// previous round's duration; this thread never runs in the simulator, whose driver is a task.
+#[cfg(not(loom))]
+#[allow(clippy::disallowed_methods)]
+fn drive<J: Journal>(queue: &CommitQueue, journal: &J) {
+    let mut patience = std::time::Duration::ZERO;
+    while queue.wait_for_work() {
+        queue.gather(patience);
+        let started = std::time::Instant::now();
+        if queue.sync_pending(journal) {
+            patience = started.elapsed() / 2;
+        }
+    }
+}
+
+/// Under loom the driver is modelled without gathering (loom models no timeouts).
+#[cfg(loom)]
+fn drive<J: Journal>(queue: &CommitQueue, journal: &J) {
+    while queue.wait_for_work() {
+        queue.sync_pending(journal);
     }
 }
 
