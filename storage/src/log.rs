@@ -100,6 +100,9 @@ struct GroupState {
     purged: Option<(u64, Vec<u8>)>,
 }
 
+/// Bytes reserved ahead of framing each entry.
+const FRAME_RESERVE_BYTES: usize = 1024;
+
 /// Entries of one group, framed outside the log's lock and written by [`Wal::append`].
 pub struct EntryBatch {
     group: u64,
@@ -119,6 +122,9 @@ impl EntryBatch {
 
     /// Frames `entry` as the entry at `index`.
     pub fn push<E: Serialize>(&mut self, index: u64, entry: &E) -> Result<(), LogError> {
+        // Room for a typical entry up front: growing the buffer byte by byte as the encoder
+        // writes would reallocate it several times per entry.
+        self.bytes.reserve(FRAME_RESERVE_BYTES);
         let start = self.bytes.len();
         let head = RecordHead::Entry {
             group: self.group,
@@ -642,12 +648,7 @@ impl<D: Disk> Wal<D> {
         self.write_record(RecordHead::Vote { group, vote })
     }
 
-    pub fn save_committed(
-        &mut self,
-        group: u64,
-        index: u64,
-        log_id: Vec<u8>,
-    ) -> Result<Position, LogError> {
+    pub fn save_committed(&mut self, group: u64, index: u64, log_id: Vec<u8>) -> Result<Position, LogError> {
         self.write_record(RecordHead::Committed { group, index, log_id })
     }
 
@@ -939,7 +940,11 @@ mod tests {
         assert_eq!(read_all(&wal, 1), expected, "and the same from the file");
         disk.crash();
         let reopened = Wal::open(disk, LogConfig::default()).unwrap();
-        assert_eq!(reopened.last_index(1), Some(3), "written but unsynced records are lost");
+        assert_eq!(
+            reopened.last_index(1),
+            Some(3),
+            "written but unsynced records are lost"
+        );
         assert_eq!(reopened.last_index(2), None);
     }
 

@@ -29,13 +29,8 @@ struct Guard {
 
 struct FileStores;
 
-impl
-    StoreBuilder<
-        TestConfig,
-        GroupLog<TestConfig, FsDisk>,
-        StateMachine<TestConfig, RedbBackend>,
-        Guard,
-    > for FileStores
+impl StoreBuilder<TestConfig, GroupLog<TestConfig, FsDisk>, StateMachine<TestConfig, RedbBackend>, Guard>
+    for FileStores
 {
     async fn build(
         &self,
@@ -75,13 +70,8 @@ impl
 
 struct MemoryStores;
 
-impl
-    StoreBuilder<
-        TestConfig,
-        GroupLog<TestConfig, MemDisk>,
-        StateMachine<TestConfig, MemBackend>,
-        Guard,
-    > for MemoryStores
+impl StoreBuilder<TestConfig, GroupLog<TestConfig, MemDisk>, StateMachine<TestConfig, MemBackend>, Guard>
+    for MemoryStores
 {
     async fn build(
         &self,
