@@ -25,7 +25,9 @@
 //!   no longer be trusted, so nothing is ever acknowledged again until the log is reopened.
 //!
 //! The queue is a plain data structure; what drives it is separate: [`SyncThread`] in production,
-//! a task calling [`CommitQueue::sync_pending`] on the deterministic runtime in the simulator.
+//! a task calling [`CommitQueue::sync_pending`] (through `LogEngine::sync_pending`) on the
+//! deterministic runtime in the simulator, whose rounds are paced by simulated sync latency and do
+//! not gather.
 //! Under `--cfg loom` the queue's lock and condition variable come from loom (see
 //! `loom_tests` below for how to run the model check).
 
