@@ -3,9 +3,10 @@
 //! redb, only keeps its durable commits across a crash.
 //!
 //! Group commit is driven by a task on the deterministic runtime: it waits until something is
-//! accepted into the log, lets the simulated fdatasync take its time, and calls
-//! [`LogEngine::sync_pending`] (write the log's buffer, sync, acknowledge) — the same round
-//! production's sync thread runs.
+//! accepted into the log, writes the log's buffer out, lets the simulated fdatasync take its time,
+//! and calls [`LogEngine::sync_pending`] (write what arrived since, sync, acknowledge) — the same
+//! round production's sync thread runs. Writing before the simulated latency keeps written but
+//! unsynced bytes on the simulated disk while the sync is in flight, for crashes to tear.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,7 @@ use openraft_rt_sim::SimRuntime;
 use raft::stores::{OpenedGroup, StoreError, Stores};
 use storage::backend::{Backend, MemBackend, WriteBatch};
 use storage::error::StateMachineError;
+use storage::group_commit::Journal;
 use storage::log::LogConfig;
 use storage::raft_log::{GroupLog, LogEngine};
 use storage::state_machine::{Execution, StateMachine};
@@ -144,6 +146,8 @@ impl SimStores {
         drop(SimRuntime::spawn(async move {
             while driver_alive.load(std::sync::atomic::Ordering::Relaxed) {
                 driver_wake.notified().await;
+                // A failure poisons the log; sync_pending below then fails every waiter.
+                let _ = driven.write_buffered();
                 let micros = if rng.chance(latency.spike_per_million) {
                     rng.between(latency.spike_micros.0, latency.spike_micros.1)
                 } else {
