@@ -43,7 +43,7 @@ pub struct DiskStores {
     dir: PathBuf,
     engine: Arc<LogEngine<FsDisk>>,
     // Kept for its lifetime: dropping it syncs what is pending and stops the driver.
-    _sync: SyncThread<std::fs::File>,
+    _sync: SyncThread,
 }
 
 impl DiskStores {

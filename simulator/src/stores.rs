@@ -3,8 +3,10 @@
 //! redb, only keeps its durable commits across a crash.
 //!
 //! Group commit is driven by a task on the deterministic runtime: it waits until something is
-//! written, lets the simulated fdatasync take its time, and calls [`CommitQueue::sync_pending`] —
-//! the same queue production drives from its sync thread.
+//! accepted into the log, writes the log's buffer out, lets the simulated fdatasync take its time,
+//! and calls [`LogEngine::sync_pending`] (write what arrived since, sync, acknowledge) — the same
+//! round production's sync thread runs. Writing before the simulated latency keeps written but
+//! unsynced bytes on the simulated disk while the sync is in flight, for crashes to tear.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +17,7 @@ use openraft_rt_sim::SimRuntime;
 use raft::stores::{OpenedGroup, StoreError, Stores};
 use storage::backend::{Backend, MemBackend, WriteBatch};
 use storage::error::StateMachineError;
+use storage::group_commit::Journal;
 use storage::log::LogConfig;
 use storage::raft_log::{GroupLog, LogEngine};
 use storage::state_machine::{Execution, StateMachine};
@@ -132,13 +135,19 @@ impl SimStores {
         };
         let engine = LogEngine::open(handle, config).map_err(|error| error.to_string())?;
         let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let queue = engine.commit_queue();
+        let notified = wake.clone();
+        engine
+            .commit_queue()
+            .set_notify(Arc::new(move || notified.notify_one()));
+        let driven = engine.clone();
         let driver_alive = alive.clone();
         let driver_wake = wake.clone();
         // Bounded by the incarnation: it stops once the node dies (`kill` wakes it to notice).
         drop(SimRuntime::spawn(async move {
             while driver_alive.load(std::sync::atomic::Ordering::Relaxed) {
                 driver_wake.notified().await;
+                // A failure poisons the log; sync_pending below then fails every waiter.
+                let _ = driven.write_buffered();
                 let micros = if rng.chance(latency.spike_per_million) {
                     rng.between(latency.spike_micros.0, latency.spike_micros.1)
                 } else {
@@ -146,9 +155,9 @@ impl SimStores {
                 };
                 SimRuntime::sleep(Duration::from_micros(micros)).await;
                 // On a detached disk this fails every waiter, so nothing waits forever.
-                queue.sync_pending();
+                driven.sync_pending();
             }
-            queue.sync_pending();
+            driven.sync_pending();
         }));
         Ok(SimStores {
             engine,

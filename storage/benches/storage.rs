@@ -3,12 +3,17 @@
 //! `cargo bench -p storage --bench storage`
 //!
 //! * `raw/*`: the baseline: a plain file, 256-byte write + fdatasync per entry, and batched by 100.
+//! * `raw_after/*`: the same baseline again, right after `append/*`: on a shared machine the disk's
+//!   speed drifts within one run, so the fraction is reported against both.
 //! * `append/*`: durable appends of 256-byte entries through `GroupLog` (acknowledged by the flush
 //!   callback after group commit) with 1, 16 and 64 concurrent appenders over 1 and 16 groups,
 //!   one entry per append call.
 //! * `append_16_per_call/*`: the same, but each append call carries 16 entries, as openraft hands
 //!   the log a batch per call when it replicates or has queued client writes. Throughput counts
 //!   entries; every call still waits for its own fdatasync-backed acknowledgement.
+//! * `paired/*`: 64 appenders again, each criterion sample preceded by the raw batched baseline
+//!   writing as many entries; prints the fraction of the two rates summed over all samples, so
+//!   drift in the disk's speed hits both sides alike.
 //! * `apply`: state-machine apply on redb, 100 entries per batch.
 //! * `snapshot/*`: building and installing a snapshot of about 5 MB.
 //!
@@ -70,7 +75,15 @@ fn entry(index: u64) -> Entry {
 }
 
 fn raw(c: &mut Criterion) {
-    let mut group = c.benchmark_group("raw");
+    raw_with(c, "raw");
+}
+
+fn raw_after(c: &mut Criterion) {
+    raw_with(c, "raw_after");
+}
+
+fn raw_with(c: &mut Criterion, name: &str) {
+    let mut group = c.benchmark_group(name);
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(3))
@@ -101,9 +114,10 @@ type SharedLog = Arc<tokio::sync::Mutex<(GroupLog<BenchConfig, FsDisk>, u64)>>;
 
 struct Appending {
     runtime: tokio::runtime::Runtime,
+    engine: Arc<LogEngine<FsDisk>>,
     logs: Vec<SharedLog>,
-    _sync: storage::group_commit::SyncThread<File>,
-    _dir: tempfile::TempDir,
+    _sync: storage::group_commit::SyncThread,
+    dir: tempfile::TempDir,
 }
 
 fn appending(groups: u64) -> Appending {
@@ -120,9 +134,10 @@ fn appending(groups: u64) -> Appending {
         .unwrap();
     Appending {
         runtime,
+        engine,
         logs,
         _sync: sync,
-        _dir: dir,
+        dir,
     }
 }
 
@@ -175,9 +190,68 @@ fn append_with(c: &mut Criterion, name: &str, entries_per_append: u64) {
     for groups in [1u64, 16] {
         for appenders in [1u64, 16, 64] {
             let setup = appending(groups);
-            group.bench_function(format!("appenders_{appenders}_groups_{groups}"), |b| {
+            let name = format!("appenders_{appenders}_groups_{groups}");
+            group.bench_function(&name, |b| {
                 b.iter_custom(|iters| run_appends(&setup, appenders, iters, entries_per_append))
             });
+            // How well appends shared syncs, over warm-up and measurement alike.
+            let entries: u64 = setup
+                .logs
+                .iter()
+                .map(|log| setup.runtime.block_on(log.lock()).1)
+                .sum();
+            let syncs = setup.engine.commit_queue().sync_count().max(1);
+            if entries == 0 {
+                continue; // filtered out
+            }
+            eprintln!(
+                "{name}: {entries} entries in {syncs} syncs, {:.1} entries per sync",
+                entries as f64 / syncs as f64
+            );
+        }
+    }
+    group.finish();
+}
+
+/// See the module docs: the fraction ours / raw batched, measured in alternation.
+fn paired(c: &mut Criterion) {
+    let mut group = c.benchmark_group("paired");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(6))
+        .warm_up_time(Duration::from_millis(500));
+    group.throughput(Throughput::Elements(1));
+    let batch = [7u8; ENTRY_BYTES * 100];
+    for groups in [1u64, 16] {
+        let setup = appending(groups);
+        let mut raw_file = File::create(setup.dir.path().join("raw")).unwrap();
+        let (mut raw_time, mut raw_entries) = (Duration::ZERO, 0u64);
+        let (mut ours_time, mut ours_entries) = (Duration::ZERO, 0u64);
+        group.bench_function(format!("appenders_64_groups_{groups}"), |b| {
+            b.iter_custom(|iters| {
+                let batches = iters.div_ceil(100);
+                let start = Instant::now();
+                for _ in 0..batches {
+                    raw_file.write_all(&batch).unwrap();
+                    raw_file.sync_data().unwrap();
+                }
+                raw_time += start.elapsed();
+                raw_entries += batches * 100;
+                let ours = run_appends(&setup, 64, iters, 1);
+                ours_time += ours;
+                ours_entries += iters;
+                ours
+            })
+        });
+        if ours_entries > 0 {
+            let raw_rate = raw_entries as f64 / raw_time.as_secs_f64();
+            let ours_rate = ours_entries as f64 / ours_time.as_secs_f64();
+            eprintln!(
+                "paired, 64 appenders over {groups} group(s): ours {:.1} K/s, raw batched {:.1} K/s, fraction {:.2}",
+                ours_rate / 1000.0,
+                raw_rate / 1000.0,
+                ours_rate / raw_rate
+            );
         }
     }
     group.finish();
@@ -272,5 +346,14 @@ fn snapshot(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, raw, append, append_16_per_call, apply, snapshot);
+criterion_group!(
+    benches,
+    raw,
+    append,
+    raw_after,
+    paired,
+    append_16_per_call,
+    apply,
+    snapshot
+);
 criterion_main!(benches);

@@ -19,8 +19,16 @@
 //!   records at the zero tail and tells it from damage (see [`crate::segment`]). A segment is cut
 //!   to the length of its records when it is sealed.
 //!
+//! * **Write-behind.** Accepting a record copies it into an in-memory buffer that follows the
+//!   active segment's written bytes; [`Wal::write_buffered`] writes the whole buffer with one
+//!   write. The group-commit driver calls it once per round, just before its fdatasync, so every
+//!   concurrent append costs a memory copy instead of a write system call (and a write failure
+//!   poisons the log exactly as before). Reads of a record still in the buffer are served from it.
+//!   The buffer is written early when it grows past [`BUFFER_BYTES_MAX`] and before a rotation.
+//!
 //! This module does no syncing of its own except at segment rotation: the group-commit driver
-//! ([`crate::group_commit`]) decides when to fdatasync. It uses no thread, clock or randomness.
+//! ([`crate::group_commit`]) decides when to write and fdatasync. It uses no thread, clock or
+//! randomness.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -39,6 +47,9 @@ use crate::segment::RECORD_PAYLOAD_BYTES_MAX;
 use crate::segment::RecordHead;
 use crate::segment::SEGMENT_FILE_BYTES_MAX;
 use crate::segment::ScanEnd;
+
+/// Accepted bytes beyond this are written without waiting for the driver, bounding the buffer.
+pub const BUFFER_BYTES_MAX: usize = 4 << 20;
 
 /// Tuning of the log.
 #[derive(Clone, Debug)]
@@ -89,6 +100,9 @@ struct GroupState {
     purged: Option<(u64, Vec<u8>)>,
 }
 
+/// Bytes reserved ahead of framing each entry.
+const FRAME_RESERVE_BYTES: usize = 1024;
+
 /// Entries of one group, framed outside the log's lock and written by [`Wal::append`].
 pub struct EntryBatch {
     group: u64,
@@ -108,6 +122,9 @@ impl EntryBatch {
 
     /// Frames `entry` as the entry at `index`.
     pub fn push<E: Serialize>(&mut self, index: u64, entry: &E) -> Result<(), LogError> {
+        // Room for a typical entry up front: growing the buffer byte by byte as the encoder
+        // writes would reallocate it several times per entry.
+        self.bytes.reserve(FRAME_RESERVE_BYTES);
         let start = self.bytes.len();
         let head = RecordHead::Entry {
             group: self.group,
@@ -133,7 +150,8 @@ impl EntryBatch {
     }
 }
 
-/// What a write left for the group-commit driver: sync `file` to make `end` durable.
+/// What [`Wal::write_buffered`] left for the group-commit driver: sync `file` to make everything
+/// up to `end` durable.
 pub struct Written<F> {
     pub end: Position,
     pub file: Arc<F>,
@@ -143,9 +161,16 @@ pub struct Written<F> {
 pub struct EntryRef<F> {
     pub group: u64,
     pub index: u64,
-    file: Arc<F>,
+    source: Source<F>,
     name: String,
     location: Location,
+}
+
+/// Where an entry's record is while it is read.
+enum Source<F> {
+    File(Arc<F>),
+    /// A copy of the record, which was still in the write buffer when it was located.
+    Buffered(Vec<u8>),
 }
 
 impl<F: DiskFile> EntryRef<F> {
@@ -155,11 +180,18 @@ impl<F: DiskFile> EntryRef<F> {
             offset, frame_len, ..
         } = self.location;
         let corrupt = |reason: String| LogError::corrupt(self.name.clone(), offset, Some(self.group), reason);
-        let mut frame = vec![0u8; frame_len as usize];
-        self.file
-            .read_at(offset, &mut frame)
-            .map_err(|e| LogError::io(self.name.clone(), e))?;
-        let payload = codec::open_frame(&frame).map_err(|e| corrupt(e.to_string()))?;
+        let read;
+        let frame = match &self.source {
+            Source::Buffered(frame) => frame,
+            Source::File(file) => {
+                let mut frame = vec![0u8; frame_len as usize];
+                file.read_at(offset, &mut frame)
+                    .map_err(|e| LogError::io(self.name.clone(), e))?;
+                read = frame;
+                &read
+            }
+        };
+        let payload = codec::open_frame(frame).map_err(|e| corrupt(e.to_string()))?;
         let (head, body) = codec::decode_prefix::<RecordHead>(payload).map_err(|e| corrupt(e.to_string()))?;
         let expected = RecordHead::Entry {
             group: self.group,
@@ -180,6 +212,9 @@ pub struct Wal<D: Disk> {
     config: LogConfig,
     segments: BTreeMap<u64, Segment<D::File>>,
     groups: BTreeMap<u64, GroupState>,
+    /// Accepted records not yet written: they belong at the end of the active segment, whose
+    /// `len` counts them.
+    buffer: Vec<u8>,
     /// Set by the first failed write: the file's state is unknown after it.
     failed: Option<String>,
 }
@@ -214,6 +249,7 @@ impl<D: Disk> Wal<D> {
             config,
             segments: BTreeMap::new(),
             groups: BTreeMap::new(),
+            buffer: Vec::new(),
             failed: None,
         };
         for (position, &id) in ids.iter().enumerate() {
@@ -415,8 +451,9 @@ impl<D: Disk> Wal<D> {
             .expect("the log always has an active segment")
     }
 
-    /// Writes bytes at the end of the active segment, rotating first if they would not fit.
-    fn write(&mut self, bytes: &[u8]) -> Result<(Position, Arc<D::File>), LogError> {
+    /// Accepts bytes at the end of the active segment (into the write buffer), rotating first if
+    /// they would not fit. Returns where they start.
+    fn write(&mut self, bytes: &[u8]) -> Result<Position, LogError> {
         self.check_usable()?;
         let active = self.active_id();
         let segment = &self.segments[&active];
@@ -426,28 +463,54 @@ impl<D: Disk> Wal<D> {
             self.rotate()?;
         }
         let active = self.active_id();
-        let segment_bytes_max = self.config.segment_bytes_max;
-        let preallocation_bytes = self.disk.preallocation_bytes();
         let segment = self.segments.get_mut(&active).expect("active segment");
         let start = Position {
             segment: active,
             offset: segment.len,
         };
-        let end = segment.len + bytes.len() as u64;
-        let result = preallocate(segment, end, preallocation_bytes, segment_bytes_max)
-            .and_then(|()| segment.file.write_at(segment.len, bytes));
-        if let Err(error) = result {
-            self.failed = Some(format!("write to {} failed: {error}", segment.name));
-            return Err(LogError::io(segment.name.clone(), error));
+        segment.len += bytes.len() as u64;
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= BUFFER_BYTES_MAX {
+            self.write_buffered()?;
         }
-        segment.len = end;
-        segment.allocated = segment.allocated.max(end);
-        Ok((start, segment.file.clone()))
+        Ok(start)
+    }
+
+    /// Writes the buffered records to the active segment with one write; returns the end of the
+    /// log and the file to sync to make it durable. A failure poisons the log.
+    pub fn write_buffered(&mut self) -> Result<Written<D::File>, LogError> {
+        self.check_usable()?;
+        let active = self.active_id();
+        let segment_bytes_max = self.config.segment_bytes_max;
+        let preallocation_bytes = self.disk.preallocation_bytes();
+        let segment = self.segments.get_mut(&active).expect("active segment");
+        let end = segment.len;
+        if !self.buffer.is_empty() {
+            let start = end - self.buffer.len() as u64;
+            let result = preallocate(segment, end, preallocation_bytes, segment_bytes_max)
+                .and_then(|()| segment.file.write_at(start, &self.buffer));
+            if let Err(error) = result {
+                self.failed = Some(format!("write to {} failed: {error}", segment.name));
+                return Err(LogError::io(segment.name.clone(), error));
+            }
+            segment.allocated = segment.allocated.max(end);
+            self.buffer.clear();
+            // One huge record must not pin its memory for the life of the log.
+            self.buffer.shrink_to(BUFFER_BYTES_MAX);
+        }
+        Ok(Written {
+            end: Position {
+                segment: active,
+                offset: end,
+            },
+            file: segment.file.clone(),
+        })
     }
 
     /// Seals the active segment (synced, so later positions imply it) and starts the next one
     /// with a checkpoint of every group's metadata.
     fn rotate(&mut self) -> Result<(), LogError> {
+        self.write_buffered()?;
         let active = self.active_id();
         let segment = &self.segments[&active];
         // Synced (and cut to its records: a sealed segment has no zero tail) before the next
@@ -519,7 +582,7 @@ impl<D: Disk> Wal<D> {
         Ok(())
     }
 
-    fn write_record(&mut self, head: RecordHead) -> Result<Written<D::File>, LogError> {
+    fn write_record(&mut self, head: RecordHead) -> Result<Position, LogError> {
         let mut bytes = Vec::new();
         let group = head.group().unwrap_or_default();
         codec::encode_frame(&head, None::<&()>, RECORD_PAYLOAD_BYTES_MAX, &mut bytes).map_err(|e| {
@@ -528,7 +591,7 @@ impl<D: Disk> Wal<D> {
                 reason: e.to_string(),
             }
         })?;
-        let (start, file) = self.write(&bytes)?;
+        let start = self.write(&bytes)?;
         let location = Location {
             segment: start.segment,
             offset: start.offset,
@@ -536,17 +599,15 @@ impl<D: Disk> Wal<D> {
         };
         self.apply(head, location)
             .map_err(|reason| LogError::Invalid { group, reason })?;
-        Ok(Written {
-            end: Position {
-                segment: start.segment,
-                offset: start.offset + bytes.len() as u64,
-            },
-            file,
+        Ok(Position {
+            segment: start.segment,
+            offset: start.offset + bytes.len() as u64,
         })
     }
 
-    /// Appends a batch of one group's entries; they must continue the group's log.
-    pub fn append(&mut self, batch: &EntryBatch) -> Result<Written<D::File>, LogError> {
+    /// Appends a batch of one group's entries; they must continue the group's log. Returns the
+    /// position the batch ends at; it is durable once the driver has written and synced past it.
+    pub fn append(&mut self, batch: &EntryBatch) -> Result<Position, LogError> {
         assert!(!batch.is_empty(), "an empty batch has nothing to make durable");
         let group = batch.group;
         // A group with entries continues after its last one; one without continues after its purge
@@ -567,7 +628,7 @@ impl<D: Disk> Wal<D> {
                 });
             }
         }
-        let (start, file) = self.write(&batch.bytes)?;
+        let start = self.write(&batch.bytes)?;
         for &(index, offset, frame_len) in &batch.frames {
             let location = Location {
                 segment: start.segment,
@@ -577,39 +638,31 @@ impl<D: Disk> Wal<D> {
             self.apply(RecordHead::Entry { group, index }, location)
                 .map_err(|reason| LogError::Invalid { group, reason })?;
         }
-        Ok(Written {
-            end: Position {
-                segment: start.segment,
-                offset: start.offset + batch.bytes.len() as u64,
-            },
-            file,
+        Ok(Position {
+            segment: start.segment,
+            offset: start.offset + batch.bytes.len() as u64,
         })
     }
 
-    pub fn save_vote(&mut self, group: u64, vote: Vec<u8>) -> Result<Written<D::File>, LogError> {
+    pub fn save_vote(&mut self, group: u64, vote: Vec<u8>) -> Result<Position, LogError> {
         self.write_record(RecordHead::Vote { group, vote })
     }
 
-    pub fn save_committed(
-        &mut self,
-        group: u64,
-        index: u64,
-        log_id: Vec<u8>,
-    ) -> Result<Written<D::File>, LogError> {
+    pub fn save_committed(&mut self, group: u64, index: u64, log_id: Vec<u8>) -> Result<Position, LogError> {
         self.write_record(RecordHead::Committed { group, index, log_id })
     }
 
     /// Deletes the group's entries at `first_removed` and after.
-    pub fn truncate(&mut self, group: u64, first_removed: u64) -> Result<Written<D::File>, LogError> {
+    pub fn truncate(&mut self, group: u64, first_removed: u64) -> Result<Position, LogError> {
         self.write_record(RecordHead::Truncate { group, first_removed })
     }
 
     /// Deletes the group's entries up to and including `index`, then removes segments nobody
     /// needs any more.
-    pub fn purge(&mut self, group: u64, index: u64, log_id: Vec<u8>) -> Result<Written<D::File>, LogError> {
-        let written = self.write_record(RecordHead::Purge { group, index, log_id })?;
+    pub fn purge(&mut self, group: u64, index: u64, log_id: Vec<u8>) -> Result<Position, LogError> {
+        let end = self.write_record(RecordHead::Purge { group, index, log_id })?;
         self.remove_unneeded_segments()?;
-        Ok(written)
+        Ok(end)
     }
 
     /// Removes the oldest segments while they hold no live entry. Only a prefix is removed: a
@@ -663,15 +716,23 @@ impl<D: Disk> Wal<D> {
         if range_is_empty(&range) {
             return Vec::new();
         }
+        let active = self.active_id();
+        let buffered_from = self.segments[&active].len - self.buffer.len() as u64;
         state
             .entries
             .range(range)
             .map(|(&index, &location)| {
                 let segment = &self.segments[&location.segment];
+                let source = if location.segment == active && location.offset >= buffered_from {
+                    let start = (location.offset - buffered_from) as usize;
+                    Source::Buffered(self.buffer[start..start + location.frame_len as usize].to_vec())
+                } else {
+                    Source::File(segment.file.clone())
+                };
                 EntryRef {
                     group,
                     index,
-                    file: segment.file.clone(),
+                    source,
                     name: segment.name.clone(),
                     location,
                 }
@@ -779,7 +840,9 @@ mod tests {
             .collect()
     }
 
-    fn sync_all(disk: &MemDisk) {
+    /// Writes what the log buffered and syncs every file, as the group-commit driver would.
+    fn sync_all(wal: &mut Wal<MemDisk>, disk: &MemDisk) {
+        wal.write_buffered().unwrap();
         for name in disk.list().unwrap() {
             disk.open(&name).unwrap().sync().unwrap();
         }
@@ -798,7 +861,7 @@ mod tests {
         wal.save_committed(1, 150, vec![9]).unwrap();
         assert!(wal.segment_ids().len() > 3, "the test needs several segments");
         let before = (read_all(&wal, 1), read_all(&wal, 2));
-        sync_all(&disk);
+        sync_all(&mut wal, &disk);
         let reopened = Wal::open(disk, small()).unwrap();
         assert_eq!((read_all(&reopened, 1), read_all(&reopened, 2)), before);
         assert_eq!(reopened.last_index(2), Some(89));
@@ -824,7 +887,7 @@ mod tests {
         wal.purge(2, 2, vec![2]).unwrap();
         let segments_after = wal.segment_ids();
         assert!(segments_after.first() > Some(&2), "{segments_after:?}");
-        sync_all(&disk);
+        sync_all(&mut wal, &disk);
         let reopened = Wal::open(disk, small()).unwrap();
         assert_eq!(reopened.vote(7), Some(vec![7]), "the checkpoint carries the vote");
         assert_eq!(reopened.purged(1), Some(vec![150]));
@@ -837,8 +900,9 @@ mod tests {
         let disk = MemDisk::new();
         let mut wal = Wal::open(disk.clone(), LogConfig::default()).unwrap();
         append(&mut wal, 1, 1..=5);
-        sync_all(&disk);
+        sync_all(&mut wal, &disk);
         append(&mut wal, 1, 6..=8);
+        wal.write_buffered().unwrap(); // written, never synced
         let name = segment::segment_name(1);
         let mut bytes = disk.bytes(&name).unwrap();
         bytes.truncate(bytes.len() - 3); // the last write was torn
@@ -850,20 +914,55 @@ mod tests {
     }
 
     #[test]
+    fn buffered_records_are_read_from_memory_and_reach_the_file_only_when_written() {
+        let disk = MemDisk::new();
+        let mut wal = Wal::open(disk.clone(), LogConfig::default()).unwrap();
+        append(&mut wal, 1, 1..=3);
+        sync_all(&mut wal, &disk);
+        let synced_len = disk.bytes(&segment::segment_name(1)).unwrap().len();
+        append(&mut wal, 1, 4..=6);
+        append(&mut wal, 2, 1..=2);
+        assert_eq!(
+            disk.bytes(&segment::segment_name(1)).unwrap().len(),
+            synced_len,
+            "accepting records writes nothing"
+        );
+        let expected: Vec<_> = (1..=6)
+            .map(|i| (i, format!("g1-e{i}-{}", "x".repeat(100))))
+            .collect();
+        assert_eq!(read_all(&wal, 1), expected, "buffered entries are readable");
+        let written = wal.write_buffered().unwrap();
+        assert_eq!(
+            written.end.offset,
+            disk.bytes(&segment::segment_name(1)).unwrap().len() as u64,
+            "one write reaches the end of the log"
+        );
+        assert_eq!(read_all(&wal, 1), expected, "and the same from the file");
+        disk.crash();
+        let reopened = Wal::open(disk, LogConfig::default()).unwrap();
+        assert_eq!(
+            reopened.last_index(1),
+            Some(3),
+            "written but unsynced records are lost"
+        );
+        assert_eq!(reopened.last_index(2), None);
+    }
+
+    #[test]
     fn a_segment_torn_while_being_started_is_started_again() {
         let disk = MemDisk::new();
         let mut wal = Wal::open(disk.clone(), small()).unwrap();
         for batch in 0..12 {
             append(&mut wal, 1, batch * 10 + 1..=batch * 10 + 10);
         }
-        sync_all(&disk);
+        sync_all(&mut wal, &disk);
         let last = *wal.segment_ids().last().unwrap();
         assert!(last > 2, "the test needs several segments");
         drop(wal);
         let name = segment::segment_name(last);
         let bytes = disk.bytes(&name).unwrap();
         disk.set_bytes(&name, bytes[..segment::SEGMENT_HEADER_BYTES + 3].to_vec());
-        let wal = Wal::open(disk.clone(), small()).unwrap();
+        let mut wal = Wal::open(disk.clone(), small()).unwrap();
         assert_eq!(
             wal.segment_ids().last(),
             Some(&last),
@@ -874,8 +973,8 @@ mod tests {
             expected.is_some_and(|last| last < 120),
             "the torn segment's entries are gone"
         );
+        sync_all(&mut wal, &disk);
         drop(wal);
-        sync_all(&disk);
         let reopened = Wal::open(disk, small()).unwrap();
         assert_eq!(
             reopened.last_index(1),
@@ -897,7 +996,7 @@ mod tests {
         let (disk, config) = preallocating();
         let mut wal = Wal::open(disk.clone(), config.clone()).unwrap();
         append(&mut wal, 1, 1..=40);
-        sync_all(&disk);
+        sync_all(&mut wal, &disk);
         append(&mut wal, 1, 41..=45); // never synced
         let name = segment::segment_name(1);
         let bytes = disk.bytes(&name).unwrap();
@@ -914,7 +1013,7 @@ mod tests {
         }
         assert!(reopened.segment_ids().len() > 2, "the test needs rotations");
         let before = read_all(&reopened, 1);
-        sync_all(&disk);
+        sync_all(&mut reopened, &disk);
         drop(reopened);
         disk.crash();
         let reopened = Wal::open(disk.clone(), config).unwrap();
@@ -931,7 +1030,7 @@ mod tests {
         let (disk, config) = preallocating();
         let mut wal = Wal::open(disk.clone(), config.clone()).unwrap();
         append(&mut wal, 3, 1..=60);
-        sync_all(&disk);
+        sync_all(&mut wal, &disk);
         drop(wal);
         let name = segment::segment_name(1);
         let pristine = disk.bytes(&name).unwrap();
@@ -977,7 +1076,7 @@ mod tests {
         append(&mut wal, 4, 1..=3);
         wal.save_committed(4, 3, vec![]).unwrap();
         wal.truncate(4, 3).unwrap(); // only a damaged disk could do this to a committed entry
-        sync_all(&disk);
+        sync_all(&mut wal, &disk);
         let error = Wal::open(disk, LogConfig::default()).err().expect("must refuse");
         assert!(
             matches!(

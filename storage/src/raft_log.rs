@@ -3,7 +3,8 @@
 //! [`LogEngine`] owns the node's [`Wal`] and its [`CommitQueue`]; [`GroupLog`] is a cheap handle
 //! for one group that implements [`RaftLogStorage`] and [`RaftLogReader`].
 //!
-//! Durability of each operation:
+//! Every operation is accepted into the log's write buffer under the log's lock; the group-commit
+//! driver writes the buffer out and syncs it. Durability of each operation:
 //! * `append`: acknowledged through openraft's [`IOFlushed`] callback only after an fdatasync that
 //!   covers the entries (group commit);
 //! * `save_vote`: returns only after an fdatasync covering the vote;
@@ -14,7 +15,7 @@
 //!   that follows it is synced after it), and a lost purge leaves extra entries.
 //!
 //! Someone must drive the commit queue, or appends never complete: [`LogEngine::spawn_sync_thread`]
-//! in production, a runtime task calling [`CommitQueue::sync_pending`] in the simulator.
+//! in production, a runtime task calling [`LogEngine::sync_pending`] in the simulator.
 
 use std::fmt::Debug;
 use std::io;
@@ -39,17 +40,18 @@ use crate::codec;
 use crate::disk::Disk;
 use crate::error::LogError;
 use crate::group_commit::CommitQueue;
+use crate::group_commit::Journal;
 use crate::group_commit::SyncThread;
 use crate::group_commit::Waiter;
 use crate::log::EntryBatch;
 use crate::log::LogConfig;
+use crate::log::Position;
 use crate::log::Wal;
-use crate::log::Written;
 
 /// The node-wide log shared by every group's [`GroupLog`].
 pub struct LogEngine<D: Disk> {
     wal: Mutex<Wal<D>>,
-    queue: Arc<CommitQueue<D::File>>,
+    queue: Arc<CommitQueue>,
 }
 
 impl<D: Disk> LogEngine<D> {
@@ -63,13 +65,19 @@ impl<D: Disk> LogEngine<D> {
     }
 
     /// The queue a group-commit driver must drive.
-    pub fn commit_queue(&self) -> Arc<CommitQueue<D::File>> {
+    pub fn commit_queue(&self) -> Arc<CommitQueue> {
         self.queue.clone()
     }
 
     /// Starts the production driver; dropping the handle syncs what is pending and stops it.
-    pub fn spawn_sync_thread(&self) -> io::Result<SyncThread<D::File>> {
-        SyncThread::spawn(self.queue.clone())
+    pub fn spawn_sync_thread(self: &Arc<Self>) -> io::Result<SyncThread> {
+        SyncThread::spawn(self.queue.clone(), self.clone())
+    }
+
+    /// One round of group commit, for drivers other than the sync thread: writes what the log
+    /// buffered, syncs it and acknowledges what that covered. Returns whether it synced.
+    pub fn sync_pending(&self) -> bool {
+        self.queue.sync_pending(self)
     }
 
     /// The openraft log storage of one group.
@@ -102,12 +110,12 @@ impl<D: Disk> LogEngine<D> {
     /// so the queue sees positions in log order.
     fn write(
         &self,
-        operation: impl FnOnce(&mut Wal<D>) -> Result<Written<D::File>, LogError>,
+        operation: impl FnOnce(&mut Wal<D>) -> Result<Position, LogError>,
         waiter: Option<Waiter>,
     ) -> Result<(), LogError> {
         let mut wal = self.lock();
-        let written = match operation(&mut wal) {
-            Ok(written) => written,
+        let end = match operation(&mut wal) {
+            Ok(end) => end,
             Err(error) => {
                 if let Some(waiter) = waiter {
                     waiter(Err(io::Error::other(error.to_string())));
@@ -115,9 +123,19 @@ impl<D: Disk> LogEngine<D> {
                 return Err(error);
             }
         };
-        self.queue
-            .push(written.end, written.file, waiter)
-            .map_err(LogError::Poisoned)
+        self.queue.push(end, waiter).map_err(LogError::Poisoned)
+    }
+}
+
+impl<D: Disk> Journal for LogEngine<D> {
+    type File = D::File;
+
+    fn write_buffered(&self) -> io::Result<(Position, Arc<D::File>)> {
+        let written = self
+            .lock()
+            .write_buffered()
+            .map_err(|error| io::Error::other(error.to_string()))?;
+        Ok((written.end, written.file))
     }
 }
 
@@ -191,7 +209,7 @@ impl<C: StorageTypeConfig, D: Disk> GroupLog<C, D> {
     /// Waits until everything written so far is durable.
     async fn wait_durable(
         &self,
-        operation: impl FnOnce(&mut Wal<D>) -> Result<Written<D::File>, LogError>,
+        operation: impl FnOnce(&mut Wal<D>) -> Result<Position, LogError>,
     ) -> Result<(), io::Error> {
         let (tx, rx) = C::oneshot();
         let waiter: Waiter = Box::new(move |result| {

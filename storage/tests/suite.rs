@@ -22,26 +22,21 @@ use storage::state_machine::Execution;
 use storage::state_machine::StateMachine;
 
 /// Keeps a store's directory and sync thread alive for the duration of one suite case.
-struct Guard<F: storage::group_commit::SyncFile> {
-    _sync: SyncThread<F>,
+struct Guard {
+    _sync: SyncThread,
     _dir: Option<tempfile::TempDir>,
 }
 
 struct FileStores;
 
-impl
-    StoreBuilder<
-        TestConfig,
-        GroupLog<TestConfig, FsDisk>,
-        StateMachine<TestConfig, RedbBackend>,
-        Guard<std::fs::File>,
-    > for FileStores
+impl StoreBuilder<TestConfig, GroupLog<TestConfig, FsDisk>, StateMachine<TestConfig, RedbBackend>, Guard>
+    for FileStores
 {
     async fn build(
         &self,
     ) -> Result<
         (
-            Guard<std::fs::File>,
+            Guard,
             GroupLog<TestConfig, FsDisk>,
             StateMachine<TestConfig, RedbBackend>,
         ),
@@ -75,19 +70,14 @@ impl
 
 struct MemoryStores;
 
-impl
-    StoreBuilder<
-        TestConfig,
-        GroupLog<TestConfig, MemDisk>,
-        StateMachine<TestConfig, MemBackend>,
-        Guard<storage::disk::MemFile>,
-    > for MemoryStores
+impl StoreBuilder<TestConfig, GroupLog<TestConfig, MemDisk>, StateMachine<TestConfig, MemBackend>, Guard>
+    for MemoryStores
 {
     async fn build(
         &self,
     ) -> Result<
         (
-            Guard<storage::disk::MemFile>,
+            Guard,
             GroupLog<TestConfig, MemDisk>,
             StateMachine<TestConfig, MemBackend>,
         ),

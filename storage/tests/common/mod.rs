@@ -27,7 +27,7 @@ pub type TestStateMachine = StateMachine<TestConfig, RedbBackend>;
 /// A node's stores in `dir`: the log engine (with its sync thread) and one group's state machine.
 pub struct Node {
     pub engine: Arc<LogEngine<FsDisk>>,
-    pub sync: SyncThread<std::fs::File>,
+    pub sync: SyncThread,
 }
 
 impl Node {
