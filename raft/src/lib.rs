@@ -22,5 +22,6 @@ pub mod quic;
 pub mod residency;
 pub mod routing;
 pub mod service;
+pub mod sim;
 pub mod stores;
 pub mod transport;

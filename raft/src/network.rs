@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use openraft::alias::{SnapshotOf, VoteOf, WatchReceiverOf};
 use openraft::async_runtime::WatchReceiver;
@@ -13,6 +14,7 @@ use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError,
 use openraft::metrics::RaftMetrics;
 use openraft::network::v2::RaftNetworkV2;
 use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::type_config::TypeConfigExt;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
@@ -91,6 +93,15 @@ impl<C: GroupConfig, T: Transport> GroupNetwork<C, T> {
         if carries_data {
             self.check_egress()
                 .map_err(|reason| RPCError::Unreachable(Unreachable::from_string(reason)))?;
+        }
+        // Fault points (simulation only): a send that fails at once, as a reset connection would, and one
+        // that leaves late, as behind a congested queue; openraft must back off and retry either way.
+        if crate::sim::maybe("network.send.fails") {
+            let reason = format!("fault point: the send to {} failed", self.target);
+            return Err(RPCError::Unreachable(Unreachable::from_string(reason)));
+        }
+        if let Some(delay_ms) = crate::sim::maybe_delay_ms("network.send.late", 250) {
+            C::sleep(Duration::from_millis(delay_ms)).await;
         }
         let body =
             codec::encode(message).map_err(|error| RPCError::Network(NetworkError::from_string(error)))?;

@@ -181,20 +181,7 @@ fn migrate_world() -> WorldSpec {
         legacy("users-eea-3", 5, [13, 17]),
     ];
     let records_per_group = MIGRATE_RECORDS / groups.len() as u64;
-    // Workaround, not physics: with the real 70–90 ms transatlantic latency a legacy group whose quorum
-    // needs a US acknowledgement elects its inside leader, commits its blank entry, then refuses every
-    // write and membership change with `ForwardToLeader(None)` for the rest of the run (an open finding,
-    // to be explained before these links go back to their true latency).
-    let mut links = LinkModel::new();
-    for us in ["ashburn-1", "ashburn-2"] {
-        for eu in ["dublin-a", "dublin-b", "hamar", "frankfurt"] {
-            let link = crate::network::Link {
-                latency_micros: (5_000, 10_000),
-                bytes_per_second: 250 << 20,
-            };
-            links.set(us, eu, link);
-        }
-    }
+    let links = LinkModel::new();
     WorldSpec {
         topology: MIGRATE_TOPOLOGY.to_string(),
         groups,
@@ -236,6 +223,8 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_moved: Option<u64>,
     pub violations: Violations,
+    /// How often each fault point in production code (`raft::sim::maybe`) fired.
+    pub fault_points: std::collections::BTreeMap<&'static str, u64>,
 }
 
 pub struct Outcome {
@@ -248,7 +237,10 @@ pub struct Outcome {
 /// Runs one seed of a scenario on a fresh deterministic runtime.
 pub fn run(config: &RunConfig) -> Outcome {
     let mut runtime = SimRuntime::with_seed(config.seed);
+    // The production code's fault points fire on this thread only, drawn from this seed.
+    raft::sim::arm(config.seed);
     let (world, workload, sim_seconds) = runtime.block_on(simulate(config));
+    let fault_points = raft::sim::disarm();
     let history = workload.history.lock().expect("history lock");
     // Porcupine runs outside the simulation: it is a pure function of the history.
     history.check(&world.checks, Duration::from_secs(60));
@@ -268,6 +260,7 @@ pub fn run(config: &RunConfig) -> Outcome {
         migration_sim_seconds: world.bulk.as_ref().map(|bulk| bulk.migration_seconds()),
         bytes_moved: world.bulk.as_ref().map(|bulk| bulk.bytes_moved()),
         violations,
+        fault_points,
     };
     let outcome = Outcome {
         report,
@@ -461,6 +454,37 @@ impl Faults {
     fn schedule_restart(&mut self, node: NodeId, millis: (u64, u64)) {
         let at = SimInstant::now() + Duration::from_millis(self.rng.between(millis.0, millis.1));
         self.restarts.push((at, node));
+    }
+
+    /// A stale route: a group's leader replicates an entry to a node outside the group's jurisdiction
+    /// that is no member of it (a peer table or membership view gone stale). Only the sender's egress
+    /// fence stands in the way; the network's residency witness sees the message if it gets through.
+    async fn stale_route(&mut self) {
+        let groups = self.groups();
+        let group = self.rng.pick(&groups).clone();
+        let jurisdiction = &self.world.policies[&group].jurisdiction;
+        let legacy = self.world.legacy.get(&group).cloned().unwrap_or_default();
+        let outside: Vec<NodeId> = self
+            .world
+            .node_ids()
+            .into_iter()
+            .filter(|&node| !self.world.topology.is_inside(node, jurisdiction) && !legacy.contains(&node))
+            .collect();
+        if outside.is_empty() {
+            return;
+        }
+        let target = *self.rng.pick(&outside);
+        let Some((leader, host)) = self.world.leader(&group) else {
+            return;
+        };
+        let sent = SimRuntime::timeout(Duration::from_secs(2), host.send_stray_append(&group, target)).await;
+        let outcome = match sent {
+            Ok(Ok(())) => "delivered".to_string(),
+            Ok(Err(reason)) => reason,
+            Err(_) => "timed out".to_string(),
+        };
+        self.world
+            .log(format!("stale route: {leader} replicates {group} to {target}: {outcome}"));
     }
 
     fn groups(&self) -> Vec<GroupId> {
@@ -673,6 +697,7 @@ impl Faults {
                 }
             }
             29..30 if !self.power_loss_done && down == 0 => self.power_loss().await,
+            30..34 => self.stale_route().await,
             _ => {}
         }
     }
@@ -682,7 +707,15 @@ impl Faults {
         self.world.network.set_faults(NetFaults::default());
         self.heal_at = None;
         self.restarts.clear();
-        self.crashes.clear();
+        // A node whose fdatasync failed has a poisoned log: its process exits whether or not the faults
+        // stop, so the exits still due happen now (and the restarts below bring those nodes back).
+        for (_, node) in std::mem::take(&mut self.crashes) {
+            if self.world.is_up(node) {
+                self.world.log(format!("{node} exits after its failed fdatasync"));
+                self.world.crash(node, true).await;
+            }
+        }
+        raft::sim::pause();
         self.world.log("faults stop; everything heals");
         for node in self.world.node_ids() {
             if let Err(error) = self.world.start(node).await {

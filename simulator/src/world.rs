@@ -113,6 +113,8 @@ pub struct Inner {
     pub canary: Option<Canary>,
     pub bulk: Option<Arc<Bulk>>,
     raft_config: Arc<openraft::Config>,
+    /// The links' worst round trips, from which every group's Raft timing is stretched.
+    round_trips: Arc<LinkModel>,
     sync_latency: SyncLatency,
     nodes: Mutex<BTreeMap<NodeId, NodeSlot>>,
     trace: Mutex<Trace>,
@@ -227,6 +229,7 @@ impl World {
             canary,
             bulk,
             raft_config: raft_config(),
+            round_trips: Arc::new(spec.links.clone()),
             sync_latency: spec.sync_latency,
             nodes: Mutex::new(nodes),
             trace: Mutex::new(Trace::new(SimInstant::now(), keep_trace)),
@@ -386,7 +389,8 @@ impl World {
             transport,
             stores,
             self.raft_config.clone(),
-        ));
+        )
+        .with_round_trips(self.round_trips.clone()));
         for group in &replicas {
             let policy = self.policies[group].clone();
             let legacy = self.legacy.get(group).cloned().unwrap_or_default();
