@@ -155,15 +155,10 @@ impl Node {
             tuning.election_timeout_max_ms,
         );
         let raft_config = Arc::new(raft_config.context("invalid Raft timing")?);
-        let host = Arc::new(Host::new(
-            identity,
-            topology,
-            groups,
-            quic.clone(),
-            stores,
-            raft_config,
-        )
-        .with_round_trips(Arc::new(CountryRoundTrips)));
+        let host = Arc::new(
+            Host::new(identity, topology, groups, quic.clone(), stores, raft_config)
+                .with_round_trips(Arc::new(CountryRoundTrips)),
+        );
         let router = Router::new(file.policies.values()).context("routing")?;
         let metrics = Arc::new(Metrics::new());
         handler.install(Arc::new(Front {

@@ -74,7 +74,10 @@ pub fn covering_round_trip(
     if heartbeat_interval_ms == base.heartbeat_interval {
         return Ok(base.clone());
     }
-    let stretch = |ms: u64| ms.saturating_mul(heartbeat_interval_ms).div_ceil(base.heartbeat_interval.max(1));
+    let stretch = |ms: u64| {
+        ms.saturating_mul(heartbeat_interval_ms)
+            .div_ceil(base.heartbeat_interval.max(1))
+    };
     openraft::Config {
         heartbeat_interval: heartbeat_interval_ms,
         election_timeout_min: stretch(base.election_timeout_min),
@@ -107,7 +110,8 @@ impl CountryRoundTrips {
 impl RoundTrips for CountryRoundTrips {
     fn round_trip_ms(&self, a: &Site, b: &Site) -> u64 {
         let eea = Jurisdiction::eea();
-        let european = |site: &Site| eea.contains(site.country) || matches!(site.country.as_str(), "GB" | "CH");
+        let european =
+            |site: &Site| eea.contains(site.country) || matches!(site.country.as_str(), "GB" | "CH");
         if a.name == b.name {
             1
         } else if a.country == b.country {

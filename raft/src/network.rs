@@ -14,11 +14,11 @@ use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError,
 use openraft::metrics::RaftMetrics;
 use openraft::network::v2::RaftNetworkV2;
 use openraft::network::{RPCOption, RaftNetworkFactory};
-use openraft::type_config::TypeConfigExt;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
+use openraft::type_config::TypeConfigExt;
 use placement::{Membership, NodeId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -35,7 +35,11 @@ pub type MetricsCell<C> = Arc<OnceLock<WatchReceiverOf<C, RaftMetrics<C>>>>;
 
 /// The membership (voters and learners, joint configurations flattened) in a metrics snapshot.
 pub fn membership_of<C: GroupConfig>(metrics: &RaftMetrics<C>) -> Membership {
-    let stored = metrics.membership_config.membership();
+    flatten::<C>(metrics.membership_config.membership())
+}
+
+/// A stored openraft membership as voters and learners (joint configurations flattened).
+pub fn flatten<C: GroupConfig>(stored: &openraft::Membership<u64, ()>) -> Membership {
     let voters: Vec<NodeId> = stored.voter_ids().map(NodeId).collect();
     let learners = stored
         .learner_ids()

@@ -45,9 +45,9 @@ mod armed {
     }
 
     fn name_hash(point: &str) -> u64 {
-        point
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ byte as u64).wrapping_mul(0x1000_0000_01b3))
+        point.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+            (hash ^ byte as u64).wrapping_mul(0x1000_0000_01b3)
+        })
     }
 
     pub fn arm(seed: u64) {
@@ -63,7 +63,13 @@ mod armed {
     }
 
     pub fn disarm() -> BTreeMap<&'static str, u64> {
-        ARMED.with(|armed| armed.borrow_mut().take().map(|armed| armed.fired).unwrap_or_default())
+        ARMED.with(|armed| {
+            armed
+                .borrow_mut()
+                .take()
+                .map(|armed| armed.fired)
+                .unwrap_or_default()
+        })
     }
 
     pub fn pause() {
@@ -79,8 +85,10 @@ mod armed {
             let mut armed = armed.borrow_mut();
             let armed = armed.as_mut().filter(|armed| !armed.paused)?;
             let seed = armed.seed;
-            let enabled =
-                *armed.enabled.entry(point).or_insert_with(|| mix(seed ^ name_hash(point)) % ENABLED_ONE_IN == 0);
+            let enabled = *armed
+                .enabled
+                .entry(point)
+                .or_insert_with(|| mix(seed ^ name_hash(point)) % ENABLED_ONE_IN == 0);
             if !enabled {
                 return None;
             }

@@ -344,7 +344,7 @@ impl Network {
             let (copy, host, peer) = (request.clone(), host.clone(), from.clone());
             drop(SimRuntime::spawn(async move {
                 SimRuntime::sleep(later).await;
-                let _ = host.handle(&peer, copy).await;
+                let _ = crate::clock::on_node(to.0, host.handle(&peer, copy)).await;
             }));
         }
         SimRuntime::sleep(there).await;
@@ -355,7 +355,7 @@ impl Network {
             ));
         }
         self.lock().stats.delivered += 1;
-        let response = host.handle(from, request).await;
+        let response = crate::clock::on_node(to.0, host.handle(from, request)).await;
         let back = {
             let mut state = self.lock();
             let bytes = match &response {
