@@ -145,3 +145,79 @@ pub fn group_round_trip_ms(
         .max()
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use placement::TopologyFile;
+
+    fn base() -> openraft::Config {
+        group_raft_config("test", 100, 500, 1_000).expect("valid")
+    }
+
+    #[test]
+    fn a_timing_that_covers_the_round_trip_is_kept() {
+        let config = covering_round_trip(&base(), 40).expect("valid");
+        assert_eq!(
+            (
+                config.heartbeat_interval,
+                config.election_timeout_min,
+                config.election_timeout_max
+            ),
+            (100, 500, 1_000)
+        );
+    }
+
+    #[test]
+    fn a_transatlantic_round_trip_stretches_heartbeat_and_elections_alike() {
+        let config = covering_round_trip(&base(), 180).expect("valid");
+        assert_eq!(config.heartbeat_interval, 360, "two round trips");
+        assert_eq!(
+            (config.election_timeout_min, config.election_timeout_max),
+            (1_800, 3_600)
+        );
+        assert_eq!(
+            config.enable_leader_restore,
+            Some(false),
+            "the rest of the base is kept"
+        );
+    }
+
+    #[test]
+    fn a_legacy_group_is_timed_for_the_ocean_and_an_eea_group_for_europe() {
+        let file = TopologyFile::parse(
+            r#"
+[[site]]
+name = "dublin"
+country = "IE"
+nodes = [1]
+
+[[site]]
+name = "hamar"
+country = "NO"
+nodes = [2]
+
+[[site]]
+name = "ashburn"
+country = "US"
+nodes = [3]
+
+[[group]]
+name = "users"
+jurisdiction = "EEA"
+voters = 2
+"#,
+        )
+        .expect("a valid topology");
+        let policy = file.policies.values().next().expect("one group").clone();
+        let inside = group_round_trip_ms(&file.topology, &policy, &BTreeSet::new(), &CountryRoundTrips);
+        assert_eq!(inside, CountryRoundTrips::EUROPE_MS);
+        let legacy = group_round_trip_ms(
+            &file.topology,
+            &policy,
+            &BTreeSet::from([NodeId(3)]),
+            &CountryRoundTrips,
+        );
+        assert_eq!(legacy, CountryRoundTrips::INTERCONTINENTAL_MS);
+    }
+}

@@ -88,12 +88,12 @@ mod armed {
             let enabled = *armed
                 .enabled
                 .entry(point)
-                .or_insert_with(|| mix(seed ^ name_hash(point)) % ENABLED_ONE_IN == 0);
+                .or_insert_with(|| mix(seed ^ name_hash(point)).is_multiple_of(ENABLED_ONE_IN));
             if !enabled {
                 return None;
             }
             armed.stream = mix(armed.stream);
-            if armed.stream % FIRES_ONE_IN != 0 {
+            if !armed.stream.is_multiple_of(FIRES_ONE_IN) {
                 return None;
             }
             *armed.fired.entry(point).or_default() += 1;
