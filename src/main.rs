@@ -67,6 +67,7 @@ enum Command {
         command: operator_cli::LeaderCommand,
     },
     /// The deterministic simulator: run or sweep seeds of a scenario against the real Raft code.
+    #[cfg(feature = "sim")]
     Sim {
         #[command(subcommand)]
         command: simulator::cli::SimCommand,
@@ -122,6 +123,7 @@ fn main() -> ExitCode {
         Command::Leader {
             command: operator_cli::LeaderCommand::Move { admin, group, to },
         } => runtime().and_then(|runtime| runtime.block_on(operator_cli::move_leader(&admin, &group, to))),
+        #[cfg(feature = "sim")]
         Command::Sim { command } => simulator::cli::run(command),
     };
     match outcome {

@@ -18,7 +18,7 @@ use anyhow::{Context, anyhow, bail};
 use placement::{NodeId, Step, TopologyFile};
 use raft::bootstrap::open_initial_groups;
 use raft::client_protocol::{ClientOp, ClientRequest, Envelope, EnvelopeResponse};
-use raft::config::{TokioConfig, group_raft_config};
+use raft::config::{CountryRoundTrips, TokioConfig, group_raft_config};
 use raft::directory::Directory;
 use raft::host::Host;
 use raft::identity::{CertifiedKey, Peer, check_against_topology, node_identity_of_pem, tls_configs};
@@ -192,14 +192,10 @@ impl Node {
         );
         let raft_config = Arc::new(raft_config.context("invalid Raft timing")?);
         let me = identity.node;
-        let host = Arc::new(Host::new(
-            identity,
-            topology,
-            groups,
-            quic.clone(),
-            stores,
-            raft_config,
-        ));
+        let host = Arc::new(
+            Host::new(identity, topology, groups, quic.clone(), stores, raft_config)
+                .with_round_trips(Arc::new(CountryRoundTrips)),
+        );
         let router = Router::new(file.policies.values()).context("routing")?;
         let metrics = Arc::new(Metrics::new());
         handler.install(Arc::new(Front {

@@ -49,7 +49,8 @@ struct RawPeer {
     admin: Option<SocketAddr>,
 }
 
-/// Raft timing, in milliseconds. Defaults suit loopback and a single region; raise them across oceans.
+/// Raft timing, in milliseconds: the base each group's timing is stretched from to cover its sites' worst
+/// round trip (`raft::config::covering_round_trip`).
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RaftTuning {

@@ -4,6 +4,9 @@
 //! fence code runs with tokio in production ([`TokioConfig`]) and with the deterministic runtime in the
 //! simulator (which declares its own config with `AsyncRuntime = openraft_rt_sim::SimRuntime`).
 
+use std::collections::BTreeSet;
+
+use placement::{GroupPolicy, Jurisdiction, NodeId, Site, Topology};
 use storage::{Command, Response, StorageTypeConfig};
 
 /// What a replica group's type config must be: our commands and responses, `u64` node ids, openraft's
@@ -44,4 +47,177 @@ pub fn group_raft_config(
         ..Default::default()
     }
     .validate()
+}
+
+/// How many worst-case round trips a heartbeat interval must cover.
+///
+/// openraft waits for a heartbeat's reply for one heartbeat interval only (the interval is the heartbeat
+/// RPC's timeout), and a leader accepts a write only while a quorum has acknowledged something it sent less
+/// than `election_timeout_max` ago (its lease). With a heartbeat interval shorter than the round trip to the
+/// voter its quorum needs, no heartbeat reply ever counts: once the leader goes one lease without a
+/// replicated write, its lease lapses, every write is refused with `ForwardToLeader(None)` (reason
+/// `LeaseExpired`), and nothing renews it — while the followers, which do receive the heartbeats, never
+/// call an election. A legacy group with an EEA leader and its quorum in Ashburn (70–90 ms each way) under
+/// 100 ms heartbeats is exactly that (the simulator's `migrate` scenario found it). Two round trips leave
+/// room for jitter and a queue in front of the reply.
+pub const HEARTBEAT_ROUND_TRIPS: u64 = 2;
+
+/// `base`, stretched to work between voters up to `round_trip_ms` apart: the heartbeat interval covers
+/// [`HEARTBEAT_ROUND_TRIPS`] round trips, and the election timeouts keep their ratio to it (so the lease,
+/// `election_timeout_max`, still spans the same number of heartbeats). A base that already covers the
+/// round trip is returned unchanged.
+pub fn covering_round_trip(
+    base: &openraft::Config,
+    round_trip_ms: u64,
+) -> Result<openraft::Config, openraft::ConfigError> {
+    let heartbeat_interval_ms = base.heartbeat_interval.max(round_trip_ms * HEARTBEAT_ROUND_TRIPS);
+    if heartbeat_interval_ms == base.heartbeat_interval {
+        return Ok(base.clone());
+    }
+    let stretch = |ms: u64| {
+        ms.saturating_mul(heartbeat_interval_ms)
+            .div_ceil(base.heartbeat_interval.max(1))
+    };
+    openraft::Config {
+        heartbeat_interval: heartbeat_interval_ms,
+        election_timeout_min: stretch(base.election_timeout_min),
+        election_timeout_max: stretch(base.election_timeout_max),
+        ..base.clone()
+    }
+    .validate()
+}
+
+/// The worst round trip between two sites, in milliseconds: what a group's Raft timing must cover.
+pub trait RoundTrips: Send + Sync {
+    fn round_trip_ms(&self, a: &Site, b: &Site) -> u64;
+}
+
+/// Production's estimate from where sites stand, since the topology records countries, not distances:
+/// deliberately pessimistic (a too-long heartbeat only slows failure detection; a too-short one stops
+/// a group from accepting writes).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CountryRoundTrips;
+
+impl CountryRoundTrips {
+    /// Two sites in one country (a metro or a national backbone).
+    pub const SAME_COUNTRY_MS: u64 = 20;
+    /// Two European sites (the EEA's extremes, Iceland to Cyprus, are well under this).
+    pub const EUROPE_MS: u64 = 80;
+    /// Anything else: across an ocean (transatlantic is 140–180 ms, transpacific more).
+    pub const INTERCONTINENTAL_MS: u64 = 250;
+}
+
+impl RoundTrips for CountryRoundTrips {
+    fn round_trip_ms(&self, a: &Site, b: &Site) -> u64 {
+        let eea = Jurisdiction::eea();
+        let european =
+            |site: &Site| eea.contains(site.country) || matches!(site.country.as_str(), "GB" | "CH");
+        if a.name == b.name {
+            1
+        } else if a.country == b.country {
+            Self::SAME_COUNTRY_MS
+        } else if european(a) && european(b) {
+            Self::EUROPE_MS
+        } else {
+            Self::INTERCONTINENTAL_MS
+        }
+    }
+}
+
+/// The worst round trip between any two sites that may hold `policy`'s group: every site inside its
+/// jurisdiction, and the sites of its legacy members (a legacy group's leader needs their acknowledgements
+/// until they are removed).
+pub fn group_round_trip_ms(
+    topology: &Topology,
+    policy: &GroupPolicy,
+    legacy: &BTreeSet<NodeId>,
+    round_trips: &dyn RoundTrips,
+) -> u64 {
+    let sites: Vec<&Site> = topology
+        .sites()
+        .filter(|site| {
+            policy.jurisdiction.contains(site.country) || site.nodes.iter().any(|node| legacy.contains(node))
+        })
+        .collect();
+    sites
+        .iter()
+        .flat_map(|a| sites.iter().map(move |b| round_trips.round_trip_ms(a, b)))
+        .max()
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use placement::TopologyFile;
+
+    fn base() -> openraft::Config {
+        group_raft_config("test", 100, 500, 1_000).expect("valid")
+    }
+
+    #[test]
+    fn a_timing_that_covers_the_round_trip_is_kept() {
+        let config = covering_round_trip(&base(), 40).expect("valid");
+        assert_eq!(
+            (
+                config.heartbeat_interval,
+                config.election_timeout_min,
+                config.election_timeout_max
+            ),
+            (100, 500, 1_000)
+        );
+    }
+
+    #[test]
+    fn a_transatlantic_round_trip_stretches_heartbeat_and_elections_alike() {
+        let config = covering_round_trip(&base(), 180).expect("valid");
+        assert_eq!(config.heartbeat_interval, 360, "two round trips");
+        assert_eq!(
+            (config.election_timeout_min, config.election_timeout_max),
+            (1_800, 3_600)
+        );
+        assert_eq!(
+            config.enable_leader_restore,
+            Some(false),
+            "the rest of the base is kept"
+        );
+    }
+
+    #[test]
+    fn a_legacy_group_is_timed_for_the_ocean_and_an_eea_group_for_europe() {
+        let file = TopologyFile::parse(
+            r#"
+[[site]]
+name = "dublin"
+country = "IE"
+nodes = [1]
+
+[[site]]
+name = "hamar"
+country = "NO"
+nodes = [2]
+
+[[site]]
+name = "ashburn"
+country = "US"
+nodes = [3]
+
+[[group]]
+name = "users"
+jurisdiction = "EEA"
+voters = 2
+"#,
+        )
+        .expect("a valid topology");
+        let policy = file.policies.values().next().expect("one group").clone();
+        let inside = group_round_trip_ms(&file.topology, &policy, &BTreeSet::new(), &CountryRoundTrips);
+        assert_eq!(inside, CountryRoundTrips::EUROPE_MS);
+        let legacy = group_round_trip_ms(
+            &file.topology,
+            &policy,
+            &BTreeSet::from([NodeId(3)]),
+            &CountryRoundTrips,
+        );
+        assert_eq!(legacy, CountryRoundTrips::INTERCONTINENTAL_MS);
+    }
 }

@@ -22,6 +22,7 @@ use std::time::Duration;
 use openraft::alias::SnapshotMetaOf;
 use openraft::async_runtime::WatchReceiver;
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use openraft::type_config::TypeConfigExt;
 use openraft::vote::{RaftLeaderId, RaftVote};
 use openraft::{ChangeMembers, Raft, ReadPolicy, Snapshot};
 use placement::{FencedMembership, GroupId, GroupPolicy, Membership, NodeId, Refusal, Step, Topology};
@@ -31,10 +32,10 @@ use storage::snapshot::SnapshotData;
 use storage::state_machine::StateMachine;
 use storage::{Command, Record, RecordKey, Response, codec};
 
-use crate::config::GroupConfig;
+use crate::config::{GroupConfig, RoundTrips, covering_round_trip, group_round_trip_ms};
 use crate::identity::NodeIdentity;
 use crate::message::SnapshotChunk;
-use crate::network::{GroupNetworkFactory, MetricsCell, membership_of};
+use crate::network::{GroupNetworkFactory, MetricsCell, flatten, membership_of};
 use crate::residency::{GroupFence, IncidentCounts, Incidents};
 use crate::routing::group_number;
 use crate::stores::Stores;
@@ -121,7 +122,10 @@ pub struct Host<C: GroupConfig, T: Transport, S: Stores<C>> {
     policies: BTreeMap<u64, (GroupPolicy, BTreeSet<NodeId>)>,
     transport: Arc<T>,
     stores: S,
+    /// The base Raft timing; each group's is stretched to cover its sites' worst round trip
+    /// ([`Host::with_round_trips`]).
     raft_config: Arc<openraft::Config>,
+    round_trips: Option<Arc<dyn RoundTrips>>,
     incidents: Arc<Incidents>,
     groups: RwLock<GroupTable<C, S::Backend>>,
     /// Groups being opened right now: a second open of the same group (on demand, while start-up opens it)
@@ -153,10 +157,36 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             transport,
             stores,
             raft_config,
+            round_trips: None,
             incidents,
             groups,
             opening: Mutex::default(),
         }
+    }
+
+    /// Gives every group opened from now on a Raft timing that covers the worst round trip between the
+    /// sites that may hold it (see [`crate::config::HEARTBEAT_ROUND_TRIPS`] for what goes wrong without).
+    pub fn with_round_trips(mut self, round_trips: Arc<dyn RoundTrips>) -> Host<C, T, S> {
+        self.round_trips = Some(round_trips);
+        self
+    }
+
+    /// The Raft configuration of a group: the base, stretched to the group's worst round trip.
+    fn group_raft_config(
+        &self,
+        policy: &GroupPolicy,
+        legacy: &BTreeSet<NodeId>,
+    ) -> Result<Arc<openraft::Config>, HostError> {
+        let Some(round_trips) = &self.round_trips else {
+            return Ok(self.raft_config.clone());
+        };
+        let round_trip_ms = group_round_trip_ms(&self.topology, policy, legacy, round_trips.as_ref());
+        covering_round_trip(&self.raft_config, round_trip_ms)
+            .map(Arc::new)
+            .map_err(|error| HostError::Raft {
+                group: policy.group.clone(),
+                reason: format!("no valid timing for a {round_trip_ms} ms round trip: {error}"),
+            })
     }
 
     pub fn identity(&self) -> &NodeIdentity {
@@ -201,6 +231,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
         legacy: BTreeSet<NodeId>,
     ) -> Result<(), HostError> {
         let name = policy.group.clone();
+        let raft_config = self.group_raft_config(&policy, &legacy)?;
         let fence = Arc::new(GroupFence::new(
             number,
             policy,
@@ -220,18 +251,12 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             transport: self.transport.clone(),
             metrics: metrics.clone(),
         };
-        let raft = Raft::new(
-            self.me.node.0,
-            self.raft_config.clone(),
-            network,
-            log,
-            state_machine.clone(),
-        )
-        .await
-        .map_err(|error| HostError::Raft {
-            group: name.clone(),
-            reason: error.to_string(),
-        })?;
+        let raft = Raft::new(self.me.node.0, raft_config, network, log, state_machine.clone())
+            .await
+            .map_err(|error| HostError::Raft {
+                group: name.clone(),
+                reason: error.to_string(),
+            })?;
         let _ = metrics.set(raft.metrics());
         if !self.topology.is_inside(self.me.node, &fence.policy.jurisdiction) {
             // A legacy replica outside the jurisdiction replicates but never campaigns. Its peers refuse its
@@ -314,6 +339,25 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             });
         }
         let current = membership_of::<C>(&metrics);
+        if metrics.membership_config.membership().get_joint_config().len() > 1 {
+            // A joint configuration left behind (a leader change, or a caller gone, between openraft's two
+            // membership steps). `current` is its union, but openraft applies the next relative change to
+            // its target half — so admitting against `current` would check one membership and commit
+            // another (the simulator found this: a removal admitted from four voters committed two). Finish
+            // the transition first; the caller plans again from the membership it leads to.
+            let precondition = openraft::raft::Precondition::LastMembershipLogId {
+                last_membership_log_id: metrics.membership_config.log_id().clone(),
+            };
+            group
+                .raft
+                .change_membership_if(ChangeMembers::AddVoterIds(BTreeSet::new()), true, [precondition])
+                .await
+                .map_err(|error| raft_error(error.to_string()))?;
+            return Err(raft_error(format!(
+                "finished a joint membership left behind; plan {step:?} again from {:?}",
+                membership_of::<C>(&group.raft.metrics().borrow_watched())
+            )));
+        }
 
         if let Step::TransferLeader { to, .. } = step {
             let leader = group.fence.admit_leader(&current, *to)?;
@@ -344,17 +388,24 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
         let precondition = openraft::raft::Precondition::LastMembershipLogId {
             last_membership_log_id: metrics.membership_config.log_id().clone(),
         };
-        group
+        let written = group
             .raft
             .change_membership_if(change, retain, [precondition])
             .await
             .map_err(|error| raft_error(error.to_string()))?;
-        let applied = membership_of::<C>(&group.raft.metrics().borrow_watched());
-        assert_eq!(
-            &applied,
-            fenced.membership(),
-            "openraft committed a membership other than the one the fence admitted"
-        );
+        // The pair of the admission above: what openraft committed is what the fence admitted. Read it
+        // from the committed entry openraft answers with, not from the metrics, which the core publishes
+        // after it answers (a race the simulator's per-node clocks exposed: stale metrics, a false alarm).
+        if let Some(committed) = &written.membership {
+            assert_eq!(
+                &flatten::<C>(committed),
+                fenced.membership(),
+                "openraft committed a membership other than the one the fence admitted: {step:?} from {current:?} \
+                 (membership log id {:?}), answered with entry {:?}",
+                metrics.membership_config.log_id(),
+                written.log_id
+            );
+        }
         Ok(())
     }
 
@@ -408,6 +459,43 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             })
     }
 
+    /// An injected fault (simulation only): this node's network for `group` is asked to replicate an
+    /// entry to `target`, as a replication stream left over from a stale membership view or a stale peer
+    /// route would. The request goes through exactly the path openraft's own replication takes, so when
+    /// `target` may not hold the group's data, the egress fence is the one thing that stops it.
+    #[cfg(feature = "fault-points")]
+    pub async fn send_stray_append(&self, group: &GroupId, target: NodeId) -> Result<(), String> {
+        use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
+        let replica = self.group(group).map_err(|error| error.to_string())?;
+        let metrics = replica.raft.metrics();
+        let (vote, last_applied) = {
+            let now = metrics.borrow_watched();
+            (now.vote.clone(), now.last_applied.clone())
+        };
+        let Some(log_id) = last_applied else {
+            return Err(format!("{group} has applied nothing yet"));
+        };
+        let cell: MetricsCell<C> = Arc::new(OnceLock::new());
+        let _ = cell.set(metrics);
+        let mut factory = GroupNetworkFactory::<C, T> {
+            fence: replica.fence.clone(),
+            transport: self.transport.clone(),
+            metrics: cell,
+        };
+        let mut network = factory.new_client(target.0, &()).await;
+        let request = AppendEntriesRequest {
+            vote,
+            prev_log_id: None,
+            leader_commit: None,
+            entries: vec![<C::Entry as openraft::entry::RaftEntry>::new_blank(log_id)],
+        };
+        network
+            .append_entries(request, RPCOption::new(Duration::from_secs(1)))
+            .await
+            .map(|_| ())
+            .map_err(|error| error.to_string())
+    }
+
     /// Waits until `node` has replicated everything the leader had when the wait began (a learner caught up).
     pub async fn wait_caught_up(
         &self,
@@ -441,6 +529,11 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
     /// Proposes a write; returns the state machine's response once committed and applied.
     pub async fn write(&self, group: &GroupId, command: Command) -> Result<Response, HostError> {
         let replica = self.group(group)?;
+        // Fault point (simulation only): the proposal reaches Raft late (a busy node), so a write can
+        // land after a leader change its client did not see.
+        if let Some(delay_ms) = crate::sim::maybe_delay_ms("host.write.late", 300) {
+            C::sleep(Duration::from_millis(delay_ms)).await;
+        }
         match replica.raft.client_write(command).await {
             Ok(written) => Ok(written.data),
             Err(error) => Err(match error.forward_to_leader() {
@@ -676,6 +769,11 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             RequestKind::AppendEntries => {
                 let rpc: AppendEntriesRequest<C> = decode(&request.body)?;
                 self.check_sender(group, peer, *rpc.vote.leader_id().node_id())?;
+                // Fault point (simulation only): a follower slow to take entries (a stalled disk, a
+                // long pause), so the leader's quorum and lease ride on the others.
+                if let Some(delay_ms) = crate::sim::maybe_delay_ms("host.append.slow", 400) {
+                    C::sleep(Duration::from_millis(delay_ms)).await;
+                }
                 encode(&raft.append_entries(rpc).await.map_err(failed)?)
             }
             RequestKind::Vote | RequestKind::PreVote => {

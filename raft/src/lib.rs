@@ -24,5 +24,6 @@ pub mod repair;
 pub mod residency;
 pub mod routing;
 pub mod service;
+pub mod sim;
 pub mod stores;
 pub mod transport;

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use openraft::alias::{SnapshotOf, VoteOf, WatchReceiverOf};
 use openraft::async_runtime::WatchReceiver;
@@ -17,6 +18,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
+use openraft::type_config::TypeConfigExt;
 use placement::{Membership, NodeId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -33,7 +35,11 @@ pub type MetricsCell<C> = Arc<OnceLock<WatchReceiverOf<C, RaftMetrics<C>>>>;
 
 /// The membership (voters and learners, joint configurations flattened) in a metrics snapshot.
 pub fn membership_of<C: GroupConfig>(metrics: &RaftMetrics<C>) -> Membership {
-    let stored = metrics.membership_config.membership();
+    flatten::<C>(metrics.membership_config.membership())
+}
+
+/// A stored openraft membership as voters and learners (joint configurations flattened).
+pub fn flatten<C: GroupConfig>(stored: &openraft::Membership<u64, ()>) -> Membership {
     let voters: Vec<NodeId> = stored.voter_ids().map(NodeId).collect();
     let learners = stored
         .learner_ids()
@@ -91,6 +97,15 @@ impl<C: GroupConfig, T: Transport> GroupNetwork<C, T> {
         if carries_data {
             self.check_egress()
                 .map_err(|reason| RPCError::Unreachable(Unreachable::from_string(reason)))?;
+        }
+        // Fault points (simulation only): a send that fails at once, as a reset connection would, and one
+        // that leaves late, as behind a congested queue; openraft must back off and retry either way.
+        if crate::sim::maybe("network.send.fails") {
+            let reason = format!("fault point: the send to {} failed", self.target);
+            return Err(RPCError::Unreachable(Unreachable::from_string(reason)));
+        }
+        if let Some(delay_ms) = crate::sim::maybe_delay_ms("network.send.late", 250) {
+            C::sleep(Duration::from_millis(delay_ms)).await;
         }
         let body =
             codec::encode(message).map_err(|error| RPCError::Network(NetworkError::from_string(error)))?;

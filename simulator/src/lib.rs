@@ -9,6 +9,7 @@
 pub mod bulk;
 pub mod checkers;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod disk;
 pub mod history;

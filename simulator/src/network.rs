@@ -65,6 +65,11 @@ impl LinkModel {
                 bytes_per_second: 10 << 20,
             };
         };
+        self.site_link(a, b)
+    }
+
+    /// The link between two sites.
+    pub fn site_link(&self, a: &placement::Site, b: &placement::Site) -> Link {
         if let Some(link) = self.overrides.get(&(a.name.0.clone(), b.name.0.clone())) {
             return *link;
         }
@@ -86,6 +91,14 @@ impl LinkModel {
                 bytes_per_second: 500 << 20,
             }
         }
+    }
+}
+
+/// The worst round trip a link's latency allows, for the groups' timing: what an operator who
+/// measured these links would configure.
+impl raft::config::RoundTrips for LinkModel {
+    fn round_trip_ms(&self, a: &placement::Site, b: &placement::Site) -> u64 {
+        (2 * self.site_link(a, b).latency_micros.1).div_ceil(1_000)
     }
 }
 
@@ -331,7 +344,7 @@ impl Network {
             let (copy, host, peer) = (request.clone(), host.clone(), from.clone());
             drop(SimRuntime::spawn(async move {
                 SimRuntime::sleep(later).await;
-                let _ = host.handle(&peer, copy).await;
+                let _ = crate::clock::on_node(to.0, host.handle(&peer, copy)).await;
             }));
         }
         SimRuntime::sleep(there).await;
@@ -342,7 +355,7 @@ impl Network {
             ));
         }
         self.lock().stats.delivered += 1;
-        let response = host.handle(from, request).await;
+        let response = crate::clock::on_node(to.0, host.handle(from, request)).await;
         let back = {
             let mut state = self.lock();
             let bytes = match &response {

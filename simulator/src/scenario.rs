@@ -11,7 +11,10 @@
 //!   the EEA and two on US sites, are migrated into EEA sites by the planner's steps while clients and a
 //!   bulk writer run and nodes crash and links partition; a new replica is promoted only once its bulk
 //!   copy has arrived, and after cutover the US replicas are purged ([`crate::bulk`]). Its US–EU links
-//!   run at 5–10 ms, not the true 70–90 ms: see `migrate_world` for the open finding behind that.
+//!   run at the true 70–90 ms, which the groups' Raft timing covers (`raft::config::covering_round_trip`).
+//! * `chaos` also points stale routes at nodes outside a group's jurisdiction: a leader replicating where
+//!   only its egress fence stops it (the `egress-off` canary's catch).
+//! * `writes`: one 3-node group under client writes and no faults, the speed benchmark's baseline.
 
 use std::collections::BTreeSet;
 use std::io;
@@ -42,6 +45,8 @@ pub enum Scenario {
     SiteOutage,
     Chaos,
     Migrate,
+    /// One 3-node group under client writes, no faults: the speed benchmark's baseline.
+    Writes,
 }
 
 impl Scenario {
@@ -51,6 +56,7 @@ impl Scenario {
             Scenario::SiteOutage => "site-outage",
             Scenario::Chaos => "chaos",
             Scenario::Migrate => "migrate",
+            Scenario::Writes => "writes",
         }
     }
 }
@@ -107,6 +113,27 @@ fn eea_world() -> WorldSpec {
                 legacy: BTreeSet::new(),
             },
         ],
+        links: LinkModel::new(),
+        sync_latency: SyncLatency::default(),
+        bulk: None,
+    }
+}
+
+/// The benchmark world: one EEA group on three nodes in three sites (Dublin A and B, Hamar).
+fn one_group_world() -> WorldSpec {
+    let topology = EEA_TOPOLOGY
+        .split("[[group]]")
+        .next()
+        .expect("the EEA topology has sites")
+        .to_string()
+        + "[[group]]\nname = \"users-eea\"\njurisdiction = \"EEA\"\nvoters = 3\n";
+    WorldSpec {
+        topology,
+        groups: vec![GroupSpec {
+            group: GroupId("users-eea".into()),
+            voters: nodes(&[1, 2, 3]),
+            legacy: BTreeSet::new(),
+        }],
         links: LinkModel::new(),
         sync_latency: SyncLatency::default(),
         bulk: None,
@@ -181,20 +208,7 @@ fn migrate_world() -> WorldSpec {
         legacy("users-eea-3", 5, [13, 17]),
     ];
     let records_per_group = MIGRATE_RECORDS / groups.len() as u64;
-    // Workaround, not physics: with the real 70–90 ms transatlantic latency a legacy group whose quorum
-    // needs a US acknowledgement elects its inside leader, commits its blank entry, then refuses every
-    // write and membership change with `ForwardToLeader(None)` for the rest of the run (an open finding,
-    // to be explained before these links go back to their true latency).
-    let mut links = LinkModel::new();
-    for us in ["ashburn-1", "ashburn-2"] {
-        for eu in ["dublin-a", "dublin-b", "hamar", "frankfurt"] {
-            let link = crate::network::Link {
-                latency_micros: (5_000, 10_000),
-                bytes_per_second: 250 << 20,
-            };
-            links.set(us, eu, link);
-        }
-    }
+    let links = LinkModel::new();
     WorldSpec {
         topology: MIGRATE_TOPOLOGY.to_string(),
         groups,
@@ -236,6 +250,8 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_moved: Option<u64>,
     pub violations: Violations,
+    /// How often each fault point in production code (`raft::sim::maybe`) fired.
+    pub fault_points: std::collections::BTreeMap<&'static str, u64>,
 }
 
 pub struct Outcome {
@@ -248,7 +264,10 @@ pub struct Outcome {
 /// Runs one seed of a scenario on a fresh deterministic runtime.
 pub fn run(config: &RunConfig) -> Outcome {
     let mut runtime = SimRuntime::with_seed(config.seed);
+    // The production code's fault points fire on this thread only, drawn from this seed.
+    raft::sim::arm(config.seed);
     let (world, workload, sim_seconds) = runtime.block_on(simulate(config));
+    let fault_points = raft::sim::disarm();
     let history = workload.history.lock().expect("history lock");
     // Porcupine runs outside the simulation: it is a pure function of the history.
     history.check(&world.checks, Duration::from_secs(60));
@@ -268,6 +287,7 @@ pub fn run(config: &RunConfig) -> Outcome {
         migration_sim_seconds: world.bulk.as_ref().map(|bulk| bulk.migration_seconds()),
         bytes_moved: world.bulk.as_ref().map(|bulk| bulk.bytes_moved()),
         violations,
+        fault_points,
     };
     let outcome = Outcome {
         report,
@@ -283,13 +303,19 @@ pub fn run(config: &RunConfig) -> Outcome {
 async fn simulate(config: &RunConfig) -> (World, Workload, f64) {
     let start = SimInstant::now();
     let migrate = config.scenario == Scenario::Migrate;
-    let spec = if migrate { migrate_world() } else { eea_world() };
+    let spec = match config.scenario {
+        Scenario::Migrate => migrate_world(),
+        Scenario::Writes => one_group_world(),
+        _ => eea_world(),
+    };
     let world = World::build(config.seed, &spec, config.canary, config.keep_trace)
         .await
         .expect("the world builds");
     let router = Router::new(world.policies.values()).expect("group names do not collide");
     let keys = if migrate {
         tracked_keys(&router, &["EEA"], 6)
+    } else if config.scenario == Scenario::Writes {
+        tracked_keys(&router, &["EEA"], 3)
     } else {
         tracked_keys(&router, &["EEA", "EU"], 3)
     };
@@ -311,6 +337,7 @@ async fn simulate(config: &RunConfig) -> (World, Workload, f64) {
         Scenario::SiteOutage => 30,
         Scenario::Chaos => 30,
         Scenario::Migrate => 30,
+        Scenario::Writes => 60,
     });
     let mut faults = Faults::new(world.clone(), world.fork_rng(0xfa017), config.scenario);
     faults.run(Duration::from_secs(fault_seconds)).await;
@@ -387,6 +414,10 @@ impl Faults {
     }
 
     async fn run(&mut self, duration: Duration) {
+        if self.scenario == Scenario::Writes {
+            SimRuntime::sleep(duration).await;
+            return;
+        }
         let end = SimInstant::now() + duration;
         let base = NetFaults {
             loss_per_million: if self.scenario == Scenario::SiteOutage {
@@ -418,6 +449,7 @@ impl Faults {
                 Scenario::Failover | Scenario::Migrate => self.failover_tick().await,
                 Scenario::SiteOutage => self.site_outage_tick().await,
                 Scenario::Chaos => self.chaos_tick().await,
+                Scenario::Writes => {}
             }
             if self.scenario != Scenario::Failover && SimInstant::now() >= plan_due {
                 plan_due = SimInstant::now() + Duration::from_secs(1);
@@ -461,6 +493,53 @@ impl Faults {
     fn schedule_restart(&mut self, node: NodeId, millis: (u64, u64)) {
         let at = SimInstant::now() + Duration::from_millis(self.rng.between(millis.0, millis.1));
         self.restarts.push((at, node));
+    }
+
+    /// A stale route: a group's leader replicates an entry to a node outside the group's jurisdiction
+    /// that is no member of it (a peer table or membership view gone stale). Only the sender's egress
+    /// fence stands in the way; the network's residency witness sees the message if it gets through.
+    async fn stale_route(&mut self) {
+        let groups = self.groups();
+        let group = self.rng.pick(&groups).clone();
+        let jurisdiction = &self.world.policies[&group].jurisdiction;
+        let legacy = self.world.legacy.get(&group).cloned().unwrap_or_default();
+        let outside: Vec<NodeId> = self
+            .world
+            .node_ids()
+            .into_iter()
+            .filter(|&node| !self.world.topology.is_inside(node, jurisdiction) && !legacy.contains(&node))
+            .collect();
+        if outside.is_empty() {
+            return;
+        }
+        let target = *self.rng.pick(&outside);
+        let Some((leader, host)) = self.world.leader(&group) else {
+            return;
+        };
+        let sent = SimRuntime::timeout(Duration::from_secs(2), host.send_stray_append(&group, target)).await;
+        let outcome = match sent {
+            Ok(Ok(())) => "delivered".to_string(),
+            Ok(Err(reason)) => reason,
+            Err(_) => "timed out".to_string(),
+        };
+        self.world.log(format!(
+            "stale route: {leader} replicates {group} to {target}: {outcome}"
+        ));
+    }
+
+    /// A node's clock misbehaves: it leaps forward (a VM paused or migrated: up to 3 s gone in an
+    /// instant), or starts running up to 2% fast or slow (a clock source gone bad).
+    fn clock_fault(&mut self, node: NodeId) {
+        if self.rng.below(2) == 0 {
+            let by = Duration::from_millis(self.rng.between(100, 3_000));
+            crate::clock::leap(node.0, by);
+            self.world
+                .log(format!("{node}: clock leaps {} ms forward", by.as_millis()));
+        } else {
+            let drift_ppm = self.rng.below(40_001) as i64 - 20_000;
+            crate::clock::set_drift(node.0, drift_ppm);
+            self.world.log(format!("{node}: clock drifts {drift_ppm} ppm"));
+        }
     }
 
     fn groups(&self) -> Vec<GroupId> {
@@ -673,6 +752,8 @@ impl Faults {
                 }
             }
             29..30 if !self.power_loss_done && down == 0 => self.power_loss().await,
+            30..34 => self.stale_route().await,
+            34..37 => self.clock_fault(node),
             _ => {}
         }
     }
@@ -682,7 +763,18 @@ impl Faults {
         self.world.network.set_faults(NetFaults::default());
         self.heal_at = None;
         self.restarts.clear();
-        self.crashes.clear();
+        // A node whose fdatasync failed has a poisoned log: its process exits whether or not the faults
+        // stop, so the exits still due happen now (and the restarts below bring those nodes back).
+        for (_, node) in std::mem::take(&mut self.crashes) {
+            if self.world.is_up(node) {
+                self.world.log(format!("{node} exits after its failed fdatasync"));
+                self.world.crash(node, true).await;
+            }
+        }
+        raft::sim::pause();
+        for (node, drift_ppm) in &self.world.clock_drift_ppm {
+            crate::clock::set_drift(node.0, *drift_ppm);
+        }
         self.world.log("faults stop; everything heals");
         for node in self.world.node_ids() {
             if let Err(error) = self.world.start(node).await {
@@ -758,13 +850,15 @@ async fn liveness(world: &World) {
     for (index, group) in world.policies.keys().enumerate() {
         let started = SimInstant::now();
         // A group can recover if a quorum of its voters (as its replicas last knew them) is not lost.
-        let voters: BTreeSet<NodeId> = world
-            .holders(group)
-            .into_iter()
-            .filter_map(|node| world.status(node, group))
-            .max_by_key(|status| (status.term, status.committed))
-            .map(|status| status.membership.voters)
-            .unwrap_or_default();
+        // Replicas restarted a moment ago report nothing until their Raft core has loaded its state.
+        let mut voters = latest_voters(world, group);
+        for _ in 0..100 {
+            if !voters.is_empty() {
+                break;
+            }
+            SimRuntime::sleep(Duration::from_millis(20)).await;
+            voters = latest_voters(world, group);
+        }
         let healthy = voters.iter().filter(|&&node| world.is_up(node)).count();
         if voters.is_empty() || healthy < voters.len() / 2 + 1 {
             world.log(format!(
@@ -823,12 +917,31 @@ async fn liveness(world: &World) {
     }
 }
 
+/// The voters of `group` as its most up-to-date running replica knows them.
+fn latest_voters(world: &World, group: &GroupId) -> BTreeSet<NodeId> {
+    world
+        .holders(group)
+        .into_iter()
+        .filter_map(|node| world.status(node, group))
+        .max_by_key(|status| (status.term, status.committed))
+        .map(|status| status.membership.voters)
+        .unwrap_or_default()
+}
+
 /// After the run: every acknowledged write is in the committed log where it was acknowledged, and
 /// every replica's committed entries agree.
 async fn final_checks(world: &World, workload: &Workload) {
     let acked = workload.history.lock().expect("history lock").acked.clone();
     for group in world.policies.keys() {
-        let Some((leader, host)) = world.leader(group) else {
+        // The committed log is read from a leader. A group may be between leaders at this instant (one
+        // re-election after the liveness probe); it must have one again within the liveness bound.
+        let mut current = world.leader(group);
+        let started = SimInstant::now();
+        while current.is_none() && SimInstant::now() - started < LIVENESS_BOUND {
+            SimRuntime::sleep(Duration::from_millis(20)).await;
+            current = world.leader(group);
+        }
+        let Some((leader, host)) = current else {
             for write in acked.iter().filter(|write| &write.group == group) {
                 world.checks.violation(
                     Checker::LostAckedWrites,

@@ -113,6 +113,10 @@ pub struct Inner {
     pub canary: Option<Canary>,
     pub bulk: Option<Arc<Bulk>>,
     raft_config: Arc<openraft::Config>,
+    /// The links' worst round trips, from which every group's Raft timing is stretched.
+    round_trips: Arc<LinkModel>,
+    /// Each node's clock drift when the world was built (what healing returns it to).
+    pub clock_drift_ppm: BTreeMap<NodeId, i64>,
     sync_latency: SyncLatency,
     nodes: Mutex<BTreeMap<NodeId, NodeSlot>>,
     trace: Mutex<Trace>,
@@ -176,6 +180,19 @@ impl World {
             rng.fork(1),
             checks.clone(),
         ));
+        // Every node's own clock: started at its own origin, running up to 200 ppm fast or slow (quartz
+        // without NTP discipline); `chaos` makes them drift harder and leap.
+        crate::clock::reset();
+        let mut clock_rng = rng.fork(2);
+        let mut clock_drift_ppm = BTreeMap::new();
+        for site in topology.sites() {
+            for &node in &site.nodes {
+                let skew = Duration::from_micros(clock_rng.below(1_000_000));
+                let drift_ppm = clock_rng.below(401) as i64 - 200;
+                crate::clock::install(node.0, skew, drift_ppm);
+                clock_drift_ppm.insert(node, drift_ppm);
+            }
+        }
         let mut nodes = BTreeMap::new();
         for site in topology.sites() {
             for &node in &site.nodes {
@@ -227,6 +244,8 @@ impl World {
             canary,
             bulk,
             raft_config: raft_config(),
+            round_trips: Arc::new(spec.links.clone()),
+            clock_drift_ppm,
             sync_latency: spec.sync_latency,
             nodes: Mutex::new(nodes),
             trace: Mutex::new(Trace::new(SimInstant::now(), keep_trace)),
@@ -376,21 +395,24 @@ impl World {
             .cloned()
             .collect();
         let transport = Arc::new(self.network.transport(identity.clone()));
-        let host = Arc::new(Host::new(
-            identity,
-            self.topology.clone(),
-            self.policies.values().map(|policy| {
-                let legacy = self.legacy.get(&policy.group).cloned().unwrap_or_default();
-                (policy.clone(), legacy)
-            }),
-            transport,
-            stores,
-            self.raft_config.clone(),
-        ));
+        let host = Arc::new(
+            Host::new(
+                identity,
+                self.topology.clone(),
+                self.policies.values().map(|policy| {
+                    let legacy = self.legacy.get(&policy.group).cloned().unwrap_or_default();
+                    (policy.clone(), legacy)
+                }),
+                transport,
+                stores,
+                self.raft_config.clone(),
+            )
+            .with_round_trips(self.round_trips.clone()),
+        );
         for group in &replicas {
             let policy = self.policies[group].clone();
             let legacy = self.legacy.get(group).cloned().unwrap_or_default();
-            host.open_group(policy, legacy)
+            crate::clock::on_node(node.0, host.open_group(policy, legacy))
                 .await
                 .map_err(|error| format!("{node} opening {group}: {error}"))?;
         }
@@ -452,7 +474,7 @@ impl World {
         if let Some(host) = host {
             let policy = self.policies[group].clone();
             let legacy = self.legacy.get(group).cloned().unwrap_or_default();
-            host.open_group(policy, legacy)
+            crate::clock::on_node(node.0, host.open_group(policy, legacy))
                 .await
                 .map_err(|error| format!("{node} opening {group}: {error}"))?;
         }
@@ -486,7 +508,9 @@ impl World {
         let fenced = fence
             .admit_change(&current, &members)
             .map_err(|error| error.to_string())?;
-        host.bootstrap(fenced).await.map_err(|error| error.to_string())?;
+        crate::clock::on_node(first.0, host.bootstrap(fenced))
+            .await
+            .map_err(|error| error.to_string())?;
         self.log(format!(
             "{} bootstrapped on {first} with voters {:?}",
             spec.group, spec.voters
