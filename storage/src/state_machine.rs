@@ -3,14 +3,20 @@
 //! Each `apply` call becomes one atomic backend batch (one redb write transaction) built by the
 //! deterministic [`Applier`]; responses are sent only after the batch commits.
 //!
-//! **Durability choice.** Applies are not fsynced one by one. A batch commits non-durably and
-//! every [`DURABLE_EVERY_BATCHES`]th batch, every snapshot build and every snapshot install commit
-//! durably. After a crash the backend is at its last durable commit — a consistent state that
-//! includes its own applied log id — and openraft re-applies the committed entries after it from
-//! the log, which is already durable (and whose purge never passes a durable snapshot, because
-//! building a snapshot makes the state durable first). Fsyncing each apply would double the syncs
-//! on the write path for no gain in safety: the log is the durable record of what was committed.
-//! Re-applying is safe because applying is deterministic and retried writes are deduplicated.
+//! **Durability choice.** Applies are not fsynced one by one. A batch commits non-durably; after
+//! every [`DURABLE_EVERY_BATCHES`]th batch one durable commit is queued on the state machine's
+//! thread, *after* the batch's responses are sent, so no client waits for it; every snapshot build
+//! and every snapshot install commit durably. After a crash the backend is at its last durable
+//! commit — a consistent state that includes its own applied log id — and openraft re-applies the
+//! committed entries after it from the log, which is already durable (and whose purge never passes
+//! a durable snapshot, because building a snapshot makes the state durable first). Fsyncing each
+//! apply would double the syncs on the write path for no gain in safety: the log is the durable
+//! record of what was committed. Re-applying is safe because applying is deterministic and retried
+//! writes are deduplicated. A failed background durable commit fails every later apply.
+//!
+//! **Where the work runs.** A non-durable commit touches memory and the page cache only, so applies
+//! and reads run on openraft's state machine task when the store is free ([`Execution`]); the calls
+//! that sync run on the dedicated thread.
 //!
 //! Opening verifies the stored metadata and the current snapshot, refusing to start on damage.
 
@@ -18,6 +24,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::TryLockError;
 
 use futures_util::Stream;
 use futures_util::TryStreamExt;
@@ -50,12 +57,16 @@ use crate::snapshot;
 use crate::snapshot::SnapshotData;
 use crate::snapshot::SnapshotHeader;
 
-/// Every this many apply batches, one commits durably (bounds the re-apply after a crash).
+/// After this many apply batches, a durable commit is queued (bounds the re-apply after a crash).
 pub const DURABLE_EVERY_BATCHES: u32 = 64;
 
 struct Core<B> {
     backend: B,
     batches_since_durable: u32,
+    /// A durable commit is queued on the dedicated thread and has not run yet.
+    durable_commit_queued: bool,
+    /// Why a background durable commit failed: the store is no longer trusted to reach the disk.
+    durable_commit_failed: Option<String>,
 }
 
 /// The state machine of one group.
@@ -121,10 +132,17 @@ impl<B: Backend> Core<B> {
         snapshot::header_from_view(&self.backend.view()?)
     }
 
+    /// Applies `entries` in one non-durable commit. Also says whether a durable commit is now due
+    /// (and marks it queued: the caller must queue it).
     fn apply<C: StorageTypeConfig>(
         &mut self,
         entries: Vec<C::Entry>,
-    ) -> Result<Vec<Response>, StateMachineError> {
+    ) -> Result<(Vec<Response>, bool), StateMachineError> {
+        if let Some(reason) = &self.durable_commit_failed {
+            return Err(StateMachineError::Backend(format!(
+                "an earlier durable commit failed: {reason}"
+            )));
+        }
         let view = self.backend.view()?;
         let mut applier = Applier::new(&view);
         let mut responses = Vec::with_capacity(entries.len());
@@ -146,15 +164,30 @@ impl<B: Backend> Core<B> {
         if let Some(last) = last {
             applier.set_meta(apply::META_APPLIED, &encode(&last)?)?;
         }
-        let mut batch = applier.finish();
+        let batch = applier.finish();
+        debug_assert!(!batch.durable, "an apply batch commits non-durably");
         drop(view);
-        self.batches_since_durable += 1;
-        if self.batches_since_durable >= DURABLE_EVERY_BATCHES {
-            batch.durable = true;
-            self.batches_since_durable = 0;
-        }
         self.backend.commit(batch)?;
-        Ok(responses)
+        self.batches_since_durable += 1;
+        let durable_commit_due =
+            self.batches_since_durable >= DURABLE_EVERY_BATCHES && !self.durable_commit_queued;
+        if durable_commit_due {
+            self.durable_commit_queued = true;
+        }
+        Ok((responses, durable_commit_due))
+    }
+
+    /// The queued periodic durable commit; a failure is kept and fails every later apply.
+    fn run_queued_durable_commit(&mut self) {
+        assert!(self.durable_commit_queued, "only a queued durable commit runs");
+        self.durable_commit_queued = false;
+        if self.batches_since_durable == 0 || self.durable_commit_failed.is_some() {
+            return; // a snapshot made the state durable meanwhile, or the store already failed
+        }
+        if let Err(error) = self.make_durable() {
+            tracing::error!(%error, "the state machine's periodic durable commit failed");
+            self.durable_commit_failed = Some(error.to_string());
+        }
     }
 
     fn make_durable(&mut self) -> Result<(), StateMachineError> {
@@ -206,6 +239,8 @@ impl<C: StorageTypeConfig, B: Backend> StateMachine<C, B> {
         let core = Core {
             backend,
             batches_since_durable: 0,
+            durable_commit_queued: false,
+            durable_commit_failed: None,
         };
         applied_state_of::<C>(&core.header()?)?;
         if let Some(bytes) = core.backend.load_snapshot()? {
@@ -220,12 +255,41 @@ impl<C: StorageTypeConfig, B: Backend> StateMachine<C, B> {
         })
     }
 
+    /// Runs a short store call (one that never syncs): at once on this task when the store is free,
+    /// else queued on the dedicated thread behind the call that holds it (a durable commit, a
+    /// snapshot), so this task never blocks on a sync.
     async fn with_core<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Core<B>) -> Result<T, StateMachineError> + Send + 'static,
+    ) -> Result<T, StateMachineError> {
+        match self.core.try_lock() {
+            Ok(mut core) => return job(&mut core),
+            Err(TryLockError::Poisoned(_)) => panic!("state machine lock poisoned by an earlier panic"),
+            Err(TryLockError::WouldBlock) => {}
+        }
+        self.with_core_on_thread(job).await
+    }
+
+    /// Runs a store call that may sync or read a whole file, on the dedicated thread.
+    async fn with_core_on_thread<T: Send + 'static>(
         &self,
         job: impl FnOnce(&mut Core<B>) -> Result<T, StateMachineError> + Send + 'static,
     ) -> Result<T, StateMachineError> {
         let core = self.core.clone();
         self.executor.run::<C, _>(move || job(&mut lock(&core))).await?
+    }
+
+    /// Queues the periodic durable commit on the dedicated thread, not waited for.
+    fn queue_durable_commit(&self) {
+        let core = self.core.clone();
+        let queued = self
+            .executor
+            .submit(move || lock(&core).run_queued_durable_commit());
+        if let Err(error) = queued {
+            // The thread is gone; the next call that needs it reports the same error.
+            tracing::error!(%error, "could not queue the state machine's durable commit");
+            lock(&self.core).durable_commit_queued = false;
+        }
     }
 
     /// A local read of one record: as of the last applied entry, not linearizable.
@@ -262,7 +326,7 @@ impl<C: StorageTypeConfig, B: Backend> RaftStateMachine<C> for StateMachine<C, B
         if batch.is_empty() {
             return Ok(());
         }
-        let responses = self.with_core(move |core| core.apply::<C>(batch)).await?;
+        let (responses, durable_commit_due) = self.with_core(move |core| core.apply::<C>(batch)).await?;
         assert_eq!(
             responses.len(),
             responders.len(),
@@ -272,6 +336,10 @@ impl<C: StorageTypeConfig, B: Backend> RaftStateMachine<C> for StateMachine<C, B
             if let Some(responder) = responder {
                 responder.send(response);
             }
+        }
+        // After the responses: the sync is off every client's path.
+        if durable_commit_due {
+            self.queue_durable_commit();
         }
         Ok(())
     }
@@ -296,12 +364,14 @@ impl<C: StorageTypeConfig, B: Backend> RaftStateMachine<C> for StateMachine<C, B
             return Err(StateMachineError::Snapshot(SnapshotError::MetaMismatch(reason)).into());
         }
         Ok(self
-            .with_core(move |core| core.install_snapshot(&snapshot))
+            .with_core_on_thread(move |core| core.install_snapshot(&snapshot))
             .await?)
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, SnapshotData>>, io::Error> {
-        let bytes = self.with_core(|core| core.backend.load_snapshot()).await?;
+        let bytes = self
+            .with_core_on_thread(|core| core.backend.load_snapshot())
+            .await?;
         let Some(bytes) = bytes else { return Ok(None) };
         let data = SnapshotData::from_bytes(bytes).map_err(StateMachineError::from)?;
         Ok(Some(snapshot_of::<C>(data)?))
