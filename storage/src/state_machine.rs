@@ -390,3 +390,117 @@ impl<C: StorageTypeConfig, B: Backend> RaftSnapshotBuilder<C> for SnapshotBuilde
         Ok(snapshot_of::<C>(data)?)
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::atomic::AtomicU32;
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::backend::MemBackend;
+    use crate::backend::MemView;
+    use crate::record::Command;
+    use crate::record::WriteId;
+
+    openraft::declare_raft_types!(
+        TestConfig: D = Command, R = Response
+    );
+
+    const THREAD_NAME: &str = "domicile-state-machine";
+
+    /// A [`MemBackend`] that counts its commits by kind and by the thread that made them.
+    struct Watched {
+        inner: MemBackend,
+        durable_on_thread: Arc<AtomicU32>,
+        durable_elsewhere: Arc<AtomicU32>,
+        applies_on_thread: Arc<AtomicU32>,
+    }
+
+    impl Backend for Watched {
+        type View = MemView;
+
+        fn view(&self) -> Result<MemView, StateMachineError> {
+            self.inner.view()
+        }
+
+        fn commit(&mut self, batch: WriteBatch) -> Result<(), StateMachineError> {
+            let on_thread = std::thread::current().name() == Some(THREAD_NAME);
+            let counter = match (batch.durable, on_thread) {
+                (true, true) => Some(&self.durable_on_thread),
+                (true, false) => Some(&self.durable_elsewhere),
+                (false, true) => Some(&self.applies_on_thread),
+                (false, false) => None,
+            };
+            if let Some(counter) = counter {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+            self.inner.commit(batch)
+        }
+
+        fn save_snapshot(&mut self, bytes: &[u8]) -> Result<(), StateMachineError> {
+            self.inner.save_snapshot(bytes)
+        }
+
+        fn load_snapshot(&self) -> Result<Option<Vec<u8>>, StateMachineError> {
+            self.inner.load_snapshot()
+        }
+    }
+
+    fn put(index: u64) -> openraft::alias::EntryOf<TestConfig> {
+        openraft::Entry {
+            log_id: openraft::testing::log_id::<TestConfig>(1, 1, index),
+            payload: EntryPayload::Normal(Command::Put {
+                write: WriteId {
+                    client_id: 1,
+                    sequence: index,
+                },
+                key: RecordKey::new("eu", "alice", format!("r{}", index % 5)),
+                value: index.to_le_bytes().to_vec(),
+            }),
+        }
+    }
+
+    /// Proves that applies commit non-durably on the caller's task and that the periodic durable
+    /// commit runs on the state machine's thread once [`DURABLE_EVERY_BATCHES`] batches are applied.
+    #[tokio::test]
+    async fn the_periodic_durable_commit_runs_on_the_thread_after_the_applies() {
+        let backend = Watched {
+            inner: MemBackend::new(),
+            durable_on_thread: Arc::default(),
+            durable_elsewhere: Arc::default(),
+            applies_on_thread: Arc::default(),
+        };
+        let (durable_on_thread, durable_elsewhere, applies_on_thread) = (
+            backend.durable_on_thread.clone(),
+            backend.durable_elsewhere.clone(),
+            backend.applies_on_thread.clone(),
+        );
+        let mut state_machine =
+            StateMachine::<TestConfig, _>::open(backend, Execution::DedicatedThread).unwrap();
+        let batches = u64::from(DURABLE_EVERY_BATCHES);
+        for index in 1..=batches {
+            let stream = futures_util::stream::iter([Ok((put(index), None))]);
+            state_machine.apply(stream).await.unwrap();
+            // Runs on the thread, behind any durable commit queued before it.
+            state_machine.get_current_snapshot().await.unwrap();
+            let expected = u32::from(index == batches);
+            assert_eq!(
+                durable_on_thread.load(Ordering::SeqCst),
+                expected,
+                "after {index} batches: one durable commit exactly when {batches} batches are applied"
+            );
+        }
+        assert_eq!(
+            durable_elsewhere.load(Ordering::SeqCst),
+            0,
+            "no durable commit on the caller's task"
+        );
+        assert_eq!(
+            applies_on_thread.load(Ordering::SeqCst),
+            0,
+            "an uncontended apply runs on the caller's task"
+        );
+        let (applied, _) = state_machine.applied_state().await.unwrap();
+        assert_eq!(applied.map(|log_id| log_id.index), Some(batches));
+    }
+}
