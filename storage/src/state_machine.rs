@@ -14,9 +14,11 @@
 //! record of what was committed. Re-applying is safe because applying is deterministic and retried
 //! writes are deduplicated. A failed background durable commit fails every later apply.
 //!
-//! **Where the work runs.** A non-durable commit touches memory and the page cache only, so applies
-//! and reads run on openraft's state machine task when the store is free ([`Execution`]); the calls
-//! that sync run on the dedicated thread.
+//! **Where the work runs.** A non-durable commit touches memory and the page cache only, so small
+//! applies (up to [`INLINE_APPLY_ENTRIES_MAX`] entries: a lightly loaded group's) and reads run on
+//! openraft's state machine task when the store is free ([`Execution`]), saving two thread hand-offs
+//! per batch. Large batches, and the calls that sync, run on the dedicated thread, so a busy group's
+//! apply overlaps the runtime's network and log work instead of holding a runtime worker.
 //!
 //! Opening verifies the stored metadata and the current snapshot, refusing to start on damage.
 
@@ -59,6 +61,9 @@ use crate::snapshot::SnapshotHeader;
 
 /// After this many apply batches, a durable commit is queued (bounds the re-apply after a crash).
 pub const DURABLE_EVERY_BATCHES: u32 = 64;
+
+/// Apply batches of at most this many entries run on the caller's task (when the store is free).
+pub const INLINE_APPLY_ENTRIES_MAX: usize = 8;
 
 struct Core<B> {
     backend: B,
@@ -326,7 +331,13 @@ impl<C: StorageTypeConfig, B: Backend> RaftStateMachine<C> for StateMachine<C, B
         if batch.is_empty() {
             return Ok(());
         }
-        let (responses, durable_commit_due) = self.with_core(move |core| core.apply::<C>(batch)).await?;
+        let inline = batch.len() <= INLINE_APPLY_ENTRIES_MAX;
+        let apply = move |core: &mut Core<B>| core.apply::<C>(batch);
+        let (responses, durable_commit_due) = if inline {
+            self.with_core(apply).await?
+        } else {
+            self.with_core_on_thread(apply).await?
+        };
         assert_eq!(
             responses.len(),
             responders.len(),
@@ -460,8 +471,9 @@ mod tests {
         }
     }
 
-    /// Proves that applies commit non-durably on the caller's task and that the periodic durable
-    /// commit runs on the state machine's thread once [`DURABLE_EVERY_BATCHES`] batches are applied.
+    /// Proves that small applies commit non-durably on the caller's task, large ones on the state
+    /// machine's thread, and that the periodic durable commit runs on that thread once
+    /// [`DURABLE_EVERY_BATCHES`] batches are applied.
     #[tokio::test]
     async fn the_periodic_durable_commit_runs_on_the_thread_after_the_applies() {
         let backend = Watched {
@@ -500,7 +512,19 @@ mod tests {
             0,
             "an uncontended apply runs on the caller's task"
         );
+        let large =
+            (batches + 1..=batches + 1 + INLINE_APPLY_ENTRIES_MAX as u64).map(|index| Ok((put(index), None)));
+        state_machine
+            .apply(futures_util::stream::iter(large))
+            .await
+            .unwrap();
+        assert_eq!(
+            applies_on_thread.load(Ordering::SeqCst),
+            1,
+            "a batch larger than INLINE_APPLY_ENTRIES_MAX runs on the thread"
+        );
         let (applied, _) = state_machine.applied_state().await.unwrap();
-        assert_eq!(applied.map(|log_id| log_id.index), Some(batches));
+        let last = batches + 1 + INLINE_APPLY_ENTRIES_MAX as u64;
+        assert_eq!(applied.map(|log_id| log_id.index), Some(last));
     }
 }
