@@ -15,7 +15,8 @@
 # Knobs (environment): ROUNDS (3), CONNECTIONS (4: clients share at most this many connections, for both
 # systems), SCALE_PERCENT (100: operation counts per step), BENCH_DIR (where the temporary directory goes;
 # must not be tmpfs, or fsync would be free), ETCD_ALL_ENDPOINTS=1 (etcd clients talk to all members
-# instead of the leader alone), STEPS (op:clients:operations,...), SYSTEMS ("domicile etcd").
+# instead of the leader alone), STEPS (op:clients:operations,...), SYSTEMS ("domicile etcd"), DOMICILE_BIN
+# (the node binary to run instead of the one just built).
 set -euo pipefail
 
 MODE=${1:-compare}
@@ -50,9 +51,13 @@ if ((${#missing[@]})); then
 fi
 
 log "building (release)"
-(cd "$ROOT" && cargo build --release --quiet -p domicile --bin domicile -p cluster-bench --features cluster-bench/etcd)
+# `--bin` applies to every selected package: name both binaries, or cluster-bench's is not built.
+(cd "$ROOT" && cargo build --release --quiet -p domicile --bin domicile -p cluster-bench --bin cluster-bench \
+    --features cluster-bench/etcd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-DOMICILE=$TARGET_DIR/release/domicile
+# DOMICILE_BIN runs another build of the node (e.g. a saved copy of the previous version) against the
+# same load generator.
+DOMICILE=${DOMICILE_BIN:-$TARGET_DIR/release/domicile}
 BENCH=$TARGET_DIR/release/cluster-bench
 
 # ---- processes: every pid we start, stopped on any exit --------------------------------------------------

@@ -3,14 +3,22 @@
 //! Each `apply` call becomes one atomic backend batch (one redb write transaction) built by the
 //! deterministic [`Applier`]; responses are sent only after the batch commits.
 //!
-//! **Durability choice.** Applies are not fsynced one by one. A batch commits non-durably and
-//! every [`DURABLE_EVERY_BATCHES`]th batch, every snapshot build and every snapshot install commit
-//! durably. After a crash the backend is at its last durable commit — a consistent state that
-//! includes its own applied log id — and openraft re-applies the committed entries after it from
-//! the log, which is already durable (and whose purge never passes a durable snapshot, because
-//! building a snapshot makes the state durable first). Fsyncing each apply would double the syncs
-//! on the write path for no gain in safety: the log is the durable record of what was committed.
-//! Re-applying is safe because applying is deterministic and retried writes are deduplicated.
+//! **Durability choice.** Applies are not fsynced one by one. A batch commits non-durably; after
+//! every [`DURABLE_EVERY_BATCHES`]th batch one durable commit is queued on the state machine's
+//! thread, *after* the batch's responses are sent, so no client waits for it; every snapshot build
+//! and every snapshot install commit durably. After a crash the backend is at its last durable
+//! commit — a consistent state that includes its own applied log id — and openraft re-applies the
+//! committed entries after it from the log, which is already durable (and whose purge never passes
+//! a durable snapshot, because building a snapshot makes the state durable first). Fsyncing each
+//! apply would double the syncs on the write path for no gain in safety: the log is the durable
+//! record of what was committed. Re-applying is safe because applying is deterministic and retried
+//! writes are deduplicated. A failed background durable commit fails every later apply.
+//!
+//! **Where the work runs.** A non-durable commit touches memory and the page cache only, so small
+//! applies (up to [`INLINE_APPLY_ENTRIES_MAX`] entries: a lightly loaded group's) and reads run on
+//! openraft's state machine task when the store is free ([`Execution`]), saving two thread hand-offs
+//! per batch. Large batches, and the calls that sync, run on the dedicated thread, so a busy group's
+//! apply overlaps the runtime's network and log work instead of holding a runtime worker.
 //!
 //! Opening verifies the stored metadata and the current snapshot, refusing to start on damage.
 
@@ -18,6 +26,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::TryLockError;
 
 use futures_util::Stream;
 use futures_util::TryStreamExt;
@@ -50,12 +59,19 @@ use crate::snapshot;
 use crate::snapshot::SnapshotData;
 use crate::snapshot::SnapshotHeader;
 
-/// Every this many apply batches, one commits durably (bounds the re-apply after a crash).
+/// After this many apply batches, a durable commit is queued (bounds the re-apply after a crash).
 pub const DURABLE_EVERY_BATCHES: u32 = 64;
+
+/// Apply batches of at most this many entries run on the caller's task (when the store is free).
+pub const INLINE_APPLY_ENTRIES_MAX: usize = 8;
 
 struct Core<B> {
     backend: B,
     batches_since_durable: u32,
+    /// A durable commit is queued on the dedicated thread and has not run yet.
+    durable_commit_queued: bool,
+    /// Why a background durable commit failed: the store is no longer trusted to reach the disk.
+    durable_commit_failed: Option<String>,
 }
 
 /// The state machine of one group.
@@ -121,10 +137,17 @@ impl<B: Backend> Core<B> {
         snapshot::header_from_view(&self.backend.view()?)
     }
 
+    /// Applies `entries` in one non-durable commit. Also says whether a durable commit is now due
+    /// (and marks it queued: the caller must queue it).
     fn apply<C: StorageTypeConfig>(
         &mut self,
         entries: Vec<C::Entry>,
-    ) -> Result<Vec<Response>, StateMachineError> {
+    ) -> Result<(Vec<Response>, bool), StateMachineError> {
+        if let Some(reason) = &self.durable_commit_failed {
+            return Err(StateMachineError::Backend(format!(
+                "an earlier durable commit failed: {reason}"
+            )));
+        }
         let view = self.backend.view()?;
         let mut applier = Applier::new(&view);
         let mut responses = Vec::with_capacity(entries.len());
@@ -146,15 +169,30 @@ impl<B: Backend> Core<B> {
         if let Some(last) = last {
             applier.set_meta(apply::META_APPLIED, &encode(&last)?)?;
         }
-        let mut batch = applier.finish();
+        let batch = applier.finish();
+        debug_assert!(!batch.durable, "an apply batch commits non-durably");
         drop(view);
-        self.batches_since_durable += 1;
-        if self.batches_since_durable >= DURABLE_EVERY_BATCHES {
-            batch.durable = true;
-            self.batches_since_durable = 0;
-        }
         self.backend.commit(batch)?;
-        Ok(responses)
+        self.batches_since_durable += 1;
+        let durable_commit_due =
+            self.batches_since_durable >= DURABLE_EVERY_BATCHES && !self.durable_commit_queued;
+        if durable_commit_due {
+            self.durable_commit_queued = true;
+        }
+        Ok((responses, durable_commit_due))
+    }
+
+    /// The queued periodic durable commit; a failure is kept and fails every later apply.
+    fn run_queued_durable_commit(&mut self) {
+        assert!(self.durable_commit_queued, "only a queued durable commit runs");
+        self.durable_commit_queued = false;
+        if self.batches_since_durable == 0 || self.durable_commit_failed.is_some() {
+            return; // a snapshot made the state durable meanwhile, or the store already failed
+        }
+        if let Err(error) = self.make_durable() {
+            tracing::error!(%error, "the state machine's periodic durable commit failed");
+            self.durable_commit_failed = Some(error.to_string());
+        }
     }
 
     fn make_durable(&mut self) -> Result<(), StateMachineError> {
@@ -206,6 +244,8 @@ impl<C: StorageTypeConfig, B: Backend> StateMachine<C, B> {
         let core = Core {
             backend,
             batches_since_durable: 0,
+            durable_commit_queued: false,
+            durable_commit_failed: None,
         };
         applied_state_of::<C>(&core.header()?)?;
         if let Some(bytes) = core.backend.load_snapshot()? {
@@ -220,12 +260,41 @@ impl<C: StorageTypeConfig, B: Backend> StateMachine<C, B> {
         })
     }
 
+    /// Runs a short store call (one that never syncs): at once on this task when the store is free,
+    /// else queued on the dedicated thread behind the call that holds it (a durable commit, a
+    /// snapshot), so this task never blocks on a sync.
     async fn with_core<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Core<B>) -> Result<T, StateMachineError> + Send + 'static,
+    ) -> Result<T, StateMachineError> {
+        match self.core.try_lock() {
+            Ok(mut core) => return job(&mut core),
+            Err(TryLockError::Poisoned(_)) => panic!("state machine lock poisoned by an earlier panic"),
+            Err(TryLockError::WouldBlock) => {}
+        }
+        self.with_core_on_thread(job).await
+    }
+
+    /// Runs a store call that may sync or read a whole file, on the dedicated thread.
+    async fn with_core_on_thread<T: Send + 'static>(
         &self,
         job: impl FnOnce(&mut Core<B>) -> Result<T, StateMachineError> + Send + 'static,
     ) -> Result<T, StateMachineError> {
         let core = self.core.clone();
         self.executor.run::<C, _>(move || job(&mut lock(&core))).await?
+    }
+
+    /// Queues the periodic durable commit on the dedicated thread, not waited for.
+    fn queue_durable_commit(&self) {
+        let core = self.core.clone();
+        let queued = self
+            .executor
+            .submit(move || lock(&core).run_queued_durable_commit());
+        if let Err(error) = queued {
+            // The thread is gone; the next call that needs it reports the same error.
+            tracing::error!(%error, "could not queue the state machine's durable commit");
+            lock(&self.core).durable_commit_queued = false;
+        }
     }
 
     /// A local read of one record: as of the last applied entry, not linearizable.
@@ -262,7 +331,13 @@ impl<C: StorageTypeConfig, B: Backend> RaftStateMachine<C> for StateMachine<C, B
         if batch.is_empty() {
             return Ok(());
         }
-        let responses = self.with_core(move |core| core.apply::<C>(batch)).await?;
+        let inline = batch.len() <= INLINE_APPLY_ENTRIES_MAX;
+        let apply = move |core: &mut Core<B>| core.apply::<C>(batch);
+        let (responses, durable_commit_due) = if inline {
+            self.with_core(apply).await?
+        } else {
+            self.with_core_on_thread(apply).await?
+        };
         assert_eq!(
             responses.len(),
             responders.len(),
@@ -272,6 +347,10 @@ impl<C: StorageTypeConfig, B: Backend> RaftStateMachine<C> for StateMachine<C, B
             if let Some(responder) = responder {
                 responder.send(response);
             }
+        }
+        // After the responses: the sync is off every client's path.
+        if durable_commit_due {
+            self.queue_durable_commit();
         }
         Ok(())
     }
@@ -296,12 +375,14 @@ impl<C: StorageTypeConfig, B: Backend> RaftStateMachine<C> for StateMachine<C, B
             return Err(StateMachineError::Snapshot(SnapshotError::MetaMismatch(reason)).into());
         }
         Ok(self
-            .with_core(move |core| core.install_snapshot(&snapshot))
+            .with_core_on_thread(move |core| core.install_snapshot(&snapshot))
             .await?)
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, SnapshotData>>, io::Error> {
-        let bytes = self.with_core(|core| core.backend.load_snapshot()).await?;
+        let bytes = self
+            .with_core_on_thread(|core| core.backend.load_snapshot())
+            .await?;
         let Some(bytes) = bytes else { return Ok(None) };
         let data = SnapshotData::from_bytes(bytes).map_err(StateMachineError::from)?;
         Ok(Some(snapshot_of::<C>(data)?))
@@ -318,5 +399,132 @@ impl<C: StorageTypeConfig, B: Backend> RaftSnapshotBuilder<C> for SnapshotBuilde
             .run::<C, _>(move || lock(&core).build_snapshot())
             .await??;
         Ok(snapshot_of::<C>(data)?)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::atomic::AtomicU32;
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::backend::MemBackend;
+    use crate::backend::MemView;
+    use crate::record::Command;
+    use crate::record::WriteId;
+
+    openraft::declare_raft_types!(
+        TestConfig: D = Command, R = Response
+    );
+
+    const THREAD_NAME: &str = "domicile-state-machine";
+
+    /// A [`MemBackend`] that counts its commits by kind and by the thread that made them.
+    struct Watched {
+        inner: MemBackend,
+        durable_on_thread: Arc<AtomicU32>,
+        durable_elsewhere: Arc<AtomicU32>,
+        applies_on_thread: Arc<AtomicU32>,
+    }
+
+    impl Backend for Watched {
+        type View = MemView;
+
+        fn view(&self) -> Result<MemView, StateMachineError> {
+            self.inner.view()
+        }
+
+        fn commit(&mut self, batch: WriteBatch) -> Result<(), StateMachineError> {
+            let on_thread = std::thread::current().name() == Some(THREAD_NAME);
+            let counter = match (batch.durable, on_thread) {
+                (true, true) => Some(&self.durable_on_thread),
+                (true, false) => Some(&self.durable_elsewhere),
+                (false, true) => Some(&self.applies_on_thread),
+                (false, false) => None,
+            };
+            if let Some(counter) = counter {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+            self.inner.commit(batch)
+        }
+
+        fn save_snapshot(&mut self, bytes: &[u8]) -> Result<(), StateMachineError> {
+            self.inner.save_snapshot(bytes)
+        }
+
+        fn load_snapshot(&self) -> Result<Option<Vec<u8>>, StateMachineError> {
+            self.inner.load_snapshot()
+        }
+    }
+
+    fn put(index: u64) -> openraft::alias::EntryOf<TestConfig> {
+        openraft::Entry {
+            log_id: openraft::testing::log_id::<TestConfig>(1, 1, index),
+            payload: EntryPayload::Normal(Command::Put {
+                write: WriteId {
+                    client_id: 1,
+                    sequence: index,
+                },
+                key: RecordKey::new("eu", "alice", format!("r{}", index % 5)),
+                value: index.to_le_bytes().to_vec(),
+            }),
+        }
+    }
+
+    /// Proves that small applies commit non-durably on the caller's task, large ones on the state
+    /// machine's thread, and that the periodic durable commit runs on that thread once
+    /// [`DURABLE_EVERY_BATCHES`] batches are applied.
+    #[tokio::test]
+    async fn the_periodic_durable_commit_runs_on_the_thread_after_the_applies() {
+        let backend = Watched {
+            inner: MemBackend::new(),
+            durable_on_thread: Arc::default(),
+            durable_elsewhere: Arc::default(),
+            applies_on_thread: Arc::default(),
+        };
+        let (durable_on_thread, durable_elsewhere, applies_on_thread) = (
+            backend.durable_on_thread.clone(),
+            backend.durable_elsewhere.clone(),
+            backend.applies_on_thread.clone(),
+        );
+        let mut state_machine =
+            StateMachine::<TestConfig, _>::open(backend, Execution::DedicatedThread).unwrap();
+        let batches = u64::from(DURABLE_EVERY_BATCHES);
+        for index in 1..=batches {
+            let stream = futures_util::stream::iter([Ok((put(index), None))]);
+            state_machine.apply(stream).await.unwrap();
+            // Runs on the thread, behind any durable commit queued before it.
+            state_machine.get_current_snapshot().await.unwrap();
+            let expected = u32::from(index == batches);
+            assert_eq!(
+                durable_on_thread.load(Ordering::SeqCst),
+                expected,
+                "after {index} batches: one durable commit exactly when {batches} batches are applied"
+            );
+        }
+        assert_eq!(
+            durable_elsewhere.load(Ordering::SeqCst),
+            0,
+            "no durable commit on the caller's task"
+        );
+        assert_eq!(
+            applies_on_thread.load(Ordering::SeqCst),
+            0,
+            "an uncontended apply runs on the caller's task"
+        );
+        let large =
+            (batches + 1..=batches + 1 + INLINE_APPLY_ENTRIES_MAX as u64).map(|index| Ok((put(index), None)));
+        state_machine
+            .apply(futures_util::stream::iter(large))
+            .await
+            .unwrap();
+        assert_eq!(
+            applies_on_thread.load(Ordering::SeqCst),
+            1,
+            "a batch larger than INLINE_APPLY_ENTRIES_MAX runs on the thread"
+        );
+        let (applied, _) = state_machine.applied_state().await.unwrap();
+        let last = batches + 1 + INLINE_APPLY_ENTRIES_MAX as u64;
+        assert_eq!(applied.map(|log_id| log_id.index), Some(last));
     }
 }
