@@ -344,7 +344,22 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             // membership steps). `current` is its union, but openraft applies the next relative change to
             // its target half — so admitting against `current` would check one membership and commit
             // another (the simulator found this: a removal admitted from four voters committed two). Finish
-            // the transition first; the caller plans again from the membership it leads to.
+            // the transition first; the caller plans again from the membership it leads to. Finishing is a
+            // membership change too, so it is admitted by the fence like any other: the target half's
+            // voters, with the voters it drops kept as learners (`retain`).
+            let joint = metrics.membership_config.membership().get_joint_config();
+            let target_voters: BTreeSet<NodeId> = joint
+                .last()
+                .map(|voters| voters.iter().copied().map(NodeId).collect())
+                .unwrap_or_default();
+            let target_learners = current
+                .learners
+                .iter()
+                .chain(&current.voters)
+                .copied()
+                .filter(|node| !target_voters.contains(node));
+            let target = Membership::new(target_voters.iter().copied(), target_learners.collect::<Vec<_>>());
+            group.fence.admit_change(&current, &target)?;
             let precondition = openraft::raft::Precondition::LastMembershipLogId {
                 last_membership_log_id: metrics.membership_config.log_id().clone(),
             };
