@@ -217,7 +217,7 @@ impl Client {
                 let request = Envelope::Client(ClientRequest::ShardMap {
                     jurisdiction: jurisdiction.to_string(),
                 });
-                let attempt_limit = remaining.min((self.timeout / 4).max(Duration::from_millis(250)));
+                let attempt_limit = self.attempt_limit(remaining);
                 let reply = tokio::time::timeout(
                     attempt_limit,
                     self.dialer.request::<_, EnvelopeResponse>(node, &request),
@@ -277,9 +277,7 @@ impl Client {
                 user_id: user_id.to_string(),
                 op: op.clone(),
             });
-            // One attempt may use a share of the deadline, not all of it: a dead node must leave time to ask
-            // another.
-            let attempt_limit = remaining.min((self.timeout / 4).max(Duration::from_millis(250)));
+            let attempt_limit = self.attempt_limit(remaining);
             let reply = tokio::time::timeout(
                 attempt_limit,
                 self.dialer.request::<_, EnvelopeResponse>(node, &request),
@@ -346,6 +344,12 @@ impl Client {
     ) -> Result<String, ClientError> {
         let groups = self.shard_map(jurisdiction, deadline).await?;
         Ok(groups[(stable_hash(user_id.as_bytes()) % groups.len() as u64) as usize].clone())
+    }
+
+    /// How long one attempt may take: a share of the deadline, not all of it, so a dead node leaves time to
+    /// ask another.
+    fn attempt_limit(&self, remaining: Duration) -> Duration {
+        remaining.min((self.timeout / 4).max(Duration::from_millis(250)))
     }
 
     fn is_suspect(&self, node: NodeId) -> bool {
