@@ -98,6 +98,8 @@ struct GroupState {
     vote: Option<Vec<u8>>,
     committed: Option<(u64, Vec<u8>)>,
     purged: Option<(u64, Vec<u8>)>,
+    /// This node's replica was purged ([`Wal::retire`]) and not brought back since.
+    retired: bool,
 }
 
 /// Bytes reserved ahead of framing each entry.
@@ -217,6 +219,9 @@ pub struct Wal<D: Disk> {
     buffer: Vec<u8>,
     /// Set by the first failed write: the file's state is unknown after it.
     failed: Option<String>,
+    /// True while the oldest segment on disk is replayed: its entries may follow records in
+    /// segments already removed (see [`Wal::check_contiguous`]).
+    replaying_oldest: bool,
 }
 
 impl<D: Disk> Wal<D> {
@@ -251,9 +256,15 @@ impl<D: Disk> Wal<D> {
             groups: BTreeMap::new(),
             buffer: Vec::new(),
             failed: None,
+            replaying_oldest: false,
         };
         for (position, &id) in ids.iter().enumerate() {
+            wal.replaying_oldest = position == 0;
             wal.replay_segment(id, position + 1 == ids.len())?;
+        }
+        wal.replaying_oldest = false;
+        if let Some(&oldest) = ids.first() {
+            wal.check_contiguous(oldest)?;
         }
         wal.check_committed_present()?;
         // The last segment may have been removed as torn before its checkpoint was complete.
@@ -332,6 +343,32 @@ impl<D: Disk> Wal<D> {
         Ok(())
     }
 
+    /// After replay, every group's entries must start right after its purge point.
+    ///
+    /// The oldest segment's checkpoint holds the purge point as it was when that segment was
+    /// started; entries written after it may continue entries of a removed, older segment, and a
+    /// purge record further on moves the purge point past those. So a gap is allowed while the
+    /// oldest segment is replayed, and checked here, once every purge record has been seen: one
+    /// left over means entries are missing.
+    fn check_contiguous(&self, oldest: u64) -> Result<(), LogError> {
+        for (&group, state) in &self.groups {
+            let (Some(&first), Some((purged, _))) = (state.entries.keys().next(), &state.purged) else {
+                continue;
+            };
+            if first != purged + 1 {
+                return Err(LogError::corrupt(
+                    segment::segment_name(oldest),
+                    0,
+                    Some(group),
+                    format!(
+                        "entries start at {first} but the purge point is {purged}: entries between are missing"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// A durable commit index beyond the log's end means acknowledged entries were lost.
     fn check_committed_present(&self) -> Result<(), LogError> {
         for (&group, state) in &self.groups {
@@ -373,6 +410,7 @@ impl<D: Disk> Wal<D> {
                     ));
                 }
                 if state.entries.is_empty()
+                    && !self.replaying_oldest
                     && let Some((purged, _)) = &state.purged
                     && index != purged + 1
                 {
@@ -396,6 +434,15 @@ impl<D: Disk> Wal<D> {
                 self.release(removed.values());
             }
             RecordHead::Purge { group, index, log_id } => self.purge_group(group, index, log_id),
+            RecordHead::Retire { group } => {
+                let state = self.groups.entry(group).or_default();
+                let removed = std::mem::take(&mut state.entries);
+                state.committed = None;
+                state.purged = None;
+                state.retired = true;
+                self.release(removed.values());
+            }
+            RecordHead::Revive { group } => self.groups.entry(group).or_default().retired = false,
             RecordHead::Checkpoint { groups, .. } => {
                 for checkpoint in groups {
                     let state = self.groups.entry(checkpoint.group).or_default();
@@ -548,20 +595,27 @@ impl<D: Disk> Wal<D> {
                 purged: state.purged.clone(),
             })
             .collect();
-        codec::encode_frame(
-            &RecordHead::Checkpoint {
-                previous_segment_len,
-                groups,
-            },
-            None::<&()>,
-            RECORD_PAYLOAD_BYTES_MAX,
-            &mut bytes,
-        )
-        .map_err(|e| LogError::corrupt(&name, 0, None, format!("checkpoint does not fit a record: {e}")))?;
+        let retired = self
+            .groups
+            .iter()
+            .filter(|(_, state)| state.retired)
+            .map(|(&group, _)| RecordHead::Retire { group });
+        let checkpoint = RecordHead::Checkpoint {
+            previous_segment_len,
+            groups,
+        };
+        // Written with one append: the retirements share the checkpoint's fate if the start tears.
+        for head in std::iter::once(checkpoint).chain(retired) {
+            codec::encode_frame(&head, None::<&()>, RECORD_PAYLOAD_BYTES_MAX, &mut bytes).map_err(|e| {
+                LogError::corrupt(&name, 0, None, format!("checkpoint does not fit a record: {e}"))
+            })?;
+        }
+        // Synced at once: older segments may be removed from now on, and the metadata they held
+        // then lives only in this checkpoint (one fdatasync per segment).
         let result = self
             .disk
             .create(&name)
-            .and_then(|file| file.append(&bytes).map(|()| file));
+            .and_then(|file| file.append(&bytes).and_then(|()| file.sync()).map(|()| file));
         let file = match result {
             Ok(file) => file,
             Err(error) => {
@@ -663,6 +717,24 @@ impl<D: Disk> Wal<D> {
         let end = self.write_record(RecordHead::Purge { group, index, log_id })?;
         self.remove_unneeded_segments()?;
         Ok(end)
+    }
+
+    /// Deletes this node's replica of `group` from the log (see [`RecordHead::Retire`]), then
+    /// removes segments nobody needs any more. The caller must have stopped the group's Raft
+    /// instance and proven that a committed membership leaves this node out.
+    pub fn retire(&mut self, group: u64) -> Result<Position, LogError> {
+        let end = self.write_record(RecordHead::Retire { group })?;
+        self.remove_unneeded_segments()?;
+        Ok(end)
+    }
+
+    /// Makes a retired group a replica here again, from an empty log.
+    pub fn revive(&mut self, group: u64) -> Result<Position, LogError> {
+        self.write_record(RecordHead::Revive { group })
+    }
+
+    pub fn is_retired(&self, group: u64) -> bool {
+        self.groups.get(&group).is_some_and(|state| state.retired)
     }
 
     /// Removes the oldest segments while they hold no live entry. Only a prefix is removed: a
@@ -1089,5 +1161,95 @@ mod tests {
             ),
             "{error}"
         );
+    }
+
+    /// Appends entries 1..=100 of group 1 in batches of ten, purging up to 10 after the second
+    /// batch, so every later segment's checkpoint carries that purge point.
+    fn log_purged_early(disk: &MemDisk) -> Wal<MemDisk> {
+        let mut wal = Wal::open(disk.clone(), small()).unwrap();
+        for batch in 0..10u64 {
+            append(&mut wal, 1, batch * 10 + 1..=batch * 10 + 10);
+            if batch == 1 {
+                wal.purge(1, 10, vec![10]).unwrap();
+            }
+        }
+        assert!(wal.segment_ids().len() >= 4, "the test needs several segments");
+        wal
+    }
+
+    #[test]
+    fn a_log_whose_old_segments_were_purged_twice_reopens() {
+        // The oldest segment left holds entries that continue a removed segment's, beyond the
+        // purge point its checkpoint recorded; a purge record after them covers the gap.
+        let disk = MemDisk::new();
+        let mut wal = log_purged_early(&disk);
+        wal.purge(1, 60, vec![60]).unwrap();
+        assert!(wal.segment_ids()[0] > 1, "the second purge removes segments");
+        sync_all(&mut wal, &disk);
+        let reopened = Wal::open(disk, small()).unwrap();
+        assert_eq!(reopened.purged(1), Some(vec![60]));
+        assert_eq!(read_all(&reopened, 1).first().map(|e| e.0), Some(61));
+        assert_eq!(reopened.last_index(1), Some(100));
+    }
+
+    #[test]
+    fn entries_missing_after_the_purge_point_are_named() {
+        let disk = MemDisk::new();
+        let mut wal = log_purged_early(&disk);
+        sync_all(&mut wal, &disk);
+        let oldest_kept = wal.segment_ids()[2];
+        drop(wal);
+        // The first segments vanish although their entries were never purged.
+        for id in 1..oldest_kept {
+            disk.remove(&segment::segment_name(id)).unwrap();
+        }
+        let error = Wal::open(disk, small()).err().expect("a gap must refuse to open");
+        assert!(
+            matches!(&error, LogError::Corrupt { group: Some(1), reason, .. } if reason.contains("entries between are missing")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_retired_group_keeps_only_its_vote_across_segments_and_can_be_revived() {
+        let disk = MemDisk::new();
+        let mut wal = Wal::open(disk.clone(), small()).unwrap();
+        wal.save_vote(1, vec![4, 2]).unwrap();
+        append(&mut wal, 1, 1..=60);
+        wal.save_committed(1, 60, vec![60]).unwrap();
+        let segments_before = wal.segment_ids().len();
+        assert!(segments_before >= 3, "the test needs several segments");
+        wal.retire(1).unwrap();
+        assert!(wal.is_retired(1));
+        assert_eq!((wal.last_index(1), wal.committed(1)), (None, None));
+        assert_eq!(wal.vote(1), Some(vec![4, 2]), "a retired replica keeps its vote");
+        assert_eq!(
+            wal.segment_ids().len(),
+            1,
+            "nothing needs the old segments any more"
+        );
+        let retired_in = wal.segment_ids()[0];
+        // Another group writes on: new segments must carry the retirement forward.
+        append(&mut wal, 2, 1..=60);
+        wal.purge(2, 60, vec![60]).unwrap();
+        assert!(
+            wal.segment_ids()[0] > retired_in,
+            "the segment holding the retirement is gone"
+        );
+        sync_all(&mut wal, &disk);
+        let mut reopened = Wal::open(disk.clone(), small()).unwrap();
+        assert!(
+            reopened.is_retired(1),
+            "the retirement outlives the segment it was written in"
+        );
+        assert_eq!(reopened.vote(1), Some(vec![4, 2]));
+        assert_eq!((reopened.last_index(1), reopened.committed(1)), (None, None));
+        // Brought back by a leader: a replica again, from an empty log.
+        reopened.revive(1).unwrap();
+        append(&mut reopened, 1, 1..=3);
+        sync_all(&mut reopened, &disk);
+        let revived = Wal::open(disk, small()).unwrap();
+        assert!(!revived.is_retired(1));
+        assert_eq!(revived.last_index(1), Some(3));
     }
 }

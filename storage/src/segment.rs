@@ -73,6 +73,13 @@ pub enum RecordHead {
         previous_segment_len: u64,
         groups: Vec<GroupCheckpoint>,
     },
+    /// The node's replica of `group` was purged after a committed membership left it out: its
+    /// entries, commit and purge point are deleted; its vote is kept (a vote is a promise, and a
+    /// replica added back later must not vote twice in a term). Re-recorded after the checkpoint
+    /// of every new segment while it holds, so removing old segments never forgets it.
+    Retire { group: u64 },
+    /// A leader brought a retired group back to this node: it is a replica again.
+    Revive { group: u64 },
 }
 
 /// A group's metadata as of a checkpoint.
@@ -91,7 +98,9 @@ impl RecordHead {
             | RecordHead::Vote { group, .. }
             | RecordHead::Committed { group, .. }
             | RecordHead::Truncate { group, .. }
-            | RecordHead::Purge { group, .. } => Some(*group),
+            | RecordHead::Purge { group, .. }
+            | RecordHead::Retire { group }
+            | RecordHead::Revive { group } => Some(*group),
             RecordHead::Checkpoint { .. } => None,
         }
     }
