@@ -74,6 +74,9 @@ voters = 1
 /// shorter here so the demo shows it).
 const REPAIR_AFTER_MS: u64 = 2000;
 
+/// How often a node asks whether replicas it holds were removed while it was away (the node default is 10 s).
+const PURGE_CHECK_MS: u64 = 2000;
+
 /// Kills (by pid) every node it started when dropped: on success, on error, and on Ctrl-C.
 struct Nodes {
     children: BTreeMap<u64, Child>,
@@ -171,7 +174,7 @@ fn prepare(dir: &Path) -> anyhow::Result<Layout> {
         for &id in &site.nodes {
             let (listen, admin) = nodes[&id.0];
             let mut config = format!(
-                "cluster = \"demo\"\nnode_id = {id}\nsite = \"{site}\"\ndata_dir = \"data/n{id}\"\nlisten = \"{listen}\"\nadmin = \"{admin}\"\ntopology = \"topology.toml\"\n\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/node-{id}.pem\"\nkey = \"certs/node-{id}.key\"\n\n[raft]\nrepair_down_after_ms = {REPAIR_AFTER_MS}\n",
+                "cluster = \"demo\"\nnode_id = {id}\nsite = \"{site}\"\ndata_dir = \"data/n{id}\"\nlisten = \"{listen}\"\nadmin = \"{admin}\"\ntopology = \"topology.toml\"\n\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/node-{id}.pem\"\nkey = \"certs/node-{id}.key\"\n\n[raft]\nrepair_down_after_ms = {REPAIR_AFTER_MS}\npurge_check_ms = {PURGE_CHECK_MS}\n",
                 id = id.0,
                 site = site.name,
             );
@@ -198,31 +201,100 @@ fn free_tcp_port() -> anyhow::Result<SocketAddr> {
 }
 
 fn start(layout: &Layout) -> anyhow::Result<Nodes> {
-    let exe = std::env::current_exe().context("the domicile binary")?;
     let mut nodes = Nodes {
         children: BTreeMap::new(),
     };
     for &id in layout.nodes.keys() {
-        let log = std::fs::File::create(layout.dir.join(format!("node-{id}.log")))?;
-        let child = std::process::Command::new(&exe)
-            .args(["node", "--config"])
-            .arg(layout.dir.join(format!("node-{id}.toml")))
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting a node")?;
-        nodes.children.insert(id, child);
+        nodes.children.insert(id, start_node(layout, id)?);
     }
     Ok(nodes)
 }
 
+/// Starts node `id` on its config and data directory, appending to its log file (a restart keeps the
+/// earlier incarnation's lines).
+fn start_node(layout: &Layout, id: u64) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe().context("the domicile binary")?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(layout.dir.join(format!("node-{id}.log")))?;
+    std::process::Command::new(&exe)
+        .args(["node", "--config"])
+        .arg(layout.dir.join(format!("node-{id}.toml")))
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting a node")
+}
+
 fn admin(layout: &Layout, node: u64) -> String {
     layout.nodes[&node].1.to_string()
+}
+
+/// Restarts the killed node and shows what it does with its replicas: those of groups that replaced it
+/// while it was down are purged (their leader shows a committed membership without it); those it is
+/// still a member of catch up. Returns whether every replica it was removed from is gone within 30 s.
+async fn show_return(
+    layout: &Layout,
+    nodes: &mut Nodes,
+    victim: u64,
+    had_victim: &[String],
+) -> anyhow::Result<bool> {
+    println!("\n== n{victim} returns (same data directory)");
+    nodes.children.insert(victim, start_node(layout, victim)?);
+    let returned_at = Instant::now();
+    let (hosted, views) = loop {
+        let views = group_views(&statuses(layout, &[victim]).await);
+        let hosted: Vec<String> = match fetch_status(&admin(layout, victim)).await {
+            Ok(status) => status.groups.into_iter().map(|group| group.group).collect(),
+            Err(_) => Vec::new(),
+        };
+        let member = |group: &String| {
+            views.get(group).is_some_and(|view| {
+                view.voters
+                    .iter()
+                    .chain(&view.learners)
+                    .any(|member| member.node == victim)
+            })
+        };
+        let settled = !hosted.is_empty()
+            && had_victim
+                .iter()
+                .all(|group| member(group) == hosted.contains(group));
+        if settled || returned_at.elapsed() > Duration::from_secs(30) {
+            break (hosted, views);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let waited = returned_at.elapsed().as_secs_f64();
+    let mut purged = true;
+    for group in had_victim {
+        let Some(view) = views.get(group) else { continue };
+        let member = view
+            .voters
+            .iter()
+            .chain(&view.learners)
+            .any(|member| member.node == victim);
+        let line = match (member, hosted.contains(group)) {
+            (false, false) => format!(
+                "replica purged from n{victim}'s disk ({waited:.1} s after it returned): leader n{} showed a \
+                 committed membership without it",
+                view.leader.map_or("?".into(), |leader| leader.to_string())
+            ),
+            (false, true) => {
+                purged = false;
+                format!("replica NOT purged {waited:.1} s after it returned")
+            }
+            (true, _) => format!("n{victim} is a voter again (no one replaced it)"),
+        };
+        println!("   {group:<10} {line}");
+    }
+    Ok(purged)
 }
 
 async fn statuses(layout: &Layout, skip: &[u64]) -> Vec<NodeStatus> {
@@ -433,8 +505,10 @@ async fn show(layout: &Layout, nodes: &mut Nodes, records: u64) -> anyhow::Resul
         );
     }
 
+    let purged = show_return(layout, nodes, victim, &had_victim).await?;
+
     println!("\n== Residency report");
-    let nodes_now = statuses(layout, &[victim]).await;
+    let nodes_now = statuses(layout, &[]).await;
     let topology = TopologyFile::parse(TOPOLOGY).map_err(|error| anyhow!("{error}"))?;
     let mut breaches = 0;
     for (group, view) in group_views(&nodes_now) {
@@ -462,11 +536,12 @@ async fn show(layout: &Layout, nodes: &mut Nodes, records: u64) -> anyhow::Resul
             members.join(", ")
         );
         let policy = &topology.policies[&placement::GroupId(group.clone())];
-        let dead_inside = view.voters.iter().filter(|member| member.node == victim).count();
-        if dead_inside > 0 && policy.voters > 1 {
+        if view.voters.len() < policy.voters {
             println!(
-                "   {:<10} under-replicated until n{victim} returns: no other healthy node inside {}",
-                "", view.jurisdiction
+                "   {:<10} under-replicated: {} of {} voters",
+                "",
+                view.voters.len(),
+                policy.voters
             );
         }
     }
@@ -484,7 +559,7 @@ async fn show(layout: &Layout, nodes: &mut Nodes, records: u64) -> anyhow::Resul
     if breaches == 0 {
         println!("   no replica of any group is outside its jurisdiction.");
     }
-    Ok(if lost == 0 && breaches == 0 && refused {
+    Ok(if lost == 0 && breaches == 0 && refused && purged {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub request_seconds: Family<OpLabel, Histogram>,
     /// Membership steps the repair driver executed (replacing members found down).
     pub repair_steps: Family<GroupLabel, Counter>,
+    /// Replicas this node deleted after their group committed a membership without it.
+    pub replicas_purged: Family<GroupLabel, Counter>,
     /// 1 while a group this node leads has members down and no replacement inside its jurisdiction.
     pub under_replicated: Family<GroupLabel, Gauge>,
     /// Last seen leader per group and last exported incident counts, to turn snapshots into counters.
@@ -101,6 +103,12 @@ impl Metrics {
             "Membership steps executed to replace members found down (inside the jurisdiction)",
             repair_steps.clone(),
         );
+        let replicas_purged = Family::<GroupLabel, Counter>::default();
+        registry.register(
+            "replicas_purged",
+            "Replicas this node deleted once their group's leader showed a committed membership without it",
+            replicas_purged.clone(),
+        );
         let under_replicated = Family::<GroupLabel, Gauge>::default();
         registry.register(
             "group_under_replicated",
@@ -110,6 +118,7 @@ impl Metrics {
         Metrics {
             registry,
             repair_steps,
+            replicas_purged,
             under_replicated,
             has_leader,
             is_leader,

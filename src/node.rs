@@ -20,8 +20,9 @@ use raft::bootstrap::open_initial_groups;
 use raft::client_protocol::{ClientOp, ClientRequest, Envelope, EnvelopeResponse};
 use raft::config::{CountryRoundTrips, TokioConfig, group_raft_config};
 use raft::directory::Directory;
-use raft::host::Host;
+use raft::host::{Host, HostError};
 use raft::identity::{CertifiedKey, Peer, check_against_topology, node_identity_of_pem, tls_configs};
+use raft::purge::Purged;
 use raft::quic::{Handler, LateHandler, QuicConfig, QuicNode};
 use raft::repair::{Repair, Repairer};
 use raft::routing::Router;
@@ -48,6 +49,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let admin = crate::admin::serve(node.clone()).await?;
     let preference = tokio::spawn(honour_leader_preferences(node.clone()));
     let repair = tokio::spawn(repair_groups(node.clone()));
+    let purge = tokio::spawn(purge_removed_replicas(node.clone()));
     tracing::info!(node = %node.config.node, listen = %node.config.listen, admin = %node.config.admin, "node started");
     wait_for_stop_signal().await?;
     tracing::info!("stopping: handing over leaderships");
@@ -56,6 +58,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     admin.abort();
     preference.abort();
     repair.abort();
+    purge.abort();
     node.host.shutdown().await;
     node.quic.close();
     Ok(ExitCode::SUCCESS)
@@ -104,6 +107,35 @@ async fn repair_groups(node: Arc<Node>) {
                 .under_replicated
                 .get_or_create(&label)
                 .set(i64::from(under));
+        }
+    }
+}
+
+/// Every `purge_check_ms`, replicas here that may have been removed while this node was away ask their
+/// group's leader, and are deleted if it shows a committed membership without this node (`raft::purge`).
+async fn purge_removed_replicas(node: Arc<Node>) {
+    let every = node.config.raft.purge_check_ms;
+    if every == 0 {
+        return;
+    }
+    let silence = Duration::from_millis(every);
+    loop {
+        tokio::time::sleep(silence).await;
+        for (group, outcome) in raft::purge::purge_removed_replicas(&node.host, silence).await {
+            match outcome {
+                Ok(Purged::Deleted { leader, log_index }) => {
+                    tracing::info!(%group, %leader, log_index, "purged a removed replica");
+                    if let Some(policy) = node.file.policies.get(&group) {
+                        let label = GroupLabel {
+                            group: group.0.clone(),
+                            jurisdiction: policy.jurisdiction.name().to_string(),
+                        };
+                        node.metrics.replicas_purged.get_or_create(&label).inc();
+                    }
+                }
+                Ok(Purged::AlreadyPurged) | Err(HostError::StillMember { .. }) => {}
+                Err(error) => tracing::debug!(%group, %error, "replica kept"),
+            }
         }
     }
 }

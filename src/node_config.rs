@@ -60,6 +60,10 @@ pub struct RaftTuning {
     /// A member whose heartbeats go unacknowledged this long is replaced, inside the jurisdiction, by the
     /// group's leader (0: never; replacements are then only made on an operator's request).
     pub repair_down_after_ms: u64,
+    /// How often this node asks whether replicas it holds were removed while it was away (those that know
+    /// no leader or have not heard from one for this long), and purges those the group's leader shows a
+    /// committed membership leaves out (0: never; see `raft::purge`).
+    pub purge_check_ms: u64,
 }
 
 impl Default for RaftTuning {
@@ -69,6 +73,7 @@ impl Default for RaftTuning {
             election_timeout_min_ms: 500,
             election_timeout_max_ms: 1000,
             repair_down_after_ms: 5000,
+            purge_check_ms: 10_000,
         }
     }
 }

@@ -69,6 +69,13 @@ pub async fn open_initial_groups<C: GroupConfig, T: Transport, S: Stores<C>>(
         if !membership.contains(me) {
             continue;
         }
+        if host.is_retired(&policy.group) {
+            // Purged here after a committed membership left this node out: the initial placement is
+            // history. Never bootstrap it again (a second group of the same name) nor reopen it; a
+            // leader that adds this node back reopens it.
+            tracing::info!(group = %policy.group, "not reopened: this node's replica was purged");
+            continue;
+        }
         match host
             .open_group(policy.clone(), file.legacy_members(&policy.group))
             .await

@@ -19,7 +19,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
-use openraft::alias::SnapshotMetaOf;
+use openraft::Instant as _;
+use openraft::alias::{InstantOf, SnapshotMetaOf};
 use openraft::async_runtime::WatchReceiver;
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use openraft::type_config::TypeConfigExt;
@@ -36,6 +37,7 @@ use crate::config::{GroupConfig, RoundTrips, covering_round_trip, group_round_tr
 use crate::identity::NodeIdentity;
 use crate::message::SnapshotChunk;
 use crate::network::{GroupNetworkFactory, MetricsCell, flatten, membership_of};
+use crate::purge::CommittedMembership;
 use crate::residency::{GroupFence, IncidentCounts, Incidents};
 use crate::routing::group_number;
 use crate::stores::Stores;
@@ -60,12 +62,33 @@ pub enum HostError {
     AlreadyOpen { group: GroupId },
     #[error("step {0:?} runs on the node that holds the replica, not through Raft")]
     LocalStep(Step),
+    #[error(
+        "{node} is still a member of group `{group}` in the membership its leader {leader} has committed \
+         ({membership:?}): its replica is kept"
+    )]
+    StillMember {
+        group: GroupId,
+        node: NodeId,
+        leader: NodeId,
+        membership: Membership,
+    },
+    #[error(
+        "no proof that group `{group}` committed a membership without {node}, so its replica is kept: {reason}"
+    )]
+    NoRemovalProof {
+        group: GroupId,
+        node: NodeId,
+        reason: String,
+    },
 }
 
 impl HostError {
     /// Whether trying again (possibly at the leader it names) can help. A residency refusal never can.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, HostError::NotLeader { .. } | HostError::Raft { .. })
+        matches!(
+            self,
+            HostError::NotLeader { .. } | HostError::Raft { .. } | HostError::NoRemovalProof { .. }
+        )
     }
 }
 
@@ -104,6 +127,9 @@ struct Group<C: GroupConfig, B: storage::backend::Backend> {
     state_machine: StateMachine<C, B>,
     /// The snapshot being received, chunk by chunk.
     incoming_snapshot: Mutex<Option<IncomingSnapshot<C>>>,
+    /// When a leader last reached this replica (or when it was opened): a replica that has not heard
+    /// from one for long may have been removed while it was away ([`crate::purge`]).
+    heard_from_leader: Mutex<InstantOf<C>>,
 }
 
 struct IncomingSnapshot<C: GroupConfig> {
@@ -268,12 +294,116 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             raft,
             state_machine,
             incoming_snapshot: Mutex::new(None),
+            heard_from_leader: Mutex::new(C::now()),
         };
         self.groups
             .write()
             .expect("group table lock")
             .insert(number, Arc::new(group));
         Ok(())
+    }
+
+    /// Whether this node's replica of `group` was purged ([`crate::purge`]) and not brought back since.
+    pub fn is_retired(&self, group: &GroupId) -> bool {
+        self.stores.is_retired(group_number(group))
+    }
+
+    /// How long since a leader last reached this node's replica of `group` (or since it was opened).
+    pub fn leader_silence(&self, group: &GroupId) -> Result<Duration, HostError> {
+        let replica = self.group(group)?;
+        let heard = *replica.heard_from_leader.lock().expect("leader contact lock");
+        Ok(C::now().saturating_duration_since(heard))
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Deletes this node's replica of `group`, which `proof` shows a committed membership leaves out
+    /// (the caller, [`crate::purge::purge_replica`], verified it). The group is closed first and can't
+    /// be opened meanwhile; then its log is retired durably and its state machine removed. A leader
+    /// that adds this node back later finds an empty replica and fills it.
+    pub(crate) async fn retire(&self, group: &GroupId, proof: &CommittedMembership) -> Result<(), HostError> {
+        let number = group_number(group);
+        assert!(
+            proof.group == number && !proof.contains(self.me.node),
+            "retiring {group} on {} from a proof that does not leave it out: {proof:?}",
+            self.me.node
+        );
+        if !self.opening.lock().expect("opening set lock").insert(number) {
+            return Err(HostError::Raft {
+                group: group.clone(),
+                reason: "the replica is being opened; purge it later".into(),
+            });
+        }
+        let closed = self.groups.write().expect("group table lock").remove(&number);
+        let retired = async {
+            if let Some(replica) = closed
+                && let Err(error) = replica.raft.shutdown().await
+            {
+                tracing::warn!(%group, %error, "the group's Raft instance stopped with an error");
+            }
+            self.stores
+                .retire_group(number)
+                .await
+                .map_err(|error| HostError::Store(error.to_string()))
+        }
+        .await;
+        self.opening.lock().expect("opening set lock").remove(&number);
+        retired
+    }
+
+    /// What a peer asking to purge its replica of group `number` needs: the membership the group has
+    /// committed. Only the leader answers, after confirming with a quorum that it still leads (ReadIndex),
+    /// so no deposed leader's view is taken for the group's; and only a membership that is committed.
+    /// It names nodes, never data, and never opens a replica.
+    async fn serve_committed_membership(&self, number: u64) -> PeerResponse {
+        let failed = |reason: String| PeerResponse::Failed {
+            group: number,
+            reason,
+        };
+        let hosted = self
+            .groups
+            .read()
+            .expect("group table lock")
+            .get(&number)
+            .cloned();
+        let Some(replica) = hosted else {
+            return PeerResponse::Refused {
+                group: number,
+                reason: format!("{} holds no replica of group {number}", self.me.node),
+            };
+        };
+        let leader = replica.raft.metrics().borrow_watched().current_leader;
+        if leader != Some(self.me.node.0) {
+            return failed(format!("not the leader; the leader is {leader:?}"));
+        }
+        if let Err(error) = replica.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            return failed(error.to_string());
+        }
+        let metrics = replica.raft.metrics().borrow_watched().clone();
+        let membership_index = metrics
+            .membership_config
+            .log_id()
+            .as_ref()
+            .map_or(0, |log_id| log_id.index);
+        let committed = metrics.local_committed.as_ref().map_or(0, |log_id| log_id.index);
+        if metrics.current_leader != Some(self.me.node.0) || membership_index > committed {
+            return failed("a membership change is in progress".into());
+        }
+        let membership = membership_of::<C>(&metrics);
+        let proof = CommittedMembership {
+            group: number,
+            leader: self.me.node.0,
+            term: metrics.vote.leader_id().term(),
+            log_index: membership_index,
+            voters: membership.voters.iter().map(|node| node.0).collect(),
+            learners: membership.learners.iter().map(|node| node.0).collect(),
+        };
+        match codec::encode(&proof) {
+            Ok(bytes) => PeerResponse::Ok(bytes),
+            Err(error) => failed(error.to_string()),
+        }
     }
 
     /// The groups this node holds a replica of, by name.
@@ -681,6 +811,9 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
 
     /// Serves a message from a peer whose identity the transport authenticated.
     pub async fn handle(&self, peer: &NodeIdentity, request: PeerRequest) -> PeerResponse {
+        if request.kind == RequestKind::CommittedMembership {
+            return self.serve_committed_membership(request.group).await;
+        }
         if request.kind == RequestKind::DirectoryRead {
             // Without a service on this endpoint, answer with what the replica holds.
             let (group, jurisdiction) = match self.admit_directory_read(peer, &request) {
@@ -784,6 +917,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             RequestKind::AppendEntries => {
                 let rpc: AppendEntriesRequest<C> = decode(&request.body)?;
                 self.check_sender(group, peer, *rpc.vote.leader_id().node_id())?;
+                *group.heard_from_leader.lock().expect("leader contact lock") = C::now();
                 // Fault point (simulation only): a follower slow to take entries (a stalled disk, a
                 // long pause), so the leader's quorum and lease ride on the others.
                 if let Some(delay_ms) = crate::sim::maybe_delay_ms("host.append.slow", 400) {
@@ -808,7 +942,9 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
                 group.fence.check_leader_peer(self.me.node).map_err(refused)?;
                 encode(&raft.handle_transfer_leader(transfer).await.map_err(failed)?)
             }
-            RequestKind::DirectoryRead => Err(Served::Failed("directory reads are served apart".into())),
+            RequestKind::DirectoryRead | RequestKind::CommittedMembership => Err(Served::Failed(
+                "served apart from the group's Raft traffic".into(),
+            )),
             RequestKind::SnapshotChunk => {
                 let chunk: SnapshotChunk<C> = decode(&request.body)?;
                 self.check_sender(group, peer, *chunk.vote.leader_id().node_id())?;

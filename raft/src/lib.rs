@@ -19,6 +19,7 @@ pub mod identity;
 pub mod local_cluster;
 pub mod message;
 pub mod network;
+pub mod purge;
 pub mod quic;
 pub mod repair;
 pub mod residency;

@@ -34,8 +34,18 @@ pub trait Stores<C: GroupConfig>: Send + Sync + 'static {
     type Log: RaftLogStorage<C>;
     type Backend: Backend;
 
-    /// The log and state machine of `group`, recovered from what is on disk.
+    /// The log and state machine of `group`, recovered from what is on disk. A retired group is
+    /// revived: a replica again, from nothing.
     fn open_group(&self, group: u64) -> Result<OpenedGroup<C, Self::Log, Self::Backend>, StoreError>;
+
+    /// Whether this node's replica of `group` was purged ([`Stores::retire_group`]) and not
+    /// reopened since.
+    fn is_retired(&self, group: u64) -> bool;
+
+    /// Deletes this node's replica of `group`: its log first, durably — the point of no return,
+    /// after which a restart finds the group retired — then its state machine. The group's Raft
+    /// instance must be stopped.
+    fn retire_group(&self, group: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// Production storage under one data directory: `log/` (the node-wide WAL) and `groups/<n>/` (redb).
@@ -59,11 +69,35 @@ impl DiskStores {
         let sync = engine
             .spawn_sync_thread()
             .map_err(|e| error("starting the log sync thread", e.to_string()))?;
-        Ok(DiskStores {
+        let stores = DiskStores {
             dir: dir.to_path_buf(),
             engine,
             _sync: sync,
-        })
+        };
+        // A purge cut short after its log was retired: finish it.
+        for group in stores.engine.retired_groups() {
+            stores
+                .remove_state_machine(group)
+                .map_err(|e| error("finishing an interrupted purge", e.to_string()))?;
+        }
+        Ok(stores)
+    }
+
+    fn state_machine_dir(&self, group: u64) -> PathBuf {
+        self.dir.join("groups").join(group.to_string())
+    }
+
+    /// Removes a group's redb directory, if any, and makes the removal durable.
+    fn remove_state_machine(&self, group: u64) -> std::io::Result<()> {
+        let path = self.state_machine_dir(group);
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(error),
+        }
+        std::fs::File::open(self.dir.join("groups"))?.sync_all()?;
+        tracing::info!(group, path = %path.display(), "removed a purged replica's state machine");
+        Ok(())
     }
 }
 
@@ -72,17 +106,37 @@ impl<C: GroupConfig> Stores<C> for DiskStores {
     type Backend = RedbBackend;
 
     fn open_group(&self, group: u64) -> Result<OpenedGroup<C, Self::Log, RedbBackend>, StoreError> {
-        let path = self.dir.join("groups").join(group.to_string());
+        let path = self.state_machine_dir(group);
         let error = |reason: String| StoreError {
             what: format!("state machine {}", path.display()),
             reason,
         };
+        let log: GroupLog<C, FsDisk> = self.engine.group(group);
+        if self.engine.is_retired(group) {
+            // Its state machine went with the purge (or at the start after a purge cut short).
+            log.revive()
+                .map_err(|e| error(format!("reviving the log: {e}")))?;
+        }
         let backend = RedbBackend::open(&path).map_err(|e| error(e.to_string()))?;
         let state_machine =
             StateMachine::open(backend, Execution::DedicatedThread).map_err(|e| error(e.to_string()))?;
-        Ok(OpenedGroup {
-            log: self.engine.group(group),
-            state_machine,
-        })
+        Ok(OpenedGroup { log, state_machine })
+    }
+
+    fn is_retired(&self, group: u64) -> bool {
+        self.engine.is_retired(group)
+    }
+
+    async fn retire_group(&self, group: u64) -> Result<(), StoreError> {
+        let error = |what: &str, reason: String| StoreError {
+            what: format!("purging group {group}: {what}"),
+            reason,
+        };
+        let log: GroupLog<C, FsDisk> = self.engine.group(group);
+        log.retire()
+            .await
+            .map_err(|e| error("retiring its log", e.to_string()))?;
+        self.remove_state_machine(group)
+            .map_err(|e| error("removing its state machine", e.to_string()))
     }
 }

@@ -23,6 +23,9 @@ pub enum RequestKind {
     /// A node inside a jurisdiction asks for the shard map its replica of the directory group holds
     /// (`crate::directory`); the jurisdiction's name in the body.
     DirectoryRead,
+    /// A node asks the group's leader which membership the group has committed, to learn whether it may
+    /// purge its replica (`crate::purge`). The body is empty; the answer names nodes, never data.
+    CommittedMembership,
 }
 
 impl RequestKind {
@@ -34,6 +37,7 @@ impl RequestKind {
             RequestKind::PreVote => "pre_vote",
             RequestKind::TransferLeader => "transfer_leader",
             RequestKind::DirectoryRead => "directory_read",
+            RequestKind::CommittedMembership => "committed_membership",
         }
     }
 }

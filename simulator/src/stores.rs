@@ -43,6 +43,11 @@ impl DurableBackends {
         groups.get(&group).cloned().unwrap_or_default()
     }
 
+    /// The group's replica was purged.
+    fn remove(&self, group: u64) {
+        self.groups.lock().expect("durable backends lock").remove(&group);
+    }
+
     fn set(&self, group: u64, backend: MemBackend) {
         self.groups
             .lock()
@@ -134,6 +139,10 @@ impl SimStores {
             segment_bytes_max: 4 << 20,
         };
         let engine = LogEngine::open(handle, config).map_err(|error| error.to_string())?;
+        // As production does at start: a purge cut short after its log was retired is finished.
+        for group in engine.retired_groups() {
+            durable.remove(group);
+        }
         let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let notified = wake.clone();
         engine
@@ -208,9 +217,27 @@ impl Stores<SimConfig> for SimStores {
             what: format!("state machine of group {group}"),
             reason: error.to_string(),
         })?;
-        Ok(OpenedGroup {
-            log: self.engine.group(group),
-            state_machine,
-        })
+        let log: GroupLog<SimConfig, DiskHandle> = self.engine.group(group);
+        if self.engine.is_retired(group) {
+            log.revive().map_err(|error| StoreError {
+                what: format!("reviving the log of group {group}"),
+                reason: error.to_string(),
+            })?;
+        }
+        Ok(OpenedGroup { log, state_machine })
+    }
+
+    fn is_retired(&self, group: u64) -> bool {
+        self.engine.is_retired(group)
+    }
+
+    async fn retire_group(&self, group: u64) -> Result<(), StoreError> {
+        let log: GroupLog<SimConfig, DiskHandle> = self.engine.group(group);
+        log.retire().await.map_err(|error| StoreError {
+            what: format!("retiring the log of group {group}"),
+            reason: error.to_string(),
+        })?;
+        self.durable.remove(group);
+        Ok(())
     }
 }

@@ -94,6 +94,20 @@ impl<D: Disk> LogEngine<D> {
         self.lock().groups()
     }
 
+    /// Whether this node's replica of `group` was purged and not brought back since.
+    pub fn is_retired(&self, group: u64) -> bool {
+        self.lock().is_retired(group)
+    }
+
+    /// The groups whose replica on this node was purged.
+    pub fn retired_groups(&self) -> Vec<u64> {
+        let wal = self.lock();
+        wal.groups()
+            .into_iter()
+            .filter(|&group| wal.is_retired(group))
+            .collect()
+    }
+
     /// Segment ids on disk, oldest first.
     pub fn segment_ids(&self) -> Vec<u64> {
         self.lock().segment_ids()
@@ -204,6 +218,20 @@ impl<C: StorageTypeConfig, D: Disk> GroupLog<C, D> {
         purged
             .map(|bytes| codec::decode(&bytes).map_err(|e| decode_error(self.group, "purge point", e)))
             .transpose()
+    }
+
+    /// Deletes this replica from the log, durably: its entries, commit and purge point (its vote
+    /// stays). The group's Raft instance must be stopped first; see [`crate::log::Wal::retire`].
+    pub async fn retire(&self) -> Result<(), io::Error> {
+        let group = self.group;
+        self.wait_durable(|wal| wal.retire(group)).await
+    }
+
+    /// Makes a retired group a replica here again, from an empty log. Not waited for: any later
+    /// record of the group that becomes durable makes this one durable first (the log's order).
+    pub fn revive(&self) -> Result<(), io::Error> {
+        let group = self.group;
+        Ok(self.engine.write(|wal| wal.revive(group), None)?)
     }
 
     /// Waits until everything written so far is durable.

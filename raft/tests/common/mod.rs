@@ -119,6 +119,11 @@ pub fn put(sequence: u64) -> Command {
 }
 
 impl Cluster {
+    /// The directory under which node `n` keeps its data in `n<n>/`.
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     pub fn node(&self, id: u64) -> &LocalNode {
         &self.nodes[&NodeId(id)]
     }

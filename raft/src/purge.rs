@@ -1,0 +1,185 @@
+//! Purging a removed replica: the planner's `PurgeReplica` step, run by the node that holds the replica.
+//!
+//! Deleting a copy of a group's data is safe only once a committed membership leaves this node out: then a
+//! quorum of the remaining members holds everything the group committed, and no leader will count on this
+//! copy again. A removed node often can't tell by itself — it was down, or cut off, when the removal
+//! committed, and its own view still lists it — so it asks. The group's leader answers with the membership
+//! it has committed, after confirming with a quorum that it still leads ([`RequestKind::CommittedMembership`]);
+//! the transport authenticated that leader, and only a proof that leaves this node out is acted on. Then
+//! the replica is closed, its log retired durably (the point of no return: a restart finds it retired and
+//! does not bootstrap or reopen it) and its state machine removed.
+//!
+//! [`purge_removed_replicas`] is the background side (TiKV's stale-peer check, in effect): a replica
+//! whose own view leaves it out, that knows no leader, or that has not heard from one for a while, asks.
+//! A live member gets [`HostError::StillMember`] and keeps its data; with no leader reachable the replica
+//! is kept and the question asked again later — availability of the decision is never bought with a
+//! guess.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use placement::{GroupId, Membership, NodeId};
+use serde::{Deserialize, Serialize};
+use storage::codec;
+
+use crate::config::GroupConfig;
+use crate::host::{Host, HostError};
+use crate::routing::group_number;
+use crate::stores::Stores;
+use crate::transport::{PeerRequest, PeerResponse, RequestKind, Transport};
+
+/// A leader's answer: the membership `group` has committed, as of `term`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedMembership {
+    pub group: u64,
+    pub leader: u64,
+    pub term: u64,
+    /// The index of the membership's log entry.
+    pub log_index: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+}
+
+impl CommittedMembership {
+    pub fn contains(&self, node: NodeId) -> bool {
+        self.voters.contains(&node.0) || self.learners.contains(&node.0)
+    }
+
+    fn membership(&self) -> Membership {
+        Membership::new(
+            self.voters.iter().copied().map(NodeId),
+            self.learners.iter().copied().map(NodeId).collect::<Vec<_>>(),
+        )
+    }
+}
+
+/// What purging one replica did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Purged {
+    /// Deleted, on the word of `leader`, whose committed membership (at `log_index`) leaves this node out.
+    Deleted { leader: NodeId, log_index: u64 },
+    /// Nothing left to delete: purged before.
+    AlreadyPurged,
+}
+
+/// Deletes this node's replica of `group` if, and only if, the group's leader shows a committed membership
+/// without this node. Asks the members this replica knows, then every other node inside the group's
+/// jurisdiction (the whole membership may have been replaced while this node was away), in id order.
+pub async fn purge_replica<C: GroupConfig, T: Transport, S: Stores<C>>(
+    host: &Host<C, T, S>,
+    group: &GroupId,
+) -> Result<Purged, HostError> {
+    let me = host.identity().node;
+    let status = match host.status(group) {
+        Ok(status) => status,
+        Err(HostError::UnknownGroup(_)) if host.is_retired(group) => return Ok(Purged::AlreadyPurged),
+        Err(error) => return Err(error),
+    };
+    if status.leader == Some(me) {
+        // A leader leads a membership it belongs to (openraft steps a leader down once its own
+        // removal commits), so there is nothing to ask.
+        return Err(HostError::StillMember {
+            group: group.clone(),
+            node: me,
+            leader: me,
+            membership: status.membership,
+        });
+    }
+    let jurisdiction = &host.fence(group)?.policy.jurisdiction;
+    let mut peers: Vec<NodeId> = status.membership.members().filter(|&node| node != me).collect();
+    let topology = host.topology();
+    let inside = topology
+        .nodes()
+        .filter(|&node| node != me && topology.is_inside(node, jurisdiction));
+    for node in inside {
+        if !peers.contains(&node) {
+            peers.push(node);
+        }
+    }
+
+    let number = group_number(group);
+    let mut reasons = Vec::new();
+    for peer in peers {
+        let request = PeerRequest {
+            group: number,
+            kind: RequestKind::CommittedMembership,
+            carries_data: false,
+            body: Vec::new(),
+        };
+        let proof = match host.ask_peer(peer, request).await {
+            Ok(PeerResponse::Ok(bytes)) => match codec::decode::<CommittedMembership>(&bytes) {
+                Ok(proof) => proof,
+                Err(error) => {
+                    reasons.push(format!("{peer}: undecodable answer: {error}"));
+                    continue;
+                }
+            },
+            Ok(PeerResponse::Refused { reason, .. } | PeerResponse::Failed { reason, .. }) => {
+                reasons.push(format!("{peer}: {reason}"));
+                continue;
+            }
+            Err(error) => {
+                reasons.push(error.to_string());
+                continue;
+            }
+        };
+        // The transport authenticated `peer`; a proof is its own word, about this group, or nothing.
+        if proof.leader != peer.0 || proof.group != number {
+            reasons.push(format!(
+                "{peer}: answered for leader {} of group {}",
+                proof.leader, proof.group
+            ));
+            continue;
+        }
+        if proof.contains(me) {
+            return Err(HostError::StillMember {
+                group: group.clone(),
+                node: me,
+                leader: peer,
+                membership: proof.membership(),
+            });
+        }
+        host.retire(group, &proof).await?;
+        tracing::info!(
+            %group, node = %me, leader = %peer, term = proof.term, membership_index = proof.log_index,
+            voters = ?proof.voters, learners = ?proof.learners,
+            "purged this node's replica: the group committed a membership without it"
+        );
+        return Ok(Purged::Deleted {
+            leader: peer,
+            log_index: proof.log_index,
+        });
+    }
+    Err(HostError::NoRemovalProof {
+        group: group.clone(),
+        node: me,
+        reason: if reasons.is_empty() {
+            "no other node to ask".into()
+        } else {
+            reasons.join("; ")
+        },
+    })
+}
+
+/// One background round: every replica here that may have been removed — its own view leaves this node
+/// out, it knows no leader, or no leader has reached it for `silence` — asks and is purged if so. Replicas
+/// this node leads, and members a leader keeps reaching, are not asked about. Outcomes by group.
+pub async fn purge_removed_replicas<C: GroupConfig, T: Transport, S: Stores<C>>(
+    host: &Host<C, T, S>,
+    silence: Duration,
+) -> BTreeMap<GroupId, Result<Purged, HostError>> {
+    let me = host.identity().node;
+    let mut outcomes = BTreeMap::new();
+    for group in host.hosted_groups() {
+        let (Ok(status), Ok(quiet)) = (host.status(&group), host.leader_silence(&group)) else {
+            continue;
+        };
+        let suspect = !status.membership.contains(me) || status.leader.is_none() || quiet >= silence;
+        if status.leader == Some(me) || !suspect {
+            continue;
+        }
+        let outcome = purge_replica(host, &group).await;
+        outcomes.insert(group, outcome);
+    }
+    outcomes
+}
