@@ -15,7 +15,7 @@ use client::{Client, ClientTls};
 use placement::TopologyFile;
 use raft::identity::{ClientIdentity, ClusterCa, NodeIdentity, Validity};
 
-use crate::admin_api::{AddLearner, AdminError, NodeStatus};
+use crate::admin_api::{AddLearner, AdminError, GroupView, NodeStatus};
 use crate::operator_cli::{fetch_status, group_views, render_groups};
 
 const TOPOLOGY: &str = r#"# The demo cluster: five nodes in five sites.
@@ -234,6 +234,16 @@ fn start_node(layout: &Layout, id: u64) -> anyhow::Result<Child> {
 
 fn admin(layout: &Layout, node: u64) -> String {
     layout.nodes[&node].1.to_string()
+}
+
+/// Whether a live node inside the group's jurisdiction is not yet one of its voters.
+fn spare_inside(topology: &TopologyFile, view: &GroupView, dead: u64) -> bool {
+    let policy = &topology.policies[&placement::GroupId(view.group.clone())];
+    topology.topology.nodes().any(|node| {
+        node.0 != dead
+            && topology.topology.is_inside(node, &policy.jurisdiction)
+            && view.voters.iter().all(|member| member.node != node.0)
+    })
 }
 
 /// Restarts the killed node and shows what it does with its replicas: those of groups that replaced it
@@ -469,6 +479,7 @@ async fn show(layout: &Layout, nodes: &mut Nodes, records: u64) -> anyhow::Resul
         "\n== Re-replication: each leader replaces n{victim} inside its group's jurisdiction after {:.0} s of silence",
         REPAIR_AFTER_MS as f64 / 1000.0
     );
+    let topology = TopologyFile::parse(TOPOLOGY).map_err(|error| anyhow!("{error}"))?;
     let repair_started = Instant::now();
     let repaired = loop {
         let views = group_views(&statuses(layout, &[victim]).await);
@@ -499,6 +510,8 @@ async fn show(layout: &Layout, nodes: &mut Nodes, records: u64) -> anyhow::Resul
                     "(n{victim} replaced, {:.1} s after the kill)",
                     repaired_after.as_secs_f64()
                 )
+            } else if spare_inside(&topology, view, victim) {
+                format!("(n{victim} NOT replaced within 30 s although a spare is inside {})", view.jurisdiction)
             } else {
                 format!("(n{victim} kept: no healthy spare inside {})", view.jurisdiction)
             }
@@ -509,7 +522,6 @@ async fn show(layout: &Layout, nodes: &mut Nodes, records: u64) -> anyhow::Resul
 
     println!("\n== Residency report");
     let nodes_now = statuses(layout, &[]).await;
-    let topology = TopologyFile::parse(TOPOLOGY).map_err(|error| anyhow!("{error}"))?;
     let mut breaches = 0;
     for (group, view) in group_views(&nodes_now) {
         let members: Vec<String> = view
