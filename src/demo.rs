@@ -511,7 +511,10 @@ async fn show(layout: &Layout, nodes: &mut Nodes, records: u64) -> anyhow::Resul
                     repaired_after.as_secs_f64()
                 )
             } else if spare_inside(&topology, view, victim) {
-                format!("(n{victim} NOT replaced within 30 s although a spare is inside {})", view.jurisdiction)
+                format!(
+                    "(n{victim} NOT replaced within 30 s although a spare is inside {})",
+                    view.jurisdiction
+                )
             } else {
                 format!("(n{victim} kept: no healthy spare inside {})", view.jurisdiction)
             }

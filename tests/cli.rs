@@ -166,7 +166,8 @@ fn bad_input_names_the_file_and_line_and_exits_two() {
 }
 
 /// The README's main command, shorter: five nodes in five sites as real processes, records written through
-/// the client library, the Dublin A node SIGKILLed, the fence's refusal, the residency report.
+/// the client library, the Dublin A node SIGKILLed, the fence's refusal, its return (and purge), the
+/// residency report.
 #[test]
 fn demo_runs_a_five_site_cluster_end_to_end() {
     let output = domicile(&["demo", "--records", "60"]);
@@ -191,6 +192,9 @@ fn demo_runs_a_five_site_cluster_end_to_end() {
         text.contains("no replica of any group is outside its jurisdiction"),
         "{text}"
     );
+    // The killed node comes back: a group that replaced it has its replica purged, never kept half-alive.
+    assert!(text.contains("== n1 returns"), "{text}");
+    assert!(!text.contains("NOT purged"), "{text}");
     assert!(text.contains("Stopping every node the demo started"), "{text}");
 }
 

@@ -57,6 +57,10 @@ pub struct Repairer<C: GroupConfig> {
     down_after: Duration,
     led_since: Mutex<BTreeMap<GroupId, (u64, openraft::alias::InstantOf<C>)>>,
     found_down: Mutex<BTreeMap<NodeId, openraft::alias::InstantOf<C>>>,
+    /// Since when each member of each group led here has been seen in its membership: a member that has
+    /// acknowledged no heartbeat yet (a learner just added, still opening its replica under load) is
+    /// given `down_after` from then, not taken as down at the first round.
+    member_since: Mutex<BTreeMap<(GroupId, NodeId), openraft::alias::InstantOf<C>>>,
 }
 
 /// How long a node found down is not chosen as a replacement, in multiples of `down_after`. If it is
@@ -70,6 +74,7 @@ impl<C: GroupConfig> Repairer<C> {
             down_after,
             led_since: Mutex::default(),
             found_down: Mutex::default(),
+            member_since: Mutex::default(),
         }
     }
 
@@ -119,9 +124,15 @@ impl<C: GroupConfig> Repairer<C> {
         let mut down = Vec::new();
         {
             let mut found_down = self.found_down.lock().expect("repair lock");
+            let mut member_since = self.member_since.lock().expect("repair lock");
+            member_since.retain(|(of, node), _| of != group || membership.contains(*node));
             for node in membership.members().filter(|&node| node != me) {
+                let since = *member_since.entry((group.clone(), node)).or_insert(now);
                 let last = acked.get(&node.0).cloned().flatten();
-                let silent = last.is_none_or(|at| now.saturating_duration_since(*at) > self.down_after);
+                let silent = match last {
+                    Some(at) => now.saturating_duration_since(*at) > self.down_after,
+                    None => now.saturating_duration_since(since) > self.down_after,
+                };
                 if silent {
                     down.push(node);
                     found_down.insert(node, now);
