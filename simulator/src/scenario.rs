@@ -225,6 +225,8 @@ pub struct RunConfig {
     pub seed: u64,
     pub canary: Option<Canary>,
     pub keep_trace: bool,
+    /// Render the client history as JSON lines (`--history`); a run that does not ask skips the work.
+    pub keep_history: bool,
     /// Simulated seconds of faults (the scenario's default when `None`).
     pub fault_seconds: Option<u64>,
 }
@@ -256,7 +258,8 @@ pub struct Report {
 
 pub struct Outcome {
     pub report: Report,
-    pub history: String,
+    /// The client history as JSON lines, when the run config asked for it.
+    pub history: Option<String>,
     pub trace: Option<String>,
     pub details: Vec<String>,
 }
@@ -291,7 +294,7 @@ pub fn run(config: &RunConfig) -> Outcome {
     };
     let outcome = Outcome {
         report,
-        history: history.jsonl(),
+        history: config.keep_history.then(|| history.jsonl()),
         trace: world.trace_text(),
         details: world.checks.details(),
     };
