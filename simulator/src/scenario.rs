@@ -982,11 +982,14 @@ async fn final_checks(world: &World, workload: &Workload) {
             let Some((_, _, payload)) = entries.first() else {
                 continue;
             };
-            if !payload.contains(&format!("{:?}", write.write)) {
+            // The entry must be the acknowledged command itself: the only payloads that carry a write id
+            // are commands that change state, each with its own.
+            let carries = matches!(payload, openraft::EntryPayload::Normal(command) if command.write_id() == Some(write.write));
+            if !carries {
                 world.checks.violation(
                     Checker::LostAckedWrites,
                     format!(
-                        "{:?} acknowledged at {} of {group}, but the committed entry there is {payload}",
+                        "{:?} acknowledged at {} of {group}, but the committed entry there is {payload:?}",
                         write.write, write.revision
                     ),
                 );

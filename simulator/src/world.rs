@@ -155,6 +155,9 @@ impl SeenStatus {
 
 static NO_LEGACY: BTreeSet<NodeId> = BTreeSet::new();
 
+/// A log entry's payload, as the final checks compare it.
+pub type Payload = openraft::alias::EntryPayloadOf<SimConfig>;
+
 /// A cheap handle on the world, for tasks.
 #[derive(Clone)]
 pub struct World(Arc<Inner>);
@@ -640,14 +643,14 @@ impl World {
         }
     }
 
-    /// The committed log entries of `group` on `node` in `range`, as (index, term, debug text).
+    /// The committed log entries of `group` on `node` in `range`, as (index, term, payload).
     pub async fn entries(
         &self,
         node: NodeId,
         group: &GroupId,
         from: u64,
         to: u64,
-    ) -> Option<Vec<(u64, u64, String)>> {
+    ) -> Option<Vec<(u64, u64, Payload)>> {
         let stores = self.nodes().get(&node)?.running.as_ref()?.stores.clone();
         let mut log = stores.engine.group::<SimConfig>(group_number(group));
         let mut reader = log.get_log_reader().await;
@@ -657,11 +660,7 @@ impl World {
                 .into_iter()
                 .map(|entry| {
                     let log_id = entry.log_id();
-                    (
-                        log_id.index,
-                        log_id.leader_id.term,
-                        format!("{:?}", entry.payload),
-                    )
+                    (log_id.index, log_id.leader_id.term, entry.payload)
                 })
                 .collect(),
         )
