@@ -735,15 +735,18 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
 
     pub fn status(&self, group: &GroupId) -> Result<GroupStatus, HostError> {
         let replica = self.group(group)?;
-        let metrics = replica.raft.metrics().borrow_watched().clone();
+        // Read in place: a status is asked for often (the simulator's observer, client routing), and
+        // cloning openraft's whole metrics (replication and heartbeat maps) for six fields is most of it.
+        let receiver = replica.raft.metrics();
+        let metrics = receiver.borrow_watched();
         Ok(GroupStatus {
             group: group.clone(),
             jurisdiction: replica.fence.policy.jurisdiction.name().to_string(),
             membership: membership_of::<C>(&metrics),
             leader: metrics.current_leader.map(NodeId),
             term: metrics.vote.leader_id().term(),
-            last_applied: metrics.last_applied.map(|log_id| log_id.index),
-            committed: metrics.local_committed.map(|log_id| log_id.index),
+            last_applied: metrics.last_applied.as_ref().map(|log_id| log_id.index),
+            committed: metrics.local_committed.as_ref().map(|log_id| log_id.index),
         })
     }
 

@@ -103,13 +103,14 @@ pub fn run(command: SimCommand) -> anyhow::Result<ExitCode> {
                 seed,
                 canary: parse_canary(canary.as_deref())?,
                 keep_trace: trace.is_some(),
+                keep_history: history.is_some(),
                 fault_seconds,
             };
             let started = wall_now();
             let mut outcome = scenario::run(&config);
             outcome.report.wall_seconds = started.elapsed().as_secs_f64();
-            if let Some(path) = history {
-                std::fs::write(&path, &outcome.history)?;
+            if let (Some(path), Some(text)) = (history, &outcome.history) {
+                std::fs::write(&path, text)?;
             }
             if let (Some(path), Some(text)) = (trace, &outcome.trace) {
                 std::fs::write(&path, text)?;
@@ -161,6 +162,7 @@ pub fn run(command: SimCommand) -> anyhow::Result<ExitCode> {
                     seed,
                     canary,
                     keep_trace: false,
+                    keep_history: false,
                     fault_seconds,
                 };
                 let outcome = scenario::run(&config);

@@ -3,7 +3,7 @@
 //!
 //! Values are unique per write, so a register's value identifies the write that produced it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use porcupine_rs::{CheckResult, Model, Operation};
@@ -104,13 +104,38 @@ pub struct AckedWrite {
     pub revision: u64,
 }
 
+/// One line of the Jepsen-shaped history, kept as its fields: a run renders its lines as JSON only when
+/// `--history` asks for them.
+pub struct Line {
+    process: u64,
+    kind: &'static str,
+    f: &'static str,
+    key: u64,
+    value: serde_json::Value,
+    nanos: u64,
+}
+
+impl Line {
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "process": self.process,
+            "type": self.kind,
+            "f": self.f,
+            "key": self.key,
+            "value": self.value,
+            "time": self.nanos,
+        })
+    }
+}
+
 #[derive(Default)]
 pub struct History {
-    pub lines: Vec<serde_json::Value>,
+    pub lines: Vec<Line>,
     pub operations: Vec<Operation<Registers>>,
     pub acked: Vec<AckedWrite>,
-    /// Every value any write tried to store.
-    pub written_values: BTreeSet<String>,
+    /// Every value any write tried to store (only ever asked whether it holds a value, never iterated,
+    /// so its order can't reach the run).
+    pub written_values: HashSet<String>,
     pub ok: u64,
     pub failed: u64,
     pub unknown: u64,
@@ -120,8 +145,8 @@ impl History {
     pub fn line(
         &mut self,
         process: u64,
-        kind: &str,
-        f: &str,
+        kind: &'static str,
+        f: &'static str,
         key: u64,
         value: serde_json::Value,
         nanos: u64,
@@ -132,13 +157,21 @@ impl History {
             "info" => self.unknown += 1,
             _ => {}
         }
-        self.lines.push(
-            json!({"process": process, "type": kind, "f": f, "key": key, "value": value, "time": nanos}),
-        );
+        self.lines.push(Line {
+            process,
+            kind,
+            f,
+            key,
+            value,
+            nanos,
+        });
     }
 
     pub fn jsonl(&self) -> String {
-        self.lines.iter().map(|line| format!("{line}\n")).collect()
+        self.lines
+            .iter()
+            .map(|line| format!("{}\n", line.to_json()))
+            .collect()
     }
 
     /// Porcupine on the whole history; an undecided check counts as a failure. Also: no read of a

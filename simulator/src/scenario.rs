@@ -225,6 +225,8 @@ pub struct RunConfig {
     pub seed: u64,
     pub canary: Option<Canary>,
     pub keep_trace: bool,
+    /// Render the client history as JSON lines (`--history`); a run that does not ask skips the work.
+    pub keep_history: bool,
     /// Simulated seconds of faults (the scenario's default when `None`).
     pub fault_seconds: Option<u64>,
 }
@@ -256,7 +258,8 @@ pub struct Report {
 
 pub struct Outcome {
     pub report: Report,
-    pub history: String,
+    /// The client history as JSON lines, when the run config asked for it.
+    pub history: Option<String>,
     pub trace: Option<String>,
     pub details: Vec<String>,
 }
@@ -291,7 +294,7 @@ pub fn run(config: &RunConfig) -> Outcome {
     };
     let outcome = Outcome {
         report,
-        history: history.jsonl(),
+        history: config.keep_history.then(|| history.jsonl()),
         trace: world.trace_text(),
         details: world.checks.details(),
     };
@@ -979,11 +982,14 @@ async fn final_checks(world: &World, workload: &Workload) {
             let Some((_, _, payload)) = entries.first() else {
                 continue;
             };
-            if !payload.contains(&format!("{:?}", write.write)) {
+            // The entry must be the acknowledged command itself: the only payloads that carry a write id
+            // are commands that change state, each with its own.
+            let carries = matches!(payload, openraft::EntryPayload::Normal(command) if command.write_id() == Some(write.write));
+            if !carries {
                 world.checks.violation(
                     Checker::LostAckedWrites,
                     format!(
-                        "{:?} acknowledged at {} of {group}, but the committed entry there is {payload}",
+                        "{:?} acknowledged at {} of {group}, but the committed entry there is {payload:?}",
                         write.write, write.revision
                     ),
                 );

@@ -2,6 +2,8 @@
 //! hash (FNV-1a over the text) is the determinism witness: the same seed must give the same hash in
 //! any process, on any machine.
 
+use std::fmt::Write as _;
+
 use openraft_rt_sim::SimInstant;
 
 use crate::prng::{FNV_OFFSET_BASIS, fnv1a};
@@ -12,6 +14,8 @@ pub struct Trace {
     lines: u64,
     /// Kept only when asked for (`--trace`): a long run's text is large.
     kept: Option<Vec<String>>,
+    /// The line being hashed, reused from line to line.
+    line: String,
 }
 
 impl Trace {
@@ -21,17 +25,25 @@ impl Trace {
             hash: FNV_OFFSET_BASIS,
             lines: 0,
             kept: keep.then(Vec::new),
+            line: String::new(),
         }
     }
 
     pub fn log(&mut self, now: SimInstant, event: &str) {
         let micros = (now - self.start).as_micros();
-        let line = format!("{:>6}.{:06} {event}", micros / 1_000_000, micros % 1_000_000);
-        self.hash = fnv1a(self.hash, line.as_bytes());
+        self.line.clear();
+        write!(
+            self.line,
+            "{:>6}.{:06} {event}",
+            micros / 1_000_000,
+            micros % 1_000_000
+        )
+        .expect("writing to a String can't fail");
+        self.hash = fnv1a(self.hash, self.line.as_bytes());
         self.hash = fnv1a(self.hash, b"\n");
         self.lines += 1;
         if let Some(kept) = &mut self.kept {
-            kept.push(line);
+            kept.push(self.line.clone());
         }
     }
 

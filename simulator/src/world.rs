@@ -122,9 +122,41 @@ pub struct Inner {
     trace: Mutex<Trace>,
     rng: Mutex<Prng>,
     observer: Mutex<Observer>,
-    last_seen: Mutex<BTreeMap<(NodeId, GroupId), String>>,
+    /// What the trace last showed of each replica's status, by node.
+    last_seen: Mutex<BTreeMap<NodeId, BTreeMap<GroupId, SeenStatus>>>,
     observations: Mutex<u64>,
 }
+
+/// What the trace shows of a replica's status: a line is logged when it changes.
+struct SeenStatus {
+    leader: Option<NodeId>,
+    term: u64,
+    voters: BTreeSet<NodeId>,
+    learners: BTreeSet<NodeId>,
+}
+
+impl SeenStatus {
+    fn of(status: &GroupStatus) -> SeenStatus {
+        SeenStatus {
+            leader: status.leader,
+            term: status.term,
+            voters: status.membership.voters.clone(),
+            learners: status.membership.learners.clone(),
+        }
+    }
+
+    fn shows(&self, status: &GroupStatus) -> bool {
+        self.leader == status.leader
+            && self.term == status.term
+            && self.voters == status.membership.voters
+            && self.learners == status.membership.learners
+    }
+}
+
+static NO_LEGACY: BTreeSet<NodeId> = BTreeSet::new();
+
+/// A log entry's payload, as the final checks compare it.
+pub type Payload = openraft::alias::EntryPayloadOf<SimConfig>;
 
 /// A cheap handle on the world, for tasks.
 #[derive(Clone)]
@@ -442,10 +474,7 @@ impl World {
             "{node} crashed: {} bytes unsynced lost, {} files torn",
             damage.bytes_lost, damage.torn_files
         ));
-        self.last_seen
-            .lock()
-            .expect("last seen lock")
-            .retain(|(seen, _), _| *seen != node);
+        self.last_seen.lock().expect("last seen lock").remove(&node);
     }
 
     /// The node's disk is gone for good: it stays down. (Rejoining with an empty disk under the same
@@ -520,9 +549,18 @@ impl World {
 
     /// The running node that reports itself leader of `group` (highest term first).
     pub fn leader(&self, group: &GroupId) -> Option<(NodeId, Arc<SimHost>)> {
+        // The running holders, in one pass over the nodes (clients ask this on every attempt).
+        let running: Vec<(NodeId, Arc<SimHost>)> = self
+            .nodes()
+            .iter()
+            .filter_map(|(&node, slot)| {
+                let running = slot.running.as_ref()?;
+                let holds = slot.replicas.contains(group) || running.host.hosted_groups().contains(group);
+                holds.then(|| (node, running.host.clone()))
+            })
+            .collect();
         let mut best: Option<(u64, NodeId, Arc<SimHost>)> = None;
-        for node in self.holders(group) {
-            let Some(host) = self.host(node) else { continue };
+        for (node, host) in running {
             let Ok(status) = host.status(group) else { continue };
             if status.leader == Some(node) && best.as_ref().is_none_or(|(term, ..)| status.term > *term) {
                 best = Some((status.term, node, host));
@@ -560,46 +598,59 @@ impl World {
                     Some(index) if count % 10 == 0 => entry_term(&stores, &group, index).await,
                     _ => None,
                 };
+                let legacy = self.legacy.get(&group).unwrap_or(&NO_LEGACY);
                 let view = ReplicaView {
                     node,
-                    group: group.clone(),
-                    status: status.clone(),
+                    group,
+                    status,
                     committed_term,
                 };
-                let legacy = self.legacy.get(&group).cloned().unwrap_or_default();
                 self.observer.lock().expect("observer lock").observe(
                     &self.topology,
-                    &self.policies[&group],
-                    &legacy,
+                    &self.policies[&view.group],
+                    legacy,
                     &view,
                     &self.checks,
                 );
-                let line = format!(
-                    "{node} {group}: leader={:?} term={} voters={:?} learners={:?}",
-                    status.leader.map(|n| n.0),
-                    status.term,
-                    status.membership.voters.iter().map(|n| n.0).collect::<Vec<_>>(),
-                    status.membership.learners.iter().map(|n| n.0).collect::<Vec<_>>(),
-                );
+                // The trace line is built only when what it shows changed (most steps change nothing).
                 let changed = {
-                    let mut seen = self.last_seen.lock().expect("last seen lock");
-                    seen.insert((node, group.clone()), line.clone()).as_ref() != Some(&line)
+                    let mut last_seen = self.last_seen.lock().expect("last seen lock");
+                    let seen = last_seen.entry(node).or_default();
+                    match seen.get_mut(&view.group) {
+                        Some(last) if last.shows(&view.status) => false,
+                        Some(last) => {
+                            *last = SeenStatus::of(&view.status);
+                            true
+                        }
+                        None => {
+                            seen.insert(view.group.clone(), SeenStatus::of(&view.status));
+                            true
+                        }
+                    }
                 };
                 if changed {
-                    self.log(line);
+                    let status = &view.status;
+                    self.log(format!(
+                        "{node} {}: leader={:?} term={} voters={:?} learners={:?}",
+                        view.group,
+                        status.leader.map(|n| n.0),
+                        status.term,
+                        status.membership.voters.iter().map(|n| n.0).collect::<Vec<_>>(),
+                        status.membership.learners.iter().map(|n| n.0).collect::<Vec<_>>(),
+                    ));
                 }
             }
         }
     }
 
-    /// The committed log entries of `group` on `node` in `range`, as (index, term, debug text).
+    /// The committed log entries of `group` on `node` in `range`, as (index, term, payload).
     pub async fn entries(
         &self,
         node: NodeId,
         group: &GroupId,
         from: u64,
         to: u64,
-    ) -> Option<Vec<(u64, u64, String)>> {
+    ) -> Option<Vec<(u64, u64, Payload)>> {
         let stores = self.nodes().get(&node)?.running.as_ref()?.stores.clone();
         let mut log = stores.engine.group::<SimConfig>(group_number(group));
         let mut reader = log.get_log_reader().await;
@@ -609,11 +660,7 @@ impl World {
                 .into_iter()
                 .map(|entry| {
                     let log_id = entry.log_id();
-                    (
-                        log_id.index,
-                        log_id.leader_id.term,
-                        format!("{:?}", entry.payload),
-                    )
+                    (log_id.index, log_id.leader_id.term, entry.payload)
                 })
                 .collect(),
         )
