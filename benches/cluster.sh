@@ -16,7 +16,9 @@
 # systems), SCALE_PERCENT (100: operation counts per step), BENCH_DIR (where the temporary directory goes;
 # must not be tmpfs, or fsync would be free), ETCD_ALL_ENDPOINTS=1 (etcd clients talk to all members
 # instead of the leader alone), STEPS (op:clients:operations,...), SYSTEMS ("domicile etcd"), DOMICILE_BIN
-# (the node binary to run instead of the one just built).
+# (the node binary to run instead of the one just built), WORKER_THREADS (each node's runtime workers: by
+# default a third of the cores, at least 1, since the three nodes share them; `default` leaves the node's
+# own default, one per core, and writes nothing, for node builds that predate the setting).
 set -euo pipefail
 
 MODE=${1:-compare}
@@ -161,6 +163,7 @@ start_etcd() {
 
 # ---- Domicile: three nodes in three EEA sites, `groups` groups fenced to the EEA -----------------------
 DOMICILE_PIDS=()
+WORKER_THREADS=${WORKER_THREADS:-$(( $(nproc) / 3 > 0 ? $(nproc) / 3 : 1 ))}
 DOMICILE_ENDPOINTS=""
 DOMICILE_CERTS=""
 DOMICILE_STARTS=0
@@ -192,6 +195,8 @@ start_domicile() {
         {
             printf 'cluster = "bench"\nnode_id = %d\nsite = "%s"\ndata_dir = "data/n%d"\n' $((i + 1)) "${sites[i]}" $((i + 1))
             printf 'listen = "127.0.0.1:%s"\nadmin = "127.0.0.1:%s"\ntopology = "topology.toml"\n\n' "${ports[i]}" "${ports[i + 3]}"
+            # Three nodes share this machine: each gets its share of the cores as runtime workers.
+            [[ $WORKER_THREADS == default ]] || printf 'worker_threads = %d\n\n' "$WORKER_THREADS"
             printf '[tls]\nca = "certs/ca.pem"\ncert = "certs/node-%d.pem"\nkey = "certs/node-%d.key"\n' $((i + 1)) $((i + 1))
             local j
             for j in 0 1 2; do

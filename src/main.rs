@@ -17,6 +17,7 @@ mod placement_cli;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use node_config::NodeConfig;
 
 #[derive(Parser)]
 #[command(
@@ -88,6 +89,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
+/// A node's runtime: `worker_threads` workers if the node's config says so, one per core if not.
+fn node_runtime(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = worker_threads {
+        builder.worker_threads(workers);
+    }
+    Ok(builder.enable_all().build()?)
+}
+
 /// Exit codes: 0 success; 1 the answer is "no" (a refusal, no compliant placement); 2 bad input.
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -106,17 +116,17 @@ fn main() -> ExitCode {
         Command::Placement { command } => placement_cli::run(command),
         Command::Certs { command } => certs_cli::run(command),
         Command::Demo { records } => runtime().and_then(|runtime| runtime.block_on(demo::run(records))),
-        Command::Node { config, action } => runtime().and_then(|runtime| {
-            runtime.block_on(async {
-                match (config, action) {
-                    (_, Some(NodeAction::Drain { node, admin })) => operator_cli::drain(&admin, node).await,
-                    (Some(config), None) => node::run(&config).await,
-                    (None, None) => Err(anyhow::anyhow!(
-                        "give --config node.toml to run a node (see deploy/node.example.toml)"
-                    )),
-                }
-            })
-        }),
+        Command::Node { config, action } => match (config, action) {
+            (_, Some(NodeAction::Drain { node, admin })) => {
+                runtime().and_then(|runtime| runtime.block_on(operator_cli::drain(&admin, node)))
+            }
+            (Some(path), None) => NodeConfig::load(&path).and_then(|config| {
+                node_runtime(config.worker_threads).and_then(|runtime| runtime.block_on(node::run(config)))
+            }),
+            (None, None) => Err(anyhow::anyhow!(
+                "give --config node.toml to run a node (see deploy/node.example.toml)"
+            )),
+        },
         Command::Status { admin, output } => {
             runtime().and_then(|runtime| runtime.block_on(operator_cli::status(&admin, output)))
         }

@@ -43,8 +43,7 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
 }
 
-pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
-    let config = NodeConfig::load(config_path)?;
+pub async fn run(config: NodeConfig) -> anyhow::Result<ExitCode> {
     let node = Arc::new(Node::start(config).await?);
     let admin = crate::admin::serve(node.clone()).await?;
     let preference = tokio::spawn(honour_leader_preferences(node.clone()));

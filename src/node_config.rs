@@ -27,6 +27,7 @@ struct RawConfig {
     peer: Vec<RawPeer>,
     #[serde(default)]
     raft: RaftTuning,
+    worker_threads: Option<usize>,
 }
 
 fn default_admin() -> SocketAddr {
@@ -98,6 +99,10 @@ pub struct NodeConfig {
     pub key: PathBuf,
     pub peers: BTreeMap<NodeId, Peer>,
     pub raft: RaftTuning,
+    /// The runtime's worker threads; `None`: one per core. Every hand-off of a task between two workers
+    /// is a cross-thread wake-up (a context switch), so a node sharing its cores with other nodes or
+    /// processes answers a lone client sooner with fewer workers than cores.
+    pub worker_threads: Option<usize>,
 }
 
 impl NodeConfig {
@@ -140,6 +145,9 @@ impl NodeConfig {
         if !raw.admin.ip().is_loopback() {
             tracing::warn!(admin = %raw.admin, "the admin endpoint listens beyond loopback: it has no authentication");
         }
+        if raw.worker_threads == Some(0) {
+            bail!("{}: worker_threads must be at least 1", path.display());
+        }
         let tuning = raw.raft;
         if tuning.heartbeat_interval_ms == 0
             || tuning.election_timeout_min_ms <= tuning.heartbeat_interval_ms
@@ -163,6 +171,7 @@ impl NodeConfig {
             key: resolve(&raw.tls.key),
             peers,
             raft: tuning,
+            worker_threads: raw.worker_threads,
         })
     }
 }
@@ -216,5 +225,16 @@ addr = "127.0.0.1:7102"
             .unwrap_err()
             .to_string();
         assert!(error.contains("heartbeat"), "{error}");
+        let error = load(&GOOD.replace("topology =", "worker_threads = 0\ntopology ="))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("worker_threads"), "{error}");
+    }
+
+    #[test]
+    fn worker_threads_default_to_one_per_core() {
+        assert_eq!(load(GOOD).unwrap().worker_threads, None);
+        let config = load(&GOOD.replace("topology =", "worker_threads = 1\ntopology =")).unwrap();
+        assert_eq!(config.worker_threads, Some(1));
     }
 }

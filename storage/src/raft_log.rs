@@ -8,11 +8,17 @@
 //! * `append`: acknowledged through openraft's [`IOFlushed`] callback only after an fdatasync that
 //!   covers the entries (group commit);
 //! * `save_vote`: returns only after an fdatasync covering the vote;
-//! * `save_committed`, `truncate_after`, `purge`: written in log order and made durable by the next
-//!   group sync (the driver syncs whenever anything is unsynced) without blocking the caller.
-//!   Losing one of these in a crash is safe: a commit index only speeds up re-apply, a lost
-//!   truncation is redone by the leader before any conflicting entry is acknowledged (the append
-//!   that follows it is synced after it), and a lost purge leaves extra entries.
+//! * `truncate_after`, `purge`: written in log order and made durable by the next group sync (the
+//!   driver syncs whenever anything is unsynced) without blocking the caller;
+//! * `save_committed`: written in log order but asks for no sync of its own: it becomes durable with
+//!   the next sync something else asks for (an append, a vote, a truncation, a purge, a segment
+//!   rotation). A commit index changes on every write, and a sync of its own would add an
+//!   fdatasync per write on every replica — one the next write's append then queues behind.
+//!
+//! Losing any of the last three in a crash is safe: a commit index only speeds up re-apply (openraft
+//! re-learns it from the leader), a lost truncation is redone by the leader before any conflicting
+//! entry is acknowledged (the append that follows it is synced after it), and a lost purge leaves
+//! extra entries.
 //!
 //! Someone must drive the commit queue, or appends never complete: [`LogEngine::spawn_sync_thread`]
 //! in production, a runtime task calling [`LogEngine::sync_pending`] in the simulator.
@@ -138,6 +144,15 @@ impl<D: Disk> LogEngine<D> {
             }
         };
         self.queue.push(end, waiter).map_err(LogError::Poisoned)
+    }
+
+    /// Runs one write into the log's buffer without telling the commit queue: the record reaches the
+    /// disk with whatever sync is asked for next, and asks for none itself.
+    fn write_unsynced(
+        &self,
+        operation: impl FnOnce(&mut Wal<D>) -> Result<Position, LogError>,
+    ) -> Result<(), LogError> {
+        operation(&mut self.lock()).map(|_end| ())
     }
 }
 
@@ -292,9 +307,10 @@ impl<C: StorageTypeConfig, D: Disk> RaftLogStorage<C> for GroupLog<C, D> {
         let Some(committed) = committed else { return Ok(()) };
         let bytes = codec::encode(&committed).map_err(io::Error::other)?;
         let group = self.group;
+        // No sync of its own (see the module docs): losing it in a crash only means re-learning it.
         Ok(self
             .engine
-            .write(move |wal| wal.save_committed(group, committed.index, bytes), None)?)
+            .write_unsynced(move |wal| wal.save_committed(group, committed.index, bytes))?)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
