@@ -112,6 +112,12 @@ struct QueueState {
 impl QueueState {
     /// Takes up to `limit` waiters a sync has covered, in log order.
     fn take_acknowledged(&mut self, limit: usize) -> Acknowledged {
+        assert!(
+            self.acknowledged <= self.waiters.len(),
+            "{} waiters acknowledged but only {} queued",
+            self.acknowledged,
+            self.waiters.len()
+        );
         let count = self.acknowledged.min(limit);
         self.acknowledged -= count;
         Acknowledged(self.waiters.drain(..count).map(|(_, waiter)| waiter).collect())
