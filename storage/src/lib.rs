@@ -27,6 +27,7 @@ pub mod backend;
 mod blocking;
 pub mod codec;
 pub mod disk;
+mod entry_index;
 pub mod error;
 pub mod group_commit;
 pub mod log;

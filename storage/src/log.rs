@@ -40,6 +40,7 @@ use serde::Serialize;
 use crate::codec;
 use crate::disk::Disk;
 use crate::disk::DiskFile;
+use crate::entry_index::EntryIndex;
 use crate::error::LogError;
 use crate::segment;
 use crate::segment::GroupCheckpoint;
@@ -94,7 +95,7 @@ struct Segment<F> {
 
 #[derive(Clone, Debug, Default)]
 struct GroupState {
-    entries: BTreeMap<u64, Location>,
+    entries: EntryIndex<Location>,
     vote: Option<Vec<u8>>,
     committed: Option<(u64, Vec<u8>)>,
     purged: Option<(u64, Vec<u8>)>,
@@ -352,7 +353,7 @@ impl<D: Disk> Wal<D> {
     /// left over means entries are missing.
     fn check_contiguous(&self, oldest: u64) -> Result<(), LogError> {
         for (&group, state) in &self.groups {
-            let (Some(&first), Some((purged, _))) = (state.entries.keys().next(), &state.purged) else {
+            let (Some(first), Some((purged, _))) = (state.entries.first(), &state.purged) else {
                 continue;
             };
             if first != purged + 1 {
@@ -375,12 +376,7 @@ impl<D: Disk> Wal<D> {
             let Some((committed, _)) = &state.committed else {
                 continue;
             };
-            let last = state
-                .entries
-                .keys()
-                .next_back()
-                .copied()
-                .or(state.purged.as_ref().map(|(i, _)| *i));
+            let last = state.entries.last().or(state.purged.as_ref().map(|(i, _)| *i));
             if last.is_none_or(|last| last < *committed) {
                 return Err(LogError::LostCommittedEntries {
                     group,
@@ -402,8 +398,8 @@ impl<D: Disk> Wal<D> {
                     // Written before a purge that a later checkpoint or record recorded.
                     return Ok(());
                 }
-                if let Some(&last) = state.entries.keys().next_back()
-                    && index != last + 1
+                if let Some(last) = state.entries.last()
+                    && Some(index) != last.checked_add(1)
                 {
                     return Err(format!(
                         "group {group}: entry {index} does not follow entry {last}"
@@ -418,7 +414,7 @@ impl<D: Disk> Wal<D> {
                         "group {group}: entry {index} does not follow the purge point {purged}"
                     ));
                 }
-                state.entries.insert(index, location);
+                state.entries.push(index, location);
                 self.segments
                     .get_mut(&location.segment)
                     .expect("entry in a known segment")
@@ -430,17 +426,17 @@ impl<D: Disk> Wal<D> {
             }
             RecordHead::Truncate { group, first_removed } => {
                 let state = self.groups.entry(group).or_default();
-                let removed = state.entries.split_off(&first_removed);
-                self.release(removed.values());
+                let removed = state.entries.split_off(first_removed);
+                self.release(removed.iter());
             }
             RecordHead::Purge { group, index, log_id } => self.purge_group(group, index, log_id),
             RecordHead::Retire { group } => {
                 let state = self.groups.entry(group).or_default();
-                let removed = std::mem::take(&mut state.entries);
+                let removed = state.entries.split_off(0);
                 state.committed = None;
                 state.purged = None;
                 state.retired = true;
-                self.release(removed.values());
+                self.release(removed.iter());
             }
             RecordHead::Revive { group } => self.groups.entry(group).or_default().retired = false,
             RecordHead::Checkpoint { groups, .. } => {
@@ -462,10 +458,9 @@ impl<D: Disk> Wal<D> {
         if state.purged.as_ref().is_some_and(|(purged, _)| *purged >= index) {
             return;
         }
-        let kept = state.entries.split_off(&(index + 1));
-        let removed = std::mem::replace(&mut state.entries, kept);
+        let removed = state.entries.remove_through(index);
         state.purged = Some((index, log_id));
-        self.release(removed.values());
+        self.release(removed.iter());
     }
 
     fn release<'a>(&mut self, locations: impl Iterator<Item = &'a Location>) {
@@ -669,7 +664,7 @@ impl<D: Disk> Wal<D> {
         let expected = self
             .groups
             .get(&group)
-            .and_then(|state| match state.entries.keys().next_back() {
+            .and_then(|state| match state.entries.last() {
                 Some(last) => Some(last + 1),
                 None => state.purged.as_ref().map(|(purged, _)| purged + 1),
             });
@@ -766,7 +761,7 @@ impl<D: Disk> Wal<D> {
     }
 
     pub fn last_index(&self, group: u64) -> Option<u64> {
-        self.groups.get(&group)?.entries.keys().next_back().copied()
+        self.groups.get(&group)?.entries.last()
     }
 
     /// Groups that have any state in the log.
@@ -793,7 +788,7 @@ impl<D: Disk> Wal<D> {
         state
             .entries
             .range(range)
-            .map(|(&index, &location)| {
+            .map(|(index, &location)| {
                 let segment = &self.segments[&location.segment];
                 let source = if location.segment == active && location.offset >= buffered_from {
                     let start = (location.offset - buffered_from) as usize;
@@ -867,7 +862,7 @@ fn check_segment_start(name: &str, head: &RecordHead, previous_len: Option<u64>)
     }
 }
 
-/// BTreeMap::range panics on an inverted range; openraft may ask for an empty one.
+/// Whether `range` holds no index at all (openraft may ask for an empty or inverted one).
 fn range_is_empty(range: &(Bound<u64>, Bound<u64>)) -> bool {
     let start = match range.0 {
         Bound::Included(x) => x,

@@ -127,7 +127,8 @@ impl<D: Disk> LogEngine<D> {
     }
 
     /// Runs one write and hands its end position to the commit queue, both under the log's lock
-    /// so the queue sees positions in log order.
+    /// so the queue sees positions in log order. Then, outside the lock, completes the waiters of
+    /// the last sync that the push took over (see [`crate::group_commit`]).
     fn write(
         &self,
         operation: impl FnOnce(&mut Wal<D>) -> Result<Position, LogError>,
@@ -137,13 +138,18 @@ impl<D: Disk> LogEngine<D> {
         let end = match operation(&mut wal) {
             Ok(end) => end,
             Err(error) => {
+                drop(wal);
                 if let Some(waiter) = waiter {
                     waiter(Err(io::Error::other(error.to_string())));
                 }
                 return Err(error);
             }
         };
-        self.queue.push(end, waiter).map_err(LogError::Poisoned)
+        let pushed = self.queue.push(end, waiter);
+        drop(wal);
+        pushed
+            .map(|acknowledged| acknowledged.complete())
+            .map_err(LogError::Poisoned)
     }
 
     /// Runs one write into the log's buffer without telling the commit queue: the record reaches the
