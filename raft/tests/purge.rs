@@ -9,40 +9,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, ONE_CLUSTER_AT_A_TIME, cluster_of, group, put};
+use common::{Cluster, EEA_SITES_WITH_A_SPARE, ONE_CLUSTER_AT_A_TIME, cluster_of, group, put};
 use placement::{GroupId, NodeId, Step};
 use raft::bootstrap::{initial_placement, open_initial_groups};
 use raft::host::{HostError, ReadConsistency};
 use raft::purge::{Purged, purge_removed_replicas, purge_replica};
 use raft::routing::group_number;
 use storage::RecordKey;
-
-const TOPOLOGY: &str = r#"
-[[site]]
-name = "dublin-a"
-country = "IE"
-nodes = [1]
-
-[[site]]
-name = "dublin-b"
-country = "IE"
-nodes = [2]
-
-[[site]]
-name = "hamar"
-country = "NO"
-nodes = [3]
-
-[[site]]
-name = "frankfurt"
-country = "DE"
-nodes = [4]
-
-[[group]]
-name = "users-eea"
-jurisdiction = "EEA"
-voters = 3
-"#;
 
 /// Executes `step` on the group's leader among `among`, retrying while leadership settles.
 async fn execute(cluster: &Cluster, among: &[u64], step: Step) {
@@ -159,7 +132,7 @@ fn state_machine_dir(cluster: &Cluster, node: u64, group: &GroupId) -> std::path
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_is_purged_only_after_a_committed_membership_leaves_it_out() {
     let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
-    let cluster = cluster_of(TOPOLOGY).await;
+    let cluster = cluster_of(EEA_SITES_WITH_A_SPARE).await;
     let eea = group("users-eea");
     // Created as at start-up, so the node purged below is the one that bootstraps the group at start.
     let initial = initial_placement(&cluster.file).unwrap();
@@ -233,7 +206,7 @@ async fn a_replica_is_purged_only_after_a_committed_membership_leaves_it_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_cut_off_while_it_was_removed_purges_itself_once_it_can_ask() {
     let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
-    let cluster = cluster_of(TOPOLOGY).await;
+    let cluster = cluster_of(EEA_SITES_WITH_A_SPARE).await;
     let eea = group("users-eea");
     cluster.create("users-eea", &[1, 2, 3]).await;
     cluster.write("users-eea", &[1, 2, 3], put(1)).await.unwrap();

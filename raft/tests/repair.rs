@@ -8,44 +8,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ONE_CLUSTER_AT_A_TIME, cluster_of, group, put};
+use common::{EEA_SITES_WITH_A_SPARE, ONE_CLUSTER_AT_A_TIME, cluster_of, group, put};
 use placement::{Membership, NodeId, Problem, Step};
 use raft::config::TokioConfig;
 use raft::host::ReadConsistency;
 use raft::repair::{Repair, Repairer};
 use storage::RecordKey;
-
-const TOPOLOGY: &str = r#"
-[[site]]
-name = "dublin-a"
-country = "IE"
-nodes = [1]
-
-[[site]]
-name = "dublin-b"
-country = "IE"
-nodes = [2]
-
-[[site]]
-name = "hamar"
-country = "NO"
-nodes = [3]
-
-[[site]]
-name = "frankfurt"
-country = "DE"
-nodes = [4]
-
-[[site]]
-name = "ashburn"
-country = "US"
-nodes = [5]
-
-[[group]]
-name = "users-eea"
-jurisdiction = "EEA"
-voters = 3
-"#;
 
 /// Repair rounds on every live node until `done` holds for the leader's membership; returns it.
 async fn repair_until(
@@ -84,7 +52,7 @@ async fn repair_until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_voter_is_replaced_inside_the_jurisdiction_and_never_outside() {
     let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
-    let cluster = cluster_of(TOPOLOGY).await;
+    let cluster = cluster_of(EEA_SITES_WITH_A_SPARE).await;
     let eea = group("users-eea");
     cluster.create("users-eea", &[1, 2, 3]).await;
     cluster.write("users-eea", &[1, 2, 3], put(1)).await.unwrap();

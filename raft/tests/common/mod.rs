@@ -61,6 +61,40 @@ voters = 3
 voters = [1, 4, 5]
 "#;
 
+/// Three EEA sites holding one group, a fourth EEA site to spare (Frankfurt) and Ashburn, outside: for
+/// replacing and purging replicas.
+pub const EEA_SITES_WITH_A_SPARE: &str = r#"
+[[site]]
+name = "dublin-a"
+country = "IE"
+nodes = [1]
+
+[[site]]
+name = "dublin-b"
+country = "IE"
+nodes = [2]
+
+[[site]]
+name = "hamar"
+country = "NO"
+nodes = [3]
+
+[[site]]
+name = "frankfurt"
+country = "DE"
+nodes = [4]
+
+[[site]]
+name = "ashburn"
+country = "US"
+nodes = [5]
+
+[[group]]
+name = "users-eea"
+jurisdiction = "EEA"
+voters = 3
+"#;
+
 /// A local cluster of the topology above, in a temporary directory that lives as long as it.
 pub struct Cluster {
     pub local: LocalCluster,
