@@ -224,11 +224,17 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
     }
 
     fn group(&self, group: &GroupId) -> Result<Arc<Group<C, S::Backend>>, HostError> {
-        let groups = self.groups.read().expect("group table lock");
-        groups
-            .get(&group_number(group))
-            .cloned()
+        self.hosted(group_number(group))
             .ok_or_else(|| HostError::UnknownGroup(group.0.clone()))
+    }
+
+    /// This node's replica of group `number`, if it is open.
+    fn hosted(&self, number: u64) -> Option<Arc<Group<C, S::Backend>>> {
+        self.groups
+            .read()
+            .expect("group table lock")
+            .get(&number)
+            .cloned()
     }
 
     /// Opens (or recovers) this node's replica of a group. `legacy` lists the group's members outside its
@@ -362,12 +368,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             group: number,
             reason,
         };
-        let hosted = self
-            .groups
-            .read()
-            .expect("group table lock")
-            .get(&number)
-            .cloned();
+        let hosted = self.hosted(number);
         let Some(replica) = hosted else {
             return PeerResponse::Refused {
                 group: number,
@@ -778,12 +779,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             group: number,
             reason,
         };
-        let hosted = self
-            .groups
-            .read()
-            .expect("group table lock")
-            .get(&number)
-            .cloned();
+        let hosted = self.hosted(number);
         let Some(group) = hosted else {
             return Err(refuse(format!(
                 "{} holds no replica of group {number}",
@@ -839,12 +835,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             };
         }
         let number = request.group;
-        let hosted = self
-            .groups
-            .read()
-            .expect("group table lock")
-            .get(&number)
-            .cloned();
+        let hosted = self.hosted(number);
         let group = match hosted {
             Some(group) => group,
             None => match self.open_on_demand(number).await {
