@@ -3,12 +3,13 @@
 //! step of each group on that group's leader through the host (whose fence checks it again).
 //!
 //! `AddLearner` first opens the group on the joining node (and, when the world models bulk data,
-//! starts copying the group's ranges to it); `PurgeReplica` forgets the group on the removed node (and
-//! deletes its bulk copies, which the conservation checker watches).
+//! starts copying the group's ranges to it); `PurgeReplica` runs production's purge on the removed node
+//! (which deletes its replica only on its group leader's proof of a committed membership without it) and
+//! then deletes its bulk copies, which the conservation checker watches.
 
 use std::collections::BTreeMap;
 
-use placement::{GroupId, GroupState, Health, Placement, Step};
+use placement::{GroupId, GroupState, Health, NodeId, Placement, Step};
 
 use crate::world::World;
 
@@ -95,23 +96,61 @@ pub async fn round_with(
     outcome
 }
 
+/// Runs the production purge on `node` ([`raft::purge::purge_replica`]): the node asks the group's leader
+/// for a committed membership without it and only then deletes its replica. A node that is down, or can't
+/// get that proof now, keeps its replica, and [`purge_leftovers`] asks again in later rounds.
+async fn purge(world: &World, group: &GroupId, node: NodeId) -> bool {
+    let Some(host) = world.host(node) else {
+        world.log(format!("purge of {group} on {node}: the node is down; later"));
+        return false;
+    };
+    match crate::clock::on_node(node.0, raft::purge::purge_replica(host.as_ref(), group)).await {
+        Ok(purged) => {
+            if let Some(bulk) = &world.bulk {
+                let voters = world
+                    .leader(group)
+                    .and_then(|(_, host)| host.status(group).ok())
+                    .map(|status| status.membership.voters)
+                    .unwrap_or_default();
+                bulk.purge(world, group, node, &voters);
+            }
+            world.drop_replica(node, group);
+            world.log(format!("purge of {group} on {node}: {purged:?}"));
+            true
+        }
+        Err(error) => {
+            world.log(format!("purge of {group} on {node}: {error}"));
+            false
+        }
+    }
+}
+
+/// Copies a removal left behind, on nodes no longer members (the purge after the removal found the node
+/// down or without proof): purged now if the node can get its proof — what production's background purge
+/// round does.
+pub async fn purge_leftovers(world: &World) {
+    let Some(bulk) = &world.bulk else { return };
+    for group in world.policies.keys() {
+        let Some(members) = world
+            .leader(group)
+            .and_then(|(_, host)| host.status(group).ok())
+            .map(|status| status.membership)
+        else {
+            continue;
+        };
+        for holder in bulk.holders(group) {
+            if !members.contains(holder) {
+                purge(world, group, holder).await;
+            }
+        }
+    }
+}
+
 /// Executes one step; returns whether it took effect.
 pub async fn execute(world: &World, step: &Step) -> bool {
     let group = step.group().clone();
     match step {
-        Step::PurgeReplica { node, .. } => {
-            if let Some(bulk) = &world.bulk {
-                let voters = world
-                    .leader(&group)
-                    .and_then(|(_, host)| host.status(&group).ok())
-                    .map(|status| status.membership.voters)
-                    .unwrap_or_default();
-                bulk.purge(world, &group, *node, &voters);
-            }
-            world.drop_replica(*node, &group);
-            world.log(format!("step {step:?}: done"));
-            return true;
-        }
+        Step::PurgeReplica { node, .. } => return purge(world, &group, *node).await,
         Step::AddLearner { node, .. } => {
             if let Err(error) = world.add_replica(*node, &group).await {
                 world.log(format!("step {step:?}: {error}"));

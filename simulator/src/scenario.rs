@@ -801,7 +801,10 @@ async fn migration_round(world: &World) {
         // The planted bug: promote (and so go on to remove the legacy voters) before the copy is durable.
         world.canary == Some(Canary::EarlyLegacyRemoval)
     };
-    let step = orchestrator::round_with(world, &gate, true);
+    let step = async {
+        orchestrator::purge_leftovers(world).await;
+        orchestrator::round_with(world, &gate, true).await
+    };
     let _ = SimRuntime::timeout(Duration::from_secs(10), step).await;
 }
 
