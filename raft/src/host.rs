@@ -368,8 +368,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             group: number,
             reason,
         };
-        let hosted = self.hosted(number);
-        let Some(replica) = hosted else {
+        let Some(replica) = self.hosted(number) else {
             return PeerResponse::Refused {
                 group: number,
                 reason: format!("{} holds no replica of group {number}", self.me.node),
@@ -779,8 +778,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             group: number,
             reason,
         };
-        let hosted = self.hosted(number);
-        let Some(group) = hosted else {
+        let Some(group) = self.hosted(number) else {
             return Err(refuse(format!(
                 "{} holds no replica of group {number}",
                 self.me.node
@@ -835,8 +833,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             };
         }
         let number = request.group;
-        let hosted = self.hosted(number);
-        let group = match hosted {
+        let group = match self.hosted(number) {
             Some(group) => group,
             None => match self.open_on_demand(number).await {
                 Ok(group) => group,
