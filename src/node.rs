@@ -209,7 +209,8 @@ impl Node {
         )
         .map_err(|error| anyhow!("can't listen on {}: {error} (is the port in use?)", config.listen))?;
 
-        let stores = DiskStores::open(&config.data_dir.join("store")).map_err(|error| anyhow!("{error}"))?;
+        let stores = DiskStores::open(&config.data_dir.join("store"), identity.node)
+            .map_err(|error| anyhow!("{error}"))?;
         let groups = file
             .policies
             .values()

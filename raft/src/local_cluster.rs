@@ -87,7 +87,7 @@ impl LocalCluster {
                 )
                 .map_err(|error| LocalClusterError::Start(error.to_string()))?;
                 let faults = Arc::new(Faulty::new(quic.clone()));
-                let stores = DiskStores::open(&dir.join(format!("n{}", id.0)))
+                let stores = DiskStores::open(&dir.join(format!("n{}", id.0)), identity.node)
                     .map_err(|error| LocalClusterError::Start(error.to_string()))?;
                 let groups = file
                     .policies

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::storage::RaftLogStorage;
+use placement::NodeId;
 use storage::backend::Backend;
 use storage::disk::FsDisk;
 use storage::group_commit::SyncThread;
@@ -51,13 +52,16 @@ pub trait Stores<C: GroupConfig>: Send + Sync + 'static {
 /// Production storage under one data directory: `log/` (the node-wide WAL) and `groups/<n>/` (redb).
 pub struct DiskStores {
     dir: PathBuf,
+    /// The node whose replicas these are: a follower's appends sync on its own thread
+    /// ([`LogEngine::replica`]).
+    node: NodeId,
     engine: Arc<LogEngine<FsDisk>>,
     // Kept for its lifetime: dropping it syncs what is pending and stops the driver.
     _sync: SyncThread,
 }
 
 impl DiskStores {
-    pub fn open(dir: &Path) -> Result<DiskStores, StoreError> {
+    pub fn open(dir: &Path, node: NodeId) -> Result<DiskStores, StoreError> {
         let error = |what: &str, reason: String| StoreError {
             what: format!("{what} in {}", dir.display()),
             reason,
@@ -71,6 +75,7 @@ impl DiskStores {
             .map_err(|e| error("starting the log sync thread", e.to_string()))?;
         let stores = DiskStores {
             dir: dir.to_path_buf(),
+            node,
             engine,
             _sync: sync,
         };
@@ -111,7 +116,10 @@ impl<C: GroupConfig> Stores<C> for DiskStores {
             what: format!("state machine {}", path.display()),
             reason,
         };
-        let log: GroupLog<C, FsDisk> = self.engine.group(group);
+        let log: GroupLog<C, FsDisk> = self
+            .engine
+            .replica(group, self.node.0)
+            .map_err(|e| error(format!("reading the stored vote: {e}")))?;
         if self.engine.is_retired(group) {
             // Its state machine went with the purge (or at the start after a purge cut short).
             log.revive()

@@ -182,6 +182,46 @@ async fn peers_from_another_ca_or_disagreeing_with_the_topology_are_refused() {
     }
 }
 
+/// One frame per stream, read through the stream's end on both sides: a stream dropped before its end
+/// is read makes quinn send a STOP_SENDING, an extra packet per request each way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_costs_no_stop_sending_either_way() {
+    let ca = ClusterCa::generate("test", validity()).unwrap();
+    let (dublin, hamar) = (identity(1, "dublin-a", "IE"), identity(7, "hamar", "NO"));
+    let server = node(
+        hamar.clone(),
+        &tls(&ca, &hamar),
+        BTreeMap::new(),
+        QuicConfig::loopback(),
+    );
+    let peers = BTreeMap::from([(NodeId(7), server.local_addr().unwrap())]);
+    let client = node(dublin.clone(), &tls(&ca, &dublin), peers, QuicConfig::loopback());
+    for index in 0..50 {
+        let reply: String = client.request(NodeId(7), &format!("r{index}")).await.unwrap();
+        assert_eq!(reply, format!("r{index} from n1 at dublin-a (IE)"));
+    }
+    let stats = client
+        .dialer()
+        .connection_stats(NodeId(7))
+        .expect("a live connection");
+    assert_eq!(
+        stats.frame_tx.stop_sending, 0,
+        "the client stopped a response stream"
+    );
+    assert_eq!(
+        stats.frame_rx.stop_sending, 0,
+        "the server stopped a request stream"
+    );
+    assert!(
+        stats.frame_tx.stream >= 50,
+        "the requests were sent: {:?}",
+        stats.frame_tx
+    );
+    for node in [server, client] {
+        node.close();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_frames_are_refused_before_allocation() {
     let ca = ClusterCa::generate("test", validity()).unwrap();

@@ -28,6 +28,15 @@
 //! runtime, where a wake is a queue push. The driver never waits for that hand-over: it keeps
 //! completing whatever is still acknowledged.
 //!
+//! Syncing on the appender's thread. Handing a lone append to the driver costs two thread
+//! hand-offs (wake the driver; the driver wakes the appender's task), each a wait for a core on a
+//! busy machine. A follower replicating one leader's appends is on the write path of every client
+//! request and usually has nothing else to sync, so its append may [`claim`](CommitQueue::push_claiming)
+//! the round instead: when no round is running and nothing else is unsynced, the appender writes and
+//! syncs on its own thread, exactly as the driver would, and the driver is not woken. Appends that
+//! arrive meanwhile queue for the driver, which takes them when the claimed round ends. Only one
+//! round runs at a time, whoever runs it.
+//!
 //! Guarantees:
 //! * a waiter is completed with `Ok` only after a sync that started after its bytes were written;
 //! * each waiter is completed exactly once; waiters are taken in log order, but the driver and an
@@ -101,6 +110,8 @@ struct QueueState {
     /// How many waiters at the front of `waiters` a sync has covered but nobody has completed
     /// yet: the driver and appenders take them from there (see [`Acknowledged`]).
     acknowledged: usize,
+    /// A round is writing and syncing: the driver's, or an appender's that claimed it.
+    syncing: bool,
     failed: Option<String>,
     closed: bool,
     syncs: u64,
@@ -168,6 +179,7 @@ impl CommitQueue {
                 synced: Position::default(),
                 waiters: VecDeque::new(),
                 acknowledged: 0,
+                syncing: false,
                 failed: None,
                 closed: false,
                 syncs: 0,
@@ -190,6 +202,25 @@ impl CommitQueue {
     /// Callers push while still holding the log's lock, so positions arrive in log order and a
     /// record is in the log's buffer before its position is here.
     pub fn push(&self, end: Position, waiter: Option<Waiter>) -> Result<Acknowledged, String> {
+        self.push_inner(end, waiter, false)
+            .map(|(acknowledged, _claimed)| acknowledged)
+    }
+
+    /// Like [`push`](CommitQueue::push), but when no round is running and nothing before `end` is
+    /// unsynced, claims the next round for the caller instead of waking the driver (see the module
+    /// docs). Returns whether it claimed: if so, the caller must call
+    /// [`sync_claimed`](CommitQueue::sync_claimed) once it has released the log's lock, or nothing
+    /// is ever synced again.
+    pub fn push_claiming(&self, end: Position, waiter: Waiter) -> Result<(Acknowledged, bool), String> {
+        self.push_inner(end, Some(waiter), true)
+    }
+
+    fn push_inner(
+        &self,
+        end: Position,
+        waiter: Option<Waiter>,
+        claim: bool,
+    ) -> Result<(Acknowledged, bool), String> {
         let mut state = self.state.lock().expect("commit queue lock poisoned");
         if let Some(reason) = state.failed.clone() {
             drop(state);
@@ -210,10 +241,17 @@ impl CommitQueue {
         if let Some(waiter) = waiter {
             state.waiters.push_back((end, waiter));
         }
+        let claimed = claim && was_idle && !state.syncing;
+        if claimed {
+            state.syncing = true;
+            return Ok((acknowledged, true));
+        }
         // Wake the driver only when what it may be waiting for has just become true: work after
         // idleness (`wait_for_work`) or the waiters it gathers for (`gather`). Waking it on every
-        // push would cost a context switch per append.
-        let wake = was_idle || (waiter_pushed && state.waiters_pending() == state.waiters_seen);
+        // push would cost a context switch per append. While a round runs it could not start
+        // one: the round's end wakes it if anything is left.
+        let wake =
+            !state.syncing && (was_idle || (waiter_pushed && state.waiters_pending() == state.waiters_seen));
         let notify = state.notify.clone();
         drop(state);
         if wake {
@@ -222,18 +260,35 @@ impl CommitQueue {
         if let Some(notify) = notify {
             notify();
         }
-        Ok(acknowledged)
+        Ok((acknowledged, false))
+    }
+
+    /// Runs the round a [`push_claiming`](CommitQueue::push_claiming) claimed, on the caller's
+    /// thread: writes what the log buffered, syncs it and completes the waiters it covered.
+    pub fn sync_claimed<J: Journal + ?Sized>(&self, journal: &J) {
+        assert!(
+            self.state.lock().expect("commit queue lock poisoned").syncing,
+            "sync_claimed without a claimed round"
+        );
+        self.run_round(journal);
     }
 
     /// Writes and syncs once if anything accepted is not yet durable, then completes the waiters
     /// it covered. Never blocks waiting for work; returns whether it synced.
     pub fn sync_pending<J: Journal + ?Sized>(&self, journal: &J) -> bool {
         {
-            let state = self.state.lock().expect("commit queue lock poisoned");
-            if state.failed.is_some() || state.accepted <= state.synced {
+            let mut state = self.state.lock().expect("commit queue lock poisoned");
+            if state.failed.is_some() || state.accepted <= state.synced || state.syncing {
                 return false;
             }
+            state.syncing = true;
         }
+        self.run_round(journal);
+        true
+    }
+
+    /// One claimed round: write, sync, complete. Ends the claim.
+    fn run_round<J: Journal + ?Sized>(&self, journal: &J) {
         // Neither the write nor the sync holds the queue's lock: appenders keep pushing and queue
         // up for the next round. The write takes the log's lock only while it copies the buffer
         // to the page cache.
@@ -246,7 +301,6 @@ impl CommitQueue {
                     .map_err(|error| format!("fdatasync failed: {error}"))
             });
         self.complete(result);
-        true
     }
 
     /// Completes the waiters a round covered, or fails every waiter not yet covered for good.
@@ -255,8 +309,10 @@ impl CommitQueue {
             Ok(target) => target,
             Err(reason) => return self.fail(reason),
         };
-        {
+        let more = {
             let mut state = self.state.lock().expect("commit queue lock poisoned");
+            assert!(state.syncing, "a round completed that nobody claimed");
+            state.syncing = false;
             state.syncs += 1;
             if target > state.synced {
                 state.synced = target;
@@ -268,6 +324,12 @@ impl CommitQueue {
                 .take_while(|(position, _)| *position <= synced)
                 .count();
             state.waiters_seen = state.waiters.len();
+            state.accepted > state.synced || state.closed
+        };
+        if more {
+            // Pushed during the round, which kept them from waking the driver; or the driver is
+            // closing and waits for this round to end.
+            self.work.notify_one();
         }
         // One at a time, releasing the lock in between: waking a waiter's task may hand this
         // thread's CPU to it, and an append it makes meanwhile takes the rest of the round and
@@ -292,10 +354,13 @@ impl CommitQueue {
         let (acknowledged, failed) = {
             let mut state = self.state.lock().expect("commit queue lock poisoned");
             state.failed = Some(reason.clone());
+            state.syncing = false;
             let acknowledged = state.take_acknowledged(usize::MAX);
             let failed: Vec<_> = state.waiters.drain(..).map(|(_, waiter)| waiter).collect();
             (acknowledged, failed)
         };
+        // A closing driver may be waiting for a claimed round that just failed.
+        self.work.notify_all();
         acknowledged.complete();
         for waiter in failed {
             waiter(Err(io::Error::other(reason.clone())));
@@ -306,10 +371,12 @@ impl CommitQueue {
     pub fn wait_for_work(&self) -> bool {
         let mut state = self.state.lock().expect("commit queue lock poisoned");
         loop {
-            if state.failed.is_none() && state.accepted > state.synced {
+            let unsynced = state.failed.is_none() && state.accepted > state.synced;
+            if unsynced && !state.syncing {
                 return true;
             }
-            if state.closed {
+            // A claimed round still running may leave work behind: its end wakes us.
+            if state.closed && !unsynced {
                 return false;
             }
             state = self.work.wait(state).expect("commit queue lock poisoned");
@@ -635,6 +702,102 @@ mod tests {
         assert_eq!(rx.recv(), Ok(true));
         drop(driver);
         assert!(journal.file.syncs.load(Ordering::SeqCst) >= 1);
+    }
+    fn reporting(tx: &mpsc::Sender<(u64, bool)>, offset: u64) -> Waiter {
+        let tx = tx.clone();
+        Box::new(move |r| tx.send((offset, r.is_ok())).unwrap())
+    }
+
+    #[test]
+    fn an_appender_claims_an_idle_queue_and_syncs_without_the_driver() {
+        let queue = CommitQueue::new();
+        let journal = CountingJournal::default();
+        let (tx, rx) = mpsc::channel();
+        journal.accepted.store(10, Ordering::SeqCst);
+        let (acknowledged, claimed) = queue.push_claiming(at(10), reporting(&tx, 10)).unwrap();
+        assert!(acknowledged.is_empty());
+        assert!(claimed, "nothing else was unsynced and no round ran");
+        assert!(
+            !queue.sync_pending(&journal),
+            "the driver may not run a round while one is claimed"
+        );
+        assert_eq!(journal.file.syncs.load(Ordering::SeqCst), 0);
+        assert!(
+            rx.try_recv().is_err(),
+            "nothing completes before the claimed sync"
+        );
+        queue.sync_claimed(&journal);
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![(10, true)]);
+        assert_eq!(journal.file.syncs.load(Ordering::SeqCst), 1);
+        assert_eq!(queue.synced(), at(10));
+    }
+
+    #[test]
+    fn a_claim_is_refused_while_anything_is_unsynced() {
+        let queue = CommitQueue::new();
+        let journal = CountingJournal::default();
+        let (tx, rx) = mpsc::channel();
+        journal.append(&queue, 10, Some(reporting(&tx, 10))).unwrap();
+        journal.accepted.store(20, Ordering::SeqCst);
+        let (acknowledged, claimed) = queue.push_claiming(at(20), reporting(&tx, 20)).unwrap();
+        acknowledged.complete();
+        assert!(!claimed, "10 waits for the driver: 20 joins its round");
+        assert!(queue.sync_pending(&journal));
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![(10, true), (20, true)]);
+        assert_eq!(journal.file.syncs.load(Ordering::SeqCst), 1, "one round for both");
+    }
+
+    /// A record pushed after a claimed round wrote the buffer is left for the driver, which the
+    /// round's end wakes: it could not start a round while the claim held.
+    #[test]
+    fn the_driver_takes_over_what_a_claimed_round_did_not_cover() {
+        let queue = Arc::new(CommitQueue::new());
+        let journal = Arc::new(CountingJournal::default());
+        let (tx, rx) = mpsc::channel();
+        journal.accepted.store(10, Ordering::SeqCst);
+        let (_, claimed) = queue.push_claiming(at(10), reporting(&tx, 10)).unwrap();
+        assert!(claimed);
+        // Accepted by the queue but not in what the claimed round will write (the journal still
+        // ends at 10): as if pushed just after the round's write.
+        let late = queue.push(at(20), Some(reporting(&tx, 20))).unwrap();
+        assert!(late.is_empty());
+        let (found_tx, found_rx) = mpsc::channel();
+        let waiting = queue.clone();
+        let driver = std::thread::spawn(move || found_tx.send(waiting.wait_for_work()).unwrap());
+        queue.sync_claimed(&*journal);
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![(10, true)]);
+        assert_eq!(
+            found_rx.recv_timeout(std::time::Duration::from_secs(10)),
+            Ok(true),
+            "the claimed round's end wakes the driver for the record it left"
+        );
+        driver.join().unwrap();
+        journal.accepted.store(20, Ordering::SeqCst);
+        assert!(queue.sync_pending(&*journal));
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![(20, true)]);
+    }
+
+    /// Closing while an appender's round runs: the driver waits for that round and syncs what
+    /// it left before stopping.
+    #[test]
+    fn a_closing_driver_waits_for_a_claimed_round() {
+        let queue = Arc::new(CommitQueue::new());
+        let journal = Arc::new(CountingJournal::default());
+        let (tx, rx) = mpsc::channel();
+        journal.accepted.store(10, Ordering::SeqCst);
+        let (_, claimed) = queue.push_claiming(at(10), reporting(&tx, 10)).unwrap();
+        assert!(claimed);
+        queue.push(at(20), Some(reporting(&tx, 20))).unwrap().complete();
+        let driver = SyncThread::spawn(queue.clone(), journal.clone()).unwrap();
+        journal.accepted.store(15, Ordering::SeqCst);
+        let closing = std::thread::spawn(move || drop(driver));
+        queue.sync_claimed(&*journal);
+        // The round wrote up to 15 only; the driver, woken by its end, writes and syncs 20.
+        journal.accepted.store(20, Ordering::SeqCst);
+        closing.join().unwrap();
+        let completed: Vec<_> = rx.try_iter().collect();
+        assert_eq!(completed, vec![(10, true), (20, true)]);
+        assert_eq!(queue.synced(), at(20));
     }
 }
 
