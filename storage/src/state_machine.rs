@@ -1,7 +1,13 @@
 //! openraft's state machine for one replica group, over any [`Backend`].
 //!
 //! Each `apply` call becomes one atomic backend batch (one redb write transaction) built by the
-//! deterministic [`Applier`]; responses are sent only after the batch commits.
+//! deterministic [`Applier`]. A small batch's responses are sent as soon as the batch is built, and
+//! the task yields once so they leave before its commit takes the core; a large batch's after its
+//! commit. Either way `apply` returns only after the commit, and openraft counts an entry applied —
+//! which linearizable reads wait for — only then. A response sent before its commit is still the
+//! truth: the entry is committed in the replicated log, and the response is what applying it
+//! deterministically gives; a commit that fails after it stops this replica's state machine (every
+//! later apply fails) without unmaking the write.
 //!
 //! **Durability choice.** Applies are not fsynced one by one. A batch commits non-durably; after
 //! every [`DURABLE_EVERY_BATCHES`]th batch one durable commit is queued on the state machine's
@@ -39,6 +45,7 @@ use openraft::alias::LogIdOf;
 use openraft::alias::SnapshotMetaOf;
 use openraft::alias::SnapshotOf;
 use openraft::alias::StoredMembershipOf;
+use openraft::storage::ApplyResponder;
 use openraft::storage::EntryResponder;
 use openraft::storage::RaftStateMachine;
 
@@ -143,6 +150,15 @@ impl<B: Backend> Core<B> {
         &mut self,
         entries: Vec<C::Entry>,
     ) -> Result<(Vec<Response>, bool), StateMachineError> {
+        let (responses, batch) = self.prepare_apply::<C>(entries)?;
+        Ok((responses, self.commit_apply(batch)?))
+    }
+
+    /// Applies `entries` to one write batch against the current state, writing nothing yet.
+    fn prepare_apply<C: StorageTypeConfig>(
+        &mut self,
+        entries: Vec<C::Entry>,
+    ) -> Result<(Vec<Response>, WriteBatch), StateMachineError> {
         if let Some(reason) = &self.durable_commit_failed {
             return Err(StateMachineError::Backend(format!(
                 "an earlier durable commit failed: {reason}"
@@ -171,7 +187,13 @@ impl<B: Backend> Core<B> {
         }
         let batch = applier.finish();
         debug_assert!(!batch.durable, "an apply batch commits non-durably");
-        drop(view);
+        Ok((responses, batch))
+    }
+
+    /// Commits a prepared apply batch non-durably; says whether a durable commit is now due (and
+    /// marks it queued: the caller must queue it).
+    fn commit_apply(&mut self, batch: WriteBatch) -> Result<bool, StateMachineError> {
+        assert!(!batch.durable, "an apply batch commits non-durably");
         self.backend.commit(batch)?;
         self.batches_since_durable += 1;
         let durable_commit_due =
@@ -179,7 +201,7 @@ impl<B: Backend> Core<B> {
         if durable_commit_due {
             self.durable_commit_queued = true;
         }
-        Ok((responses, durable_commit_due))
+        Ok(durable_commit_due)
     }
 
     /// The queued periodic durable commit; a failure is kept and fails every later apply.
@@ -218,6 +240,47 @@ impl<B: Backend> Core<B> {
         self.backend.commit(batch)?;
         self.batches_since_durable = 0;
         self.backend.save_snapshot(data.as_bytes())
+    }
+}
+
+/// Sends each entry's response to whoever waits for it; says whether anyone did.
+fn respond<C: StorageTypeConfig>(
+    responders: Vec<Option<ApplyResponder<C>>>,
+    responses: Vec<Response>,
+) -> bool {
+    assert_eq!(
+        responses.len(),
+        responders.len(),
+        "one response per applied entry"
+    );
+    let mut answered = false;
+    for (responder, response) in responders.into_iter().zip(responses) {
+        if let Some(responder) = responder {
+            responder.send(response);
+            answered = true;
+        }
+    }
+    answered
+}
+
+/// Returns `Pending` once, waking itself: the task goes to the back of its runtime's queue, so
+/// tasks it woke run first (tokio queues a task that woke itself while polled behind the others,
+/// not in its next-to-run slot). Runtime-neutral, so the simulator's runtime runs it too.
+#[derive(Default)]
+struct YieldOnce {
+    yielded: bool,
+}
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.yielded {
+            return std::task::Poll::Ready(());
+        }
+        self.yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
     }
 }
 
@@ -331,23 +394,21 @@ impl<C: StorageTypeConfig, B: Backend> RaftStateMachine<C> for StateMachine<C, B
         if batch.is_empty() {
             return Ok(());
         }
-        let inline = batch.len() <= INLINE_APPLY_ENTRIES_MAX;
-        let apply = move |core: &mut Core<B>| core.apply::<C>(batch);
-        let (responses, durable_commit_due) = if inline {
-            self.with_core(apply).await?
-        } else {
-            self.with_core_on_thread(apply).await?
-        };
-        assert_eq!(
-            responses.len(),
-            responders.len(),
-            "one response per applied entry"
-        );
-        for (responder, response) in responders.into_iter().zip(responses) {
-            if let Some(responder) = responder {
-                responder.send(response);
+        let durable_commit_due = if batch.len() <= INLINE_APPLY_ENTRIES_MAX {
+            let (responses, write) = self.with_core(move |core| core.prepare_apply::<C>(batch)).await?;
+            if respond::<C>(responders, responses) {
+                // On a runtime worker the woken callers run only once this task yields: let the
+                // responses leave before the commit's CPU (see the module docs).
+                YieldOnce::default().await;
             }
-        }
+            self.with_core(move |core| core.commit_apply(write)).await?
+        } else {
+            let (responses, durable_commit_due) = self
+                .with_core_on_thread(move |core| core.apply::<C>(batch))
+                .await?;
+            respond::<C>(responders, responses);
+            durable_commit_due
+        };
         // After the responses: the sync is off every client's path.
         if durable_commit_due {
             self.queue_durable_commit();
