@@ -829,12 +829,19 @@ mod loom_tests {
     struct LoomFile {
         written: AtomicU64,
         durable: AtomicU64,
+        /// Rounds between their write and the end of their sync: never more than one.
+        rounds: AtomicUsize,
     }
 
     impl SyncFile for LoomFile {
         fn sync_file(&self) -> io::Result<()> {
             self.durable
                 .fetch_max(self.written.load(Ordering::SeqCst), Ordering::SeqCst);
+            assert_eq!(
+                self.rounds.fetch_sub(1, Ordering::SeqCst),
+                1,
+                "one round at a time"
+            );
             Ok(())
         }
     }
@@ -843,6 +850,11 @@ mod loom_tests {
         type File = LoomFile;
 
         fn write_buffered(&self) -> io::Result<(Position, std::sync::Arc<LoomFile>)> {
+            assert_eq!(
+                self.file.rounds.fetch_add(1, Ordering::SeqCst),
+                0,
+                "one round at a time"
+            );
             let accepted = self.accepted.lock().unwrap();
             self.file.written.fetch_max(*accepted, Ordering::SeqCst);
             Ok((
@@ -864,6 +876,7 @@ mod loom_tests {
                 file: std::sync::Arc::new(LoomFile {
                     written: AtomicU64::new(0),
                     durable: AtomicU64::new(0),
+                    rounds: AtomicUsize::new(0),
                 }),
             });
             let completed = Arc::new(AtomicUsize::new(0));
@@ -916,6 +929,86 @@ mod loom_tests {
                     segment: 1,
                     offset: 2
                 }
+            );
+            assert_eq!(log.file.durable.load(Ordering::SeqCst), 2);
+        });
+    }
+    /// The claim: one appender may run the round itself (when it finds the queue idle) while the
+    /// other appender and the driver run concurrently; still every waiter completes once, after a
+    /// sync covering it, and only one round runs at a time.
+    #[test]
+    fn a_claimed_round_and_the_driver_never_overlap_nor_lose_a_waiter() {
+        loom::model(|| {
+            let queue = Arc::new(CommitQueue::new());
+            let log = std::sync::Arc::new(LoomLog {
+                accepted: Mutex::new(0),
+                file: std::sync::Arc::new(LoomFile {
+                    written: AtomicU64::new(0),
+                    durable: AtomicU64::new(0),
+                    rounds: AtomicUsize::new(0),
+                }),
+            });
+            // Completions, under a lock the checker waits on: a waiter nobody completes without a
+            // close (a driver not woken after a claimed round) leaves every thread blocked, which
+            // loom reports.
+            let completed = Arc::new((Mutex::new(0usize), Condvar::new()));
+
+            let appenders: Vec<_> = [true, false]
+                .into_iter()
+                .map(|claiming| {
+                    let (queue, log, completed) = (queue.clone(), log.clone(), completed.clone());
+                    loom::thread::spawn(move || {
+                        let mut accepted = log.accepted.lock().unwrap();
+                        *accepted += 1;
+                        let offset = *accepted;
+                        let file = log.file.clone();
+                        let waiter: Waiter = Box::new(move |result| {
+                            assert!(result.is_ok());
+                            assert!(
+                                file.durable.load(Ordering::SeqCst) >= offset,
+                                "waiter {offset} completed before a sync covered its write"
+                            );
+                            *completed.0.lock().unwrap() += 1;
+                            completed.1.notify_all();
+                        });
+                        let position = Position { segment: 1, offset };
+                        if claiming {
+                            let (acknowledged, claimed) = queue.push_claiming(position, waiter).unwrap();
+                            drop(accepted);
+                            acknowledged.complete();
+                            if claimed {
+                                queue.sync_claimed(&*log);
+                            }
+                        } else {
+                            let acknowledged = queue.push(position, Some(waiter)).unwrap();
+                            drop(accepted);
+                            acknowledged.complete();
+                        }
+                    })
+                })
+                .collect();
+
+            let (driven, journal) = (queue.clone(), log.clone());
+            let driver = loom::thread::spawn(move || {
+                while driven.wait_for_work() {
+                    driven.sync_pending(&*journal);
+                }
+            });
+            for appender in appenders {
+                appender.join().unwrap();
+            }
+            {
+                let mut count = completed.0.lock().unwrap();
+                while *count < 2 {
+                    count = completed.1.wait(count).unwrap();
+                }
+            }
+            queue.close();
+            driver.join().unwrap();
+            assert_eq!(
+                *completed.0.lock().unwrap(),
+                2,
+                "every waiter completes exactly once"
             );
             assert_eq!(log.file.durable.load(Ordering::SeqCst), 2);
         });
