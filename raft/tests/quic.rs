@@ -75,8 +75,8 @@ fn node(
     QuicNode::bind(who, loopback(), tls, topology(), peers, config, Arc::new(Echo)).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_carry_the_senders_attested_identity_and_share_one_connection() {
+/// Hamar (node 7) serving and Dublin (node 1) dialling it, both under one CA: `(server, client)`.
+fn dublin_and_hamar() -> (Arc<QuicNode>, Arc<QuicNode>) {
     let ca = ClusterCa::generate("test", validity()).unwrap();
     let (dublin, hamar) = (identity(1, "dublin-a", "IE"), identity(7, "hamar", "NO"));
     let server = node(
@@ -86,12 +86,13 @@ async fn requests_carry_the_senders_attested_identity_and_share_one_connection()
         QuicConfig::loopback(),
     );
     let peers = BTreeMap::from([(NodeId(7), server.local_addr().unwrap())]);
-    let client = Arc::new(node(
-        dublin.clone(),
-        &tls(&ca, &dublin),
-        peers,
-        QuicConfig::loopback(),
-    ));
+    let client = node(dublin.clone(), &tls(&ca, &dublin), peers, QuicConfig::loopback());
+    (server, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_carry_the_senders_attested_identity_and_share_one_connection() {
+    let (server, client) = dublin_and_hamar();
 
     let reply: String = client.request(NodeId(7), "hello").await.unwrap();
     assert_eq!(reply, "hello from n1 at dublin-a (IE)");
@@ -186,16 +187,7 @@ async fn peers_from_another_ca_or_disagreeing_with_the_topology_are_refused() {
 /// is read makes quinn send a STOP_SENDING, an extra packet per request each way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_costs_no_stop_sending_either_way() {
-    let ca = ClusterCa::generate("test", validity()).unwrap();
-    let (dublin, hamar) = (identity(1, "dublin-a", "IE"), identity(7, "hamar", "NO"));
-    let server = node(
-        hamar.clone(),
-        &tls(&ca, &hamar),
-        BTreeMap::new(),
-        QuicConfig::loopback(),
-    );
-    let peers = BTreeMap::from([(NodeId(7), server.local_addr().unwrap())]);
-    let client = node(dublin.clone(), &tls(&ca, &dublin), peers, QuicConfig::loopback());
+    let (server, client) = dublin_and_hamar();
     for index in 0..50 {
         let reply: String = client.request(NodeId(7), &format!("r{index}")).await.unwrap();
         assert_eq!(reply, format!("r{index} from n1 at dublin-a (IE)"));

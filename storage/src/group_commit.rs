@@ -808,8 +808,9 @@ mod tests {
 ///
 /// Since the hand-over of acknowledged waiters to appenders, the exhaustive search runs for more
 /// than half an hour on two shared cores; `LOOM_MAX_PREEMPTIONS=4` (every schedule with at most
-/// four preemptions) takes about 20 s. A push that took over waiters no sync covered fails it
-/// within a second (checked by hand on 2026-12-02).
+/// four preemptions) takes about 70 s for both models. A push that took over waiters no sync
+/// covered fails the first within a second; a claimed round that does not wake the driver for
+/// what it left fails the second, as a deadlock (both checked by hand on 2026-12-02).
 #[cfg(all(test, loom))]
 mod loom_tests {
     use loom::sync::Arc;
@@ -867,150 +868,112 @@ mod loom_tests {
         }
     }
 
+    fn new_log() -> std::sync::Arc<LoomLog> {
+        std::sync::Arc::new(LoomLog {
+            accepted: Mutex::new(0),
+            file: std::sync::Arc::new(LoomFile {
+                written: AtomicU64::new(0),
+                durable: AtomicU64::new(0),
+                rounds: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// Completions, under a lock the model waits on: a waiter nobody completes leaves every thread
+    /// blocked, which loom reports as a deadlock.
+    type Completions = Arc<(Mutex<usize>, Condvar)>;
+
+    /// An appender: buffers one record and pushes it under the log's lock, as `LogEngine::write`
+    /// does (or, `claiming`, as `LogEngine::write_and_sync` does, running the round it claims).
+    fn spawn_appender(
+        queue: &Arc<CommitQueue>,
+        log: &std::sync::Arc<LoomLog>,
+        completed: &Completions,
+        claiming: bool,
+    ) -> loom::thread::JoinHandle<()> {
+        let (queue, log, completed) = (queue.clone(), log.clone(), completed.clone());
+        loom::thread::spawn(move || {
+            let mut accepted = log.accepted.lock().unwrap();
+            *accepted += 1;
+            let offset = *accepted;
+            let file = log.file.clone();
+            let waiter: Waiter = Box::new(move |result| {
+                assert!(result.is_ok());
+                assert!(
+                    file.durable.load(Ordering::SeqCst) >= offset,
+                    "waiter {offset} completed before a sync covered its write"
+                );
+                *completed.0.lock().unwrap() += 1;
+                completed.1.notify_all();
+            });
+            let position = Position { segment: 1, offset };
+            let (acknowledged, claimed) = if claiming {
+                queue.push_claiming(position, waiter).unwrap()
+            } else {
+                (queue.push(position, Some(waiter)).unwrap(), false)
+            };
+            drop(accepted);
+            // A push may take over a waiter a sync covered that the driver has not completed:
+            // completed here, outside the log's lock.
+            acknowledged.complete();
+            if claimed {
+                queue.sync_claimed(&*log);
+            }
+        })
+    }
+
+    /// Two appenders (the first claiming an idle round when `claiming`) and the driver; checks that
+    /// both waiters complete before the queue is closed, once each, and that both records are durable.
+    fn model(claiming: bool) {
+        let queue = Arc::new(CommitQueue::new());
+        let log = new_log();
+        let completed: Completions = Arc::new((Mutex::new(0), Condvar::new()));
+        let appenders = [
+            spawn_appender(&queue, &log, &completed, claiming),
+            spawn_appender(&queue, &log, &completed, false),
+        ];
+        let (driven, journal) = (queue.clone(), log.clone());
+        let driver = loom::thread::spawn(move || {
+            while driven.wait_for_work() {
+                driven.sync_pending(&*journal);
+            }
+        });
+        for appender in appenders {
+            appender.join().unwrap();
+        }
+        {
+            let mut count = completed.0.lock().unwrap();
+            while *count < 2 {
+                count = completed.1.wait(count).unwrap();
+            }
+        }
+        queue.close();
+        driver.join().unwrap();
+        assert_eq!(
+            *completed.0.lock().unwrap(),
+            2,
+            "every waiter completes exactly once"
+        );
+        assert_eq!(
+            queue.synced(),
+            Position {
+                segment: 1,
+                offset: 2
+            }
+        );
+        assert_eq!(log.file.durable.load(Ordering::SeqCst), 2);
+    }
+
     #[test]
     fn every_waiter_completes_once_after_a_sync_covering_its_write_whoever_completes_it() {
-        loom::model(|| {
-            let queue = Arc::new(CommitQueue::new());
-            let log = std::sync::Arc::new(LoomLog {
-                accepted: Mutex::new(0),
-                file: std::sync::Arc::new(LoomFile {
-                    written: AtomicU64::new(0),
-                    durable: AtomicU64::new(0),
-                    rounds: AtomicUsize::new(0),
-                }),
-            });
-            let completed = Arc::new(AtomicUsize::new(0));
-
-            let appenders: Vec<_> = (0..2)
-                .map(|_| {
-                    let (queue, log, completed) = (queue.clone(), log.clone(), completed.clone());
-                    loom::thread::spawn(move || {
-                        // Buffer and push under the log's lock, as LogEngine::write does.
-                        let mut accepted = log.accepted.lock().unwrap();
-                        *accepted += 1;
-                        let offset = *accepted;
-                        let file = log.file.clone();
-                        let waiter: Waiter = Box::new(move |result| {
-                            assert!(result.is_ok());
-                            assert!(
-                                file.durable.load(Ordering::SeqCst) >= offset,
-                                "waiter {offset} completed before a sync covered its write"
-                            );
-                            completed.fetch_add(1, Ordering::SeqCst);
-                        });
-                        let acknowledged = queue.push(Position { segment: 1, offset }, Some(waiter)).unwrap();
-                        drop(accepted);
-                        // The second push may take over the first waiter (synced, not yet
-                        // completed by the driver): completed here, outside the log's lock.
-                        acknowledged.complete();
-                    })
-                })
-                .collect();
-
-            let (driven, journal) = (queue.clone(), log.clone());
-            let driver = loom::thread::spawn(move || {
-                while driven.wait_for_work() {
-                    driven.sync_pending(&*journal);
-                }
-            });
-            for appender in appenders {
-                appender.join().unwrap();
-            }
-            queue.close();
-            driver.join().unwrap();
-            assert_eq!(
-                completed.load(Ordering::SeqCst),
-                2,
-                "every waiter completes exactly once"
-            );
-            assert_eq!(
-                queue.synced(),
-                Position {
-                    segment: 1,
-                    offset: 2
-                }
-            );
-            assert_eq!(log.file.durable.load(Ordering::SeqCst), 2);
-        });
+        loom::model(|| model(false));
     }
-    /// The claim: one appender may run the round itself (when it finds the queue idle) while the
-    /// other appender and the driver run concurrently; still every waiter completes once, after a
-    /// sync covering it, and only one round runs at a time.
+
+    /// One appender runs the round itself when it finds the queue idle, beside the other appender
+    /// and the driver: rounds never overlap (`LoomFile`), and a record the claimed round left is
+    /// synced by the driver it wakes.
     #[test]
     fn a_claimed_round_and_the_driver_never_overlap_nor_lose_a_waiter() {
-        loom::model(|| {
-            let queue = Arc::new(CommitQueue::new());
-            let log = std::sync::Arc::new(LoomLog {
-                accepted: Mutex::new(0),
-                file: std::sync::Arc::new(LoomFile {
-                    written: AtomicU64::new(0),
-                    durable: AtomicU64::new(0),
-                    rounds: AtomicUsize::new(0),
-                }),
-            });
-            // Completions, under a lock the checker waits on: a waiter nobody completes without a
-            // close (a driver not woken after a claimed round) leaves every thread blocked, which
-            // loom reports.
-            let completed = Arc::new((Mutex::new(0usize), Condvar::new()));
-
-            let appenders: Vec<_> = [true, false]
-                .into_iter()
-                .map(|claiming| {
-                    let (queue, log, completed) = (queue.clone(), log.clone(), completed.clone());
-                    loom::thread::spawn(move || {
-                        let mut accepted = log.accepted.lock().unwrap();
-                        *accepted += 1;
-                        let offset = *accepted;
-                        let file = log.file.clone();
-                        let waiter: Waiter = Box::new(move |result| {
-                            assert!(result.is_ok());
-                            assert!(
-                                file.durable.load(Ordering::SeqCst) >= offset,
-                                "waiter {offset} completed before a sync covered its write"
-                            );
-                            *completed.0.lock().unwrap() += 1;
-                            completed.1.notify_all();
-                        });
-                        let position = Position { segment: 1, offset };
-                        if claiming {
-                            let (acknowledged, claimed) = queue.push_claiming(position, waiter).unwrap();
-                            drop(accepted);
-                            acknowledged.complete();
-                            if claimed {
-                                queue.sync_claimed(&*log);
-                            }
-                        } else {
-                            let acknowledged = queue.push(position, Some(waiter)).unwrap();
-                            drop(accepted);
-                            acknowledged.complete();
-                        }
-                    })
-                })
-                .collect();
-
-            let (driven, journal) = (queue.clone(), log.clone());
-            let driver = loom::thread::spawn(move || {
-                while driven.wait_for_work() {
-                    driven.sync_pending(&*journal);
-                }
-            });
-            for appender in appenders {
-                appender.join().unwrap();
-            }
-            {
-                let mut count = completed.0.lock().unwrap();
-                while *count < 2 {
-                    count = completed.1.wait(count).unwrap();
-                }
-            }
-            queue.close();
-            driver.join().unwrap();
-            assert_eq!(
-                *completed.0.lock().unwrap(),
-                2,
-                "every waiter completes exactly once"
-            );
-            assert_eq!(log.file.durable.load(Ordering::SeqCst), 2);
-        });
+        loom::model(|| model(true));
     }
 }
