@@ -158,25 +158,35 @@ impl<D: Disk> LogEngine<D> {
             .expect("log index lock poisoned by an earlier panic")
     }
 
+    /// Runs `operation` under the log's lock and returns the lock with the position the write ends
+    /// at. On failure the waiter is told, and taken.
+    fn accept(
+        &self,
+        operation: impl FnOnce(&mut Wal<D>) -> Result<Position, LogError>,
+        waiter: &mut Option<Waiter>,
+    ) -> Result<(std::sync::MutexGuard<'_, Wal<D>>, Position), LogError> {
+        let mut wal = self.lock();
+        match operation(&mut wal) {
+            Ok(end) => Ok((wal, end)),
+            Err(error) => {
+                drop(wal);
+                if let Some(waiter) = waiter.take() {
+                    waiter(Err(io::Error::other(error.to_string())));
+                }
+                Err(error)
+            }
+        }
+    }
+
     /// Runs one write and hands its end position to the commit queue, both under the log's lock
     /// so the queue sees positions in log order. Then, outside the lock, completes the waiters of
     /// the last sync that the push took over (see [`crate::group_commit`]).
     fn write(
         &self,
         operation: impl FnOnce(&mut Wal<D>) -> Result<Position, LogError>,
-        waiter: Option<Waiter>,
+        mut waiter: Option<Waiter>,
     ) -> Result<(), LogError> {
-        let mut wal = self.lock();
-        let end = match operation(&mut wal) {
-            Ok(end) => end,
-            Err(error) => {
-                drop(wal);
-                if let Some(waiter) = waiter {
-                    waiter(Err(io::Error::other(error.to_string())));
-                }
-                return Err(error);
-            }
-        };
+        let (wal, end) = self.accept(operation, &mut waiter)?;
         let pushed = self.queue.push(end, waiter);
         drop(wal);
         pushed
@@ -185,21 +195,15 @@ impl<D: Disk> LogEngine<D> {
     }
 
     /// Like [`LogEngine::write`], but when nothing else is unsynced and no round is running, syncs
-    /// on this thread instead of waking the driver: `waiter` has run when this returns.
+    /// on this thread instead of waking the driver (and `waiter` has then run when this returns).
     fn write_and_sync(
         &self,
         operation: impl FnOnce(&mut Wal<D>) -> Result<Position, LogError>,
         waiter: Waiter,
     ) -> Result<(), LogError> {
-        let mut wal = self.lock();
-        let end = match operation(&mut wal) {
-            Ok(end) => end,
-            Err(error) => {
-                drop(wal);
-                waiter(Err(io::Error::other(error.to_string())));
-                return Err(error);
-            }
-        };
+        let mut waiter = Some(waiter);
+        let (wal, end) = self.accept(operation, &mut waiter)?;
+        let waiter = waiter.expect("accept keeps the waiter when the write succeeds");
         let pushed = self.queue.push_claiming(end, waiter);
         drop(wal);
         let (acknowledged, claimed) = pushed.map_err(LogError::Poisoned)?;

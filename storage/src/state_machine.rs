@@ -185,9 +185,7 @@ impl<B: Backend> Core<B> {
         if let Some(last) = last {
             applier.set_meta(apply::META_APPLIED, &encode(&last)?)?;
         }
-        let batch = applier.finish();
-        debug_assert!(!batch.durable, "an apply batch commits non-durably");
-        Ok((responses, batch))
+        Ok((responses, applier.finish()))
     }
 
     /// Commits a prepared apply batch non-durably; says whether a durable commit is now due (and
