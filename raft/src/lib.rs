@@ -10,6 +10,7 @@
 //! Everything here except `quic` is generic over openraft's runtime ([`config::GroupConfig`]) and uses no
 //! tokio spawn, wall clock or OS randomness directly, so the simulator runs the same code.
 
+pub mod append_pipeline;
 pub mod bootstrap;
 pub mod client_protocol;
 pub mod config;

@@ -8,12 +8,16 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use futures_util::Stream;
+use openraft::OptionalSend;
 use openraft::alias::{SnapshotOf, VoteOf, WatchReceiverOf};
 use openraft::async_runtime::WatchReceiver;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::metrics::RaftMetrics;
 use openraft::network::v2::RaftNetworkV2;
 use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::StreamAppendResult;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
@@ -25,6 +29,7 @@ use serde::de::DeserializeOwned;
 use storage::codec;
 use storage::snapshot::SnapshotData;
 
+use crate::append_pipeline;
 use crate::config::GroupConfig;
 use crate::message::SnapshotChunk;
 use crate::residency::GroupFence;
@@ -133,6 +138,25 @@ impl<C: GroupConfig, T: Transport> GroupNetwork<C, T> {
 
 impl<C: GroupConfig, T: Transport> RaftNetworkV2<C> for GroupNetwork<C, T> {
     type SnapshotData = SnapshotData;
+
+    /// Replication and heartbeats to this follower: commit notices ride on the next append when
+    /// one follows soon ([`append_pipeline`]); every request still goes through [`Self::call`].
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        _option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<C>, RPCError<C>>>, RPCError<C>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<C>> + OptionalSend + Unpin + 'static,
+    {
+        let this: &'s Self = self;
+        let send = move |rpc: AppendEntriesRequest<C>| async move {
+            let carries_data = !rpc.entries.is_empty();
+            this.call(RequestKind::AppendEntries, carries_data, &rpc).await
+        };
+        let answers: BoxStream<'s, _> = Box::pin(append_pipeline::answers(input, send));
+        Box::pin(async move { Ok(answers) })
+    }
 
     async fn append_entries(
         &mut self,
