@@ -7,7 +7,9 @@
 //! which linearizable reads wait for — only then. A response sent before its commit is still the
 //! truth: the entry is committed in the replicated log, and the response is what applying it
 //! deterministically gives; a commit that fails after it stops this replica's state machine (every
-//! later apply fails) without unmaking the write.
+//! later apply fails) without unmaking the write. A small batch nobody waits for (a follower's,
+//! whose commit index came with an append) yields once before it is built, so the append's answer,
+//! which the leader waits for, leaves before the apply's CPU.
 //!
 //! **Durability choice.** Applies are not fsynced one by one. A batch commits non-durably; after
 //! every [`DURABLE_EVERY_BATCHES`]th batch one durable commit is queued on the state machine's
@@ -393,6 +395,12 @@ impl<C: StorageTypeConfig, B: Backend> RaftStateMachine<C> for StateMachine<C, B
             return Ok(());
         }
         let durable_commit_due = if batch.len() <= INLINE_APPLY_ENTRIES_MAX {
+            if responders.iter().all(Option::is_none) {
+                // Nobody waits for these responses: on a follower, the commit index rode in on an
+                // append whose answer is being sent. Let that answer leave first (the leader waits
+                // for it), then build and commit.
+                YieldOnce::default().await;
+            }
             let (responses, write) = self.with_core(move |core| core.prepare_apply::<C>(batch)).await?;
             if respond::<C>(responders, responses) {
                 // On a runtime worker the woken callers run only once this task yields: let the
@@ -484,6 +492,19 @@ mod tests {
         durable_on_thread: Arc<AtomicU32>,
         durable_elsewhere: Arc<AtomicU32>,
         applies_on_thread: Arc<AtomicU32>,
+        applies_elsewhere: Arc<AtomicU32>,
+    }
+
+    impl Watched {
+        fn new() -> Watched {
+            Watched {
+                inner: MemBackend::new(),
+                durable_on_thread: Arc::default(),
+                durable_elsewhere: Arc::default(),
+                applies_on_thread: Arc::default(),
+                applies_elsewhere: Arc::default(),
+            }
+        }
     }
 
     impl Backend for Watched {
@@ -496,14 +517,12 @@ mod tests {
         fn commit(&mut self, batch: WriteBatch) -> Result<(), StateMachineError> {
             let on_thread = std::thread::current().name() == Some(THREAD_NAME);
             let counter = match (batch.durable, on_thread) {
-                (true, true) => Some(&self.durable_on_thread),
-                (true, false) => Some(&self.durable_elsewhere),
-                (false, true) => Some(&self.applies_on_thread),
-                (false, false) => None,
+                (true, true) => &self.durable_on_thread,
+                (true, false) => &self.durable_elsewhere,
+                (false, true) => &self.applies_on_thread,
+                (false, false) => &self.applies_elsewhere,
             };
-            if let Some(counter) = counter {
-                counter.fetch_add(1, Ordering::SeqCst);
-            }
+            counter.fetch_add(1, Ordering::SeqCst);
             self.inner.commit(batch)
         }
 
@@ -535,12 +554,7 @@ mod tests {
     /// [`DURABLE_EVERY_BATCHES`] batches are applied.
     #[tokio::test]
     async fn the_periodic_durable_commit_runs_on_the_thread_after_the_applies() {
-        let backend = Watched {
-            inner: MemBackend::new(),
-            durable_on_thread: Arc::default(),
-            durable_elsewhere: Arc::default(),
-            applies_on_thread: Arc::default(),
-        };
+        let backend = Watched::new();
         let (durable_on_thread, durable_elsewhere, applies_on_thread) = (
             backend.durable_on_thread.clone(),
             backend.durable_elsewhere.clone(),
@@ -585,5 +599,28 @@ mod tests {
         let (applied, _) = state_machine.applied_state().await.unwrap();
         let last = batches + 1 + INLINE_APPLY_ENTRIES_MAX as u64;
         assert_eq!(applied.map(|log_id| log_id.index), Some(last));
+    }
+
+    /// A follower's apply (no caller waits for its responses) first lets the tasks already woken
+    /// run (the answer to the append that brought the commit index), then builds and commits.
+    #[tokio::test]
+    async fn an_apply_nobody_waits_for_yields_before_touching_the_store() {
+        let backend = Watched::new();
+        let applies = backend.applies_elsewhere.clone();
+        let mut state_machine =
+            StateMachine::<TestConfig, _>::open(backend, Execution::DedicatedThread).unwrap();
+        let mut apply = std::pin::pin!(state_machine.apply(futures_util::stream::iter([Ok((put(1), None))])));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(
+            apply.as_mut().poll(&mut cx).is_pending(),
+            "the apply yields first"
+        );
+        assert_eq!(
+            applies.load(Ordering::SeqCst),
+            0,
+            "nothing committed before the yield"
+        );
+        apply.await.unwrap();
+        assert_eq!(applies.load(Ordering::SeqCst), 1, "then one non-durable commit");
     }
 }
