@@ -397,6 +397,12 @@ struct Faults {
     power_loss_done: bool,
     outage: Option<(Vec<NodeId>, SimInstant)>,
     outage_done: bool,
+    /// The one node whose disk took a fault (a flipped bit, a lost disk). Disk faults stay within
+    /// one node per run: every group has three voters, so a second damaged disk could be a second
+    /// voter of the same group, beyond the one failure it is built to survive. (Recovery refusing
+    /// three disks that each hold one flipped bit is the correct, fail-closed answer, not a bug the
+    /// run should report.)
+    damaged_disk: Option<NodeId>,
 }
 
 const TICK: Duration = Duration::from_millis(100);
@@ -413,6 +419,7 @@ impl Faults {
             power_loss_done: false,
             outage: None,
             outage_done: false,
+            damaged_disk: None,
         }
     }
 
@@ -695,6 +702,8 @@ impl Faults {
         let node = *self.rng.pick(&all);
         let down = self.world.down_nodes().len();
         let lost = all.iter().filter(|&&n| self.world.is_lost(n)).count();
+        // A disk fault may hit `node` only if no other node's disk was damaged.
+        let disk_fault_allowed = self.damaged_disk.is_none_or(|damaged| damaged == node);
         match roll {
             0..10 if down < 2 => {
                 self.world.log(format!("crash {node}"));
@@ -718,8 +727,14 @@ impl Faults {
                 let at = SimInstant::now() + Duration::from_millis(self.rng.between(50, 500));
                 self.crashes.push((at, node));
             }
-            23..25 if !self.world.is_up(node) && lost == 0 && !self.world.is_lost(node) => {
+            23..25
+                if !self.world.is_up(node)
+                    && lost == 0
+                    && !self.world.is_lost(node)
+                    && disk_fault_allowed =>
+            {
                 if let Some(disk) = self.world.disk(node) {
+                    self.damaged_disk = Some(node);
                     let flipped = self.rng.fork(7);
                     let mut flipped = flipped;
                     let at = disk.flip_bit(&mut flipped);
@@ -727,7 +742,8 @@ impl Faults {
                         .log(format!("{node}: bit flipped at {at:?} while down"));
                 }
             }
-            25..26 if lost == 0 && down == 0 => {
+            25..26 if lost == 0 && down == 0 && disk_fault_allowed => {
+                self.damaged_disk = Some(node);
                 self.world.lose(node).await;
             }
             26..28 => {
