@@ -10,7 +10,8 @@
 //!   torn tail and refuses, with a named error, anything else that is damaged.
 //! * **The state machine** ([`state_machine`]) applies committed entries deterministically
 //!   ([`apply`]) into an ordered key-value store behind a small trait ([`backend`]); production
-//!   uses redb ([`redb_store`], the only module that imports redb). It does not fsync each apply:
+//!   uses redb ([`redb_store`], the only module that imports redb). It neither fsyncs nor commits
+//!   each apply ([`write_behind`] gathers them in memory, read through, for one transaction):
 //!   after a crash it resumes from its last durable point and openraft re-applies the committed
 //!   entries still in the log. Snapshots ([`snapshot`]) are built from one consistent read,
 //!   framed in bounded checksummed chunks, and carry the group's membership and policy version.
@@ -37,6 +38,7 @@ pub mod redb_store;
 pub mod segment;
 pub mod snapshot;
 pub mod state_machine;
+pub mod write_behind;
 
 use openraft::RaftTypeConfig;
 use openraft::alias::CommittedLeaderIdOf;

@@ -1,18 +1,18 @@
 //! openraft's state machine for one replica group, over any [`Backend`].
 //!
-//! Each `apply` call becomes one atomic backend batch (one redb write transaction) built by the
-//! deterministic [`Applier`]. A small batch's responses are sent as soon as the batch is built, and
-//! the task yields once so they leave before its commit takes the core; a large batch's after its
-//! commit. Either way `apply` returns only after the commit, and openraft counts an entry applied —
-//! which linearizable reads wait for — only then. A response sent before its commit is still the
-//! truth: the entry is committed in the replicated log, and the response is what applying it
-//! deterministically gives; a commit that fails after it stops this replica's state machine (every
-//! later apply fails) without unmaking the write. A small batch nobody waits for (a follower's,
-//! whose commit index came with an append) yields once before it is built, so the append's answer,
-//! which the leader waits for, leaves before the apply's CPU.
+//! Each `apply` call becomes one atomic backend batch built by the deterministic [`Applier`]. The
+//! backend is wrapped in [`WriteBehind`]: a non-durable batch gathers in memory, read through, and
+//! reaches the store (one redb write transaction) with the next durable commit or once the pending
+//! changes pass a bound, so a lightly loaded group does not pay a transaction per entry, and
+//! committing a batch costs little more than building it. Its responses are sent once it is
+//! committed; `apply` returns then too, and openraft counts an entry applied — which linearizable
+//! reads wait for — only then. A small batch nobody waits for (a follower's, whose commit index
+//! came with an append) yields once before it is built, so the append's answer, which the leader
+//! waits for, leaves before the apply's CPU.
 //!
-//! **Durability choice.** Applies are not fsynced one by one. A batch commits non-durably; after
-//! every [`DURABLE_EVERY_BATCHES`]th batch one durable commit is queued on the state machine's
+//! **Durability choice.** Applies are not fsynced one by one. A batch commits non-durably (into
+//! the write-behind map); after every [`DURABLE_EVERY_BATCHES`]th batch one durable commit, which
+//! writes everything pending in the same transaction, is queued on the state machine's
 //! thread, *after* the batch's responses are sent, so no client waits for it; every snapshot build
 //! and every snapshot install commit durably. After a crash the backend is at its last durable
 //! commit — a consistent state that includes its own applied log id — and openraft re-applies the
@@ -67,6 +67,7 @@ use crate::record::Response;
 use crate::snapshot;
 use crate::snapshot::SnapshotData;
 use crate::snapshot::SnapshotHeader;
+use crate::write_behind::WriteBehind;
 
 /// After this many apply batches, a durable commit is queued (bounds the re-apply after a crash).
 pub const DURABLE_EVERY_BATCHES: u32 = 64;
@@ -75,7 +76,7 @@ pub const DURABLE_EVERY_BATCHES: u32 = 64;
 pub const INLINE_APPLY_ENTRIES_MAX: usize = 8;
 
 struct Core<B> {
-    backend: B,
+    backend: WriteBehind<B>,
     batches_since_durable: u32,
     /// A durable commit is queued on the dedicated thread and has not run yet.
     durable_commit_queued: bool,
@@ -243,24 +244,18 @@ impl<B: Backend> Core<B> {
     }
 }
 
-/// Sends each entry's response to whoever waits for it; says whether anyone did.
-fn respond<C: StorageTypeConfig>(
-    responders: Vec<Option<ApplyResponder<C>>>,
-    responses: Vec<Response>,
-) -> bool {
+/// Sends each entry's response to whoever waits for it.
+fn respond<C: StorageTypeConfig>(responders: Vec<Option<ApplyResponder<C>>>, responses: Vec<Response>) {
     assert_eq!(
         responses.len(),
         responders.len(),
         "one response per applied entry"
     );
-    let mut answered = false;
     for (responder, response) in responders.into_iter().zip(responses) {
         if let Some(responder) = responder {
             responder.send(response);
-            answered = true;
         }
     }
-    answered
 }
 
 /// Returns `Pending` once, waking itself: the task goes to the back of its runtime's queue, so
@@ -305,7 +300,7 @@ impl<C: StorageTypeConfig, B: Backend> StateMachine<C, B> {
     /// Opens the state machine, refusing damaged metadata or a damaged current snapshot.
     pub fn open(backend: B, execution: Execution) -> Result<Self, StateMachineError> {
         let core = Core {
-            backend,
+            backend: WriteBehind::new(backend),
             batches_since_durable: 0,
             durable_commit_queued: false,
             durable_commit_failed: None,
@@ -401,13 +396,10 @@ impl<C: StorageTypeConfig, B: Backend> RaftStateMachine<C> for StateMachine<C, B
                 // for it), then build and commit.
                 YieldOnce::default().await;
             }
-            let (responses, write) = self.with_core(move |core| core.prepare_apply::<C>(batch)).await?;
-            if respond::<C>(responders, responses) {
-                // On a runtime worker the woken callers run only once this task yields: let the
-                // responses leave before the commit's CPU (see the module docs).
-                YieldOnce::default().await;
-            }
-            self.with_core(move |core| core.commit_apply(write)).await?
+            // Committing into the write-behind map costs little: build and commit, then answer.
+            let (responses, durable_commit_due) = self.with_core(move |core| core.apply::<C>(batch)).await?;
+            respond::<C>(responders, responses);
+            durable_commit_due
         } else {
             let (responses, durable_commit_due) = self
                 .with_core_on_thread(move |core| core.apply::<C>(batch))
@@ -486,13 +478,20 @@ mod tests {
 
     const THREAD_NAME: &str = "domicile-state-machine";
 
-    /// A [`MemBackend`] that counts its commits by kind and by the thread that made them.
+    /// A [`MemBackend`] that counts its commits by kind, and its commits and views by the thread
+    /// that made them.
     struct Watched {
         inner: MemBackend,
         durable_on_thread: Arc<AtomicU32>,
         durable_elsewhere: Arc<AtomicU32>,
         applies_on_thread: Arc<AtomicU32>,
         applies_elsewhere: Arc<AtomicU32>,
+        views_on_thread: Arc<AtomicU32>,
+        views_elsewhere: Arc<AtomicU32>,
+    }
+
+    fn on_thread() -> bool {
+        std::thread::current().name() == Some(THREAD_NAME)
     }
 
     impl Watched {
@@ -503,6 +502,8 @@ mod tests {
                 durable_elsewhere: Arc::default(),
                 applies_on_thread: Arc::default(),
                 applies_elsewhere: Arc::default(),
+                views_on_thread: Arc::default(),
+                views_elsewhere: Arc::default(),
             }
         }
     }
@@ -511,12 +512,17 @@ mod tests {
         type View = MemView;
 
         fn view(&self) -> Result<MemView, StateMachineError> {
+            let counter = if on_thread() {
+                &self.views_on_thread
+            } else {
+                &self.views_elsewhere
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
             self.inner.view()
         }
 
         fn commit(&mut self, batch: WriteBatch) -> Result<(), StateMachineError> {
-            let on_thread = std::thread::current().name() == Some(THREAD_NAME);
-            let counter = match (batch.durable, on_thread) {
+            let counter = match (batch.durable, on_thread()) {
                 (true, true) => &self.durable_on_thread,
                 (true, false) => &self.durable_elsewhere,
                 (false, true) => &self.applies_on_thread,
@@ -549,16 +555,18 @@ mod tests {
         }
     }
 
-    /// Proves that small applies commit non-durably on the caller's task, large ones on the state
-    /// machine's thread, and that the periodic durable commit runs on that thread once
-    /// [`DURABLE_EVERY_BATCHES`] batches are applied.
+    /// Proves that small applies are built on the caller's task, large ones on the state machine's
+    /// thread, that they reach the store only with the periodic durable commit (write-behind), and
+    /// that it runs on that thread once [`DURABLE_EVERY_BATCHES`] batches are applied.
     #[tokio::test]
     async fn the_periodic_durable_commit_runs_on_the_thread_after_the_applies() {
         let backend = Watched::new();
-        let (durable_on_thread, durable_elsewhere, applies_on_thread) = (
+        let (durable_on_thread, durable_elsewhere, applies_on_thread, applies_elsewhere, views_on_thread) = (
             backend.durable_on_thread.clone(),
             backend.durable_elsewhere.clone(),
             backend.applies_on_thread.clone(),
+            backend.applies_elsewhere.clone(),
+            backend.views_on_thread.clone(),
         );
         let mut state_machine =
             StateMachine::<TestConfig, _>::open(backend, Execution::DedicatedThread).unwrap();
@@ -581,9 +589,14 @@ mod tests {
             "no durable commit on the caller's task"
         );
         assert_eq!(
-            applies_on_thread.load(Ordering::SeqCst),
+            views_on_thread.load(Ordering::SeqCst),
             0,
             "an uncontended apply runs on the caller's task"
+        );
+        assert_eq!(
+            applies_on_thread.load(Ordering::SeqCst) + applies_elsewhere.load(Ordering::SeqCst),
+            0,
+            "the applied batches reached the store only with the durable commit"
         );
         let large =
             (batches + 1..=batches + 1 + INLINE_APPLY_ENTRIES_MAX as u64).map(|index| Ok((put(index), None)));
@@ -592,9 +605,9 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            applies_on_thread.load(Ordering::SeqCst),
+            views_on_thread.load(Ordering::SeqCst),
             1,
-            "a batch larger than INLINE_APPLY_ENTRIES_MAX runs on the thread"
+            "a batch larger than INLINE_APPLY_ENTRIES_MAX is built on the thread"
         );
         let (applied, _) = state_machine.applied_state().await.unwrap();
         let last = batches + 1 + INLINE_APPLY_ENTRIES_MAX as u64;
@@ -602,13 +615,14 @@ mod tests {
     }
 
     /// A follower's apply (no caller waits for its responses) first lets the tasks already woken
-    /// run (the answer to the append that brought the commit index), then builds and commits.
+    /// run (the answer to the append that brought the commit index), then builds the batch.
     #[tokio::test]
     async fn an_apply_nobody_waits_for_yields_before_touching_the_store() {
         let backend = Watched::new();
-        let applies = backend.applies_elsewhere.clone();
+        let (views, applies) = (backend.views_elsewhere.clone(), backend.applies_elsewhere.clone());
         let mut state_machine =
             StateMachine::<TestConfig, _>::open(backend, Execution::DedicatedThread).unwrap();
+        let opened = views.load(Ordering::SeqCst); // opening reads the stored metadata
         let mut apply = std::pin::pin!(state_machine.apply(futures_util::stream::iter([Ok((put(1), None))])));
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         assert!(
@@ -616,11 +630,20 @@ mod tests {
             "the apply yields first"
         );
         assert_eq!(
-            applies.load(Ordering::SeqCst),
-            0,
-            "nothing committed before the yield"
+            views.load(Ordering::SeqCst),
+            opened,
+            "the store is not read before the yield"
         );
         apply.await.unwrap();
-        assert_eq!(applies.load(Ordering::SeqCst), 1, "then one non-durable commit");
+        assert_eq!(
+            views.load(Ordering::SeqCst),
+            opened + 1,
+            "then the batch is built against it"
+        );
+        assert_eq!(
+            applies.load(Ordering::SeqCst),
+            0,
+            "and waits in memory for the next durable commit"
+        );
     }
 }
