@@ -6,94 +6,12 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use porcupine_rs::{CheckResult, Model, Operation};
+pub use linearizability::Op;
+use linearizability::{CheckResult, Operation, Registers};
 use serde_json::json;
 use storage::WriteId;
 
 use crate::checkers::{Checker, Checks};
-
-#[derive(Clone, Debug)]
-pub enum Op {
-    Read {
-        key: u64,
-        value: Option<String>,
-    },
-    Write {
-        key: u64,
-        value: String,
-    },
-    /// `succeeded: None` when the outcome is unknown.
-    Cas {
-        key: u64,
-        expected: Option<String>,
-        new: String,
-        succeeded: Option<bool>,
-    },
-}
-
-impl Op {
-    fn key(&self) -> u64 {
-        match self {
-            Op::Read { key, .. } | Op::Write { key, .. } | Op::Cas { key, .. } => *key,
-        }
-    }
-}
-
-/// One register per key.
-#[derive(Clone)]
-pub struct Registers;
-
-impl Model for Registers {
-    type State = Option<String>;
-    type Op = Op;
-    type Metadata = ();
-
-    fn partition_operations(history: &[Operation<Self>]) -> Vec<Vec<Operation<Self>>> {
-        let mut by_key: BTreeMap<u64, Vec<Operation<Self>>> = BTreeMap::new();
-        for operation in history {
-            by_key
-                .entry(operation.op.key())
-                .or_default()
-                .push(operation.clone());
-        }
-        by_key.into_values().collect()
-    }
-
-    fn init() -> Option<String> {
-        None
-    }
-
-    fn step(state: &Option<String>, op: &Op) -> (bool, Option<String>) {
-        match op {
-            Op::Read { value, .. } => (value == state, state.clone()),
-            Op::Write { value, .. } => (true, Some(value.clone())),
-            Op::Cas {
-                expected,
-                new,
-                succeeded: Some(true),
-                ..
-            } => (expected == state, Some(new.clone())),
-            Op::Cas {
-                expected,
-                succeeded: Some(false),
-                ..
-            } => (expected != state, state.clone()),
-            Op::Cas {
-                expected,
-                new,
-                succeeded: None,
-                ..
-            } => (
-                true,
-                if expected == state {
-                    Some(new.clone())
-                } else {
-                    state.clone()
-                },
-            ),
-        }
-    }
-}
 
 /// A write the cluster acknowledged: it must be in the committed log at `revision`.
 #[derive(Clone, Debug)]
@@ -190,7 +108,7 @@ impl History {
                 );
             }
         }
-        match porcupine_rs::check_operations_timeout::<Registers>(&self.operations, budget) {
+        match linearizability::check_operations_timeout::<Registers>(&self.operations, budget) {
             CheckResult::Ok => {}
             CheckResult::Illegal => {
                 let mut by_key: BTreeMap<u64, Vec<Operation<Registers>>> = BTreeMap::new();
@@ -204,7 +122,7 @@ impl History {
                     .iter()
                     .filter(|(_, operations)| {
                         matches!(
-                            porcupine_rs::check_operations_timeout::<Registers>(operations, budget),
+                            linearizability::check_operations_timeout::<Registers>(operations, budget),
                             CheckResult::Illegal
                         )
                     })

@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use linearizability::Operation;
 use openraft::AsyncRuntime;
 use openraft::async_runtime::Instant as _;
 use openraft_rt_sim::{SimInstant, SimRuntime};
 use placement::GroupId;
-use porcupine_rs::Operation;
 use raft::host::{HostError, ReadConsistency};
 use raft::routing::Router;
 use serde_json::json;
@@ -361,7 +361,11 @@ impl Workload {
                 succeeded,
             },
         };
-        let return_time = if kind == "info" { i64::MAX } else { returned as i64 };
+        let return_time = if kind == "info" {
+            linearizability::NEVER_RETURNED
+        } else {
+            returned as i64
+        };
         history.operations.push(Operation {
             client_id: Some(logical as u32),
             call_time: invoked as i64,

@@ -7,14 +7,13 @@
 //! test supplies a [`RegisterStore`] that says how a read, a write and a compare-and-set reach the cluster.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use porcupine_rs::{CheckResult, Model, Operation};
+use linearizability::{CheckResult, NEVER_RETURNED, Op, Operation, Registers};
 use serde_json::json;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -46,90 +45,6 @@ pub trait RegisterStore: Send + Sync + 'static {
         writer: u64,
         sequence: u64,
     ) -> Boxed<'_, WriteOutcome>;
-}
-
-#[derive(Clone, Debug)]
-pub enum Op {
-    Read {
-        key: u64,
-        value: Option<String>,
-    },
-    Write {
-        key: u64,
-        value: String,
-    },
-    /// `succeeded: None` for an unknown outcome.
-    Cas {
-        key: u64,
-        expected: Option<String>,
-        new: String,
-        succeeded: Option<bool>,
-    },
-}
-
-impl Op {
-    fn key(&self) -> u64 {
-        match self {
-            Op::Read { key, .. } | Op::Write { key, .. } | Op::Cas { key, .. } => *key,
-        }
-    }
-}
-
-/// One register per key; values are unique, so comparing values is comparing the revisions the CAS checks.
-#[derive(Clone)]
-pub struct Registers;
-
-impl Model for Registers {
-    type State = Option<String>;
-    type Op = Op;
-    type Metadata = ();
-
-    fn partition_operations(history: &[Operation<Self>]) -> Vec<Vec<Operation<Self>>> {
-        let mut by_key: BTreeMap<u64, Vec<Operation<Self>>> = BTreeMap::new();
-        for operation in history {
-            by_key
-                .entry(operation.op.key())
-                .or_default()
-                .push(operation.clone());
-        }
-        by_key.into_values().collect()
-    }
-
-    fn init() -> Option<String> {
-        None
-    }
-
-    fn step(state: &Option<String>, op: &Op) -> (bool, Option<String>) {
-        match op {
-            Op::Read { value, .. } => (value == state, state.clone()),
-            Op::Write { value, .. } => (true, Some(value.clone())),
-            Op::Cas {
-                expected,
-                new,
-                succeeded: Some(true),
-                ..
-            } => (expected == state, Some(new.clone())),
-            Op::Cas {
-                expected,
-                succeeded: Some(false),
-                ..
-            } => (expected != state, state.clone()),
-            // Unknown outcome: if it took effect it did so where the state matched; if not, nothing changed.
-            Op::Cas {
-                expected,
-                new,
-                succeeded: None,
-                ..
-            } => (
-                true,
-                if expected == state {
-                    Some(new.clone())
-                } else {
-                    state.clone()
-                },
-            ),
-        }
-    }
 }
 
 /// The history as JSON lines and as the checker's operations.
@@ -260,7 +175,7 @@ pub async fn process<S: RegisterStore>(
             WriteOutcome::Written => ("ok", Some(true), history.nanos()),
             WriteOutcome::Mismatch => ("fail", Some(false), history.nanos()),
             // No answer: it may have happened, at any time from now on.
-            WriteOutcome::Unknown => ("info", None, i64::MAX),
+            WriteOutcome::Unknown => ("info", None, NEVER_RETURNED),
         };
         history.line(logical, kind, f, register, shown);
         // A failed CAS is still an observation (the register did not hold `expected`).
@@ -294,7 +209,7 @@ pub fn verify(history: &History, path: &Path, ok_at_least: usize) {
     );
 
     let verdict =
-        porcupine_rs::check_operations_timeout::<Registers>(&history.operations, Duration::from_secs(60));
+        linearizability::check_operations_timeout::<Registers>(&history.operations, Duration::from_secs(60));
     assert!(
         matches!(verdict, CheckResult::Ok),
         "history at {} is not linearizable (or undecided): {verdict:?}",
@@ -311,7 +226,7 @@ pub fn verify(history: &History, path: &Path, ok_at_least: usize) {
             value: Some("never-written".into()),
         };
         let verdict =
-            porcupine_rs::check_operations_timeout::<Registers>(&corrupted, Duration::from_secs(60));
+            linearizability::check_operations_timeout::<Registers>(&corrupted, Duration::from_secs(60));
         assert!(
             matches!(verdict, CheckResult::Illegal),
             "a read of a value never written passed: {verdict:?}"
