@@ -286,6 +286,15 @@ fn apply(c: &mut Criterion) {
             next += 100;
         })
     });
+    // A lightly loaded group's shape (one client): one entry per apply call, so whatever a batch
+    // costs regardless of its size is paid per entry (write-behind's reason to exist).
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("single_entries", |b| {
+        b.iter(|| {
+            runtime.block_on(apply_range(&mut sm, next..next + 1));
+            next += 1;
+        })
+    });
     group.finish();
 }
 
