@@ -15,7 +15,7 @@ use std::time::Duration;
 use openraft::AsyncRuntime;
 use openraft_rt_sim::SimRuntime;
 use raft::stores::{OpenedGroup, StoreError, Stores};
-use storage::backend::{Backend, MemBackend, WriteBatch};
+use storage::backend::{Backend, MemBackend, SyncJob, WriteBatch};
 use storage::error::StateMachineError;
 use storage::group_commit::Journal;
 use storage::log::LogConfig;
@@ -80,6 +80,23 @@ impl Backend for SimBackend {
             self.durable.set(self.group, self.live.clone());
         }
         Ok(())
+    }
+
+    /// The state as of now becomes the durable copy when the job runs, unless the incarnation died
+    /// first (its disk is detached: a sync that had not completed made nothing durable).
+    fn sync_job(&mut self) -> Result<SyncJob, StateMachineError> {
+        let (state, group, durable, alive) = (
+            self.live.clone(),
+            self.group,
+            self.durable.clone(),
+            self.alive.clone(),
+        );
+        Ok(Box::new(move || {
+            if alive.load(std::sync::atomic::Ordering::Relaxed) {
+                durable.set(group, state);
+            }
+            Ok(())
+        }))
     }
 
     fn save_snapshot(&mut self, bytes: &[u8]) -> Result<(), StateMachineError> {

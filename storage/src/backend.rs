@@ -47,6 +47,10 @@ pub struct WriteBatch {
     pub durable: bool,
 }
 
+/// Waits for the disk until every commit made before the job was created is durable. It borrows
+/// nothing from the backend, so the caller can run it without holding the backend's lock.
+pub type SyncJob = Box<dyn FnOnce() -> Result<(), StateMachineError> + Send>;
+
 /// Called with each (key, value) a scan finds.
 pub type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StateMachineError> + 'a;
 
@@ -72,6 +76,10 @@ pub trait Backend: Send + 'static {
 
     /// Commits `batch` atomically; durable only if `batch.durable`.
     fn commit(&mut self, batch: WriteBatch) -> Result<(), StateMachineError>;
+
+    /// The job that makes every commit so far durable, to run later: what needs the backend
+    /// happens now, the wait for the disk in the job.
+    fn sync_job(&mut self) -> Result<SyncJob, StateMachineError>;
 
     /// Durably replaces the current snapshot's bytes.
     fn save_snapshot(&mut self, bytes: &[u8]) -> Result<(), StateMachineError>;
@@ -142,6 +150,11 @@ impl Backend for MemBackend {
             };
         }
         Ok(())
+    }
+
+    /// Memory is never durable: nothing to wait for.
+    fn sync_job(&mut self) -> Result<SyncJob, StateMachineError> {
+        Ok(Box::new(|| Ok(())))
     }
 
     fn save_snapshot(&mut self, bytes: &[u8]) -> Result<(), StateMachineError> {

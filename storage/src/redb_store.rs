@@ -16,6 +16,7 @@ use std::io::Write;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use redb::Database;
 use redb::Durability;
@@ -25,6 +26,7 @@ use redb::TableDefinition;
 
 use crate::backend::Backend;
 use crate::backend::BackendView;
+use crate::backend::SyncJob;
 use crate::backend::Table;
 use crate::backend::Visit;
 use crate::backend::WriteBatch;
@@ -43,7 +45,8 @@ fn definition(table: Table) -> TableDefinition<'static, &'static [u8], &'static 
 
 /// A state machine store in one directory.
 pub struct RedbBackend {
-    database: Database,
+    /// Shared with the sync jobs, which commit (empty, durably) without borrowing the backend.
+    database: Arc<Database>,
     dir: PathBuf,
 }
 
@@ -74,7 +77,10 @@ impl RedbBackend {
                 });
             }
         };
-        let backend = RedbBackend { database, dir };
+        let backend = RedbBackend {
+            database: Arc::new(database),
+            dir,
+        };
         backend.create_tables()?;
         Ok(backend)
     }
@@ -206,6 +212,18 @@ impl Backend for RedbBackend {
             }
         }
         txn.commit().map_err(|e| error(&e))
+    }
+
+    /// An empty durable commit: redb makes every earlier non-durable commit durable with it.
+    fn sync_job(&mut self) -> Result<SyncJob, StateMachineError> {
+        let database = self.database.clone();
+        let path = self.dir.join(DATABASE_FILE);
+        Ok(Box::new(move || {
+            let error = |e: &dyn std::fmt::Display| corrupt_or_backend(&path, e);
+            let mut txn = database.begin_write().map_err(|e| error(&e))?;
+            txn.set_durability(Durability::Immediate).map_err(|e| error(&e))?;
+            txn.commit().map_err(|e| error(&e))
+        }))
     }
 
     fn save_snapshot(&mut self, bytes: &[u8]) -> Result<(), StateMachineError> {

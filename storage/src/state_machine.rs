@@ -11,9 +11,11 @@
 //! waits for, leaves before the apply's CPU.
 //!
 //! **Durability choice.** Applies are not fsynced one by one. A batch commits non-durably (into
-//! the write-behind map); after every [`DURABLE_EVERY_BATCHES`]th batch one durable commit, which
-//! writes everything pending in the same transaction, is queued on the state machine's
-//! thread, *after* the batch's responses are sent, so no client waits for it; every snapshot build
+//! the write-behind map); after every [`DURABLE_EVERY_BATCHES`]th batch one durable commit is
+//! queued on the state machine's thread, *after* the batch's responses are sent, so no client
+//! waits for it. It writes everything pending to the store under the lock, then waits for the disk
+//! (a [`crate::backend::SyncJob`], a millisecond or more) without it, so small applies go on
+//! meanwhile instead of queuing behind an `fdatasync`. Every snapshot build
 //! and every snapshot install commit durably. After a crash the backend is at its last durable
 //! commit — a consistent state that includes its own applied log id — and openraft re-applies the
 //! committed entries after it from the log, which is already durable (and whose purge never passes
@@ -205,26 +207,15 @@ impl<B: Backend> Core<B> {
         Ok(durable_commit_due)
     }
 
-    /// The queued periodic durable commit; a failure is kept and fails every later apply.
-    fn run_queued_durable_commit(&mut self) {
-        assert!(self.durable_commit_queued, "only a queued durable commit runs");
-        self.durable_commit_queued = false;
-        if self.batches_since_durable == 0 || self.durable_commit_failed.is_some() {
-            return; // a snapshot made the state durable meanwhile, or the store already failed
-        }
-        if let Err(error) = self.make_durable() {
-            tracing::error!(%error, "the state machine's periodic durable commit failed");
-            self.durable_commit_failed = Some(error.to_string());
-        }
-    }
-
     fn make_durable(&mut self) -> Result<(), StateMachineError> {
-        self.backend.commit(WriteBatch {
-            durable: true,
-            ..WriteBatch::default()
-        })?;
+        self.backend.sync_job()?()?;
         self.batches_since_durable = 0;
         Ok(())
+    }
+
+    fn durable_commit_failed(&mut self, error: StateMachineError) {
+        tracing::error!(%error, "the state machine's periodic durable commit failed");
+        self.durable_commit_failed = Some(error.to_string());
     }
 
     fn build_snapshot(&mut self) -> Result<SnapshotData, StateMachineError> {
@@ -241,6 +232,38 @@ impl<B: Backend> Core<B> {
         self.backend.commit(batch)?;
         self.batches_since_durable = 0;
         self.backend.save_snapshot(data.as_bytes())
+    }
+}
+
+/// The queued periodic durable commit; a failure is kept and fails every later apply. The wait for
+/// the disk (a millisecond or more) runs without the lock, so applies go on meanwhile: they only
+/// gather in the write-behind map, and one that has to write to the store waits for the store's
+/// own lock instead. Only this thread syncs, so snapshots and installs (also on it) never overlap.
+fn run_queued_durable_commit<B: Backend>(core: &Mutex<Core<B>>) {
+    let (job, covered) = {
+        let mut core = lock(core);
+        assert!(core.durable_commit_queued, "only a queued durable commit runs");
+        if core.batches_since_durable == 0 || core.durable_commit_failed.is_some() {
+            // A snapshot made the state durable meanwhile, or the store already failed.
+            core.durable_commit_queued = false;
+            return;
+        }
+        match core.backend.sync_job() {
+            Ok(job) => (job, core.batches_since_durable),
+            Err(error) => {
+                core.durable_commit_queued = false;
+                return core.durable_commit_failed(error);
+            }
+        }
+    };
+    let synced = job();
+    let mut core = lock(core);
+    // Queued until now, so the applies made meanwhile do not queue a second one behind it.
+    core.durable_commit_queued = false;
+    match synced {
+        // Batches applied while the job ran are not covered: they count toward the next one.
+        Ok(()) => core.batches_since_durable = core.batches_since_durable.saturating_sub(covered),
+        Err(error) => core.durable_commit_failed(error),
     }
 }
 
@@ -345,9 +368,7 @@ impl<C: StorageTypeConfig, B: Backend> StateMachine<C, B> {
     /// Queues the periodic durable commit on the dedicated thread, not waited for.
     fn queue_durable_commit(&self) {
         let core = self.core.clone();
-        let queued = self
-            .executor
-            .submit(move || lock(&core).run_queued_durable_commit());
+        let queued = self.executor.submit(move || run_queued_durable_commit(&core));
         if let Err(error) = queued {
             // The thread is gone; the next call that needs it reports the same error.
             tracing::error!(%error, "could not queue the state machine's durable commit");
@@ -488,6 +509,8 @@ mod tests {
         applies_elsewhere: Arc<AtomicU32>,
         views_on_thread: Arc<AtomicU32>,
         views_elsewhere: Arc<AtomicU32>,
+        /// The next sync job says it started on the first channel, then waits on the second.
+        hold_next_sync: Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>,
     }
 
     fn on_thread() -> bool {
@@ -504,6 +527,7 @@ mod tests {
                 applies_elsewhere: Arc::default(),
                 views_on_thread: Arc::default(),
                 views_elsewhere: Arc::default(),
+                hold_next_sync: None,
             }
         }
     }
@@ -530,6 +554,21 @@ mod tests {
             };
             counter.fetch_add(1, Ordering::SeqCst);
             self.inner.commit(batch)
+        }
+
+        fn sync_job(&mut self) -> Result<crate::backend::SyncJob, StateMachineError> {
+            let (on, elsewhere) = (self.durable_on_thread.clone(), self.durable_elsewhere.clone());
+            let hold = self.hold_next_sync.take();
+            let inner = self.inner.sync_job()?;
+            Ok(Box::new(move || {
+                if let Some((started, release)) = hold {
+                    started.send(()).unwrap();
+                    release.recv().unwrap();
+                }
+                let counter = if on_thread() { on } else { elsewhere };
+                counter.fetch_add(1, Ordering::SeqCst);
+                inner()
+            }))
         }
 
         fn save_snapshot(&mut self, bytes: &[u8]) -> Result<(), StateMachineError> {
@@ -594,9 +633,12 @@ mod tests {
             "an uncontended apply runs on the caller's task"
         );
         assert_eq!(
-            applies_on_thread.load(Ordering::SeqCst) + applies_elsewhere.load(Ordering::SeqCst),
-            0,
-            "the applied batches reached the store only with the durable commit"
+            (
+                applies_on_thread.load(Ordering::SeqCst),
+                applies_elsewhere.load(Ordering::SeqCst)
+            ),
+            (1, 0),
+            "the applied batches reached the store in one commit, on the thread, before the sync"
         );
         let large =
             (batches + 1..=batches + 1 + INLINE_APPLY_ENTRIES_MAX as u64).map(|index| Ok((put(index), None)));
@@ -612,6 +654,41 @@ mod tests {
         let (applied, _) = state_machine.applied_state().await.unwrap();
         let last = batches + 1 + INLINE_APPLY_ENTRIES_MAX as u64;
         assert_eq!(applied.map(|log_id| log_id.index), Some(last));
+    }
+
+    /// While the periodic durable commit waits for the disk, applies go on and answer: the wait
+    /// holds no lock they need.
+    #[tokio::test]
+    async fn applies_go_on_while_the_durable_commit_waits_for_the_disk() {
+        let mut backend = Watched::new();
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        backend.hold_next_sync = Some((started_tx, release_rx));
+        let synced = backend.durable_on_thread.clone();
+        let mut state_machine =
+            StateMachine::<TestConfig, _>::open(backend, Execution::DedicatedThread).unwrap();
+        let batches = u64::from(DURABLE_EVERY_BATCHES);
+        for index in 1..=batches {
+            let stream = futures_util::stream::iter([Ok((put(index), None))]);
+            state_machine.apply(stream).await.unwrap();
+        }
+        started.recv().unwrap(); // the durable commit is now waiting for the "disk"
+        for index in batches + 1..=batches + 3 {
+            let applying = state_machine.apply(futures_util::stream::iter([Ok((put(index), None))]));
+            // A bound that only a deadlock reaches (the apply waiting for the held sync).
+            let Ok(applied) = tokio::time::timeout(std::time::Duration::from_secs(30), applying).await else {
+                release.send(()).unwrap(); // lets the thread, and the state machine's drop, finish
+                panic!("an apply waited for the durable commit's disk wait");
+            };
+            applied.unwrap();
+        }
+        assert_eq!(synced.load(Ordering::SeqCst), 0, "the sync is still held");
+        release.send(()).unwrap();
+        // Runs on the thread behind the durable commit.
+        state_machine.get_current_snapshot().await.unwrap();
+        assert_eq!(synced.load(Ordering::SeqCst), 1);
+        let (applied, _) = state_machine.applied_state().await.unwrap();
+        assert_eq!(applied.map(|log_id| log_id.index), Some(batches + 3));
     }
 
     /// A follower's apply (no caller waits for its responses) first lets the tasks already woken
