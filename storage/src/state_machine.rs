@@ -594,6 +594,12 @@ mod tests {
         }
     }
 
+    /// Applies `put(index)` as a batch of its own, nobody waiting for its response.
+    async fn apply_one(state_machine: &mut StateMachine<TestConfig, Watched>, index: u64) {
+        let stream = futures_util::stream::iter([Ok((put(index), None))]);
+        state_machine.apply(stream).await.unwrap();
+    }
+
     /// Proves that small applies are built on the caller's task, large ones on the state machine's
     /// thread, that they reach the store only with the periodic durable commit (write-behind), and
     /// that it runs on that thread once [`DURABLE_EVERY_BATCHES`] batches are applied.
@@ -611,8 +617,7 @@ mod tests {
             StateMachine::<TestConfig, _>::open(backend, Execution::DedicatedThread).unwrap();
         let batches = u64::from(DURABLE_EVERY_BATCHES);
         for index in 1..=batches {
-            let stream = futures_util::stream::iter([Ok((put(index), None))]);
-            state_machine.apply(stream).await.unwrap();
+            apply_one(&mut state_machine, index).await;
             // Runs on the thread, behind any durable commit queued before it.
             state_machine.get_current_snapshot().await.unwrap();
             let expected = u32::from(index == batches);
@@ -669,8 +674,7 @@ mod tests {
             StateMachine::<TestConfig, _>::open(backend, Execution::DedicatedThread).unwrap();
         let batches = u64::from(DURABLE_EVERY_BATCHES);
         for index in 1..=batches {
-            let stream = futures_util::stream::iter([Ok((put(index), None))]);
-            state_machine.apply(stream).await.unwrap();
+            apply_one(&mut state_machine, index).await;
         }
         started.recv().unwrap(); // the durable commit is now waiting for the "disk"
         for index in batches + 1..=batches + 3 {
