@@ -52,6 +52,19 @@ impl Op {
     }
 }
 
+/// The history's operations grouped by key, in key order: what the checker searches one at a time,
+/// and what a report names when it says which keys broke.
+pub fn by_key(history: &[Operation<Registers>]) -> BTreeMap<u64, Vec<Operation<Registers>>> {
+    let mut by_key: BTreeMap<u64, Vec<Operation<Registers>>> = BTreeMap::new();
+    for operation in history {
+        by_key
+            .entry(operation.op.key())
+            .or_default()
+            .push(operation.clone());
+    }
+    by_key
+}
+
 /// One register per key; keys are independent, so the checker searches each key's operations alone.
 #[derive(Clone)]
 pub struct Registers;
@@ -62,14 +75,7 @@ impl Model for Registers {
     type Metadata = ();
 
     fn partition_operations(history: &[Operation<Self>]) -> Vec<Vec<Operation<Self>>> {
-        let mut by_key: BTreeMap<u64, Vec<Operation<Self>>> = BTreeMap::new();
-        for operation in history {
-            by_key
-                .entry(operation.op.key())
-                .or_default()
-                .push(operation.clone());
-        }
-        by_key.into_values().collect()
+        by_key(history).into_values().collect()
     }
 
     fn init() -> Option<String> {

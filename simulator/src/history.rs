@@ -3,7 +3,7 @@
 //!
 //! Values are unique per write, so a register's value identifies the write that produced it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 pub use linearizability::Op;
@@ -111,14 +111,7 @@ impl History {
         match linearizability::check_operations_timeout::<Registers>(&self.operations, budget) {
             CheckResult::Ok => {}
             CheckResult::Illegal => {
-                let mut by_key: BTreeMap<u64, Vec<Operation<Registers>>> = BTreeMap::new();
-                for operation in &self.operations {
-                    by_key
-                        .entry(operation.op.key())
-                        .or_default()
-                        .push(operation.clone());
-                }
-                let illegal: Vec<u64> = by_key
+                let illegal: Vec<u64> = linearizability::by_key(&self.operations)
                     .iter()
                     .filter(|(_, operations)| {
                         matches!(
