@@ -121,6 +121,7 @@ pub fn node_status(node: &Node) -> NodeStatus {
             membership_refused: incidents.membership_refused,
             egress_blocked: incidents.egress_blocked,
             ingress_refused: incidents.ingress_refused,
+            client_calls_refused: incidents.client_calls_refused,
         },
     }
 }

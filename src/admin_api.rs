@@ -43,6 +43,9 @@ pub struct Incidents {
     pub membership_refused: u64,
     pub egress_blocked: u64,
     pub ingress_refused: u64,
+    /// Client calls refused because they came under a node's certificate.
+    #[serde(default)]
+    pub client_calls_refused: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

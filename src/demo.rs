@@ -560,16 +560,18 @@ async fn show(layout: &Layout, nodes: &mut Nodes, records: u64) -> anyhow::Resul
             );
         }
     }
-    let incidents = nodes_now.iter().fold((0, 0, 0), |total, node| {
+    let incidents = nodes_now.iter().fold((0, 0, 0, 0), |total, node| {
         (
             total.0 + node.incidents.membership_refused,
             total.1 + node.incidents.egress_blocked,
             total.2 + node.incidents.ingress_refused,
+            total.3 + node.incidents.client_calls_refused,
         )
     });
     println!(
-        "   fence incidents: {} refused changes, {} blocked messages out, {} refused messages in",
-        incidents.0, incidents.1, incidents.2
+        "   fence incidents: {} refused changes, {} blocked messages out, {} refused messages in, \
+         {} client calls refused",
+        incidents.0, incidents.1, incidents.2, incidents.3
     );
     if breaches == 0 {
         println!("   no replica of any group is outside its jurisdiction.");

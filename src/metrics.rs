@@ -33,6 +33,7 @@ pub struct Metrics {
     fence_refusals: Counter<u64, AtomicU64>,
     egress_blocked: Counter<u64, AtomicU64>,
     ingress_refused: Counter<u64, AtomicU64>,
+    client_calls_refused: Counter<u64, AtomicU64>,
     pub request_seconds: Family<OpLabel, Histogram>,
     /// Membership steps the repair driver executed (replacing members found down).
     pub repair_steps: Family<GroupLabel, Counter>,
@@ -89,6 +90,12 @@ impl Metrics {
             "Messages refused on arrival by the residency fence",
             ingress_refused.clone(),
         );
+        let client_calls_refused = Counter::default();
+        registry.register(
+            "fence_client_calls_refused",
+            "Client calls (records, shard maps) refused because the caller presented a node's certificate",
+            client_calls_refused.clone(),
+        );
         let request_seconds = Family::<OpLabel, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0001, 2.0, 16))
         });
@@ -127,6 +134,7 @@ impl Metrics {
             fence_refusals,
             egress_blocked,
             ingress_refused,
+            client_calls_refused,
             request_seconds,
             seen: Mutex::new((BTreeMap::new(), IncidentCounts::default())),
         }
@@ -165,6 +173,11 @@ impl Metrics {
             .inc_by(incidents.egress_blocked.saturating_sub(last.egress_blocked));
         self.ingress_refused
             .inc_by(incidents.ingress_refused.saturating_sub(last.ingress_refused));
+        self.client_calls_refused.inc_by(
+            incidents
+                .client_calls_refused
+                .saturating_sub(last.client_calls_refused),
+        );
         seen.1 = incidents;
     }
 

@@ -144,13 +144,15 @@ pub async fn status(admin: &str, output: Output) -> anyhow::Result<ExitCode> {
             for node in &nodes {
                 let incidents = node.incidents;
                 println!(
-                    "n{} {} ({}): fence refusals {}, egress blocked {}, ingress refused {}",
+                    "n{} {} ({}): fence refusals {}, egress blocked {}, ingress refused {}, \
+                     client calls refused {}",
                     node.node,
                     node.site,
                     node.country,
                     incidents.membership_refused,
                     incidents.egress_blocked,
-                    incidents.ingress_refused
+                    incidents.ingress_refused,
+                    incidents.client_calls_refused
                 );
             }
             if !unreachable.is_empty() {

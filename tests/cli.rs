@@ -387,3 +387,58 @@ fn a_node_whose_port_is_taken_says_so() {
         "{error}"
     );
 }
+
+/// The breach of issue 20, as it was found: a US node's certificate, copied to where a client's goes,
+/// asks an EU node for an EU user's records. Real processes, the CLI's certificates: the call is refused
+/// with the node, site and country named, it shows in the node's status, and the service's own client is
+/// still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_us_nodes_certificate_gets_no_eu_record_as_a_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let topology = "[[site]]\nname = \"dublin-a\"\ncountry = \"IE\"\nnodes = [1]\n\n[[site]]\nname = \"ashburn\"\ncountry = \"US\"\nnodes = [9]\n\n[[group]]\nname = \"users-eu\"\njurisdiction = \"EU\"\nvoters = 1\n";
+    let mut files = cluster_files(dir.path(), "breach", topology, &[(1, "dublin-a"), (9, "ashburn")]);
+    let dublin = files.remove(0);
+    let certs = dir.path().join("certs");
+    std::fs::copy(certs.join("node-9.pem"), certs.join("client-us9.pem")).unwrap();
+    std::fs::copy(certs.join("node-9.key"), certs.join("client-us9.key")).unwrap();
+    let _node = dublin.start();
+    let connect = |name: &'static str| {
+        let certs = certs.clone();
+        let endpoint = dublin.endpoint();
+        async move {
+            client::Client::builder()
+                .endpoints([endpoint])
+                .tls(client::ClientTls::from_dir(certs, name).unwrap())
+                .default_jurisdiction("EU")
+                .timeout(std::time::Duration::from_secs(10))
+                .build()
+                .await
+        }
+    };
+
+    let service = connect("tests").await.unwrap();
+    service
+        .put("user-42", "phone", b"+353 1 555 0142".to_vec())
+        .await
+        .unwrap();
+    match connect("us9").await {
+        Err(client::ClientError::Forbidden {
+            caller, jurisdiction, ..
+        }) => {
+            assert_eq!(caller, "n9 at ashburn (US)");
+            assert_eq!(jurisdiction, "EU");
+        }
+        Err(other) => panic!("expected a refusal, got {other}"),
+        Ok(_) => panic!("the US node's certificate connected as a client"),
+    }
+    let record = service.get("user-42", "phone").await.unwrap();
+    assert_eq!(
+        record.map(|record| record.value),
+        Some(b"+353 1 555 0142".to_vec())
+    );
+
+    let admin = dublin.admin.to_string();
+    let status = domicile(&["status", "--admin", &admin]);
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(table.contains("client calls refused 1"), "{table}");
+}

@@ -239,6 +239,17 @@ impl Client {
                     Ok(Ok(EnvelopeResponse::Client(ClientResponse::Invalid { reason }))) => {
                         return Err(ClientError::Invalid(reason));
                     }
+                    Ok(Ok(EnvelopeResponse::Client(ClientResponse::Forbidden {
+                        caller,
+                        jurisdiction,
+                        reason,
+                    }))) => {
+                        return Err(ClientError::Forbidden {
+                            caller,
+                            jurisdiction,
+                            reason,
+                        });
+                    }
                     Ok(Ok(other)) => last_error = format!("{node} answered {other:?}"),
                     Ok(Err(error)) => last_error = error.to_string(),
                     Err(_) => last_error = format!("{node} did not answer in time"),
@@ -310,6 +321,17 @@ impl Client {
                     ClientResponse::Unavailable { reason, .. } => last_error = reason,
                     ClientResponse::Residency { reason } => return Err(ClientError::Residency(reason)),
                     ClientResponse::Invalid { reason } => return Err(ClientError::Invalid(reason)),
+                    ClientResponse::Forbidden {
+                        caller,
+                        jurisdiction,
+                        reason,
+                    } => {
+                        return Err(ClientError::Forbidden {
+                            caller,
+                            jurisdiction,
+                            reason,
+                        });
+                    }
                     ClientResponse::ShardMap { .. } => last_error = "unexpected shard map".into(),
                 },
                 Ok(Ok(EnvelopeResponse::Peer(_))) => {

@@ -26,6 +26,14 @@ pub enum ClientError {
     Rejected(CommandError),
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// This client's certificate does not entitle it to the call: e.g. a node's certificate used as a
+    /// client's (nodes talk Raft, services talk client). The cluster counts and logs it as an incident.
+    #[error("forbidden: {caller} may not call `{jurisdiction}`: {reason}")]
+    Forbidden {
+        caller: String,
+        jurisdiction: String,
+        reason: String,
+    },
 }
 
 impl ClientError {

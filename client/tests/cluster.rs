@@ -117,3 +117,48 @@ async fn calls_to_a_dead_cluster_fail_with_a_timeout_inside_their_deadline() {
         "the call took {took:?} with a {deadline:?} deadline"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_certificate_used_as_a_clients_is_forbidden_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path()).await;
+    // Node 2's own certificate (Dublin B, inside the EEA) in a service's client: nodes talk Raft,
+    // services talk client, so even an inside node gets no client call served — not even the shard map
+    // the client asks for when it connects.
+    let node_certificate = cluster.node_certificate(NodeId(2)).unwrap();
+    let (ca, _) = cluster.client_certificate("unused").unwrap();
+    let connected = client::Client::builder()
+        .endpoints(cluster.endpoints())
+        .tls(client::ClientTls {
+            ca_cert_pem: ca,
+            cert_pem: node_certificate.cert_pem,
+            key_pem: node_certificate.key_pem,
+        })
+        .default_jurisdiction("EEA")
+        .timeout(Duration::from_secs(8))
+        .build()
+        .await;
+    let Err(error) = connected else {
+        panic!("a client with a node's certificate connected")
+    };
+    match &error {
+        ClientError::Forbidden {
+            caller, jurisdiction, ..
+        } => {
+            assert_eq!(caller, "n2 at dublin-b (IE)");
+            assert_eq!(jurisdiction, "EEA");
+        }
+        other => panic!("expected a refusal, got {other}"),
+    }
+    assert!(!error.is_retryable(), "{error}");
+    let refused: u64 = cluster
+        .nodes
+        .values()
+        .map(|node| node.host.incidents().client_calls_refused)
+        .sum();
+    assert_eq!(
+        refused, 1,
+        "refused for good at the first node asked, and counted"
+    );
+    cluster.stop().await;
+}

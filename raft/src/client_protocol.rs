@@ -51,6 +51,19 @@ pub enum ClientOp {
     Scan,
 }
 
+impl ClientOp {
+    /// The operation's name, for refusals, logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientOp::Put { .. } => "put",
+            ClientOp::Get { .. } => "get",
+            ClientOp::Delete { .. } => "delete",
+            ClientOp::CompareAndSet { .. } => "compare_and_set",
+            ClientOp::Scan => "scan",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ClientRequest {
     /// The published shard map of one jurisdiction (group names only: no keys, no placement). Only nodes
@@ -62,6 +75,25 @@ pub enum ClientRequest {
         user_id: String,
         op: ClientOp,
     },
+}
+
+impl ClientRequest {
+    /// The jurisdiction the request asks about, as the caller spelt it.
+    pub fn jurisdiction(&self) -> &str {
+        match self {
+            ClientRequest::ShardMap { jurisdiction } | ClientRequest::Call { jurisdiction, .. } => {
+                jurisdiction
+            }
+        }
+    }
+
+    /// What is asked: `shard_map`, or the operation's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientRequest::ShardMap { .. } => "shard_map",
+            ClientRequest::Call { op, .. } => op.name(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +144,15 @@ pub enum ClientResponse {
     },
     /// The request itself is wrong; retrying won't help.
     Invalid {
+        reason: String,
+    },
+    /// The caller's certificate does not entitle it to this call (a node's certificate presented for a
+    /// client call, `residency::NodeAsClient`); retrying won't help. Counted and logged as an incident.
+    Forbidden {
+        /// Who the certificate says the caller is (`node 9 at ashburn (US)`).
+        caller: String,
+        /// The jurisdiction the call asked for.
+        jurisdiction: String,
         reason: String,
     },
 }

@@ -38,7 +38,7 @@ use crate::identity::NodeIdentity;
 use crate::message::SnapshotChunk;
 use crate::network::{GroupNetworkFactory, MetricsCell, flatten, membership_of};
 use crate::purge::CommittedMembership;
-use crate::residency::{GroupFence, IncidentCounts, Incidents};
+use crate::residency::{GroupFence, IncidentCounts, Incidents, NodeAsClient};
 use crate::routing::group_number;
 use crate::stores::Stores;
 use crate::transport::{PeerRequest, PeerResponse, RequestKind, Transport, TransportError};
@@ -221,6 +221,11 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
 
     pub fn incidents(&self) -> IncidentCounts {
         self.incidents.counts()
+    }
+
+    /// Counts and logs a client call that arrived under a node's certificate (`NodeAsClient`).
+    pub fn refuse_node_as_client(&self, refusal: NodeAsClient) -> NodeAsClient {
+        self.incidents.refuse_node_as_client(refusal)
     }
 
     fn group(&self, group: &GroupId) -> Result<Arc<Group<C, S::Backend>>, HostError> {

@@ -15,7 +15,7 @@ use crate::host::{Host, HostError};
 use crate::identity::{
     CertifiedKey, ClientIdentity, ClusterCa, IdentityError, NodeIdentity, Validity, tls_configs,
 };
-use crate::quic::{LateHandler, QuicConfig, QuicNode};
+use crate::quic::{Dialer, LateHandler, QuicConfig, QuicNode};
 use crate::routing::Router;
 use crate::service::NodeService;
 use crate::stores::DiskStores;
@@ -158,6 +158,38 @@ impl LocalCluster {
             .ca
             .issue_client(&ClientIdentity { name: name.into() }, self.validity)?;
         Ok((self.ca.certified_key().cert_pem.clone(), client))
+    }
+
+    /// A certificate for node `id` as the cluster CA issues it to that node (to test what a node's
+    /// certificate may not do, e.g. make client calls).
+    pub fn node_certificate(&self, id: NodeId) -> Result<CertifiedKey, LocalClusterError> {
+        let site = self
+            .file
+            .topology
+            .site_of(id)
+            .ok_or_else(|| LocalClusterError::Topology(format!("{id} is in no site")))?;
+        let identity = NodeIdentity {
+            node: id,
+            site: site.name.clone(),
+            country: site.country,
+        };
+        Ok(self.ca.issue(&identity, self.validity)?)
+    }
+
+    /// A client-only QUIC endpoint presenting `certificate` to every node of the cluster: the client
+    /// library's transport, for tests that speak the wire protocol directly.
+    pub fn dialer(&self, certificate: &CertifiedKey) -> Result<Dialer, LocalClusterError> {
+        let tls = tls_configs(&self.ca.certified_key().cert_pem, certificate)?;
+        let mut addresses = BTreeMap::new();
+        for node in self.nodes.values() {
+            let addr = node
+                .quic
+                .local_addr()
+                .map_err(|error| LocalClusterError::Start(error.to_string()))?;
+            addresses.insert(node.id, addr);
+        }
+        Dialer::client(&tls, addresses, QuicConfig::loopback())
+            .map_err(|error| LocalClusterError::Start(error.to_string()))
     }
 
     /// Stops one node as a crash would look to its peers: its groups stop and its endpoint closes.

@@ -11,13 +11,17 @@
 //! 3. **Ingress** ([`GroupFence::check_ingress`], [`GroupFence::check_leader_peer`]): a node outside the
 //!    jurisdiction refuses to store the group's data, and no node accepts votes or entries from a would-be
 //!    leader outside it — so even a group that still has legacy voters outside never elects one of them.
+//! 4. **Client access** ([`Incidents::refuse_node_as_client`]): client calls (records, shard maps) are
+//!    served to client services' certificates only. A node's certificate is refused whatever its site:
+//!    otherwise a node the egress fence never sends a group's data could simply ask for it as a client.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use placement::{
-    Fence, FencedLeader, FencedMembership, GroupPolicy, Membership, NodeId, Refusal, RefusalReason, Topology,
+    Country, Fence, FencedLeader, FencedMembership, GroupPolicy, Membership, NodeId, Refusal, RefusalReason,
+    SiteName, Topology,
 };
 
 /// Where a refusal happened, for counting and logs.
@@ -28,12 +32,31 @@ pub enum Enforcement {
     Ingress,
 }
 
+/// A client call (a record operation or a shard-map request) that arrived under a node's certificate.
+/// Nodes talk Raft and services talk client: a node inside the jurisdiction has no business reading
+/// records as a client either, and a node outside would be reading around the egress fence.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{node} at {site} ({country}) presented a node certificate for a client call ({request}) on \
+     jurisdiction `{jurisdiction}`: client calls are served to client services only"
+)]
+pub struct NodeAsClient {
+    pub node: NodeId,
+    pub site: SiteName,
+    pub country: Country,
+    /// The jurisdiction the call asked for, as the caller spelt it.
+    pub jurisdiction: String,
+    /// What was asked: `shard_map`, `get`, `put`, `delete`, `compare_and_set` or `scan`.
+    pub request: &'static str,
+}
+
 /// Counters of refused actions on one node. Monotonic; exported as metrics.
 #[derive(Debug, Default)]
 pub struct Incidents {
     membership_refused: AtomicU64,
     egress_blocked: AtomicU64,
     ingress_refused: AtomicU64,
+    client_calls_refused: AtomicU64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -41,6 +64,9 @@ pub struct IncidentCounts {
     pub membership_refused: u64,
     pub egress_blocked: u64,
     pub ingress_refused: u64,
+    /// Client calls refused because the caller's certificate was a node's ([`NodeAsClient`]).
+    #[serde(default)]
+    pub client_calls_refused: u64,
 }
 
 impl Incidents {
@@ -63,11 +89,27 @@ impl Incidents {
         );
     }
 
+    /// Client-access enforcement: counts and logs a client call made under a node's certificate.
+    pub fn refuse_node_as_client(&self, refusal: NodeAsClient) -> NodeAsClient {
+        self.client_calls_refused.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            enforcement = "client_access",
+            node = %refusal.node,
+            site = %refusal.site,
+            country = %refusal.country,
+            jurisdiction = %refusal.jurisdiction,
+            request = refusal.request,
+            "residency incident: {refusal}"
+        );
+        refusal
+    }
+
     pub fn counts(&self) -> IncidentCounts {
         IncidentCounts {
             membership_refused: self.membership_refused.load(Ordering::Relaxed),
             egress_blocked: self.egress_blocked.load(Ordering::Relaxed),
             ingress_refused: self.ingress_refused.load(Ordering::Relaxed),
+            client_calls_refused: self.client_calls_refused.load(Ordering::Relaxed),
         }
     }
 }
@@ -298,7 +340,8 @@ voters = 1
             IncidentCounts {
                 membership_refused: 0,
                 egress_blocked: 0,
-                ingress_refused: 3
+                ingress_refused: 3,
+                client_calls_refused: 0,
             }
         );
         let current = Membership::new([NodeId(1), NodeId(4)], []);

@@ -1,7 +1,10 @@
 //! A node's front door: one handler for everything arriving on its QUIC endpoint — Raft traffic from peer
 //! nodes (to the [`Host`]) and calls from client services (routed to the user's group).
 //!
-//! Clients may not speak Raft, and nodes' Raft traffic is only accepted from attested nodes. A client call
+//! Clients may not speak Raft, and nodes may not make client calls: Raft traffic is accepted only from
+//! attested nodes, and client calls (records and shard maps) only from client services' certificates. A
+//! node's certificate presented for a client call is a residency incident (`residency::NodeAsClient`):
+//! otherwise a node the egress fence never sends a group's data could read it as a client. A client call
 //! is routed by its jurisdiction's published shard map ([`Directory`]) and its user id; a jurisdiction with
 //! no group fenced to it is refused rather than stored anywhere else, and a node outside the jurisdiction,
 //! which holds none of its routing metadata, sends the client elsewhere.
@@ -19,8 +22,9 @@ use crate::client_protocol::{
 use crate::config::GroupConfig;
 use crate::directory::{Directory, DirectoryError, is_reserved_user};
 use crate::host::{Host, HostError, ReadConsistency};
-use crate::identity::{NodeIdentity, Peer};
+use crate::identity::{ClientIdentity, NodeIdentity, Peer};
 use crate::quic::Handler;
+use crate::residency::NodeAsClient;
 use crate::stores::Stores;
 use crate::transport::{PeerRequest, PeerResponse, RequestKind, Transport};
 
@@ -38,7 +42,9 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> NodeService<C, T, S> {
         &self.host
     }
 
-    pub async fn serve_client(&self, request: ClientRequest) -> ClientResponse {
+    /// Serves a client service's call. The caller's attested identity is the proof that it is a client
+    /// service and not a node: [`route_envelope`] refuses nodes before they get here.
+    pub async fn serve_client(&self, _caller: &ClientIdentity, request: ClientRequest) -> ClientResponse {
         match request {
             ClientRequest::ShardMap { jurisdiction } => {
                 match self.directory.shard_map(&self.host, &jurisdiction).await {
@@ -211,7 +217,8 @@ fn directory_refusal(error: DirectoryError) -> ClientResponse {
     }
 }
 
-/// Raft traffic only from attested nodes; client calls from anyone the CA certified.
+/// Raft traffic only from attested nodes; client calls only from client services. Each refusal names the
+/// caller; a node's client call is also counted and logged as a residency incident.
 pub async fn route_envelope<C: GroupConfig, T: Transport, S: Stores<C>>(
     host: &Host<C, T, S>,
     service: Option<&NodeService<C, T, S>>,
@@ -229,8 +236,22 @@ pub async fn route_envelope<C: GroupConfig, T: Transport, S: Stores<C>>(
             group: request.group,
             reason: format!("client `{}` may not speak Raft", client.name),
         }),
-        (Envelope::Client(request), _) => EnvelopeResponse::Client(match service {
-            Some(service) => service.serve_client(request).await,
+        (Envelope::Client(request), Peer::Node(node)) => {
+            let refusal = host.refuse_node_as_client(NodeAsClient {
+                node: node.node,
+                site: node.site.clone(),
+                country: node.country,
+                jurisdiction: request.jurisdiction().to_string(),
+                request: request.name(),
+            });
+            EnvelopeResponse::Client(ClientResponse::Forbidden {
+                caller: format!("{} at {} ({})", node.node, node.site, node.country),
+                jurisdiction: refusal.jurisdiction.clone(),
+                reason: refusal.to_string(),
+            })
+        }
+        (Envelope::Client(request), Peer::Client(client)) => EnvelopeResponse::Client(match service {
+            Some(service) => service.serve_client(&client, request).await,
             None => ClientResponse::Invalid {
                 reason: "this endpoint serves no clients".into(),
             },

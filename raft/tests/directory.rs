@@ -15,13 +15,13 @@ use raft::client_protocol::{
 };
 use raft::directory::{ShardMap, shard_map_key};
 use raft::host::ReadConsistency;
+use raft::quic::Dialer;
 use raft::routing::group_number;
 use raft::transport::{PeerRequest, PeerResponse, RequestKind};
 
-async fn ask(cluster: &common::Cluster, from: u64, to: u64, request: ClientRequest) -> ClientResponse {
-    let reply = cluster
-        .node(from)
-        .quic
+/// A client service's call to node `to` (nodes' own certificates may not make client calls).
+async fn ask(client: &Dialer, to: u64, request: ClientRequest) -> ClientResponse {
+    let reply = client
         .request(NodeId(to), &Envelope::Client(request))
         .await
         .unwrap();
@@ -41,6 +41,8 @@ fn shard_map_request(jurisdiction: &str) -> ClientRequest {
 async fn a_jurisdictions_shard_map_is_published_in_its_directory_group_and_kept_from_outside() {
     let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
     let cluster = cluster().await;
+    let (_, certificate) = cluster.client_certificate("directory-test").unwrap();
+    let client = cluster.dialer(&certificate).unwrap();
     // The EEA's shards by name are users-eea and users-legacy: users-eea is its directory group. It is
     // created on the three EEA nodes; node 3 (Hamar) asks, whichever of them leads.
     cluster.create("users-eea", &[1, 2, 3]).await;
@@ -51,7 +53,7 @@ async fn a_jurisdictions_shard_map_is_published_in_its_directory_group_and_kept_
 
     let give_up = tokio::time::Instant::now() + Duration::from_secs(15);
     let (epoch, groups) = loop {
-        match ask(&cluster, 3, 3, shard_map_request("EEA")).await {
+        match ask(&client, 3, shard_map_request("EEA")).await {
             ClientResponse::ShardMap {
                 jurisdiction,
                 epoch,
@@ -107,7 +109,7 @@ async fn a_jurisdictions_shard_map_is_published_in_its_directory_group_and_kept_
     // The US node holds none of the EEA's routing metadata: it sends clients elsewhere, for the map and
     // for calls alike, and never asks an EEA node for it.
     assert!(
-        matches!(ask(&cluster, 1, 4, shard_map_request("EEA")).await, ClientResponse::NotHosted { group } if group == "users-eea")
+        matches!(ask(&client, 4, shard_map_request("EEA")).await, ClientResponse::NotHosted { group } if group == "users-eea")
     );
     let call = ClientRequest::Call {
         jurisdiction: "EEA".into(),
@@ -118,7 +120,7 @@ async fn a_jurisdictions_shard_map_is_published_in_its_directory_group_and_kept_
         },
     };
     assert!(matches!(
-        ask(&cluster, 1, 4, call).await,
+        ask(&client, 4, call).await,
         ClientResponse::NotHosted { .. }
     ));
 
@@ -156,7 +158,7 @@ async fn a_jurisdictions_shard_map_is_published_in_its_directory_group_and_kept_
 
     // A jurisdiction no group is fenced to has no map anywhere: a residency refusal, not a retry.
     assert!(matches!(
-        ask(&cluster, 1, 1, shard_map_request("US")).await,
+        ask(&client, 1, shard_map_request("US")).await,
         ClientResponse::Residency { .. }
     ));
     // The directory's reserved user id is not a client's to use.
@@ -169,7 +171,7 @@ async fn a_jurisdictions_shard_map_is_published_in_its_directory_group_and_kept_
         },
     };
     assert!(matches!(
-        ask(&cluster, 1, 1, forged).await,
+        ask(&client, 1, forged).await,
         ClientResponse::Invalid { .. }
     ));
     cluster.stop().await;
