@@ -22,6 +22,7 @@ use std::sync::{Arc, RwLock};
 use placement::{GroupId, NodeId, Topology};
 use serde::{Deserialize, Serialize};
 use storage::{Command, CommandError, RecordKey, Response, WriteId, codec};
+use wire::routing::shard_index;
 
 use crate::config::GroupConfig;
 use crate::host::{Host, HostError, ReadConsistency};
@@ -51,7 +52,7 @@ pub struct ShardMap {
     pub jurisdiction: String,
     /// Starts at 1; a new epoch would be a re-sharding.
     pub epoch: u64,
-    /// The jurisdiction's shard groups; a user's shard is `stable_hash(user id) % shards.len()`.
+    /// The jurisdiction's shard groups; a user's shard is `shard_index(user id, shards.len())`.
     pub shards: Vec<GroupId>,
 }
 
@@ -59,7 +60,7 @@ impl ShardMap {
     /// The group that holds `user_id`'s records.
     pub fn route(&self, user_id: &str) -> &GroupId {
         assert!(!self.shards.is_empty(), "a published shard map has shards");
-        &self.shards[(stable_hash(user_id.as_bytes()) % self.shards.len() as u64) as usize]
+        &self.shards[shard_index(user_id, self.shards.len())]
     }
 
     /// The stored form: sealed (versioned, checksummed over the jurisdiction) by the codec.

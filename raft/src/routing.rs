@@ -2,22 +2,14 @@
 //! jurisdiction's shard groups.
 //!
 //! Routing needs no directory of keys: it is a pure function of the user id and the list of groups fenced to
-//! the jurisdiction, so no component ever holds a global index of raw keys. The hash is FNV-1a (64-bit),
-//! fixed forever: it decides where data lives, so it may not change with a library or compiler version the
-//! way `std`'s hasher may.
+//! the jurisdiction, so no component ever holds a global index of raw keys. The hash and the user-to-shard
+//! rule are `wire::routing`'s, which clients apply too.
 
 use std::collections::BTreeMap;
 
 use placement::{GroupId, GroupPolicy, Jurisdiction};
-
-/// FNV-1a, 64-bit. Stable across versions and platforms by construction.
-pub fn stable_hash(bytes: &[u8]) -> u64 {
-    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    bytes.iter().fold(OFFSET_BASIS, |hash, &byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
-    })
-}
+use wire::routing::shard_index;
+pub use wire::routing::stable_hash;
 
 /// The number openraft's storage knows a group by: a stable hash of its name.
 pub fn group_number(group: &GroupId) -> u64 {
@@ -89,8 +81,7 @@ impl Router {
     pub fn route(&self, jurisdiction: &str, user_id: &str) -> Result<&GroupId, RoutingError> {
         let groups = self.shards.get(jurisdiction).filter(|groups| !groups.is_empty());
         let groups = groups.ok_or_else(|| RoutingError::NoGroup(jurisdiction.to_string()))?;
-        let shard = stable_hash(user_id.as_bytes()) % groups.len() as u64;
-        Ok(&groups[shard as usize])
+        Ok(&groups[shard_index(user_id, groups.len())])
     }
 }
 
@@ -98,14 +89,6 @@ impl Router {
 mod tests {
     use super::*;
     use placement::TopologyFile;
-
-    #[test]
-    fn the_hash_is_fnv1a_and_never_changes() {
-        // Published FNV-1a 64 test vectors: a change here would move every user's data.
-        assert_eq!(stable_hash(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(stable_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(stable_hash(b"foobar"), 0x8594_4171_f739_67e8);
-    }
 
     #[test]
     fn users_spread_over_their_jurisdictions_shards_and_nowhere_else() {

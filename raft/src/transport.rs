@@ -1,65 +1,15 @@
 //! How a host reaches its peers: one request, one response, addressed by node id.
 //!
-//! The host speaks in [`PeerRequest`]s — a group, what kind of Raft message, and the message encoded by
-//! `storage::codec` — so the transport never needs to know openraft's types. Production sends them over QUIC
-//! ([`crate::quic::QuicNode`]); the simulator delivers them through its simulated network. Either way the
-//! receiving host is told the sender's *attested* identity, from which it decides what to accept.
+//! The host speaks in [`PeerRequest`]s (defined in `wire`, as the envelope carries them) — a group, what
+//! kind of Raft message, and the message encoded by `storage::codec` — so the transport never needs to
+//! know openraft's types. Production sends them over QUIC ([`crate::quic::QuicNode`]); the simulator
+//! delivers them through its simulated network. Either way the receiving host is told the sender's
+//! *attested* identity, from which it decides what to accept.
 
 use std::future::Future;
 
 use placement::NodeId;
-use serde::{Deserialize, Serialize};
-
-/// Kinds of peer messages. The order is part of the wire format (append only).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RequestKind {
-    /// Log entries, or a heartbeat when it carries none.
-    AppendEntries,
-    Vote,
-    /// One chunk of a snapshot (`SnapshotChunk` in the body).
-    SnapshotChunk,
-    PreVote,
-    TransferLeader,
-    /// A node inside a jurisdiction asks for the shard map its replica of the directory group holds
-    /// (`crate::directory`); the jurisdiction's name in the body.
-    DirectoryRead,
-    /// A node asks the group's leader which membership the group has committed, to learn whether it may
-    /// purge its replica (`crate::purge`). The body is empty; the answer names nodes, never data.
-    CommittedMembership,
-}
-
-impl RequestKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            RequestKind::AppendEntries => "append_entries",
-            RequestKind::Vote => "vote",
-            RequestKind::SnapshotChunk => "snapshot_chunk",
-            RequestKind::PreVote => "pre_vote",
-            RequestKind::TransferLeader => "transfer_leader",
-            RequestKind::DirectoryRead => "directory_read",
-            RequestKind::CommittedMembership => "committed_membership",
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PeerRequest {
-    pub group: u64,
-    pub kind: RequestKind,
-    /// Whether the message carries the group's data (entries, snapshot bytes): what the egress fence guards.
-    pub carries_data: bool,
-    pub body: Vec<u8>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum PeerResponse {
-    /// The Raft response, encoded.
-    Ok(Vec<u8>),
-    /// The receiving host refused the message (ingress fence, unknown group, forged sender).
-    Refused { group: u64, reason: String },
-    /// The message was accepted but Raft failed to process it.
-    Failed { group: u64, reason: String },
-}
+pub use wire::peer::{PeerRequest, PeerResponse, RequestKind};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransportError {

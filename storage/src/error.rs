@@ -7,6 +7,9 @@
 
 use std::io;
 
+/// Errors of the encoding layer, whose codec `wire` holds.
+pub use wire::codec::CodecError;
+
 /// Errors of the node-wide Raft log.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -87,23 +90,6 @@ impl From<LogError> for io::Error {
         };
         io::Error::new(kind, error)
     }
-}
-
-/// Errors of the encoding layer.
-#[derive(Debug, thiserror::Error)]
-pub enum CodecError {
-    #[error("encode failed: {0}")]
-    Encode(String),
-    #[error("decode failed: {0}")]
-    Decode(String),
-    #[error("unsupported format version {found} (this build reads {supported})")]
-    Version { found: u8, supported: u8 },
-    #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
-    Checksum { stored: u32, computed: u32 },
-    #[error("length {length} exceeds the bound {bound}")]
-    TooLong { length: u64, bound: u64 },
-    #[error("truncated: need {needed} bytes, have {available}")]
-    Truncated { needed: u64, available: u64 },
 }
 
 /// Errors of the state machine and its backing store.

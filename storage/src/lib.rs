@@ -16,17 +16,17 @@
 //!   entries still in the log. Snapshots ([`snapshot`]) are built from one consistent read,
 //!   framed in bounded checksummed chunks, and carry the group's membership and policy version.
 //!
-//! Everything written to disk or sent on the wire is encoded by [`codec`] (postcard, versioned,
-//! checksummed). The log's logic runs over the [`disk::Disk`] trait and uses no thread, clock or
-//! OS randomness, so the simulator can run it on a simulated disk and drive group commit from a
-//! task on its deterministic runtime.
+//! Everything written to disk or sent on the wire is encoded by [`codec`] (`wire`'s: postcard,
+//! versioned, checksummed). The log's logic runs over the [`disk::Disk`] trait and uses no thread,
+//! clock or OS randomness, so the simulator can run it on a simulated disk and drive group commit
+//! from a task on its deterministic runtime.
 //!
-//! *Architecture invariant:* only `codec` imports postcard and only `redb_store` imports redb.
+//! *Architecture invariant:* this crate imports no postcard (only `wire::codec` does) and only
+//! `redb_store` imports redb.
 
 pub mod apply;
 pub mod backend;
 mod blocking;
-pub mod codec;
 pub mod disk;
 mod entry_index;
 pub mod error;
@@ -39,6 +39,9 @@ pub mod segment;
 pub mod snapshot;
 pub mod state_machine;
 pub mod write_behind;
+
+/// The byte format of everything this crate writes: `wire`'s, the one module that imports postcard.
+pub use wire::codec;
 
 use openraft::RaftTypeConfig;
 use openraft::alias::CommittedLeaderIdOf;

@@ -1,14 +1,15 @@
 //! The one place that knows the binary encoding of everything on disk and on the wire.
 //!
-//! Encoding is postcard (serde). Nothing else in the crate imports postcard, so a format change is
-//! a change to this file. Encoded types avoid serde's `flatten`, `skip_serializing_if` and untagged
-//! enums: postcard is not self-describing and those attributes make a decoder misread the bytes.
+//! Encoding is postcard (serde). Nothing else in Domicile imports postcard (`storage` uses this module
+//! as `storage::codec`), so a format change is a change to this file. Encoded types avoid serde's
+//! `flatten`, `skip_serializing_if` and untagged enums: postcard is not self-describing and those
+//! attributes make a decoder misread the bytes.
 //!
 //! Two envelopes carry a checksum and a format version:
 //!
-//! * a **frame**, `[length u32 LE][crc32 u32 LE][version u8][payload]`, used by the log segments
-//!   and the snapshot stream. `length` counts the payload only; the crc covers the version byte
-//!   and the payload. A reader bounds `length` before allocating.
+//! * a **frame**, `[length u32 LE][crc32 u32 LE][version u8][payload]`, used by the log segments, the
+//!   snapshot stream and every QUIC request and response. `length` counts the payload only; the crc
+//!   covers the version byte and the payload. A reader bounds `length` before allocating.
 //! * a **sealed value**, `[version u8][crc32 u32 LE][payload]`, used for state-machine values. The
 //!   crc also covers the value's key, so a value that ends up under another key (a flipped key
 //!   bit) does not verify.
@@ -16,7 +17,22 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::CodecError;
+/// Errors of the encoding layer.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("encode failed: {0}")]
+    Encode(String),
+    #[error("decode failed: {0}")]
+    Decode(String),
+    #[error("unsupported format version {found} (this build reads {supported})")]
+    Version { found: u8, supported: u8 },
+    #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    Checksum { stored: u32, computed: u32 },
+    #[error("length {length} exceeds the bound {bound}")]
+    TooLong { length: u64, bound: u64 },
+    #[error("truncated: need {needed} bytes, have {available}")]
+    Truncated { needed: u64, available: u64 },
+}
 
 /// The format version written into every frame and sealed value.
 pub const FORMAT_VERSION: u8 = 1;
