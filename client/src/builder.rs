@@ -2,8 +2,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use placement::NodeId;
-use raft::quic::{Dialer, QuicConfig};
+use link::{Dialer, QuicConfig};
 
 use crate::call::Client;
 use crate::{ClientError, ClientTls};
@@ -82,7 +81,7 @@ impl ClientBuilder {
             request_timeout: self.timeout,
             ..QuicConfig::loopback()
         };
-        let nodes: Vec<NodeId> = addresses.keys().copied().collect();
+        let nodes: Vec<u64> = addresses.keys().copied().collect();
         let dialer = Dialer::client(&tls.configs()?, addresses, quic)
             .map_err(|error| ClientError::Tls(error.to_string()))?;
         Client::connect(
@@ -96,13 +95,16 @@ impl ClientBuilder {
     }
 }
 
-fn parse_endpoint(endpoint: &str) -> Result<(NodeId, SocketAddr), ClientError> {
+/// `n7@host:port` (or `7@host:port`): a node id and the address it listens on.
+fn parse_endpoint(endpoint: &str) -> Result<(u64, SocketAddr), ClientError> {
     let invalid = |reason: &str| ClientError::InvalidEndpoint {
         endpoint: endpoint.into(),
         reason: reason.into(),
     };
     let (node, addr) = endpoint.split_once('@').ok_or_else(|| invalid("missing `@`"))?;
-    let node: NodeId = node.parse().map_err(|_| invalid("the node id is not a number"))?;
+    let node = node.trim();
+    let node = node.strip_prefix('n').unwrap_or(node);
+    let node: u64 = node.parse().map_err(|_| invalid("the node id is not a number"))?;
     let addr: SocketAddr = addr.parse().map_err(|_| invalid("not an IP address and port"))?;
     Ok((node, addr))
 }
@@ -115,9 +117,9 @@ mod tests {
     fn endpoints_name_their_node() {
         assert_eq!(
             parse_endpoint("n3@127.0.0.1:7103").unwrap(),
-            (NodeId(3), "127.0.0.1:7103".parse().unwrap())
+            (3, "127.0.0.1:7103".parse().unwrap())
         );
-        assert_eq!(parse_endpoint("3@[::1]:7103").unwrap().0, NodeId(3));
+        assert_eq!(parse_endpoint("3@[::1]:7103").unwrap().0, 3);
         for bad in ["127.0.0.1:7103", "nX@127.0.0.1:1", "n1@localhost", "n1@"] {
             assert!(
                 matches!(parse_endpoint(bad), Err(ClientError::InvalidEndpoint { .. })),

@@ -6,21 +6,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use placement::NodeId;
-use raft::client_protocol::{
+use link::Dialer;
+use tokio::time::Instant;
+use wire::client::{
     ClientOp, ClientRequest, ClientResponse, ClientResult, Consistency, Envelope, EnvelopeResponse,
 };
-use raft::quic::Dialer;
-use raft::routing::stable_hash;
-use storage::{CommandError, Record, WriteId};
-use tokio::time::Instant;
+use wire::record::{CommandError, Record, WriteId};
+use wire::routing::shard_index;
 
 use crate::{ClientBuilder, ClientError};
 
 /// A connection to a Domicile cluster. Cheap to share (`Arc<Client>`); calls may run concurrently.
 pub struct Client {
     dialer: Dialer,
-    nodes: Vec<NodeId>,
+    /// The nodes to ask, by node id.
+    nodes: Vec<u64>,
     default_jurisdiction: String,
     timeout: Duration,
     attempts_max: u32,
@@ -29,11 +29,11 @@ pub struct Client {
     /// Each jurisdiction's published shard map (group names), learnt on first use.
     shard_maps: Mutex<BTreeMap<String, Arc<Vec<String>>>>,
     /// The last known leader of each group.
-    leaders: Mutex<BTreeMap<String, NodeId>>,
+    leaders: Mutex<BTreeMap<String, u64>>,
     /// Round-robin start for calls without a known leader.
     next_node: AtomicU64,
     /// Nodes that failed to answer recently, and when: skipped while others remain.
-    suspects: Mutex<BTreeMap<NodeId, Instant>>,
+    suspects: Mutex<BTreeMap<u64, Instant>>,
 }
 
 /// A deduplication identity: the state machine remembers, per client id, the last sequence it applied and
@@ -100,7 +100,7 @@ impl Client {
 
     pub(crate) async fn connect(
         dialer: Dialer,
-        nodes: Vec<NodeId>,
+        nodes: Vec<u64>,
         default_jurisdiction: String,
         timeout: Duration,
         attempts_max: u32,
@@ -250,9 +250,9 @@ impl Client {
                             reason,
                         });
                     }
-                    Ok(Ok(other)) => last_error = format!("{node} answered {other:?}"),
+                    Ok(Ok(other)) => last_error = format!("n{node} answered {other:?}"),
                     Ok(Err(error)) => last_error = error.to_string(),
-                    Err(_) => last_error = format!("{node} did not answer in time"),
+                    Err(_) => last_error = format!("n{node} did not answer in time"),
                 }
             }
             backoff(attempt, deadline).await;
@@ -301,22 +301,22 @@ impl Client {
                     // (followers name the old leader until they notice it is gone): wait, ask again.
                     ClientResponse::NotLeader {
                         leader: Some(leader), ..
-                    } if self.nodes.contains(&NodeId(leader)) && !self.is_suspect(NodeId(leader)) => {
+                    } if self.nodes.contains(&leader) && !self.is_suspect(leader) => {
                         self.leaders
                             .lock()
                             .expect("leader cache lock")
-                            .insert(group.clone(), NodeId(leader));
-                        last_error = format!("{node} is not the leader of {group}; {leader} is");
+                            .insert(group.clone(), leader);
+                        last_error = format!("n{node} is not the leader of {group}; n{leader} is");
                         continue;
                     }
                     ClientResponse::NotLeader { .. } => {
                         self.forget_leader(&group);
-                        last_error = format!("{group} has no leader at {node} now");
+                        last_error = format!("{group} has no leader at n{node} now");
                     }
                     // Ask another node after a pause: this one holds no replica (or is still opening it).
                     ClientResponse::NotHosted { .. } => {
                         self.forget_leader(&group);
-                        last_error = format!("{node} holds no replica of {group}");
+                        last_error = format!("n{node} holds no replica of {group}");
                     }
                     ClientResponse::Unavailable { reason, .. } => last_error = reason,
                     ClientResponse::Residency { reason } => return Err(ClientError::Residency(reason)),
@@ -335,7 +335,7 @@ impl Client {
                     ClientResponse::ShardMap { .. } => last_error = "unexpected shard map".into(),
                 },
                 Ok(Ok(EnvelopeResponse::Peer(_))) => {
-                    last_error = format!("{node} answered with a peer response")
+                    last_error = format!("n{node} answered with a peer response")
                 }
                 Ok(Err(error)) => {
                     self.suspect(node, &group);
@@ -343,7 +343,7 @@ impl Client {
                 }
                 Err(_) => {
                     self.suspect(node, &group);
-                    last_error = format!("{node} did not answer in time");
+                    last_error = format!("n{node} did not answer in time");
                 }
             }
             backoff(attempt, deadline).await;
@@ -365,7 +365,7 @@ impl Client {
         deadline: Instant,
     ) -> Result<String, ClientError> {
         let groups = self.shard_map(jurisdiction, deadline).await?;
-        Ok(groups[(stable_hash(user_id.as_bytes()) % groups.len() as u64) as usize].clone())
+        Ok(groups[shard_index(user_id, groups.len())].clone())
     }
 
     /// How long one attempt may take: a share of the deadline, not all of it, so a dead node leaves time to
@@ -374,14 +374,14 @@ impl Client {
         remaining.min((self.timeout / 4).max(Duration::from_millis(250)))
     }
 
-    fn is_suspect(&self, node: NodeId) -> bool {
+    fn is_suspect(&self, node: u64) -> bool {
         let suspects = self.suspects.lock().expect("suspect list lock");
         suspects
             .get(&node)
             .is_some_and(|since| since.elapsed() <= SUSPECT_FOR)
     }
 
-    fn target(&self, group: &str) -> NodeId {
+    fn target(&self, group: &str) -> u64 {
         let cached = self
             .leaders
             .lock()
@@ -408,7 +408,7 @@ impl Client {
         self.nodes[next % self.nodes.len()]
     }
 
-    fn suspect(&self, node: NodeId, group: &str) {
+    fn suspect(&self, node: u64, group: &str) {
         self.suspects
             .lock()
             .expect("suspect list lock")

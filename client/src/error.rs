@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use storage::CommandError;
+use wire::record::CommandError;
 
 /// Why a call failed, and whether trying again can help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

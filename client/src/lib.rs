@@ -39,6 +39,6 @@ mod tls;
 pub use builder::ClientBuilder;
 pub use call::{Client, Get, Scoped};
 pub use error::ClientError;
-pub use raft::client_protocol::Consistency;
-pub use storage::Record;
 pub use tls::ClientTls;
+pub use wire::client::Consistency;
+pub use wire::record::Record;

@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use raft::identity::{CertifiedKey, TlsConfigs, tls_configs};
+use link::{CertifiedKey, TlsConfigs, tls_configs};
 
 use crate::ClientError;
 

@@ -16,18 +16,17 @@
 //! Certificate generation takes its validity window as arguments: this module never reads the clock, so
 //! the simulator and tests decide what "now" is.
 
-use std::sync::Arc;
-
 use placement::{Country, NodeId, SiteName, Topology};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
     KeyPair, KeyUsagePurpose, SanType,
 };
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use time::OffsetDateTime;
+
+/// Certificates and TLS configurations from PEM, which a client service needs too: `link`'s.
+pub use link::{CertifiedKey, TlsConfigs, TlsError, server_name, tls_configs};
 
 const IDENTITY_PREFIX: &str = "domicile://v1/node/";
 const CLIENT_PREFIX: &str = "domicile://v1/client/";
@@ -40,10 +39,8 @@ pub enum IdentityError {
     BadSiteName(String),
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
-    #[error("TLS configuration failed: {0}")]
-    Tls(#[from] rustls::Error),
-    #[error("the CA certificate can't be used as a trust root: {0}")]
-    TrustRoot(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("{what} is not valid PEM: {reason}")]
     Pem { what: &'static str, reason: String },
     #[error("the certificate can't be parsed: {0}")]
@@ -166,23 +163,11 @@ fn check_label(site: &str) -> Result<(), IdentityError> {
     }
 }
 
-/// The DNS name a node's certificate carries and a dialling peer expects.
-pub fn server_name(node: NodeId) -> String {
-    format!("node-{}.domicile.internal", node.0)
-}
-
 /// A validity window, `[not_before, not_after]`.
 #[derive(Clone, Copy, Debug)]
 pub struct Validity {
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
-}
-
-/// A certificate and its private key, PEM-encoded.
-#[derive(Clone, Debug)]
-pub struct CertifiedKey {
-    pub cert_pem: String,
-    pub key_pem: String,
 }
 
 /// The cluster's certificate authority: the root every node certificate chains to.
@@ -259,7 +244,7 @@ impl ClusterCa {
     /// Issues a node certificate binding `identity`, usable both to serve and to dial (mutual TLS).
     pub fn issue(&self, identity: &NodeIdentity, validity: Validity) -> Result<CertifiedKey, IdentityError> {
         check_site_name(&identity.site.0)?;
-        let mut params = CertificateParams::new(vec![server_name(identity.node)])?;
+        let mut params = CertificateParams::new(vec![server_name(identity.node.0)])?;
         params
             .subject_alt_names
             .push(SanType::URI(identity.uri().try_into()?));
@@ -351,56 +336,6 @@ pub fn check_against_topology(identity: &NodeIdentity, topology: &Topology) -> R
             configured: placed.map_or_else(|| "no site".to_string(), |site| format!("`{}`", site.name)),
         }),
     }
-}
-
-/// TLS 1.3 configurations for a node: its server side demands a client certificate from the cluster CA, its
-/// client side presents its own and accepts only servers from the same CA. One crypto provider (ring).
-pub struct TlsConfigs {
-    pub server: Arc<ServerConfig>,
-    pub client: Arc<ClientConfig>,
-}
-
-pub fn tls_configs(ca_cert_pem: &str, node: &CertifiedKey) -> Result<TlsConfigs, IdentityError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let ca = CertificateDer::from_pem_slice(ca_cert_pem.as_bytes()).map_err(|error| IdentityError::Pem {
-        what: "the CA certificate",
-        reason: error.to_string(),
-    })?;
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(ca)
-        .map_err(|error| IdentityError::TrustRoot(error.to_string()))?;
-    let roots = Arc::new(roots);
-    let chain = || {
-        CertificateDer::from_pem_slice(node.cert_pem.as_bytes())
-            .map(|cert| vec![cert])
-            .map_err(|error| IdentityError::Pem {
-                what: "the node certificate",
-                reason: error.to_string(),
-            })
-    };
-    let key = || {
-        PrivateKeyDer::from_pem_slice(node.key_pem.as_bytes()).map_err(|error| IdentityError::Pem {
-            what: "the node key",
-            reason: error.to_string(),
-        })
-    };
-
-    let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-        .build()
-        .map_err(|error| IdentityError::TrustRoot(error.to_string()))?;
-    let server = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(client_verifier)
-        .with_single_cert(chain()?, key()?)?;
-    let client = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain()?, key()?)?;
-    Ok(TlsConfigs {
-        server: Arc::new(server),
-        client: Arc::new(client),
-    })
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use crate::config::TokioConfig;
 use crate::directory::Directory;
 use crate::host::{Host, HostError};
 use crate::identity::{
-    CertifiedKey, ClientIdentity, ClusterCa, IdentityError, NodeIdentity, Validity, tls_configs,
+    CertifiedKey, ClientIdentity, ClusterCa, IdentityError, NodeIdentity, TlsError, Validity, tls_configs,
 };
 use crate::quic::{Dialer, LateHandler, QuicConfig, QuicNode};
 use crate::routing::Router;
@@ -44,6 +44,8 @@ pub enum LocalClusterError {
     Topology(String),
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("{0}")]
     Start(String),
     #[error(transparent)]
@@ -186,7 +188,7 @@ impl LocalCluster {
                 .quic
                 .local_addr()
                 .map_err(|error| LocalClusterError::Start(error.to_string()))?;
-            addresses.insert(node.id, addr);
+            addresses.insert(node.id.0, addr);
         }
         Dialer::client(&tls, addresses, QuicConfig::loopback())
             .map_err(|error| LocalClusterError::Start(error.to_string()))

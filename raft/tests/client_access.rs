@@ -49,7 +49,7 @@ const EEA_NODES: [u64; 3] = [1, 2, 3];
 
 async fn ask(dialer: &Dialer, to: u64, request: ClientRequest) -> ClientResponse {
     match dialer
-        .request(NodeId(to), &Envelope::Client(request))
+        .request(to, &Envelope::Client(request))
         .await
         .unwrap()
     {

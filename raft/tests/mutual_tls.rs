@@ -52,7 +52,7 @@ fn handshake(
     server: Arc<ServerConfig>,
     dial: NodeId,
 ) -> Result<(NodeIdentity, NodeIdentity), rustls::Error> {
-    let name = ServerName::try_from(server_name(dial)).unwrap();
+    let name = ServerName::try_from(server_name(dial.0)).unwrap();
     let mut client = ClientConnection::new(client, name)?;
     let mut server = ServerConnection::new(server)?;
     // A TLS 1.3 handshake with client auth takes a few flights; bound the loop so a bug can't spin.

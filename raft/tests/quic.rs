@@ -194,7 +194,7 @@ async fn a_request_costs_no_stop_sending_either_way() {
     }
     let stats = client
         .dialer()
-        .connection_stats(NodeId(7))
+        .connection_stats(7)
         .expect("a live connection");
     assert_eq!(
         stats.frame_tx.stop_sending, 0,

@@ -1,0 +1,76 @@
+//! Tuning of a QUIC link, for one kind of path (same machine, or between sites).
+
+use std::time::Duration;
+
+use quinn::{TransportConfig, VarInt};
+
+use crate::QuicError;
+
+/// Tuning for one kind of link. quinn's defaults assume ~100 ms round trips and modest windows.
+#[derive(Clone, Debug)]
+pub struct QuicConfig {
+    /// A connection with no traffic for this long is dead.
+    pub idle_timeout: Duration,
+    /// Keep-alives well inside the idle timeout keep an idle peer's connection warm.
+    pub keep_alive: Duration,
+    /// The first round-trip estimate, before any is measured: it sets the first retransmission timeout.
+    pub initial_rtt: Duration,
+    /// Flow-control window of one stream, and of the whole connection, in bytes.
+    pub stream_window_bytes: u32,
+    pub connection_window_bytes: u32,
+    /// Largest payload of one request or response; larger frames are refused before allocation.
+    pub message_bytes_max: u32,
+    /// Concurrent requests one peer may have open towards us.
+    pub concurrent_requests_max: u32,
+    /// Deadline for one request: connect, send, and the peer's answer.
+    pub request_timeout: Duration,
+}
+
+impl QuicConfig {
+    /// Loopback and same-machine tests: sub-millisecond RTTs.
+    pub fn loopback() -> QuicConfig {
+        QuicConfig {
+            idle_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(2),
+            initial_rtt: Duration::from_millis(1),
+            stream_window_bytes: 8 << 20,
+            connection_window_bytes: 32 << 20,
+            message_bytes_max: 16 << 20,
+            concurrent_requests_max: 1024,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Between sites: 5–90 ms RTTs. Windows sized for ~1 Gbit/s × 90 ms (bandwidth-delay product ≈ 11 MB).
+    pub fn cross_site() -> QuicConfig {
+        QuicConfig {
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+            initial_rtt: Duration::from_millis(50),
+            stream_window_bytes: 16 << 20,
+            connection_window_bytes: 64 << 20,
+            message_bytes_max: 16 << 20,
+            concurrent_requests_max: 1024,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// quinn's transport settings for these limits, on both the dialling and the serving side.
+    pub fn transport(&self) -> Result<TransportConfig, QuicError> {
+        let mut transport = TransportConfig::default();
+        let idle = self
+            .idle_timeout
+            .try_into()
+            .map_err(|_| QuicError::Config("idle timeout out of range".into()))?;
+        transport
+            .max_idle_timeout(Some(idle))
+            .keep_alive_interval(Some(self.keep_alive))
+            .initial_rtt(self.initial_rtt)
+            .stream_receive_window(VarInt::from_u32(self.stream_window_bytes))
+            .receive_window(VarInt::from_u32(self.connection_window_bytes))
+            .send_window(u64::from(self.connection_window_bytes))
+            .max_concurrent_bidi_streams(VarInt::from_u32(self.concurrent_requests_max))
+            .max_concurrent_uni_streams(VarInt::from_u32(0));
+        Ok(transport)
+    }
+}

@@ -1,0 +1,188 @@
+//! The dialling side of a link: connections to nodes by id, one per node, each checked to be the node
+//! it claims.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quinn::crypto::rustls::QuicClientConfig;
+use quinn::{Connection, Endpoint, VarInt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::frame::{FrameError, Reply, read_frame, write_frame};
+use crate::tls::{TlsConfigs, server_name};
+use crate::{QuicConfig, QuicError};
+
+/// What a dialler checks of a node's certificate beyond the TLS handshake. The handshake has already
+/// verified the chain to the cluster CA and that the certificate is a server's for
+/// `node-N.domicile.internal` ([`server_name`]), which names the node id: a client service needs no more.
+/// A node also reads the identity the certificate attests and checks it against its topology
+/// (`raft::quic`).
+pub trait PeerCheck: Send + Sync + 'static {
+    /// Accepts the peer of a fresh, verified `connection` as node `node`, or says why not.
+    fn check(&self, node: u64, connection: &Connection) -> Result<(), QuicError>;
+}
+
+/// Connections to nodes by id, one per node, each checked to be the node it claims. Used by every node
+/// for its peers and by the client library for the nodes it talks to.
+pub struct Dialer {
+    endpoint: Endpoint,
+    /// A node's further check of whom it dialled; clients don't carry the topology and rely on the
+    /// certificate chain and the node id in the server name.
+    check: Option<Arc<dyn PeerCheck>>,
+    addresses: std::sync::RwLock<BTreeMap<u64, SocketAddr>>,
+    connections: std::sync::Mutex<BTreeMap<u64, Connection>>,
+    config: QuicConfig,
+}
+
+impl Dialer {
+    /// A client-only endpoint presenting `tls.client` (e.g. a client service's certificate).
+    pub fn client(
+        tls: &TlsConfigs,
+        addresses: BTreeMap<u64, SocketAddr>,
+        config: QuicConfig,
+    ) -> Result<Dialer, QuicError> {
+        let addr: SocketAddr = "127.0.0.1:0".parse().expect("a literal address");
+        let endpoint = Endpoint::client(addr).map_err(|source| QuicError::Bind { addr, source })?;
+        Dialer::over(endpoint, tls, None, addresses, config)
+    }
+
+    /// Dials from `endpoint` (a node's, which also serves), presenting `tls.client` and applying `check`
+    /// to every node it connects to.
+    pub fn over(
+        mut endpoint: Endpoint,
+        tls: &TlsConfigs,
+        check: Option<Arc<dyn PeerCheck>>,
+        addresses: BTreeMap<u64, SocketAddr>,
+        config: QuicConfig,
+    ) -> Result<Dialer, QuicError> {
+        let crypto = QuicClientConfig::try_from(tls.client.clone())
+            .map_err(|error| QuicError::Config(error.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        client.transport_config(Arc::new(config.transport()?));
+        endpoint.set_default_client_config(client);
+        Ok(Dialer {
+            endpoint,
+            check,
+            addresses: std::sync::RwLock::new(addresses),
+            connections: Default::default(),
+            config,
+        })
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    pub fn config(&self) -> &QuicConfig {
+        &self.config
+    }
+
+    /// Records where `node` listens (its identity is still checked on every connection).
+    pub fn learn_address(&self, node: u64, addr: SocketAddr) {
+        self.addresses
+            .write()
+            .expect("address book lock")
+            .insert(node, addr);
+    }
+
+    /// Sends one request to `to` and waits for its response, within `config.request_timeout`.
+    pub async fn request<Request, Response>(&self, to: u64, request: &Request) -> Result<Response, QuicError>
+    where
+        Request: Serialize + ?Sized,
+        Response: DeserializeOwned,
+    {
+        let exchange = async {
+            let connection = self.connection(to).await?;
+            let stream_error = |reason: String| QuicError::Stream { node: to, reason };
+            let frame_error = |error: FrameError| match error {
+                FrameError::Transport(error) => error,
+                FrameError::Io(reason) => stream_error(reason),
+            };
+            let (mut send, mut recv) = connection.open_bi().await.map_err(|error| {
+                // A broken connection is dropped so the next request dials afresh.
+                self.forget(to, &connection);
+                stream_error(error.to_string())
+            })?;
+            write_frame(&mut send, request, self.config.message_bytes_max)
+                .await
+                .map_err(frame_error)?;
+            let reply: Reply<Response> = read_frame(&mut recv, self.config.message_bytes_max)
+                .await
+                .map_err(frame_error)?;
+            reply.map_err(|reason| QuicError::Remote { node: to, reason })
+        };
+        match tokio::time::timeout(self.config.request_timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(QuicError::Timeout(to)),
+        }
+    }
+
+    /// quinn's counters (packets, frames by type, round-trip estimate) of the live connection to `to`.
+    pub fn connection_stats(&self, to: u64) -> Option<quinn::ConnectionStats> {
+        let connections = self.connections.lock().expect("connection table lock");
+        connections.get(&to).map(Connection::stats)
+    }
+
+    fn forget(&self, to: u64, broken: &Connection) {
+        let mut connections = self.connections.lock().expect("connection table lock");
+        if connections
+            .get(&to)
+            .is_some_and(|current| current.stable_id() == broken.stable_id())
+        {
+            connections.remove(&to);
+        }
+    }
+
+    /// The live connection to `to`, dialling (and checking the peer's attested identity) if needed. The
+    /// table lock is never held while dialling: a dead peer must not hold up requests to live ones.
+    async fn connection(&self, to: u64) -> Result<Connection, QuicError> {
+        if let Some(connection) = self.connections.lock().expect("connection table lock").get(&to)
+            && connection.close_reason().is_none()
+        {
+            return Ok(connection.clone());
+        }
+        let addr = self
+            .addresses
+            .read()
+            .expect("address book lock")
+            .get(&to)
+            .copied();
+        let addr = addr.ok_or(QuicError::UnknownPeer(to))?;
+        let connect_error = |reason: String| QuicError::Connect {
+            node: to,
+            addr,
+            reason,
+        };
+        let connecting = self
+            .endpoint
+            .connect(addr, &server_name(to))
+            .map_err(|error| connect_error(error.to_string()))?;
+        let connection = connecting
+            .await
+            .map_err(|error| connect_error(error.to_string()))?;
+        if let Some(check) = &self.check
+            && let Err(error) = check.check(to, &connection)
+        {
+            connection.close(VarInt::from_u32(1), b"identity refused");
+            return Err(error);
+        }
+        let mut connections = self.connections.lock().expect("connection table lock");
+        // Another request may have dialled meanwhile: keep one connection per peer.
+        match connections.get(&to) {
+            Some(existing) if existing.close_reason().is_none() => {
+                connection.close(VarInt::from_u32(0), b"duplicate");
+                Ok(existing.clone())
+            }
+            _ => {
+                connections.insert(to, connection.clone());
+                Ok(connection)
+            }
+        }
+    }
+
+    pub fn close(&self) {
+        self.endpoint.close(VarInt::from_u32(0), b"shutdown");
+    }
+}
