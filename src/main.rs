@@ -99,12 +99,21 @@ fn node_runtime(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime:
 }
 
 /// Exit codes: 0 success; 1 the answer is "no" (a refusal, no compliant placement); 2 bad input.
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let default_filter = if matches!(cli.command, Command::Node { action: None, .. }) {
-        "info"
-    } else {
-        "warn"
+/// A node's log: `info`, less openraft's per-request network warnings — each replication stream and
+/// heartbeat worker warns on every failed send, several lines a second for each peer that is down. The
+/// node logs a peer once as it becomes unreachable and once as it is back (`raft::network`); errors
+/// still show. `RUST_LOG` replaces the whole filter.
+const NODE_LOG_FILTER: &str = "info,openraft::replication=error,openraft::core::heartbeat=error,\
+                               openraft::engine::handler::replication_handler=error";
+
+/// Logs to stderr, filtered by `RUST_LOG` or the command's default.
+fn init_logging(command: &Command) {
+    let default_filter = match command {
+        // A simulated run prints its own summary; library logs only on request, in simulated time.
+        #[cfg(feature = "sim")]
+        Command::Sim { .. } => return simulator::cli::init_logging(),
+        Command::Node { action: None, .. } => NODE_LOG_FILTER,
+        _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
@@ -112,6 +121,11 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.command);
     let outcome = match cli.command {
         Command::Placement { command } => placement_cli::run(command),
         Command::Certs { command } => certs_cli::run(command),

@@ -36,7 +36,7 @@ use storage::{Command, Record, RecordKey, Response, codec};
 use crate::config::{GroupConfig, RoundTrips, covering_round_trip, group_round_trip_ms};
 use crate::identity::NodeIdentity;
 use crate::message::SnapshotChunk;
-use crate::network::{GroupNetworkFactory, MetricsCell, flatten, membership_of};
+use crate::network::{GroupNetworkFactory, MetricsCell, PeerReachability, flatten, membership_of};
 use crate::purge::CommittedMembership;
 use crate::residency::{GroupFence, IncidentCounts, Incidents, NodeAsClient};
 use crate::routing::group_number;
@@ -153,6 +153,8 @@ pub struct Host<C: GroupConfig, T: Transport, S: Stores<C>> {
     raft_config: Arc<openraft::Config>,
     round_trips: Option<Arc<dyn RoundTrips>>,
     incidents: Arc<Incidents>,
+    /// Which peers answer, for all groups: a change is logged once, not by every replication stream.
+    peers: Arc<PeerReachability<InstantOf<C>>>,
     groups: RwLock<GroupTable<C, S::Backend>>,
     /// Groups being opened right now: a second open of the same group (on demand, while start-up opens it)
     /// must not race the first for its files.
@@ -176,6 +178,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             .map(|(policy, legacy)| (group_number(&policy.group), (policy, legacy)))
             .collect();
         let (incidents, groups) = (Arc::default(), RwLock::default());
+        let peers = Arc::new(PeerReachability::new(me.node));
         Host {
             me,
             topology,
@@ -185,6 +188,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             raft_config,
             round_trips: None,
             incidents,
+            peers,
             groups,
             opening: Mutex::default(),
         }
@@ -287,6 +291,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             fence: fence.clone(),
             transport: self.transport.clone(),
             metrics: metrics.clone(),
+            peers: self.peers.clone(),
         };
         let raft = Raft::new(self.me.node.0, raft_config, network, log, state_machine.clone())
             .await
@@ -631,6 +636,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             fence: replica.fence.clone(),
             transport: self.transport.clone(),
             metrics: cell,
+            peers: self.peers.clone(),
         };
         let mut network = factory.new_client(target.0, &()).await;
         let request = AppendEntriesRequest {

@@ -3,14 +3,19 @@
 //!
 //! A blocked message is never sent: openraft sees the target as unreachable (and backs off), and the
 //! refusal is counted and logged as an incident by [`GroupFence`].
+//!
+//! Whether a peer answers is the node's business, not each group's: [`PeerReachability`], shared by all
+//! of a node's groups, logs a peer once when it stops answering and once when it is back, where
+//! openraft's replication streams and heartbeat workers would each warn on every failed send.
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::Stream;
 use openraft::OptionalSend;
-use openraft::alias::{SnapshotOf, VoteOf, WatchReceiverOf};
+use openraft::alias::{InstantOf, SnapshotOf, VoteOf, WatchReceiverOf};
 use openraft::async_runtime::WatchReceiver;
 use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -54,10 +59,136 @@ pub fn flatten<C: GroupConfig>(stored: &openraft::Membership<u64, ()>) -> Member
     Membership::new(voters, learners)
 }
 
+/// Failed requests in a row, with no answer between them, after which a peer counts as unreachable: a
+/// lost packet or one slow answer is not an outage.
+pub const FAILURES_TO_UNREACHABLE: u64 = 3;
+
+/// Whether this node's requests reach each peer, kept by the node for all its groups. `I` is the
+/// runtime's instant (openraft's type config), so the simulator's runs stay deterministic.
+pub struct PeerReachability<I> {
+    /// This node, named in the log lines (the simulator runs many nodes in one process).
+    me: NodeId,
+    peers: Mutex<BTreeMap<NodeId, PeerState<I>>>,
+}
+
+struct PeerState<I> {
+    /// Failed requests since the last answer.
+    failures: u64,
+    first_failure: Option<I>,
+    /// Set once `failures` reached [`FAILURES_TO_UNREACHABLE`]: when the first of them was sent.
+    unreachable_since: Option<I>,
+}
+
+/// A change in a peer's reachability, to be logged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReachabilityChange<I> {
+    /// The peer stopped answering (first failure at `since`).
+    Unreachable { since: I },
+    /// The peer answered again after `failures` failed requests since `since`.
+    Reachable { since: I, failures: u64 },
+}
+
+impl<I: Copy> PeerReachability<I> {
+    pub fn new(me: NodeId) -> Self {
+        PeerReachability {
+            me,
+            peers: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// A request to `peer` got no answer (sent at `now`).
+    pub fn failed(&self, peer: NodeId, now: I) -> Option<ReachabilityChange<I>> {
+        let mut peers = self.peers.lock().expect("reachability lock");
+        let state = peers.entry(peer).or_insert(PeerState {
+            failures: 0,
+            first_failure: None,
+            unreachable_since: None,
+        });
+        state.failures += 1;
+        let since = *state.first_failure.get_or_insert(now);
+        if state.unreachable_since.is_some() || state.failures < FAILURES_TO_UNREACHABLE {
+            return None;
+        }
+        state.unreachable_since = Some(since);
+        Some(ReachabilityChange::Unreachable { since })
+    }
+
+    /// `peer` answered a request (whatever the answer: it is there).
+    pub fn answered(&self, peer: NodeId) -> Option<ReachabilityChange<I>> {
+        let mut peers = self.peers.lock().expect("reachability lock");
+        let state = peers.remove(&peer)?;
+        let since = state.unreachable_since?;
+        Some(ReachabilityChange::Reachable {
+            since,
+            failures: state.failures,
+        })
+    }
+
+    /// Does this node count `peer` as unreachable now?
+    pub fn is_unreachable(&self, peer: NodeId) -> bool {
+        let peers = self.peers.lock().expect("reachability lock");
+        peers
+            .get(&peer)
+            .is_some_and(|state| state.unreachable_since.is_some())
+    }
+}
+
+/// One request's outcome for [`PeerReachability`]. A request openraft gives up on (its own timeout drops
+/// the future) counts as failed: over QUIC a peer that is down never answers, it is only waited for.
+struct Attempt<'a, C: GroupConfig> {
+    peers: &'a PeerReachability<InstantOf<C>>,
+    peer: NodeId,
+    settled: bool,
+}
+
+impl<'a, C: GroupConfig> Attempt<'a, C> {
+    fn new(peers: &'a PeerReachability<InstantOf<C>>, peer: NodeId) -> Self {
+        Attempt {
+            peers,
+            peer,
+            settled: false,
+        }
+    }
+
+    fn answered(mut self) {
+        self.settled = true;
+        if let Some(ReachabilityChange::Reachable { since, failures }) = self.peers.answered(self.peer) {
+            let unreachable_ms = (C::now() - since).as_millis() as u64;
+            tracing::info!(node = %self.peers.me, peer = %self.peer, unreachable_ms, failures, "peer reachable again");
+        }
+    }
+
+    fn failed(mut self, reason: &str) {
+        self.settled = true;
+        self.record_failure(reason);
+    }
+
+    fn record_failure(&self, reason: &str) {
+        if let Some(ReachabilityChange::Unreachable { .. }) = self.peers.failed(self.peer, C::now()) {
+            tracing::warn!(
+                node = %self.peers.me,
+                peer = %self.peer,
+                reason,
+                "peer unreachable ({FAILURES_TO_UNREACHABLE} requests in a row failed); logged again when it answers"
+            );
+        }
+    }
+}
+
+impl<C: GroupConfig> Drop for Attempt<'_, C> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.record_failure("no answer before the request was given up");
+        }
+    }
+}
+
 pub struct GroupNetworkFactory<C: GroupConfig, T> {
     pub fence: Arc<GroupFence>,
     pub transport: Arc<T>,
     pub metrics: MetricsCell<C>,
+    /// The node's view of its peers, shared by all its groups.
+    pub peers: Arc<PeerReachability<InstantOf<C>>>,
 }
 
 impl<C: GroupConfig, T: Transport> RaftNetworkFactory<C> for GroupNetworkFactory<C, T> {
@@ -69,6 +200,7 @@ impl<C: GroupConfig, T: Transport> RaftNetworkFactory<C> for GroupNetworkFactory
             fence: self.fence.clone(),
             transport: self.transport.clone(),
             metrics: self.metrics.clone(),
+            peers: self.peers.clone(),
         }
     }
 }
@@ -78,6 +210,7 @@ pub struct GroupNetwork<C: GroupConfig, T> {
     fence: Arc<GroupFence>,
     transport: Arc<T>,
     metrics: MetricsCell<C>,
+    peers: Arc<PeerReachability<InstantOf<C>>>,
 }
 
 impl<C: GroupConfig, T: Transport> GroupNetwork<C, T> {
@@ -103,17 +236,19 @@ impl<C: GroupConfig, T: Transport> GroupNetwork<C, T> {
             self.check_egress()
                 .map_err(|reason| RPCError::Unreachable(Unreachable::from_string(reason)))?;
         }
+        let body =
+            codec::encode(message).map_err(|error| RPCError::Network(NetworkError::from_string(error)))?;
+        let attempt = Attempt::<C>::new(&self.peers, self.target);
         // Fault points (simulation only): a send that fails at once, as a reset connection would, and one
         // that leaves late, as behind a congested queue; openraft must back off and retry either way.
         if crate::sim::maybe("network.send.fails") {
             let reason = format!("fault point: the send to {} failed", self.target);
+            attempt.failed(&reason);
             return Err(RPCError::Unreachable(Unreachable::from_string(reason)));
         }
         if let Some(delay_ms) = crate::sim::maybe_delay_ms("network.send.late", 250) {
             C::sleep(Duration::from_millis(delay_ms)).await;
         }
-        let body =
-            codec::encode(message).map_err(|error| RPCError::Network(NetworkError::from_string(error)))?;
         let request = PeerRequest {
             group: self.fence.raft_group,
             kind,
@@ -121,7 +256,12 @@ impl<C: GroupConfig, T: Transport> GroupNetwork<C, T> {
             body,
         };
         let unreachable = |reason: String| RPCError::Unreachable(Unreachable::from_string(reason));
-        match self.transport.send(self.target, request).await {
+        let response = self.transport.send(self.target, request).await;
+        match &response {
+            Ok(_) => attempt.answered(),
+            Err(error) => attempt.failed(&error.to_string()),
+        }
+        match response {
             Ok(PeerResponse::Ok(bytes)) => {
                 codec::decode(&bytes).map_err(|error| RPCError::Network(NetworkError::from_string(error)))
             }
@@ -217,5 +357,67 @@ impl<C: GroupConfig, T: Transport> RaftNetworkV2<C> for GroupNetwork<C, T> {
             last = reply;
         }
         last.ok_or_else(|| StreamingError::Network(NetworkError::from_string("the snapshot had no chunk")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TokioConfig;
+
+    #[test]
+    fn a_peer_is_logged_unreachable_once_and_reachable_once() {
+        let peers = PeerReachability::<u64>::new(NodeId(1));
+        let peer = NodeId(2);
+        assert_eq!(peers.failed(peer, 10), None, "one failed request is no outage");
+        assert_eq!(peers.failed(peer, 20), None);
+        assert_eq!(
+            peers.failed(peer, 30),
+            Some(ReachabilityChange::Unreachable { since: 10 }),
+            "the third failure in a row makes the peer unreachable, since the first"
+        );
+        for now in 40..100 {
+            assert_eq!(peers.failed(peer, now), None, "logged once, not once per request");
+        }
+        assert!(peers.is_unreachable(peer));
+        assert_eq!(
+            peers.answered(peer),
+            Some(ReachabilityChange::Reachable {
+                since: 10,
+                failures: 63
+            })
+        );
+        assert_eq!(peers.answered(peer), None, "back once");
+        assert!(!peers.is_unreachable(peer));
+    }
+
+    #[test]
+    fn an_answer_between_failures_starts_the_count_again() {
+        let peers = PeerReachability::<u64>::new(NodeId(1));
+        let (lossy, down) = (NodeId(2), NodeId(3));
+        for now in 0..100 {
+            assert_eq!(peers.failed(lossy, now), None);
+            assert_eq!(
+                peers.answered(lossy),
+                None,
+                "a lossy link answers between its failures"
+            );
+            peers.failed(down, now);
+        }
+        assert!(!peers.is_unreachable(lossy));
+        assert!(peers.is_unreachable(down), "peers are counted apart");
+    }
+
+    #[test]
+    fn a_request_given_up_before_its_answer_counts_as_failed() {
+        let peers = PeerReachability::new(NodeId(1));
+        let peer = NodeId(4);
+        for _ in 0..FAILURES_TO_UNREACHABLE {
+            // openraft's own timeout drops the request's future: the peer never answered.
+            drop(Attempt::<TokioConfig>::new(&peers, peer));
+        }
+        assert!(peers.is_unreachable(peer));
+        Attempt::<TokioConfig>::new(&peers, peer).answered();
+        assert!(!peers.is_unreachable(peer));
     }
 }

@@ -66,6 +66,36 @@ fn parse_seeds(range: &str) -> anyhow::Result<std::ops::Range<u64>> {
     Ok(start..end)
 }
 
+/// Library logs (openraft's, Domicile's own) are for whoever debugs a seed, not for the run's reader:
+/// a healthy run makes openraft warn hundreds of times about the peers the faults cut off. So nothing
+/// is installed unless `RUST_LOG` names a filter (`RUST_LOG=warn`, `RUST_LOG=raft=info,openraft=debug`),
+/// and each line is stamped with simulated time, not the wall clock.
+pub fn init_logging() {
+    let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() else {
+        return;
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_timer(SimulatedTime)
+        .init();
+}
+
+/// A log line's time: simulated seconds since the run began (`-` outside a run).
+struct SimulatedTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimulatedTime {
+    fn format_time(&self, writer: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match openraft_rt_sim::SimInstant::try_now() {
+            Some(now) => {
+                let elapsed = now.elapsed_since_start();
+                write!(writer, "{:>4}.{:06}s", elapsed.as_secs(), elapsed.subsec_micros())
+            }
+            None => write!(writer, "{:>12}", "-"),
+        }
+    }
+}
+
 /// The wall clock, for `wall_seconds` only: it never reaches the simulation.
 #[allow(clippy::disallowed_methods)]
 fn wall_now() -> std::time::Instant {

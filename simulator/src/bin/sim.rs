@@ -10,6 +10,7 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
+    simulator::cli::init_logging();
     match simulator::cli::run(Cli::parse().command) {
         Ok(code) => code,
         Err(error) => {
