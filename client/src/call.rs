@@ -277,6 +277,9 @@ impl Client {
         let deadline = Instant::now() + self.timeout;
         let group = self.route(jurisdiction, user_id, deadline).await?;
         let mut last_error = String::from("no attempt made");
+        // Nodes that said they hold no replica since the last pause: a routing miss is not a busy
+        // group, so the next node is asked at once, and the call pauses only once every node missed.
+        let mut misses = 0;
         for attempt in 0..self.attempts_max {
             let node = self.target(&group);
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -296,7 +299,18 @@ impl Client {
             .await;
             match reply {
                 Ok(Ok(EnvelopeResponse::Client(response))) => match response {
-                    ClientResponse::Done { result, .. } => return Ok(result),
+                    ClientResponse::Done { result, .. } => {
+                        // A node that served a write or a linearizable read led the group just now: ask
+                        // it first next time. Without this, a group whose only replica leads (no
+                        // follower ever names it in a hint) is looked for afresh on every call.
+                        if !op.is_stale_read() {
+                            self.leaders
+                                .lock()
+                                .expect("leader cache lock")
+                                .insert(group.clone(), node);
+                        }
+                        return Ok(result);
+                    }
                     // Follow a hint to a node we can reach; a hint at a node that just failed us is stale
                     // (followers name the old leader until they notice it is gone): wait, ask again.
                     ClientResponse::NotLeader {
@@ -313,10 +327,15 @@ impl Client {
                         self.forget_leader(&group);
                         last_error = format!("{group} has no leader at n{node} now");
                     }
-                    // Ask another node after a pause: this one holds no replica (or is still opening it).
+                    // Ask another node: this one holds no replica (or is still opening it).
                     ClientResponse::NotHosted { .. } => {
                         self.forget_leader(&group);
                         last_error = format!("n{node} holds no replica of {group}");
+                        misses += 1;
+                        if misses < self.nodes.len() {
+                            continue;
+                        }
+                        misses = 0;
                     }
                     ClientResponse::Unavailable { reason, .. } => last_error = reason,
                     ClientResponse::Residency { reason } => return Err(ClientError::Residency(reason)),

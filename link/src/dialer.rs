@@ -2,7 +2,7 @@
 //! it claims.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use quinn::crypto::rustls::QuicClientConfig;
@@ -43,7 +43,7 @@ impl Dialer {
         addresses: BTreeMap<u64, SocketAddr>,
         config: QuicConfig,
     ) -> Result<Dialer, QuicError> {
-        let addr: SocketAddr = "127.0.0.1:0".parse().expect("a literal address");
+        let addr = local_address_for(addresses.values());
         let endpoint = Endpoint::client(addr).map_err(|source| QuicError::Bind { addr, source })?;
         Dialer::over(endpoint, tls, None, addresses, config)
     }
@@ -184,5 +184,49 @@ impl Dialer {
 
     pub fn close(&self) {
         self.endpoint.close(VarInt::from_u32(0), b"shutdown");
+    }
+}
+
+/// The address a client-only endpoint sends from: loopback when every node it will dial is on loopback,
+/// else the unspecified address, so the kernel picks the interface that routes to each node (a socket
+/// bound to 127.0.0.1 can reach no other host). Nodes of both families get a dual-stack IPv6 socket.
+/// The port is ephemeral: nothing listens on it.
+fn local_address_for<'a>(nodes: impl IntoIterator<Item = &'a SocketAddr>) -> SocketAddr {
+    let nodes: Vec<&SocketAddr> = nodes.into_iter().collect();
+    let all_loopback = nodes.iter().all(|addr| addr.ip().is_loopback());
+    let ip: IpAddr = if nodes.iter().all(|addr| addr.is_ipv4()) {
+        if all_loopback {
+            Ipv4Addr::LOCALHOST.into()
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        }
+    } else if nodes.iter().all(|addr| addr.is_ipv6()) && all_loopback {
+        Ipv6Addr::LOCALHOST.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    SocketAddr::new(ip, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(nodes: &[&str]) -> String {
+        let nodes: Vec<SocketAddr> = nodes.iter().map(|addr| addr.parse().unwrap()).collect();
+        local_address_for(&nodes).to_string()
+    }
+
+    #[test]
+    fn a_client_sends_from_loopback_only_when_every_node_is_there() {
+        assert_eq!(local(&["127.0.0.1:7101", "127.0.0.1:7102"]), "127.0.0.1:0");
+        assert_eq!(local(&["[::1]:7101"]), "[::1]:0");
+        assert_eq!(local(&["127.0.0.1:7101", "10.0.0.2:7101"]), "0.0.0.0:0");
+        assert_eq!(local(&["[fd00::2]:7101"]), "[::]:0");
+        assert_eq!(
+            local(&["127.0.0.1:7101", "[::1]:7101"]),
+            "[::]:0",
+            "both families: dual stack"
+        );
     }
 }

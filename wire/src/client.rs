@@ -62,6 +62,17 @@ impl ClientOp {
             ClientOp::Scan => "scan",
         }
     }
+
+    /// A read any replica may answer (so a node that answered it need not be the leader).
+    pub fn is_stale_read(&self) -> bool {
+        matches!(
+            self,
+            ClientOp::Get {
+                consistency: Consistency::Stale,
+                ..
+            }
+        )
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
