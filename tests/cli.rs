@@ -165,12 +165,30 @@ fn bad_input_names_the_file_and_line_and_exits_two() {
     assert_eq!(output.status.code(), Some(2));
 }
 
+/// Records per second under which the demo's write loop counts as broken (see the demo test).
+const DEMO_WRITES_PER_SECOND_FLOOR: f64 = 60.0;
+
+/// The rate in the demo's `N records acknowledged in T s (R writes/s, ...` line.
+fn demo_write_rate(text: &str) -> f64 {
+    let line = text
+        .lines()
+        .find(|line| line.contains("records acknowledged in"))
+        .unwrap_or_else(|| panic!("no write rate in:\n{text}"));
+    let rate = line
+        .split_once('(')
+        .and_then(|(_, rest)| rest.split_once(" writes/s"))
+        .map(|(rate, _)| rate.trim())
+        .unwrap_or_else(|| panic!("no write rate in `{line}`"));
+    rate.parse()
+        .unwrap_or_else(|error| panic!("write rate `{rate}`: {error}"))
+}
+
 /// The README's main command, shorter: five nodes in five sites as real processes, records written through
 /// the client library, the Dublin A node SIGKILLed, the fence's refusal, its return (and purge), the
 /// residency report.
 #[test]
 fn demo_runs_a_five_site_cluster_end_to_end() {
-    let output = domicile(&["demo", "--records", "60"]);
+    let output = domicile(&["demo", "--records", "200"]);
     let text = stdout(&output);
     assert_eq!(
         output.status.code(),
@@ -178,9 +196,18 @@ fn demo_runs_a_five_site_cluster_end_to_end() {
         "{text}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(text.contains("60 records acknowledged"), "{text}");
+    assert!(text.contains("200 records acknowledged"), "{text}");
+    // A benchmark-style floor, not a timing goal: this debug build wrote 127 and 155 records/s on a
+    // 2-core machine with a load average of 5.5 (2026-12-04); when each call to a group whose only
+    // replica leads (users-us) searched every node with back-off, it managed about 50.
+    let rate = demo_write_rate(&text);
     assert!(
-        text.contains("read back all 60 acknowledged writes (linearizable): 0 lost"),
+        rate >= DEMO_WRITES_PER_SECOND_FLOOR,
+        "the demo wrote {rate} records/s, under the floor of {DEMO_WRITES_PER_SECOND_FLOOR}:\n{text}"
+    );
+    assert!(text.contains("put p50 ") && text.contains("p99 "), "{text}");
+    assert!(
+        text.contains("read back all 200 acknowledged writes (linearizable): 0 lost"),
         "{text}"
     );
     assert!(text.contains("HTTP 403 Forbidden"), "{text}");
