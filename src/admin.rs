@@ -1,5 +1,10 @@
-//! The admin endpoint: HTTP on loopback by default. `GET /status`, `GET /metrics` (Prometheus text),
-//! `POST /groups/{group}/learners`, `POST /groups/{group}/leader`, `POST /drain`.
+//! The admin endpoint: HTTP on loopback by default. `GET /status`, `GET /ready`, `GET /metrics`
+//! (Prometheus text), `POST /groups/{group}/learners`, `POST /groups/{group}/leader`, `POST /drain`.
+//!
+//! `GET /ready` is for an orchestrator's readiness probe: 200 once the node serves its groups — the
+//! endpoint only listens after the node has opened them, and every group it hosts knows a leader — and
+//! 503 naming the groups that know none otherwise. A node whose groups have lost their quorum is
+//! therefore not ready, which stops a disruption budget from letting another node go.
 //!
 //! Membership and leadership requests go through the host, so through the residency fence: a refused
 //! request answers 403 with the typed refusal, and is counted as an incident.
@@ -17,7 +22,9 @@ use axum::{Json, Router};
 use placement::{GroupId, NodeId, Step};
 use raft::host::HostError;
 
-use crate::admin_api::{AddLearner, AdminError, GroupView, Incidents, Member, MoveLeader, NodeStatus};
+use crate::admin_api::{
+    AddLearner, AdminError, GroupView, Incidents, Member, MoveLeader, NodeStatus, Readiness,
+};
 use crate::node::Node;
 
 pub async fn serve(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -31,6 +38,7 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle<()
         })?;
     let app = Router::new()
         .route("/status", get(status))
+        .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/groups/{group}/learners", post(add_learner))
         .route("/groups/{group}/leader", post(move_leader))
@@ -114,7 +122,7 @@ pub fn node_status(node: &Node) -> NodeStatus {
             .config
             .peers
             .iter()
-            .filter_map(|(id, peer)| peer.admin.map(|admin| (id.0, admin.to_string())))
+            .filter_map(|(id, peer)| peer.admin.as_ref().map(|admin| (id.0, admin.to_string())))
             .collect::<BTreeMap<_, _>>(),
         groups,
         incidents: Incidents {
@@ -128,6 +136,34 @@ pub fn node_status(node: &Node) -> NodeStatus {
 
 async fn status(State(node): State<Arc<Node>>) -> Json<NodeStatus> {
     Json(node_status(&node))
+}
+
+pub fn readiness(node: &Node) -> Readiness {
+    let groups = node.host.hosted_groups();
+    let without_leader: Vec<String> = groups
+        .iter()
+        .filter(|group| {
+            node.host
+                .status(group)
+                .map_or(true, |status| status.leader.is_none())
+        })
+        .map(|group| group.0.clone())
+        .collect();
+    Readiness {
+        ready: without_leader.is_empty(),
+        groups: groups.len(),
+        without_leader,
+    }
+}
+
+async fn ready(State(node): State<Arc<Node>>) -> Response {
+    let readiness = readiness(&node);
+    let code = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(readiness)).into_response()
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {

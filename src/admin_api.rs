@@ -48,6 +48,16 @@ pub struct Incidents {
     pub client_calls_refused: u64,
 }
 
+/// `GET /ready`: whether the node serves its groups (every group it hosts knows a leader).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Readiness {
+    pub ready: bool,
+    /// The groups this node holds a replica of.
+    pub groups: usize,
+    /// Those of them that know no leader now.
+    pub without_leader: Vec<String>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AddLearner {
     pub node: u64,

@@ -5,10 +5,12 @@
 //! another cluster; bind the QUIC endpoint (peers and clients) and the admin endpoint; open the replica
 //! groups this node belongs to in the initial placement (the pure planner run on the topology, the same on
 //! every node) and bootstrap those it is first in. Replicas added later open on demand when a leader
-//! contacts the node. On SIGTERM or SIGINT the node hands its leaderships to other voters inside each
-//! group's jurisdiction, then stops.
+//! contacts the node. Peers named by host name are resolved at start-up and again every few seconds, so a
+//! peer that comes back at a new address (a rescheduled pod) is found there. On SIGTERM or SIGINT the node
+//! hands its leaderships to other voters inside each group's jurisdiction, then stops.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -30,7 +32,7 @@ use raft::service::NodeService;
 use raft::stores::DiskStores;
 
 use crate::metrics::{GroupLabel, Metrics, OpLabel};
-use crate::node_config::NodeConfig;
+use crate::node_config::{NodeConfig, PeerAddress};
 
 pub type NodeHost = Host<TokioConfig, QuicNode, DiskStores>;
 type Service = NodeService<TokioConfig, QuicNode, DiskStores>;
@@ -41,6 +43,8 @@ pub struct Node {
     pub host: Arc<NodeHost>,
     pub quic: Arc<QuicNode>,
     pub metrics: Arc<Metrics>,
+    /// Where the peers were found at start-up; those named by host name are followed after.
+    resolved_at_start: BTreeMap<NodeId, SocketAddr>,
 }
 
 pub async fn run(config: NodeConfig) -> anyhow::Result<ExitCode> {
@@ -49,6 +53,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<ExitCode> {
     let preference = tokio::spawn(honour_leader_preferences(node.clone()));
     let repair = tokio::spawn(repair_groups(node.clone()));
     let purge = tokio::spawn(purge_removed_replicas(node.clone()));
+    let names = tokio::spawn(follow_peer_names(node.clone()));
     tracing::info!(node = %node.config.node, listen = %node.config.listen, admin = %node.config.admin, "node started");
     wait_for_stop_signal().await?;
     tracing::info!("stopping: handing over leaderships");
@@ -58,6 +63,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<ExitCode> {
     preference.abort();
     repair.abort();
     purge.abort();
+    names.abort();
     node.host.shutdown().await;
     node.quic.close();
     Ok(ExitCode::SUCCESS)
@@ -139,6 +145,64 @@ async fn purge_removed_replicas(node: Arc<Node>) {
     }
 }
 
+/// How often peers named by host name are resolved again.
+const PEER_NAMES_EVERY: Duration = Duration::from_secs(5);
+
+/// Every [`PEER_NAMES_EVERY`], resolves the peers named by host name and tells the QUIC endpoint where
+/// they are now: a peer that was not resolvable at start-up (its pod not scheduled yet) is found once it
+/// is, and one that restarted at a new address is dialled there once its old connection has closed.
+async fn follow_peer_names(node: Arc<Node>) {
+    let named: Vec<(NodeId, PeerAddress)> = node
+        .config
+        .peers
+        .iter()
+        .filter(|(_, peer)| matches!(peer.addr, PeerAddress::Name { .. }))
+        .map(|(&id, peer)| (id, peer.addr.clone()))
+        .collect();
+    if named.is_empty() {
+        return;
+    }
+    let mut known: BTreeMap<NodeId, SocketAddr> = node.resolved_at_start.clone();
+    loop {
+        tokio::time::sleep(PEER_NAMES_EVERY).await;
+        for (id, address) in &named {
+            match resolve_peer(address, node.config.listen).await {
+                Ok(addr) if known.get(id) != Some(&addr) => {
+                    tracing::info!(peer = %id, %address, %addr, "peer address resolved");
+                    node.quic.learn_address(*id, addr);
+                    known.insert(*id, addr);
+                }
+                Ok(_) => {}
+                Err(error) => tracing::debug!(peer = %id, %address, %error, "can't resolve a peer's address"),
+            }
+        }
+    }
+}
+
+/// Where a peer listens now: an IP address as configured, a host name through the system's resolver
+/// (within 5 s). Of several addresses, one of the same family as `listen` is preferred: the node dials
+/// from its listening socket.
+pub async fn resolve_peer(address: &PeerAddress, listen: SocketAddr) -> std::io::Result<SocketAddr> {
+    let (host, port) = match address {
+        PeerAddress::Ip(addr) => return Ok(*addr),
+        PeerAddress::Name { host, port } => (host.as_str(), *port),
+    };
+    let lookup = tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host((host, port)))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 5 s"))??;
+    let candidates: Vec<SocketAddr> = lookup.collect();
+    pick_address(&candidates, listen)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("`{host}` has no address")))
+}
+
+fn pick_address(candidates: &[SocketAddr], listen: SocketAddr) -> Option<SocketAddr> {
+    candidates
+        .iter()
+        .find(|addr| addr.is_ipv4() == listen.is_ipv4())
+        .or(candidates.first())
+        .copied()
+}
+
 async fn wait_for_stop_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).context("can't listen for SIGTERM")?;
@@ -196,14 +260,24 @@ impl Node {
         let tls = tls_configs(&ca, &certified).context("the TLS configuration is unusable")?;
 
         let handler = Arc::new(LateHandler::<Front>::default());
-        let addresses: BTreeMap<NodeId, std::net::SocketAddr> =
-            config.peers.iter().map(|(&id, peer)| (id, peer.addr)).collect();
+        let mut addresses: BTreeMap<NodeId, SocketAddr> = BTreeMap::new();
+        for (&id, peer) in &config.peers {
+            match resolve_peer(&peer.addr, config.listen).await {
+                Ok(addr) => {
+                    addresses.insert(id, addr);
+                }
+                Err(error) => tracing::warn!(
+                    peer = %id, address = %peer.addr, %error,
+                    "can't resolve a peer's address yet: trying again every few seconds"
+                ),
+            }
+        }
         let quic = QuicNode::bind(
             identity.clone(),
             config.listen,
             &tls,
             topology.clone(),
-            addresses,
+            addresses.clone(),
             QuicConfig::loopback(),
             handler.clone(),
         )
@@ -242,6 +316,7 @@ impl Node {
             host,
             quic,
             metrics,
+            resolved_at_start: addresses,
         })
     }
 
@@ -378,6 +453,39 @@ impl Handler<Envelope, EnvelopeResponse> for Front {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_is_dialled_at_an_address_of_the_listening_family() {
+        let v4: SocketAddr = "10.0.0.7:7100".parse().unwrap();
+        let v6: SocketAddr = "[fd00::7]:7100".parse().unwrap();
+        let listen_v4: SocketAddr = "0.0.0.0:7100".parse().unwrap();
+        let listen_v6: SocketAddr = "[::]:7100".parse().unwrap();
+        assert_eq!(pick_address(&[v6, v4], listen_v4), Some(v4));
+        assert_eq!(pick_address(&[v4, v6], listen_v6), Some(v6));
+        assert_eq!(
+            pick_address(&[v6], listen_v4),
+            Some(v6),
+            "the only address is tried"
+        );
+        assert_eq!(pick_address(&[], listen_v4), None);
+    }
+
+    #[tokio::test]
+    async fn peer_names_resolve_and_addresses_pass_through() {
+        let listen: SocketAddr = "127.0.0.1:7100".parse().unwrap();
+        let name: PeerAddress = "localhost:7102".parse().unwrap();
+        assert_eq!(
+            resolve_peer(&name, listen).await.unwrap(),
+            "127.0.0.1:7102".parse::<SocketAddr>().unwrap()
+        );
+        let ip: PeerAddress = "192.0.2.9:7103".parse().unwrap();
+        assert_eq!(
+            resolve_peer(&ip, listen).await.unwrap().to_string(),
+            "192.0.2.9:7103"
+        );
+        let nowhere: PeerAddress = "no-such-host.invalid:7104".parse().unwrap();
+        assert!(resolve_peer(&nowhere, listen).await.is_err());
+    }
 
     #[test]
     fn a_data_dir_belongs_to_one_cluster() {

@@ -2,10 +2,17 @@
 //!
 //! Relative paths are resolved against the directory of the configuration file, so a directory holding a
 //! config, its certificates and the topology can be moved as a whole.
+//!
+//! A peer's address is an IP address and port, or a host name and port: the node resolves names when it
+//! starts and again every few seconds (`node::follow_peer_names`), because an orchestrator keeps a pod's
+//! name across restarts, not its address. Names only say where to dial: who answers is still checked
+//! against the certificate, so a wrong DNS answer costs availability, never residency.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use anyhow::{Context, anyhow, bail};
 use placement::NodeId;
@@ -46,8 +53,66 @@ struct RawTls {
 #[serde(deny_unknown_fields)]
 struct RawPeer {
     id: u64,
-    addr: SocketAddr,
-    admin: Option<SocketAddr>,
+    addr: PeerAddress,
+    admin: Option<PeerAddress>,
+}
+
+/// Where a peer listens: `203.0.113.7:7100`, `[2001:db8::7]:7100`, or `domicile-hamar-0.domicile:7100`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerAddress {
+    Ip(SocketAddr),
+    Name { host: String, port: u16 },
+}
+
+impl FromStr for PeerAddress {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<PeerAddress, String> {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(PeerAddress::Ip(addr));
+        }
+        let (host, port) = text
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{text}` is not host:port or ip:port"))?;
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| format!("`{text}`: the port is not a number from 0 to 65535"))?;
+        if host.contains(':') || host.starts_with('[') {
+            return Err(format!(
+                "`{text}` is not an IP address and port (an IPv6 address goes in brackets)"
+            ));
+        }
+        let label_ok = |label: &str| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        };
+        if host.len() > 253 || !host.split('.').all(label_ok) {
+            return Err(format!("`{text}`: `{host}` is not a valid host name"));
+        }
+        Ok(PeerAddress::Name {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for PeerAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerAddress::Ip(addr) => write!(f, "{addr}"),
+            PeerAddress::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PeerAddress {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<PeerAddress, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// Raft timing, in milliseconds: the base each group's timing is stretched from to cover its sites' worst
@@ -81,8 +146,8 @@ impl Default for RaftTuning {
 
 #[derive(Debug, Clone)]
 pub struct Peer {
-    pub addr: SocketAddr,
-    pub admin: Option<SocketAddr>,
+    pub addr: PeerAddress,
+    pub admin: Option<PeerAddress>,
 }
 
 #[derive(Debug, Clone)]
@@ -133,8 +198,8 @@ impl NodeConfig {
                 .insert(
                     NodeId(peer.id),
                     Peer {
-                        addr: peer.addr,
-                        admin: peer.admin,
+                        addr: peer.addr.clone(),
+                        admin: peer.admin.clone(),
                     },
                 )
                 .is_some()
@@ -229,6 +294,50 @@ addr = "127.0.0.1:7102"
             .unwrap_err()
             .to_string();
         assert!(error.contains("worker_threads"), "{error}");
+    }
+
+    #[test]
+    fn peers_may_be_named_by_host_name() {
+        let config = load(&GOOD.replace(
+            "addr = \"127.0.0.1:7102\"",
+            "addr = \"domicile-dublin-b-0.domicile:7100\"\nadmin = \"domicile-dublin-b-0.domicile:7200\"",
+        ))
+        .unwrap();
+        let peer = &config.peers[&NodeId(2)];
+        assert_eq!(
+            peer.addr,
+            PeerAddress::Name {
+                host: "domicile-dublin-b-0.domicile".into(),
+                port: 7100
+            }
+        );
+        assert_eq!(
+            peer.admin.as_ref().map(ToString::to_string).as_deref(),
+            Some("domicile-dublin-b-0.domicile:7200")
+        );
+        let ip: PeerAddress = "[2001:db8::7]:7100".parse().unwrap();
+        assert_eq!(ip, PeerAddress::Ip("[2001:db8::7]:7100".parse().unwrap()));
+        assert_eq!(ip.to_string(), "[2001:db8::7]:7100");
+    }
+
+    #[test]
+    fn a_bad_peer_address_says_what_and_where() {
+        for (bad, expected) in [
+            ("dublin-b", "not host:port"),
+            ("dublin-b:http", "port"),
+            ("dublin-b:70000", "port"),
+            ("2001:db8::7:7100", "brackets"),
+            ("-dublin:7100", "host name"),
+            ("dublin_b:7100", "host name"),
+            (":7100", "host name"),
+        ] {
+            let text = GOOD.replace("127.0.0.1:7102", bad);
+            let error = load(&text).unwrap_err().to_string();
+            assert!(
+                error.contains("node.toml:14") && error.contains(expected),
+                "{bad}: {error}"
+            );
+        }
     }
 
     #[test]
