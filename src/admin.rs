@@ -23,7 +23,7 @@ use placement::{GroupId, NodeId, Step};
 use raft::host::HostError;
 
 use crate::admin_api::{
-    AddLearner, AdminError, GroupView, Incidents, Member, MoveLeader, NodeStatus, Readiness,
+    AddLearner, AdminError, GroupView, Incidents, Member, MoveLeader, NodeStatus, Readiness, TopologyGroup,
 };
 use crate::node::Node;
 
@@ -110,6 +110,25 @@ pub fn node_status(node: &Node) -> NodeStatus {
             }
         })
         .collect();
+    let topology_groups = match raft::bootstrap::initial_placement(&node.file) {
+        Ok(initial) => initial
+            .iter()
+            .map(|group| TopologyGroup {
+                group: group.policy.group.0.clone(),
+                jurisdiction: group.policy.jurisdiction.name().to_string(),
+                initial_voters: group
+                    .membership
+                    .voters
+                    .iter()
+                    .map(|&id| member(id, &group.policy.jurisdiction))
+                    .collect(),
+            })
+            .collect(),
+        Err(error) => {
+            tracing::warn!(%error, "no initial placement to report in the status");
+            Vec::new()
+        }
+    };
     let identity = node.host.identity();
     let incidents = node.host.incidents();
     NodeStatus {
@@ -131,6 +150,7 @@ pub fn node_status(node: &Node) -> NodeStatus {
             ingress_refused: incidents.ingress_refused,
             client_calls_refused: incidents.client_calls_refused,
         },
+        topology_groups,
     }
 }
 

@@ -15,6 +15,18 @@ pub struct NodeStatus {
     pub peer_admins: BTreeMap<u64, String>,
     pub groups: Vec<GroupView>,
     pub incidents: Incidents,
+    /// Every group of the topology this node runs with and the voters it starts with (declared, or as
+    /// the planner creates it), so `status` can name groups no reachable node hosts.
+    #[serde(default)]
+    pub topology_groups: Vec<TopologyGroup>,
+}
+
+/// A group as the topology declares it, before anything is known of it at run time.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TopologyGroup {
+    pub group: String,
+    pub jurisdiction: String,
+    pub initial_voters: Vec<Member>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

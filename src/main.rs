@@ -123,9 +123,26 @@ fn init_logging(command: &Command) {
         .init();
 }
 
+/// A report piped into `head` stops when its reader does, as a Unix tool's would, instead of panicking on
+/// the closed pipe (Rust ignores SIGPIPE by default). Not for `node` and `demo`: they own processes and
+/// sockets to close on the way out, and see a closed socket as an error to handle.
+fn end_quietly_on_a_closed_pipe(command: &Command) {
+    let reports = match command {
+        Command::Placement { .. } | Command::Status { .. } | Command::Leader { .. } => true,
+        #[cfg(feature = "sim")]
+        Command::Sim { .. } => true,
+        _ => false,
+    };
+    if reports {
+        // SAFETY: restores the default disposition of one signal before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.command);
+    end_quietly_on_a_closed_pipe(&cli.command);
     let outcome = match cli.command {
         Command::Placement { command } => placement_cli::run(command),
         Command::Certs { command } => certs_cli::run(command),

@@ -66,8 +66,45 @@ pub async fn cluster_status(admin: &str) -> anyhow::Result<(Vec<NodeStatus>, Vec
     Ok((nodes, unreachable))
 }
 
-/// Per group, the view of the replica with the highest term (the leader's, when it answers).
+/// Per group of the topology, the view of the replica with the highest term (the leader's, when it
+/// answers). A group no reachable node hosts still has a view: no leader, term 0, nothing applied, and
+/// the voters it started with — so a group whose replicas are all down is shown, not left out.
 pub fn group_views(nodes: &[NodeStatus]) -> BTreeMap<String, GroupView> {
+    let mut groups = hosted_group_views(nodes);
+    for node in nodes {
+        for declared in &node.topology_groups {
+            groups.entry(declared.group.clone()).or_insert_with(|| GroupView {
+                group: declared.group.clone(),
+                jurisdiction: declared.jurisdiction.clone(),
+                leader: None,
+                term: 0,
+                last_applied: None,
+                committed: None,
+                voters: declared.initial_voters.clone(),
+                learners: Vec::new(),
+            });
+        }
+    }
+    groups
+}
+
+/// A group is available when some replica knows its leader and that leader answers.
+fn is_available(view: &GroupView, nodes: &[NodeStatus]) -> bool {
+    view.leader
+        .is_some_and(|leader| nodes.iter().any(|node| node.node == leader))
+}
+
+/// The members of `view` whose node did not answer.
+fn members_down(view: &GroupView, nodes: &[NodeStatus]) -> Vec<u64> {
+    view.voters
+        .iter()
+        .chain(&view.learners)
+        .map(|member| member.node)
+        .filter(|&id| !nodes.iter().any(|node| node.node == id))
+        .collect()
+}
+
+fn hosted_group_views(nodes: &[NodeStatus]) -> BTreeMap<String, GroupView> {
     let mut groups: BTreeMap<String, GroupView> = BTreeMap::new();
     for node in nodes {
         for view in &node.groups {
@@ -95,8 +132,8 @@ pub fn render_groups(groups: &BTreeMap<String, GroupView>, nodes: &[NodeStatus])
             })
     };
     let mut out = format!(
-        "{:<14} {:<6} {:<26} {:>4} {:>7}  {}\n",
-        "GROUP", "JURIS.", "LEADER", "TERM", "APPLIED", "REPLICAS BY SITE"
+        "{:<14} {:<6} {:<11} {:<26} {:>4} {:>7}  {}\n",
+        "GROUP", "JURIS.", "STATE", "LEADER", "TERM", "APPLIED", "REPLICAS BY SITE"
     );
     for view in groups.values() {
         let leader = view
@@ -115,14 +152,25 @@ pub fn render_groups(groups: &BTreeMap<String, GroupView>, nodes: &[NodeStatus])
                 .or_default()
                 .push(format!("{role}n{}{mark}", member.node));
         }
-        let replicas: Vec<String> = by_site
+        let mut replicas: Vec<String> = by_site
             .iter()
             .map(|(site, members)| format!("{site}: {}", members.join(",")))
             .collect();
+        let down = members_down(view, nodes);
+        if !down.is_empty() {
+            let down: Vec<String> = down.iter().map(|id| format!("n{id}")).collect();
+            replicas.push(format!("down: {}", down.join(",")));
+        }
+        let state = if is_available(view, nodes) {
+            "ok"
+        } else {
+            "UNAVAILABLE"
+        };
         out.push_str(&format!(
-            "{:<14} {:<6} {:<26} {:>4} {:>7}  {}\n",
+            "{:<14} {:<6} {:<11} {:<26} {:>4} {:>7}  {}\n",
             view.group,
             view.jurisdiction,
+            state,
             leader,
             view.term,
             view.last_applied.map_or("-".into(), |index| index.to_string()),

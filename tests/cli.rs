@@ -469,3 +469,54 @@ async fn a_us_nodes_certificate_gets_no_eu_record_as_a_client() {
     let table = String::from_utf8_lossy(&status.stdout);
     assert!(table.contains("client calls refused 1"), "{table}");
 }
+
+/// `status` shows every group of the topology: one whose only replica is on a stopped node is listed as
+/// UNAVAILABLE with that member down, not left out of the table. And piped into a reader that stops
+/// early, it ends without a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_lists_a_group_whose_replicas_are_all_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let topology = "[[site]]\nname = \"dublin-a\"\ncountry = \"IE\"\nnodes = [1]\n\n[[site]]\nname = \"ashburn\"\ncountry = \"US\"\nnodes = [9]\n\n[[group]]\nname = \"users-eu\"\njurisdiction = \"EU\"\nvoters = 1\n\n[[group]]\nname = \"users-us\"\njurisdiction = \"US\"\nvoters = 1\n";
+    let files = cluster_files(dir.path(), "down", topology, &[(1, "dublin-a"), (9, "ashburn")]);
+    let _dublin = files[0].start();
+    let mut ashburn = files[1].start();
+    let admin = files[0].admin.to_string();
+    let table =
+        |admin: &str| String::from_utf8_lossy(&domicile(&["status", "--admin", admin]).stdout).to_string();
+    let row = |table: &str, group: &str| {
+        table
+            .lines()
+            .find(|line| line.starts_with(group))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no row for {group} in:\n{table}"))
+    };
+    // Both groups elect their one voter.
+    let mut both_up = String::new();
+    for _ in 0..200 {
+        both_up = table(&admin);
+        if both_up.lines().filter(|line| line.contains(" ok ")).count() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(row(&both_up, "users-us").contains(" ok "), "{both_up}");
+
+    ashburn.sigkill();
+    let after = table(&admin);
+    let us = row(&after, "users-us");
+    assert!(us.contains("UNAVAILABLE") && us.contains("down: n9"), "{after}");
+    assert!(row(&after, "users-eu").contains(" ok "), "{after}");
+    assert!(after.contains("unreachable: n9"), "{after}");
+
+    // A reader that takes one line and closes the pipe: `status` ends by SIGPIPE, not a panic.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_domicile"))
+        .args(["status", "--admin", &admin])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
