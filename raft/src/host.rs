@@ -12,6 +12,9 @@
 //!   claims to come from, and that would-be leader must stand inside the jurisdiction. A node outside the
 //!   jurisdiction that still holds a legacy replica never campaigns (its election timer is off).
 //!
+//! What it admits and refuses goes into the node's audit trail ([`crate::audit`]); before answering a
+//! refused request, or proposing an admitted change, it waits until the trail has it on disk.
+//!
 //! The host is generic over the openraft runtime (through [`GroupConfig`]), the transport and the stores, so
 //! the simulator runs exactly this code.
 
@@ -33,6 +36,7 @@ use storage::snapshot::SnapshotData;
 use storage::state_machine::StateMachine;
 use storage::{Command, Record, RecordKey, Response, codec};
 
+use crate::audit::{AuditSink, Event, NoAudit, Observation, change_event, describe_step, members};
 use crate::config::{GroupConfig, RoundTrips, covering_round_trip, group_round_trip_ms};
 use crate::identity::NodeIdentity;
 use crate::message::SnapshotChunk;
@@ -80,6 +84,8 @@ pub enum HostError {
         node: NodeId,
         reason: String,
     },
+    #[error("the audit trail can't record it, so it was not done: {0}")]
+    Audit(String),
 }
 
 impl HostError {
@@ -153,6 +159,10 @@ pub struct Host<C: GroupConfig, T: Transport, S: Stores<C>> {
     raft_config: Arc<openraft::Config>,
     round_trips: Option<Arc<dyn RoundTrips>>,
     incidents: Arc<Incidents>,
+    /// The node's audit trail (also the one `incidents` records refusals in).
+    audit: Arc<dyn AuditSink>,
+    /// What [`Host::observe_groups`] last saw of each group: term, leader, membership.
+    observed: Mutex<BTreeMap<u64, Observed>>,
     /// Which peers answer, for all groups: a change is logged once, not by every replication stream.
     peers: Arc<PeerReachability<InstantOf<C>>>,
     groups: RwLock<GroupTable<C, S::Backend>>,
@@ -160,6 +170,9 @@ pub struct Host<C: GroupConfig, T: Transport, S: Stores<C>> {
     /// must not race the first for its files.
     opening: Mutex<BTreeSet<u64>>,
 }
+
+/// A group as [`Host::observe_groups`] saw it: term, leader, membership.
+type Observed = (u64, Option<NodeId>, Membership);
 
 /// The groups a host runs, by group number.
 type GroupTable<C, B> = BTreeMap<u64, Arc<Group<C, B>>>;
@@ -188,6 +201,8 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             raft_config,
             round_trips: None,
             incidents,
+            audit: Arc::new(NoAudit),
+            observed: Mutex::default(),
             peers,
             groups,
             opening: Mutex::default(),
@@ -199,6 +214,31 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
     pub fn with_round_trips(mut self, round_trips: Arc<dyn RoundTrips>) -> Host<C, T, S> {
         self.round_trips = Some(round_trips);
         self
+    }
+
+    /// Records what this host admits and refuses in `audit` (by default, nowhere). Call before opening
+    /// any group.
+    pub fn with_audit(mut self, audit: Arc<dyn AuditSink>) -> Host<C, T, S> {
+        assert!(
+            self.groups.read().expect("group table lock").is_empty(),
+            "the audit trail is set before any group opens, so every group's fence records into it"
+        );
+        self.incidents = Arc::new(Incidents::with_audit(audit.clone()));
+        self.audit = audit;
+        self
+    }
+
+    /// Records `event` in the node's audit trail (returns at once).
+    pub fn record(&self, event: Event) {
+        self.audit.record(event);
+    }
+
+    /// Waits until everything recorded so far is in the audit trail on disk.
+    pub async fn audit_durable(&self) -> Result<(), HostError> {
+        self.audit.durable().await.map_err(|error| {
+            tracing::error!(%error, "the audit trail can't record");
+            HostError::Audit(error)
+        })
     }
 
     /// The Raft configuration of a group: the base, stretched to the group's worst round trip.
@@ -427,6 +467,54 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
         names
     }
 
+    /// Records in the audit trail what changed in each hosted group since the last call — its term, its
+    /// leader or its membership — with the fence's verdict on the leader and members now. The node calls
+    /// it every 200 ms: a leadership shorter than that may go unrecorded here (the node that held it
+    /// records its own transfers and refusals). Returns the groups that changed.
+    pub fn observe_groups(&self) -> Vec<GroupId> {
+        let replicas: GroupTable<C, S::Backend> = self.groups.read().expect("group table lock").clone();
+        let mut observed = self.observed.lock().expect("observed groups lock");
+        let mut changed = Vec::new();
+        for (number, replica) in replicas {
+            let (term, leader, membership) = {
+                let metrics = replica.raft.metrics();
+                let metrics = metrics.borrow_watched();
+                (
+                    metrics.vote.leader_id().term(),
+                    metrics.current_leader.map(NodeId),
+                    membership_of::<C>(&metrics),
+                )
+            };
+            let now = (term, leader, membership);
+            if observed.get(&number) == Some(&now) {
+                continue;
+            }
+            let fence = &replica.fence;
+            let jurisdiction = &fence.policy.jurisdiction;
+            let outside: Vec<NodeId> = now
+                .2
+                .members()
+                .filter(|&node| !self.topology.is_inside(node, jurisdiction))
+                .collect();
+            let admitted = now
+                .1
+                .is_none_or(|leader| self.topology.is_inside(leader, jurisdiction))
+                && outside.iter().all(|&node| fence.is_legacy(node));
+            self.audit.record(Event::GroupObserved(Observation {
+                group: fence.policy.group.0.clone(),
+                jurisdiction: jurisdiction.name().to_string(),
+                term: now.0,
+                leader: now.1.map(|leader| leader.0),
+                members: members(&now.2),
+                admitted,
+                outside: outside.iter().map(|node| node.0).collect(),
+            }));
+            changed.push(fence.policy.group.clone());
+            observed.insert(number, now);
+        }
+        changed
+    }
+
     /// Whether the group's replica here has a membership yet (bootstrapped, or joined by a leader).
     pub async fn is_initialized(&self, group: &GroupId) -> Result<bool, HostError> {
         let replica = self.group(group)?;
@@ -463,8 +551,30 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             })
     }
 
-    /// Executes one planner step that changes membership or leadership. Runs on the group's leader.
+    /// Executes one planner step that changes membership or leadership. Runs on the group's leader. An
+    /// admitted change is in the audit trail before it is proposed; a refused one before it is answered.
     pub async fn execute(&self, step: &Step) -> Result<(), HostError> {
+        let outcome = self.execute_admitted(step).await;
+        if let Err(HostError::Residency(_)) = &outcome {
+            // The refusal is the answer either way; a trail that can't record it is logged and alerted on.
+            let _ = self.audit_durable().await;
+        }
+        outcome
+    }
+
+    /// Records an admitted change and waits until it is on disk: no change is proposed unrecorded.
+    async fn record_change(
+        &self,
+        group: &GroupId,
+        step: String,
+        from: &Membership,
+        to: &Membership,
+    ) -> Result<(), HostError> {
+        self.record(change_event(group, step, from, to));
+        self.audit_durable().await
+    }
+
+    async fn execute_admitted(&self, step: &Step) -> Result<(), HostError> {
         let name = step.group().clone();
         let group = self.group(&name)?;
         let raft_error = |reason: String| HostError::Raft {
@@ -500,6 +610,11 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
                 .filter(|node| !target_voters.contains(node));
             let target = Membership::new(target_voters.iter().copied(), target_learners.collect::<Vec<_>>());
             group.fence.admit_change(&current, &target)?;
+            let finish = format!(
+                "finish the joint membership left behind (before {})",
+                describe_step(step)
+            );
+            self.record_change(&name, finish, &current, &target).await?;
             let precondition = openraft::raft::Precondition::LastMembershipLogId {
                 last_membership_log_id: metrics.membership_config.log_id().clone(),
             };
@@ -516,6 +631,8 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
 
         if let Step::TransferLeader { to, .. } = step {
             let leader = group.fence.admit_leader(&current, *to)?;
+            self.record_change(&name, describe_step(step), &current, &current)
+                .await?;
             return group
                 .raft
                 .trigger()
@@ -539,6 +656,8 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
                 return Err(HostError::LocalStep(step.clone()));
             }
         };
+        self.record_change(&name, describe_step(step), &current, fenced.membership())
+            .await?;
         // Admitted against `current`: propose only if the membership is still the one we checked.
         let precondition = openraft::raft::Precondition::LastMembershipLogId {
             last_membership_log_id: metrics.membership_config.log_id().clone(),
@@ -817,8 +936,17 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
         self.transport.send(to, request).await
     }
 
-    /// Serves a message from a peer whose identity the transport authenticated.
+    /// Serves a message from a peer whose identity the transport authenticated. A refusal is answered
+    /// only once the audit trail holds it.
     pub async fn handle(&self, peer: &NodeIdentity, request: PeerRequest) -> PeerResponse {
+        let response = self.serve_peer(peer, request).await;
+        if let PeerResponse::Refused { .. } = &response {
+            let _ = self.audit_durable().await;
+        }
+        response
+    }
+
+    async fn serve_peer(&self, peer: &NodeIdentity, request: PeerRequest) -> PeerResponse {
         if request.kind == RequestKind::CommittedMembership {
             return self.serve_committed_membership(request.group).await;
         }

@@ -5,12 +5,15 @@
 //! the simulator. Peers learn each other's site from the verified certificate ([`identity`]), never from
 //! what a peer says. The residency fence is enforced at three points ([`residency`]): on membership and
 //! leadership changes, on every message carrying a group's data as it leaves, and on every message as it
-//! arrives. Keys route to groups by jurisdiction and a stable hash of the user id ([`routing`]).
+//! arrives. Keys route to groups by jurisdiction and a stable hash of the user id ([`routing`]). Every
+//! refusal, admitted change, observed leadership and purge is recorded in the node's audit trail
+//! ([`audit`]).
 //!
 //! Everything here except `quic` is generic over openraft's runtime ([`config::GroupConfig`]) and uses no
 //! tokio spawn, wall clock or OS randomness directly, so the simulator runs the same code.
 
 pub mod append_pipeline;
+pub mod audit;
 pub mod bootstrap;
 pub mod client_protocol;
 pub mod config;

@@ -1,6 +1,7 @@
 //! A whole cluster in one process, on real QUIC sockets over loopback and real disks: for tests, examples
 //! and benchmarks of the layers above (client library, operator tools). Each node is a [`Host`] behind a
-//! [`NodeService`], exactly as in `domicile node`, with a switchable fault layer on its transport.
+//! [`NodeService`], exactly as in `domicile node`, with a switchable fault layer on its transport, and
+//! optionally its own signed audit trail on disk ([`LocalCluster::start_audited`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,6 +30,8 @@ pub struct LocalNode {
     pub host: Arc<LocalHost>,
     pub quic: Arc<QuicNode>,
     pub faults: Arc<Faulty<QuicNode>>,
+    /// The node's audit trail, in `<dir>/n<id>/audit`, when started with one.
+    pub audit: Option<Arc<::audit::AuditLog>>,
 }
 
 pub struct LocalCluster {
@@ -50,6 +53,8 @@ pub enum LocalClusterError {
     Start(String),
     #[error(transparent)]
     Host(#[from] HostError),
+    #[error("audit trail: {0}")]
+    Audit(String),
 }
 
 impl LocalCluster {
@@ -60,6 +65,28 @@ impl LocalCluster {
         dir: &Path,
         validity: Validity,
         raft_config: Arc<openraft::Config>,
+    ) -> Result<LocalCluster, LocalClusterError> {
+        LocalCluster::start_with(topology, dir, validity, raft_config, None)
+    }
+
+    /// As [`LocalCluster::start`], each node also keeping its audit trail in `<dir>/n<id>/audit`, signed
+    /// with its certificate's key and stamped by `clock` (the caller's: this crate reads none).
+    pub fn start_audited(
+        topology: &str,
+        dir: &Path,
+        validity: Validity,
+        raft_config: Arc<openraft::Config>,
+        clock: ::audit::Clock,
+    ) -> Result<LocalCluster, LocalClusterError> {
+        LocalCluster::start_with(topology, dir, validity, raft_config, Some(clock))
+    }
+
+    fn start_with(
+        topology: &str,
+        dir: &Path,
+        validity: Validity,
+        raft_config: Arc<openraft::Config>,
+        audit_clock: Option<::audit::Clock>,
     ) -> Result<LocalCluster, LocalClusterError> {
         let file =
             TopologyFile::parse(topology).map_err(|error| LocalClusterError::Topology(error.to_string()))?;
@@ -75,7 +102,8 @@ impl LocalCluster {
                     site: site.name.clone(),
                     country: site.country,
                 };
-                let tls = tls_configs(&ca.certified_key().cert_pem, &ca.issue(&identity, validity)?)?;
+                let certified = ca.issue(&identity, validity)?;
+                let tls = tls_configs(&ca.certified_key().cert_pem, &certified)?;
                 let handler = Arc::new(LateHandler::<LocalService>::default());
                 let loopback = "127.0.0.1:0".parse().expect("a literal address");
                 let quic = QuicNode::bind(
@@ -95,14 +123,23 @@ impl LocalCluster {
                     .policies
                     .values()
                     .map(|policy| (policy.clone(), file.legacy_members(&policy.group)));
-                let host = Arc::new(Host::new(
+                let mut host = Host::new(
                     identity,
                     shared_topology.clone(),
                     groups,
                     faults.clone(),
                     stores,
                     raft_config.clone(),
-                ));
+                );
+                let audit = match &audit_clock {
+                    Some(clock) => {
+                        let log = open_audit(&dir.join(format!("n{}", id.0)), &certified, clock.clone())?;
+                        host = host.with_audit(log.clone());
+                        Some(log)
+                    }
+                    None => None,
+                };
+                let host = Arc::new(host);
                 let directory = Directory::new(id, &file.topology, router.clone());
                 handler.install(Arc::new(NodeService::new(host.clone(), directory)));
                 nodes.insert(
@@ -112,6 +149,7 @@ impl LocalCluster {
                         host,
                         quic,
                         faults,
+                        audit,
                     },
                 );
             }
@@ -207,4 +245,17 @@ impl LocalCluster {
             self.stop_node(id).await;
         }
     }
+}
+
+fn open_audit(
+    node_dir: &Path,
+    certified: &CertifiedKey,
+    clock: ::audit::Clock,
+) -> Result<Arc<::audit::AuditLog>, LocalClusterError> {
+    let signer = ::audit::Signer::from_pem(&certified.cert_pem, &certified.key_pem)
+        .map_err(|error| LocalClusterError::Audit(error.to_string()))?;
+    let config = ::audit::AuditConfig::new(node_dir.join("audit"));
+    ::audit::AuditLog::open(config, signer, clock)
+        .map(Arc::new)
+        .map_err(|error| LocalClusterError::Audit(error.to_string()))
 }

@@ -7,7 +7,8 @@
 //! it has committed, after confirming with a quorum that it still leads ([`RequestKind::CommittedMembership`]);
 //! the transport authenticated that leader, and only a proof that leaves this node out is acted on. Then
 //! the replica is closed, its log retired durably (the point of no return: a restart finds it retired and
-//! does not bootstrap or reopen it) and its state machine removed.
+//! does not bootstrap or reopen it) and its state machine removed. The proof is in the node's audit trail,
+//! on disk, before that point; without a trail that can record it, nothing is deleted.
 //!
 //! [`purge_removed_replicas`] is the background side (TiKV's stale-peer check, in effect): a replica
 //! whose own view leaves it out, that knows no leader, or that has not heard from one for a while, asks.
@@ -22,6 +23,7 @@ use placement::{GroupId, Membership, NodeId};
 use serde::{Deserialize, Serialize};
 use storage::codec;
 
+use crate::audit::{Event, Members, PurgeProof};
 use crate::config::GroupConfig;
 use crate::host::{Host, HostError};
 use crate::routing::group_number;
@@ -139,7 +141,26 @@ pub async fn purge_replica<C: GroupConfig, T: Transport, S: Stores<C>>(
                 membership: proof.membership(),
             });
         }
-        host.retire(group, &proof).await?;
+        // The proof goes into the audit trail, on disk, before the point of no return.
+        host.record(Event::Purge(PurgeProof {
+            group: group.0.clone(),
+            leader: proof.leader,
+            term: proof.term,
+            log_index: proof.log_index,
+            members: Members {
+                voters: proof.voters.clone(),
+                learners: proof.learners.clone(),
+            },
+        }));
+        host.audit_durable().await?;
+        if let Err(error) = host.retire(group, &proof).await {
+            host.record(Event::PurgeFailed {
+                group: group.0.clone(),
+                reason: error.to_string(),
+            });
+            let _ = host.audit_durable().await;
+            return Err(error);
+        }
         tracing::info!(
             %group, node = %me, leader = %peer, term = proof.term, membership_index = proof.log_index,
             voters = ?proof.voters, learners = ?proof.learners,

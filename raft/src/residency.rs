@@ -14,6 +14,9 @@
 //! 4. **Client access** ([`Incidents::refuse_node_as_client`]): client calls (records, shard maps) are
 //!    served to client services' certificates only. A node's certificate is refused whatever its site:
 //!    otherwise a node the egress fence never sends a group's data could simply ask for it as a client.
+//!
+//! Every refusal passes through [`Incidents`], which also records it in the node's audit trail
+//! ([`crate::audit`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -23,6 +26,8 @@ use placement::{
     Country, Fence, FencedLeader, FencedMembership, GroupPolicy, Membership, NodeId, Refusal, RefusalReason,
     SiteName, Topology,
 };
+
+use crate::audit::{AuditSink, ClientRefusal, ClientRefusalKind, Event, NoAudit, refusal_event};
 
 /// Where a refusal happened, for counting and logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,13 +55,28 @@ pub struct NodeAsClient {
     pub request: &'static str,
 }
 
-/// Counters of refused actions on one node. Monotonic; exported as metrics.
-#[derive(Debug, Default)]
+/// Counters of refused actions on one node (monotonic; exported as metrics), and the audit trail every
+/// refusal is recorded in.
 pub struct Incidents {
     membership_refused: AtomicU64,
     egress_blocked: AtomicU64,
     ingress_refused: AtomicU64,
     client_calls_refused: AtomicU64,
+    audit: Arc<dyn AuditSink>,
+}
+
+impl Default for Incidents {
+    fn default() -> Incidents {
+        Incidents::with_audit(Arc::new(NoAudit))
+    }
+}
+
+impl std::fmt::Debug for Incidents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incidents")
+            .field("counts", &self.counts())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -70,6 +90,17 @@ pub struct IncidentCounts {
 }
 
 impl Incidents {
+    /// Counters at zero, refusals recorded in `audit`.
+    pub fn with_audit(audit: Arc<dyn AuditSink>) -> Incidents {
+        Incidents {
+            membership_refused: AtomicU64::new(0),
+            egress_blocked: AtomicU64::new(0),
+            ingress_refused: AtomicU64::new(0),
+            client_calls_refused: AtomicU64::new(0),
+            audit,
+        }
+    }
+
     pub fn record(&self, enforcement: Enforcement, refusal: &Refusal) {
         let counter = match enforcement {
             Enforcement::Membership => &self.membership_refused,
@@ -87,6 +118,12 @@ impl Incidents {
             reason = ?refusal.reason,
             "residency incident: {refusal}"
         );
+        let enforcement = match enforcement {
+            Enforcement::Membership => crate::audit::Enforcement::Membership,
+            Enforcement::Egress => crate::audit::Enforcement::Egress,
+            Enforcement::Ingress => crate::audit::Enforcement::Ingress,
+        };
+        self.audit.record(refusal_event(enforcement, refusal));
     }
 
     /// Client-access enforcement: counts and logs a client call made under a node's certificate.
@@ -101,6 +138,13 @@ impl Incidents {
             request = refusal.request,
             "residency incident: {refusal}"
         );
+        self.audit.record(Event::ClientRefused(ClientRefusal {
+            kind: ClientRefusalKind::NodeCertificate,
+            caller: format!("{} at {} ({})", refusal.node, refusal.site, refusal.country),
+            jurisdiction: refusal.jurisdiction.clone(),
+            request: refusal.request.to_string(),
+            reason: refusal.to_string(),
+        }));
         refusal
     }
 

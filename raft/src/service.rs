@@ -16,6 +16,7 @@ use std::sync::Arc;
 use placement::GroupId;
 use storage::{Command, RecordKey, Response};
 
+use crate::audit::{ClientRefusal, ClientRefusalKind, Event};
 use crate::client_protocol::{
     ClientOp, ClientRequest, ClientResponse, ClientResult, Consistency, Envelope, EnvelopeResponse,
 };
@@ -43,8 +44,25 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> NodeService<C, T, S> {
     }
 
     /// Serves a client service's call. The caller's attested identity is the proof that it is a client
-    /// service and not a node: [`route_envelope`] refuses nodes before they get here.
-    pub async fn serve_client(&self, _caller: &ClientIdentity, request: ClientRequest) -> ClientResponse {
+    /// service and not a node: [`route_envelope`] refuses nodes before they get here. A call refused for
+    /// residency is answered once the audit trail holds the refusal.
+    pub async fn serve_client(&self, caller: &ClientIdentity, request: ClientRequest) -> ClientResponse {
+        let (jurisdiction, name) = (request.jurisdiction().to_string(), request.name());
+        let response = self.serve_client_request(request).await;
+        if let ClientResponse::Residency { reason } = &response {
+            self.host.record(Event::ClientRefused(ClientRefusal {
+                kind: ClientRefusalKind::Residency,
+                caller: format!("client `{}`", caller.name),
+                jurisdiction,
+                request: name.to_string(),
+                reason: reason.clone(),
+            }));
+            let _ = self.host.audit_durable().await;
+        }
+        response
+    }
+
+    async fn serve_client_request(&self, request: ClientRequest) -> ClientResponse {
         match request {
             ClientRequest::ShardMap { jurisdiction } => {
                 match self.directory.shard_map(&self.host, &jurisdiction).await {
@@ -244,6 +262,8 @@ pub async fn route_envelope<C: GroupConfig, T: Transport, S: Stores<C>>(
                 jurisdiction: request.jurisdiction().to_string(),
                 request: request.name(),
             });
+            // Refused and recorded; answered once the record is on disk.
+            let _ = host.audit_durable().await;
             EnvelopeResponse::Client(ClientResponse::Forbidden {
                 caller: format!("{} at {} ({})", node.node, node.site, node.country),
                 jurisdiction: refusal.jurisdiction.clone(),

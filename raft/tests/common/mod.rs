@@ -133,6 +133,24 @@ pub async fn cluster_of(topology: &str) -> Cluster {
     Cluster { local, _dir: dir }
 }
 
+/// A local cluster whose nodes keep signed audit trails in `<dir>/n<id>/audit`, stamped by the wall
+/// clock.
+pub async fn audited_cluster_of(topology: &str) -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let now = OffsetDateTime::now_utc();
+    let validity = Validity {
+        not_before: now - time::Duration::hours(1),
+        not_after: now + time::Duration::days(1),
+    };
+    let clock: audit::Clock = Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64)
+    });
+    let local = LocalCluster::start_audited(topology, dir.path(), validity, raft_config(), clock).unwrap();
+    Cluster { local, _dir: dir }
+}
+
 pub fn group(name: &str) -> GroupId {
     GroupId(name.into())
 }
