@@ -32,8 +32,10 @@ use placement::{GroupId, GroupPolicy, NodeId};
 use raft::host::ReadConsistency;
 use storage::{Command, RecordKey, Response, WriteId};
 
-use crate::checkers::Checker;
+use crate::checkers::{Checker, Involved};
 use crate::history::{AckedWrite, History};
+use crate::timeline::{self, EventKind};
+use crate::workload::key_name;
 use crate::world::World;
 
 /// Records of ~1 KiB each.
@@ -204,6 +206,10 @@ impl Bulk {
             }
             state.started.get_or_insert(SimInstant::now());
         }
+        world.record(EventKind::Copy(timeline::Copy::Started {
+            group: group.clone(),
+            node,
+        }));
         let (bulk, world, group) = (self.clone(), world.clone(), group.clone());
         drop(SimRuntime::spawn(async move {
             bulk.transfer(&world, &group, node).await;
@@ -233,10 +239,13 @@ impl Bulk {
                         .is_some_and(|copies| copies.contains_key(&range.id))
             });
             let Some(source) = source else {
-                world.log(format!(
-                    "bulk: no running holder of range {} for {node}",
-                    range.id
-                ));
+                let reason = format!("bulk: no running holder of range {} for {node}", range.id);
+                world.log(&reason);
+                world.record(EventKind::Copy(timeline::Copy::Interrupted {
+                    group: group.clone(),
+                    node,
+                    reason,
+                }));
                 return;
             };
             if !world.is_up(node) {
@@ -247,10 +256,13 @@ impl Bulk {
             let micros = range.bytes.saturating_mul(1_000_000) / link.bytes_per_second.max(1);
             SimRuntime::sleep(Duration::from_micros(micros)).await;
             if (world.network.incarnation(source), world.network.incarnation(node)) != epochs {
-                world.log(format!(
-                    "bulk: range {} {source} -> {node} cut short by a crash",
-                    range.id
-                ));
+                let reason = format!("bulk: range {} {source} -> {node} cut short by a crash", range.id);
+                world.log(&reason);
+                world.record(EventKind::Copy(timeline::Copy::Interrupted {
+                    group: group.clone(),
+                    node,
+                    reason,
+                }));
                 return;
             }
             let mut state = self.lock();
@@ -275,6 +287,19 @@ impl Bulk {
                 range.bytes,
                 micros / 1_000
             ));
+            world.record(EventKind::Copy(timeline::Copy::Range {
+                group: group.clone(),
+                range: range.id,
+                from: source,
+                to: node,
+                bytes: range.bytes,
+            }));
+        }
+        if self.complete(group, node) {
+            world.record(EventKind::Copy(timeline::Copy::Complete {
+                group: group.clone(),
+                node,
+            }));
         }
     }
 
@@ -293,6 +318,7 @@ impl Bulk {
         if inside_complete < GroupPolicy::quorum(voters.len()) {
             world.checks.violation(
                 Checker::Conservation,
+                Involved::group(group).nodes([node]).nodes(voters.iter().copied()),
                 format!(
                     "{node}'s copy of `{group}` purged while only {inside_complete} of {} voters {voters:?} \
                      hold a durable inside copy",
@@ -306,6 +332,10 @@ impl Bulk {
         }
         drop(state);
         world.log(format!("bulk: {node}'s copies of {group} purged"));
+        world.record(EventKind::Copy(timeline::Copy::Purged {
+            group: group.clone(),
+            node,
+        }));
     }
 
     pub fn record_attempt(&self, range: u64, record: u64, version: u64) {
@@ -360,6 +390,7 @@ impl Bulk {
             else {
                 world.checks.violation(
                     Checker::Conservation,
+                    Involved::group(&range.group).nodes([leader]).keys([range.name()]),
                     format!("range {} could not be read from {leader}", range.id),
                 );
                 continue;
@@ -375,6 +406,9 @@ impl Bulk {
                 if version < acked || version > attempted {
                     world.checks.violation(
                         Checker::Conservation,
+                        Involved::group(&range.group)
+                            .nodes([leader])
+                            .keys([key_name(&record_key(range.id, record))]),
                         format!(
                             "range {} record {record} is at version {version}; acknowledged {acked}, \
                              attempted up to {attempted}",
@@ -394,6 +428,7 @@ impl Bulk {
             if !world.topology.is_inside(*node, &policies[group].jurisdiction) {
                 world.checks.violation(
                     Checker::Conservation,
+                    Involved::group(group).nodes([*node]),
                     format!(
                         "{node} outside {} still holds a copy of `{group}` after cutover",
                         policies[group].jurisdiction.name()
@@ -417,6 +452,7 @@ impl Bulk {
         else {
             world.checks.violation(
                 Checker::Conservation,
+                Involved::group(&range.group).nodes([voter]).keys([range.name()]),
                 format!(
                     "voter {voter} of `{}` holds no copy of range {}",
                     range.group, range.id
@@ -427,6 +463,7 @@ impl Bulk {
         if copy.records != range.records || copy.bytes != range.bytes {
             world.checks.violation(
                 Checker::Conservation,
+                Involved::group(&range.group).nodes([voter]).keys([range.name()]),
                 format!(
                     "{voter}'s copy of range {} has {} records, {} bytes",
                     range.id, copy.records, copy.bytes
@@ -457,6 +494,7 @@ impl Bulk {
         }
         world.checks.violation(
             Checker::Conservation,
+            Involved::group(&range.group).nodes([voter, leader]).keys([range.name()]),
             format!(
                 "range {} on {voter}: fingerprint {seen:x?} (records at versions {seen_versions:?}), expected \
                  {expected:x} (the original plus the writes since)",
@@ -492,6 +530,7 @@ impl Bulk {
         if owners.len() != 1 {
             world.checks.violation(
                 Checker::Conservation,
+                Involved::group(&range.group).keys([range.name()]),
                 format!(
                     "range {} is owned by {} groups: {owners:?}",
                     range.id,
@@ -503,6 +542,11 @@ impl Bulk {
 }
 
 impl Range {
+    /// The range as the report names it: the keys it spans.
+    pub fn name(&self) -> String {
+        format!("EEA/bulk-{}/* (range {})", self.id, self.id)
+    }
+
     fn copy(&self) -> Copy {
         Copy {
             records: self.records,

@@ -11,7 +11,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
+use openraft_rt_sim::SimInstant;
 use placement::{GroupId, GroupPolicy, NodeId, Topology};
 use serde::Serialize;
 
@@ -100,21 +102,92 @@ impl Violations {
     }
 }
 
-/// Bound on the violations described in full (the counts are exact).
+/// Bound on the violations described in full, per checker (the counts are exact).
 const DETAILS_MAX: usize = 20;
 
+/// What a violation involves, for the report: its group, nodes and keys.
+#[derive(Clone, Debug, Default)]
+pub struct Involved {
+    pub group: Option<GroupId>,
+    pub nodes: Vec<NodeId>,
+    pub keys: Vec<String>,
+}
+
+impl Involved {
+    pub fn group(group: &GroupId) -> Involved {
+        Involved {
+            group: Some(group.clone()),
+            ..Involved::default()
+        }
+    }
+
+    pub fn nodes(mut self, nodes: impl IntoIterator<Item = NodeId>) -> Involved {
+        self.nodes.extend(nodes);
+        self
+    }
+
+    pub fn keys(mut self, keys: impl IntoIterator<Item = String>) -> Involved {
+        self.keys.extend(keys);
+        self
+    }
+}
+
+/// One violation, described.
+#[derive(Clone, Debug)]
+pub struct Finding {
+    pub checker: Checker,
+    /// Simulated time since the world was built: when the checker saw it, or (for the history, checked
+    /// after the run) when the operation that broke it returned.
+    pub at: Option<Duration>,
+    pub involved: Involved,
+    pub detail: String,
+}
+
+impl Finding {
+    /// `checker: detail`, as the report's `details` have always read.
+    pub fn line(&self) -> String {
+        format!("{}: {}", self.checker.name(), self.detail)
+    }
+}
+
 /// Every checker's findings in one run.
-#[derive(Default)]
 pub struct Checks {
-    state: Mutex<(Violations, Vec<String>)>,
+    /// When the world was built: findings are stamped with simulated time since.
+    start: SimInstant,
+    state: Mutex<(Violations, Vec<Finding>)>,
 }
 
 impl Checks {
-    pub fn violation(&self, checker: Checker, detail: String) {
+    pub fn new(start: SimInstant) -> Checks {
+        Checks {
+            start,
+            state: Mutex::default(),
+        }
+    }
+
+    /// A violation seen now.
+    pub fn violation(&self, checker: Checker, involved: Involved, detail: String) {
+        let at = SimInstant::try_now().map(|now| now - self.start);
+        self.violation_at(checker, at, involved, detail);
+    }
+
+    /// A violation found after the fact, placed at the simulated time `at`.
+    pub fn violation_at(&self, checker: Checker, at: Option<Duration>, involved: Involved, detail: String) {
         let mut state = self.state.lock().expect("checks lock");
         *state.0.slot(checker) += 1;
-        if state.1.len() < DETAILS_MAX {
-            state.1.push(format!("{}: {detail}", checker.name()));
+        if state
+            .1
+            .iter()
+            .filter(|finding| finding.checker == checker)
+            .count()
+            < DETAILS_MAX
+        {
+            state.1.push(Finding {
+                checker,
+                at,
+                involved,
+                detail,
+            });
         }
     }
 
@@ -122,9 +195,21 @@ impl Checks {
         self.state.lock().expect("checks lock").0.clone()
     }
 
-    pub fn details(&self) -> Vec<String> {
+    /// The findings described, in the order they were found.
+    pub fn findings(&self) -> Vec<Finding> {
         self.state.lock().expect("checks lock").1.clone()
     }
+
+    pub fn details(&self) -> Vec<String> {
+        self.findings().iter().map(Finding::line).collect()
+    }
+}
+
+/// The first violation in simulated time (one without a time last).
+pub fn first(findings: &[Finding]) -> Option<&Finding> {
+    findings
+        .iter()
+        .min_by_key(|finding| finding.at.unwrap_or(Duration::MAX))
 }
 
 /// What one replica reported at one observation step.
@@ -164,6 +249,7 @@ impl Observer {
             if !inside(node) && !legacy.contains(&node) {
                 checks.violation(
                     Checker::Residency,
+                    Involved::group(&view.group).nodes([view.node, node]),
                     format!(
                         "{} sees {node} as a member of `{}`, outside {}",
                         view.node,
@@ -177,6 +263,7 @@ impl Observer {
             if !inside(view.node) {
                 checks.violation(
                     Checker::Residency,
+                    Involved::group(&view.group).nodes([view.node]),
                     format!(
                         "{} leads `{}` from outside {}",
                         view.node,
@@ -189,6 +276,7 @@ impl Observer {
             match self.leaders.get(&key) {
                 Some(&other) if other != view.node => checks.violation(
                     Checker::RaftSafety,
+                    Involved::group(&view.group).nodes([other, view.node]),
                     format!(
                         "two leaders of `{}` in term {}: {other} and {}",
                         view.group, status.term, view.node
@@ -205,6 +293,7 @@ impl Observer {
             match self.committed.get(&key) {
                 Some(&seen) if seen != term => checks.violation(
                     Checker::RaftSafety,
+                    Involved::group(&view.group).nodes([view.node]),
                     format!(
                         "`{}` entry {index} committed in term {seen}, later {} reports it committed in term {term}",
                         view.group, view.node

@@ -1,5 +1,6 @@
-//! `domicile sim run|sweep`: one seed with a JSON report, or many seeds with a summary and, for each
-//! failure, the exact command that replays it.
+//! `domicile sim run|sweep`: one seed told in words ([`crate::summary`]), as JSON, or drawn as an HTML
+//! timeline ([`crate::html`]); or many seeds with a summary and, for each failure, its first violation
+//! and the exact command that replays it.
 
 use std::process::ExitCode;
 
@@ -10,15 +11,19 @@ use crate::world::Canary;
 
 #[derive(Debug, Subcommand)]
 pub enum SimCommand {
-    /// Run one seed of a scenario. Exit 0 only when every checker found nothing.
+    /// Run one seed of a scenario and say what happened. Exit 0 only when every checker found nothing.
     Run {
         #[arg(long, value_enum)]
         scenario: Scenario,
         #[arg(long)]
         seed: u64,
-        /// Print one JSON object (the report) instead of a summary line.
+        /// Print one JSON object (the report) instead of the summary.
         #[arg(long)]
         json: bool,
+        /// Write the run as a self-contained HTML page: a timeline of nodes by site, faults, leaders,
+        /// membership, migration and violations.
+        #[arg(long, value_name = "FILE.html")]
+        report: Option<std::path::PathBuf>,
         /// Write the tracked keys' client history as Jepsen-shaped JSON lines.
         #[arg(long)]
         history: Option<std::path::PathBuf>,
@@ -77,6 +82,7 @@ pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_timer(SimulatedTime)
         .init();
 }
@@ -102,27 +108,13 @@ fn wall_now() -> std::time::Instant {
     std::time::Instant::now()
 }
 
-fn replay_command(config: &RunConfig) -> String {
-    let mut command = format!(
-        "domicile sim run --scenario {} --seed {}",
-        config.scenario.name(),
-        config.seed
-    );
-    if let Some(canary) = config.canary {
-        command.push_str(&format!(" --canary {}", canary.name()));
-    }
-    if let Some(seconds) = config.fault_seconds {
-        command.push_str(&format!(" --fault-seconds {seconds}"));
-    }
-    command
-}
-
 pub fn run(command: SimCommand) -> anyhow::Result<ExitCode> {
     match command {
         SimCommand::Run {
             scenario,
             seed,
             json,
+            report: report_path,
             history,
             trace,
             canary,
@@ -145,36 +137,31 @@ pub fn run(command: SimCommand) -> anyhow::Result<ExitCode> {
             if let (Some(path), Some(text)) = (trace, &outcome.trace) {
                 std::fs::write(&path, text)?;
             }
+            if let Some(path) = report_path {
+                std::fs::write(&path, crate::html::render(&outcome, &config))?;
+            }
             let report = &outcome.report;
+            let failing = report.violations.failing();
             if json {
                 println!("{}", serde_json::to_string_pretty(report)?);
+                for detail in &outcome.details {
+                    eprintln!("violation: {detail}");
+                }
+                if !failing.is_empty() {
+                    eprintln!(
+                        "seed {seed} failed: {}; replay: {}",
+                        failing.join(", "),
+                        config.replay_command()
+                    );
+                }
             } else {
-                println!(
-                    "seed {} {}: {:.1} simulated s in {:.2} s, ops ok/failed/unknown {}/{}/{}, trace {}",
-                    report.seed,
-                    scenario.name(),
-                    report.sim_seconds,
-                    report.wall_seconds,
-                    report.ops_ok,
-                    report.ops_failed,
-                    report.ops_unknown,
-                    report.trace_hash
-                );
+                print!("{}", crate::summary::render(&outcome, &config));
             }
-            for detail in &outcome.details {
-                eprintln!("violation: {detail}");
-            }
-            let failing = report.violations.failing();
-            if failing.is_empty() {
-                Ok(ExitCode::SUCCESS)
+            Ok(if failing.is_empty() {
+                ExitCode::SUCCESS
             } else {
-                eprintln!(
-                    "seed {seed} failed: {}; replay: {}",
-                    failing.join(", "),
-                    replay_command(&config)
-                );
-                Ok(ExitCode::from(1))
-            }
+                ExitCode::from(1)
+            })
         }
         SimCommand::Sweep {
             scenario,
@@ -201,7 +188,11 @@ pub fn run(command: SimCommand) -> anyhow::Result<ExitCode> {
                 let failing = outcome.report.violations.failing();
                 if !failing.is_empty() {
                     println!("FAIL seed {seed}: {}", failing.join(", "));
-                    println!("  replay: {}", replay_command(&config));
+                    if let Some(first) = crate::checkers::first(&outcome.findings) {
+                        let at = first.at.map_or("?".to_string(), crate::summary::seconds);
+                        println!("  first at {at}: {}", first.line());
+                    }
+                    println!("  replay: {}", config.replay_command());
                     failed.push((seed, failing));
                 }
             }

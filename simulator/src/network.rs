@@ -20,7 +20,7 @@ use raft::identity::NodeIdentity;
 use raft::routing::group_number;
 use raft::transport::{PeerRequest, PeerResponse, Transport, TransportError};
 
-use crate::checkers::{Checker, Checks};
+use crate::checkers::{Checker, Checks, Involved};
 use crate::config::SimConfig;
 use crate::prng::Prng;
 use crate::stores::SimStores;
@@ -286,7 +286,7 @@ impl Network {
     }
 
     /// The residency witness: does this message carry a fenced group's data to a node outside it?
-    fn witness(&self, sender: &SimHost, to: NodeId, request: &PeerRequest) {
+    fn witness(&self, sender: &SimHost, from: NodeId, to: NodeId, request: &PeerRequest) {
         if !request.carries_data {
             return;
         }
@@ -303,6 +303,7 @@ impl Network {
         if !still_member {
             self.checks.violation(
                 Checker::Residency,
+                Involved::group(&policy.group).nodes([from, to]),
                 format!(
                     "{:?} of group `{}` sent to {to}, outside {} and not a legacy member",
                     request.kind,
@@ -326,7 +327,7 @@ impl Network {
             .get(&from.node)
             .map(|endpoint| endpoint.host.clone())
         {
-            self.witness(&sender, to, &request);
+            self.witness(&sender, from.node, to, &request);
         }
         let (host, incarnation, there, duplicate) = match self.dispatch(from.node, to, &request) {
             Fate::Lost(after) => {

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use placement::{GroupId, GroupState, Health, NodeId, Placement, Step};
 
+use crate::timeline::EventKind;
 use crate::world::World;
 
 /// What one planning round did.
@@ -116,6 +117,12 @@ async fn purge(world: &World, group: &GroupId, node: NodeId) -> bool {
             }
             world.drop_replica(node, group);
             world.log(format!("purge of {group} on {node}: {purged:?}"));
+            if let raft::purge::Purged::Deleted { .. } = purged {
+                world.record(EventKind::Step(Step::PurgeReplica {
+                    group: group.clone(),
+                    node,
+                }));
+            }
             true
         }
         Err(error) => {
@@ -165,6 +172,7 @@ pub async fn execute(world: &World, step: &Step) -> bool {
     match host.execute(step).await {
         Ok(()) => {
             world.log(format!("step {step:?}: done"));
+            world.record(EventKind::Step(step.clone()));
             if let (Step::AddLearner { node, .. }, Some(bulk)) = (step, &world.bulk) {
                 bulk.start_transfer(world, &group, *node);
             }

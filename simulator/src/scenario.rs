@@ -16,7 +16,7 @@
 //!   only its egress fence stops it (the `egress-off` canary's catch).
 //! * `writes`: one 3-node group under client writes and no faults, the speed benchmark's baseline.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::time::Duration;
 
@@ -30,11 +30,12 @@ use serde::Serialize;
 use storage::{Command, RecordKey, WriteId};
 
 use crate::bulk;
-use crate::checkers::{Checker, Violations};
+use crate::checkers::{self, Checker, Finding, Involved, Violations};
 use crate::network::{LinkModel, NetFaults};
 use crate::orchestrator;
 use crate::prng::Prng;
 use crate::stores::SyncLatency;
+use crate::timeline::{EventKind, Fault, Timeline};
 use crate::workload::{Workload, tracked_keys};
 use crate::world::{Canary, GroupSpec, World, WorldSpec};
 
@@ -253,7 +254,27 @@ pub struct Report {
     pub bytes_moved: Option<u64>,
     pub violations: Violations,
     /// How often each fault point in production code (`raft::sim::maybe`) fired.
-    pub fault_points: std::collections::BTreeMap<&'static str, u64>,
+    pub fault_points: BTreeMap<&'static str, u64>,
+    /// The faults injected, by kind.
+    pub faults: BTreeMap<&'static str, u64>,
+    /// How many times each group's leadership passed to a new leader (or a new term).
+    pub leader_changes: BTreeMap<String, u64>,
+    /// The earliest violation in simulated time, and how to replay it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_violation: Option<FirstViolation>,
+}
+
+/// The first violation of a failing seed, for `--json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct FirstViolation {
+    pub checker: &'static str,
+    /// Simulated seconds since the world was built, when known.
+    pub at_seconds: Option<f64>,
+    pub group: Option<String>,
+    pub nodes: Vec<NodeId>,
+    pub keys: Vec<String>,
+    pub detail: String,
+    pub replay: String,
 }
 
 pub struct Outcome {
@@ -262,6 +283,67 @@ pub struct Outcome {
     pub history: Option<String>,
     pub trace: Option<String>,
     pub details: Vec<String>,
+    /// What the summary and the HTML report are drawn from.
+    pub timeline: Timeline,
+    pub findings: Vec<Finding>,
+    pub layout: Layout,
+}
+
+/// Where the run's nodes stood and which groups it ran.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// (site, country, nodes), in the topology's order.
+    pub sites: Vec<(String, String, Vec<NodeId>)>,
+    /// (group, jurisdiction).
+    pub groups: Vec<(GroupId, String)>,
+}
+
+impl Layout {
+    fn of(world: &World) -> Layout {
+        let sites = world
+            .topology
+            .sites()
+            .map(|site| {
+                (
+                    site.name.0.clone(),
+                    site.country.as_str().to_string(),
+                    site.nodes.clone(),
+                )
+            })
+            .collect();
+        let groups = world
+            .policies
+            .iter()
+            .map(|(group, policy)| (group.clone(), policy.jurisdiction.name().to_string()))
+            .collect();
+        Layout { sites, groups }
+    }
+
+    /// The site a node stands in.
+    pub fn site_of(&self, node: NodeId) -> Option<&str> {
+        self.sites
+            .iter()
+            .find(|(_, _, nodes)| nodes.contains(&node))
+            .map(|(site, ..)| site.as_str())
+    }
+}
+
+impl RunConfig {
+    /// The command that replays this run.
+    pub fn replay_command(&self) -> String {
+        let mut command = format!(
+            "domicile sim run --scenario {} --seed {}",
+            self.scenario.name(),
+            self.seed
+        );
+        if let Some(canary) = self.canary {
+            command.push_str(&format!(" --canary {}", canary.name()));
+        }
+        if let Some(seconds) = self.fault_seconds {
+            command.push_str(&format!(" --fault-seconds {seconds}"));
+        }
+        command
+    }
 }
 
 /// Runs one seed of a scenario on a fresh deterministic runtime.
@@ -273,8 +355,30 @@ pub fn run(config: &RunConfig) -> Outcome {
     let fault_points = raft::sim::disarm();
     let history = workload.history.lock().expect("history lock");
     // Porcupine runs outside the simulation: it is a pure function of the history.
-    history.check(&world.checks, Duration::from_secs(60));
+    let timeline = world.timeline();
+    history.check(&world.checks, Duration::from_secs(60), &timeline);
     let violations = world.checks.violations();
+    let findings = world.checks.findings();
+    let first_violation = checkers::first(&findings).map(|finding| FirstViolation {
+        checker: finding.checker.name(),
+        at_seconds: finding.at.map(|at| at.as_secs_f64()),
+        group: finding.involved.group.as_ref().map(|group| group.0.clone()),
+        nodes: finding.involved.nodes.clone(),
+        keys: finding.involved.keys.clone(),
+        detail: finding.detail.clone(),
+        replay: config.replay_command(),
+    });
+    let leaders = timeline.leaders();
+    let leader_changes = world
+        .policies
+        .keys()
+        .map(|group| {
+            let changes = leaders
+                .get(group)
+                .map_or(0, |leaders| leaders.len().saturating_sub(1));
+            (group.0.clone(), changes as u64)
+        })
+        .collect();
     let report = Report {
         seed: config.seed,
         scenario: config.scenario,
@@ -291,12 +395,18 @@ pub fn run(config: &RunConfig) -> Outcome {
         bytes_moved: world.bulk.as_ref().map(|bulk| bulk.bytes_moved()),
         violations,
         fault_points,
+        faults: timeline.fault_counts(),
+        leader_changes,
+        first_violation,
     };
     let outcome = Outcome {
         report,
         history: config.keep_history.then(|| history.jsonl()),
         trace: world.trace_text(),
         details: world.checks.details(),
+        layout: Layout::of(&world),
+        timeline,
+        findings,
     };
     drop(history);
     drop(runtime);
@@ -454,6 +564,7 @@ impl Faults {
                 faults.blocked.clear();
                 self.world.network.set_faults(faults);
                 self.world.log("network healed");
+                self.world.record(EventKind::Healed);
             }
             match self.scenario {
                 Scenario::Failover | Scenario::Migrate => self.failover_tick().await,
@@ -488,7 +599,7 @@ impl Faults {
         let (due, later): (Vec<_>, Vec<_>) = self.crashes.drain(..).partition(|(at, _)| *at <= now);
         self.crashes = later;
         for (_, node) in due {
-            self.world.log(format!("{node} exits after its failed fdatasync"));
+            self.world.fault(Fault::ExitAfterFailedSync { node });
             self.crash(node, (200, 2_000)).await;
         }
         let (due, later): (Vec<_>, Vec<_>) = self.restarts.drain(..).partition(|(at, _)| *at <= now);
@@ -532,23 +643,25 @@ impl Faults {
             Ok(Err(reason)) => reason,
             Err(_) => "timed out".to_string(),
         };
-        self.world.log(format!(
-            "stale route: {leader} replicates {group} to {target}: {outcome}"
-        ));
+        self.world.fault(Fault::StaleRoute {
+            leader,
+            group,
+            target,
+            outcome,
+        });
     }
 
     /// A node's clock misbehaves: it leaps forward (a VM paused or migrated: up to 3 s gone in an
     /// instant), or starts running up to 2% fast or slow (a clock source gone bad).
     fn clock_fault(&mut self, node: NodeId) {
         if self.rng.below(2) == 0 {
-            let by = Duration::from_millis(self.rng.between(100, 3_000));
-            crate::clock::leap(node.0, by);
-            self.world
-                .log(format!("{node}: clock leaps {} ms forward", by.as_millis()));
+            let millis = self.rng.between(100, 3_000);
+            crate::clock::leap(node.0, Duration::from_millis(millis));
+            self.world.fault(Fault::ClockLeap { node, millis });
         } else {
             let drift_ppm = self.rng.below(40_001) as i64 - 20_000;
             crate::clock::set_drift(node.0, drift_ppm);
-            self.world.log(format!("{node}: clock drifts {drift_ppm} ppm"));
+            self.world.fault(Fault::ClockDrift { node, ppm: drift_ppm });
         }
     }
 
@@ -565,12 +678,17 @@ impl Faults {
     }
 
     fn block(&mut self, pairs: impl IntoIterator<Item = (NodeId, NodeId)>, what: &str) {
+        let blocked: BTreeSet<(NodeId, NodeId)> = pairs.into_iter().collect();
         let mut faults = self.world.network.faults();
-        faults.blocked.extend(pairs);
+        faults.blocked.extend(blocked.iter().copied());
         self.world.network.set_faults(faults);
         let millis = self.rng.between(1_000, 4_000);
         self.heal_at = Some(SimInstant::now() + Duration::from_millis(millis));
-        self.world.log(format!("partition: {what} for {millis} ms"));
+        self.world.fault(Fault::Partition {
+            description: what.to_string(),
+            millis,
+            blocked,
+        });
     }
 
     /// A partition of one of the shapes the issue names, around `leader` when there is one.
@@ -647,7 +765,7 @@ impl Faults {
 
     async fn power_loss(&mut self) {
         self.power_loss_done = true;
-        self.world.log("power loss: every node at once");
+        self.world.fault(Fault::PowerLoss);
         for node in self.world.node_ids() {
             self.crash(node, (1_000, 3_000)).await;
         }
@@ -660,7 +778,7 @@ impl Faults {
             let groups = self.groups();
             let group = self.rng.pick(&groups).clone();
             if let Some((leader, _)) = self.world.leader(&group) {
-                self.world.log(format!("crash {leader}, leader of {group}"));
+                self.world.fault(Fault::CrashLeader { node: leader, group });
                 self.crash(leader, (1_000, 5_000)).await;
             }
         } else if roll < 25 && self.heal_at.is_none() {
@@ -673,7 +791,10 @@ impl Faults {
     async fn site_outage_tick(&mut self) {
         if !self.outage_done && self.outage.is_none() && self.rng.chance(50_000) {
             let nodes = self.world.site_nodes("dublin-a");
-            self.world.log(format!("site outage: dublin-a {nodes:?}"));
+            self.world.fault(Fault::SiteOutage {
+                site: "dublin-a".into(),
+                listed: Some(nodes.clone()),
+            });
             self.world.network.set_faults(NetFaults {
                 blocked: BTreeSet::new(),
                 ..self.world.network.faults()
@@ -689,7 +810,9 @@ impl Faults {
         {
             self.outage = None;
             self.outage_done = true;
-            self.world.log("site dublin-a returns");
+            self.world.fault(Fault::SiteReturns {
+                site: "dublin-a".into(),
+            });
             for node in nodes {
                 let _ = self.world.start(node).await;
             }
@@ -706,7 +829,7 @@ impl Faults {
         let disk_fault_allowed = self.damaged_disk.is_none_or(|damaged| damaged == node);
         match roll {
             0..10 if down < 2 => {
-                self.world.log(format!("crash {node}"));
+                self.world.fault(Fault::Crash { node });
                 self.crash(node, (500, 5_000)).await;
             }
             10..20 if self.heal_at.is_none() => self.partition(),
@@ -716,9 +839,7 @@ impl Faults {
                 } else {
                     io::ErrorKind::StorageFull
                 };
-                self.world.log(format!(
-                    "{node}: next fdatasync fails ({kind:?}); the process will crash"
-                ));
+                self.world.fault(Fault::SyncFails { node, kind });
                 if let Some(disk) = self.world.disk(node) {
                     disk.fail_next_sync(kind);
                 }
@@ -738,8 +859,7 @@ impl Faults {
                     let flipped = self.rng.fork(7);
                     let mut flipped = flipped;
                     let at = disk.flip_bit(&mut flipped);
-                    self.world
-                        .log(format!("{node}: bit flipped at {at:?} while down"));
+                    self.world.fault(Fault::BitFlip { node, at });
                 }
             }
             25..26 if lost == 0 && down == 0 && disk_fault_allowed => {
@@ -750,10 +870,10 @@ impl Faults {
                 let mut faults = self.world.network.faults();
                 faults.loss_per_million = self.rng.below(50_000);
                 faults.duplicate_per_million = self.rng.below(20_000);
-                self.world.log(format!(
-                    "links: loss {} ppm, duplication {} ppm",
-                    faults.loss_per_million, faults.duplicate_per_million
-                ));
+                self.world.fault(Fault::Links {
+                    loss_ppm: faults.loss_per_million,
+                    duplicate_ppm: faults.duplicate_per_million,
+                });
                 self.world.network.set_faults(faults);
             }
             28..29 if !self.outage_done && down == 0 => {
@@ -765,7 +885,10 @@ impl Faults {
                     .map(|site| site.name.0.clone())
                     .collect();
                 let site = self.rng.pick(&sites).clone();
-                self.world.log(format!("site outage: {site}"));
+                self.world.fault(Fault::SiteOutage {
+                    site: site.clone(),
+                    listed: None,
+                });
                 for node in self.world.site_nodes(&site) {
                     self.crash(node, (3_000, 10_000)).await;
                 }
@@ -786,7 +909,7 @@ impl Faults {
         // stop, so the exits still due happen now (and the restarts below bring those nodes back).
         for (_, node) in std::mem::take(&mut self.crashes) {
             if self.world.is_up(node) {
-                self.world.log(format!("{node} exits after its failed fdatasync"));
+                self.world.fault(Fault::ExitAfterFailedSync { node });
                 self.world.crash(node, true).await;
             }
         }
@@ -795,6 +918,7 @@ impl Faults {
             crate::clock::set_drift(node.0, *drift_ppm);
         }
         self.world.log("faults stop; everything heals");
+        self.world.record(EventKind::FaultsStop);
         for node in self.world.node_ids() {
             if let Err(error) = self.world.start(node).await {
                 self.world.log(format!("{node} failed to restart: {error}"));
@@ -860,6 +984,7 @@ async fn finish_migration(world: &World) {
     if !migrated(world) {
         world.checks.violation(
             Checker::Liveness,
+            Involved::default(),
             format!("the migration did not finish within {MIGRATION_BOUND:?} after faults stopped"),
         );
     }
@@ -890,6 +1015,7 @@ async fn liveness(world: &World) {
             if !voters.is_empty() || world.holders(group).iter().all(|&node| !world.is_lost(node)) {
                 world.checks.violation(
                     Checker::Liveness,
+                    Involved::group(group).nodes(voters.iter().copied()),
                     format!("{group} has no quorum of healthy voters after faults stopped"),
                 );
             }
@@ -931,6 +1057,7 @@ async fn liveness(world: &World) {
         if !served {
             world.checks.violation(
                 Checker::Liveness,
+                Involved::group(group).nodes(voters.iter().copied()),
                 format!(
                     "{group} did not elect a leader and serve a write and a read within {LIVENESS_BOUND:?}"
                 ),
@@ -967,6 +1094,7 @@ async fn final_checks(world: &World, workload: &Workload) {
             for write in acked.iter().filter(|write| &write.group == group) {
                 world.checks.violation(
                     Checker::LostAckedWrites,
+                    Involved::group(group).keys([workload.key_name(write.key)]),
                     format!(
                         "{group} has no leader at the end; acknowledged {:?} can't be found",
                         write.write
@@ -984,6 +1112,9 @@ async fn final_checks(world: &World, workload: &Workload) {
             if write.revision > committed {
                 world.checks.violation(
                     Checker::LostAckedWrites,
+                    Involved::group(group)
+                        .nodes([leader])
+                        .keys([workload.key_name(write.key)]),
                     format!(
                         "{:?} acknowledged at {} but {group} committed only {committed}",
                         write.write, write.revision
@@ -1007,6 +1138,9 @@ async fn final_checks(world: &World, workload: &Workload) {
             if !carries {
                 world.checks.violation(
                     Checker::LostAckedWrites,
+                    Involved::group(group)
+                        .nodes([leader])
+                        .keys([workload.key_name(write.key)]),
                     format!(
                         "{:?} acknowledged at {} of {group}, but the committed entry there is {payload:?}",
                         write.write, write.revision
@@ -1045,6 +1179,7 @@ async fn log_agreement(world: &World, group: &GroupId, leader: NodeId, committed
             if term != *leader_term || &payload != leader_payload {
                 world.checks.violation(
                     Checker::RaftSafety,
+                    Involved::group(group).nodes([node, leader]),
                     format!("{group} entry {index}: {node} committed term {term}, the leader {leader} has term {leader_term}"),
                 );
             }

@@ -36,6 +36,11 @@ pub struct TrackedKey {
     pub group: GroupId,
 }
 
+/// A record key as the report names it: `jurisdiction/user/record`.
+pub fn key_name(key: &RecordKey) -> String {
+    format!("{}/{}/{}", key.jurisdiction, key.user_id, key.record_name)
+}
+
 pub fn tracked_keys(router: &Router, jurisdictions: &[&str], per_jurisdiction: u64) -> Vec<TrackedKey> {
     let mut keys = Vec::new();
     for jurisdiction in jurisdictions {
@@ -75,12 +80,21 @@ enum Outcome {
 
 impl Workload {
     pub fn new(world: World, keys: Vec<TrackedKey>, think_millis: (u64, u64)) -> Workload {
+        let start = SimInstant::now();
+        let history = History {
+            started: start - world.started(),
+            keys: keys
+                .iter()
+                .map(|tracked| (tracked.index, (key_name(&tracked.key), tracked.group.clone())))
+                .collect(),
+            ..History::default()
+        };
         Workload {
             world,
             keys: Arc::new(keys),
-            history: Arc::default(),
+            history: Arc::new(Mutex::new(history)),
             stop: Arc::default(),
-            start: SimInstant::now(),
+            start,
             running: Arc::default(),
             think_millis,
         }
@@ -374,6 +388,15 @@ impl Workload {
             metadata: None,
         });
         kind == "info"
+    }
+
+    /// A key of the history (a tracked key's index, or a bulk range's `u64::MAX - range`) as the report
+    /// names it.
+    pub fn key_name(&self, key: u64) -> String {
+        match self.keys.iter().find(|tracked| tracked.index == key) {
+            Some(tracked) => key_name(&tracked.key),
+            None => format!("EEA/bulk-{}/*", u64::MAX - key),
+        }
     }
 
     pub fn operations_started(&self) -> usize {

@@ -31,6 +31,7 @@ use crate::disk::SimDisk;
 use crate::network::{LinkModel, Network, SimHost, group_table};
 use crate::prng::Prng;
 use crate::stores::{DurableBackends, SimStores, StoresHandle, SyncLatency};
+use crate::timeline::{EventKind, Fault, Timeline};
 use crate::trace::Trace;
 
 /// Planted bugs the checkers must catch (only with the `canaries` feature).
@@ -119,7 +120,10 @@ pub struct Inner {
     pub clock_drift_ppm: BTreeMap<NodeId, i64>,
     sync_latency: SyncLatency,
     nodes: Mutex<BTreeMap<NodeId, NodeSlot>>,
+    /// When the world was built: the trace's and the timeline's clock start here.
+    start: SimInstant,
     trace: Mutex<Trace>,
+    timeline: Mutex<Timeline>,
     rng: Mutex<Prng>,
     observer: Mutex<Observer>,
     /// What the trace last showed of each replica's status, by node.
@@ -203,8 +207,9 @@ impl World {
             .iter()
             .map(|group| (group.group.clone(), group.legacy.clone()))
             .collect();
+        let start = SimInstant::now();
         let mut rng = Prng::new(seed);
-        let checks = Arc::new(Checks::default());
+        let checks = Arc::new(Checks::new(start));
         let network = Arc::new(Network::new(
             topology.clone(),
             spec.links.clone(),
@@ -280,7 +285,9 @@ impl World {
             clock_drift_ppm,
             sync_latency: spec.sync_latency,
             nodes: Mutex::new(nodes),
-            trace: Mutex::new(Trace::new(SimInstant::now(), keep_trace)),
+            start,
+            trace: Mutex::new(Trace::new(start, keep_trace)),
+            timeline: Mutex::new(Timeline::default()),
             rng: Mutex::new(rng),
             observer: Mutex::new(Observer::default()),
             last_seen: Mutex::new(BTreeMap::new()),
@@ -305,6 +312,28 @@ impl World {
             .lock()
             .expect("trace lock")
             .log(SimInstant::now(), event.as_ref());
+    }
+
+    /// Records an event in the timeline (never in the trace: see [`crate::timeline`]).
+    pub fn record(&self, kind: EventKind) {
+        let at = SimInstant::now() - self.start;
+        self.timeline.lock().expect("timeline lock").record(at, kind);
+    }
+
+    /// A fault the injector decided: its line in the trace, and an event in the timeline.
+    pub fn fault(&self, fault: Fault) {
+        self.log(fault.to_string());
+        self.record(EventKind::Fault(fault));
+    }
+
+    /// The timeline so far.
+    pub fn timeline(&self) -> Timeline {
+        self.timeline.lock().expect("timeline lock").clone()
+    }
+
+    /// When the world was built.
+    pub fn started(&self) -> SimInstant {
+        self.start
     }
 
     pub fn trace_hash(&self) -> u64 {
@@ -414,6 +443,10 @@ impl World {
                 if let Some(slot) = self.nodes().get_mut(&node) {
                     slot.lost = true;
                 }
+                self.record(EventKind::NodeLost {
+                    node,
+                    reason: format!("recovery refused: {reason}"),
+                });
                 return Ok(());
             }
         };
@@ -456,6 +489,7 @@ impl World {
             "{node} up, replicas {:?}",
             replicas.iter().map(|g| g.0.as_str()).collect::<Vec<_>>()
         ));
+        self.record(EventKind::NodeUp { node });
         Ok(())
     }
 
@@ -474,6 +508,11 @@ impl World {
             "{node} crashed: {} bytes unsynced lost, {} files torn",
             damage.bytes_lost, damage.torn_files
         ));
+        self.record(EventKind::NodeDown {
+            node,
+            bytes_lost: damage.bytes_lost,
+            torn_files: damage.torn_files as u64,
+        });
         self.last_seen.lock().expect("last seen lock").remove(&node);
     }
 
@@ -487,7 +526,11 @@ impl World {
             slot.disk.lose_everything();
             slot.durable.lose_everything();
         }
-        self.log(format!("{node} lost its disk; it stays down"));
+        self.fault(Fault::DiskLost { node });
+        self.record(EventKind::NodeLost {
+            node,
+            reason: "its disk is gone".into(),
+        });
     }
 
     /// Opens `group` on `node` (a new replica joining), remembering it across restarts.
@@ -590,9 +633,17 @@ impl World {
                 Some((node, running.host.clone(), running.stores.clone(), hosted))
             })
             .collect();
+        // Each group's leader this step (the highest term's) and the membership it holds.
+        let mut leaders: BTreeMap<GroupId, (u64, NodeId, Membership)> = BTreeMap::new();
         for (node, host, stores, replicas) in running {
             for group in replicas {
                 let Ok(status) = host.status(&group) else { continue };
+                if status.leader == Some(node)
+                    && leaders.get(&group).is_none_or(|(term, ..)| status.term > *term)
+                {
+                    let membership = status.membership.clone();
+                    leaders.insert(group.clone(), (status.term, node, membership));
+                }
                 // Reading the committed entry costs a decode: sample it every tenth step.
                 let committed_term = match status.committed {
                     Some(index) if count % 10 == 0 => entry_term(&stores, &group, index).await,
@@ -639,6 +690,30 @@ impl World {
                         status.membership.learners.iter().map(|n| n.0).collect::<Vec<_>>(),
                     ));
                 }
+            }
+        }
+        self.record_leaders(&leaders);
+    }
+
+    /// Each group's leader and membership into the timeline (changes only), and the cutover of a group
+    /// that began with members outside its jurisdiction once they are all inside.
+    fn record_leaders(&self, leaders: &BTreeMap<GroupId, (u64, NodeId, Membership)>) {
+        let at = SimInstant::now() - self.start;
+        let mut timeline = self.timeline.lock().expect("timeline lock");
+        for (group, policy) in &self.policies {
+            let Some((term, leader, membership)) = leaders.get(group) else {
+                timeline.leader(at, group, None);
+                continue;
+            };
+            timeline.leader(at, group, Some((*leader, *term)));
+            timeline.membership(at, group, membership);
+            let began_outside = self.legacy.get(group).is_some_and(|legacy| !legacy.is_empty());
+            if began_outside
+                && membership
+                    .members()
+                    .all(|node| self.topology.is_inside(node, &policy.jurisdiction))
+            {
+                timeline.cutover(at, group);
             }
         }
     }
