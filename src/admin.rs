@@ -1,5 +1,6 @@
 //! The admin endpoint: HTTP on loopback by default. `GET /status`, `GET /ready`, `GET /metrics`
-//! (Prometheus text), `POST /groups/{group}/learners`, `POST /groups/{group}/leader`, `POST /drain`.
+//! (Prometheus text), `GET /topology`, `POST /groups/{group}/learners`, `POST /groups/{group}/leader`,
+//! `POST /groups/{group}/steps` (a planner step), `POST /drain`.
 //!
 //! `GET /ready` is for an orchestrator's readiness probe: 200 once the node serves its groups — the
 //! endpoint only listens after the node has opened them, and every group it hosts knows a leader — and
@@ -23,7 +24,8 @@ use placement::{GroupId, NodeId, Step};
 use raft::host::HostError;
 
 use crate::admin_api::{
-    AddLearner, AdminError, GroupView, Incidents, Member, MoveLeader, NodeStatus, Readiness, TopologyGroup,
+    AddLearner, AdminError, GroupView, Incidents, Member, MoveLeader, NodeStatus, Readiness, StepRequest,
+    TopologyGroup,
 };
 use crate::node::Node;
 
@@ -42,6 +44,8 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle<()
         .route("/metrics", get(metrics))
         .route("/groups/{group}/learners", post(add_learner))
         .route("/groups/{group}/leader", post(move_leader))
+        .route("/groups/{group}/steps", post(execute_step))
+        .route("/topology", get(topology))
         .route("/drain", post(drain))
         .with_state(node.clone());
     let observer = node.clone();
@@ -151,6 +155,14 @@ pub fn node_status(node: &Node) -> NodeStatus {
             client_calls_refused: incidents.client_calls_refused,
         },
         topology_groups,
+        purged: node.purges.records(),
+        retired: node
+            .file
+            .policies
+            .keys()
+            .filter(|group| node.host.is_retired(group))
+            .map(|group| group.0.clone())
+            .collect(),
     }
 }
 
@@ -216,6 +228,24 @@ async fn move_leader(
         to: NodeId(body.to),
     };
     execute(&node, step).await
+}
+
+/// `POST /groups/{group}/steps`: one planner step, executed if this node leads the group — through the
+/// fence, with the membership precondition, like the learner and leader requests (`domicile placement
+/// apply` sends its steps here).
+async fn execute_step(
+    State(node): State<Arc<Node>>,
+    Path(group): Path<String>,
+    Json(body): Json<StepRequest>,
+) -> Response {
+    let step = body.into_step(GroupId(group));
+    execute(&node, step).await
+}
+
+/// `GET /topology`: the topology file this node runs with, as it read it at start-up — what `domicile
+/// placement apply` plans with.
+async fn topology(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    ([("content-type", "application/toml")], node.topology_text.clone())
 }
 
 async fn drain(State(node): State<Arc<Node>>) -> Response {

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use placement::{GroupId, NodeId, Step};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -19,6 +20,31 @@ pub struct NodeStatus {
     /// the planner creates it), so `status` can name groups no reachable node hosts.
     #[serde(default)]
     pub topology_groups: Vec<TopologyGroup>,
+    /// The replicas this node purged, each with the proof it acted on, oldest first.
+    #[serde(default)]
+    pub purged: Vec<PurgeRecord>,
+    /// The groups whose replica here is retired (purged, and not added back since).
+    #[serde(default)]
+    pub retired: Vec<String>,
+}
+
+/// A replica a node purged: the committed membership that left it out, as the group's leader showed it,
+/// and when the deletion completed. Kept in the node's data directory (`purged.jsonl`), so a restart
+/// still reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeRecord {
+    pub group: String,
+    /// The leader whose committed membership left this node out.
+    pub leader: u64,
+    /// The term in which that leader answered.
+    pub term: u64,
+    /// The index of the membership's log entry.
+    pub log_index: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// When the replica's files were gone, by the node's clock: RFC 3339, UTC.
+    pub deleted_at: String,
+    pub deleted_at_unix_ms: u64,
 }
 
 /// A group as the topology declares it, before anything is known of it at run time.
@@ -78,6 +104,60 @@ pub struct AddLearner {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MoveLeader {
     pub to: u64,
+}
+
+/// `POST /groups/{group}/steps`: one planner step that changes membership or leadership, executed by the
+/// group's leader through the fence. The JSON is the planner's own (`{"step": "promote_voter", "node": 3}`)
+/// without the group, which the path names. Purging is not a step anyone can ask a node for: the node
+/// holding a removed replica purges it on the leader's proof, by itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum StepRequest {
+    AddLearner { node: u64 },
+    PromoteVoter { node: u64 },
+    DemoteVoter { node: u64 },
+    TransferLeader { to: u64 },
+    RemoveMember { node: u64 },
+}
+
+impl StepRequest {
+    /// The request for a planner step, or `None` for steps no admin endpoint executes (creating a group,
+    /// purging a replica).
+    pub fn of(step: &Step) -> Option<StepRequest> {
+        Some(match step {
+            Step::AddLearner { node, .. } => StepRequest::AddLearner { node: node.0 },
+            Step::PromoteVoter { node, .. } => StepRequest::PromoteVoter { node: node.0 },
+            Step::DemoteVoter { node, .. } => StepRequest::DemoteVoter { node: node.0 },
+            Step::TransferLeader { to, .. } => StepRequest::TransferLeader { to: to.0 },
+            Step::RemoveMember { node, .. } => StepRequest::RemoveMember { node: node.0 },
+            Step::CreateGroup { .. } | Step::PurgeReplica { .. } => return None,
+        })
+    }
+
+    pub fn into_step(self, group: GroupId) -> Step {
+        match self {
+            StepRequest::AddLearner { node } => Step::AddLearner {
+                group,
+                node: NodeId(node),
+            },
+            StepRequest::PromoteVoter { node } => Step::PromoteVoter {
+                group,
+                node: NodeId(node),
+            },
+            StepRequest::DemoteVoter { node } => Step::DemoteVoter {
+                group,
+                node: NodeId(node),
+            },
+            StepRequest::TransferLeader { to } => Step::TransferLeader {
+                group,
+                to: NodeId(to),
+            },
+            StepRequest::RemoveMember { node } => Step::RemoveMember {
+                group,
+                node: NodeId(node),
+            },
+        }
+    }
 }
 
 /// Every non-2xx answer.

@@ -6,6 +6,8 @@
 
 mod admin;
 mod admin_api;
+mod apply_cli;
+mod apply_report;
 mod certs_cli;
 mod demo;
 mod metrics;
@@ -13,6 +15,7 @@ mod node;
 mod node_config;
 mod operator_cli;
 mod placement_cli;
+mod purge_log;
 
 use std::process::ExitCode;
 
@@ -48,7 +51,7 @@ enum Command {
         #[arg(long, default_value_t = 600)]
         records: u64,
     },
-    /// Run a node (`--config node.toml`), or act on one (`drain`).
+    /// Run a node (`--config node.toml`), or act on one (`drain`, `decommission`).
     Node {
         #[arg(long)]
         config: Option<std::path::PathBuf>,
@@ -61,6 +64,11 @@ enum Command {
         admin: String,
         #[arg(short, long, value_enum, default_value = "table")]
         output: operator_cli::Output,
+    },
+    /// Site operations: `evacuate` moves every replica and leadership off a site.
+    Site {
+        #[command(subcommand)]
+        command: apply_cli::SiteCommand,
     },
     /// Leadership operations.
     Leader {
@@ -82,6 +90,13 @@ enum NodeAction {
         node: placement::NodeId,
         #[arg(long, default_value = "127.0.0.1:7200")]
         admin: String,
+    },
+    /// Move every replica and leadership off a node, onto healthy nodes inside each group's jurisdiction,
+    /// and wait for its copies to be purged: before the node is retired for good.
+    Decommission {
+        node: placement::NodeId,
+        #[command(flatten)]
+        run: apply_cli::RunArgs,
     },
 }
 
@@ -128,7 +143,10 @@ fn init_logging(command: &Command) {
 /// sockets to close on the way out, and see a closed socket as an error to handle.
 fn end_quietly_on_a_closed_pipe(command: &Command) {
     let reports = match command {
-        Command::Placement { .. } | Command::Status { .. } | Command::Leader { .. } => true,
+        Command::Placement { .. }
+        | Command::Status { .. }
+        | Command::Leader { .. }
+        | Command::Site { .. } => true,
         #[cfg(feature = "sim")]
         Command::Sim { .. } => true,
         _ => false,
@@ -151,6 +169,9 @@ fn main() -> ExitCode {
             (_, Some(NodeAction::Drain { node, admin })) => {
                 runtime().and_then(|runtime| runtime.block_on(operator_cli::drain(&admin, node)))
             }
+            (_, Some(NodeAction::Decommission { node, run })) => {
+                apply_cli::run_blocking(apply_cli::Scope::Decommission { node }, run)
+            }
             (Some(path), None) => NodeConfig::load(&path).and_then(|config| {
                 node_runtime(config.worker_threads).and_then(|runtime| runtime.block_on(node::run(config)))
             }),
@@ -161,6 +182,9 @@ fn main() -> ExitCode {
         Command::Status { admin, output } => {
             runtime().and_then(|runtime| runtime.block_on(operator_cli::status(&admin, output)))
         }
+        Command::Site {
+            command: apply_cli::SiteCommand::Evacuate { site, run },
+        } => apply_cli::run_blocking(apply_cli::Scope::Evacuate { site }, run),
         Command::Leader {
             command: operator_cli::LeaderCommand::Move { admin, group, to },
         } => runtime().and_then(|runtime| runtime.block_on(operator_cli::move_leader(&admin, &group, to))),

@@ -33,6 +33,7 @@ use raft::stores::DiskStores;
 
 use crate::metrics::{GroupLabel, Metrics, OpLabel};
 use crate::node_config::{NodeConfig, PeerAddress};
+use crate::purge_log::PurgeLog;
 
 pub type NodeHost = Host<TokioConfig, QuicNode, DiskStores>;
 type Service = NodeService<TokioConfig, QuicNode, DiskStores>;
@@ -43,6 +44,10 @@ pub struct Node {
     pub host: Arc<NodeHost>,
     pub quic: Arc<QuicNode>,
     pub metrics: Arc<Metrics>,
+    /// The topology file's text, as read at start-up (`GET /topology`).
+    pub topology_text: String,
+    /// The replicas this node purged, with their proofs (`purged.jsonl` in the data directory).
+    pub purges: PurgeLog,
     /// Where the peers were found at start-up; those named by host name are followed after.
     resolved_at_start: BTreeMap<NodeId, SocketAddr>,
 }
@@ -128,8 +133,14 @@ async fn purge_removed_replicas(node: Arc<Node>) {
         tokio::time::sleep(silence).await;
         for (group, outcome) in raft::purge::purge_removed_replicas(&node.host, silence).await {
             match outcome {
-                Ok(Purged::Deleted { leader, log_index }) => {
+                Ok(Purged::Deleted {
+                    leader,
+                    term,
+                    log_index,
+                    membership,
+                }) => {
                     tracing::info!(%group, %leader, log_index, "purged a removed replica");
+                    node.purges.record(&group, leader, term, log_index, &membership);
                     if let Some(policy) = node.file.policies.get(&group) {
                         let label = GroupLabel {
                             group: group.0.clone(),
@@ -257,6 +268,7 @@ impl Node {
         check_against_topology(&identity, &topology)
             .context("the node's certificate disagrees with the topology")?;
         claim_data_dir(&config.data_dir, &config.cluster, &ca)?;
+        let purges = PurgeLog::open(&config.data_dir)?;
         let tls = tls_configs(&ca, &certified).context("the TLS configuration is unusable")?;
 
         let handler = Arc::new(LateHandler::<Front>::default());
@@ -316,6 +328,8 @@ impl Node {
             host,
             quic,
             metrics,
+            topology_text: text,
+            purges,
             resolved_at_start: addresses,
         })
     }

@@ -30,7 +30,7 @@ pub enum LeaderCommand {
     },
 }
 
-fn http() -> reqwest::Client {
+pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -212,7 +212,7 @@ pub async fn status(admin: &str, output: Output) -> anyhow::Result<ExitCode> {
 }
 
 /// The admin address of node `id`, as the cluster knows it.
-fn admin_of(nodes: &[NodeStatus], start: &str, id: u64) -> Option<String> {
+pub fn admin_of(nodes: &[NodeStatus], start: &str, id: u64) -> Option<String> {
     if nodes.first().is_some_and(|first| first.node == id) {
         return Some(start.to_string());
     }

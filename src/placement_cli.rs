@@ -1,4 +1,5 @@
-//! `domicile placement plan|check`: the placement layer from the command line.
+//! `domicile placement plan|check|apply`: the placement layer from the command line (`apply` is
+//! [`crate::apply_cli`]'s).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -41,10 +42,22 @@ pub enum PlacementCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Execute the plan on a running cluster, step by step through the fence on each group's leader, from
+    /// the placement and health its admin endpoints report; resumable (run it again to continue).
+    Apply {
+        /// Only this group.
+        #[arg(long)]
+        group: Option<String>,
+        #[command(flatten)]
+        run: crate::apply_cli::RunArgs,
+    },
 }
 
 pub fn run(command: PlacementCommand) -> anyhow::Result<ExitCode> {
     match command {
+        PlacementCommand::Apply { group, run } => {
+            crate::apply_cli::run_blocking(crate::apply_cli::Scope::Apply { group }, run)
+        }
         PlacementCommand::Plan {
             topology,
             current,

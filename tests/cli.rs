@@ -1,4 +1,6 @@
-//! The CLI as an operator runs it: the real binary against the example topology in `deploy/`.
+//! The CLI as an operator runs it: the real binary against the example topology in `deploy/`. Waits on real
+//! processes poll with deadlines on the wall clock.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 
@@ -219,6 +221,9 @@ fn demo_runs_a_five_site_cluster_end_to_end() {
         text.contains("no replica of any group is outside its jurisdiction"),
         "{text}"
     );
+    // The residency report ends with every node's audit trail verified with the CA certificate alone.
+    assert!(text.contains("$ domicile audit verify"), "{text}");
+    assert_eq!(text.matches(": intact: ").count(), 5, "{text}");
     // The killed node comes back: a group that replaced it has its replica purged, never kept half-alive.
     assert!(text.contains("== n1 returns"), "{text}");
     assert!(!text.contains("NOT purged"), "{text}");

@@ -58,8 +58,14 @@ impl CommittedMembership {
 /// What purging one replica did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Purged {
-    /// Deleted, on the word of `leader`, whose committed membership (at `log_index`) leaves this node out.
-    Deleted { leader: NodeId, log_index: u64 },
+    /// Deleted, on the word of `leader`, whose committed membership (`membership`, its entry at `log_index`,
+    /// answered in `term`) leaves this node out: the proof an operator's purge attestation shows.
+    Deleted {
+        leader: NodeId,
+        term: u64,
+        log_index: u64,
+        membership: Membership,
+    },
     /// Nothing left to delete: purged before.
     AlreadyPurged,
 }
@@ -168,7 +174,9 @@ pub async fn purge_replica<C: GroupConfig, T: Transport, S: Stores<C>>(
         );
         return Ok(Purged::Deleted {
             leader: peer,
+            term: proof.term,
             log_index: proof.log_index,
+            membership: proof.membership(),
         });
     }
     Err(HostError::NoRemovalProof {

@@ -1,0 +1,899 @@
+//! `domicile placement apply`, `domicile site evacuate SITE`, `domicile node decommission N`: the planner's
+//! plan, executed on a running cluster.
+//!
+//! A run reads what is true from the admin endpoints — every node's groups (membership, leader, applied and
+//! committed index), which nodes answer, and the topology file the nodes run with — plans with the pure
+//! planner the nodes and the simulator use (`placement::plan`), and executes the first step on the group's
+//! leader (`POST /groups/{group}/steps`), whose fence admits it against the membership openraft holds then.
+//! Then it reads and plans again, until nothing is left. That loop is the whole of its resumability: it keeps
+//! no state of its own, so a run interrupted anywhere — Ctrl-C, SIGKILL, a node lost — is continued by
+//! running it again, and a step that took effect is simply not in the new plan.
+//!
+//! Steps run in the planner's order, as the simulator's orchestrator runs them: learners are added, each is
+//! promoted once it has applied everything the leader had committed when the wait began, leadership moves
+//! inside, outside members are removed. A removed replica is purged by the node holding it, by itself, once
+//! the group's leader shows it a committed membership without it (`raft::purge`); the run waits for that and
+//! ends with a purge attestation per removed replica, from the proof each node records and reports in its
+//! status. A purge it can't see is reported as unconfirmed, never as done.
+//!
+//! Evacuating a site or decommissioning a node plans with those nodes marked down: the planner has no notion
+//! of draining, and a node down is one it moves replicas and leadership off, inside each group's
+//! jurisdiction. The nodes still answer, so new replicas copy from the leader as usual. A group with no other
+//! place inside its jurisdiction is left where it is and reported under-replicated (its leadership still
+//! moves, if another voter inside can take it).
+//!
+//! Exit codes: 0 done; 1 a step refused by the fence, no compliant placement, a node the plan needs down,
+//! a purge not confirmed, a group left under-replicated; 2 bad input (an unknown group, site or node, an
+//! admin endpoint that does not answer, executing without `--yes` where nobody can be asked).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Subcommand};
+use placement::{
+    GroupId, GroupReport, GroupState, Health, Membership, NodeId, Placement, Plan, Step, TopologyFile,
+};
+
+use crate::admin_api::{AdminError, GroupView, NodeStatus, StepRequest};
+use crate::apply_report::{Attestation, Outcome, PurgeState, Reporter};
+use crate::operator_cli::{Output, admin_of, cluster_status, fetch_status, group_views, http};
+
+/// What every verb here takes besides its subject.
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
+    /// Any node's admin endpoint; the others are found through its peers'.
+    #[arg(long, default_value = "127.0.0.1:7200")]
+    pub admin: String,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Execute the plan without asking.
+    #[arg(long)]
+    pub yes: bool,
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: Output,
+    /// Seconds to wait for removed replicas' nodes to purge them (each checks every `purge_check_ms`).
+    #[arg(long, default_value_t = 60)]
+    pub purge_timeout_s: u64,
+    /// Seconds a new replica may take to catch up before the run stops.
+    #[arg(long, default_value_t = 3600)]
+    pub catch_up_timeout_s: u64,
+}
+
+#[derive(Subcommand)]
+pub enum SiteCommand {
+    /// Move every replica and leadership off a site, onto healthy nodes inside each group's jurisdiction.
+    Evacuate {
+        site: String,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+}
+
+/// What a run moves.
+#[derive(Clone, Debug)]
+pub enum Scope {
+    /// `placement apply`: every group, or one.
+    Apply {
+        group: Option<String>,
+    },
+    Evacuate {
+        site: String,
+    },
+    Decommission {
+        node: NodeId,
+    },
+}
+
+/// How long a group may go without a leader that answers, or a step keep failing, before the run stops.
+const RETRY_FOR: Duration = Duration::from_secs(30);
+/// How long a leadership transfer may take to show.
+const TRANSFER_WAIT: Duration = Duration::from_secs(20);
+/// Times a step may take effect and be planned again (something undoes it) before the run stops.
+const REPEATS_MAX: usize = 2;
+
+pub fn run_blocking(scope: Scope, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(scope, args))
+}
+
+pub async fn run(scope: Scope, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let cluster = Cluster::read(&args.admin).await?;
+    let text = fetch_topology(&args.admin).await?;
+    let file = TopologyFile::parse(&text).map_err(|error| {
+        anyhow!(
+            "the topology the node at {} runs with does not parse: {error}",
+            args.admin
+        )
+    })?;
+    let (description, draining) = resolve(&scope, &file)?;
+    let groups = groups_in_scope(&scope, &file, &cluster, &draining)?;
+    let reporter = Reporter::new(args.output, file.topology.clone());
+    let disagreeing = topologies_disagreeing(&cluster, &text).await;
+    if !disagreeing.is_empty() {
+        reporter.note(&format!(
+            "warning: nodes {} run with another topology file than {}: each fence checks with its own",
+            disagreeing.join(", "),
+            args.admin
+        ));
+    }
+    reporter.scope(&description, &draining.iter().copied().collect::<Vec<_>>());
+    let run = Run {
+        args: &args,
+        file: &file,
+        groups,
+        draining,
+        apply: matches!(scope, Scope::Apply { .. }),
+        reporter: &reporter,
+    };
+    let first = run
+        .plan(&cluster)
+        .context("the cluster's placement, as its nodes report it, is inconsistent")?;
+    reporter.plan(&first.plan);
+    if run.apply && !first.infeasible.is_empty() {
+        let message = format!(
+            "no compliant placement for {}: nothing was changed (apply the other groups with --group)",
+            names(&first.infeasible)
+        );
+        return Ok(run.end(Outcome::Stopped, &message));
+    }
+    if args.dry_run {
+        reporter.left_in_place(&first.infeasible);
+        let outcome = if first.infeasible.is_empty() {
+            Outcome::DryRun
+        } else {
+            Outcome::UnderReplicated
+        };
+        let message = format!(
+            "dry run: {} step(s) planned, nothing was changed",
+            first.steps.len()
+        );
+        return Ok(run.end(outcome, &message));
+    }
+    if !first.steps.is_empty() && !args.yes && !confirm(first.steps.len())? {
+        return Ok(run.end(Outcome::Stopped, "not confirmed: nothing was changed"));
+    }
+    let Executed { removed, left } = match run.execute(first.steps.len()).await {
+        Ok(executed) => executed,
+        Err(stopped) => {
+            // Stopped with changes possibly made: still say what became of the replicas removed so far.
+            let attestations = run.attest(&stopped.removed, Duration::ZERO).await;
+            reporter.attestations(&attestations);
+            return Ok(run.end(stopped.outcome, &stopped.message));
+        }
+    };
+    let attestations = run
+        .attest(&removed, Duration::from_secs(args.purge_timeout_s))
+        .await;
+    reporter.attestations(&attestations);
+    reporter.left_in_place(&left);
+    let unconfirmed = attestations
+        .iter()
+        .filter(|attestation| attestation.state == PurgeState::Unconfirmed)
+        .count();
+    Ok(if !left.is_empty() {
+        run.end(
+            Outcome::UnderReplicated,
+            &format!(
+                "left in place, under-replicated (no other place inside the jurisdiction): {}; everything else moved",
+                names(&left)
+            ),
+        )
+    } else if unconfirmed > 0 {
+        run.end(
+            Outcome::PurgeUnconfirmed,
+            &format!(
+                "placement applied, but {unconfirmed} removed replica(s) not confirmed purged: run again to check"
+            ),
+        )
+    } else {
+        run.end(
+            Outcome::Done,
+            "done: every group in scope is where the plan puts it",
+        )
+    })
+}
+
+fn names(reports: &[GroupReport]) -> String {
+    reports
+        .iter()
+        .map(|report| format!("group {}", report.group))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The nodes planned as down, and a sentence saying so. Unknown sites and nodes are bad input.
+fn resolve(scope: &Scope, file: &TopologyFile) -> anyhow::Result<(String, BTreeSet<NodeId>)> {
+    let topology = &file.topology;
+    match scope {
+        Scope::Apply { group } => {
+            let description = match group {
+                Some(group) => format!("applying the plan of group {group}"),
+                None => "applying the plan of every group".to_string(),
+            };
+            Ok((description, BTreeSet::new()))
+        }
+        Scope::Evacuate { site } => {
+            let Some(found) = topology.site(&placement::SiteName(site.clone())) else {
+                let known: Vec<String> = topology.sites().map(|site| site.name.0.clone()).collect();
+                bail!(
+                    "no site `{site}` in the cluster's topology (sites: {})",
+                    known.join(", ")
+                );
+            };
+            let draining: BTreeSet<NodeId> = found.nodes.iter().copied().collect();
+            let description = format!(
+                "evacuating site {site} ({}): {} planned as down, replicas and leaderships move off it \
+                 inside each group's jurisdiction",
+                found.country,
+                draining
+                    .iter()
+                    .map(|node| node.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Ok((description, draining))
+        }
+        Scope::Decommission { node } => {
+            let Some(site) = topology.site_of(*node) else {
+                let known: Vec<String> = topology.nodes().map(|node| node.to_string()).collect();
+                bail!(
+                    "no node {node} in the cluster's topology (nodes: {})",
+                    known.join(", ")
+                );
+            };
+            let description = format!(
+                "decommissioning {node} ({}, {}): planned as down, its replicas and leaderships move off it \
+                 inside each group's jurisdiction",
+                site.name, site.country
+            );
+            Ok((description, BTreeSet::from([*node])))
+        }
+    }
+}
+
+/// The groups a run plans and executes: one or every group for `apply`; for an evacuation, those with a
+/// replica on the nodes leaving, or one they report having held (so a resumed run still attests its purge).
+fn groups_in_scope(
+    scope: &Scope,
+    file: &TopologyFile,
+    cluster: &Cluster,
+    draining: &BTreeSet<NodeId>,
+) -> anyhow::Result<BTreeSet<GroupId>> {
+    if let Scope::Apply { group: Some(group) } = scope {
+        let group = GroupId(group.clone());
+        if !file.policies.contains_key(&group) {
+            let known: Vec<&str> = file.policies.keys().map(|id| id.0.as_str()).collect();
+            bail!(
+                "no group `{group}` in the cluster's topology (groups: {})",
+                known.join(", ")
+            );
+        }
+        return Ok(BTreeSet::from([group]));
+    }
+    if let Scope::Apply { group: None } = scope {
+        return Ok(file.policies.keys().cloned().collect());
+    }
+    let mut groups = BTreeSet::new();
+    for (name, view) in &cluster.views {
+        let members = view.voters.iter().chain(&view.learners);
+        if members
+            .map(|member| NodeId(member.node))
+            .any(|node| draining.contains(&node))
+        {
+            groups.insert(GroupId(name.clone()));
+        }
+    }
+    for node in cluster
+        .nodes
+        .iter()
+        .filter(|node| draining.contains(&NodeId(node.node)))
+    {
+        let held = node.groups.iter().map(|view| &view.group);
+        let purged = node.purged.iter().map(|record| &record.group);
+        groups.extend(held.chain(purged).map(|name| GroupId(name.clone())));
+    }
+    groups.retain(|group| file.policies.contains_key(group));
+    Ok(groups)
+}
+
+/// Executing, or answering `yes` interactively. Where nobody can be asked, `--yes` is required.
+fn confirm(steps: usize) -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "not asking on a non-interactive input: give --yes to execute the plan, or --dry-run to print it"
+        );
+    }
+    eprint!("execute these {steps} step(s) on the cluster? [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+async fn fetch_topology(admin: &str) -> anyhow::Result<String> {
+    let url = format!("http://{admin}/topology");
+    let response = http().get(&url).send().await.map_err(|error| {
+        anyhow!(
+            "can't reach the admin endpoint at {admin}: {error} (is the node running? is the address right?)"
+        )
+    })?;
+    if !response.status().is_success() {
+        bail!(
+            "{url} answered {}: the node does not serve its topology (is it older than `placement apply`?)",
+            response.status()
+        );
+    }
+    response
+        .text()
+        .await
+        .with_context(|| format!("{url}: unreadable answer"))
+}
+
+/// The nodes that answer but run with another topology file than the one planned with.
+async fn topologies_disagreeing(cluster: &Cluster, text: &str) -> Vec<String> {
+    let mut disagreeing = Vec::new();
+    for node in cluster.nodes.iter().skip(1) {
+        let Some(admin) = cluster.admin(NodeId(node.node)) else {
+            continue;
+        };
+        if let Ok(theirs) = fetch_topology(&admin).await
+            && theirs != text
+        {
+            disagreeing.push(format!("n{}", node.node));
+        }
+    }
+    disagreeing
+}
+
+/// The cluster as its admin endpoints show it now.
+struct Cluster {
+    start: String,
+    /// The nodes that answered.
+    nodes: Vec<NodeStatus>,
+    /// Per group, the view of the replica with the highest term (the leader's, when it answers).
+    views: BTreeMap<String, GroupView>,
+}
+
+impl Cluster {
+    async fn read(admin: &str) -> anyhow::Result<Cluster> {
+        let (nodes, _) = cluster_status(admin).await?;
+        let mut views = group_views(&nodes);
+        // A leader's own view is the freshest: a follower's may not show a change the leader just committed,
+        // and planning from it would ask for that change again.
+        for node in &nodes {
+            for view in node.groups.iter().filter(|view| view.leader == Some(node.node)) {
+                let fresher = views.get(&view.group).is_none_or(|known| view.term >= known.term);
+                if fresher {
+                    views.insert(view.group.clone(), view.clone());
+                }
+            }
+        }
+        Ok(Cluster {
+            start: admin.to_string(),
+            nodes,
+            views,
+        })
+    }
+
+    fn answers(&self, node: NodeId) -> bool {
+        self.nodes.iter().any(|status| status.node == node.0)
+    }
+
+    fn admin(&self, node: NodeId) -> Option<String> {
+        admin_of(&self.nodes, &self.start, node.0)
+    }
+
+    fn membership(&self, group: &GroupId) -> Membership {
+        self.views.get(&group.0).map(membership_of).unwrap_or_default()
+    }
+
+    /// The group's leader, if it answers.
+    fn leader(&self, group: &GroupId) -> Option<NodeId> {
+        self.views
+            .get(&group.0)
+            .and_then(|view| view.leader)
+            .map(NodeId)
+            .filter(|&leader| self.answers(leader))
+    }
+
+    fn placement(&self, file: &TopologyFile) -> Placement {
+        let mut placement = Placement::new();
+        for (name, view) in &self.views {
+            let group = GroupId(name.clone());
+            if !file.policies.contains_key(&group) {
+                continue;
+            }
+            let membership = membership_of(view);
+            // A leader that is not (or no longer) a voter is a view mid-change: no leader, for the planner.
+            let leader = view
+                .leader
+                .map(NodeId)
+                .filter(|leader| membership.voters.contains(leader));
+            placement.insert(group, GroupState { membership, leader });
+        }
+        placement
+    }
+
+    /// Every node of the topology that did not answer is down; so are the nodes being drained.
+    fn health(&self, file: &TopologyFile, draining: &BTreeSet<NodeId>) -> Health {
+        let mut health = Health::all_up();
+        for node in file.topology.nodes() {
+            if !self.answers(node) || draining.contains(&node) {
+                health.node_down(node);
+            }
+        }
+        health
+    }
+}
+
+fn membership_of(view: &GroupView) -> Membership {
+    Membership::new(
+        view.voters.iter().map(|member| NodeId(member.node)),
+        view.learners.iter().map(|member| NodeId(member.node)),
+    )
+}
+
+/// A plan, cut to the run's scope.
+struct Planned {
+    /// The steps and reports of the groups in scope.
+    plan: Plan,
+    /// What to execute, in order: every step of a group the planner can make compliant; of a group it can't,
+    /// the leadership moves alone (it stays where it is otherwise).
+    steps: Vec<Step>,
+    /// The groups in scope with no compliant placement now.
+    infeasible: Vec<GroupReport>,
+}
+
+/// A run ended early: how, why, and the replicas it had removed by then.
+struct Stopped {
+    outcome: Outcome,
+    message: String,
+    removed: Vec<(GroupId, NodeId)>,
+}
+
+struct Executed {
+    removed: Vec<(GroupId, NodeId)>,
+    /// Groups an evacuation leaves in place.
+    left: Vec<GroupReport>,
+}
+
+/// Why one step did not take effect.
+enum StepError {
+    /// The fence refused it: the run stops.
+    Refused {
+        error: String,
+        refusal: Option<serde_json::Value>,
+    },
+    /// A node the step needs is down, or a new replica did not catch up: the run stops.
+    Stop(String),
+    /// Reading the cluster again may help (no leader now, a leader change, a change in progress).
+    Retry(String),
+}
+
+struct Run<'a> {
+    args: &'a RunArgs,
+    file: &'a TopologyFile,
+    groups: BTreeSet<GroupId>,
+    draining: BTreeSet<NodeId>,
+    /// `placement apply` (a group without a compliant placement stops the run) rather than an evacuation
+    /// (it is left in place).
+    apply: bool,
+    reporter: &'a Reporter,
+}
+
+impl Run<'_> {
+    fn end(&self, outcome: Outcome, message: &str) -> ExitCode {
+        self.reporter.end(outcome, message);
+        ExitCode::from(outcome.exit_code())
+    }
+
+    /// Plans every group, as the nodes would, and keeps the groups in scope.
+    fn plan(&self, cluster: &Cluster) -> anyhow::Result<Planned> {
+        let placement = cluster.placement(self.file);
+        let health = cluster.health(self.file, &self.draining);
+        let full = placement::plan(&self.file.topology, &self.file.policies, &placement, &health)?;
+        let groups: Vec<GroupReport> = full
+            .groups
+            .into_iter()
+            .filter(|report| self.groups.contains(&report.group))
+            .collect();
+        let infeasible: Vec<GroupReport> = groups
+            .iter()
+            .filter(|report| !report.problems.is_empty())
+            .cloned()
+            .collect();
+        let in_scope: Vec<Step> = full
+            .steps
+            .into_iter()
+            .filter(|step| self.groups.contains(step.group()))
+            .collect();
+        let steps = in_scope
+            .iter()
+            .filter(|step| {
+                let feasible = !infeasible.iter().any(|report| &report.group == step.group());
+                feasible || matches!(step, Step::TransferLeader { .. })
+            })
+            .cloned()
+            .collect();
+        Ok(Planned {
+            plan: Plan {
+                steps: in_scope,
+                groups,
+            },
+            steps,
+            infeasible,
+        })
+    }
+
+    /// Read, plan, execute the first step; again, until nothing is left.
+    async fn execute(&self, planned_at_start: usize) -> Result<Executed, Stopped> {
+        let mut executed: Vec<Step> = Vec::new();
+        let mut removed: Vec<(GroupId, NodeId)> = Vec::new();
+        let mut failing_since: Option<Instant> = None;
+        let mut index = 0;
+        let steps_max = 3 * planned_at_start + 10;
+        let stop = |outcome, message: String, removed: &Vec<(GroupId, NodeId)>| Stopped {
+            outcome,
+            message,
+            removed: removed.clone(),
+        };
+        loop {
+            let cluster = Cluster::read(&self.args.admin).await.map_err(|error| {
+                let message = format!("stopped: {error:#}");
+                stop(Outcome::Stopped, message, &removed)
+            })?;
+            let planned = match self.plan(&cluster) {
+                Ok(planned) => planned,
+                Err(error) => {
+                    // A view caught mid-change; the next read settles it.
+                    self.retry_or_stop(&mut failing_since, &error.to_string())
+                        .await
+                        .map_err(|message| stop(Outcome::Stopped, message, &removed))?;
+                    continue;
+                }
+            };
+            if self.apply && !planned.infeasible.is_empty() {
+                let message = format!(
+                    "stopped: no compliant placement for {} any more (a node down?); nothing more was changed",
+                    names(&planned.infeasible)
+                );
+                self.reporter.plan(&planned.plan);
+                return Err(stop(Outcome::Stopped, message, &removed));
+            }
+            // A leadership move is made once in an evacuation: the nodes' own leader preference knows nothing
+            // of the evacuation and may bring it back to a preferred node that is leaving; that node then
+            // executes the group's next steps itself, its own removal included, and a group left in place
+            // keeps it.
+            let next = planned.steps.iter().find(|step| {
+                let moved = !self.apply && matches!(step, Step::TransferLeader { .. });
+                !(moved && executed.contains(step))
+            });
+            let Some(step) = next else {
+                return Ok(Executed {
+                    removed,
+                    left: planned.infeasible,
+                });
+            };
+            if executed.iter().filter(|done| *done == step).count() >= REPEATS_MAX || index >= steps_max {
+                let message = format!(
+                    "stopped: {:?} took effect and is planned again: something on the cluster undoes it",
+                    step
+                );
+                return Err(stop(Outcome::Stopped, message, &removed));
+            }
+            index += 1;
+            self.reporter.step_started(index, step);
+            let started = Instant::now();
+            match self.execute_step(&cluster, step).await {
+                Ok(()) => {
+                    self.reporter.step_done(index, step, started.elapsed());
+                    if let Step::RemoveMember { group, node } = step {
+                        removed.push((group.clone(), *node));
+                    }
+                    executed.push(step.clone());
+                    failing_since = None;
+                }
+                Err(StepError::Refused { error, refusal }) => {
+                    self.reporter
+                        .step_failed(index, step, "refused", &error, refusal.as_ref());
+                    let message = format!("refused by the fence: {error}; nothing more was changed");
+                    return Err(stop(Outcome::Refused, message, &removed));
+                }
+                Err(StepError::Stop(error)) => {
+                    self.reporter.step_failed(index, step, "failed", &error, None);
+                    let message = format!("stopped: {error}; nothing more was changed");
+                    return Err(stop(Outcome::Stopped, message, &removed));
+                }
+                Err(StepError::Retry(error)) => {
+                    self.reporter.step_failed(index, step, "retrying", &error, None);
+                    self.retry_or_stop(&mut failing_since, &error)
+                        .await
+                        .map_err(|message| stop(Outcome::Stopped, message, &removed))?;
+                }
+            }
+        }
+    }
+
+    /// Waits a little before the next read, unless steps have been failing for [`RETRY_FOR`].
+    async fn retry_or_stop(&self, failing_since: &mut Option<Instant>, error: &str) -> Result<(), String> {
+        let since = *failing_since.get_or_insert_with(Instant::now);
+        if since.elapsed() > RETRY_FOR {
+            return Err(format!(
+                "stopped: no progress for {} s ({error}); nothing more was changed",
+                RETRY_FOR.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(())
+    }
+
+    /// Executes one step on its group's leader: a promotion once the learner has caught up, a leadership
+    /// transfer until the new leader shows.
+    async fn execute_step(&self, cluster: &Cluster, step: &Step) -> Result<(), StepError> {
+        let group = step.group();
+        let Some(leader) = cluster.leader(group) else {
+            return Err(StepError::Retry(format!(
+                "group {group} has no leader that answers now"
+            )));
+        };
+        let Some(leader_admin) = cluster.admin(leader) else {
+            return Err(StepError::Stop(format!(
+                "the admin address of {leader}, the leader of {group}, is unknown"
+            )));
+        };
+        if let Step::PromoteVoter { node, .. } = step {
+            self.wait_caught_up(cluster, group, *node).await?;
+        }
+        send_step(&leader_admin, step).await?;
+        if let Step::TransferLeader { to, .. } = step {
+            wait_for_leader(cluster, group, *to).await?;
+        }
+        Ok(())
+    }
+
+    /// Until `node`'s replica of `group` has applied the leader's committed index (as of now), with progress.
+    async fn wait_caught_up(
+        &self,
+        cluster: &Cluster,
+        group: &GroupId,
+        node: NodeId,
+    ) -> Result<(), StepError> {
+        let target = cluster
+            .views
+            .get(&group.0)
+            .and_then(|view| view.committed)
+            .unwrap_or(0);
+        let admin = cluster
+            .admin(node)
+            .ok_or_else(|| StepError::Stop(format!("the admin address of {node} is unknown")))?;
+        let applied_of = || async {
+            let status = fetch_status(&admin).await.ok()?;
+            let view = status.groups.into_iter().find(|view| view.group == group.0);
+            Some(view.and_then(|view| view.last_applied).unwrap_or(0))
+        };
+        let down = || StepError::Stop(format!("{node}, the new replica of {group}, does not answer"));
+        let first = applied_of().await.ok_or_else(down)?;
+        if first >= target {
+            return Ok(());
+        }
+        let mut progress = self.reporter.catch_up(&group.0, node, first, target);
+        let deadline = Instant::now() + Duration::from_secs(self.args.catch_up_timeout_s);
+        let mut silent = 0;
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let Some(applied) = applied_of().await else {
+                silent += 1;
+                if silent >= 10 {
+                    return Err(down());
+                }
+                continue;
+            };
+            silent = 0;
+            if applied >= target {
+                progress.finish(applied);
+                return Ok(());
+            }
+            progress.update(applied);
+            if Instant::now() > deadline {
+                return Err(StepError::Stop(format!(
+                    "{node} did not catch up on {group} within {} s ({applied} of {target} entries applied)",
+                    self.args.catch_up_timeout_s
+                )));
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the nodes that held removed replicas to purge them, then says what became
+    /// of each replica removed from a group in scope: this run's, and those earlier runs left behind.
+    async fn attest(&self, removed: &[(GroupId, NodeId)], timeout: Duration) -> Vec<Attestation> {
+        let started = Instant::now();
+        let mut reported: Option<Instant> = None;
+        loop {
+            let Ok(cluster) = Cluster::read(&self.args.admin).await else {
+                return self.unreachable_attestations(removed);
+            };
+            let pending = self.pending_purges(&cluster);
+            if pending.is_empty() || started.elapsed() >= timeout {
+                return self.attestations(&cluster, removed, timeout);
+            }
+            if reported.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
+                self.reporter.purge_waiting(&pending, started.elapsed());
+                reported = Some(Instant::now());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Replicas still held by answering nodes that their group's membership leaves out.
+    fn pending_purges(&self, cluster: &Cluster) -> Vec<(String, NodeId)> {
+        let mut pending = Vec::new();
+        for group in &self.groups {
+            let members = cluster.membership(group);
+            for node in &cluster.nodes {
+                let id = NodeId(node.node);
+                let holds = node.groups.iter().any(|view| view.group == group.0);
+                if holds && !members.contains(id) && self.attests(id) {
+                    pending.push((group.0.clone(), id));
+                }
+            }
+        }
+        pending
+    }
+
+    /// An evacuation attests the purges on the nodes it empties; `apply`, every one.
+    fn attests(&self, node: NodeId) -> bool {
+        self.apply || self.draining.contains(&node)
+    }
+
+    fn attestations(
+        &self,
+        cluster: &Cluster,
+        removed: &[(GroupId, NodeId)],
+        waited: Duration,
+    ) -> Vec<Attestation> {
+        let mut attestations = Vec::new();
+        for group in &self.groups {
+            let members = cluster.membership(group);
+            for node in &cluster.nodes {
+                let id = NodeId(node.node);
+                if members.contains(id) || !self.attests(id) {
+                    continue;
+                }
+                let holds = node.groups.iter().any(|view| view.group == group.0);
+                let record = node
+                    .purged
+                    .iter()
+                    .rev()
+                    .find(|record| record.group == group.0)
+                    .filter(|record| !record.voters.contains(&id.0) && !record.learners.contains(&id.0));
+                let mut attestation = self.unconfirmed(group, id, "");
+                if holds {
+                    attestation.reason = Some(format!(
+                        "still holds its replica after {} s: it purges it once its leader shows it a committed \
+                         membership without it (it asks every purge_check_ms)",
+                        waited.as_secs()
+                    ));
+                } else if let Some(record) = record {
+                    attestation.state = PurgeState::Purged;
+                    attestation.leader = Some(record.leader);
+                    attestation.term = Some(record.term);
+                    attestation.log_index = Some(record.log_index);
+                    attestation.voters = record.voters.clone();
+                    attestation.learners = record.learners.clone();
+                    attestation.deleted_at = Some(record.deleted_at.clone());
+                } else if node.retired.contains(&group.0) {
+                    attestation.reason =
+                        Some("its replica is retired, but the node recorded no proof for it".into());
+                } else if removed.contains(&(group.clone(), id)) {
+                    attestation.reason =
+                        Some("the node neither holds the replica nor reports purging it".into());
+                } else {
+                    continue; // never held it
+                }
+                attestations.push(attestation);
+            }
+            for (_, id) in removed
+                .iter()
+                .filter(|(of, id)| of == group && !cluster.answers(*id))
+            {
+                attestations.push(self.unconfirmed(
+                    group,
+                    *id,
+                    "the node does not answer: it purges the replica on its leader's proof once it is back",
+                ));
+            }
+        }
+        attestations
+    }
+
+    /// The admin endpoint stopped answering: nothing can be confirmed.
+    fn unreachable_attestations(&self, removed: &[(GroupId, NodeId)]) -> Vec<Attestation> {
+        removed
+            .iter()
+            .map(|(group, node)| {
+                self.unconfirmed(group, *node, "the cluster's admin endpoint does not answer")
+            })
+            .collect()
+    }
+
+    fn unconfirmed(&self, group: &GroupId, node: NodeId, reason: &str) -> Attestation {
+        let site = self.file.topology.site_of(node);
+        Attestation {
+            group: group.0.clone(),
+            node: node.0,
+            site: site.map_or("?".into(), |site| site.name.0.clone()),
+            country: site.map_or("?".into(), |site| site.country.to_string()),
+            state: PurgeState::Unconfirmed,
+            leader: None,
+            term: None,
+            log_index: None,
+            voters: Vec::new(),
+            learners: Vec::new(),
+            deleted_at: None,
+            reason: (!reason.is_empty()).then(|| reason.to_string()),
+        }
+    }
+}
+
+/// `POST /groups/{group}/steps` on the leader.
+async fn send_step(admin: &str, step: &Step) -> Result<(), StepError> {
+    let request = StepRequest::of(step)
+        .ok_or_else(|| StepError::Stop(format!("{step:?} is not a step an admin endpoint executes")))?;
+    let url = format!("http://{admin}/groups/{}/steps", step.group());
+    // Longer than a status read: a membership change waits for its commit and the audit trail's sync.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("a plain HTTP client builds");
+    let response = client
+        .post(&url)
+        .json(&request)
+        .send()
+        .await
+        .map_err(|error| StepError::Retry(format!("POST {url}: {error}")))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = response.text().await.unwrap_or_default();
+    let error: Option<AdminError> = serde_json::from_str(&body).ok();
+    let message = error
+        .as_ref()
+        .map_or_else(|| format!("{status}: {body}"), |error| error.error.clone());
+    match status.as_u16() {
+        403 => Err(StepError::Refused {
+            error: message,
+            refusal: error.and_then(|error| error.refusal),
+        }),
+        400 | 422 => Err(StepError::Stop(format!(
+            "the node does not take the step: {message}"
+        ))),
+        _ => Err(StepError::Retry(message)),
+    }
+}
+
+/// Until `to` reports itself the leader of `group`.
+async fn wait_for_leader(cluster: &Cluster, group: &GroupId, to: NodeId) -> Result<(), StepError> {
+    let admin = cluster
+        .admin(to)
+        .ok_or_else(|| StepError::Stop(format!("the admin address of {to} is unknown")))?;
+    let deadline = Instant::now() + TRANSFER_WAIT;
+    while Instant::now() < deadline {
+        if let Ok(status) = fetch_status(&admin).await
+            && status
+                .groups
+                .iter()
+                .any(|view| view.group == group.0 && view.leader == Some(to.0))
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(StepError::Retry(format!(
+        "leadership of {group} did not reach {to} within {} s",
+        TRANSFER_WAIT.as_secs()
+    )))
+}

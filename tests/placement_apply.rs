@@ -1,0 +1,542 @@
+//! `domicile placement apply`, `site evacuate` and `node decommission` against real `domicile node`
+//! processes: a legacy group migrated out of the United States with its records intact and its US replicas
+//! purged (attested), a run SIGKILLed after its first step and resumed, a site emptied inside each group's
+//! jurisdiction, and bad input refused before anything changes.
+
+// Real processes on the wall clock: the test polls their admin endpoints until a condition holds (bounded).
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{KillOnDrop, NodeFiles, cluster_files, domicile};
+use serde_json::Value;
+
+/// A legacy group fenced to the EEA with two of its three voters in Ashburn, as `[group.current]` declares
+/// it (the example topology's `users-legacy`, scaled down), and three EEA sites to move it to.
+const LEGACY: &str = r#"
+[[site]]
+name = "dublin"
+country = "IE"
+nodes = [1]
+
+[[site]]
+name = "hamar"
+country = "NO"
+nodes = [2]
+
+[[site]]
+name = "frankfurt"
+country = "DE"
+nodes = [3]
+
+[[site]]
+name = "ashburn"
+country = "US"
+nodes = [4, 5]
+
+[[group]]
+name = "users-legacy"
+jurisdiction = "EEA"
+voters = 3
+leader_preference = ["dublin"]
+
+[group.current]
+voters = [1, 4, 5]
+leader = 1
+"#;
+
+const LEGACY_NODES: &[(u64, &str)] = &[
+    (1, "dublin"),
+    (2, "hamar"),
+    (3, "frankfurt"),
+    (4, "ashburn"),
+    (5, "ashburn"),
+];
+
+/// Writes the cluster's files, with removed replicas purged within about two seconds (the node asks every
+/// second), and starts every node.
+fn start_cluster(dir: &std::path::Path, name: &str, topology: &str, nodes: &[(u64, &str)]) -> Cluster {
+    let files = cluster_files(dir, name, topology, nodes);
+    for node in &files {
+        let mut config = std::fs::read_to_string(&node.config).unwrap();
+        config.push_str("\n[raft]\npurge_check_ms = 1000\n");
+        std::fs::write(&node.config, config).unwrap();
+    }
+    let processes = files.iter().map(NodeFiles::start).collect();
+    Cluster {
+        dir: dir.to_path_buf(),
+        files,
+        _processes: processes,
+    }
+}
+
+struct Cluster {
+    dir: std::path::PathBuf,
+    files: Vec<NodeFiles>,
+    _processes: Vec<KillOnDrop>,
+}
+
+impl Cluster {
+    fn admin(&self) -> String {
+        self.files[0].admin.to_string()
+    }
+
+    fn client_endpoints(&self, ids: &[u64]) -> Vec<String> {
+        self.files
+            .iter()
+            .filter(|node| ids.contains(&node.id))
+            .map(NodeFiles::endpoint)
+            .collect()
+    }
+
+    /// A client of `jurisdiction` through nodes `ids`, once the jurisdiction's shard map is published (its
+    /// directory group must have elected a leader first: a legacy group's elections take seconds).
+    async fn client(&self, ids: &[u64], jurisdiction: &str) -> client::Client {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let built = client::Client::builder()
+                .endpoints(self.client_endpoints(ids))
+                .tls(client::ClientTls::from_dir(self.dir.join("certs"), "tests").unwrap())
+                .default_jurisdiction(jurisdiction)
+                .timeout(Duration::from_secs(15))
+                .build()
+                .await;
+            match built {
+                Ok(client) => return client,
+                Err(error) if error.is_retryable() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Err(error) => panic!("no client of {jurisdiction}: {error}"),
+            }
+        }
+    }
+
+    /// `domicile status -o json`'s view of a group: the leader's.
+    fn group(&self, group: &str) -> Value {
+        let output = domicile(&["status", "--admin", &self.admin(), "-o", "json"]);
+        // Nothing (null) while the first node's admin endpoint is not up yet.
+        let status: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        status["groups"][group].clone()
+    }
+
+    /// Until `check` holds of the group's view (at most 30 s).
+    async fn wait_for(&self, group: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let view = self.group(group);
+            if check(&view) {
+                return view;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{group}: {what}: never; last seen {view}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Whether node `id`'s data directory holds a state machine of `group`.
+    fn holds_on_disk(&self, id: u64, group: &str) -> bool {
+        let number = raft::routing::group_number(&placement::GroupId(group.into()));
+        self.dir.join(format!("data-{id}/store/groups/{number}")).exists()
+    }
+}
+
+fn ids(members: &Value) -> BTreeSet<u64> {
+    members
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|member| member["node"].as_u64().unwrap())
+        .collect()
+}
+
+/// The JSON events a run printed.
+fn events(stdout: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not a JSON event: {line}")))
+        .collect()
+}
+
+/// The steps a run's events say took effect.
+fn steps_done(events: &[Value]) -> Vec<Value> {
+    events
+        .iter()
+        .filter(|event| event["event"] == "step" && event["state"] == "done")
+        .map(|event| event["step"].clone())
+        .collect()
+}
+
+fn apply(admin: &str, extra: &[&str]) -> (Option<i32>, Vec<Value>, String) {
+    let mut args = vec!["placement", "apply", "--admin", admin, "--yes", "-o", "json"];
+    args.extend_from_slice(extra);
+    let output = domicile(&args);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code(), events(&output.stdout), stderr)
+}
+
+/// The legacy group's records, written while two of its voters were in Ashburn.
+fn record_of(user: usize) -> Vec<u8> {
+    format!("address of user {user}, written before the migration").into_bytes()
+}
+
+async fn write_records(cluster: &Cluster, count: usize) {
+    let client = cluster.client(&[1, 2, 3], "EEA").await;
+    for user in 0..count {
+        client
+            .put(&format!("user-{user}"), "address", record_of(user))
+            .await
+            .unwrap();
+    }
+}
+
+async fn read_back(cluster: &Cluster, count: usize) {
+    let client = cluster.client(&[1, 2, 3], "EEA").await;
+    for user in 0..count {
+        let record = client.get(&format!("user-{user}"), "address").await.unwrap();
+        assert_eq!(
+            record.map(|record| record.value),
+            Some(record_of(user)),
+            "user-{user}"
+        );
+    }
+}
+
+/// The end state of a migration: voters in Dublin, Hamar and Frankfurt, led from inside, nothing in the US
+/// in the membership or on the US nodes' disks.
+async fn assert_migrated(cluster: &Cluster) {
+    let view = cluster
+        .wait_for("users-legacy", "led from inside", |view| {
+            view["leader"].as_u64().is_some_and(|leader| leader <= 3)
+        })
+        .await;
+    assert_eq!(ids(&view["voters"]), BTreeSet::from([1, 2, 3]), "{view}");
+    assert!(ids(&view["learners"]).is_empty(), "{view}");
+    for us in [4, 5] {
+        assert!(
+            !cluster.holds_on_disk(us, "users-legacy"),
+            "n{us}'s data directory still holds the group"
+        );
+    }
+}
+
+/// The purge attestations of a run, by node.
+fn attestations(events: &[Value]) -> Vec<Value> {
+    events
+        .iter()
+        .filter(|event| event["event"] == "purge")
+        .cloned()
+        .collect()
+}
+
+fn assert_us_purges_attested(events: &[Value]) {
+    let attested = attestations(events);
+    for us in [4, 5] {
+        let attestation = attested
+            .iter()
+            .find(|attestation| attestation["node"] == us)
+            .unwrap_or_else(|| panic!("no attestation for n{us}: {attested:?}"));
+        assert_eq!(attestation["state"], "purged", "{attestation}");
+        assert_eq!(attestation["group"], "users-legacy");
+        assert_eq!(attestation["site"], "ashburn");
+        assert_eq!(attestation["country"], "US");
+        assert!(attestation["term"].as_u64().unwrap() >= 1, "{attestation}");
+        assert!(attestation["log_index"].as_u64().unwrap() >= 1, "{attestation}");
+        let voters: Vec<u64> = serde_json::from_value(attestation["voters"].clone()).unwrap();
+        assert!(!voters.contains(&us), "the proof leaves n{us} out: {attestation}");
+        assert!(
+            attestation["deleted_at"].as_str().unwrap().ends_with('Z'),
+            "{attestation}"
+        );
+    }
+}
+
+/// The reason this product exists, on real processes: a group with voters in Ashburn is moved into the EEA
+/// by `placement apply` — learners added and caught up, promoted, the US voters removed and their replicas
+/// purged by their own nodes on the leader's proof — with every record written before it read back after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_migrates_the_legacy_group_into_the_eea_and_attests_the_us_purges() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_cluster(dir.path(), "legacy", LEGACY, LEGACY_NODES);
+    let admin = cluster.admin();
+    write_records(&cluster, 40).await;
+
+    // A dry run prints the plan and changes nothing.
+    let (code, dry, stderr) = apply(&admin, &["--dry-run"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let plan = dry.iter().find(|event| event["event"] == "plan").unwrap();
+    let planned: Vec<&Value> = plan["steps"].as_array().unwrap().iter().collect();
+    assert!(
+        planned
+            .iter()
+            .any(|step| step["step"] == "remove_member" && step["node"] == 4),
+        "{plan}"
+    );
+    assert!(steps_done(&dry).is_empty());
+    assert_eq!(
+        ids(&cluster.group("users-legacy")["voters"]),
+        BTreeSet::from([1, 4, 5])
+    );
+
+    let (code, run, stderr) = apply(&admin, &[]);
+    assert_eq!(code, Some(0), "{run:?}\n{stderr}");
+    let done = steps_done(&run);
+    let kinds: Vec<(&str, u64)> = done
+        .iter()
+        .map(|step| {
+            let node = step.get("node").or(step.get("to")).unwrap();
+            (step["step"].as_str().unwrap(), node.as_u64().unwrap())
+        })
+        .collect();
+    for expected in [
+        ("add_learner", 2),
+        ("add_learner", 3),
+        ("promote_voter", 2),
+        ("promote_voter", 3),
+        ("remove_member", 4),
+        ("remove_member", 5),
+    ] {
+        assert!(kinds.contains(&expected), "{expected:?} not in {kinds:?}");
+    }
+    let position = |kind| kinds.iter().position(|done| *done == kind).unwrap();
+    assert!(position(("promote_voter", 3)) < position(("remove_member", 4)));
+    assert_us_purges_attested(&run);
+    assert_migrated(&cluster).await;
+    read_back(&cluster, 40).await;
+
+    // Applied again: nothing to do, and the purges it attested are still attested.
+    let (code, again, stderr) = apply(&admin, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(steps_done(&again).is_empty(), "{again:?}");
+    assert_us_purges_attested(&again);
+}
+
+/// Killed with SIGKILL right after its first step took effect, `placement apply` is simply run again: it
+/// reads the cluster, plans from what is true, and ends in the same placement, without repeating the step
+/// that took effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_killed_after_its_first_step_ends_the_same_when_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_cluster(dir.path(), "resume", LEGACY, LEGACY_NODES);
+    let admin = cluster.admin();
+    write_records(&cluster, 10).await;
+
+    let child = Command::new(env!("CARGO_BIN_EXE_domicile"))
+        .args(["placement", "apply", "--admin", &admin, "--yes", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let stdout = child.0.stdout.take().unwrap();
+    let mut first_run = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let event: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        let done = event["event"] == "step" && event["state"] == "done";
+        first_run.push(event);
+        if done {
+            child.sigkill();
+            break;
+        }
+    }
+    let first_steps = steps_done(&first_run);
+    assert_eq!(first_steps.len(), 1, "{first_run:?}");
+
+    let (code, second_run, stderr) = apply(&admin, &[]);
+    assert_eq!(code, Some(0), "{second_run:?}\n{stderr}");
+    let second_steps = steps_done(&second_run);
+    assert!(
+        !second_steps.contains(&first_steps[0]),
+        "{} took effect in the first run and was executed again: {second_steps:?}",
+        first_steps[0]
+    );
+    assert!(!second_steps.is_empty());
+    assert_us_purges_attested(&second_run);
+    assert_migrated(&cluster).await;
+    read_back(&cluster, 10).await;
+}
+
+/// Four EEA sites, two groups: the EEA group leaves Dublin A for Hamar; the EU group has no other EU site to
+/// go to, so it stays, under-replicated (exit 1) — never placed in Hamar (Norway: EEA, not EU).
+const FOUR_SITES: &str = r#"
+[[site]]
+name = "dublin-a"
+country = "IE"
+nodes = [1]
+
+[[site]]
+name = "dublin-b"
+country = "IE"
+nodes = [2]
+
+[[site]]
+name = "frankfurt"
+country = "DE"
+nodes = [3]
+
+[[site]]
+name = "hamar"
+country = "NO"
+nodes = [4]
+
+[[group]]
+name = "users-eea"
+jurisdiction = "EEA"
+voters = 3
+leader_preference = ["dublin-a"]
+
+[[group]]
+name = "users-eu"
+jurisdiction = "EU"
+voters = 3
+"#;
+
+const FOUR_NODES: &[(u64, &str)] = &[(1, "dublin-a"), (2, "dublin-b"), (3, "frankfurt"), (4, "hamar")];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn site_evacuate_moves_replicas_off_a_site_inside_each_jurisdiction() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_cluster(dir.path(), "evacuate", FOUR_SITES, FOUR_NODES);
+    let admin = cluster.admin();
+    let before = cluster
+        .wait_for("users-eea", "led from Dublin A", |view| view["leader"] == 1)
+        .await;
+    assert_eq!(ids(&before["voters"]), BTreeSet::from([1, 2, 3]), "{before}");
+    let client = cluster.client(&[1, 2, 3], "EEA").await;
+    client
+        .put("user-7", "address", b"Storgata 1, Hamar".to_vec())
+        .await
+        .unwrap();
+    drop(client);
+    cluster
+        .wait_for("users-eu", "has a leader", |view| view["leader"].is_u64())
+        .await;
+
+    let output = domicile(&[
+        "site", "evacuate", "dublin-a", "--admin", &admin, "--yes", "-o", "json",
+    ]);
+    let run = events(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "the EU group can't leave: {run:?}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let left: Vec<&Value> = run
+        .iter()
+        .filter(|event| event["event"] == "under_replicated")
+        .collect();
+    assert_eq!(left.len(), 1, "{run:?}");
+    assert_eq!(left[0]["group"], "users-eu");
+
+    let eea = cluster
+        .wait_for("users-eea", "led from outside Dublin A", |view| {
+            view["leader"].as_u64().is_some_and(|leader| leader != 1)
+        })
+        .await;
+    assert_eq!(ids(&eea["voters"]), BTreeSet::from([2, 3, 4]), "{eea}");
+    let eu = cluster.group("users-eu");
+    assert_eq!(
+        ids(&eu["voters"]),
+        BTreeSet::from([1, 2, 3]),
+        "left where it is: {eu}"
+    );
+    assert!(ids(&eu["learners"]).is_empty(), "{eu}");
+    let attested = attestations(&run);
+    assert_eq!(attested.len(), 1, "{attested:?}");
+    assert_eq!(attested[0]["group"], "users-eea");
+    assert_eq!(attested[0]["node"], 1);
+    assert_eq!(attested[0]["state"], "purged");
+    assert!(!cluster.holds_on_disk(1, "users-eea"));
+    assert!(cluster.holds_on_disk(1, "users-eu"));
+
+    let client = cluster.client(&[2, 3, 4], "EEA").await;
+    let record = client.get("user-7", "address").await.unwrap();
+    assert_eq!(
+        record.map(|record| record.value),
+        Some(b"Storgata 1, Hamar".to_vec())
+    );
+}
+
+/// An unknown group, site or node, and an admin endpoint that does not answer: exit 2 with the reason, and
+/// the cluster as it was. And a step the fence refuses, asked of the steps endpoint directly: 403 with the
+/// typed refusal, nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_exits_two_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_cluster(dir.path(), "bad-input", FOUR_SITES, FOUR_NODES);
+    let admin = cluster.admin();
+    let before = cluster
+        .wait_for("users-eea", "has a leader", |view| view["leader"].is_u64())
+        .await;
+    let cases: [(Vec<&str>, &str); 5] = [
+        (
+            vec![
+                "placement",
+                "apply",
+                "--admin",
+                &admin,
+                "--group",
+                "users-mars",
+                "--yes",
+            ],
+            "no group `users-mars`",
+        ),
+        (
+            vec!["site", "evacuate", "atlantis", "--admin", &admin, "--yes"],
+            "no site `atlantis`",
+        ),
+        (
+            vec!["node", "decommission", "99", "--admin", &admin, "--yes"],
+            "no node n99",
+        ),
+        (
+            vec!["placement", "apply", "--admin", "127.0.0.1:1", "--yes"],
+            "can't reach the admin endpoint at 127.0.0.1:1",
+        ),
+        (
+            vec!["site", "evacuate", "hamar", "--admin", "127.0.0.1:1", "--yes"],
+            "can't reach the admin endpoint at 127.0.0.1:1",
+        ),
+    ];
+    for (args, reason) in cases {
+        let output = domicile(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+    }
+    // Executing needs --yes where nobody can be asked.
+    let output = domicile(&["node", "decommission", "1", "--admin", &admin]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--yes"), "{stderr}");
+
+    // A step the fence refuses, sent to the steps endpoint by hand: 403 with the typed refusal.
+    let eu = cluster
+        .wait_for("users-eu", "has a leader", |view| view["leader"].is_u64())
+        .await;
+    let leader = eu["leader"].as_u64().unwrap();
+    let leader_admin = cluster.files.iter().find(|node| node.id == leader).unwrap().admin;
+    let response = reqwest::Client::new()
+        .post(format!("http://{leader_admin}/groups/users-eu/steps"))
+        .json(&serde_json::json!({"step": "add_learner", "node": 4}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+    let refused: Value = response.json().await.unwrap();
+    assert_eq!(refused["refusal"]["node"], 4, "{refused}");
+    assert_eq!(refused["refusal"]["country"], "NO", "{refused}");
+    assert_eq!(refused["refusal"]["jurisdiction"], "EU", "{refused}");
+
+    let after = cluster.group("users-eea");
+    assert_eq!(after["voters"], before["voters"]);
+    assert_eq!(after["learners"], before["learners"]);
+    assert_eq!(ids(&cluster.group("users-eu")["learners"]), BTreeSet::new());
+}
