@@ -9,18 +9,25 @@
 //!
 //! Membership and leadership requests go through the host, so through the residency fence: a refused
 //! request answers 403 with the typed refusal, and is counted as an incident.
+//!
+//! Every state-changing request (learners, leader, drain) is in the node's audit trail before it runs —
+//! if the trail can't record it, it does not run (503) — and so is its outcome. The endpoint does not
+//! authenticate operators yet: the entry names the address the request came from, and says it was
+//! unauthenticated.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use placement::{GroupId, NodeId, Step};
+use raft::audit::{AdminAction, Event, Operator, describe_step};
 use raft::host::HostError;
 
 use crate::admin_api::{
@@ -57,6 +64,7 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle<()
         }
     });
     Ok(tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!(%error, "the admin endpoint stopped");
         }
@@ -72,6 +80,10 @@ fn observe(node: &Node) {
         .collect();
     node.metrics
         .observe(node.config.node.0, &statuses, node.host.incidents());
+    // What changed in each group (term, leader, membership) goes into the audit trail, with the verdict.
+    node.host.observe_groups();
+    node.metrics
+        .observe_audit(node.audit.durable_entries(), node.audit.failures());
 }
 
 pub fn node_status(node: &Node) -> NodeStatus {
@@ -208,6 +220,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
 
 async fn add_learner(
     State(node): State<Arc<Node>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
     Path(group): Path<String>,
     Json(body): Json<AddLearner>,
 ) -> Response {
@@ -215,11 +228,12 @@ async fn add_learner(
         group: GroupId(group),
         node: NodeId(body.node),
     };
-    execute(&node, step).await
+    execute(&node, remote, "add_learner", step).await
 }
 
 async fn move_leader(
     State(node): State<Arc<Node>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
     Path(group): Path<String>,
     Json(body): Json<MoveLeader>,
 ) -> Response {
@@ -227,7 +241,7 @@ async fn move_leader(
         group: GroupId(group),
         to: NodeId(body.to),
     };
-    execute(&node, step).await
+    execute(&node, remote, "move_leader", step).await
 }
 
 /// `POST /groups/{group}/steps`: one planner step, executed if this node leads the group — through the
@@ -235,11 +249,12 @@ async fn move_leader(
 /// apply` sends its steps here).
 async fn execute_step(
     State(node): State<Arc<Node>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
     Path(group): Path<String>,
     Json(body): Json<StepRequest>,
 ) -> Response {
     let step = body.into_step(GroupId(group));
-    execute(&node, step).await
+    execute(&node, remote, "step", step).await
 }
 
 /// `GET /topology`: the topology file this node runs with, as it read it at start-up — what `domicile
@@ -248,12 +263,34 @@ async fn topology(State(node): State<Arc<Node>>) -> impl IntoResponse {
     ([("content-type", "application/toml")], node.topology_text.clone())
 }
 
-async fn drain(State(node): State<Arc<Node>>) -> Response {
-    Json(node.drain().await).into_response()
+async fn drain(State(node): State<Arc<Node>>, ConnectInfo(remote): ConnectInfo<SocketAddr>) -> Response {
+    let action = operator_action(remote, "drain", format!("{}", node.config.node));
+    if let Err(refused) = audit_request(&node, &action).await {
+        return refused;
+    }
+    let handovers = node.drain().await;
+    let failed = handovers
+        .iter()
+        .filter(|handover| handover.error.is_some())
+        .count();
+    let detail = format!(
+        "{} leaderships handed over, {failed} failed",
+        handovers.len() - failed
+    );
+    audit_outcome(&node, action, failed == 0, detail).await;
+    Json(handovers).into_response()
 }
 
-async fn execute(node: &Node, step: Step) -> Response {
-    match node.host.execute(&step).await {
+async fn execute(node: &Node, remote: SocketAddr, action: &str, step: Step) -> Response {
+    let target = format!("{}: {}", step.group(), describe_step(&step));
+    let action = operator_action(remote, action, target);
+    if let Err(refused) = audit_request(node, &action).await {
+        return refused;
+    }
+    let outcome = node.host.execute(&step).await;
+    let detail = outcome.as_ref().err().map_or(String::new(), ToString::to_string);
+    audit_outcome(node, action, outcome.is_ok(), detail).await;
+    match outcome {
         Ok(()) => (
             StatusCode::OK,
             Json(serde_json::json!({"ok": true, "step": step})),
@@ -261,6 +298,31 @@ async fn execute(node: &Node, step: Step) -> Response {
             .into_response(),
         Err(error) => error_response(error),
     }
+}
+
+/// An operator's request, as the audit trail names it: nothing authenticates the operator yet, so only
+/// the address it came from.
+fn operator_action(remote: SocketAddr, action: &str, target: String) -> AdminAction {
+    AdminAction {
+        operator: Operator {
+            remote_address: remote.to_string(),
+            authenticated: false,
+        },
+        action: action.into(),
+        target,
+    }
+}
+
+/// Records the request and waits until it is on disk; a request the trail can't record does not run.
+async fn audit_request(node: &Node, action: &AdminAction) -> Result<(), Response> {
+    node.host.record(Event::AdminRequest(action.clone()));
+    node.host.audit_durable().await.map_err(error_response)
+}
+
+async fn audit_outcome(node: &Node, action: AdminAction, ok: bool, detail: String) {
+    node.host.record(Event::AdminOutcome { action, ok, detail });
+    // The answer goes out either way; a trail that failed is logged and counted.
+    let _ = node.host.audit_durable().await;
 }
 
 fn error_response(error: HostError) -> Response {

@@ -2,7 +2,8 @@
 //! Ashburn — with real QUIC, mutual TLS and disks under a temporary directory, shown working end to end:
 //! EEA, EU and US groups; user records written through the client library; the failover when the Dublin A
 //! node is killed (no acknowledged write lost); the fence refusing the Ashburn node in an EU group; and a
-//! residency report. Every process it starts is stopped when it ends, also on Ctrl-C.
+//! residency report, ending with `audit verify` on every node's audit trail. Every process it starts is
+//! stopped when it ends, also on Ctrl-C.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -398,6 +399,28 @@ async fn wait_for_leaders(
     }
 }
 
+/// `domicile audit verify` on every node's trail, with the CA certificate alone. A node still running may
+/// be in the middle of a write; a trail that ends inside an entry is checked again a moment later.
+async fn verify_audit_trails(layout: &Layout) -> bool {
+    println!("   $ domicile audit verify data/nN/audit --ca certs/ca.pem");
+    let ca = layout.dir.join("certs/ca.pem");
+    let mut intact = true;
+    for id in layout.nodes.keys() {
+        let trail = layout.dir.join(format!("data/n{id}/audit"));
+        let mut verdict = crate::audit_cli::summary(&trail, &ca);
+        for _ in 0..3 {
+            if verdict.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            verdict = crate::audit_cli::summary(&trail, &ca);
+        }
+        intact &= verdict.0;
+        println!("   n{id}: {}", verdict.1);
+    }
+    intact
+}
+
 async fn show(layout: &Layout, nodes: &mut Nodes, records: u64) -> anyhow::Result<ExitCode> {
     println!(
         "== Five nodes, five sites, one cluster CA (everything under {})",
@@ -629,7 +652,8 @@ async fn show(layout: &Layout, nodes: &mut Nodes, records: u64) -> anyhow::Resul
     if breaches == 0 {
         println!("   no replica of any group is outside its jurisdiction.");
     }
-    Ok(if lost == 0 && breaches == 0 && refused && purged {
+    let audited = verify_audit_trails(layout).await;
+    Ok(if lost == 0 && breaches == 0 && refused && purged && audited {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

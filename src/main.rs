@@ -8,6 +8,7 @@ mod admin;
 mod admin_api;
 mod apply_cli;
 mod apply_report;
+mod audit_cli;
 mod certs_cli;
 mod demo;
 mod metrics;
@@ -69,6 +70,11 @@ enum Command {
     Site {
         #[command(subcommand)]
         command: apply_cli::SiteCommand,
+    },
+    /// Check a node's audit trail with the cluster CA alone, or export its entries for a monitor.
+    Audit {
+        #[command(subcommand)]
+        command: audit_cli::AuditCommand,
     },
     /// Leadership operations.
     Leader {
@@ -185,6 +191,7 @@ fn main() -> ExitCode {
         Command::Site {
             command: apply_cli::SiteCommand::Evacuate { site, run },
         } => apply_cli::run_blocking(apply_cli::Scope::Evacuate { site }, run),
+        Command::Audit { command } => audit_cli::run(command),
         Command::Leader {
             command: operator_cli::LeaderCommand::Move { admin, group, to },
         } => runtime().and_then(|runtime| runtime.block_on(operator_cli::move_leader(&admin, &group, to))),

@@ -34,6 +34,8 @@ pub struct Metrics {
     egress_blocked: Counter<u64, AtomicU64>,
     ingress_refused: Counter<u64, AtomicU64>,
     client_calls_refused: Counter<u64, AtomicU64>,
+    audit_entries: Gauge,
+    audit_write_failures: Counter<u64, AtomicU64>,
     pub request_seconds: Family<OpLabel, Histogram>,
     /// Membership steps the repair driver executed (replacing members found down).
     pub repair_steps: Family<GroupLabel, Counter>,
@@ -43,6 +45,8 @@ pub struct Metrics {
     pub under_replicated: Family<GroupLabel, Gauge>,
     /// Last seen leader per group and last exported incident counts, to turn snapshots into counters.
     seen: Mutex<(BTreeMap<String, Option<u64>>, IncidentCounts)>,
+    /// Last exported count of audit write failures.
+    seen_audit_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -96,6 +100,18 @@ impl Metrics {
             "Client calls (records, shard maps) refused because the caller presented a node's certificate",
             client_calls_refused.clone(),
         );
+        let audit_entries = Gauge::default();
+        registry.register(
+            "audit_entries",
+            "Entries in this node's audit trail, on disk",
+            audit_entries.clone(),
+        );
+        let audit_write_failures = Counter::default();
+        registry.register(
+            "audit_write_failures",
+            "Audit entries that could not be written (a failed write or sync poisons the trail until restart)",
+            audit_write_failures.clone(),
+        );
         let request_seconds = Family::<OpLabel, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0001, 2.0, 16))
         });
@@ -135,8 +151,11 @@ impl Metrics {
             egress_blocked,
             ingress_refused,
             client_calls_refused,
+            audit_entries,
+            audit_write_failures,
             request_seconds,
             seen: Mutex::new((BTreeMap::new(), IncidentCounts::default())),
+            seen_audit_failures: AtomicU64::new(0),
         }
     }
 
@@ -179,6 +198,15 @@ impl Metrics {
                 .saturating_sub(last.client_calls_refused),
         );
         seen.1 = incidents;
+    }
+
+    /// Folds the audit trail's length and failure count into the metrics.
+    pub fn observe_audit(&self, durable_entries: u64, failures: u64) {
+        self.audit_entries.set(durable_entries as i64);
+        let last = self
+            .seen_audit_failures
+            .swap(failures, std::sync::atomic::Ordering::Relaxed);
+        self.audit_write_failures.inc_by(failures.saturating_sub(last));
     }
 
     pub fn render(&self) -> String {

@@ -8,6 +8,9 @@
 //! contacts the node. Peers named by host name are resolved at start-up and again every few seconds, so a
 //! peer that comes back at a new address (a rescheduled pod) is found there. On SIGTERM or SIGINT the node
 //! hands its leaderships to other voters inside each group's jurisdiction, then stops.
+//!
+//! The node keeps its audit trail in `audit_dir` (`<data_dir>/audit` by default), signed with its
+//! certificate's key and stamped with the wall clock: the host records into it, and so do admin requests.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
+use audit::{AuditConfig, AuditLog, Signer};
 use placement::{NodeId, Step, TopologyFile};
 use raft::bootstrap::open_initial_groups;
 use raft::client_protocol::{ClientOp, ClientRequest, Envelope, EnvelopeResponse};
@@ -48,6 +52,8 @@ pub struct Node {
     pub topology_text: String,
     /// The replicas this node purged, with their proofs (`purged.jsonl` in the data directory).
     pub purges: PurgeLog,
+    /// The node's signed audit trail (also the host's).
+    pub audit: Arc<AuditLog>,
     /// Where the peers were found at start-up; those named by host name are followed after.
     resolved_at_start: BTreeMap<NodeId, SocketAddr>,
 }
@@ -268,6 +274,7 @@ impl Node {
         check_against_topology(&identity, &topology)
             .context("the node's certificate disagrees with the topology")?;
         claim_data_dir(&config.data_dir, &config.cluster, &ca)?;
+        let audit = open_audit(&config, &certified)?;
         let purges = PurgeLog::open(&config.data_dir)?;
         let tls = tls_configs(&ca, &certified).context("the TLS configuration is unusable")?;
 
@@ -312,7 +319,8 @@ impl Node {
         let me = identity.node;
         let host = Arc::new(
             Host::new(identity, topology, groups, quic.clone(), stores, raft_config)
-                .with_round_trips(Arc::new(CountryRoundTrips)),
+                .with_round_trips(Arc::new(CountryRoundTrips))
+                .with_audit(audit.clone()),
         );
         let router = Router::new(file.policies.values()).context("routing")?;
         let metrics = Arc::new(Metrics::new());
@@ -330,6 +338,7 @@ impl Node {
             metrics,
             topology_text: text,
             purges,
+            audit,
             resolved_at_start: addresses,
         })
     }
@@ -398,6 +407,23 @@ impl Node {
         }
         handovers
     }
+}
+
+/// Opens the node's audit trail, signed with the key of its certificate; refuses to start on a damaged one.
+fn open_audit(config: &NodeConfig, certified: &CertifiedKey) -> anyhow::Result<Arc<AuditLog>> {
+    let signer = Signer::from_pem(&certified.cert_pem, &certified.key_pem)
+        .context("the node's key can't sign its audit trail")?;
+    let clock: audit::Clock = Arc::new(unix_ms);
+    let log = AuditLog::open(AuditConfig::new(&config.audit_dir), signer, clock)
+        .with_context(|| format!("can't open the audit trail in {}", config.audit_dir.display()))?;
+    Ok(Arc::new(log))
+}
+
+/// The wall clock, in milliseconds since the Unix epoch: audit entries' time, for monitors.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
 }
 
 fn own_identity(cert_pem: &str) -> anyhow::Result<raft::identity::NodeIdentity> {

@@ -25,6 +25,8 @@ struct RawConfig {
     node_id: u64,
     site: String,
     data_dir: PathBuf,
+    /// Where the audit trail is kept; `<data_dir>/audit` if not given.
+    audit_dir: Option<PathBuf>,
     listen: SocketAddr,
     #[serde(default = "default_admin")]
     admin: SocketAddr,
@@ -156,6 +158,8 @@ pub struct NodeConfig {
     pub node: NodeId,
     pub site: String,
     pub data_dir: PathBuf,
+    /// The node's signed audit trail (`audit::AuditLog`): `<data_dir>/audit` by default.
+    pub audit_dir: PathBuf,
     pub listen: SocketAddr,
     pub admin: SocketAddr,
     pub topology: PathBuf,
@@ -223,11 +227,17 @@ impl NodeConfig {
                 path.display()
             );
         }
+        let data_dir = resolve(&raw.data_dir);
+        let audit_dir = raw
+            .audit_dir
+            .as_deref()
+            .map_or_else(|| data_dir.join("audit"), resolve);
         Ok(NodeConfig {
             cluster: raw.cluster,
             node: NodeId(raw.node_id),
             site: raw.site,
-            data_dir: resolve(&raw.data_dir),
+            audit_dir,
+            data_dir,
             listen: raw.listen,
             admin: raw.admin,
             topology: resolve(&raw.topology),
@@ -338,6 +348,14 @@ addr = "127.0.0.1:7102"
                 "{bad}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn the_audit_trail_defaults_to_the_data_directory() {
+        let config = load(GOOD).unwrap();
+        assert_eq!(config.audit_dir, config.data_dir.join("audit"));
+        let config = load(&GOOD.replace("topology =", "audit_dir = \"/var/audit/n1\"\ntopology =")).unwrap();
+        assert_eq!(config.audit_dir, PathBuf::from("/var/audit/n1"));
     }
 
     #[test]

@@ -224,6 +224,9 @@ fn demo_runs_a_five_site_cluster_end_to_end() {
     // The residency report ends with every node's audit trail verified with the CA certificate alone.
     assert!(text.contains("$ domicile audit verify"), "{text}");
     assert_eq!(text.matches(": intact: ").count(), 5, "{text}");
+    // The residency report ends with every node's audit trail verified with the CA certificate alone.
+    assert!(text.contains("$ domicile audit verify"), "{text}");
+    assert_eq!(text.matches(": intact: ").count(), 5, "{text}");
     // The killed node comes back: a group that replaced it has its replica purged, never kept half-alive.
     assert!(text.contains("== n1 returns"), "{text}");
     assert!(!text.contains("NOT purged"), "{text}");
