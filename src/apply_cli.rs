@@ -177,10 +177,7 @@ pub async fn run(scope: Scope, args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(if !left.is_empty() {
         run.end(
             Outcome::UnderReplicated,
-            &format!(
-                "left in place, under-replicated (no other place inside the jurisdiction): {}; everything else moved",
-                names(&left)
-            ),
+            &format!("done, except {}: left in place, under-replicated", names(&left)),
         )
     } else if unconfirmed > 0 {
         run.end(

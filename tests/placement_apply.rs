@@ -71,14 +71,15 @@ fn start_cluster(dir: &std::path::Path, name: &str, topology: &str, nodes: &[(u6
     Cluster {
         dir: dir.to_path_buf(),
         files,
-        _processes: processes,
+        processes,
     }
 }
 
 struct Cluster {
     dir: std::path::PathBuf,
     files: Vec<NodeFiles>,
-    _processes: Vec<KillOnDrop>,
+    /// In the order of `files`.
+    processes: Vec<KillOnDrop>,
 }
 
 impl Cluster {
@@ -465,10 +466,10 @@ async fn site_evacuate_moves_replicas_off_a_site_inside_each_jurisdiction() {
 }
 
 /// An unknown group, site or node, and an admin endpoint that does not answer: exit 2 with the reason, and
-/// the cluster as it was. And a step the fence refuses, asked of the steps endpoint directly: 403 with the
-/// typed refusal, nothing changed.
+/// the cluster as it was. A step the fence refuses, asked of the steps endpoint directly: 403 with the
+/// typed refusal. A plan with no compliant placement (a node down): exit 1, nothing executed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_exits_two_and_changes_nothing() {
+async fn bad_input_refusals_and_infeasible_plans_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = start_cluster(dir.path(), "bad-input", FOUR_SITES, FOUR_NODES);
     let admin = cluster.admin();
@@ -539,4 +540,25 @@ async fn bad_input_exits_two_and_changes_nothing() {
     assert_eq!(after["voters"], before["voters"]);
     assert_eq!(after["learners"], before["learners"]);
     assert_eq!(ids(&cluster.group("users-eu")["learners"]), BTreeSet::new());
+
+    // With Frankfurt down, the EU group has no compliant placement: `apply` says so and changes nothing.
+    let mut cluster = cluster;
+    cluster.processes[2].sigkill();
+    let (code, run, stderr) = apply(&admin, &[]);
+    assert_eq!(code, Some(1), "{run:?}\n{stderr}");
+    assert!(
+        !run.iter().any(|event| event["event"] == "step"),
+        "nothing executed: {run:?}"
+    );
+    let end = run.last().unwrap();
+    assert_eq!(end["outcome"], "stopped", "{end}");
+    assert!(
+        end["message"]
+            .as_str()
+            .unwrap()
+            .contains("no compliant placement for group users-eu"),
+        "{end}"
+    );
+    let eu_after = cluster.group("users-eu");
+    assert_eq!(ids(&eu_after["voters"]), BTreeSet::from([1, 2, 3]), "{eu_after}");
 }
