@@ -882,6 +882,8 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
 
     /// Stops every group (their logs and state machines stay on disk).
     pub async fn shutdown(&self) {
+        // Requests the shutdown cuts short say nothing about the peers they were for.
+        self.peers.stop();
         let groups: Vec<_> = self
             .groups
             .write()

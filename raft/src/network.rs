@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -69,6 +70,8 @@ pub struct PeerReachability<I> {
     /// This node, named in the log lines (the simulator runs many nodes in one process).
     me: NodeId,
     peers: Mutex<BTreeMap<NodeId, PeerState<I>>>,
+    /// Set as the node shuts down: the requests it cuts short are no failures of their peers.
+    stopped: AtomicBool,
 }
 
 struct PeerState<I> {
@@ -93,11 +96,15 @@ impl<I: Copy> PeerReachability<I> {
         PeerReachability {
             me,
             peers: Mutex::new(BTreeMap::new()),
+            stopped: AtomicBool::new(false),
         }
     }
 
     /// A request to `peer` got no answer (sent at `now`).
     pub fn failed(&self, peer: NodeId, now: I) -> Option<ReachabilityChange<I>> {
+        if self.stopped.load(Ordering::Relaxed) {
+            return None;
+        }
         let mut peers = self.peers.lock().expect("reachability lock");
         let state = peers.entry(peer).or_insert(PeerState {
             failures: 0,
@@ -122,6 +129,11 @@ impl<I: Copy> PeerReachability<I> {
             since,
             failures: state.failures,
         })
+    }
+
+    /// The node is shutting down: failures from now on are its own, not its peers'.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
     }
 
     /// Does this node count `peer` as unreachable now?
@@ -419,5 +431,15 @@ mod tests {
         assert!(peers.is_unreachable(peer));
         Attempt::<TokioConfig>::new(&peers, peer).answered();
         assert!(!peers.is_unreachable(peer));
+    }
+
+    #[test]
+    fn requests_a_shutdown_cuts_short_are_not_counted() {
+        let peers = PeerReachability::new(NodeId(1));
+        peers.stop();
+        for _ in 0..10 {
+            drop(Attempt::<TokioConfig>::new(&peers, NodeId(2)));
+        }
+        assert!(!peers.is_unreachable(NodeId(2)));
     }
 }
