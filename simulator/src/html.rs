@@ -628,12 +628,29 @@ impl<'a> Drawing<'a> {
             let x = self.x(at);
             let _ = write!(
                 svg,
-                r#"<g class="violation" id="violation-{index}" data-at="{:.3}" data-checker="{checker}"><line x1="{x:.1}" y1="{top:.1}" x2="{x:.1}" y2="{height:.1}"/><circle cx="{x:.1}" cy="{top:.1}" r="5"/><title>{time}  {text}</title></g>"#,
+                r#"<g class="violation" id="violation-{index}" data-at="{:.3}" data-checker="{checker}"><line x1="{x:.1}" y1="{top:.1}" x2="{x:.1}" y2="{height:.1}"/><circle cx="{x:.1}" cy="{top:.1}" r="5"/>"#,
                 at.as_secs_f64(),
                 checker = finding.checker.name(),
                 top = AXIS - 4.0,
-                time = seconds(at),
-                text = escape(&finding.line()),
+            );
+            // The first of each checker's violations is named beside its line.
+            let first_of_checker = self.outcome.findings[..index]
+                .iter()
+                .all(|earlier| earlier.checker != finding.checker);
+            if first_of_checker {
+                let _ = write!(
+                    svg,
+                    r#"<text class="violation-label" x="{:.1}" y="{:.1}">{}</text>"#,
+                    x + 8.0,
+                    AXIS + 8.0,
+                    finding.checker.name()
+                );
+            }
+            let _ = write!(
+                svg,
+                "<title>{}  {}</title></g>",
+                seconds(at),
+                escape(&finding.line())
             );
         }
     }
@@ -774,10 +791,12 @@ pre#summary { background: #f6f7f9; border: 1px solid #dde; padding: 10px; overfl
 #timeline .faults-stop text { fill: #2ca02c; }
 #timeline .violation line { stroke: #e00; stroke-width: 2; }
 #timeline .violation circle { fill: #e00; }
+#timeline .violation-label { fill: #e00; font-weight: 600; }
 #timeline .cursor { stroke: #555; stroke-width: 1; stroke-dasharray: 2 2; pointer-events: none; }
 #cursor-label { position: absolute; top: 2px; background: #333; color: #fff; font-size: 11px; padding: 1px 5px; border-radius: 3px; pointer-events: none; }
 table { border-collapse: collapse; font-size: 13px; }
 td, th { border-bottom: 1px solid #e3e5ea; padding: 3px 10px 3px 0; text-align: left; vertical-align: top; }
+td:first-child, td:nth-child(2) { white-space: nowrap; }
 tr.highlight td { background: #fff4c2; }
 .legend { display: flex; flex-wrap: wrap; gap: 6px 18px; font-size: 12px; margin: 8px 0; }
 .legend span { display: inline-flex; align-items: center; gap: 5px; }
