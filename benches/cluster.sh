@@ -17,8 +17,9 @@
 # must not be tmpfs, or fsync would be free), ETCD_ALL_ENDPOINTS=1 (etcd clients talk to all members
 # instead of the leader alone), STEPS (op:clients:operations,...), SYSTEMS ("domicile etcd"), DOMICILE_BIN
 # (the node binary to run instead of the one just built), WORKER_THREADS (each node's runtime workers: by
-# default a third of the cores, at least 1, since the three nodes share them; `default` leaves the node's
-# own default, one per core, and writes nothing, for node builds that predate the setting).
+# default `default`, which writes nothing and leaves the node's own default, one per core, as users run it;
+# a number sets `worker_threads`, e.g. 1 to give three nodes on 2 cores a worker each, as runs before
+# 2026-12-04 did).
 set -euo pipefail
 
 MODE=${1:-compare}
@@ -163,7 +164,9 @@ start_etcd() {
 
 # ---- Domicile: three nodes in three EEA sites, `groups` groups fenced to the EEA -----------------------
 DOMICILE_PIDS=()
-WORKER_THREADS=${WORKER_THREADS:-$(( $(nproc) / 3 > 0 ? $(nproc) / 3 : 1 ))}
+# The node's own default (one runtime worker per core), as a user's first cluster runs: measured against one
+# worker per node on 2026-12-04 (docs/performance.md, "The demo's write rate"), no slower.
+WORKER_THREADS=${WORKER_THREADS:-default}
 DOMICILE_ENDPOINTS=""
 DOMICILE_CERTS=""
 DOMICILE_STARTS=0
