@@ -37,9 +37,10 @@ use placement::{
     GroupId, GroupReport, GroupState, Health, Membership, NodeId, Placement, Plan, Step, TopologyFile,
 };
 
-use crate::admin_api::{AdminError, GroupView, NodeStatus, StepRequest};
+use crate::admin_api::{AdminError, GroupView, NodeStatus, PurgeRecord, StepRequest};
 use crate::apply_report::{Attestation, Outcome, PurgeState, Reporter};
-use crate::operator_cli::{Output, admin_of, cluster_status, fetch_status, group_views, http};
+use crate::operator_cli::{Output, admin_of, fetch_status, group_views, http};
+use crate::placement_cli::render_problem;
 
 /// What every verb here takes besides its subject.
 #[derive(Args, Clone, Debug)]
@@ -129,6 +130,8 @@ pub async fn run(scope: Scope, args: RunArgs) -> anyhow::Result<ExitCode> {
         apply: matches!(scope, Scope::Apply { .. }),
         reporter: &reporter,
     };
+    let mut silent = BTreeSet::new();
+    run.report_silent(&cluster, &mut silent);
     let first = run
         .plan(&cluster)
         .context("the cluster's placement, as its nodes report it, is inconsistent")?;
@@ -156,42 +159,28 @@ pub async fn run(scope: Scope, args: RunArgs) -> anyhow::Result<ExitCode> {
     if !first.steps.is_empty() && !args.yes && !confirm(first.steps.len())? {
         return Ok(run.end(Outcome::Stopped, "not confirmed: nothing was changed"));
     }
-    let Executed { removed, left } = match run.execute(first.steps.len()).await {
-        Ok(executed) => executed,
+    match run.execute(first.steps.len(), silent).await {
+        Ok(executed) => Ok(run.finish(executed).await),
         Err(stopped) => {
             // Stopped with changes possibly made: still say what became of the replicas removed so far.
             let attestations = run.attest(&stopped.removed, Duration::ZERO).await;
             reporter.attestations(&attestations);
-            return Ok(run.end(stopped.outcome, &stopped.message));
+            Ok(run.end(stopped.outcome, &stopped.message))
         }
-    };
-    let attestations = run
-        .attest(&removed, Duration::from_secs(args.purge_timeout_s))
-        .await;
-    reporter.attestations(&attestations);
-    reporter.left_in_place(&left);
-    let unconfirmed = attestations
+    }
+}
+
+fn problems(topology: &placement::Topology, reports: &[GroupReport]) -> String {
+    reports
         .iter()
-        .filter(|attestation| attestation.state == PurgeState::Unconfirmed)
-        .count();
-    Ok(if !left.is_empty() {
-        run.end(
-            Outcome::UnderReplicated,
-            &format!("done, except {}: left in place, under-replicated", names(&left)),
-        )
-    } else if unconfirmed > 0 {
-        run.end(
-            Outcome::PurgeUnconfirmed,
-            &format!(
-                "placement applied, but {unconfirmed} removed replica(s) not confirmed purged: run again to check"
-            ),
-        )
-    } else {
-        run.end(
-            Outcome::Done,
-            "done: every group in scope is where the plan puts it",
-        )
-    })
+        .flat_map(|report| {
+            report
+                .problems
+                .iter()
+                .map(|problem| render_problem(topology, problem))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn names(reports: &[GroupReport]) -> String {
@@ -350,13 +339,35 @@ struct Cluster {
     start: String,
     /// The nodes that answered.
     nodes: Vec<NodeStatus>,
+    /// The peers that did not, and why.
+    silent: Vec<(NodeId, String)>,
     /// Per group, the view of the replica with the highest term (the leader's, when it answers).
     views: BTreeMap<String, GroupView>,
 }
 
 impl Cluster {
+    /// Every node's status, from `admin` and the peers it names. A peer that does not answer is asked
+    /// twice more, 200 ms apart, before it counts as down: a busy node's read may fail once, and a node
+    /// taken for down changes the plan.
     async fn read(admin: &str) -> anyhow::Result<Cluster> {
-        let (nodes, _) = cluster_status(admin).await?;
+        let first = fetch_status(admin).await?;
+        let mut nodes = vec![first.clone()];
+        let mut silent = Vec::new();
+        for (&id, peer_admin) in &first.peer_admins {
+            let mut answer = fetch_status(peer_admin).await;
+            for _ in 0..2 {
+                if answer.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                answer = fetch_status(peer_admin).await;
+            }
+            match answer {
+                Ok(status) => nodes.push(status),
+                Err(error) => silent.push((NodeId(id), format!("{error:#}"))),
+            }
+        }
+        nodes.sort_by_key(|status| status.node);
         let mut views = group_views(&nodes);
         // A leader's own view is the freshest: a follower's may not show a change the leader just committed,
         // and planning from it would ask for that change again.
@@ -371,6 +382,7 @@ impl Cluster {
         Ok(Cluster {
             start: admin.to_string(),
             nodes,
+            silent,
             views,
         })
     }
@@ -487,6 +499,48 @@ impl Run<'_> {
         ExitCode::from(outcome.exit_code())
     }
 
+    /// Every step done: waits for the removed replicas' purges, attests them, and says how it ended.
+    async fn finish(&self, Executed { removed, left }: Executed) -> ExitCode {
+        let attestations = self
+            .attest(&removed, Duration::from_secs(self.args.purge_timeout_s))
+            .await;
+        self.reporter.attestations(&attestations);
+        self.reporter.left_in_place(&left);
+        let unconfirmed = attestations
+            .iter()
+            .filter(|attestation| attestation.state == PurgeState::Unconfirmed)
+            .count();
+        if !left.is_empty() {
+            let message = format!("done, except {}: left in place, under-replicated", names(&left));
+            self.end(Outcome::UnderReplicated, &message)
+        } else if unconfirmed > 0 {
+            let message = format!(
+                "placement applied, but {unconfirmed} removed replica(s) not confirmed purged: run again to check"
+            );
+            self.end(Outcome::PurgeUnconfirmed, &message)
+        } else {
+            self.end(
+                Outcome::Done,
+                "done: every group in scope is where the plan puts it",
+            )
+        }
+    }
+
+    /// Names the nodes that do not answer, and are planned as down, if they are not those `known` before.
+    fn report_silent(&self, cluster: &Cluster, known: &mut BTreeSet<NodeId>) {
+        let silent: BTreeSet<NodeId> = cluster.silent.iter().map(|(node, _)| *node).collect();
+        if silent == *known {
+            return;
+        }
+        for (node, error) in &cluster.silent {
+            self.reporter.note(&format!(
+                "{} does not answer, so it is planned as down: {error}",
+                self.reporter.node(*node)
+            ));
+        }
+        *known = silent;
+    }
+
     /// Plans every group, as the nodes would, and keeps the groups in scope.
     fn plan(&self, cluster: &Cluster) -> anyhow::Result<Planned> {
         let placement = cluster.placement(self.file);
@@ -525,8 +579,13 @@ impl Run<'_> {
         })
     }
 
-    /// Read, plan, execute the first step; again, until nothing is left.
-    async fn execute(&self, planned_at_start: usize) -> Result<Executed, Stopped> {
+    /// Read, plan, execute the first step; again, until nothing is left. `silent`: the nodes known not to
+    /// answer.
+    async fn execute(
+        &self,
+        planned_at_start: usize,
+        mut silent: BTreeSet<NodeId>,
+    ) -> Result<Executed, Stopped> {
         let mut executed: Vec<Step> = Vec::new();
         let mut removed: Vec<(GroupId, NodeId)> = Vec::new();
         let mut failing_since: Option<Instant> = None;
@@ -542,6 +601,7 @@ impl Run<'_> {
                 let message = format!("stopped: {error:#}");
                 stop(Outcome::Stopped, message, &removed)
             })?;
+            self.report_silent(&cluster, &mut silent);
             let planned = match self.plan(&cluster) {
                 Ok(planned) => planned,
                 Err(error) => {
@@ -553,12 +613,18 @@ impl Run<'_> {
                 }
             };
             if self.apply && !planned.infeasible.is_empty() {
-                let message = format!(
-                    "stopped: no compliant placement for {} any more (a node down?); nothing more was changed",
-                    names(&planned.infeasible)
+                // A node the plan needs stopped answering: for a moment (a busy node's status read timed
+                // out), or for good, and then the run stops once it has waited [`RETRY_FOR`].
+                let error = format!(
+                    "no compliant placement for {} any more: {}",
+                    names(&planned.infeasible),
+                    problems(&self.file.topology, &planned.infeasible)
                 );
-                self.reporter.plan(&planned.plan);
-                return Err(stop(Outcome::Stopped, message, &removed));
+                self.reporter.note(&error);
+                self.retry_or_stop(&mut failing_since, &error)
+                    .await
+                    .map_err(|message| stop(Outcome::Stopped, message, &removed))?;
+                continue;
             }
             // A leadership move is made once in an evacuation: the nodes' own leader preference knows nothing
             // of the evacuation and may bring it back to a preferred node that is leaving; that node then
@@ -574,10 +640,16 @@ impl Run<'_> {
                     left: planned.infeasible,
                 });
             };
-            if executed.iter().filter(|done| *done == step).count() >= REPEATS_MAX || index >= steps_max {
+            if executed.iter().filter(|done| *done == step).count() >= REPEATS_MAX {
                 let message = format!(
-                    "stopped: {:?} took effect and is planned again: something on the cluster undoes it",
-                    step
+                    "stopped: {step:?} took effect and is planned again: something on the cluster undoes it"
+                );
+                return Err(stop(Outcome::Stopped, message, &removed));
+            }
+            if index >= steps_max {
+                let message = format!(
+                    "stopped: {index} step events for a plan of {planned_at_start} steps: the cluster does not \
+                     converge on it"
                 );
                 return Err(stop(Outcome::Stopped, message, &removed));
             }
@@ -724,7 +796,8 @@ impl Run<'_> {
         }
     }
 
-    /// Replicas still held by answering nodes that their group's membership leaves out.
+    /// Replicas still held by answering nodes that their group's membership leaves out, or retired a
+    /// moment ago and their proof not yet recorded (the node records it once the deletion is done).
     fn pending_purges(&self, cluster: &Cluster) -> Vec<(String, NodeId)> {
         let mut pending = Vec::new();
         for group in &self.groups {
@@ -732,7 +805,8 @@ impl Run<'_> {
             for node in &cluster.nodes {
                 let id = NodeId(node.node);
                 let holds = node.groups.iter().any(|view| view.group == group.0);
-                if holds && !members.contains(id) && self.attests(id) {
+                let unrecorded = node.retired.contains(&group.0) && proof_of(node, group).is_none();
+                if (holds || unrecorded) && !members.contains(id) && self.attests(id) {
                     pending.push((group.0.clone(), id));
                 }
             }
@@ -760,12 +834,7 @@ impl Run<'_> {
                     continue;
                 }
                 let holds = node.groups.iter().any(|view| view.group == group.0);
-                let record = node
-                    .purged
-                    .iter()
-                    .rev()
-                    .find(|record| record.group == group.0)
-                    .filter(|record| !record.voters.contains(&id.0) && !record.learners.contains(&id.0));
+                let record = proof_of(node, group);
                 let mut attestation = self.unconfirmed(group, id, "");
                 if holds {
                     attestation.reason = Some(format!(
@@ -833,6 +902,15 @@ impl Run<'_> {
             reason: (!reason.is_empty()).then(|| reason.to_string()),
         }
     }
+}
+
+/// The latest proof `node` recorded for purging its replica of `group`, if it leaves the node out.
+fn proof_of<'a>(node: &'a NodeStatus, group: &GroupId) -> Option<&'a PurgeRecord> {
+    node.purged
+        .iter()
+        .rev()
+        .find(|record| record.group == group.0)
+        .filter(|record| !record.voters.contains(&node.node) && !record.learners.contains(&node.node))
 }
 
 /// `POST /groups/{group}/steps` on the leader.

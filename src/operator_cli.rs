@@ -211,12 +211,17 @@ pub async fn status(admin: &str, output: Output) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The admin address of node `id`, as the cluster knows it.
+/// The admin address of node `id`, as the cluster knows it: as its peers name it, or `start` if it answered
+/// and no peer names it (the other nodes were found through the start node's peers). `nodes` are sorted by
+/// id, so the first is not necessarily the start node.
 pub fn admin_of(nodes: &[NodeStatus], start: &str, id: u64) -> Option<String> {
-    if nodes.first().is_some_and(|first| first.node == id) {
-        return Some(start.to_string());
-    }
-    nodes.iter().find_map(|node| node.peer_admins.get(&id).cloned())
+    let named = nodes.iter().find_map(|node| node.peer_admins.get(&id).cloned());
+    named.or_else(|| {
+        nodes
+            .iter()
+            .any(|node| node.node == id)
+            .then(|| start.to_string())
+    })
 }
 
 pub async fn move_leader(admin: &str, group: &str, to: NodeId) -> anyhow::Result<ExitCode> {

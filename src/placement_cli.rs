@@ -208,7 +208,7 @@ pub fn render_step(topology: &Topology, step: &Step) -> String {
     }
 }
 
-fn render_problem(topology: &Topology, problem: &Problem) -> String {
+pub fn render_problem(topology: &Topology, problem: &Problem) -> String {
     match problem {
         Problem::QuorumLost { voters, healthy } => {
             format!("quorum lost: {healthy} of {voters} voters healthy; no membership change can commit")

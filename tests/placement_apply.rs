@@ -117,6 +117,26 @@ impl Cluster {
         }
     }
 
+    /// Until every node's admin endpoint answers (a node listens once it has opened its groups): the CLI
+    /// plans a node that does not answer as down.
+    async fn all_answer(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let output = domicile(&["status", "--admin", &self.admin(), "-o", "json"]);
+            let status: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+            let answered = status["nodes"].as_array().map_or(0, Vec::len);
+            if answered == self.files.len() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{answered} of {} nodes answer",
+                self.files.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// `domicile status -o json`'s view of a group: the leader's.
     fn group(&self, group: &str) -> Value {
         let output = domicile(&["status", "--admin", &self.admin(), "-o", "json"]);
@@ -163,6 +183,11 @@ fn events(stdout: &[u8]) -> Vec<Value> {
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not a JSON event: {line}")))
         .collect()
+}
+
+/// A run's events, a line each, for a failed assertion's message.
+fn show(events: &[Value]) -> String {
+    events.iter().map(Value::to_string).collect::<Vec<_>>().join("\n")
 }
 
 /// The steps a run's events say took effect.
@@ -266,6 +291,7 @@ async fn apply_migrates_the_legacy_group_into_the_eea_and_attests_the_us_purges(
     let dir = tempfile::tempdir().unwrap();
     let cluster = start_cluster(dir.path(), "legacy", LEGACY, LEGACY_NODES);
     let admin = cluster.admin();
+    cluster.all_answer().await;
     write_records(&cluster, 40).await;
 
     // A dry run prints the plan and changes nothing.
@@ -286,7 +312,7 @@ async fn apply_migrates_the_legacy_group_into_the_eea_and_attests_the_us_purges(
     );
 
     let (code, run, stderr) = apply(&admin, &[]);
-    assert_eq!(code, Some(0), "{run:?}\n{stderr}");
+    assert_eq!(code, Some(0), "{}\n{stderr}", show(&run));
     let done = steps_done(&run);
     let kinds: Vec<(&str, u64)> = done
         .iter()
@@ -314,7 +340,7 @@ async fn apply_migrates_the_legacy_group_into_the_eea_and_attests_the_us_purges(
     // Applied again: nothing to do, and the purges it attested are still attested.
     let (code, again, stderr) = apply(&admin, &[]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(steps_done(&again).is_empty(), "{again:?}");
+    assert!(steps_done(&again).is_empty(), "{}", show(&again));
     assert_us_purges_attested(&again);
 }
 
@@ -326,6 +352,7 @@ async fn an_apply_killed_after_its_first_step_ends_the_same_when_run_again() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = start_cluster(dir.path(), "resume", LEGACY, LEGACY_NODES);
     let admin = cluster.admin();
+    cluster.all_answer().await;
     write_records(&cluster, 10).await;
 
     let child = Command::new(env!("CARGO_BIN_EXE_domicile"))
@@ -347,10 +374,10 @@ async fn an_apply_killed_after_its_first_step_ends_the_same_when_run_again() {
         }
     }
     let first_steps = steps_done(&first_run);
-    assert_eq!(first_steps.len(), 1, "{first_run:?}");
+    assert_eq!(first_steps.len(), 1, "{}", show(&first_run));
 
     let (code, second_run, stderr) = apply(&admin, &[]);
-    assert_eq!(code, Some(0), "{second_run:?}\n{stderr}");
+    assert_eq!(code, Some(0), "{}\n{stderr}", show(&second_run));
     let second_steps = steps_done(&second_run);
     assert!(
         !second_steps.contains(&first_steps[0]),
@@ -400,11 +427,13 @@ voters = 3
 
 const FOUR_NODES: &[(u64, &str)] = &[(1, "dublin-a"), (2, "dublin-b"), (3, "frankfurt"), (4, "hamar")];
 
+/// Then `node decommission`, planned only, on the same cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn site_evacuate_moves_replicas_off_a_site_inside_each_jurisdiction() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = start_cluster(dir.path(), "evacuate", FOUR_SITES, FOUR_NODES);
     let admin = cluster.admin();
+    cluster.all_answer().await;
     let before = cluster
         .wait_for("users-eea", "led from Dublin A", |view| view["leader"] == 1)
         .await;
@@ -426,14 +455,15 @@ async fn site_evacuate_moves_replicas_off_a_site_inside_each_jurisdiction() {
     assert_eq!(
         output.status.code(),
         Some(1),
-        "the EU group can't leave: {run:?}\n{}",
+        "the EU group can't leave: {}\n{}",
+        show(&run),
         String::from_utf8_lossy(&output.stderr)
     );
     let left: Vec<&Value> = run
         .iter()
         .filter(|event| event["event"] == "under_replicated")
         .collect();
-    assert_eq!(left.len(), 1, "{run:?}");
+    assert_eq!(left.len(), 1, "{}", show(&run));
     assert_eq!(left[0]["group"], "users-eu");
 
     let eea = cluster
@@ -463,6 +493,38 @@ async fn site_evacuate_moves_replicas_off_a_site_inside_each_jurisdiction() {
         record.map(|record| record.value),
         Some(b"Storgata 1, Hamar".to_vec())
     );
+
+    // Decommissioning Dublin B, planned only: the EEA group would take Dublin A back; the EU group can't go.
+    let output = domicile(&[
+        "node",
+        "decommission",
+        "2",
+        "--admin",
+        &admin,
+        "--dry-run",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let planned = events(&output.stdout);
+    let plan = planned.iter().find(|event| event["event"] == "plan").unwrap();
+    assert!(
+        plan["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|step| step["group"] == "users-eea" && step["step"] == "add_learner" && step["node"] == 1),
+        "{plan}"
+    );
+    assert!(
+        planned
+            .iter()
+            .any(|event| event["event"] == "under_replicated" && event["group"] == "users-eu")
+    );
+    assert_eq!(
+        ids(&cluster.group("users-eea")["voters"]),
+        BTreeSet::from([2, 3, 4])
+    );
 }
 
 /// An unknown group, site or node, and an admin endpoint that does not answer: exit 2 with the reason, and
@@ -473,6 +535,7 @@ async fn bad_input_refusals_and_infeasible_plans_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = start_cluster(dir.path(), "bad-input", FOUR_SITES, FOUR_NODES);
     let admin = cluster.admin();
+    cluster.all_answer().await;
     let before = cluster
         .wait_for("users-eea", "has a leader", |view| view["leader"].is_u64())
         .await;
@@ -545,10 +608,11 @@ async fn bad_input_refusals_and_infeasible_plans_change_nothing() {
     let mut cluster = cluster;
     cluster.processes[2].sigkill();
     let (code, run, stderr) = apply(&admin, &[]);
-    assert_eq!(code, Some(1), "{run:?}\n{stderr}");
+    assert_eq!(code, Some(1), "{}\n{stderr}", show(&run));
     assert!(
         !run.iter().any(|event| event["event"] == "step"),
-        "nothing executed: {run:?}"
+        "nothing executed: {}",
+        show(&run)
     );
     let end = run.last().unwrap();
     assert_eq!(end["outcome"], "stopped", "{end}");
