@@ -48,11 +48,7 @@ voters = 3
 const EEA_NODES: [u64; 3] = [1, 2, 3];
 
 async fn ask(dialer: &Dialer, to: u64, request: ClientRequest) -> ClientResponse {
-    match dialer
-        .request(to, &Envelope::Client(request))
-        .await
-        .unwrap()
-    {
+    match dialer.request(to, &Envelope::Client(request)).await.unwrap() {
         EnvelopeResponse::Client(response) => response,
         other => panic!("a client request got {other:?}"),
     }

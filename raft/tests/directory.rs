@@ -21,10 +21,7 @@ use raft::transport::{PeerRequest, PeerResponse, RequestKind};
 
 /// A client service's call to node `to` (nodes' own certificates may not make client calls).
 async fn ask(client: &Dialer, to: u64, request: ClientRequest) -> ClientResponse {
-    let reply = client
-        .request(to, &Envelope::Client(request))
-        .await
-        .unwrap();
+    let reply = client.request(to, &Envelope::Client(request)).await.unwrap();
     match reply {
         EnvelopeResponse::Client(response) => response,
         other => panic!("a client request got {other:?}"),

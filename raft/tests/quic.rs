@@ -192,10 +192,7 @@ async fn a_request_costs_no_stop_sending_either_way() {
         let reply: String = client.request(NodeId(7), &format!("r{index}")).await.unwrap();
         assert_eq!(reply, format!("r{index} from n1 at dublin-a (IE)"));
     }
-    let stats = client
-        .dialer()
-        .connection_stats(7)
-        .expect("a live connection");
+    let stats = client.dialer().connection_stats(7).expect("a live connection");
     assert_eq!(
         stats.frame_tx.stop_sending, 0,
         "the client stopped a response stream"
