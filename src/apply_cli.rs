@@ -26,20 +26,19 @@
 //! a purge not confirmed, a group left under-replicated; 2 bad input (an unknown group, site or node, an
 //! admin endpoint that does not answer, executing without `--yes` where nobody can be asked).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
-use placement::{
-    GroupId, GroupReport, GroupState, Health, Membership, NodeId, Placement, Plan, Step, TopologyFile,
-};
+use placement::{GroupId, GroupReport, NodeId, Plan, Step, TopologyFile};
 
-use crate::admin_api::{AdminError, GroupView, NodeStatus, PurgeRecord, StepRequest};
+use crate::admin_api::{AdminError, NodeStatus, PurgeRecord, StepRequest};
 use crate::apply_report::{Attestation, Outcome, PurgeState, Reporter};
-use crate::operator_cli::{Output, admin_of, fetch_status, group_views, http};
+use crate::cluster_view::{Cluster, fetch_topology, topologies_disagreeing};
+use crate::operator_cli::{Output, fetch_status};
 use crate::placement_cli::render_problem;
 
 /// What every verb here takes besides its subject.
@@ -297,152 +296,6 @@ fn confirm(steps: usize) -> anyhow::Result<bool> {
     let mut answer = String::new();
     std::io::stdin().read_line(&mut answer)?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
-}
-
-async fn fetch_topology(admin: &str) -> anyhow::Result<String> {
-    let url = format!("http://{admin}/topology");
-    let response = http().get(&url).send().await.map_err(|error| {
-        anyhow!(
-            "can't reach the admin endpoint at {admin}: {error} (is the node running? is the address right?)"
-        )
-    })?;
-    if !response.status().is_success() {
-        bail!(
-            "{url} answered {}: the node does not serve its topology (is it older than `placement apply`?)",
-            response.status()
-        );
-    }
-    response
-        .text()
-        .await
-        .with_context(|| format!("{url}: unreadable answer"))
-}
-
-/// The nodes that answer but run with another topology file than the one planned with.
-async fn topologies_disagreeing(cluster: &Cluster, text: &str) -> Vec<String> {
-    let mut disagreeing = Vec::new();
-    for node in cluster.nodes.iter().skip(1) {
-        let Some(admin) = cluster.admin(NodeId(node.node)) else {
-            continue;
-        };
-        if let Ok(theirs) = fetch_topology(&admin).await
-            && theirs != text
-        {
-            disagreeing.push(format!("n{}", node.node));
-        }
-    }
-    disagreeing
-}
-
-/// The cluster as its admin endpoints show it now.
-struct Cluster {
-    start: String,
-    /// The nodes that answered.
-    nodes: Vec<NodeStatus>,
-    /// The peers that did not, and why.
-    silent: Vec<(NodeId, String)>,
-    /// Per group, the view of the replica with the highest term (the leader's, when it answers).
-    views: BTreeMap<String, GroupView>,
-}
-
-impl Cluster {
-    /// Every node's status, from `admin` and the peers it names. A peer that does not answer is asked
-    /// twice more, 200 ms apart, before it counts as down: a busy node's read may fail once, and a node
-    /// taken for down changes the plan.
-    async fn read(admin: &str) -> anyhow::Result<Cluster> {
-        let first = fetch_status(admin).await?;
-        let mut nodes = vec![first.clone()];
-        let mut silent = Vec::new();
-        for (&id, peer_admin) in &first.peer_admins {
-            let mut answer = fetch_status(peer_admin).await;
-            for _ in 0..2 {
-                if answer.is_ok() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                answer = fetch_status(peer_admin).await;
-            }
-            match answer {
-                Ok(status) => nodes.push(status),
-                Err(error) => silent.push((NodeId(id), format!("{error:#}"))),
-            }
-        }
-        nodes.sort_by_key(|status| status.node);
-        let mut views = group_views(&nodes);
-        // A leader's own view is the freshest: a follower's may not show a change the leader just committed,
-        // and planning from it would ask for that change again.
-        for node in &nodes {
-            for view in node.groups.iter().filter(|view| view.leader == Some(node.node)) {
-                let fresher = views.get(&view.group).is_none_or(|known| view.term >= known.term);
-                if fresher {
-                    views.insert(view.group.clone(), view.clone());
-                }
-            }
-        }
-        Ok(Cluster {
-            start: admin.to_string(),
-            nodes,
-            silent,
-            views,
-        })
-    }
-
-    fn answers(&self, node: NodeId) -> bool {
-        self.nodes.iter().any(|status| status.node == node.0)
-    }
-
-    fn admin(&self, node: NodeId) -> Option<String> {
-        admin_of(&self.nodes, &self.start, node.0)
-    }
-
-    fn membership(&self, group: &GroupId) -> Membership {
-        self.views.get(&group.0).map(membership_of).unwrap_or_default()
-    }
-
-    /// The group's leader, if it answers.
-    fn leader(&self, group: &GroupId) -> Option<NodeId> {
-        self.views
-            .get(&group.0)
-            .and_then(|view| view.leader)
-            .map(NodeId)
-            .filter(|&leader| self.answers(leader))
-    }
-
-    fn placement(&self, file: &TopologyFile) -> Placement {
-        let mut placement = Placement::new();
-        for (name, view) in &self.views {
-            let group = GroupId(name.clone());
-            if !file.policies.contains_key(&group) {
-                continue;
-            }
-            let membership = membership_of(view);
-            // A leader that is not (or no longer) a voter is a view mid-change: no leader, for the planner.
-            let leader = view
-                .leader
-                .map(NodeId)
-                .filter(|leader| membership.voters.contains(leader));
-            placement.insert(group, GroupState { membership, leader });
-        }
-        placement
-    }
-
-    /// Every node of the topology that did not answer is down; so are the nodes being drained.
-    fn health(&self, file: &TopologyFile, draining: &BTreeSet<NodeId>) -> Health {
-        let mut health = Health::all_up();
-        for node in file.topology.nodes() {
-            if !self.answers(node) || draining.contains(&node) {
-                health.node_down(node);
-            }
-        }
-        health
-    }
-}
-
-fn membership_of(view: &GroupView) -> Membership {
-    Membership::new(
-        view.voters.iter().map(|member| NodeId(member.node)),
-        view.learners.iter().map(|member| NodeId(member.node)),
-    )
 }
 
 /// A plan, cut to the run's scope.

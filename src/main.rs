@@ -10,6 +10,7 @@ mod apply_cli;
 mod apply_report;
 mod audit_cli;
 mod certs_cli;
+mod cluster_view;
 mod demo;
 mod metrics;
 mod node;
