@@ -33,7 +33,7 @@ pub async fn fetch_topology(admin: &str) -> anyhow::Result<String> {
 /// The nodes that answer but run with another topology file than the one planned with.
 pub async fn topologies_disagreeing(cluster: &Cluster, text: &str) -> Vec<String> {
     let mut disagreeing = Vec::new();
-    for node in cluster.nodes.iter().skip(1) {
+    for node in &cluster.nodes {
         let Some(admin) = cluster.admin(NodeId(node.node)) else {
             continue;
         };
