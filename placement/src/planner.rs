@@ -19,7 +19,15 @@
 //! Every membership step is checked by [`Fence::admit`] against the membership the steps before it produce,
 //! and every leader by [`Fence::admit_leader`] (the pair assertion: the plan is checked when it is made and
 //! again by the Raft layer when each step is applied). A step the fence refuses is never emitted; a
-//! removal it refuses is reported as a blocked migration.
+//! removal it refuses is reported as a blocked migration. Nor is a step after which the voters that are up
+//! would not form a quorum: Raft could not commit it.
+//!
+//! A plan is a fixed point: applied in full, it leaves nothing to do for the same health, leaders included
+//! (the node runs the planner in a loop, and a plan that asked for more would move leadership back and
+//! forth). That holds because every choice is a function of inputs the plan leaves as it found them or
+//! sets itself: among a group's members, voters and learners are chosen by failure domains, membership,
+//! preference and id — never by load, which every group's moves shift — and leadership is balanced, group by
+//! group in name order, against the leaders chosen before, keeping the current leader when it is no worse.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
@@ -150,7 +158,8 @@ pub enum Problem {
         learners_wanted: usize,
         learners_possible: usize,
     },
-    /// Legacy voters outside the jurisdiction can't be removed yet: too few inside voters to form a quorum.
+    /// Legacy voters outside the jurisdiction can't be removed yet: too few inside voters, or too few of them
+    /// up, to form a quorum.
     MigrationBlocked { outside_voters: Vec<NodeId> },
 }
 
@@ -305,16 +314,28 @@ struct GroupPlanner<'a> {
 struct Steps<'a> {
     topology: &'a Topology,
     policy: &'a GroupPolicy,
+    health: &'a Health,
     membership: Membership,
     steps: Vec<Step>,
 }
 
 impl Steps<'_> {
-    /// Emits `step` if the fence admits the membership it leads to; returns whether it did.
+    /// Emits `step` if the fence admits the membership it leads to and that membership's voters that are up
+    /// form a quorum; returns whether it did.
     fn push(&mut self, step: Step) -> bool {
         let next = step
             .next_membership(&self.membership)
             .expect("only membership steps are pushed here");
+        let healthy = next
+            .voters
+            .iter()
+            .filter(|&&node| self.health.is_up(node))
+            .count();
+        if healthy < GroupPolicy::quorum(next.voters.len()) {
+            // Raft commits a change only with a quorum of the new configuration too: this one would stall the
+            // group until a node returns, and the next plan would find it without a quorum.
+            return false;
+        }
         match Fence::admit(self.topology, self.policy, &self.membership, &next) {
             Ok(fenced) => {
                 self.membership = fenced.into_membership();
@@ -357,6 +378,7 @@ impl GroupPlanner<'_> {
         let mut steps = Steps {
             topology: self.topology,
             policy: self.policy,
+            health: self.health,
             membership: current.clone(),
             steps: Vec::new(),
         };
@@ -419,27 +441,19 @@ impl GroupPlanner<'_> {
             });
         }
 
-        // 4 and 5: removals, legacy first, each followed by its purge.
-        let mut blocked = Vec::new();
-        for node in self.removal_order(&steps.membership, &target_voters, &target_learners) {
-            if target_learners.contains(&node) {
-                // A surplus voter chosen as a learner keeps its data: demote it rather than remove and re-add.
-                steps.push(Step::DemoteVoter {
-                    group: group.clone(),
-                    node,
-                });
-            } else if steps.push(Step::RemoveMember {
-                group: group.clone(),
-                node,
-            }) {
-                steps.steps.push(Step::PurgeReplica {
-                    group: group.clone(),
-                    node,
-                });
-            } else if !self.inside(node) {
-                blocked.push(node);
+        // 4 and 5: removals, legacy first, each followed by its purge. A removal refused now may be admitted
+        // once a later one is made (a dead voter's removal restores the quorum a live one's needs), so the
+        // candidates are tried again until a pass changes nothing: what is left would be refused next round
+        // too.
+        let mut pending = self.removal_order(&steps.membership, &target_voters, &target_learners);
+        loop {
+            let before = pending.len();
+            pending.retain(|&node| !self.remove(&mut steps, node, &target_learners));
+            if pending.len() == before {
+                break;
             }
         }
+        let blocked: Vec<NodeId> = pending.into_iter().filter(|&node| !self.inside(node)).collect();
         if !blocked.is_empty() {
             problems.push(Problem::MigrationBlocked {
                 outside_voters: blocked,
@@ -450,10 +464,35 @@ impl GroupPlanner<'_> {
         (steps.steps, problems)
     }
 
+    /// Emits the step that takes `node` out of the group, or out of its voters if it was chosen as a learner
+    /// (a demotion: it keeps its data rather than being removed and re-added); a removal is followed by the
+    /// purge of its replica. Returns whether the step was admitted.
+    fn remove(&self, steps: &mut Steps, node: NodeId, target_learners: &BTreeSet<NodeId>) -> bool {
+        let group = &self.policy.group;
+        if target_learners.contains(&node) {
+            return steps.push(Step::DemoteVoter {
+                group: group.clone(),
+                node,
+            });
+        }
+        let removed = steps.push(Step::RemoveMember {
+            group: group.clone(),
+            node,
+        });
+        if removed {
+            steps.steps.push(Step::PurgeReplica {
+                group: group.clone(),
+                node,
+            });
+        }
+        removed
+    }
+
     /// Picks up to `policy.voters` healthy inside nodes, greedily. Keys, most important first: helps reach
     /// the policy's region minimum, then its site minimum; is already a voter, then a learner (keeping them
     /// avoids moving data); adds a new site, then a new region (spread beyond the minimum when it is free);
-    /// leader preference; fewest replicas on the node; lowest id.
+    /// leader preference; fewest replicas on the node (for a newcomer only: see [`Self::newcomer_load`]);
+    /// lowest id.
     fn choose_voters(&self, cluster: &ClusterLoad) -> BTreeSet<NodeId> {
         let current = &self.state.membership;
         let domains = &self.policy.failure_domains;
@@ -477,7 +516,7 @@ impl GroupPlanner<'_> {
                         new_site,
                         new_region,
                         Reverse(self.policy.leader_rank(self.topology, node)),
-                        Reverse(cluster.replicas(node)),
+                        Reverse(self.newcomer_load(node, cluster)),
                         Reverse(node),
                     )
                 });
@@ -491,7 +530,8 @@ impl GroupPlanner<'_> {
     }
 
     /// Picks up to `policy.learners` healthy inside nodes that are not voters: current learners first, then
-    /// nodes at sites the voters don't cover, then the least loaded.
+    /// nodes at sites the voters don't cover, then members (a surplus voter, demoted, keeps its data), then
+    /// the least loaded newcomers (see [`Self::newcomer_load`]).
     fn choose_learners(&self, voters: &BTreeSet<NodeId>, cluster: &ClusterLoad) -> BTreeSet<NodeId> {
         let voter_sites: BTreeSet<_> = voters
             .iter()
@@ -512,11 +552,28 @@ impl GroupPlanner<'_> {
             (
                 Reverse(self.state.membership.learners.contains(&node)),
                 Reverse(!voter_sites.contains(site)),
-                cluster.replicas(node),
+                Reverse(self.state.membership.contains(node)),
+                self.newcomer_load(node, cluster),
                 node,
             )
         });
         candidates.into_iter().take(self.policy.learners).collect()
+    }
+
+    /// How many replicas `node` holds, as a tie-break between candidates — counted for newcomers only: a
+    /// current member of the group weighs 0. Load is the one input of a choice that the plan itself changes
+    /// (every group's moves shift it), so among members it would make the choice drift from one round to the
+    /// next. A group whose plan can't reach its target (a blocked migration keeps every inside voter) would
+    /// then aim at a different subset of its members, and lead from a different one, every time it is
+    /// planned, and the leader balance of every group planned after it would follow. Members are preferred
+    /// to newcomers before load is compared, and a newcomer is always added by the plan that picks it, so
+    /// from the next round on it is a member and the choice holds.
+    fn newcomer_load(&self, node: NodeId, cluster: &ClusterLoad) -> usize {
+        if self.state.membership.contains(node) {
+            0
+        } else {
+            cluster.replicas(node)
+        }
     }
 
     /// The most preferred voter; among equals the current leader if it leads no more groups than the others,
@@ -824,6 +881,67 @@ mod tests {
             "{voters:?}"
         );
         assert_eq!(after[&group("eea")].leader, Some(NodeId(5)));
+    }
+
+    /// Dublin, Paris and Ashburn, one EU group migrating out of Ashburn; the caller adds its policy.
+    const MIGRATING: &str = r#"
+[[site]]
+name = "dublin"
+country = "IE"
+nodes = [1, 2]
+
+[[site]]
+name = "paris"
+country = "FR"
+nodes = [3]
+
+[[site]]
+name = "ashburn"
+country = "US"
+nodes = [9, 10]
+"#;
+
+    #[test]
+    fn a_legacy_voter_stays_while_its_removal_would_leave_no_quorum_up() {
+        let file = TopologyFile::parse(&format!(
+            "{MIGRATING}[[group]]\nname = \"eu\"\njurisdiction = \"EU\"\nvoters = 2\n"
+        ))
+        .unwrap();
+        let current = Placement::from([(group("eu"), state(&[1, 9, 10], &[], Some(9)))]);
+        let mut health = Health::all_up();
+        health.site_down(&file.topology, &SiteName("dublin".into()));
+        let plan = plan(&file.topology, &file.policies, &current, &health).unwrap();
+        // Paris joins and leads, and one Ashburn voter leaves. The fence would let the other go too (Dublin and
+        // Paris are a quorum of two), but with Dublin down that change could not commit: it waits.
+        let after = execute(&file, current, &plan);
+        assert_eq!(after[&group("eu")].membership, members(&[1, 3, 10], &[]));
+        assert_eq!(after[&group("eu")].leader, Some(NodeId(3)));
+        assert!(plan.groups[0].problems.contains(&Problem::MigrationBlocked {
+            outside_voters: vec![NodeId(10)]
+        }));
+        let again = super::plan(&file.topology, &file.policies, &after, &health).unwrap();
+        assert_eq!(again.steps, [], "the plan left nothing to do");
+    }
+
+    #[test]
+    fn a_removal_refused_for_want_of_a_quorum_up_is_tried_again_after_the_others() {
+        let file = TopologyFile::parse(&format!(
+            "{MIGRATING}[[group]]\nname = \"eu\"\njurisdiction = \"EU\"\nvoters = 2\ndistinct_sites = 1\n"
+        ))
+        .unwrap();
+        let current = Placement::from([(group("eu"), state(&[1, 2, 3, 9, 10], &[], Some(1)))]);
+        let mut health = Health::all_up();
+        for node in [3, 10] {
+            health.node_down(NodeId(node));
+        }
+        let plan = plan(&file.topology, &file.policies, &current, &health).unwrap();
+        // Removing 9 first would leave 1 and 2 up of 4 voters: refused. Removing the dead 10 leaves 3 up of 4,
+        // and then 9 can go, and after it the dead 3 (an inside voter stays while an outside one remains): one
+        // round does it all, so the next has nothing left.
+        let after = execute(&file, current, &plan);
+        assert_eq!(after[&group("eu")].membership, members(&[1, 2], &[]));
+        let again = super::plan(&file.topology, &file.policies, &after, &health).unwrap();
+        assert_eq!(again.steps, [], "the plan left nothing to do");
     }
 
     #[test]

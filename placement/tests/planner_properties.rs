@@ -5,18 +5,24 @@
 //! (b) no plan ever adds a member outside its group's jurisdiction, nor picks a leader outside it;
 //! (c) the planner is deterministic;
 //! (d) once everything has recovered, when the jurisdiction has enough nodes and sites, one round of steps
-//!     reaches a compliant placement that needs no further step.
+//!     reaches a compliant placement that needs no further step;
+//! (e) after every event, a plan applied in full leaves nothing to do while health stays as it is, leaders
+//!     included, whether or not the group can be made compliant (the node plans in a loop).
 
 use std::collections::BTreeMap;
 
 use placement::{
     Country, FailureDomains, Fence, GroupId, GroupPolicy, GroupState, Health, Jurisdictions,
-    LeaderPreference, Membership, NodeId, Placement, Plan, Site, SiteName, Step, Topology,
+    LeaderPreference, Membership, NodeId, Placement, Plan, Problem, Site, SiteName, Step, Topology,
+    TopologyFile,
 };
 use proptest::prelude::*;
+use proptest::test_runner::{RngAlgorithm, RngSeed};
 
 const COUNTRIES: [&str; 7] = ["IE", "NO", "DE", "FR", "US", "GB", "IS"];
 const JURISDICTIONS: [&str; 4] = ["EU", "EEA", "EEA + GB", "EU - DE"];
+/// The seed of the pinned run (see `pinned`).
+const PINNED_SEED: u64 = 21;
 
 #[derive(Debug, Clone)]
 struct World {
@@ -241,7 +247,7 @@ fn site_nodes(world: &World, site: usize) -> Vec<NodeId> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+    #![proptest_config(pinned(1500))]
 
     #[test]
     fn plans_stay_inside_the_fence_and_converge(world in world()) {
@@ -257,6 +263,8 @@ proptest! {
             }
             let plan = plan_checked(&world, &placement, &health)?;
             execute(&world, &mut placement, &plan)?;
+            let again = plan_checked(&world, &placement, &health)?;
+            prop_assert!(again.steps.is_empty(), "after {event:?}, one round left steps: {:?}", again.steps);
         }
 
         // (d) Everything recovers.
@@ -284,3 +292,131 @@ proptest! {
         }
     }
 }
+
+/// CI's cases: the regression file's first, then `cases` drawn from ChaCha with a fixed seed, so every run
+/// on every machine tries the same worlds. proptest's own `PROPTEST_RNG_SEED` and `PROPTEST_CASES` override
+/// both (the `proptest!` macro reads them over this config): the wide search, `scripts/wide-search.sh`.
+fn pinned(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        rng_algorithm: RngAlgorithm::ChaCha,
+        rng_seed: RngSeed::Fixed(PINNED_SEED),
+        ..ProptestConfig::default()
+    }
+}
+
+/// Issue 21, the world `plans_stay_inside_the_fence_and_converge` failed on in CI, rebuilt from the issue
+/// and written out (the regression file's seeds are later finds of the same defect). The EU sites are all in
+/// Ireland: site-1 alone in region-1, site-2 and site-3 in region-0. group-1 is migrating out of the US and
+/// can't shed its US voters (its inside voters are no quorum), so it keeps every inside voter it gains —
+/// more than the one it wants. group-0 and group-2 want two regions, so while site-1 is down they settle
+/// for region-0 alone, and take n3 back when it returns, which moves replicas off other nodes.
+///
+/// It proves that one round after the recovery leaves nothing to do, leaders included. The planner used to
+/// pick group-1's one wanted voter among its members n3 and n4 by replica count, which the round's own moves
+/// change: the next round picked the other one and moved group-1's leader there, and group-2, balanced
+/// against it, asked to move its own (`TransferLeader { group: group-2, to: n7 }`), and so on.
+#[test]
+fn leaders_settle_when_a_region_returns_beside_a_blocked_migration() -> Result<(), TestCaseError> {
+    let file = TopologyFile::parse(ISSUE_21).expect("the issue's topology parses");
+    let world = World {
+        topology: file.topology,
+        policies: file.policies,
+        current: file.current,
+        events: Vec::new(),
+    };
+    let mut placement = world.current.clone();
+
+    let mut health = Health::all_up();
+    health.site_down(&world.topology, &SiteName("site-1".into()));
+    let plan = plan_checked(&world, &placement, &health)?;
+    execute(&world, &mut placement, &plan)?;
+    let problems = |group: usize| &plan.groups[group].problems[..];
+    assert!(
+        matches!(problems(1), [Problem::MigrationBlocked { .. }]),
+        "{:?}",
+        problems(1)
+    );
+    assert!(
+        matches!(problems(2), [Problem::FailureDomainsShort { regions: 1, .. }]),
+        "{:?}",
+        problems(2)
+    );
+
+    let health = Health::all_up();
+    let plan = plan_checked(&world, &placement, &health)?;
+    execute(&world, &mut placement, &plan)?;
+    let group_2 = &placement[&GroupId("group-2".into())].membership;
+    assert!(
+        group_2.voters.contains(&NodeId(3)),
+        "group-2 spans region-1 again: {group_2:?}"
+    );
+    let again = plan_checked(&world, &placement, &health)?;
+    assert_eq!(
+        again.steps,
+        [],
+        "one round after the recovery leaves nothing to do"
+    );
+    Ok(())
+}
+
+const ISSUE_21: &str = r#"
+[[site]]
+name = "site-0"
+country = "US"
+region = "region-0"
+nodes = [1, 2]
+
+[[site]]
+name = "site-1"
+country = "IE"
+region = "region-1"
+nodes = [3]
+
+[[site]]
+name = "site-2"
+country = "IE"
+region = "region-0"
+nodes = [4, 5]
+
+[[site]]
+name = "site-3"
+country = "IE"
+region = "region-0"
+nodes = [6, 7]
+
+[[site]]
+name = "site-4"
+country = "US"
+region = "region-0"
+nodes = [8, 9]
+
+[[site]]
+name = "site-5"
+country = "US"
+region = "region-2"
+nodes = [10, 11]
+
+[[group]]
+name = "group-0"
+jurisdiction = "EU"
+voters = 2
+learners = 2
+distinct_regions = 2
+
+[[group]]
+name = "group-1"
+jurisdiction = "EU"
+voters = 1
+learners = 1
+[group.current]
+voters = [1, 3, 8, 11]
+leader = 3
+
+[[group]]
+name = "group-2"
+jurisdiction = "EU"
+voters = 3
+distinct_sites = 1
+distinct_regions = 2
+"#;
