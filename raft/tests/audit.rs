@@ -13,39 +13,12 @@ use std::time::Duration;
 
 use audit::event::{ClientRefusalKind, Enforcement, Event};
 use audit::{ClusterCa, VerifyOptions};
-use common::{ONE_CLUSTER_AT_A_TIME, audited_cluster_of, group};
+use common::{EEA_SITES_AND_ASHBURN, ONE_CLUSTER_AT_A_TIME, audited_cluster_of, group};
 use placement::{NodeId, Step};
 use raft::client_protocol::{
     ClientOp, ClientRequest, ClientResponse, Consistency, Envelope, EnvelopeResponse,
 };
 use raft::host::HostError;
-
-const TOPOLOGY: &str = r#"
-[[site]]
-name = "dublin-a"
-country = "IE"
-nodes = [1]
-
-[[site]]
-name = "dublin-b"
-country = "IE"
-nodes = [2]
-
-[[site]]
-name = "hamar"
-country = "NO"
-nodes = [3]
-
-[[site]]
-name = "ashburn"
-country = "US"
-nodes = [9]
-
-[[group]]
-name = "users-eea"
-jurisdiction = "EEA"
-voters = 3
-"#;
 
 fn events(cluster: &common::Cluster, node: u64) -> Vec<Event> {
     let mut events = Vec::new();
@@ -85,7 +58,7 @@ async fn ask(dialer: &raft::quic::Dialer, to: u64, request: ClientRequest) -> Cl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_on_real_nodes_are_in_their_audit_trails_when_answered_and_the_trails_verify() {
     let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
-    let cluster = audited_cluster_of(TOPOLOGY).await;
+    let cluster = audited_cluster_of(EEA_SITES_AND_ASHBURN).await;
     cluster.create_groups().await.unwrap();
     let eea = [1, 2, 3];
     let leader = leader_of(&cluster, &eea).await;

@@ -10,40 +10,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ONE_CLUSTER_AT_A_TIME, cluster_of};
+use common::{EEA_SITES_AND_ASHBURN, ONE_CLUSTER_AT_A_TIME, cluster_of};
 use placement::NodeId;
 use raft::client_protocol::{
     ClientOp, ClientRequest, ClientResponse, ClientResult, Consistency, Envelope, EnvelopeResponse,
 };
 use raft::quic::Dialer;
 use storage::WriteId;
-
-const TOPOLOGY: &str = r#"
-[[site]]
-name = "dublin-a"
-country = "IE"
-nodes = [1]
-
-[[site]]
-name = "dublin-b"
-country = "IE"
-nodes = [2]
-
-[[site]]
-name = "hamar"
-country = "NO"
-nodes = [3]
-
-[[site]]
-name = "ashburn"
-country = "US"
-nodes = [9]
-
-[[group]]
-name = "users-eea"
-jurisdiction = "EEA"
-voters = 3
-"#;
 
 const EEA_NODES: [u64; 3] = [1, 2, 3];
 
@@ -126,7 +99,7 @@ fn client_calls_refused(cluster: &common::Cluster, node: u64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nodes_certificate_makes_no_client_call_and_a_services_still_does() {
     let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
-    let cluster = cluster_of(TOPOLOGY).await;
+    let cluster = cluster_of(EEA_SITES_AND_ASHBURN).await;
     cluster.create_groups().await.unwrap();
     let (_, billing) = cluster.client_certificate("billing").unwrap();
     let billing = cluster.dialer(&billing).unwrap();

@@ -95,6 +95,34 @@ jurisdiction = "EEA"
 voters = 3
 "#;
 
+/// Three EEA sites holding one group and Ashburn (node 9) outside it: for what a node outside may not do.
+pub const EEA_SITES_AND_ASHBURN: &str = r#"
+[[site]]
+name = "dublin-a"
+country = "IE"
+nodes = [1]
+
+[[site]]
+name = "dublin-b"
+country = "IE"
+nodes = [2]
+
+[[site]]
+name = "hamar"
+country = "NO"
+nodes = [3]
+
+[[site]]
+name = "ashburn"
+country = "US"
+nodes = [9]
+
+[[group]]
+name = "users-eea"
+jurisdiction = "EEA"
+voters = 3
+"#;
+
 /// A local cluster of the topology above, in a temporary directory that lives as long as it.
 pub struct Cluster {
     pub local: LocalCluster,
