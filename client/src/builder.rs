@@ -29,7 +29,8 @@ impl Default for ClientBuilder {
 }
 
 impl ClientBuilder {
-    /// Nodes to talk to, as `nID@host:port` (the id is checked against the node's certificate).
+    /// Nodes to talk to, as `nID@address:port` or `nID@host-name:port` (a name is looked up when the client
+    /// is built; the id is checked against the node's certificate either way).
     pub fn endpoints<I, S>(mut self, endpoints: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -69,7 +70,7 @@ impl ClientBuilder {
         let mut addresses = BTreeMap::new();
         for endpoint in &self.endpoints {
             let (node, addr) = parse_endpoint(endpoint)?;
-            addresses.insert(node, addr);
+            addresses.insert(node, resolve(endpoint, addr).await?);
         }
         if addresses.is_empty() {
             return Err(ClientError::NoEndpoints);
@@ -96,7 +97,15 @@ impl ClientBuilder {
 }
 
 /// `n7@host:port` (or `7@host:port`): a node id and the address it listens on.
-fn parse_endpoint(endpoint: &str) -> Result<(u64, SocketAddr), ClientError> {
+/// Where an endpoint says a node is: an address, or a host name to look up (a Kubernetes Service's, a
+/// Compose service's).
+#[derive(Debug, PartialEq, Eq)]
+enum NodeAddress {
+    Ip(SocketAddr),
+    Host { name: String, port: u16 },
+}
+
+fn parse_endpoint(endpoint: &str) -> Result<(u64, NodeAddress), ClientError> {
     let invalid = |reason: &str| ClientError::InvalidEndpoint {
         endpoint: endpoint.into(),
         reason: reason.into(),
@@ -105,8 +114,51 @@ fn parse_endpoint(endpoint: &str) -> Result<(u64, SocketAddr), ClientError> {
     let node = node.trim();
     let node = node.strip_prefix('n').unwrap_or(node);
     let node: u64 = node.parse().map_err(|_| invalid("the node id is not a number"))?;
-    let addr: SocketAddr = addr.parse().map_err(|_| invalid("not an IP address and port"))?;
-    Ok((node, addr))
+    if let Ok(addr) = addr.parse::<SocketAddr>() {
+        return Ok((node, NodeAddress::Ip(addr)));
+    }
+    let (name, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| invalid("not an address or host name with a port"))?;
+    let port: u16 = port.parse().map_err(|_| invalid("the port is not a number"))?;
+    // A DNS name: labels of letters, digits and `-`, dot-separated, at most 253 characters. Anything
+    // else (an IPv6 address without brackets, a stray character) is a typo, not a name to look up.
+    let is_label = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(is_label) {
+        return Err(invalid("not an IP address and port, nor a host name and port"));
+    }
+    let name = name.to_string();
+    Ok((node, NodeAddress::Host { name, port }))
+}
+
+/// The socket address of a node: as given, or its host name's first IPv4 address, else its first (looked
+/// up once, when the client is built). IPv4 first because a name such as `localhost` often has both, and
+/// a node listening on an IPv4 address is not reached at the name's IPv6 one.
+async fn resolve(endpoint: &str, address: NodeAddress) -> Result<SocketAddr, ClientError> {
+    let (name, port) = match address {
+        NodeAddress::Ip(addr) => return Ok(addr),
+        NodeAddress::Host { name, port } => (name, port),
+    };
+    let unresolved = |reason: String| ClientError::InvalidEndpoint {
+        endpoint: endpoint.into(),
+        reason,
+    };
+    let found: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), port))
+        .await
+        .map_err(|error| unresolved(format!("can't look up `{name}`: {error}")))?
+        .collect();
+    found
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or(found.first())
+        .copied()
+        .ok_or_else(|| unresolved(format!("`{name}` has no address")))
 }
 
 #[cfg(test)]
@@ -117,10 +169,24 @@ mod tests {
     fn endpoints_name_their_node() {
         assert_eq!(
             parse_endpoint("n3@127.0.0.1:7103").unwrap(),
-            (3, "127.0.0.1:7103".parse().unwrap())
+            (3, NodeAddress::Ip("127.0.0.1:7103".parse().unwrap()))
         );
         assert_eq!(parse_endpoint("3@[::1]:7103").unwrap().0, 3);
-        for bad in ["127.0.0.1:7103", "nX@127.0.0.1:1", "n1@localhost", "n1@"] {
+        let name = "dublin-b-0.domicile.eu.svc".to_string();
+        assert_eq!(
+            parse_endpoint("n2@dublin-b-0.domicile.eu.svc:7101").unwrap(),
+            (2, NodeAddress::Host { name, port: 7101 })
+        );
+        for bad in [
+            "127.0.0.1:7103",
+            "nX@127.0.0.1:1",
+            "n1@localhost",
+            "n1@",
+            "n1@localhost:port",
+            "n1@::1:7101",
+            "n1@bad_name:7101",
+            "n1@:7101",
+        ] {
             assert!(
                 matches!(parse_endpoint(bad), Err(ClientError::InvalidEndpoint { .. })),
                 "{bad}"

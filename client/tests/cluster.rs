@@ -162,3 +162,47 @@ async fn a_nodes_certificate_used_as_a_clients_is_forbidden_for_good() {
     );
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_may_name_nodes_by_host_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path()).await;
+    let (ca, certificate) = cluster.client_certificate("tests").unwrap();
+    let tls = client::ClientTls {
+        ca_cert_pem: ca,
+        cert_pem: certificate.cert_pem,
+        key_pem: certificate.key_pem,
+    };
+    // The nodes listen on 127.0.0.1: name them `localhost`, as a Service's DNS name would be used.
+    let by_name: Vec<String> = cluster
+        .endpoints()
+        .iter()
+        .map(|endpoint| endpoint.replace("127.0.0.1", "localhost"))
+        .collect();
+    let client = client::Client::builder()
+        .endpoints(&by_name)
+        .tls(tls.clone())
+        .timeout(Duration::from_secs(8))
+        .build()
+        .await
+        .unwrap();
+    let revision = client.put("user-7", "name", b"Ada".to_vec()).await.unwrap();
+    let stored = client.get("user-7", "name").await.unwrap().unwrap();
+    assert_eq!((stored.value, stored.revision), (b"Ada".to_vec(), revision));
+
+    // A name that does not resolve (`.invalid` never does, RFC 6761) is bad input, named.
+    let unresolvable = client::Client::builder()
+        .endpoints(["n1@no-such-node.invalid:7101"])
+        .tls(tls)
+        .build()
+        .await;
+    match unresolvable {
+        Err(ClientError::InvalidEndpoint { endpoint, reason }) => {
+            assert_eq!(endpoint, "n1@no-such-node.invalid:7101");
+            assert!(reason.contains("no-such-node.invalid"), "{reason}");
+        }
+        Err(other) => panic!("expected a bad endpoint, got {other}"),
+        Ok(_) => panic!("a client was built for a name that does not resolve"),
+    }
+    cluster.stop().await;
+}
