@@ -3,13 +3,12 @@
 //! view (its leader's own), and the topology file the nodes run with (`GET /topology`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use placement::{GroupId, GroupState, Health, Membership, NodeId, Placement, TopologyFile};
 
 use crate::admin_api::{GroupView, NodeStatus};
-use crate::operator_cli::{admin_of, fetch_status, group_views, http};
+use crate::operator_cli::{admin_of, group_views, http, read_nodes};
 
 pub async fn fetch_topology(admin: &str) -> anyhow::Result<String> {
     let url = format!("http://{admin}/topology");
@@ -62,24 +61,11 @@ impl Cluster {
     /// twice more, 200 ms apart, before it counts as down: a busy node's read may fail once, and a node
     /// taken for down changes the plan.
     pub async fn read(admin: &str) -> anyhow::Result<Cluster> {
-        let first = fetch_status(admin).await?;
-        let mut nodes = vec![first.clone()];
-        let mut silent = Vec::new();
-        for (&id, peer_admin) in &first.peer_admins {
-            let mut answer = fetch_status(peer_admin).await;
-            for _ in 0..2 {
-                if answer.is_ok() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                answer = fetch_status(peer_admin).await;
-            }
-            match answer {
-                Ok(status) => nodes.push(status),
-                Err(error) => silent.push((NodeId(id), format!("{error:#}"))),
-            }
-        }
-        nodes.sort_by_key(|status| status.node);
+        let (nodes, silent) = read_nodes(admin, 3).await?;
+        let silent = silent
+            .into_iter()
+            .map(|peer| (NodeId(peer.node), format!("{:#}", peer.error)))
+            .collect();
         let mut views = group_views(&nodes);
         // A leader's own view is the freshest: a follower's may not show a change the leader just committed,
         // and planning from it would ask for that change again.

@@ -51,18 +51,48 @@ pub async fn fetch_status(admin: &str) -> anyhow::Result<NodeStatus> {
         .with_context(|| format!("{url} answered something that is not a status"))
 }
 
-/// Every node's status, starting from one admin endpoint and following its peers'.
-pub async fn cluster_status(admin: &str) -> anyhow::Result<(Vec<NodeStatus>, Vec<String>)> {
+/// A peer whose admin endpoint did not answer: its id, its admin address and the last error.
+pub struct Silent {
+    pub node: u64,
+    pub admin: String,
+    pub error: anyhow::Error,
+}
+
+/// Every node's status, starting from one admin endpoint and following its peers', sorted by node id.
+/// A peer is asked up to `attempts` times, 200 ms apart, before it counts as silent.
+pub async fn read_nodes(admin: &str, attempts: u32) -> anyhow::Result<(Vec<NodeStatus>, Vec<Silent>)> {
     let first = fetch_status(admin).await?;
     let mut nodes = vec![first.clone()];
-    let mut unreachable = Vec::new();
-    for (id, peer_admin) in &first.peer_admins {
-        match fetch_status(peer_admin).await {
+    let mut silent = Vec::new();
+    for (&id, peer_admin) in &first.peer_admins {
+        let mut answer = fetch_status(peer_admin).await;
+        for _ in 1..attempts {
+            if answer.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            answer = fetch_status(peer_admin).await;
+        }
+        match answer {
             Ok(status) => nodes.push(status),
-            Err(_) => unreachable.push(format!("n{id} ({peer_admin})")),
+            Err(error) => silent.push(Silent {
+                node: id,
+                admin: peer_admin.clone(),
+                error,
+            }),
         }
     }
     nodes.sort_by_key(|status| status.node);
+    Ok((nodes, silent))
+}
+
+/// Every node's status as one read sees it, and the peers that did not answer (`n9 (ADDR)`).
+pub async fn cluster_status(admin: &str) -> anyhow::Result<(Vec<NodeStatus>, Vec<String>)> {
+    let (nodes, silent) = read_nodes(admin, 1).await?;
+    let unreachable = silent
+        .iter()
+        .map(|peer| format!("n{} ({})", peer.node, peer.admin))
+        .collect();
     Ok((nodes, unreachable))
 }
 
