@@ -29,13 +29,9 @@ use placement::{
 
 use crate::audit::{AuditSink, ClientRefusal, ClientRefusalKind, Event, NoAudit, refusal_event};
 
-/// Where a refusal happened, for counting and logs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Enforcement {
-    Membership,
-    Egress,
-    Ingress,
-}
+/// Where a refusal happened, for counting, logs and the audit trail (the trail's own type, so the two
+/// can't drift apart).
+pub use crate::audit::Enforcement;
 
 /// A client call (a record operation or a shard-map request) that arrived under a node's certificate.
 /// Nodes talk Raft and services talk client: a node inside the jurisdiction has no business reading
@@ -53,6 +49,13 @@ pub struct NodeAsClient {
     pub jurisdiction: String,
     /// What was asked: `shard_map`, `get`, `put`, `delete`, `compare_and_set` or `scan`.
     pub request: &'static str,
+}
+
+impl NodeAsClient {
+    /// Who the certificate says the caller is: `n9 at ashburn (US)`.
+    pub fn caller(&self) -> String {
+        format!("{} at {} ({})", self.node, self.site, self.country)
+    }
 }
 
 /// Counters of refused actions on one node (monotonic; exported as metrics), and the audit trail every
@@ -118,11 +121,6 @@ impl Incidents {
             reason = ?refusal.reason,
             "residency incident: {refusal}"
         );
-        let enforcement = match enforcement {
-            Enforcement::Membership => crate::audit::Enforcement::Membership,
-            Enforcement::Egress => crate::audit::Enforcement::Egress,
-            Enforcement::Ingress => crate::audit::Enforcement::Ingress,
-        };
         self.audit.record(refusal_event(enforcement, refusal));
     }
 
@@ -140,7 +138,7 @@ impl Incidents {
         );
         self.audit.record(Event::ClientRefused(ClientRefusal {
             kind: ClientRefusalKind::NodeCertificate,
-            caller: format!("{} at {} ({})", refusal.node, refusal.site, refusal.country),
+            caller: refusal.caller(),
             jurisdiction: refusal.jurisdiction.clone(),
             request: refusal.request.to_string(),
             reason: refusal.to_string(),

@@ -265,7 +265,7 @@ pub async fn route_envelope<C: GroupConfig, T: Transport, S: Stores<C>>(
             // Refused and recorded; answered once the record is on disk.
             let _ = host.audit_durable().await;
             EnvelopeResponse::Client(ClientResponse::Forbidden {
-                caller: format!("{} at {} ({})", node.node, node.site, node.country),
+                caller: refusal.caller(),
                 jurisdiction: refusal.jurisdiction.clone(),
                 reason: refusal.to_string(),
             })
