@@ -1,5 +1,8 @@
 //! One exchange per stream: a request frame one way, its answer frame the other, each a `wire::codec`
 //! frame `[length][crc32][version][payload]` whose length is bounded before anything is allocated.
+//!
+//! [`read_frame`] reads a stream; [`decode_frame`] is the same checks on a stream's whole content held in
+//! memory (no I/O), for tests and the fuzz targets (`fuzz/`). Both share the bound and the decoding.
 
 use quinn::{RecvStream, SendStream};
 use serde::Serialize;
@@ -41,15 +44,7 @@ pub async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream, bytes_max: u
     recv.read_exact(&mut header)
         .await
         .map_err(|error| FrameError::Io(error.to_string()))?;
-    let parsed = FrameHeader::parse(&header);
-    if parsed.payload_len > bytes_max {
-        // Bounded before allocating: a peer can't make us reserve what it claims.
-        let error = QuicError::TooLarge {
-            length: u64::from(parsed.payload_len),
-            bound: u64::from(bytes_max),
-        };
-        return Err(error.into());
-    }
+    let parsed = bounded_header(&header, bytes_max)?;
     let mut frame = vec![0u8; parsed.frame_len() as usize];
     frame[..FRAME_HEADER_BYTES].copy_from_slice(&header);
     recv.read_exact(&mut frame[FRAME_HEADER_BYTES..])
@@ -60,14 +55,107 @@ pub async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream, bytes_max: u
     // cluster's packets under single-client puts).
     match recv.read(&mut [0u8; 1]).await {
         Ok(None) => {}
-        Ok(Some(_)) => {
-            return Err(FrameError::Io(format!(
-                "the stream holds more than the {}-byte payload its frame header announced",
-                parsed.payload_len
-            )));
-        }
+        Ok(Some(_)) => return Err(more_than_announced(&parsed)),
         Err(error) => return Err(FrameError::Io(error.to_string())),
     }
-    let payload = codec::open_frame(&frame).map_err(QuicError::Codec)?;
+    decode_whole(&frame)
+}
+
+/// What [`read_frame`] makes of a stream whose whole content is `stream`: its one frame, bounded by
+/// `bytes_max`, verified and decoded. A stream that ends early or holds more than the frame is refused.
+pub fn decode_frame<T: DeserializeOwned>(stream: &[u8], bytes_max: u32) -> Result<T, FrameError> {
+    let header: &[u8; FRAME_HEADER_BYTES] = stream
+        .get(..FRAME_HEADER_BYTES)
+        .and_then(|header| header.try_into().ok())
+        .ok_or_else(|| {
+            FrameError::Io(format!(
+                "the stream ended after {} bytes, inside the {FRAME_HEADER_BYTES}-byte frame header",
+                stream.len()
+            ))
+        })?;
+    let parsed = bounded_header(header, bytes_max)?;
+    let frame_len = parsed.frame_len();
+    if (stream.len() as u64) < frame_len {
+        return Err(FrameError::Io(format!(
+            "the stream ended after {} bytes, inside a frame of {frame_len}",
+            stream.len()
+        )));
+    }
+    if stream.len() as u64 > frame_len {
+        return Err(more_than_announced(&parsed));
+    }
+    decode_whole(stream)
+}
+
+/// Parses a frame header and bounds its length, before anything is allocated for the payload.
+fn bounded_header(header: &[u8; FRAME_HEADER_BYTES], bytes_max: u32) -> Result<FrameHeader, FrameError> {
+    let parsed = FrameHeader::parse(header);
+    if parsed.payload_len > bytes_max {
+        // Bounded before allocating: a peer can't make us reserve what it claims.
+        let error = QuicError::TooLarge {
+            length: u64::from(parsed.payload_len),
+            bound: u64::from(bytes_max),
+        };
+        return Err(error.into());
+    }
+    Ok(parsed)
+}
+
+fn more_than_announced(parsed: &FrameHeader) -> FrameError {
+    FrameError::Io(format!(
+        "the stream holds more than the {}-byte payload its frame header announced",
+        parsed.payload_len
+    ))
+}
+
+/// Verifies a whole frame (header and payload, exactly) and decodes its payload.
+fn decode_whole<T: DeserializeOwned>(frame: &[u8]) -> Result<T, FrameError> {
+    let payload = codec::open_frame(frame).map_err(QuicError::Codec)?;
     Ok(codec::decode(payload).map_err(QuicError::Codec)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(value: &(u64, String)) -> Vec<u8> {
+        let mut frame = Vec::new();
+        codec::encode_frame(value, None::<&()>, 1024, &mut frame).unwrap();
+        frame
+    }
+
+    #[test]
+    fn a_whole_stream_decodes_to_what_was_framed() {
+        let value = (7u64, "seven".to_string());
+        let frame = framed(&value);
+        assert_eq!(decode_frame::<(u64, String)>(&frame, 1024).unwrap(), value);
+    }
+
+    #[test]
+    fn a_stream_short_long_oversized_or_damaged_is_refused() {
+        let frame = framed(&(7, "seven".into()));
+        for cut in 0..frame.len() {
+            let error = decode_frame::<(u64, String)>(&frame[..cut], 1024).unwrap_err();
+            assert!(
+                error.to_string().contains("the stream ended after"),
+                "cut at {cut}: {error}"
+            );
+        }
+        let mut longer = frame.clone();
+        longer.push(0);
+        let error = decode_frame::<(u64, String)>(&longer, 1024).unwrap_err();
+        assert!(error.to_string().contains("holds more than"), "{error}");
+        let error = decode_frame::<(u64, String)>(&frame, 3).unwrap_err();
+        assert!(
+            matches!(error, FrameError::Transport(QuicError::TooLarge { bound: 3, .. })),
+            "{error}"
+        );
+        let mut damaged = frame.clone();
+        *damaged.last_mut().unwrap() ^= 1;
+        let error = decode_frame::<(u64, String)>(&damaged, 1024).unwrap_err();
+        assert!(
+            matches!(error, FrameError::Transport(QuicError::Codec(_))),
+            "{error}"
+        );
+    }
 }
