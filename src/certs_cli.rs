@@ -1,12 +1,13 @@
-//! `domicile certs init|node`: a development CA and node certificates that attest each node's site.
+//! `domicile certs init|node|client|operator`: a development CA, node certificates that attest each node's
+//! site, client certificates (a service and optionally its country) and operator certificates.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow, bail};
 use clap::Subcommand;
-use placement::{NodeId, SiteName};
-use raft::identity::{CertifiedKey, ClientIdentity, ClusterCa, NodeIdentity, Validity};
+use placement::{Country, NodeId, SiteName};
+use raft::identity::{CertifiedKey, ClientIdentity, ClusterCa, NodeIdentity, OperatorIdentity, Validity};
 use time::{Duration, OffsetDateTime};
 
 use crate::placement_cli::load;
@@ -39,9 +40,23 @@ pub enum CertsCommand {
     Client {
         #[arg(long)]
         name: String,
+        /// The country the service runs in (ISO 3166-1 alpha-2). A service outside a jurisdiction, or with
+        /// no country, reads the fields the topology marks personal pseudonymised.
+        #[arg(long)]
+        country: Option<String>,
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
         #[arg(long, default_value_t = 90)]
+        days: i64,
+    },
+    /// Issue operator-NAME.pem / operator-NAME.key: the admin endpoints' changes (learners, leadership,
+    /// drains, drills, apply steps) require one.
+    Operator {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 30)]
         days: i64,
     },
 }
@@ -92,13 +107,35 @@ pub fn run(command: CertsCommand) -> anyhow::Result<ExitCode> {
                 id.0
             );
         }
-        CertsCommand::Client { name, dir, days } => {
+        CertsCommand::Client {
+            name,
+            country,
+            dir,
+            days,
+        } => {
+            let country = country
+                .map(|code| Country::parse(&code).map_err(|error| anyhow!("--country {code}: {error}")))
+                .transpose()?;
             let ca = load_ca(&dir)?;
-            let identity = ClientIdentity { name: name.clone() };
+            let identity = ClientIdentity {
+                name: name.clone(),
+                country,
+            };
             let client = ca.issue_client(&identity, validity(days)?)?;
             write_pair(&dir, &format!("client-{name}"), &client)?;
             println!(
                 "{} written to {}/client-{name}.pem and .key",
+                identity.uri(),
+                dir.display()
+            );
+        }
+        CertsCommand::Operator { name, dir, days } => {
+            let ca = load_ca(&dir)?;
+            let identity = OperatorIdentity { name: name.clone() };
+            let operator = ca.issue_operator(&identity, validity(days)?)?;
+            write_pair(&dir, &format!("operator-{name}"), &operator)?;
+            println!(
+                "{} written to {}/operator-{name}.pem and .key",
                 identity.uri(),
                 dir.display()
             );

@@ -199,7 +199,7 @@ fn prepare(dir: &Path) -> anyhow::Result<Layout> {
     let certs = dir.join("certs");
     std::fs::create_dir_all(&certs)?;
     std::fs::write(certs.join("ca.pem"), &ca.certified_key().cert_pem)?;
-    let client = ca.issue_client(&ClientIdentity { name: "demo".into() }, validity)?;
+    let client = ca.issue_client(&ClientIdentity::named("demo"), validity)?;
     std::fs::write(certs.join("client-demo.pem"), &client.cert_pem)?;
     std::fs::write(certs.join("client-demo.key"), &client.key_pem)?;
 

@@ -30,6 +30,7 @@ pub use link::{CertifiedKey, TlsConfigs, TlsError, server_name, tls_configs};
 
 const IDENTITY_PREFIX: &str = "domicile://v1/node/";
 const CLIENT_PREFIX: &str = "domicile://v1/client/";
+const OPERATOR_PREFIX: &str = "domicile://v1/operator/";
 /// Site names in identities are DNS-label-like, so the URI needs no escaping and parses one way only.
 const SITE_NAME_BYTES_MAX: usize = 63;
 
@@ -108,24 +109,83 @@ impl NodeIdentity {
 }
 
 /// A client service (not a node): it may call the client API, never speak Raft.
+///
+/// The CA may also attest the country the service runs in (`domicile://v1/client/billing/country/US`).
+/// A service with no attested country is treated as outside every jurisdiction: where the topology marks
+/// fields personal, it reads them pseudonymised.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientIdentity {
     pub name: String,
+    pub country: Option<Country>,
 }
 
 impl ClientIdentity {
+    /// A service with no attested country.
+    pub fn named(name: impl Into<String>) -> ClientIdentity {
+        ClientIdentity {
+            name: name.into(),
+            country: None,
+        }
+    }
+
     pub fn uri(&self) -> String {
-        format!("{CLIENT_PREFIX}{}", self.name)
+        match self.country {
+            Some(country) => format!("{CLIENT_PREFIX}{}/country/{country}", self.name),
+            None => format!("{CLIENT_PREFIX}{}", self.name),
+        }
     }
 
     pub fn parse_uri(uri: &str) -> Result<ClientIdentity, IdentityError> {
-        let name = uri
-            .strip_prefix(CLIENT_PREFIX)
-            .ok_or_else(|| IdentityError::Malformed(uri.to_string()))?;
-        check_label(name).map_err(|_| IdentityError::Malformed(uri.to_string()))?;
+        let malformed = || IdentityError::Malformed(uri.to_string());
+        let rest = uri.strip_prefix(CLIENT_PREFIX).ok_or_else(malformed)?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        let (name, country) = match parts.as_slice() {
+            [name] => (*name, None),
+            [name, "country", country] => (*name, Some(Country::parse(country).map_err(|_| malformed())?)),
+            _ => return Err(malformed()),
+        };
+        check_label(name).map_err(|_| malformed())?;
         Ok(ClientIdentity {
             name: name.to_string(),
+            country,
         })
+    }
+}
+
+impl std::fmt::Display for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.country {
+            Some(country) => write!(f, "client `{}` ({country})", self.name),
+            None => write!(f, "client `{}`", self.name),
+        }
+    }
+}
+
+/// A person or tool allowed to change the cluster through the admin endpoints (learners, leadership,
+/// drains, drills, apply steps). It may not call the client API or speak Raft.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorIdentity {
+    pub name: String,
+}
+
+impl OperatorIdentity {
+    pub fn uri(&self) -> String {
+        format!("{OPERATOR_PREFIX}{}", self.name)
+    }
+
+    pub fn parse_uri(uri: &str) -> Result<OperatorIdentity, IdentityError> {
+        let malformed = || IdentityError::Malformed(uri.to_string());
+        let name = uri.strip_prefix(OPERATOR_PREFIX).ok_or_else(malformed)?;
+        check_label(name).map_err(|_| malformed())?;
+        Ok(OperatorIdentity {
+            name: name.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for OperatorIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "operator `{}`", self.name)
     }
 }
 
@@ -134,13 +194,15 @@ impl ClientIdentity {
 pub enum Peer {
     Node(NodeIdentity),
     Client(ClientIdentity),
+    Operator(OperatorIdentity),
 }
 
 impl std::fmt::Display for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Peer::Node(node) => write!(f, "{} at {} ({})", node.node, node.site, node.country),
-            Peer::Client(client) => write!(f, "client `{}`", client.name),
+            Peer::Client(client) => client.fmt(f),
+            Peer::Operator(operator) => operator.fmt(f),
         }
     }
 }
@@ -221,14 +283,38 @@ impl ClusterCa {
         validity: Validity,
     ) -> Result<CertifiedKey, IdentityError> {
         check_label(&identity.name)?;
+        self.issue_client_auth(
+            identity.uri(),
+            format!("domicile client {}", identity.name),
+            validity,
+        )
+    }
+
+    /// Issues an operator certificate: it authenticates a person or tool to the admin endpoints' changes.
+    pub fn issue_operator(
+        &self,
+        identity: &OperatorIdentity,
+        validity: Validity,
+    ) -> Result<CertifiedKey, IdentityError> {
+        check_label(&identity.name)?;
+        self.issue_client_auth(
+            identity.uri(),
+            format!("domicile operator {}", identity.name),
+            validity,
+        )
+    }
+
+    /// A certificate that can only authenticate the side that dials (clients and operators, not nodes).
+    fn issue_client_auth(
+        &self,
+        uri: String,
+        common_name: String,
+        validity: Validity,
+    ) -> Result<CertifiedKey, IdentityError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params
-            .subject_alt_names
-            .push(SanType::URI(identity.uri().try_into()?));
+        params.subject_alt_names.push(SanType::URI(uri.try_into()?));
         params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("domicile client {}", identity.name));
+        params.distinguished_name.push(DnType::CommonName, common_name);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.not_before = validity.not_before;
@@ -301,12 +387,15 @@ pub fn node_identity_of_pem(cert_pem: &str) -> Result<NodeIdentity, IdentityErro
     attested_identity(der.as_ref())
 }
 
-/// Reads the identity, node or client, from a certificate the TLS handshake verified.
+/// Reads the identity, node, client or operator, from a certificate the TLS handshake verified.
 pub fn attested_peer(cert_der: &[u8]) -> Result<Peer, IdentityError> {
     match attested_identity(cert_der) {
         Ok(node) => Ok(Peer::Node(node)),
         Err(IdentityError::Malformed(uri)) if uri.starts_with(CLIENT_PREFIX) => {
             ClientIdentity::parse_uri(&uri).map(Peer::Client)
+        }
+        Err(IdentityError::Malformed(uri)) if uri.starts_with(OPERATOR_PREFIX) => {
+            OperatorIdentity::parse_uri(&uri).map(Peer::Operator)
         }
         Err(error) => Err(error),
     }
@@ -362,5 +451,71 @@ mod tests {
         ] {
             assert!(NodeIdentity::parse_uri(bad).is_err(), "{bad} should be refused");
         }
+    }
+
+    #[test]
+    fn client_and_operator_uris_round_trip_and_have_one_spelling() {
+        let anywhere = ClientIdentity::named("billing");
+        assert_eq!(anywhere.uri(), "domicile://v1/client/billing");
+        let in_us = ClientIdentity {
+            name: "billing".into(),
+            country: Some(Country::parse("US").unwrap()),
+        };
+        assert_eq!(in_us.uri(), "domicile://v1/client/billing/country/US");
+        for client in [anywhere, in_us] {
+            assert_eq!(ClientIdentity::parse_uri(&client.uri()).unwrap(), client);
+        }
+        let operator = OperatorIdentity {
+            name: "sre-ana".into(),
+        };
+        assert_eq!(operator.uri(), "domicile://v1/operator/sre-ana");
+        assert_eq!(OperatorIdentity::parse_uri(&operator.uri()).unwrap(), operator);
+        for bad in [
+            "domicile://v1/client/",
+            "domicile://v1/client/Billing",
+            "domicile://v1/client/billing/country/UK",
+            "domicile://v1/client/billing/country/us",
+            "domicile://v1/client/billing/site/dublin",
+            "domicile://v1/client/billing/country/US/extra",
+        ] {
+            assert!(ClientIdentity::parse_uri(bad).is_err(), "{bad} should be refused");
+        }
+        for bad in [
+            "domicile://v1/operator/",
+            "domicile://v1/operator/a/b",
+            "domicile://v1/client/a",
+        ] {
+            assert!(
+                OperatorIdentity::parse_uri(bad).is_err(),
+                "{bad} should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn the_verified_certificate_says_which_kind_of_peer_called() {
+        let validity = Validity {
+            not_before: OffsetDateTime::UNIX_EPOCH,
+            not_after: OffsetDateTime::UNIX_EPOCH + time::Duration::days(365 * 100),
+        };
+        let ca = ClusterCa::generate("test", validity).unwrap();
+        let der = |pair: CertifiedKey| {
+            CertificateDer::from_pem_slice(pair.cert_pem.as_bytes())
+                .unwrap()
+                .to_vec()
+        };
+        let client = ClientIdentity {
+            name: "billing".into(),
+            country: Some(Country::parse("DE").unwrap()),
+        };
+        let operator = OperatorIdentity { name: "sre".into() };
+        assert_eq!(
+            attested_peer(&der(ca.issue_client(&client, validity).unwrap())).unwrap(),
+            Peer::Client(client)
+        );
+        assert_eq!(
+            attested_peer(&der(ca.issue_operator(&operator, validity).unwrap())).unwrap(),
+            Peer::Operator(operator)
+        );
     }
 }

@@ -196,7 +196,7 @@ impl LocalCluster {
     pub fn client_certificate(&self, name: &str) -> Result<(String, CertifiedKey), LocalClusterError> {
         let client = self
             .ca
-            .issue_client(&ClientIdentity { name: name.into() }, self.validity)?;
+            .issue_client(&ClientIdentity::named(name), self.validity)?;
         Ok((self.ca.certified_key().cert_pem.clone(), client))
     }
 

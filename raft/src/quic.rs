@@ -57,7 +57,7 @@ impl PeerCheck for AttestedNode {
                 expected: node,
                 attested: identity.node.0,
             }),
-            Peer::Client(_) => Err(IdentityError::NoIdentity.into()),
+            Peer::Client(_) | Peer::Operator(_) => Err(IdentityError::NoIdentity.into()),
         }
     }
 }

@@ -244,6 +244,13 @@ pub async fn route_envelope<C: GroupConfig, T: Transport, S: Stores<C>>(
     envelope: Envelope,
 ) -> EnvelopeResponse {
     match (envelope, peer) {
+        // An operator isolated this node from the sender (a drill): refused unread, both ways.
+        (Envelope::Peer(request), Peer::Node(node)) if host.isolated_from(node.node) => {
+            EnvelopeResponse::Peer(PeerResponse::Refused {
+                group: request.group,
+                reason: crate::fault::refusal_reason(host.identity().node),
+            })
+        }
         (Envelope::Peer(request), Peer::Node(node)) => EnvelopeResponse::Peer(match service {
             Some(service) if request.kind == RequestKind::DirectoryRead => {
                 service.serve_directory_read(&node, request).await
@@ -268,6 +275,22 @@ pub async fn route_envelope<C: GroupConfig, T: Transport, S: Stores<C>>(
                 caller: refusal.caller(),
                 jurisdiction: refusal.jurisdiction.clone(),
                 reason: refusal.to_string(),
+            })
+        }
+        (Envelope::Peer(request), Peer::Operator(operator)) => {
+            EnvelopeResponse::Peer(PeerResponse::Refused {
+                group: request.group,
+                reason: format!("{operator} may not speak Raft"),
+            })
+        }
+        // Operators change the cluster through the admin endpoints; they hold no grant to user records.
+        (Envelope::Client(request), Peer::Operator(operator)) => {
+            EnvelopeResponse::Client(ClientResponse::Forbidden {
+                caller: operator.to_string(),
+                jurisdiction: request.jurisdiction().to_string(),
+                reason: format!(
+                    "{operator} may not call the client API: operator certificates are for the admin endpoints"
+                ),
             })
         }
         (Envelope::Client(request), Peer::Client(client)) => EnvelopeResponse::Client(match service {
