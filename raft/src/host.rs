@@ -38,6 +38,7 @@ use storage::{Command, Record, RecordKey, Response, codec};
 
 use crate::audit::{AuditSink, Event, NoAudit, Observation, change_event, describe_step, members};
 use crate::config::{GroupConfig, RoundTrips, covering_round_trip, group_round_trip_ms};
+use crate::fault::Isolation;
 use crate::identity::NodeIdentity;
 use crate::message::SnapshotChunk;
 use crate::network::{GroupNetworkFactory, MetricsCell, PeerReachability, flatten, membership_of};
@@ -165,6 +166,8 @@ pub struct Host<C: GroupConfig, T: Transport, S: Stores<C>> {
     observed: Mutex<BTreeMap<u64, Observed>>,
     /// Which peers answer, for all groups: a change is logged once, not by every replication stream.
     peers: Arc<PeerReachability<InstantOf<C>>>,
+    /// An operator's isolation of this node from its peers, for a drill ([`crate::fault`]).
+    isolation: Arc<Isolation<InstantOf<C>>>,
     groups: RwLock<GroupTable<C, S::Backend>>,
     /// Groups being opened right now: a second open of the same group (on demand, while start-up opens it)
     /// must not race the first for its files.
@@ -204,6 +207,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             audit: Arc::new(NoAudit),
             observed: Mutex::default(),
             peers,
+            isolation: Arc::default(),
             groups,
             opening: Mutex::default(),
         }
@@ -332,6 +336,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             transport: self.transport.clone(),
             metrics: metrics.clone(),
             peers: self.peers.clone(),
+            isolation: self.isolation.clone(),
         };
         let raft = Raft::new(self.me.node.0, raft_config, network, log, state_machine.clone())
             .await
@@ -756,6 +761,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             transport: self.transport.clone(),
             metrics: cell,
             peers: self.peers.clone(),
+            isolation: self.isolation.clone(),
         };
         let mut network = factory.new_client(target.0, &()).await;
         let request = AppendEntriesRequest {
@@ -933,8 +939,24 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
         Ok((policy.group.clone(), jurisdiction))
     }
 
+    /// This node's isolation from its peers, which an operator may set for a drill ([`crate::fault`]).
+    pub fn isolation(&self) -> &Isolation<InstantOf<C>> {
+        &self.isolation
+    }
+
+    /// Whether messages to and from `peer` are dropped now, by an isolation in force (counted if so).
+    pub fn isolated_from(&self, peer: NodeId) -> bool {
+        self.isolation.blocks(peer, C::now())
+    }
+
     /// Sends a request of this host's own (not a group's Raft traffic) to a peer.
     pub async fn ask_peer(&self, to: NodeId, request: PeerRequest) -> Result<PeerResponse, TransportError> {
+        if self.isolated_from(to) {
+            return Err(TransportError::Unreachable(
+                to,
+                "isolated by a fault injection".into(),
+            ));
+        }
         self.transport.send(to, request).await
     }
 

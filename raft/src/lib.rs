@@ -18,6 +18,7 @@ pub mod bootstrap;
 pub mod client_protocol;
 pub mod config;
 pub mod directory;
+pub mod fault;
 pub mod host;
 pub mod identity;
 pub mod local_cluster;

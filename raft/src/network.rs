@@ -37,6 +37,7 @@ use storage::snapshot::SnapshotData;
 
 use crate::append_pipeline;
 use crate::config::GroupConfig;
+use crate::fault::Isolation;
 use crate::message::SnapshotChunk;
 use crate::residency::GroupFence;
 use crate::transport::{PeerRequest, PeerResponse, RequestKind, Transport};
@@ -201,6 +202,8 @@ pub struct GroupNetworkFactory<C: GroupConfig, T> {
     pub metrics: MetricsCell<C>,
     /// The node's view of its peers, shared by all its groups.
     pub peers: Arc<PeerReachability<InstantOf<C>>>,
+    /// The node's isolation from its peers, if an operator asked for one ([`crate::fault`]).
+    pub isolation: Arc<Isolation<InstantOf<C>>>,
 }
 
 impl<C: GroupConfig, T: Transport> RaftNetworkFactory<C> for GroupNetworkFactory<C, T> {
@@ -213,6 +216,7 @@ impl<C: GroupConfig, T: Transport> RaftNetworkFactory<C> for GroupNetworkFactory
             transport: self.transport.clone(),
             metrics: self.metrics.clone(),
             peers: self.peers.clone(),
+            isolation: self.isolation.clone(),
         }
     }
 }
@@ -223,6 +227,7 @@ pub struct GroupNetwork<C: GroupConfig, T> {
     transport: Arc<T>,
     metrics: MetricsCell<C>,
     peers: Arc<PeerReachability<InstantOf<C>>>,
+    isolation: Arc<Isolation<InstantOf<C>>>,
 }
 
 impl<C: GroupConfig, T: Transport> GroupNetwork<C, T> {
@@ -244,6 +249,10 @@ impl<C: GroupConfig, T: Transport> GroupNetwork<C, T> {
         carries_data: bool,
         message: &Req,
     ) -> Result<Resp, RPCError<C>> {
+        if self.isolation.blocks(self.target, C::now()) {
+            let reason = format!("{} is isolated from this node by a fault injection", self.target);
+            return Err(RPCError::Unreachable(Unreachable::from_string(reason)));
+        }
         if carries_data {
             self.check_egress()
                 .map_err(|reason| RPCError::Unreachable(Unreachable::from_string(reason)))?;
