@@ -12,6 +12,7 @@ mod audit_cli;
 mod certs_cli;
 mod cluster_view;
 mod demo;
+mod incident_sink;
 mod metrics;
 mod node;
 mod node_config;

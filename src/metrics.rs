@@ -43,6 +43,14 @@ pub struct Metrics {
     pub replicas_purged: Family<GroupLabel, Counter>,
     /// 1 while a group this node leads has members down and no replacement inside its jurisdiction.
     pub under_replicated: Family<GroupLabel, Gauge>,
+    /// The incident webhook (`crate::incident_sink`): POSTs acknowledged (2xx), failed, and repeated
+    /// after a failure; incidents owed; incidents given up to the spool bound, and gap notices sent.
+    pub incidents_delivered: Counter<u64, AtomicU64>,
+    pub incident_delivery_failures: Counter<u64, AtomicU64>,
+    pub incident_delivery_retries: Counter<u64, AtomicU64>,
+    pub incident_backlog: Gauge,
+    pub incidents_skipped: Counter<u64, AtomicU64>,
+    pub incident_gaps: Counter<u64, AtomicU64>,
     /// Last seen leader per group and last exported incident counts, to turn snapshots into counters.
     seen: Mutex<(BTreeMap<String, Option<u64>>, IncidentCounts)>,
     /// Last exported count of audit write failures.
@@ -138,8 +146,50 @@ impl Metrics {
             "1 if a group this node leads has members down and no replacement inside its jurisdiction",
             under_replicated.clone(),
         );
+        let incidents_delivered = Counter::default();
+        registry.register(
+            "incidents_delivered",
+            "Incident webhook POSTs the receiver acknowledged with 2xx (incidents and gap notices)",
+            incidents_delivered.clone(),
+        );
+        let incident_delivery_failures = Counter::default();
+        registry.register(
+            "incident_delivery_failures",
+            "Incident webhook POSTs that failed (no connection, timeout, or an answer other than 2xx)",
+            incident_delivery_failures.clone(),
+        );
+        let incident_delivery_retries = Counter::default();
+        registry.register(
+            "incident_delivery_retries",
+            "Incident webhook POSTs repeating one that failed",
+            incident_delivery_retries.clone(),
+        );
+        let incident_backlog = Gauge::default();
+        registry.register(
+            "incident_backlog",
+            "Incidents in the audit trail not yet acknowledged by the incident webhook",
+            incident_backlog.clone(),
+        );
+        let incidents_skipped = Counter::default();
+        registry.register(
+            "incidents_skipped",
+            "Incidents not pushed because the spool bound was reached (announced in a gap notice; still in the audit trail)",
+            incidents_skipped.clone(),
+        );
+        let incident_gaps = Counter::default();
+        registry.register(
+            "incident_gaps",
+            "Gap notices the incident webhook acknowledged",
+            incident_gaps.clone(),
+        );
         Metrics {
             registry,
+            incidents_delivered,
+            incident_delivery_failures,
+            incident_delivery_retries,
+            incident_backlog,
+            incidents_skipped,
+            incident_gaps,
             repair_steps,
             replicas_purged,
             under_replicated,

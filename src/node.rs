@@ -65,6 +65,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<ExitCode> {
     let repair = tokio::spawn(repair_groups(node.clone()));
     let purge = tokio::spawn(purge_removed_replicas(node.clone()));
     let names = tokio::spawn(follow_peer_names(node.clone()));
+    let incidents = crate::incident_sink::spawn(&node);
     tracing::info!(node = %node.config.node, listen = %node.config.listen, admin = %node.config.admin, "node started");
     wait_for_stop_signal().await?;
     tracing::info!("stopping: handing over leaderships");
@@ -75,6 +76,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<ExitCode> {
     repair.abort();
     purge.abort();
     names.abort();
+    if let Some(incidents) = incidents {
+        incidents.abort();
+    }
     node.host.shutdown().await;
     node.quic.close();
     Ok(ExitCode::SUCCESS)

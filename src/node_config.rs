@@ -37,6 +37,8 @@ struct RawConfig {
     #[serde(default)]
     raft: RaftTuning,
     worker_threads: Option<usize>,
+    /// Where incidents are pushed (`crate::incident_sink`); none if absent.
+    incidents: Option<crate::incident_sink::RawIncidentSink>,
 }
 
 fn default_admin() -> SocketAddr {
@@ -172,6 +174,8 @@ pub struct NodeConfig {
     /// is a cross-thread wake-up (a context switch), so a node sharing its cores with other nodes or
     /// processes answers a lone client sooner with fewer workers than cores.
     pub worker_threads: Option<usize>,
+    /// The incident webhook (`[incidents]`), if any.
+    pub incidents: Option<crate::incident_sink::IncidentSinkConfig>,
 }
 
 impl NodeConfig {
@@ -227,6 +231,12 @@ impl NodeConfig {
                 path.display()
             );
         }
+        let incidents = raw
+            .incidents
+            .as_ref()
+            .map(crate::incident_sink::IncidentSinkConfig::from_raw)
+            .transpose()
+            .map_err(|reason| anyhow!("{}: [incidents] {reason}", path.display()))?;
         let data_dir = resolve(&raw.data_dir);
         let audit_dir = raw
             .audit_dir
@@ -247,6 +257,7 @@ impl NodeConfig {
             peers,
             raft: tuning,
             worker_threads: raw.worker_threads,
+            incidents,
         })
     }
 }
