@@ -54,6 +54,9 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle<()
         .route("/groups/{group}/steps", post(execute_step))
         .route("/topology", get(topology))
         .route("/drain", post(drain))
+        .route("/faults", get(crate::admin_faults::fault))
+        .route("/faults/isolate", post(crate::admin_faults::isolate))
+        .route("/faults/heal", post(crate::admin_faults::heal))
         .with_state(node.clone());
     let observer = node.clone();
     tokio::spawn(async move {
@@ -84,6 +87,7 @@ fn observe(node: &Node) {
     node.host.observe_groups();
     node.metrics
         .observe_audit(node.audit.durable_entries(), node.audit.failures());
+    crate::admin_faults::observe(node);
 }
 
 pub fn node_status(node: &Node) -> NodeStatus {
@@ -175,6 +179,7 @@ pub fn node_status(node: &Node) -> NodeStatus {
             .filter(|group| node.host.is_retired(group))
             .map(|group| group.0.clone())
             .collect(),
+        fault: crate::admin_faults::view(node),
     }
 }
 
@@ -302,7 +307,7 @@ async fn execute(node: &Node, remote: SocketAddr, action: &str, step: Step) -> R
 
 /// An operator's request, as the audit trail names it: nothing authenticates the operator yet, so only
 /// the address it came from.
-fn operator_action(remote: SocketAddr, action: &str, target: String) -> AdminAction {
+pub(crate) fn operator_action(remote: SocketAddr, action: &str, target: String) -> AdminAction {
     AdminAction {
         operator: Operator {
             remote_address: remote.to_string(),
@@ -314,12 +319,12 @@ fn operator_action(remote: SocketAddr, action: &str, target: String) -> AdminAct
 }
 
 /// Records the request and waits until it is on disk; a request the trail can't record does not run.
-async fn audit_request(node: &Node, action: &AdminAction) -> Result<(), Response> {
+pub(crate) async fn audit_request(node: &Node, action: &AdminAction) -> Result<(), Response> {
     node.host.record(Event::AdminRequest(action.clone()));
     node.host.audit_durable().await.map_err(error_response)
 }
 
-async fn audit_outcome(node: &Node, action: AdminAction, ok: bool, detail: String) {
+pub(crate) async fn audit_outcome(node: &Node, action: AdminAction, ok: bool, detail: String) {
     node.host.record(Event::AdminOutcome { action, ok, detail });
     // The answer goes out either way; a trail that failed is logged and counted.
     let _ = node.host.audit_durable().await;

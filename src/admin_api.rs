@@ -26,6 +26,9 @@ pub struct NodeStatus {
     /// The groups whose replica here is retired (purged, and not added back since).
     #[serde(default)]
     pub retired: Vec<String>,
+    /// An operator's isolation of this node from its peers (a drill), while in force.
+    #[serde(default)]
+    pub fault: Option<crate::admin_faults::FaultView>,
 }
 
 /// A replica a node purged: the committed membership that left it out, as the group's leader showed it,

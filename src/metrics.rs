@@ -51,6 +51,13 @@ pub struct Metrics {
     pub incident_backlog: Gauge,
     pub incidents_skipped: Counter<u64, AtomicU64>,
     pub incident_gaps: Counter<u64, AtomicU64>,
+    /// Isolations from peers an operator asked this node for (drills, `POST /faults/isolate`).
+    pub faults_injected: Counter<u64, AtomicU64>,
+    /// 1 while such an isolation is in force.
+    fault_isolated: Gauge,
+    /// Raft messages dropped or refused by isolations, and the last count exported.
+    fault_messages_dropped: Counter<u64, AtomicU64>,
+    seen_fault_dropped: AtomicU64,
     /// Last seen leader per group and last exported incident counts, to turn snapshots into counters.
     seen: Mutex<(BTreeMap<String, Option<u64>>, IncidentCounts)>,
     /// Last exported count of audit write failures.
@@ -182,8 +189,30 @@ impl Metrics {
             "Gap notices the incident webhook acknowledged",
             incident_gaps.clone(),
         );
+        let faults_injected = Counter::default();
+        registry.register(
+            "faults_injected",
+            "Isolations from peers an operator asked this node for (drills)",
+            faults_injected.clone(),
+        );
+        let fault_isolated = Gauge::default();
+        registry.register(
+            "fault_isolated",
+            "1 while an operator's isolation from peers is in force on this node",
+            fault_isolated.clone(),
+        );
+        let fault_messages_dropped = Counter::default();
+        registry.register(
+            "fault_messages_dropped",
+            "Raft messages to or from peers dropped by an operator's isolation",
+            fault_messages_dropped.clone(),
+        );
         Metrics {
             registry,
+            faults_injected,
+            fault_isolated,
+            fault_messages_dropped,
+            seen_fault_dropped: AtomicU64::new(0),
             incidents_delivered,
             incident_delivery_failures,
             incident_delivery_retries,
@@ -257,6 +286,15 @@ impl Metrics {
             .seen_audit_failures
             .swap(failures, std::sync::atomic::Ordering::Relaxed);
         self.audit_write_failures.inc_by(failures.saturating_sub(last));
+    }
+
+    /// Folds the node's isolation (in force or not) and its count of dropped messages into the metrics.
+    pub fn observe_fault(&self, isolated: bool, dropped: u64) {
+        self.fault_isolated.set(i64::from(isolated));
+        let last = self
+            .seen_fault_dropped
+            .swap(dropped, std::sync::atomic::Ordering::Relaxed);
+        self.fault_messages_dropped.inc_by(dropped.saturating_sub(last));
     }
 
     pub fn render(&self) -> String {
