@@ -184,6 +184,7 @@ start_domicile() {
             printf '[[group]]\nname = "bench-%d"\njurisdiction = "EEA"\nvoters = 3\nleader_preference = ["%s"]\n\n' \
                 "$g" "${sites[g % 3]}"
         done
+        printf '[[grant]]\nservice = "bench"\njurisdiction = "EEA"\naccess = "read-write"\n\n'
     } >"$dir/topology.toml"
     DOMICILE_CERTS=$dir/certs
     "$DOMICILE" certs init --dir "$DOMICILE_CERTS" --cluster bench --days 2 >/dev/null

@@ -59,6 +59,19 @@ pub enum CertsCommand {
         #[arg(long, default_value_t = 30)]
         days: i64,
     },
+    /// Write pseudonym-JURISDICTION.key: the key outside readers' pseudonyms of personal fields are made
+    /// with. Give the same file to every node inside the jurisdiction, and to no node outside it.
+    PseudonymKey {
+        #[arg(long)]
+        jurisdiction: String,
+        /// The key's number, in every pseudonym it makes: raise it when rotating.
+        #[arg(long, default_value_t = 1)]
+        id: u32,
+        #[arg(long, default_value = "deploy/topology.example.toml")]
+        topology: PathBuf,
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+    },
 }
 
 pub fn run(command: CertsCommand) -> anyhow::Result<ExitCode> {
@@ -140,6 +153,37 @@ pub fn run(command: CertsCommand) -> anyhow::Result<ExitCode> {
                 dir.display()
             );
         }
+        CertsCommand::PseudonymKey {
+            jurisdiction,
+            id,
+            topology,
+            dir,
+        } => {
+            let (file, _, _) = load(&topology, None)?;
+            if !file
+                .policies
+                .values()
+                .any(|policy| policy.jurisdiction.name() == jurisdiction)
+            {
+                bail!(
+                    "{}: no group is fenced to jurisdiction `{jurisdiction}`",
+                    topology.display()
+                );
+            }
+            std::fs::create_dir_all(&dir).with_context(|| format!("can't create {}", dir.display()))?;
+            let path = dir.join(format!("pseudonym-{jurisdiction}.key"));
+            if path.exists() {
+                bail!(
+                    "{} exists: a new key changes every pseudonym; move the old one away first if you mean to rotate",
+                    path.display()
+                );
+            }
+            crate::pseudonym_keys::generate(&path, &jurisdiction, id)?;
+            println!(
+                "pseudonym key {id} for `{jurisdiction}` written to {} (for nodes inside `{jurisdiction}` only)",
+                path.display()
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -173,7 +217,7 @@ fn write_pair(dir: &Path, stem: &str, pair: &CertifiedKey) -> anyhow::Result<()>
 }
 
 /// Private keys are created readable by their owner only.
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()

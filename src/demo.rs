@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use client::{Client, ClientTls};
-use placement::TopologyFile;
+use placement::{Country, Jurisdiction, TopologyFile};
 use raft::identity::{ClientIdentity, ClusterCa, NodeIdentity, Validity};
 
 use crate::admin_api::{AddLearner, AdminError, GroupView, NodeStatus};
@@ -69,6 +69,38 @@ leader_preference = ["dublin-a"]
 name = "users-us"
 jurisdiction = "US"
 voters = 1
+
+# Who may touch what: the demo's own service everything; a US support tool may read EU records, and sees
+# their personal fields pseudonymised, since its certificate places it outside the EU.
+[[grant]]
+service = "demo"
+jurisdiction = "EEA"
+access = "read-write"
+
+[[grant]]
+service = "demo"
+jurisdiction = "EU"
+access = "read-write"
+
+[[grant]]
+service = "demo"
+jurisdiction = "US"
+access = "read-write"
+
+[[grant]]
+service = "support-us"
+jurisdiction = "EU"
+access = "read"
+
+[[personal_data]]
+jurisdiction = "EU"
+format = "json"
+fields = ["phone", "ip"]
+
+[[personal_data]]
+jurisdiction = "EEA"
+format = "json"
+fields = ["phone", "ip"]
 "#;
 
 /// How long a silent member goes unanswered before its group's leader replaces it (the node default is 5 s;
@@ -199,9 +231,31 @@ fn prepare(dir: &Path) -> anyhow::Result<Layout> {
     let certs = dir.join("certs");
     std::fs::create_dir_all(&certs)?;
     std::fs::write(certs.join("ca.pem"), &ca.certified_key().cert_pem)?;
-    let client = ca.issue_client(&ClientIdentity::named("demo"), validity)?;
-    std::fs::write(certs.join("client-demo.pem"), &client.cert_pem)?;
-    std::fs::write(certs.join("client-demo.key"), &client.key_pem)?;
+    // The demo's service runs in Ireland: inside the EU and the EEA, it reads their records in clear.
+    let ireland = Country::parse("IE").expect("a country code");
+    let united_states = Country::parse("US").expect("a country code");
+    for (name, country) in [("demo", ireland), ("support-us", united_states)] {
+        let identity = ClientIdentity {
+            name: name.into(),
+            country: Some(country),
+        };
+        let client = ca.issue_client(&identity, validity)?;
+        std::fs::write(certs.join(format!("client-{name}.pem")), &client.cert_pem)?;
+        std::fs::write(certs.join(format!("client-{name}.key")), &client.key_pem)?;
+    }
+    // One pseudonym key per jurisdiction with personal fields, for the nodes inside it only.
+    let mut keys: Vec<(&Jurisdiction, String)> = Vec::new();
+    for name in ["EU", "EEA"] {
+        let jurisdiction = file
+            .policies
+            .values()
+            .map(|policy| &policy.jurisdiction)
+            .find(|jurisdiction| jurisdiction.name() == name)
+            .expect("the demo topology fences a group to each");
+        let path = format!("certs/pseudonym-{name}.key");
+        crate::pseudonym_keys::generate(&dir.join(&path), name, 1)?;
+        keys.push((jurisdiction, path));
+    }
 
     let mut nodes = BTreeMap::new();
     for site in file.topology.sites() {
@@ -220,10 +274,16 @@ fn prepare(dir: &Path) -> anyhow::Result<Layout> {
     for site in file.topology.sites() {
         for &id in &site.nodes {
             let (listen, admin) = nodes[&id.0];
+            let inside: Vec<String> = keys
+                .iter()
+                .filter(|(jurisdiction, _)| jurisdiction.contains(site.country))
+                .map(|(_, path)| format!("\"{path}\""))
+                .collect();
             let mut config = format!(
-                "cluster = \"demo\"\nnode_id = {id}\nsite = \"{site}\"\ndata_dir = \"data/n{id}\"\nlisten = \"{listen}\"\nadmin = \"{admin}\"\ntopology = \"topology.toml\"\n\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/node-{id}.pem\"\nkey = \"certs/node-{id}.key\"\n\n[raft]\nrepair_down_after_ms = {REPAIR_AFTER_MS}\npurge_check_ms = {PURGE_CHECK_MS}\n",
+                "cluster = \"demo\"\nnode_id = {id}\nsite = \"{site}\"\ndata_dir = \"data/n{id}\"\nlisten = \"{listen}\"\nadmin = \"{admin}\"\ntopology = \"topology.toml\"\npseudonym_keys = [{keys}]\n\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/node-{id}.pem\"\nkey = \"certs/node-{id}.key\"\n\n[raft]\nrepair_down_after_ms = {REPAIR_AFTER_MS}\npurge_check_ms = {PURGE_CHECK_MS}\n",
                 id = id.0,
                 site = site.name,
+                keys = inside.join(", "),
             );
             for (&peer, &(peer_listen, peer_admin)) in nodes.iter().filter(|(peer, _)| **peer != id.0) {
                 config.push_str(&format!(
@@ -528,6 +588,8 @@ async fn show(layout: &Layout, nodes: &mut Nodes, records: u64) -> anyhow::Resul
         acknowledged.len()
     );
 
+    show_outside_reader(layout, &endpoints, &client, &acknowledged).await?;
+
     println!("\n== Asking to add the Ashburn node (n5, US) to the EU group");
     let eu_leader = after["users-eu"];
     let url = format!("http://{}/groups/users-eu/learners", admin(layout, eu_leader));
@@ -658,4 +720,46 @@ async fn show(layout: &Layout, nodes: &mut Nodes, records: u64) -> anyhow::Resul
     } else {
         ExitCode::from(1)
     })
+}
+
+/// What a service outside the EU, granted read access to EU records, sees of them: personal fields
+/// pseudonymised by the nodes inside, with a key it never holds; and what it may not do: write.
+async fn show_outside_reader(
+    layout: &Layout,
+    endpoints: &[String],
+    inside: &Client,
+    acknowledged: &[(&str, String, Vec<u8>)],
+) -> anyhow::Result<()> {
+    let Some((_, user, _)) = acknowledged
+        .iter()
+        .find(|(jurisdiction, _, _)| *jurisdiction == "EU")
+    else {
+        return Ok(());
+    };
+    println!("\n== Service `support-us` (certificate: US; granted read on EU) reads EU user {user}");
+    let outside = Client::builder()
+        .endpoints(endpoints)
+        .tls(ClientTls::from_dir(layout.dir.join("certs"), "support-us")?)
+        .default_jurisdiction("EU")
+        .timeout(Duration::from_secs(5))
+        .build()
+        .await?;
+    let show = |record: Option<client::Record>| -> String {
+        record.map_or("(none)".to_string(), |record| {
+            String::from_utf8_lossy(&record.value).into_owned()
+        })
+    };
+    let clear = inside.in_jurisdiction("EU").get(user, "profile").await?;
+    println!("   `demo` (IE) reads:       {}", show(clear));
+    let seen = show(outside.get(user, "profile").await?);
+    println!("   `support-us` (US) reads: {seen}");
+    if seen.contains("+000 ") {
+        bail!("a personal field reached a reader outside the EU in clear: {seen}");
+    }
+    match outside.put(user, "profile", b"{}".to_vec()).await {
+        Err(client::ClientError::Forbidden { reason, .. }) => println!("   and may not write: {reason}"),
+        Err(error) => println!("   its write failed otherwise: {error}"),
+        Ok(_) => bail!("`support-us` wrote an EU record without a write grant"),
+    }
+    Ok(())
 }

@@ -6,21 +6,21 @@
 
 mod admin;
 mod admin_api;
-mod admin_faults;
 mod apply_cli;
 mod apply_report;
 mod audit_cli;
 mod certs_cli;
 mod cluster_view;
 mod demo;
-mod drill;
 mod incident_sink;
 mod metrics;
 mod node;
 mod node_config;
 mod operator_cli;
 mod placement_cli;
+mod pseudonym_keys;
 mod purge_log;
+mod record_cli;
 
 use std::process::ExitCode;
 
@@ -80,12 +80,10 @@ enum Command {
         #[command(subcommand)]
         command: audit_cli::AuditCommand,
     },
-    /// Rehearse a failure on a live cluster (a site's outage, a leader's loss, a partition) under a client
-    /// workload, and report per group the time to a new leader, writes lost, errors, latency,
-    /// linearizability and residency.
-    Drill {
+    /// A user's records through the client library, under a client service's certificate and grants.
+    Record {
         #[command(subcommand)]
-        command: drill::DrillCommand,
+        command: record_cli::RecordCommand,
     },
     /// Leadership operations.
     Leader {
@@ -163,8 +161,8 @@ fn end_quietly_on_a_closed_pipe(command: &Command) {
         Command::Placement { .. }
         | Command::Status { .. }
         | Command::Leader { .. }
-        | Command::Site { .. }
-        | Command::Drill { .. } => true,
+        | Command::Record { .. }
+        | Command::Site { .. } => true,
         #[cfg(feature = "sim")]
         Command::Sim { .. } => true,
         _ => false,
@@ -204,7 +202,9 @@ fn main() -> ExitCode {
             command: apply_cli::SiteCommand::Evacuate { site, run },
         } => apply_cli::run_blocking(apply_cli::Scope::Evacuate { site }, run),
         Command::Audit { command } => audit_cli::run(command),
-        Command::Drill { command } => drill::run_blocking(command),
+        Command::Record { command } => {
+            runtime().and_then(|runtime| runtime.block_on(record_cli::run(command)))
+        }
         Command::Leader {
             command: operator_cli::LeaderCommand::Move { admin, group, to },
         } => runtime().and_then(|runtime| runtime.block_on(operator_cli::move_leader(&admin, &group, to))),

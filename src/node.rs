@@ -23,6 +23,7 @@ use anyhow::{Context, anyhow, bail};
 use audit::{AuditConfig, AuditLog, Signer};
 use placement::{NodeId, Step, TopologyFile};
 use raft::bootstrap::open_initial_groups;
+use raft::client_access::ClientAccess;
 use raft::client_protocol::{ClientOp, ClientRequest, Envelope, EnvelopeResponse};
 use raft::config::{CountryRoundTrips, TokioConfig, group_raft_config};
 use raft::directory::Directory;
@@ -321,6 +322,8 @@ impl Node {
         );
         let raft_config = Arc::new(raft_config.context("invalid Raft timing")?);
         let me = identity.node;
+        let keys = crate::pseudonym_keys::load(&config.pseudonym_keys, &file, identity.country)?;
+        let access = ClientAccess::new(file.access.clone(), file.policies.values(), keys);
         let host = Arc::new(
             Host::new(identity, topology, groups, quic.clone(), stores, raft_config)
                 .with_round_trips(Arc::new(CountryRoundTrips))
@@ -329,7 +332,7 @@ impl Node {
         let router = Router::new(file.policies.values()).context("routing")?;
         let metrics = Arc::new(Metrics::new());
         handler.install(Arc::new(Front {
-            service: NodeService::new(host.clone(), Directory::new(me, &file.topology, router)),
+            service: NodeService::new(host.clone(), Directory::new(me, &file.topology, router), access),
             metrics: metrics.clone(),
         }));
 

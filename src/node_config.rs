@@ -39,6 +39,9 @@ struct RawConfig {
     worker_threads: Option<usize>,
     /// Where incidents are pushed (`crate::incident_sink`); none if absent.
     incidents: Option<crate::incident_sink::RawIncidentSink>,
+    /// Pseudonym key files (`domicile certs pseudonym-key`), one per jurisdiction this node is inside.
+    #[serde(default)]
+    pseudonym_keys: Vec<PathBuf>,
 }
 
 fn default_admin() -> SocketAddr {
@@ -176,6 +179,8 @@ pub struct NodeConfig {
     pub worker_threads: Option<usize>,
     /// The incident webhook (`[incidents]`), if any.
     pub incidents: Option<crate::incident_sink::IncidentSinkConfig>,
+    /// Pseudonym key files for the jurisdictions this node is inside (outside reads of personal fields).
+    pub pseudonym_keys: Vec<PathBuf>,
 }
 
 impl NodeConfig {
@@ -258,6 +263,7 @@ impl NodeConfig {
             raft: tuning,
             worker_threads: raw.worker_threads,
             incidents,
+            pseudonym_keys: raw.pseudonym_keys.iter().map(|path| resolve(path)).collect(),
         })
     }
 }

@@ -30,14 +30,45 @@ pub enum Event {
     Purge(PurgeProof),
     /// A purge whose entry was written, then failed: the replica is kept.
     PurgeFailed { group: String, reason: String },
-    /// An operator's request on the admin endpoint, recorded before it runs.
+    /// An operator's request on the admin endpoint, recorded before it runs — as nodes wrote it before
+    /// the endpoint authenticated operators (an address, no name). Nodes now write `OperatorRequest`.
     AdminRequest(AdminAction),
-    /// What came of an operator's request.
+    /// What came of an operator's request (the unauthenticated form; now `OperatorOutcome`).
     AdminOutcome {
         action: AdminAction,
         ok: bool,
         detail: String,
     },
+    /// A request to change something, from an operator its certificate names, recorded before it runs.
+    OperatorRequest(OperatorAction),
+    /// What came of it.
+    OperatorOutcome {
+        action: OperatorAction,
+        ok: bool,
+        detail: String,
+    },
+    /// A request to change something the admin endpoint refused: the caller showed no operator
+    /// certificate.
+    AdminRefused(AdminRefusal),
+    /// A read of records whose jurisdiction declares personal fields, by a client outside it (or of no
+    /// attested country): answered with those fields pseudonymised, recorded before it is answered.
+    OutsideRead(OutsideRead),
+}
+
+/// A read from outside a jurisdiction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutsideRead {
+    /// Who read, as its certificate attests (`client `search` (US)`).
+    pub caller: String,
+    pub jurisdiction: String,
+    pub group: String,
+    /// `get` or `scan`.
+    pub request: String,
+    /// Records returned.
+    pub records: u64,
+    /// Personal fields replaced by pseudonyms (a value that is not a JSON object counts as one, replaced
+    /// whole).
+    pub fields_pseudonymised: u64,
 }
 
 /// Where the fence refused.
@@ -71,6 +102,9 @@ pub enum ClientRefusalKind {
     NodeCertificate,
     /// Data with no lawful place: no group is fenced to the jurisdiction, or the fence refused.
     Residency,
+    /// The topology grants the calling service no such access to the jurisdiction (or the caller is an
+    /// operator, whose certificate is for the admin endpoints).
+    NotGranted,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,12 +171,38 @@ pub struct AdminAction {
     pub target: String,
 }
 
-/// Who asked. The admin endpoint does not authenticate operators yet, so `authenticated` is `false` and
-/// the only thing known is the address the request came from — which says where, not who.
+/// Who asked, in entries written before the admin endpoint authenticated operators: `authenticated` is
+/// `false` and the only thing known is the address the request came from — which says where, not who.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Operator {
     pub remote_address: String,
     pub authenticated: bool,
+}
+
+/// An operator's request, with the operator as its verified certificate names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorAction {
+    /// The name in the operator certificate (`domicile://v1/operator/NAME`).
+    pub operator: String,
+    /// Where the request came from.
+    pub remote_address: String,
+    /// `add_learner`, `move_leader`, `step`, `drain`, ...
+    pub action: String,
+    /// What it names, e.g. `users-eu: n5`.
+    pub target: String,
+}
+
+/// A state-changing admin request refused for want of an operator certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminRefusal {
+    /// Who the caller's verified certificate says it is (`client `billing``, `node n3 at ...`), or
+    /// `no certificate`.
+    pub caller: String,
+    pub remote_address: String,
+    /// The method and path, e.g. `POST /drain`.
+    pub request: String,
+    /// The HTTP status answered: 401 (no certificate) or 403 (a certificate, not an operator's).
+    pub status: u16,
 }
 
 impl Event {
@@ -158,6 +218,7 @@ impl Event {
             Event::ClientRefused(refusal) => match refusal.kind {
                 ClientRefusalKind::NodeCertificate => "client_refused.node_certificate",
                 ClientRefusalKind::Residency => "client_refused.residency",
+                ClientRefusalKind::NotGranted => "client_refused.not_granted",
             },
             Event::ChangeAdmitted(_) => "change_admitted",
             Event::GroupObserved(_) => "group_observed",
@@ -165,6 +226,10 @@ impl Event {
             Event::PurgeFailed { .. } => "purge_failed",
             Event::AdminRequest(_) => "admin.request",
             Event::AdminOutcome { .. } => "admin.outcome",
+            Event::OperatorRequest(_) => "admin.request",
+            Event::OperatorOutcome { .. } => "admin.outcome",
+            Event::AdminRefused(_) => "refused.admin",
+            Event::OutsideRead(_) => "outside_read",
         }
     }
 
@@ -225,6 +290,32 @@ impl Event {
                 action.target,
                 action.operator.remote_address,
                 if *ok { "done" } else { "failed:" }
+            ),
+            Event::OperatorRequest(action) => format!(
+                "operator `{}` ({}) requested {} {}",
+                action.operator, action.remote_address, action.action, action.target
+            ),
+            Event::OperatorOutcome { action, ok, detail } => format!(
+                "{} {} by operator `{}`: {} {detail}",
+                action.action,
+                action.target,
+                action.operator,
+                if *ok { "done" } else { "failed:" }
+            ),
+            Event::AdminRefused(refusal) => format!(
+                "refused {} from {} ({}): {}",
+                refusal.request,
+                refusal.caller,
+                refusal.remote_address,
+                if refusal.status == 401 {
+                    "no operator certificate"
+                } else {
+                    "not an operator"
+                }
+            ),
+            Event::OutsideRead(read) => format!(
+                "{}: {} read {} record(s) of `{}` from outside it, {} personal field(s) pseudonymised",
+                read.group, read.caller, read.records, read.jurisdiction, read.fields_pseudonymised
             ),
         }
     }

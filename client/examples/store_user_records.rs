@@ -32,6 +32,10 @@ nodes = [3]
 name = "users-eea"
 jurisdiction = "EEA"
 voters = 3
+[[grant]]
+service = "example"
+jurisdiction = "EEA"
+access = "read-write"
 "#;
 
 #[tokio::main]

@@ -38,6 +38,7 @@
 //! same answer for the same input, on every node and in the simulator — which is what lets the Raft layer,
 //! the planner and the simulator all ask the fence the same question and get the same answer.
 
+pub mod access;
 pub mod country;
 pub mod fence;
 #[cfg(test)]
@@ -51,6 +52,7 @@ pub mod state;
 pub mod topology;
 pub mod topology_file;
 
+pub use access::{Access, AccessPolicy, PersonalFields};
 pub use country::{Country, CountryError};
 pub use fence::{Fence, FencedLeader, FencedMembership, Refusal, RefusalReason};
 pub use jurisdiction::{Jurisdiction, JurisdictionError, Jurisdictions};

@@ -11,6 +11,7 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::access::{Access, AccessPolicy};
 use crate::country::Country;
 use crate::jurisdiction::Jurisdictions;
 use crate::membership::Membership;
@@ -56,6 +57,9 @@ pub struct TopologyFile {
     pub policies: BTreeMap<GroupId, GroupPolicy>,
     /// Memberships declared in the file (`[group.current]`), e.g. a legacy group's members outside.
     pub current: Placement,
+    /// Which services may read or write which jurisdiction (`[[grant]]`), and its personal fields
+    /// (`[[personal_data]]`).
+    pub access: AccessPolicy,
 }
 
 #[derive(Deserialize)]
@@ -67,6 +71,26 @@ struct RawTopology {
     site: Vec<RawSite>,
     #[serde(default)]
     group: Vec<RawGroup>,
+    #[serde(default)]
+    grant: Vec<RawGrant>,
+    #[serde(default)]
+    personal_data: Vec<RawPersonalData>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrant {
+    service: Spanned<String>,
+    jurisdiction: Spanned<String>,
+    access: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPersonalData {
+    jurisdiction: Spanned<String>,
+    format: Spanned<String>,
+    fields: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -214,10 +238,12 @@ impl TopologyFile {
             }
             policies.insert(policy.group.clone(), policy);
         }
+        let access = parse_access(text, &policies, &raw)?;
         Ok(TopologyFile {
             topology,
             policies,
             current,
+            access,
         })
     }
 
@@ -263,6 +289,92 @@ impl TopologyFile {
         }
         Ok((placement, health))
     }
+}
+
+/// Grants and personal fields name a jurisdiction some group is fenced to (a typo would otherwise grant,
+/// or protect, nothing) and a service as its client certificate spells it.
+fn parse_access(
+    text: &str,
+    policies: &BTreeMap<GroupId, GroupPolicy>,
+    raw: &RawTopology,
+) -> Result<AccessPolicy, ConfigError> {
+    let fenced: std::collections::BTreeSet<&str> = policies
+        .values()
+        .map(|policy| policy.jurisdiction.name())
+        .collect();
+    let known = |name: &Spanned<String>, what: &str| {
+        if fenced.contains(name.get_ref().as_str()) {
+            Ok(())
+        } else {
+            Err(ConfigError::at(
+                text,
+                name.span(),
+                format!(
+                    "{what}: no group is fenced to jurisdiction `{}` (groups are fenced to: {})",
+                    name.get_ref(),
+                    fenced.iter().copied().collect::<Vec<_>>().join(", ")
+                ),
+            ))
+        }
+    };
+    let label = |name: &Spanned<String>, what: &str| {
+        let valid = !name.get_ref().is_empty()
+            && name.get_ref().len() <= 63
+            && name
+                .get_ref()
+                .bytes()
+                .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-');
+        if valid {
+            Ok(())
+        } else {
+            Err(ConfigError::at(
+                text,
+                name.span(),
+                format!("{what} `{}`: use 1 to 63 of a-z, 0-9 and `-`", name.get_ref()),
+            ))
+        }
+    };
+    let mut access = AccessPolicy::default();
+    for grant in &raw.grant {
+        label(&grant.service, "grant: service")?;
+        known(&grant.jurisdiction, "grant")?;
+        let allowed = Access::parse(grant.access.get_ref()).ok_or_else(|| {
+            ConfigError::at(
+                text,
+                grant.access.span(),
+                format!(
+                    "grant: access `{}` is not one of read, write, read-write",
+                    grant.access.get_ref()
+                ),
+            )
+        })?;
+        access.grant(grant.service.get_ref(), grant.jurisdiction.get_ref(), allowed);
+    }
+    for personal in &raw.personal_data {
+        known(&personal.jurisdiction, "personal_data")?;
+        if personal.format.get_ref() != "json" {
+            return Err(ConfigError::at(
+                text,
+                personal.format.span(),
+                format!(
+                    "personal_data: format `{}` is not supported (records as JSON objects: `json`)",
+                    personal.format.get_ref()
+                ),
+            ));
+        }
+        if let Some(empty) = personal.fields.iter().find(|field| field.get_ref().is_empty()) {
+            return Err(ConfigError::at(
+                text,
+                empty.span(),
+                "personal_data: an empty field name",
+            ));
+        }
+        access.declare_personal(
+            personal.jurisdiction.get_ref(),
+            personal.fields.iter().map(|field| field.get_ref().clone()),
+        );
+    }
+    Ok(access)
 }
 
 fn parse_policy(text: &str, topology: &Topology, group: &RawGroup) -> Result<GroupPolicy, ConfigError> {
@@ -545,5 +657,56 @@ nodes = [2]
             .parse_current("[health]\ndown_sites = [\"atlantis\"]\n")
             .unwrap_err();
         assert_eq!(error.line, 2);
+    }
+
+    const EU_GROUP: &str = "\n[[group]]\nname = \"users-eu\"\njurisdiction = \"EU\"\nvoters = 1\n";
+
+    #[test]
+    fn grants_and_personal_fields_are_read_per_jurisdiction() {
+        let text = format!(
+            "{SITES}{EU_GROUP}
+[[grant]]
+service = \"billing\"
+jurisdiction = \"EU\"
+access = \"read\"
+
+[[personal_data]]
+jurisdiction = \"EU\"
+format = \"json\"
+fields = [\"phone\", \"ip\"]
+"
+        );
+        let file = TopologyFile::parse(&text).unwrap();
+        assert_eq!(file.access.granted("billing", "EU"), Access::READ);
+        assert_eq!(file.access.granted("search", "EU"), Access::default());
+        let personal = &file.access.personal_fields("EU").unwrap().fields;
+        assert_eq!(
+            personal.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["ip", "phone"]
+        );
+        assert_eq!(
+            TopologyFile::parse(SITES).unwrap().access,
+            AccessPolicy::default()
+        );
+    }
+
+    #[test]
+    fn a_grant_names_a_fenced_jurisdiction_a_service_and_an_access() {
+        let grant = |service: &str, jurisdiction: &str, access: &str| {
+            format!(
+                "{EU_GROUP}\n[[grant]]\nservice = \"{service}\"\njurisdiction = \"{jurisdiction}\"\naccess = \"{access}\"\n"
+            )
+        };
+        // Line 17 is the grant's service, 18 its jurisdiction, 19 its access.
+        assert!(
+            error_at(&grant("billing", "EEA", "read"), 18)
+                .contains("no group is fenced to jurisdiction `EEA`")
+        );
+        assert!(error_at(&grant("Billing", "EU", "read"), 17).contains("service `Billing`"));
+        assert!(error_at(&grant("billing", "EU", "admin"), 19).contains("access `admin`"));
+        let personal = format!(
+            "{EU_GROUP}\n[[personal_data]]\njurisdiction = \"EU\"\nformat = \"xml\"\nfields = [\"phone\"]\n"
+        );
+        assert!(error_at(&personal, 18).contains("format `xml`"));
     }
 }

@@ -20,7 +20,7 @@ use placement::{GroupId, Membership, Refusal, RefusalReason, Step};
 
 pub use ::audit::event::{
     AdminAction, Change, ClientRefusal, ClientRefusalKind, Enforcement, Event, Members, Observation,
-    Operator, PurgeProof,
+    Operator, OutsideRead, PurgeProof,
 };
 
 /// Completes once what was recorded before it is durable; an error if the trail can't record it.

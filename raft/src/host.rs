@@ -276,6 +276,16 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
         self.incidents.refuse_node_as_client(refusal)
     }
 
+    /// A client call outside the caller's grants: counted, logged and recorded (see [`Incidents`]).
+    pub fn forbid_client_call(&self, refusal: crate::audit::ClientRefusal) {
+        self.incidents.forbid_client_call(refusal)
+    }
+
+    /// A pseudonymised read from outside a jurisdiction: counted and recorded.
+    pub fn record_outside_read(&self, read: crate::audit::OutsideRead) {
+        self.incidents.record_outside_read(read)
+    }
+
     fn group(&self, group: &GroupId) -> Result<Arc<Group<C, S::Backend>>, HostError> {
         self.hosted(group_number(group))
             .ok_or_else(|| HostError::UnknownGroup(group.0.clone()))

@@ -15,6 +15,7 @@
 pub mod append_pipeline;
 pub mod audit;
 pub mod bootstrap;
+pub mod client_access;
 pub mod client_protocol;
 pub mod config;
 pub mod directory;
@@ -24,6 +25,7 @@ pub mod identity;
 pub mod local_cluster;
 pub mod message;
 pub mod network;
+pub mod pseudonym;
 pub mod purge;
 pub mod quic;
 pub mod repair;

@@ -10,12 +10,14 @@ use std::sync::Arc;
 use placement::{NodeId, TopologyFile};
 
 use crate::bootstrap::open_initial_groups;
+use crate::client_access::ClientAccess;
 use crate::config::TokioConfig;
 use crate::directory::Directory;
 use crate::host::{Host, HostError};
 use crate::identity::{
     CertifiedKey, ClientIdentity, ClusterCa, IdentityError, NodeIdentity, TlsError, Validity, tls_configs,
 };
+use crate::pseudonym::{KEY_BYTES, PseudonymKey, PseudonymKeys};
 use crate::quic::{Dialer, LateHandler, QuicConfig, QuicNode};
 use crate::routing::Router;
 use crate::service::NodeService;
@@ -94,6 +96,18 @@ impl LocalCluster {
         let ca = ClusterCa::generate("local", validity)?;
         let router = Router::new(file.policies.values())
             .map_err(|error| LocalClusterError::Topology(error.to_string()))?;
+        // One pseudonym key per jurisdiction that declares personal fields, drawn here, given to the nodes
+        // inside it only — as an operator distributes `domicile certs pseudonym-key` files.
+        let mut secrets = BTreeMap::new();
+        for policy in file.policies.values() {
+            let name = policy.jurisdiction.name();
+            if file.access.personal_fields(name).is_some() && !secrets.contains_key(name) {
+                let mut secret = [0; KEY_BYTES];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+                    .map_err(|_| LocalClusterError::Start("no randomness for a pseudonym key".into()))?;
+                secrets.insert(name.to_string(), (policy.jurisdiction.clone(), secret));
+            }
+        }
         let mut nodes = BTreeMap::new();
         for site in file.topology.sites() {
             for &id in &site.nodes {
@@ -141,7 +155,15 @@ impl LocalCluster {
                 };
                 let host = Arc::new(host);
                 let directory = Directory::new(id, &file.topology, router.clone());
-                handler.install(Arc::new(NodeService::new(host.clone(), directory)));
+                let mut keys = PseudonymKeys::default();
+                for (name, (jurisdiction, secret)) in &secrets {
+                    if jurisdiction.contains(site.country) {
+                        keys.insert(PseudonymKey::new(name, 1, secret))
+                            .map_err(LocalClusterError::Start)?;
+                    }
+                }
+                let access = ClientAccess::new(file.access.clone(), file.policies.values(), keys);
+                handler.install(Arc::new(NodeService::new(host.clone(), directory, access)));
                 nodes.insert(
                     id,
                     LocalNode {
@@ -194,9 +216,15 @@ impl LocalCluster {
 
     /// The CA certificate and a client certificate for `name`, as PEM.
     pub fn client_certificate(&self, name: &str) -> Result<(String, CertifiedKey), LocalClusterError> {
-        let client = self
-            .ca
-            .issue_client(&ClientIdentity::named(name), self.validity)?;
+        self.client_certificate_for(&ClientIdentity::named(name))
+    }
+
+    /// The CA certificate and a client certificate for `identity` (a service, maybe with its country).
+    pub fn client_certificate_for(
+        &self,
+        identity: &ClientIdentity,
+    ) -> Result<(String, CertifiedKey), LocalClusterError> {
+        let client = self.ca.issue_client(identity, self.validity)?;
         Ok((self.ca.certified_key().cert_pem.clone(), client))
     }
 

@@ -27,7 +27,7 @@ use placement::{
     SiteName, Topology,
 };
 
-use crate::audit::{AuditSink, ClientRefusal, ClientRefusalKind, Event, NoAudit, refusal_event};
+use crate::audit::{AuditSink, ClientRefusal, ClientRefusalKind, Event, NoAudit, OutsideRead, refusal_event};
 
 /// Where a refusal happened, for counting, logs and the audit trail (the trail's own type, so the two
 /// can't drift apart).
@@ -65,6 +65,8 @@ pub struct Incidents {
     egress_blocked: AtomicU64,
     ingress_refused: AtomicU64,
     client_calls_refused: AtomicU64,
+    client_calls_forbidden: AtomicU64,
+    outside_reads: AtomicU64,
     audit: Arc<dyn AuditSink>,
 }
 
@@ -90,6 +92,12 @@ pub struct IncidentCounts {
     /// Client calls refused because the caller's certificate was a node's ([`NodeAsClient`]).
     #[serde(default)]
     pub client_calls_refused: u64,
+    /// Client calls outside the calling service's grants (or from an operator's certificate).
+    #[serde(default)]
+    pub client_calls_forbidden: u64,
+    /// Reads answered with personal fields pseudonymised, for callers outside the jurisdiction.
+    #[serde(default)]
+    pub outside_reads: u64,
 }
 
 impl Incidents {
@@ -100,6 +108,8 @@ impl Incidents {
             egress_blocked: AtomicU64::new(0),
             ingress_refused: AtomicU64::new(0),
             client_calls_refused: AtomicU64::new(0),
+            client_calls_forbidden: AtomicU64::new(0),
+            outside_reads: AtomicU64::new(0),
             audit,
         }
     }
@@ -146,12 +156,42 @@ impl Incidents {
         refusal
     }
 
+    /// Authorisation: counts, logs and records a client call outside the caller's grants.
+    pub fn forbid_client_call(&self, refusal: ClientRefusal) {
+        debug_assert_eq!(refusal.kind, ClientRefusalKind::NotGranted);
+        self.client_calls_forbidden.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            enforcement = "client_grants",
+            caller = %refusal.caller,
+            jurisdiction = %refusal.jurisdiction,
+            request = %refusal.request,
+            "client call refused: {}",
+            refusal.reason
+        );
+        self.audit.record(Event::ClientRefused(refusal));
+    }
+
+    /// Counts and records a read answered pseudonymised to a caller outside the jurisdiction.
+    pub fn record_outside_read(&self, read: OutsideRead) {
+        self.outside_reads.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            caller = %read.caller,
+            jurisdiction = %read.jurisdiction,
+            group = %read.group,
+            fields = read.fields_pseudonymised,
+            "read from outside the jurisdiction, personal fields pseudonymised"
+        );
+        self.audit.record(Event::OutsideRead(read));
+    }
+
     pub fn counts(&self) -> IncidentCounts {
         IncidentCounts {
             membership_refused: self.membership_refused.load(Ordering::Relaxed),
             egress_blocked: self.egress_blocked.load(Ordering::Relaxed),
             ingress_refused: self.ingress_refused.load(Ordering::Relaxed),
             client_calls_refused: self.client_calls_refused.load(Ordering::Relaxed),
+            client_calls_forbidden: self.client_calls_forbidden.load(Ordering::Relaxed),
+            outside_reads: self.outside_reads.load(Ordering::Relaxed),
         }
     }
 }
@@ -383,7 +423,7 @@ voters = 1
                 membership_refused: 0,
                 egress_blocked: 0,
                 ingress_refused: 3,
-                client_calls_refused: 0,
+                ..IncidentCounts::default()
             }
         );
         let current = Membership::new([NodeId(1), NodeId(4)], []);

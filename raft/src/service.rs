@@ -14,9 +14,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use placement::GroupId;
-use storage::{Command, RecordKey, Response};
+use storage::{Command, Record, RecordKey, Response};
 
 use crate::audit::{ClientRefusal, ClientRefusalKind, Event};
+use crate::client_access::{ClientAccess, OutsideRead};
 use crate::client_protocol::{
     ClientOp, ClientRequest, ClientResponse, ClientResult, Consistency, Envelope, EnvelopeResponse,
 };
@@ -32,11 +33,16 @@ use crate::transport::{PeerRequest, PeerResponse, RequestKind, Transport};
 pub struct NodeService<C: GroupConfig, T: Transport, S: Stores<C>> {
     host: Arc<Host<C, T, S>>,
     directory: Directory,
+    access: ClientAccess,
 }
 
 impl<C: GroupConfig, T: Transport, S: Stores<C>> NodeService<C, T, S> {
-    pub fn new(host: Arc<Host<C, T, S>>, directory: Directory) -> Self {
-        NodeService { host, directory }
+    pub fn new(host: Arc<Host<C, T, S>>, directory: Directory, access: ClientAccess) -> Self {
+        NodeService {
+            host,
+            directory,
+            access,
+        }
     }
 
     pub fn host(&self) -> &Arc<Host<C, T, S>> {
@@ -44,22 +50,102 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> NodeService<C, T, S> {
     }
 
     /// Serves a client service's call. The caller's attested identity is the proof that it is a client
-    /// service and not a node: [`route_envelope`] refuses nodes before they get here. A call refused for
-    /// residency is answered once the audit trail holds the refusal.
+    /// service and not a node: [`route_envelope`] refuses nodes before they get here. The call must be
+    /// within the service's grants; a read from outside the jurisdiction gets its personal fields
+    /// pseudonymised. A refusal, and a read from outside, are answered once the audit trail holds them.
     pub async fn serve_client(&self, caller: &ClientIdentity, request: ClientRequest) -> ClientResponse {
         let (jurisdiction, name) = (request.jurisdiction().to_string(), request.name());
+        if let Err(refused) = self.access.authorise(caller, &request) {
+            self.host.forbid_client_call(ClientRefusal {
+                kind: ClientRefusalKind::NotGranted,
+                caller: caller.to_string(),
+                jurisdiction: jurisdiction.clone(),
+                request: name.to_string(),
+                reason: refused.to_string(),
+            });
+            let _ = self.host.audit_durable().await;
+            return ClientResponse::Forbidden {
+                caller: caller.to_string(),
+                jurisdiction,
+                reason: refused.to_string(),
+            };
+        }
         let response = self.serve_client_request(request).await;
         if let ClientResponse::Residency { reason } = &response {
             self.host.record(Event::ClientRefused(ClientRefusal {
                 kind: ClientRefusalKind::Residency,
-                caller: format!("client `{}`", caller.name),
+                caller: caller.to_string(),
                 jurisdiction,
                 request: name.to_string(),
                 reason: reason.clone(),
             }));
             let _ = self.host.audit_durable().await;
+            return response;
         }
-        response
+        self.as_seen_by(caller, &jurisdiction, name, response).await
+    }
+
+    /// A response as `caller` may see it: records' personal fields pseudonymised if it reads from outside
+    /// the jurisdiction (recorded in the audit trail before it is answered), or an error if this node can't
+    /// pseudonymise them. Writes' answers carry revisions only, never values.
+    async fn as_seen_by(
+        &self,
+        caller: &ClientIdentity,
+        jurisdiction: &str,
+        request: &'static str,
+        response: ClientResponse,
+    ) -> ClientResponse {
+        let ClientResponse::Done { group, mut result } = response else {
+            return response;
+        };
+        let records: Vec<&mut Record> = match &mut result {
+            ClientResult::Value {
+                record: Some(record), ..
+            } => vec![record],
+            ClientResult::Records(records) => records.iter_mut().map(|(_, record)| record).collect(),
+            _ => return ClientResponse::Done { group, result },
+        };
+        let (key, fields) = match self.access.outside_read(caller, jurisdiction) {
+            OutsideRead::Clear => return ClientResponse::Done { group, result },
+            OutsideRead::Pseudonymise { key, fields } => (key, fields),
+            OutsideRead::NoKey => {
+                tracing::error!(
+                    %jurisdiction, %group,
+                    "an outside read needs the jurisdiction's pseudonym key, and this node has none: refused"
+                );
+                return ClientResponse::Unavailable {
+                    group,
+                    reason: format!(
+                        "node {} holds no pseudonym key for `{jurisdiction}`, whose personal fields {caller} may \
+                         only read pseudonymised",
+                        self.host.identity().node
+                    ),
+                };
+            }
+        };
+        let count = records.len() as u64;
+        let mut replaced = 0;
+        for record in records {
+            let (value, fields) = key.pseudonymise(&record.value, fields);
+            record.value = value;
+            replaced += fields;
+        }
+        self.host.record_outside_read(crate::audit::OutsideRead {
+            caller: caller.to_string(),
+            jurisdiction: jurisdiction.to_string(),
+            group: group.clone(),
+            request: request.to_string(),
+            records: count,
+            fields_pseudonymised: replaced,
+        });
+        if let Err(error) = self.host.audit_durable().await {
+            // Evidence first: a read the trail can't record is not answered.
+            return ClientResponse::Unavailable {
+                group,
+                reason: error.to_string(),
+            };
+        }
+        ClientResponse::Done { group, result }
     }
 
     async fn serve_client_request(&self, request: ClientRequest) -> ClientResponse {

@@ -39,11 +39,33 @@ impl NodeFiles {
     }
 }
 
+/// `topology` with a read-write grant for the `tests` client service on every jurisdiction a group is
+/// fenced to (unless the topology grants `tests` something itself): the services a test starts need a
+/// grant like any other, and tests of grants write their own.
+pub fn with_test_grants(topology: &str) -> String {
+    if topology.contains("service = \"tests\"") {
+        return topology.to_string();
+    }
+    let file = placement::TopologyFile::parse(topology).expect("the test's topology parses");
+    let jurisdictions: std::collections::BTreeSet<&str> = file
+        .policies
+        .values()
+        .map(|policy| policy.jurisdiction.name())
+        .collect();
+    let mut text = topology.to_string();
+    for jurisdiction in jurisdictions {
+        text.push_str(&format!(
+            "\n[[grant]]\nservice = \"tests\"\njurisdiction = \"{jurisdiction}\"\naccess = \"read-write\"\n"
+        ));
+    }
+    text
+}
+
 /// Writes, in `dir`, `topology.toml`, a CA with a certificate for each of `nodes` (id, site) and one for
 /// a client named `tests` under `certs/`, and `node-ID.toml` for each node (its data in `data-ID/`), on
 /// free loopback ports. The CLI writes the certificates, as an operator would.
 pub fn cluster_files(dir: &Path, cluster: &str, topology: &str, nodes: &[(u64, &str)]) -> Vec<NodeFiles> {
-    std::fs::write(dir.join("topology.toml"), topology).unwrap();
+    std::fs::write(dir.join("topology.toml"), with_test_grants(topology)).unwrap();
     let certs = dir.join("certs");
     let certs = certs.to_str().unwrap();
     let topology_path = dir.join("topology.toml");

@@ -26,6 +26,10 @@ nodes = [3]
 name = "users-eea"
 jurisdiction = "EEA"
 voters = 3
+[[grant]]
+service = "tests"
+jurisdiction = "EEA"
+access = "read-write"
 "#;
 
 pub async fn cluster(dir: &std::path::Path) -> LocalCluster {

@@ -59,6 +59,16 @@ voters = 3
 
 [group.current]
 voters = [1, 4, 5]
+
+[[grant]]
+service = "directory-test"
+jurisdiction = "EEA"
+access = "read-write"
+
+[[grant]]
+service = "directory-test"
+jurisdiction = "EU"
+access = "read-write"
 "#;
 
 /// Three EEA sites holding one group, a fourth EEA site to spare (Frankfurt) and Ashburn, outside: for
@@ -121,6 +131,11 @@ nodes = [9]
 name = "users-eea"
 jurisdiction = "EEA"
 voters = 3
+
+[[grant]]
+service = "billing"
+jurisdiction = "EEA"
+access = "read-write"
 "#;
 
 /// A local cluster of the topology above, in a temporary directory that lives as long as it.
