@@ -6,12 +6,14 @@
 
 mod admin;
 mod admin_api;
+mod admin_faults;
 mod apply_cli;
 mod apply_report;
 mod audit_cli;
 mod certs_cli;
 mod cluster_view;
 mod demo;
+mod drill;
 mod incident_sink;
 mod metrics;
 mod node;
@@ -79,6 +81,13 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: audit_cli::AuditCommand,
+    },
+    /// Rehearse a failure on a live cluster (a site's outage, a leader's loss, a partition) under a client
+    /// workload, and report per group the time to a new leader, writes lost, errors, latency,
+    /// linearizability and residency.
+    Drill {
+        #[command(subcommand)]
+        command: drill::DrillCommand,
     },
     /// A user's records through the client library, under a client service's certificate and grants.
     Record {
@@ -162,7 +171,8 @@ fn end_quietly_on_a_closed_pipe(command: &Command) {
         | Command::Status { .. }
         | Command::Leader { .. }
         | Command::Record { .. }
-        | Command::Site { .. } => true,
+        | Command::Site { .. }
+        | Command::Drill { .. } => true,
         #[cfg(feature = "sim")]
         Command::Sim { .. } => true,
         _ => false,
@@ -205,6 +215,7 @@ fn main() -> ExitCode {
         Command::Record { command } => {
             runtime().and_then(|runtime| runtime.block_on(record_cli::run(command)))
         }
+        Command::Drill { command } => drill::run_blocking(command),
         Command::Leader {
             command: operator_cli::LeaderCommand::Move { admin, group, to },
         } => runtime().and_then(|runtime| runtime.block_on(operator_cli::move_leader(&admin, &group, to))),
