@@ -52,6 +52,9 @@ use crate::node::Node;
 /// How often the sink looks for newly synced entries when it owes nothing.
 const POLL_EVERY: Duration = Duration::from_millis(100);
 
+/// How long the sink waits before trying again to find its place in a trail it could not read.
+const RESTART_EVERY: Duration = Duration::from_secs(10);
+
 /// Entries read from the trail in one go (one call on the blocking pool).
 const READ_ENTRIES_MAX: usize = 4_096;
 
@@ -104,6 +107,8 @@ struct Sink {
 struct Reading {
     reader: TrailReader,
     backlog: Backlog,
+    /// Why the trail could not be read further last time, logged once until it changes.
+    stuck: Option<String>,
 }
 
 impl Sink {
@@ -120,9 +125,11 @@ impl Sink {
                 return;
             }
         };
-        let mut reading = match self.start().await {
-            Some(reading) => reading,
-            None => return,
+        let mut reading = loop {
+            match self.start().await {
+                Some(reading) => break reading,
+                None => tokio::time::sleep(RESTART_EVERY).await,
+            }
         };
         tracing::info!(
             webhook = %self.config.webhook, from = reading.backlog.next_to_read(),
@@ -224,13 +231,14 @@ impl Sink {
             Ok(Reading {
                 reader,
                 backlog: Backlog::new(bound, cursor),
+                stuck: None,
             })
         })
         .await;
         match started {
             Ok(Ok(reading)) => Some(reading),
             Ok(Err(error)) => {
-                tracing::error!(%error, "incident sink can't read the audit trail; incidents are not pushed");
+                tracing::error!(%error, "incident sink can't read the audit trail; trying again in 10 s");
                 None
             }
             Err(error) => {
@@ -248,16 +256,26 @@ impl Sink {
         }
         let metrics = self.metrics.clone();
         let read = tokio::task::spawn_blocking(move || {
-            let Reading { reader, backlog } = &mut reading;
+            let Reading {
+                reader,
+                backlog,
+                stuck,
+            } = &mut reading;
             let outcome = reader.read(durable_below, READ_ENTRIES_MAX, |entry, hash| {
                 let incident = is_incident(&entry.event);
                 if backlog.read(entry, hash, incident) {
                     metrics.incidents_skipped.inc();
                 }
             });
-            if let Err(error) = outcome {
-                tracing::warn!(%error, "incident sink: the audit trail can't be read here yet");
+            let error = outcome.err().map(|error| error.to_string());
+            if error.is_some() && error != *stuck {
+                tracing::error!(
+                    error = error.as_deref().unwrap_or_default(),
+                    "incident sink: the audit trail can't be read past here (run `domicile audit verify`); \
+                     trying again"
+                );
             }
+            *stuck = error;
             reading
         })
         .await;
