@@ -380,6 +380,40 @@ mod tests {
     }
 
     #[test]
+    fn a_cursor_is_trusted_only_on_the_trail_it_was_written_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = trail::tests::trail(dir.path(), 2_048);
+        let mut hashes = Vec::new();
+        for number in 0..20 {
+            log.append(trail::tests::failed_purge(number)).unwrap();
+        }
+        let mut reader = TrailReader::starting_at(dir.path(), 0).unwrap();
+        reader
+            .read(u64::MAX, usize::MAX, |_, hash| hashes.push(hash))
+            .unwrap();
+        assert_eq!(hashes.len(), 21);
+        let at = |next_sequence: u64, previous: audit::Hash| Cursor {
+            next_sequence,
+            previous,
+        };
+        assert_eq!(check_cursor(dir.path(), Cursor::START), Ok(Cursor::START));
+        for next in [1, 7, 20] {
+            let cursor = at(next, hashes[next as usize - 1]);
+            assert_eq!(check_cursor(dir.path(), cursor), Ok(cursor), "entry {next}");
+        }
+        assert_eq!(
+            check_cursor(dir.path(), at(7, hashes[5])),
+            Ok(Cursor::START),
+            "another trail's cursor: from the start"
+        );
+        assert_eq!(
+            check_cursor(dir.path(), at(40, hashes[20])),
+            Ok(Cursor::START),
+            "a cursor past the trail's end"
+        );
+    }
+
+    #[test]
     fn refusals_breaches_and_failed_purges_are_incidents_the_rest_not() {
         use audit::event::{Enforcement, Members, Observation, Refusal};
         let refusal = Event::Refused(Refusal {

@@ -166,3 +166,144 @@ impl TrailReader {
         Ok(self.segments()?.into_iter().find(|(later, _)| *later > first))
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::Arc;
+
+    use audit::{AuditConfig, AuditLog, Event, Signer};
+    use placement::{Country, NodeId, SiteName};
+    use raft::identity::{ClusterCa, NodeIdentity, Validity};
+    use time::{Duration, OffsetDateTime};
+
+    use super::*;
+
+    /// A real audit trail in `dir`, signed by a fresh node certificate, with segments of `segment_bytes`.
+    pub(crate) fn trail(dir: &Path, segment_bytes: u64) -> AuditLog {
+        let now = OffsetDateTime::now_utc();
+        let validity = || Validity {
+            not_before: now - Duration::minutes(5),
+            not_after: now + Duration::days(1),
+        };
+        let ca = ClusterCa::generate("trail-test", validity()).unwrap();
+        let identity = NodeIdentity {
+            node: NodeId(1),
+            site: SiteName("dublin-a".into()),
+            country: Country::parse("IE").unwrap(),
+        };
+        let node = ca.issue(&identity, validity()).unwrap();
+        let signer = Signer::from_pem(&node.cert_pem, &node.key_pem).unwrap();
+        let config = AuditConfig {
+            dir: dir.to_path_buf(),
+            segment_bytes_max: segment_bytes,
+        };
+        AuditLog::open(config, signer, Arc::new(|| 1_796_000_000_000)).unwrap()
+    }
+
+    pub(crate) fn failed_purge(number: u64) -> Event {
+        Event::PurgeFailed {
+            group: "users-eu".into(),
+            reason: format!("test {number}"),
+        }
+    }
+
+    fn read_all(reader: &mut TrailReader, durable_below: u64, entries_max: usize) -> Vec<(u64, Hash)> {
+        let mut read = Vec::new();
+        reader
+            .read(durable_below, entries_max, |entry, hash| {
+                assert_ne!(hash, audit::entry::GENESIS, "an entry's hash is its own");
+                read.push((entry.sequence, hash));
+            })
+            .unwrap();
+        read
+    }
+
+    #[test]
+    fn the_reader_follows_the_trail_across_rotations_as_far_as_it_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        // Segments of about 2 KiB: a certificate, then a few entries each.
+        let log = trail(dir.path(), 2_048);
+        for number in 0..60 {
+            log.append(failed_purge(number)).unwrap();
+        }
+        let segments = list_segments(dir.path()).unwrap().len();
+        assert!(segments > 3, "the trail rotated: {segments} segments");
+        let entries = log.durable_entries();
+        assert_eq!(entries, 61, "the opening and sixty");
+
+        let mut reader = TrailReader::starting_at(dir.path(), 0).unwrap();
+        let first = read_all(&mut reader, 30, usize::MAX);
+        assert_eq!(
+            first.iter().map(|(sequence, _)| *sequence).collect::<Vec<_>>(),
+            (0..30).collect::<Vec<_>>(),
+            "nothing at or past the durable bound"
+        );
+        let bounded = read_all(&mut reader, entries, 7);
+        assert_eq!(bounded.len(), 7, "at most entries_max a call");
+        let rest = read_all(&mut reader, entries, usize::MAX);
+        assert_eq!(rest.first().map(|(sequence, _)| *sequence), Some(37));
+        assert_eq!(rest.last().map(|(sequence, _)| *sequence), Some(60));
+        assert!(read_all(&mut reader, entries, usize::MAX).is_empty());
+
+        // Entries written later, into new segments, are found from where the reader stopped.
+        for number in 60..80 {
+            log.append(failed_purge(number)).unwrap();
+        }
+        let later = read_all(&mut reader, log.durable_entries(), usize::MAX);
+        assert_eq!(
+            later.iter().map(|(sequence, _)| *sequence).collect::<Vec<_>>(),
+            (61..81).collect::<Vec<_>>()
+        );
+
+        // Each hash is the next entry's `previous`, as a reader started anywhere sees.
+        let all: Vec<(u64, Hash)> = first
+            .into_iter()
+            .chain(bounded)
+            .chain(rest)
+            .chain(later)
+            .collect();
+        for start in [0, 1, 29, 44, 80] {
+            let mut reader = TrailReader::starting_at(dir.path(), start).unwrap();
+            let mut seen = Vec::new();
+            reader
+                .read(81, usize::MAX, |entry, hash| {
+                    seen.push((entry.sequence, entry.previous, hash))
+                })
+                .unwrap();
+            assert_eq!(seen.first().map(|(sequence, _, _)| *sequence), Some(start));
+            for (sequence, previous, hash) in seen {
+                assert_eq!(hash, all[sequence as usize].1);
+                if sequence > 0 {
+                    assert_eq!(previous, all[sequence as usize - 1].1, "entry {sequence}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_damaged_entry_is_named_and_not_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = trail(dir.path(), 1 << 20);
+        for number in 0..5 {
+            log.append(failed_purge(number)).unwrap();
+        }
+        log.close();
+        let (_, path) = list_segments(dir.path()).unwrap().pop().unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 3;
+        bytes[last] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        let mut reader = TrailReader::starting_at(dir.path(), 0).unwrap();
+        let mut read = Vec::new();
+        let error = reader
+            .read(6, usize::MAX, |entry, _| read.push(entry.sequence))
+            .unwrap_err();
+        assert_eq!(read, [0, 1, 2, 3, 4], "up to the damage");
+        assert!(error.reason.contains("checksum"), "{error}");
+        assert_eq!(
+            reader.next_sequence(),
+            5,
+            "the damaged entry is tried again, not passed over"
+        );
+    }
+}
