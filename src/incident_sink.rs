@@ -413,6 +413,76 @@ mod tests {
         );
     }
 
+    /// The sink in-process, on a real trail, pushing to a real receiver on 127.0.0.1; the trail's
+    /// directory is then removed, so its next rotation fails and poisons it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_trail_that_can_no_longer_be_written_is_reported_after_what_was_owed() {
+        use axum::extract::State;
+        use axum::routing::post;
+        use std::sync::Mutex;
+
+        let dir = tempfile::tempdir().unwrap();
+        let trail_dir = dir.path().join("audit");
+        let log = Arc::new(trail::tests::trail(&trail_dir, 2_048));
+        log.append(trail::tests::failed_purge(0)).unwrap();
+        let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new()
+            .route(
+                "/incidents",
+                post(
+                    |State(received): State<Arc<Mutex<Vec<serde_json::Value>>>>,
+                     axum::Json(body): axum::Json<serde_json::Value>| async move {
+                        received.lock().unwrap().push(body);
+                        axum::http::StatusCode::NO_CONTENT
+                    },
+                ),
+            )
+            .with_state(received.clone());
+        let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let sink = Sink {
+            config: IncidentSinkConfig {
+                webhook: format!("http://{addr}/incidents").parse().unwrap(),
+                timeout: Duration::from_secs(5),
+                backoff_initial: Duration::from_millis(50),
+                backoff_max: Duration::from_millis(200),
+                spool_incidents_max: 10,
+            },
+            node: 1,
+            cluster: "test".into(),
+            trail_dir: trail_dir.clone(),
+            cursor_path: cursor::path_in(dir.path()),
+            audit: log.clone(),
+            metrics: Arc::new(Metrics::new()),
+        };
+        let task = tokio::spawn(sink.run());
+        let wait_for = async |what: &str, count: usize| {
+            let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+            while received.lock().unwrap().len() < count {
+                assert!(tokio::time::Instant::now() < give_up, "{what}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        wait_for("the failed purge pushed", 1).await;
+
+        std::fs::remove_dir_all(&trail_dir).unwrap();
+        let mut number = 1;
+        while log.append(trail::tests::failed_purge(number)).is_ok() {
+            number += 1;
+            assert!(number < 1_000, "a 2 KiB segment rotates within a few entries");
+        }
+        assert!(log.failures() > 0);
+        wait_for("the trail's failure pushed", 2).await;
+        let notice = received.lock().unwrap()[1].clone();
+        assert_eq!(notice["type"], "audit.write_failed", "{notice}");
+        let durable = log.durable_entries();
+        assert_eq!(notice["durable_entries"], durable);
+        assert_eq!(notice["idempotency_key"], format!("n1-trail-failed-{durable}"));
+        task.abort();
+        server.abort();
+    }
+
     #[test]
     fn refusals_breaches_and_failed_purges_are_incidents_the_rest_not() {
         use audit::event::{Enforcement, Members, Observation, Refusal};
