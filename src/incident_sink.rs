@@ -111,6 +111,16 @@ struct Reading {
     stuck: Option<String>,
 }
 
+/// Where delivery stands between two POSTs.
+struct Delivery {
+    failures_in_row: u32,
+    /// When the cursor was last written, and a later one not yet written.
+    persisted: Instant,
+    unpersisted: Option<Cursor>,
+    trail_failure_sent: bool,
+    random: fastrand::Rng,
+}
+
 impl Sink {
     async fn run(self) {
         let http = match reqwest::Client::builder()
@@ -135,79 +145,103 @@ impl Sink {
             webhook = %self.config.webhook, from = reading.backlog.next_to_read(),
             "pushing incidents"
         );
-        let mut failures_in_row: u32 = 0;
-        let mut persisted = Instant::now();
-        let mut unpersisted: Option<Cursor> = None;
-        let mut trail_failure_sent = false;
-        let identity = self.audit.identity().to_string();
-        let mut random = fastrand::Rng::with_seed(crate::node::unix_ms() ^ self.node.rotate_left(32));
+        let mut delivery = Delivery {
+            failures_in_row: 0,
+            persisted: Instant::now(),
+            unpersisted: None,
+            trail_failure_sent: false,
+            random: fastrand::Rng::with_seed(crate::node::unix_ms() ^ self.node.rotate_left(32)),
+        };
         loop {
             reading = self.read_more(reading).await;
             self.metrics.incident_backlog.set(reading.backlog.len() as i64);
-            let body = match reading.backlog.head() {
-                Some(Head::Incident(incident)) => payload::incident(
-                    self.node,
-                    &self.cluster,
-                    &identity,
-                    &incident.entry,
-                    &incident.hash,
-                ),
-                Some(Head::Gap(gap)) => payload::gap(self.node, &self.cluster, &identity, gap),
-                None => {
-                    if let Some(cursor) = unpersisted.take() {
-                        self.persist(cursor).await;
-                        persisted = Instant::now();
-                    }
-                    let failures = self.audit.failures();
-                    if failures == 0 || trail_failure_sent {
-                        tokio::time::sleep(POLL_EVERY).await;
-                        continue;
-                    }
-                    let durable = self.audit.durable_entries();
-                    payload::trail_failed(self.node, &self.cluster, &identity, durable, failures)
-                }
+            let Some(body) = self.next_body(&reading, &mut delivery).await else {
+                tokio::time::sleep(POLL_EVERY).await;
+                continue;
             };
-            if failures_in_row > 0 {
+            if delivery.failures_in_row > 0 {
                 self.metrics.incident_delivery_retries.inc();
             }
             match self.post(&http, &body).await {
-                Ok(()) => {
-                    if failures_in_row > 0 {
-                        tracing::info!(failures = failures_in_row, "incident webhook answers again");
-                    }
-                    failures_in_row = 0;
-                    self.metrics.incidents_delivered.inc();
-                    if reading.backlog.is_empty() {
-                        trail_failure_sent = true;
-                        continue;
-                    }
-                    if matches!(reading.backlog.head(), Some(Head::Gap(_))) {
-                        self.metrics.incident_gaps.inc();
-                    }
-                    let cursor = reading.backlog.delivered();
-                    if reading.backlog.is_empty() || persisted.elapsed() >= PERSIST_EVERY {
-                        self.persist(cursor).await;
-                        persisted = Instant::now();
-                        unpersisted = None;
-                    } else {
-                        unpersisted = Some(cursor);
-                    }
-                    self.metrics.incident_backlog.set(reading.backlog.len() as i64);
-                }
+                Ok(()) => self.acknowledged(&mut reading, &mut delivery).await,
                 Err(reason) => {
-                    failures_in_row = failures_in_row.saturating_add(1);
+                    delivery.failures_in_row = delivery.failures_in_row.saturating_add(1);
                     self.metrics.incident_delivery_failures.inc();
-                    if failures_in_row == 1 || failures_in_row.is_multiple_of(10) {
+                    let failures = delivery.failures_in_row;
+                    if failures == 1 || failures.is_multiple_of(10) {
                         tracing::warn!(
-                            webhook = %self.config.webhook, failures = failures_in_row, %reason,
+                            webhook = %self.config.webhook, failures, %reason,
                             owed = reading.backlog.len(), "incident webhook failed; retrying"
                         );
                     }
-                    let delay = backoff(&self.config, failures_in_row, &mut random);
-                    tokio::time::sleep(delay).await;
+                    tokio::time::sleep(backoff(&self.config, failures, &mut delivery.random)).await;
                 }
             }
         }
+    }
+
+    /// What to POST next: the backlog's head, or, once nothing is owed, the notice of a trail that can
+    /// no longer be written (once). With nothing to send, the cursor is brought up to date.
+    async fn next_body(&self, reading: &Reading, delivery: &mut Delivery) -> Option<serde_json::Value> {
+        let identity = self.audit.identity();
+        match reading.backlog.head() {
+            Some(Head::Incident(incident)) => Some(payload::incident(
+                self.node,
+                &self.cluster,
+                identity,
+                &incident.entry,
+                &incident.hash,
+            )),
+            Some(Head::Gap(gap)) => Some(payload::gap(self.node, &self.cluster, identity, gap)),
+            None => {
+                if let Some(cursor) = delivery.unpersisted.take() {
+                    self.persist(cursor).await;
+                    delivery.persisted = Instant::now();
+                }
+                let failures = self.audit.failures();
+                if failures == 0 || delivery.trail_failure_sent {
+                    return None;
+                }
+                let durable = self.audit.durable_entries();
+                Some(payload::trail_failed(
+                    self.node,
+                    &self.cluster,
+                    identity,
+                    durable,
+                    failures,
+                ))
+            }
+        }
+    }
+
+    /// The receiver answered 2xx: the head is delivered, and the cursor moves past it (written now if
+    /// nothing more is owed or the last write is a second old).
+    async fn acknowledged(&self, reading: &mut Reading, delivery: &mut Delivery) {
+        if delivery.failures_in_row > 0 {
+            tracing::info!(
+                failures = delivery.failures_in_row,
+                "incident webhook answers again"
+            );
+        }
+        delivery.failures_in_row = 0;
+        self.metrics.incidents_delivered.inc();
+        if reading.backlog.is_empty() {
+            // What was sent was the trail's failure notice.
+            delivery.trail_failure_sent = true;
+            return;
+        }
+        if matches!(reading.backlog.head(), Some(Head::Gap(_))) {
+            self.metrics.incident_gaps.inc();
+        }
+        let cursor = reading.backlog.delivered();
+        if reading.backlog.is_empty() || delivery.persisted.elapsed() >= PERSIST_EVERY {
+            self.persist(cursor).await;
+            delivery.persisted = Instant::now();
+            delivery.unpersisted = None;
+        } else {
+            delivery.unpersisted = Some(cursor);
+        }
+        self.metrics.incident_backlog.set(reading.backlog.len() as i64);
     }
 
     /// The cursor from disk, checked against the trail, and a reader placed there.
