@@ -139,6 +139,7 @@ impl Cluster {
             ("--after", "1s".to_string()),
             ("--workers", "2".to_string()),
             ("--rate", "100".to_string()),
+            ("--seed", "16".to_string()),
             ("--output", "json".to_string()),
         ];
         let mut args: Vec<String> = vec!["drill".into()];
@@ -257,8 +258,17 @@ async fn each_drill_passes_on_a_healthy_cluster_and_bad_input_changes_nothing() 
     }
     let (output, _) = cluster.drill(&["site-outage", "--site", "hamar"], &["--client", "nobody"]);
     assert_eq!(output.status.code(), Some(2));
+    let message = "client service `nobody` may not both read and write in jurisdiction";
+    assert!(stderr(&output).contains(message), "{}", stderr(&output));
+    let elsewhere = cluster.dir.path().join("elsewhere");
+    let elsewhere = elsewhere.to_str().unwrap();
+    let (output, _) = cluster.drill(
+        &["site-outage", "--site", "hamar"],
+        &["--client-certs", elsewhere],
+    );
+    assert_eq!(output.status.code(), Some(2));
     assert!(
-        stderr(&output).contains("client-nobody.pem"),
+        stderr(&output).contains("the drill's client certificate: TLS setup"),
         "{}",
         stderr(&output)
     );
@@ -306,6 +316,12 @@ async fn each_drill_passes_on_a_healthy_cluster_and_bad_input_changes_nothing() 
     assert_new_leader_where_lost(&report, &[3]);
     assert_eq!(group(&report, "users-eu")["leader_lost"], false);
     no_fault_anywhere(&cluster).await;
+
+    // `drill heal` answers for every node, isolated or not.
+    let output = common::domicile(&["drill", "heal", "--admin", &cluster.admin()]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let healed = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(healed.matches("was not isolated").count(), 4, "{healed}");
 }
 
 /// The drill's CLI SIGKILLed while its fault is in force: the node it isolated heals by itself at the

@@ -110,6 +110,9 @@ pub struct DrillArgs {
     /// Drill users per group.
     #[arg(long, default_value_t = 2)]
     users_per_group: u32,
+    /// Seeds the workload's choices (default: drawn afresh for each run).
+    #[arg(long)]
+    seed: Option<u64>,
     /// Each client call's deadline, retries included.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     op_timeout: Duration,
@@ -270,6 +273,35 @@ fn check_goal(goal: &Goal, file: &TopologyFile) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The drill's client service must be granted read-write in every jurisdiction it drills, and its values'
+/// field must not be declared personal (the drill checks what it reads back against what it wrote).
+fn check_grants(file: &TopologyFile, service: &str) -> anyhow::Result<()> {
+    let jurisdictions: BTreeSet<&str> = file
+        .policies
+        .values()
+        .map(|policy| policy.jurisdiction.name())
+        .collect();
+    for jurisdiction in jurisdictions {
+        let held = file.access.granted(service, jurisdiction);
+        if !held.covers(placement::Access::READ_WRITE) {
+            bail!(
+                "client service `{service}` may not both read and write in jurisdiction {jurisdiction}, and a drill \
+                 writes and reads its own records there: grant it in the topology ([[grant]] service = \"{service}\", \
+                 jurisdiction = \"{jurisdiction}\", access = \"read-write\"), or name another with --client"
+            );
+        }
+        let personal = file.access.personal_fields(jurisdiction);
+        if personal.is_some_and(|personal| personal.fields.contains(workload::FIELD)) {
+            bail!(
+                "jurisdiction {jurisdiction} declares `{}` personal: the drill's values use that field, and would be \
+                 read back pseudonymised",
+                workload::FIELD
+            );
+        }
+    }
+    Ok(())
+}
+
 fn partition_nodes(file: &TopologyFile, isolate: &str) -> anyhow::Result<BTreeSet<u64>> {
     if let Some(nodes) = site_nodes(file, isolate) {
         return Ok(nodes);
@@ -320,6 +352,7 @@ fn resolve(
         )
     } else {
         let how = match cut {
+            Cut::Alone if nodes.len() == 1 => "isolated from every peer",
             Cut::Alone => "each isolated from every peer",
             _ => "isolated from the rest of the cluster",
         };
@@ -462,6 +495,7 @@ async fn drill(goal: Goal, args: DrillArgs) -> anyhow::Result<ExitCode> {
     check_args(&args)?;
     let (cluster, file, admins) = read_healthy_cluster(&args.admin).await?;
     check_goal(&goal, &file)?;
+    check_grants(&file, &args.client)?;
     let router = Router::new(file.policies.values()).map_err(|error| anyhow!("{error}"))?;
     let run = run_id();
     let users = workload::choose_users(&router, &run, args.users_per_group)?;
@@ -480,6 +514,9 @@ async fn drill(goal: Goal, args: DrillArgs) -> anyhow::Result<ExitCode> {
         client: Arc::new(client),
         users: Arc::new(users),
         run: run.clone(),
+        seed: args
+            .seed
+            .unwrap_or_else(|| raft::routing::stable_hash(run.as_bytes())),
         started,
     });
     workload.preflight().await?;
@@ -955,6 +992,32 @@ mod tests {
         assert!(error(Goal::Partition("paris".into())).contains("unknown site or node `paris`"));
         assert!(check_goal(&Goal::Partition("dublin".into()), &file).is_ok());
         assert!(check_goal(&Goal::Partition("3".into()), &file).is_ok());
+    }
+
+    #[test]
+    fn the_drills_client_needs_a_read_write_grant_in_every_jurisdiction() {
+        let grant = |access: &str| {
+            format!(
+                "{TOPOLOGY}\n[[grant]]\nservice = \"drill\"\njurisdiction = \"EEA\"\naccess = \"{access}\"\n"
+            )
+        };
+        let file = TopologyFile::parse(TOPOLOGY).unwrap();
+        let error = check_grants(&file, "drill").unwrap_err().to_string();
+        assert!(
+            error.contains("client service `drill` may not both read and write in jurisdiction EEA"),
+            "{error}"
+        );
+        let file = TopologyFile::parse(&grant("read")).unwrap();
+        assert!(check_grants(&file, "drill").is_err(), "reading is not enough");
+        let file = TopologyFile::parse(&grant("read-write")).unwrap();
+        check_grants(&file, "drill").unwrap();
+        let personal = format!(
+            "{}\n[[personal_data]]\njurisdiction = \"EEA\"\nformat = \"json\"\nfields = [\"drill\"]\n",
+            grant("read-write")
+        );
+        let file = TopologyFile::parse(&personal).unwrap();
+        let error = check_grants(&file, "drill").unwrap_err().to_string();
+        assert!(error.contains("declares `drill` personal"), "{error}");
     }
 
     #[test]

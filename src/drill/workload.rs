@@ -122,10 +122,22 @@ pub struct Workload {
     pub client: Arc<Client>,
     pub users: Arc<Vec<DrillUser>>,
     pub run: String,
+    /// Seeds each worker's choices (with the worker's number).
+    pub seed: u64,
     pub started: Instant,
 }
 
-/// SplitMix64: each worker's choices are seeded, so a run's mix is reproducible from its run id.
+/// A value the drill writes: unique, and a JSON object whose one field (`drill`) is not personal, so a
+/// jurisdiction that declares personal fields still answers it in clear (a value that is not an object
+/// would be pseudonymised whole for a reader outside).
+pub fn value_of(unique: &str) -> String {
+    serde_json::json!({ FIELD: unique }).to_string()
+}
+
+/// The one field of the drill's values.
+pub const FIELD: &str = "drill";
+
+/// SplitMix64: each worker's choices are seeded (`--seed`), so a run's mix can be replayed.
 struct Rng(u64);
 
 impl Rng {
@@ -207,8 +219,7 @@ impl Workload {
     }
 
     async fn worker(&self, worker: u32, pause: Duration, stop: Arc<AtomicBool>) -> Record {
-        let seed = raft::routing::stable_hash(format!("{}-{worker}", self.run).as_bytes());
-        let mut rng = Rng(seed);
+        let mut rng = Rng(self.seed ^ raft::routing::stable_hash(&worker.to_le_bytes()));
         let mut record = Record::default();
         // After an operation with no answer, a Jepsen process is retired and a fresh one takes its place.
         let mut process = u64::from(worker);
@@ -217,7 +228,7 @@ impl Workload {
             let next = Instant::now() + pause;
             let user = rng.below(self.users.len() as u64) as usize;
             sequence += 1;
-            let value = format!("{}-w{worker}-{sequence}", self.run);
+            let value = value_of(&format!("{}-w{worker}-{sequence}", self.run));
             let unknown = match rng.below(10) {
                 0..=2 => self.read(&mut record, process, user).await,
                 3..=5 => self.put(&mut record, process, user, value).await,
@@ -462,6 +473,12 @@ pub struct ReadBack {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_are_json_objects_of_one_field_that_is_not_personal() {
+        let value: serde_json::Value = serde_json::from_str(&value_of("r1-w0-7")).unwrap();
+        assert_eq!(value, serde_json::json!({"drill": "r1-w0-7"}));
+    }
 
     #[test]
     fn every_group_gets_its_drill_users_in_the_reserved_range() {
