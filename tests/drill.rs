@@ -332,10 +332,11 @@ async fn a_drill_killed_mid_fault_leaves_nodes_that_heal_by_themselves() {
     let cluster = Cluster::start("killed");
     cluster.wait_until_led().await;
     let args = cluster.drill_args(&["leader-loss", "--group", "users-eea"], &["--duration", "8s"]);
+    let progress = cluster.dir.path().join("drill.err");
     let child = Command::new(env!("CARGO_BIN_EXE_domicile"))
         .args(&args)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&progress).unwrap())
         .spawn()
         .unwrap();
     let mut drill = KillOnDrop(child);
@@ -393,6 +394,39 @@ async fn a_drill_killed_mid_fault_leaves_nodes_that_heal_by_themselves() {
         .unwrap();
     let read = client.get("user-1", "profile").await.unwrap().unwrap();
     assert_eq!(read.value, b"after the drill");
+
+    // The killed drill's records are still there; `drill cleanup` finds them by its run id, once.
+    let progress = std::fs::read_to_string(&progress).unwrap();
+    let run = progress
+        .strip_prefix("drill ")
+        .and_then(|rest| rest.split(':').next())
+        .unwrap_or_else(|| panic!("no run id in {progress}"));
+    let certs = cluster.certs();
+    let cleanup = [
+        "drill",
+        "cleanup",
+        "--run",
+        run,
+        "--admin",
+        &cluster.admin(),
+        "--client-certs",
+        &certs,
+        "--client",
+        "tests",
+    ];
+    let deleted = |output: &Output| -> u64 {
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let count = stdout.split(": ").nth(1).and_then(|rest| rest.split(' ').next());
+        count
+            .and_then(|count| count.parse().ok())
+            .unwrap_or_else(|| panic!("{stdout}"))
+    };
+    let output = common::domicile(&cleanup);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(deleted(&output) > 0, "the killed drill left no records?");
+    let output = common::domicile(&cleanup);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(deleted(&output), 0, "cleaned up already");
 }
 
 /// A real outage instead of the nodes' isolation: the fault command SIGSTOPs the node of Dublin A (which

@@ -69,6 +69,27 @@ pub enum DrillCommand {
         #[arg(long, default_value = "127.0.0.1:7200")]
         admin: String,
     },
+    /// Deletes the records a drill that did not finish left behind: its users, named after its run id
+    /// (printed on stderr as it starts).
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct CleanupArgs {
+    /// The run id of the drill whose records to delete.
+    #[arg(long)]
+    run: String,
+    /// `--users-per-group` of that drill.
+    #[arg(long, default_value_t = 2)]
+    users_per_group: u32,
+    #[arg(long, default_value = "127.0.0.1:7200")]
+    admin: String,
+    #[arg(long, default_value = "certs", value_name = "DIR")]
+    client_certs: PathBuf,
+    #[arg(long, default_value = "drill")]
+    client: String,
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -161,6 +182,7 @@ pub fn run_blocking(command: DrillCommand) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         match command {
             DrillCommand::Heal { admin } => heal_cluster(&admin).await,
+            DrillCommand::Cleanup(args) => clean_up_run(args).await,
             DrillCommand::SiteOutage { site, run } => drill(Goal::SiteOutage(site), run).await,
             DrillCommand::LeaderLoss { group, run } => drill(Goal::LeaderLoss(group), run).await,
             DrillCommand::Partition { isolate, run } => drill(Goal::Partition(isolate), run).await,
@@ -462,22 +484,23 @@ async fn read_healthy_cluster(admin: &str) -> anyhow::Result<(Cluster, TopologyF
 }
 
 async fn build_client(
-    args: &DrillArgs,
+    certs: &std::path::Path,
+    service: &str,
+    timeout: Duration,
     endpoints: Vec<String>,
     jurisdiction: &str,
 ) -> anyhow::Result<Client> {
-    let tls = ClientTls::from_dir(&args.client_certs, &args.client).map_err(|error| {
+    let tls = ClientTls::from_dir(certs, service).map_err(|error| {
         anyhow!(
-            "the drill's client certificate: {error} (make one with `domicile certs client --name {} --dir {}`)",
-            args.client,
-            args.client_certs.display()
+            "the drill's client certificate: {error} (make one with `domicile certs client --name {service} --dir {}`)",
+            certs.display()
         )
     })?;
     Client::builder()
         .endpoints(endpoints)
         .tls(tls)
         .default_jurisdiction(jurisdiction)
-        .timeout(args.op_timeout)
+        .timeout(timeout)
         .build()
         .await
         .map_err(|error| anyhow!("the drill's client can't reach the cluster: {error}"))
@@ -508,7 +531,14 @@ async fn drill(goal: Goal, args: DrillArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.endpoints.clone()
     };
-    let client = build_client(&args, endpoints, &first_jurisdiction).await?;
+    let client = build_client(
+        &args.client_certs,
+        &args.client,
+        args.op_timeout,
+        endpoints,
+        &first_jurisdiction,
+    )
+    .await?;
     let started = Instant::now();
     let workload = Arc::new(Workload {
         client: Arc::new(client),
@@ -786,6 +816,68 @@ async fn heal_cluster(admin: &str) -> anyhow::Result<ExitCode> {
         println!("{node}: did not answer ({error}); an isolation ends at its deadline by itself");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Deletes every record of a run's drill users (`drill cleanup`): the users are named after the run id,
+/// chosen again from the topology as the drill chose them.
+async fn clean_up_run(args: CleanupArgs) -> anyhow::Result<ExitCode> {
+    let run = &args.run;
+    if run.is_empty() || run.len() > 32 || !run.chars().all(|c| c.is_ascii_alphanumeric()) {
+        bail!("`{run}` is not a drill's run id (up to 32 letters and digits, e.g. 4fc5d300)");
+    }
+    if !(1..=16).contains(&args.users_per_group) {
+        bail!("--users-per-group must be between 1 and 16");
+    }
+    let cluster = Cluster::read(&args.admin).await?;
+    let text = fetch_topology(&args.admin).await?;
+    let file = TopologyFile::parse(&text).map_err(|error| anyhow!("the cluster's topology: {error}"))?;
+    check_grants(&file, &args.client)?;
+    let router = Router::new(file.policies.values()).map_err(|error| anyhow!("{error}"))?;
+    let users = workload::choose_users(&router, run, args.users_per_group)?;
+    let first_jurisdiction = users
+        .first()
+        .map(|user| user.jurisdiction.clone())
+        .ok_or_else(|| anyhow!("the topology fences no group to any jurisdiction: no drill records"))?;
+    let admins: BTreeMap<u64, String> = cluster
+        .nodes
+        .iter()
+        .filter_map(|status| {
+            cluster
+                .admin(NodeId(status.node))
+                .map(|admin| (status.node, admin))
+        })
+        .collect();
+    let endpoints = if args.endpoints.is_empty() {
+        endpoints(&cluster, &admins)
+    } else {
+        args.endpoints.clone()
+    };
+    let timeout = Duration::from_secs(5);
+    let client = build_client(
+        &args.client_certs,
+        &args.client,
+        timeout,
+        endpoints,
+        &first_jurisdiction,
+    )
+    .await?;
+    let workload = Workload {
+        client: Arc::new(client),
+        users: Arc::new(users),
+        run: run.clone(),
+        seed: 0,
+        started: Instant::now(),
+    };
+    let (deleted, left) = workload.clean_up().await;
+    println!(
+        "drill {run}: {deleted} records of {} drill users deleted",
+        workload.users.len()
+    );
+    if left.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("not cleaned up (try again): {}", left.join(", "));
+    Ok(ExitCode::from(1))
 }
 
 /// Everything the verdict is made of.
