@@ -247,10 +247,17 @@ impl<'v, V: BackendView> Applier<'v, V> {
     ) -> Result<Response, StateMachineError> {
         let encoded = record_key(key)?;
         let previous = self.read(&encoded)?.map_or(0, |r| r.revision);
-        assert!(
-            index > previous,
-            "revision must grow: entry {index} after revision {previous}"
-        );
+        // A revision is the index of the entry that wrote it, so a stored one at or past the entry being
+        // applied means the store is ahead of the log: damage (a value sealed under the wrong revision, a
+        // store from another replica), which stops the state machine rather than panicking the node.
+        if index <= previous {
+            return Err(StateMachineError::Corrupt {
+                location: format!("table {} key {}", Table::Records.name(), hex(&encoded)),
+                reason: format!(
+                    "stored revision {previous} is not older than entry {index}, which writes it"
+                ),
+            });
+        }
         let sealed = seal(
             &encoded,
             &Record {
@@ -363,6 +370,38 @@ mod tests {
                 response
             })
             .collect()
+    }
+
+    /// Found by the `state_machine` fuzz target: a stored record whose revision is not older than the
+    /// entry writing it (the store ahead of the log) panicked the applier; it is damage, a named error.
+    #[test]
+    fn a_store_ahead_of_the_log_is_corruption_not_a_panic() {
+        let mut backend = MemBackend::new();
+        run(
+            &mut backend,
+            &[Command::Put {
+                write: write(1),
+                key: key("a"),
+                value: b"1".to_vec(),
+            }],
+        );
+        let view = backend.view().unwrap();
+        let mut applier = Applier::new(&view);
+        let put = Command::Put {
+            write: write(2),
+            key: key("a"),
+            value: b"2".to_vec(),
+        };
+        let error = applier.apply(1, &put).unwrap_err();
+        assert!(
+            matches!(&error, StateMachineError::Corrupt { reason, .. } if reason.contains("stored revision 1 is not older than entry 1")),
+            "{error}"
+        );
+        assert_eq!(
+            applier.apply(2, &put).unwrap(),
+            Response::Written { revision: 2 },
+            "the next entry writes as before"
+        );
     }
 
     #[test]
