@@ -47,6 +47,7 @@ pub mod jurisdiction;
 pub mod membership;
 pub mod planner;
 pub mod policy;
+pub mod shard_map;
 pub mod site;
 pub mod state;
 pub mod topology;
