@@ -222,6 +222,9 @@ enum Cut {
 struct Target {
     nodes: BTreeSet<u64>,
     cut: Cut,
+    /// What the drill takes down, in words (`site dublin-a`).
+    what: String,
+    /// Which nodes, and how.
     description: String,
 }
 
@@ -363,7 +366,7 @@ fn resolve(
         }
         Goal::Partition(isolate) => {
             let nodes = partition_nodes(file, isolate)?;
-            (nodes, Cut::FromTheRest, format!("`{isolate}`"))
+            (nodes, Cut::FromTheRest, isolate.clone())
         }
     };
     let named = describe_nodes(file, &nodes);
@@ -386,6 +389,7 @@ fn resolve(
     Ok(Target {
         nodes,
         cut,
+        what,
         description,
     })
 }
@@ -1000,12 +1004,7 @@ fn judge(judged: Judged<'_>) -> Report {
     let passed = checks.iter().all(|check| check.passed);
     Report {
         drill: goal.name().to_string(),
-        target: target
-            .description
-            .split(':')
-            .next()
-            .unwrap_or_default()
-            .to_string(),
+        target: target.what.clone(),
         run,
         passed,
         fault: Fault {
@@ -1118,6 +1117,7 @@ mod tests {
         let target = |cut| Target {
             nodes: BTreeSet::from([1, 2]),
             cut,
+            what: String::new(),
             description: String::new(),
         };
         assert_eq!(

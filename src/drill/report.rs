@@ -105,19 +105,25 @@ pub struct Check {
     pub detail: String,
 }
 
-/// Before, during and after the fault: an operation belongs to the phase it was invoked in.
+/// Before, during and after the fault: a call belongs to the phase it began in, except that one still
+/// running when the fault began is counted during it.
 pub fn phase_stats(samples: &[&Sample], injected: Duration, healed: Duration) -> Vec<PhaseStats> {
-    let phases = [
-        ("before", Duration::ZERO, injected),
-        ("during", injected, healed),
-        ("after", healed, Duration::MAX),
-    ];
-    phases
+    // A call still running when the fault began counts in `during`: the fault is what it met.
+    let phase_of = |sample: &Sample| {
+        if sample.invoked + sample.latency < injected {
+            "before"
+        } else if sample.invoked < healed {
+            "during"
+        } else {
+            "after"
+        }
+    };
+    ["before", "during", "after"]
         .iter()
-        .map(|&(phase, from, to)| {
+        .map(|&phase| {
             let in_phase: Vec<&&Sample> = samples
                 .iter()
-                .filter(|sample| sample.invoked >= from && sample.invoked < to)
+                .filter(|sample| phase_of(sample) == phase)
                 .collect();
             let errors = in_phase
                 .iter()
@@ -387,6 +393,7 @@ mod tests {
         let samples = [
             sample(100, 1, Outcome::Ok),
             sample(200, 3, Outcome::Ok),
+            sample(900, 200, Outcome::Unknown),
             sample(1000, 500, Outcome::Unknown),
             sample(1500, 9, Outcome::Failed),
             sample(1600, 2, Outcome::Ok),
@@ -398,7 +405,11 @@ mod tests {
             .iter()
             .map(|phase| (phase.phase.as_str(), phase.operations, phase.errors))
             .collect();
-        assert_eq!(summary, [("before", 2, 0), ("during", 3, 2), ("after", 1, 0)]);
+        assert_eq!(
+            summary,
+            [("before", 2, 0), ("during", 4, 3), ("after", 1, 0)],
+            "a call the fault caught running counts during it"
+        );
         assert_eq!(phases[0].p50_ms, Some(1.0));
         assert_eq!(phases[0].p99_ms, Some(3.0));
         assert_eq!(
@@ -406,7 +417,7 @@ mod tests {
             Some(2.0),
             "only answered operations have a latency"
         );
-        assert!((phases[1].error_rate - 2.0 / 3.0).abs() < 1e-9);
+        assert!((phases[1].error_rate - 3.0 / 4.0).abs() < 1e-9);
     }
 
     fn group() -> GroupReport {

@@ -157,6 +157,11 @@ fn nanos(duration: Duration) -> i64 {
 /// A write's outcome from the client's answer. Errors raised before anything was sent change nothing; any
 /// other may follow an attempt that took effect.
 fn write_outcome<T>(result: &Result<T, ClientError>) -> Outcome {
+    if let Err(error) = result
+        && !matches!(error, ClientError::Conflict(_))
+    {
+        tracing::debug!(%error, "a drill write failed");
+    }
     match result {
         Ok(_) | Err(ClientError::Conflict(_)) => Outcome::Ok,
         Err(
@@ -299,7 +304,10 @@ impl Workload {
                 Self::operation(record, user, process, invoked, nanos(returned), op);
             }
             // A read that fails changes nothing, and tells the checker nothing.
-            Err(_) => self.sample(record, user, invoked, Outcome::Failed),
+            Err(error) => {
+                tracing::debug!(%error, "a drill read failed");
+                self.sample(record, user, invoked, Outcome::Failed)
+            }
         }
         false
     }
@@ -332,7 +340,8 @@ impl Workload {
         let invoked = self.since_start();
         let current = match self.read_register(user).await {
             Ok(current) => current,
-            Err(_) => {
+            Err(error) => {
+                tracing::debug!(%error, "a drill read failed");
                 self.sample(record, user, invoked, Outcome::Failed);
                 return false;
             }
