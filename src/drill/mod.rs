@@ -570,46 +570,20 @@ async fn drill(goal: Goal, args: DrillArgs) -> anyhow::Result<ExitCode> {
     };
     let running = tokio::spawn(workload.clone().run(shape, stop.clone()));
 
-    let mut interrupted = sleep_or_interrupted(args.before).await;
-    let mut failure = None;
-    let mut target = None;
-    let (mut injected, mut healed) = (observer.since_start(), observer.since_start());
-    if !interrupted {
-        let now = observer.since_start();
-        match resolve(
-            &goal,
-            &file,
-            &observer.answers(),
-            now,
-            args.fault_command.is_some(),
-        ) {
-            Err(error) => failure = Some(error),
-            Ok(resolved) => {
-                let outcome = inject(&args, &file, &admins, &resolved).await;
-                injected = observer.since_start();
-                eprintln!("drill {run}: fault injected: {}", resolved.description);
-                match outcome {
-                    Ok(()) => interrupted = sleep_or_interrupted(args.duration).await,
-                    Err(error) => failure = Some(error),
-                }
-                healed = observer.since_start();
-                if let Err(error) = heal(&args, &file, &admins, &resolved).await {
-                    eprintln!("drill {run}: {error:#}");
-                }
-                eprintln!("drill {run}: fault healed");
-                target = Some(resolved);
-            }
-        }
-    }
+    let fault = if sleep_or_interrupted(args.before).await {
+        FaultOutcome::interrupted(observer.since_start())
+    } else {
+        fault(&goal, &args, &file, &admins, &observer, &run).await
+    };
+    let FaultOutcome {
+        target,
+        injected,
+        healed,
+        mut interrupted,
+        failure,
+    } = fault;
     if !interrupted && failure.is_none() {
-        interrupted = sleep_or_interrupted(args.after).await;
-        let deadline = Instant::now() + RECOVERY_MAX;
-        while !interrupted
-            && Instant::now() < deadline
-            && !all_led(&file, &observer.answers(), observer.since_start())
-        {
-            interrupted = sleep_or_interrupted(observe::POLL_EVERY).await;
-        }
+        interrupted = recover(&file, &observer, args.after).await;
     }
     stop.store(true, Ordering::Relaxed);
     let mut record = running.await.context("the workload stopped unexpectedly")?;
@@ -655,6 +629,87 @@ async fn drill(goal: Goal, args: DrillArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// What became of the fault: on whom, when it began and ended, and whether it could be injected at all.
+struct FaultOutcome {
+    target: Option<Target>,
+    injected: Duration,
+    healed: Duration,
+    interrupted: bool,
+    failure: Option<anyhow::Error>,
+}
+
+impl FaultOutcome {
+    fn interrupted(now: Duration) -> FaultOutcome {
+        FaultOutcome {
+            target: None,
+            injected: now,
+            healed: now,
+            interrupted: true,
+            failure: None,
+        }
+    }
+
+    fn not_injected(now: Duration, error: anyhow::Error) -> FaultOutcome {
+        FaultOutcome {
+            interrupted: false,
+            failure: Some(error),
+            ..FaultOutcome::interrupted(now)
+        }
+    }
+}
+
+/// The fault: its target resolved now (a leader-loss takes the leader of this moment), injected, held for
+/// `--duration` (or until Ctrl-C), and healed — also when it could be injected on some nodes only.
+async fn fault(
+    goal: &Goal,
+    args: &DrillArgs,
+    file: &TopologyFile,
+    admins: &BTreeMap<u64, String>,
+    observer: &Observer,
+    run: &str,
+) -> FaultOutcome {
+    let now = observer.since_start();
+    let command = args.fault_command.is_some();
+    let target = match resolve(goal, file, &observer.answers(), now, command) {
+        Ok(target) => target,
+        Err(error) => return FaultOutcome::not_injected(now, error),
+    };
+    let injection = inject(args, file, admins, &target).await;
+    let injected = observer.since_start();
+    eprintln!("drill {run}: fault injected: {}", target.description);
+    let (interrupted, failure) = match injection {
+        Ok(()) => (sleep_or_interrupted(args.duration).await, None),
+        Err(error) => (false, Some(error)),
+    };
+    let healed = observer.since_start();
+    if let Err(error) = heal(args, file, admins, &target).await {
+        eprintln!("drill {run}: {error:#}");
+    }
+    eprintln!("drill {run}: fault healed");
+    FaultOutcome {
+        target: Some(target),
+        injected,
+        healed,
+        interrupted,
+        failure,
+    }
+}
+
+/// The `after` phase, then until every group has a leader again (at most [`RECOVERY_MAX`] more); true if
+/// interrupted.
+async fn recover(file: &TopologyFile, observer: &Observer, after: Duration) -> bool {
+    if sleep_or_interrupted(after).await {
+        return true;
+    }
+    let deadline = Instant::now() + RECOVERY_MAX;
+    while Instant::now() < deadline && !all_led(file, &observer.answers(), observer.since_start()) {
+        if sleep_or_interrupted(observe::POLL_EVERY).await {
+            return true;
+        }
+    }
+    false
 }
 
 /// Whether every group of the topology has a leader, as the latest answers show.
