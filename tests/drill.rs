@@ -86,6 +86,20 @@ impl Cluster {
         self.files[0].admin.to_string()
     }
 
+    /// The CLI as this cluster's operator `tests`, whose certificate changes on the admin endpoints need
+    /// (the nodes' isolation and heal requests).
+    fn command(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_domicile"));
+        command
+            .env("DOMICILE_CERTS", self.certs())
+            .env("DOMICILE_OPERATOR", "tests");
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().unwrap()
+    }
+
     fn certs(&self) -> String {
         self.dir.path().join("certs").to_str().unwrap().to_string()
     }
@@ -155,10 +169,7 @@ impl Cluster {
 
     fn drill(&self, verb: &[&str], extra: &[&str]) -> (Output, Value) {
         let args = self.drill_args(verb, extra);
-        let output = Command::new(env!("CARGO_BIN_EXE_domicile"))
-            .args(&args)
-            .output()
-            .unwrap();
+        let output = self.command().args(&args).output().unwrap();
         let report = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
         (output, report)
     }
@@ -318,7 +329,7 @@ async fn each_drill_passes_on_a_healthy_cluster_and_bad_input_changes_nothing() 
     no_fault_anywhere(&cluster).await;
 
     // `drill heal` answers for every node, isolated or not.
-    let output = common::domicile(&["drill", "heal", "--admin", &cluster.admin()]);
+    let output = cluster.run(&["drill", "heal", "--admin", &cluster.admin()]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let healed = String::from_utf8_lossy(&output.stdout);
     assert_eq!(healed.matches("was not isolated").count(), 4, "{healed}");
@@ -333,7 +344,8 @@ async fn a_drill_killed_mid_fault_leaves_nodes_that_heal_by_themselves() {
     cluster.wait_until_led().await;
     let args = cluster.drill_args(&["leader-loss", "--group", "users-eea"], &["--duration", "8s"]);
     let progress = cluster.dir.path().join("drill.err");
-    let child = Command::new(env!("CARGO_BIN_EXE_domicile"))
+    let child = cluster
+        .command()
         .args(&args)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&progress).unwrap())
@@ -421,10 +433,10 @@ async fn a_drill_killed_mid_fault_leaves_nodes_that_heal_by_themselves() {
             .and_then(|count| count.parse().ok())
             .unwrap_or_else(|| panic!("{stdout}"))
     };
-    let output = common::domicile(&cleanup);
+    let output = cluster.run(&cleanup);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(deleted(&output) > 0, "the killed drill left no records?");
-    let output = common::domicile(&cleanup);
+    let output = cluster.run(&cleanup);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(deleted(&output), 0, "cleaned up already");
 }
