@@ -177,6 +177,8 @@ impl Cluster {
 
 /// A GET's body, or nothing if the endpoint does not answer.
 async fn get(url: &str) -> String {
+    // reqwest's TLS may be built with no crypto provider of its own: ring, as the rest of the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
