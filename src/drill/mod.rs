@@ -43,6 +43,7 @@ use workload::{Shape, Workload};
 pub enum DrillCommand {
     /// Every node of a site stops exchanging Raft traffic with every peer, for `--duration`.
     SiteOutage {
+        /// The site whose nodes the fault takes out.
         #[arg(long)]
         site: String,
         #[command(flatten)]
@@ -50,6 +51,7 @@ pub enum DrillCommand {
     },
     /// The node leading a group (when the fault begins) stops exchanging Raft traffic with every peer.
     LeaderLoss {
+        /// The group whose leader the fault takes out.
         #[arg(long)]
         group: String,
         #[command(flatten)]
@@ -66,6 +68,7 @@ pub enum DrillCommand {
     },
     /// Ends every isolation in force on the cluster's nodes now (each ends at its deadline anyway).
     Heal {
+        /// Any node's admin endpoint; the others are found through its peers.
         #[arg(long, default_value = "127.0.0.1:7200")]
         admin: String,
     },
@@ -82,12 +85,16 @@ pub struct CleanupArgs {
     /// `--users-per-group` of that drill.
     #[arg(long, default_value_t = 2)]
     users_per_group: u32,
+    /// Any node's admin endpoint; the others are found through its peers.
     #[arg(long, default_value = "127.0.0.1:7200")]
     admin: String,
+    /// The directory holding the cluster CA (`ca.pem`) and the client certificate.
     #[arg(long, default_value = "certs", value_name = "DIR")]
     client_certs: PathBuf,
+    /// The client certificate that drill used: `client-NAME.pem` in `--client-certs`.
     #[arg(long, default_value = "drill")]
     client: String,
+    /// The nodes' client endpoints (`n1@host:port,...`), if not the addresses they listen on.
     #[arg(long, value_delimiter = ',')]
     endpoints: Vec<String>,
 }
