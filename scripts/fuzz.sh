@@ -4,12 +4,16 @@
 # docs/testing.md#fuzzing.
 #
 #   scripts/fuzz.sh                   every target for FUZZ_SECONDS (default 300) each, one after the other
-#   scripts/fuzz.sh ci                what CI runs: every target for FUZZ_RUNS executions (default 20000)
-#                                     with seed 1, within FUZZ_SECONDS (default 30) each
+#   scripts/fuzz.sh ci                what CI runs: every target for FUZZ_RUNS executions (default 2000)
+#                                     with seed 1, within FUZZ_SECONDS (default 60) each, built unoptimised
+#                                     (half the build's CPU time; the short runs do not need the speed)
 #   scripts/fuzz.sh [ci] TARGET...    only these targets
 #
 #   FUZZ_SECONDS=N FUZZ_RUNS=N        time and executions per target (-1: unbounded, the wide default)
 #   FUZZ_SEED=N                       libFuzzer's seed (CI: 1; wide: 0, a fresh one each run)
+#   FUZZ_DEV=1|0                      build unoptimised (`cargo fuzz --dev`; CI's default) or optimised (the
+#                                     wide default); both with debug assertions, overflow checks and ASan
+#   FUZZ_TARGET_DIR=DIR               where the targets are built (default fuzz/target)
 #   FUZZ_TOOLCHAIN=stable|nightly     which toolchain builds (default: nightly if rustup has it, else stable
 #                                     with RUSTC_BOOTSTRAP=1: the sanitizer flags are nightly-only)
 #
@@ -28,14 +32,19 @@ if [ "${1:-}" = ci ]; then
   shift
 fi
 if [ "$mode" = ci ]; then
-  seconds=${FUZZ_SECONDS:-30}
-  runs=${FUZZ_RUNS:-20000}
+  seconds=${FUZZ_SECONDS:-60}
+  runs=${FUZZ_RUNS:-2000}
   seed=${FUZZ_SEED:-1}
+  dev=${FUZZ_DEV:-1}
 else
   seconds=${FUZZ_SECONDS:-300}
   runs=${FUZZ_RUNS:--1}
   seed=${FUZZ_SEED:-0}
+  dev=${FUZZ_DEV:-0}
 fi
+profile=()
+if [ "$dev" = 1 ]; then profile=(--dev); fi
+if [ -n "${FUZZ_TARGET_DIR:-}" ]; then profile+=(--target-dir "$FUZZ_TARGET_DIR"); fi
 
 toolchain=${FUZZ_TOOLCHAIN:-}
 if [ -z "$toolchain" ]; then
@@ -56,12 +65,12 @@ if [ "${#targets[@]}" -eq 0 ]; then
   mapfile -t targets < <(cd fuzz/fuzz_targets && ls ./*.rs | sed 's|^\./||; s|\.rs$||' | sort)
 fi
 
-echo "fuzz: toolchain $toolchain ($(rustc "+$toolchain" --version)), ${#targets[@]} targets, mode $mode"
+echo "fuzz: toolchain $toolchain ($(rustc "+$toolchain" --version)), ${#targets[@]} targets, mode $mode, $([ "$dev" = 1 ] && echo unoptimised || echo optimised) build"
 started=$(date +%s)
 # `cargo fuzz build` builds every target, or the one it is given.
 if [ "$#" -eq 0 ]; then build=(""); else build=("${targets[@]}"); fi
 for target in "${build[@]}"; do
-  if ! "${cargo_fuzz[@]}" build --fuzz-dir fuzz ${target:+"$target"} >"${TMPDIR:-/tmp}/fuzz-build.log" 2>&1; then
+  if ! "${cargo_fuzz[@]}" build "${profile[@]}" --fuzz-dir fuzz ${target:+"$target"} >"${TMPDIR:-/tmp}/fuzz-build.log" 2>&1; then
     grep -v '^ *Compiling ' "${TMPDIR:-/tmp}/fuzz-build.log" | tail -40
     echo "fuzz: 0 passed, 1 failed"
     exit 1
@@ -77,7 +86,7 @@ for target in "${targets[@]}"; do
   if [ "$mode" = ci ]; then rm -rf "$scratch"; fi
   mkdir -p "$scratch" "fuzz/artifacts/$target"
   output=$(mktemp)
-  "${cargo_fuzz[@]}" run --fuzz-dir fuzz "$target" "$scratch" "fuzz/corpus/$target" -- \
+  "${cargo_fuzz[@]}" run "${profile[@]}" --fuzz-dir fuzz "$target" "$scratch" "fuzz/corpus/$target" -- \
     -max_total_time="$seconds" -runs="$runs" -seed="$seed" \
     -rss_limit_mb=512 -malloc_limit_mb=256 -timeout=10 -print_final_stats=1 >"$output" 2>&1
   code=$?
