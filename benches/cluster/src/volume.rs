@@ -1,0 +1,1150 @@
+//! A legacy group migrated at volume, on real `domicile node` processes (issue #16 part 4).
+//!
+//! Five nodes on loopback: Dublin (n1), Hamar (n2), Frankfurt (n3) and two in Ashburn (n4, n5). The only
+//! group, `users-legacy`, is fenced to the EEA but its current voters are n1, n4 and n5 (`[group.current]`):
+//! a group whose voters were all outside could never elect a leader, the ingress fence refuses outside
+//! candidates. The run:
+//!
+//! 1. bulk-loads `records` records of `value_bytes` bytes each (`user-I`, record `v`, a value derived from
+//!    I) through the client library, `in_flight` puts at a time;
+//! 2. reads every one back: each must equal what was written, and their checksum (an order-independent sum
+//!    of a 64-bit FNV-1a hash of each key and value) is the "before";
+//! 3. measures write latency for `baseline_s` seconds with `live_writers` closed-loop writers of new keys
+//!    (`live-N`), no migration running;
+//! 4. runs `domicile placement apply --yes -o json` while the same writers keep writing, sampling every
+//!    node's `/proc/PID/status` (VmRSS, VmHWM) every 200 ms and the cluster's status (`domicile status -o
+//!    json`) as often as it answers: the group's leader and members at every sample, and each new replica's
+//!    applied index, for its catch-up time;
+//! 5. reads every record back again (same values, same checksum), every acknowledged live write (same
+//!    value), and checks the end state: voters n1-n3, led from inside, the apply's purge attestations for
+//!    n4 and n5 and their data directories without the group.
+//!
+//! Everything it starts it stops by pid (also on an error or a panic); every wait is bounded.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use serde::Serialize;
+use serde_json::Value;
+
+pub const GROUP: &str = "users-legacy";
+/// The client service and operator the run certifies (the topology grants the service the EEA).
+const SERVICE: &str = "volume";
+const RECORD: &str = "v";
+const INSIDE: [u64; 3] = [1, 2, 3];
+const OUTSIDE: [u64; 2] = [4, 5];
+const NODES: [(u64, &str); 5] = [
+    (1, "dublin"),
+    (2, "hamar"),
+    (3, "frankfurt"),
+    (4, "ashburn"),
+    (5, "ashburn"),
+];
+
+const TOPOLOGY: &str = r#"
+[[site]]
+name = "dublin"
+country = "IE"
+nodes = [1]
+
+[[site]]
+name = "hamar"
+country = "NO"
+nodes = [2]
+
+[[site]]
+name = "frankfurt"
+country = "DE"
+nodes = [3]
+
+[[site]]
+name = "ashburn"
+country = "US"
+nodes = [4, 5]
+
+[[group]]
+name = "users-legacy"
+jurisdiction = "EEA"
+voters = 3
+leader_preference = ["dublin"]
+
+[group.current]
+voters = [1, 4, 5]
+leader = 1
+
+[[grant]]
+service = "volume"
+jurisdiction = "EEA"
+access = "read-write"
+"#;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The `domicile` binary: the nodes, the certificates, `status` and `placement apply`.
+    pub domicile: PathBuf,
+    /// Where the cluster's files and data go (not tmpfs: fsync must cost what it costs).
+    pub dir: PathBuf,
+    pub records: u64,
+    pub value_bytes: usize,
+    /// Puts (and gets) in flight during the bulk load and the read-backs.
+    pub in_flight: usize,
+    /// Closed-loop writers of new keys before and during the migration.
+    pub live_writers: usize,
+    pub baseline_s: f64,
+    /// The whole run, from the first node started; past it the run stops with an error.
+    pub time_limit: Duration,
+    /// Progress lines on stderr.
+    pub verbose: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Latency {
+    pub writes: usize,
+    pub failed: usize,
+    pub p50_us: u32,
+    pub p99_us: u32,
+    pub max_us: u32,
+    pub writes_per_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CopyRate {
+    pub node: u64,
+    /// From the `add_learner` step's start to the first status sample with the replica's applied index at
+    /// or past the leader's committed index when it was added.
+    pub catch_up_s: f64,
+    /// The bulk keyspace's values (the least the new replica had to receive; keys and live writes aside).
+    pub logical_bytes: u64,
+    pub mb_per_s: f64,
+    /// The group's directory on the new node just after it caught up (redb file, log, snapshot).
+    pub on_disk_bytes: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Memory {
+    pub node: u64,
+    /// The highest VmRSS sampled during the migration.
+    pub peak_rss_during_mib: f64,
+    /// VmHWM at the end of the migration: the peak over the process's life (bulk load included).
+    pub hwm_mib: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub records: u64,
+    pub value_bytes: usize,
+    pub in_flight: usize,
+    pub live_writers: usize,
+    pub load_s: f64,
+    pub load_mb_per_s: f64,
+    pub read_back_s: f64,
+    pub checksum_before: String,
+    pub checksum_after: String,
+    pub checksum_equal: bool,
+    pub records_wrong_after: u64,
+    pub baseline: Latency,
+    pub during: Latency,
+    pub migration_s: f64,
+    pub apply_exit_code: Option<i32>,
+    pub steps_done: Vec<String>,
+    pub copy: Vec<CopyRate>,
+    pub memory: Vec<Memory>,
+    pub live_acknowledged: usize,
+    pub live_lost: usize,
+    pub purges_attested: Vec<u64>,
+    pub outside_dirs_left: Vec<u64>,
+    pub status_samples: usize,
+    /// Samples in which an outside node led the group, or an outside node other than n4 and n5 was a member.
+    pub residency_violations: Vec<String>,
+    pub final_voters: Vec<u64>,
+    pub final_leader: Option<u64>,
+    pub load_average_start: f64,
+    pub load_average_end: f64,
+}
+
+impl Report {
+    /// What did not hold, one line each; empty: the migration kept everything.
+    pub fn failures(&self) -> Vec<String> {
+        let mut failures = Vec::new();
+        if !self.checksum_equal {
+            failures.push(format!(
+                "checksum before {} after {}",
+                self.checksum_before, self.checksum_after
+            ));
+        }
+        if self.records_wrong_after > 0 {
+            failures.push(format!(
+                "{} records read back different or missing",
+                self.records_wrong_after
+            ));
+        }
+        if self.live_lost > 0 {
+            failures.push(format!(
+                "{} of {} acknowledged writes lost",
+                self.live_lost, self.live_acknowledged
+            ));
+        }
+        if self.apply_exit_code != Some(0) {
+            failures.push(format!("placement apply exited {:?}", self.apply_exit_code));
+        }
+        if self.purges_attested != OUTSIDE {
+            failures.push(format!("purges attested for {:?}", self.purges_attested));
+        }
+        if !self.outside_dirs_left.is_empty() {
+            failures.push(format!(
+                "the group is still on the disk of {:?}",
+                self.outside_dirs_left
+            ));
+        }
+        if !self.residency_violations.is_empty() {
+            failures.push(format!("residency: {:?}", self.residency_violations));
+        }
+        if self.final_voters != INSIDE || !self.final_leader.is_some_and(|leader| INSIDE.contains(&leader)) {
+            failures.push(format!(
+                "end state: voters {:?}, leader {:?}",
+                self.final_voters, self.final_leader
+            ));
+        }
+        if self.baseline.writes == 0 || self.during.writes == 0 {
+            failures.push("no live write was acknowledged before or during the migration".into());
+        }
+        failures
+    }
+
+    pub fn render(&self) -> String {
+        let mb = |bytes: u64| bytes as f64 / 1e6;
+        let mut text = format!(
+            "records {} x {} B ({:.0} MB of values), {} in flight\n\
+             load: {:.1} s, {:.1} MB/s; read back: {:.1} s\n\
+             checksum before {} after {}: {}\n\
+             write latency, {} closed-loop writers: before p50 {} us p99 {} us ({} writes, {:.0}/s); \
+             during p50 {} us p99 {} us ({} writes, {:.0}/s, {} failed); p99 ratio {:.2}\n\
+             migration: {:.1} s, apply exit {:?}, steps {:?}\n",
+            self.records,
+            self.value_bytes,
+            mb(self.records * self.value_bytes as u64),
+            self.in_flight,
+            self.load_s,
+            self.load_mb_per_s,
+            self.read_back_s,
+            self.checksum_before,
+            self.checksum_after,
+            if self.checksum_equal { "equal" } else { "DIFFERENT" },
+            self.live_writers,
+            self.baseline.p50_us,
+            self.baseline.p99_us,
+            self.baseline.writes,
+            self.baseline.writes_per_s,
+            self.during.p50_us,
+            self.during.p99_us,
+            self.during.writes,
+            self.during.writes_per_s,
+            self.during.failed,
+            self.during.p99_us as f64 / self.baseline.p99_us.max(1) as f64,
+            self.migration_s,
+            self.apply_exit_code,
+            self.steps_done,
+        );
+        for copy in &self.copy {
+            text.push_str(&format!(
+                "copy to n{}: {:.1} MB in {:.1} s = {:.1} MB/s ({:.1} MB on its disk)\n",
+                copy.node,
+                mb(copy.logical_bytes),
+                copy.catch_up_s,
+                copy.mb_per_s,
+                mb(copy.on_disk_bytes)
+            ));
+        }
+        for memory in &self.memory {
+            text.push_str(&format!(
+                "n{}: peak RSS during the migration {:.0} MiB, VmHWM {:.0} MiB\n",
+                memory.node, memory.peak_rss_during_mib, memory.hwm_mib
+            ));
+        }
+        text.push_str(&format!(
+            "live writes acknowledged {}, lost {}; purges attested {:?}; outside dirs left {:?}; \
+             {} status samples, residency violations {:?}; voters {:?} leader {:?}; load average {:.1} -> {:.1}\n",
+            self.live_acknowledged,
+            self.live_lost,
+            self.purges_attested,
+            self.outside_dirs_left,
+            self.status_samples,
+            self.residency_violations,
+            self.final_voters,
+            self.final_leader,
+            self.load_average_start,
+            self.load_average_end,
+        ));
+        text
+    }
+}
+
+/// The node processes, stopped by pid when dropped.
+struct Nodes {
+    children: Vec<(u64, Child)>,
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            // SAFETY: kill(2) on the pid of a child this process spawned and has not reaped.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (_, child) in &mut self.children {
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A child stopped by pid when dropped (the apply, if the run fails while it runs).
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Cluster {
+    config: Config,
+    admin: BTreeMap<u64, String>,
+    listen: BTreeMap<u64, String>,
+    deadline: Instant,
+}
+
+impl Cluster {
+    fn domicile(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        Command::new(&self.config.domicile)
+            .args(args)
+            .current_dir(&self.config.dir)
+            .output()
+            .with_context(|| format!("running domicile {args:?}"))
+    }
+
+    fn check_time(&self, what: &str) -> anyhow::Result<()> {
+        ensure!(
+            Instant::now() < self.deadline,
+            "the run's time limit ({:?}) passed while {what}",
+            self.config.time_limit
+        );
+        Ok(())
+    }
+
+    /// `domicile status -o json` through n1's admin endpoint; `None` while it does not answer.
+    fn status(&self) -> Option<Value> {
+        let output = self
+            .domicile(&["status", "--admin", &self.admin[&1], "-o", "json"])
+            .ok()?;
+        serde_json::from_slice(&output.stdout).ok()
+    }
+
+    async fn client(&self) -> anyhow::Result<client::Client> {
+        let endpoints: Vec<String> = INSIDE
+            .iter()
+            .map(|id| format!("n{id}@{}", self.listen[id]))
+            .collect();
+        loop {
+            let built = client::Client::builder()
+                .endpoints(endpoints.clone())
+                .tls(client::ClientTls::from_dir(
+                    self.config.dir.join("certs"),
+                    SERVICE,
+                )?)
+                .default_jurisdiction("EEA")
+                .timeout(Duration::from_secs(30))
+                .build()
+                .await;
+            match built {
+                Ok(client) => return Ok(client),
+                Err(error) if error.is_retryable() => {
+                    self.check_time("building a client")?;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(error) => bail!("no client of the EEA: {error}"),
+            }
+        }
+    }
+
+    fn group_dir(&self, node: u64) -> PathBuf {
+        let number = raft::routing::group_number(&placement::GroupId(GROUP.into()));
+        self.config.dir.join(format!("data-{node}/store/groups/{number}"))
+    }
+}
+
+/// Writes the topology, certificates and node configurations into `config.dir`, on free loopback ports.
+fn write_files(config: &Config, deadline: Instant) -> anyhow::Result<Cluster> {
+    std::fs::create_dir_all(&config.dir)?;
+    std::fs::write(config.dir.join("topology.toml"), TOPOLOGY)?;
+    let mut cluster = Cluster {
+        config: config.clone(),
+        admin: BTreeMap::new(),
+        listen: BTreeMap::new(),
+        deadline,
+    };
+    let run = |args: &[&str]| -> anyhow::Result<()> {
+        let output = Command::new(&config.domicile)
+            .args(args)
+            .current_dir(&config.dir)
+            .output()
+            .with_context(|| format!("running domicile {args:?}"))?;
+        ensure!(
+            output.status.success(),
+            "domicile {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    };
+    run(&["certs", "init", "--dir", "certs"])?;
+    run(&["certs", "client", "--name", SERVICE, "--dir", "certs"])?;
+    run(&["certs", "operator", "--name", SERVICE, "--dir", "certs"])?;
+    // Every port held until all are found, so none repeats; UDP (QUIC) and TCP (admin) both free.
+    let mut held = Vec::new();
+    for (id, _) in NODES {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
+        cluster.listen.insert(id, udp.local_addr()?.to_string());
+        cluster.admin.insert(id, tcp.local_addr()?.to_string());
+        held.push((udp, tcp));
+    }
+    drop(held);
+    for (id, site) in NODES {
+        let id_text = id.to_string();
+        run(&[
+            "certs",
+            "node",
+            "--id",
+            &id_text,
+            "--site",
+            site,
+            "--topology",
+            "topology.toml",
+            "--dir",
+            "certs",
+        ])?;
+        let peers: String = NODES
+            .iter()
+            .filter(|(peer, _)| *peer != id)
+            .map(|(peer, _)| {
+                format!(
+                    "\n[[peer]]\nid = {peer}\naddr = \"{}\"\nadmin = \"{}\"\n",
+                    cluster.listen[peer], cluster.admin[peer]
+                )
+            })
+            .collect();
+        std::fs::write(
+            config.dir.join(format!("node-{id}.toml")),
+            format!(
+                "cluster = \"volume\"\nnode_id = {id}\nsite = \"{site}\"\ndata_dir = \"data-{id}\"\n\
+                 listen = \"{}\"\nadmin = \"{}\"\ntopology = \"topology.toml\"\n\
+                 [tls]\nca = \"certs/ca.pem\"\ncert = \"certs/node-{id}.pem\"\nkey = \"certs/node-{id}.key\"\n\
+                 {peers}\n[raft]\npurge_check_ms = 1000\n",
+                cluster.listen[&id], cluster.admin[&id]
+            ),
+        )?;
+    }
+    Ok(cluster)
+}
+
+fn start_nodes(cluster: &Cluster) -> anyhow::Result<Nodes> {
+    let mut nodes = Nodes { children: Vec::new() };
+    for (id, _) in NODES {
+        let log = std::fs::File::create(cluster.config.dir.join(format!("node-{id}.log")))?;
+        let child = Command::new(&cluster.config.domicile)
+            .args(["node", "--config", &format!("node-{id}.toml")])
+            .current_dir(&cluster.config.dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting a node")?;
+        nodes.children.push((id, child));
+    }
+    Ok(nodes)
+}
+
+/// The value of bulk record `index` (`generation` 0) or live write `index` (1): splitmix64 bytes.
+pub fn value_of(generation: u64, index: u64, bytes: usize) -> Vec<u8> {
+    let mut state = index
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(generation.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    let mut value = Vec::with_capacity(bytes + 8);
+    while value.len() < bytes {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        value.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    value.truncate(bytes);
+    value
+}
+
+/// 64-bit FNV-1a of a key and its value (a zero byte between them).
+fn record_hash(key: &str, value: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes().chain([0]).chain(value.iter().copied()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+fn bulk_key(index: u64) -> String {
+    format!("user-{index}")
+}
+
+fn live_key(index: u64) -> String {
+    format!("live-{index}")
+}
+
+/// Runs `op` on indexes 0..count, `in_flight` at a time, over `clients`; the first error stops the run.
+async fn for_each<F, Fut>(
+    clients: &[Arc<client::Client>],
+    count: u64,
+    in_flight: usize,
+    deadline: Instant,
+    op: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(Arc<client::Client>, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let next = Arc::new(AtomicU64::new(0));
+    let op = Arc::new(op);
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..in_flight.max(1) {
+        let client = clients[worker % clients.len()].clone();
+        let next = next.clone();
+        let op = op.clone();
+        tasks.spawn(async move {
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= count {
+                    return Ok(());
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "the run's time limit passed at {index} of {count}"
+                );
+                op(client.clone(), index).await?;
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+/// A put, retried while the error is retryable (at most 20 times).
+async fn put(client: &client::Client, key: &str, value: Vec<u8>) -> anyhow::Result<()> {
+    for attempt in 0.. {
+        match client.put(key, RECORD, value.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(error) if error.is_retryable() && attempt < 20 => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(error) => bail!("put {key}: {error}"),
+        }
+    }
+    unreachable!()
+}
+
+async fn get(client: &client::Client, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    for attempt in 0.. {
+        match client.get(key, RECORD).await {
+            Ok(record) => return Ok(record.map(|record| record.value)),
+            Err(error) if error.is_retryable() && attempt < 20 => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(error) => bail!("get {key}: {error}"),
+        }
+    }
+    unreachable!()
+}
+
+/// Reads every bulk record: (the keyspace's checksum, records missing or not as written).
+async fn read_keyspace(
+    clients: &[Arc<client::Client>],
+    config: &Config,
+    deadline: Instant,
+) -> anyhow::Result<(u64, u64)> {
+    let sum = Arc::new(AtomicU64::new(0));
+    let wrong = Arc::new(AtomicU64::new(0));
+    let value_bytes = config.value_bytes;
+    let (sum_in, wrong_in) = (sum.clone(), wrong.clone());
+    for_each(
+        clients,
+        config.records,
+        config.in_flight,
+        deadline,
+        move |client, index| {
+            let (sum, wrong) = (sum_in.clone(), wrong_in.clone());
+            async move {
+                let key = bulk_key(index);
+                let value = get(&client, &key).await?;
+                match &value {
+                    Some(value) => {
+                        sum.fetch_add(record_hash(&key, value), Ordering::Relaxed);
+                        if *value != value_of(0, index, value_bytes) {
+                            wrong.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    None => {
+                        wrong.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(())
+            }
+        },
+    )
+    .await?;
+    Ok((sum.load(Ordering::Relaxed), wrong.load(Ordering::Relaxed)))
+}
+
+/// Closed-loop writers of `live-N` keys until `stop`: each write's latency (µs) and the acknowledged
+/// indexes; a failed write (not acknowledged) is counted, not retried.
+#[derive(Default)]
+struct Live {
+    latencies: Mutex<Vec<u32>>,
+    acknowledged: Mutex<Vec<u64>>,
+    failed: AtomicU64,
+}
+
+fn live_writers(
+    clients: &[Arc<client::Client>],
+    writers: usize,
+    value_bytes: usize,
+    next: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    deadline: Instant,
+) -> (Arc<Live>, tokio::task::JoinSet<()>) {
+    let live = Arc::new(Live::default());
+    let mut tasks = tokio::task::JoinSet::new();
+    for writer in 0..writers {
+        let client = clients[writer % clients.len()].clone();
+        let (live, next, stop) = (live.clone(), next.clone(), stop.clone());
+        tasks.spawn(async move {
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let started = Instant::now();
+                match client
+                    .put(&live_key(index), RECORD, value_of(1, index, value_bytes))
+                    .await
+                {
+                    Ok(_) => {
+                        let micros = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                        live.latencies.lock().unwrap().push(micros);
+                        live.acknowledged.lock().unwrap().push(index);
+                    }
+                    Err(_) => {
+                        live.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    }
+    (live, tasks)
+}
+
+fn latency_of(live: &Live, seconds: f64) -> Latency {
+    let mut latencies = live.latencies.lock().unwrap().clone();
+    latencies.sort_unstable();
+    let quantile = |q: f64| {
+        if latencies.is_empty() {
+            return 0;
+        }
+        let rank = ((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
+        latencies[rank - 1]
+    };
+    Latency {
+        writes: latencies.len(),
+        failed: live.failed.load(Ordering::Relaxed) as usize,
+        p50_us: quantile(0.5),
+        p99_us: quantile(0.99),
+        max_us: latencies.last().copied().unwrap_or(0),
+        writes_per_s: latencies.len() as f64 / seconds.max(1e-9),
+    }
+}
+
+/// VmRSS and VmHWM of a process, in KiB.
+fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn dir_bytes(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(metadata) if metadata.is_dir() => dir_bytes(&entry.path()),
+            Ok(metadata) => metadata.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// The leader's view of the group in a `domicile status -o json` answer.
+fn group_view(status: &Value) -> &Value {
+    &status["groups"][GROUP]
+}
+
+fn member_ids(members: &Value) -> Vec<u64> {
+    members
+        .as_array()
+        .map(|members| {
+            members
+                .iter()
+                .filter_map(|member| member["node"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What a status sample shows against residency: an outside leader, an outside member that was not one
+/// before the migration (n4, n5), a node outside the jurisdiction whose own status reports the group led
+/// from outside.
+fn residency_problems(status: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let view = group_view(status);
+    let members = view["voters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(view["learners"].as_array().into_iter().flatten());
+    for member in members {
+        let node = member["node"].as_u64().unwrap_or(0);
+        let inside = member["inside"].as_bool().unwrap_or(false);
+        if !inside && !OUTSIDE.contains(&node) {
+            problems.push(format!("n{node} outside the EEA is a member: {view}"));
+        }
+        if inside != INSIDE.contains(&node) {
+            problems.push(format!("n{node} is shown inside={inside}: {view}"));
+        }
+    }
+    for node in status["nodes"].as_array().into_iter().flatten() {
+        for group in node["groups"].as_array().into_iter().flatten() {
+            if group["group"] == GROUP
+                && let Some(leader) = group["leader"].as_u64()
+                && !INSIDE.contains(&leader)
+            {
+                problems.push(format!(
+                    "n{} saw the group led by n{leader}, outside the EEA",
+                    node["node"]
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// The applied index of `node`'s replica of the group, from its own status.
+fn applied_on(status: &Value, node: u64) -> Option<u64> {
+    status["nodes"]
+        .as_array()?
+        .iter()
+        .find(|entry| entry["node"].as_u64() == Some(node))?["groups"]
+        .as_array()?
+        .iter()
+        .find(|group| group["group"] == GROUP)?["last_applied"]
+        .as_u64()
+}
+
+fn log(config: &Config, message: &str) {
+    if config.verbose {
+        eprintln!("[volume {}] {message}", time_of_day());
+    }
+}
+
+fn time_of_day() -> String {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_secs())
+        .unwrap_or(0)
+        % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}",
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60
+    )
+}
+
+pub async fn run(config: Config) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let deadline = started + config.time_limit;
+    let mut report = Report {
+        records: config.records,
+        value_bytes: config.value_bytes,
+        in_flight: config.in_flight,
+        live_writers: config.live_writers,
+        load_average_start: load_average(),
+        ..Report::default()
+    };
+    let cluster = write_files(&config, deadline)?;
+    let nodes = start_nodes(&cluster)?;
+    let pids: Vec<(u64, u32)> = nodes
+        .children
+        .iter()
+        .map(|(id, child)| (*id, child.id()))
+        .collect();
+
+    // Every node answers and the group has a leader (a legacy group's first election takes seconds).
+    loop {
+        cluster.check_time("waiting for the cluster")?;
+        if let Some(status) = cluster.status()
+            && status["nodes"].as_array().map_or(0, Vec::len) == NODES.len()
+            && group_view(&status)["leader"].as_u64().is_some()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(Arc::new(cluster.client().await?));
+    }
+    log(&config, "cluster up; bulk load");
+
+    // 1. The bulk load.
+    let load_started = Instant::now();
+    let loaded = Arc::new(AtomicU64::new(0));
+    let value_bytes = config.value_bytes;
+    {
+        let loaded_seen = loaded.clone();
+        let records = config.records;
+        let verbose = config.verbose;
+        let progress = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let done = loaded_seen.load(Ordering::Relaxed);
+                if verbose {
+                    eprintln!("[volume {}] loaded {done} of {records}", time_of_day());
+                }
+                if done >= records {
+                    return;
+                }
+            }
+        });
+        let loaded_in = loaded.clone();
+        let result = for_each(
+            &clients,
+            config.records,
+            config.in_flight,
+            deadline,
+            move |client, index| {
+                let loaded = loaded_in.clone();
+                async move {
+                    put(&client, &bulk_key(index), value_of(0, index, value_bytes)).await?;
+                    loaded.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
+            },
+        )
+        .await;
+        progress.abort();
+        result?;
+    }
+    report.load_s = load_started.elapsed().as_secs_f64();
+    report.load_mb_per_s = (config.records * config.value_bytes as u64) as f64 / 1e6 / report.load_s;
+    log(
+        &config,
+        &format!("loaded in {:.1} s; reading back", report.load_s),
+    );
+
+    // 2. The checksum before.
+    let read_started = Instant::now();
+    let (before, wrong_before) = read_keyspace(&clients, &config, deadline).await?;
+    report.read_back_s = read_started.elapsed().as_secs_f64();
+    ensure!(
+        wrong_before == 0,
+        "{wrong_before} records read back different or missing before the migration"
+    );
+    report.checksum_before = format!("{before:016x}");
+
+    // 3. Write latency without a migration.
+    log(&config, "baseline writes");
+    let next_live = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (baseline, mut tasks) = live_writers(
+        &clients,
+        config.live_writers,
+        value_bytes,
+        next_live.clone(),
+        stop.clone(),
+        deadline,
+    );
+    let baseline_started = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(config.baseline_s)).await;
+    stop.store(true, Ordering::Relaxed);
+    while tasks.join_next().await.is_some() {}
+    report.baseline = latency_of(&baseline, baseline_started.elapsed().as_secs_f64());
+
+    // 4. The migration, with the writers writing, memory and status sampled.
+    log(&config, "placement apply");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (during, mut tasks) = live_writers(
+        &clients,
+        config.live_writers,
+        value_bytes,
+        next_live.clone(),
+        stop.clone(),
+        deadline,
+    );
+    let sampling = Arc::new(AtomicBool::new(true));
+    let peak_rss: Arc<Mutex<BTreeMap<u64, u64>>> = Arc::default();
+    let memory_sampler = {
+        let (sampling, peak_rss, pids) = (sampling.clone(), peak_rss.clone(), pids.clone());
+        std::thread::spawn(move || {
+            while sampling.load(Ordering::Relaxed) {
+                for (id, pid) in &pids {
+                    if let Some((rss, _)) = memory_kib(*pid) {
+                        let mut peaks = peak_rss.lock().unwrap();
+                        let peak = peaks.entry(*id).or_default();
+                        *peak = (*peak).max(rss);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    // Status samples: (when, answer), taken one after the other as fast as `domicile status` answers.
+    let samples: Arc<Mutex<Vec<(Instant, Value)>>> = Arc::default();
+    let status_sampler = {
+        let (sampling, samples) = (sampling.clone(), samples.clone());
+        let (domicile, dir, admin) = (
+            config.domicile.clone(),
+            config.dir.clone(),
+            cluster.admin[&1].clone(),
+        );
+        std::thread::spawn(move || {
+            while sampling.load(Ordering::Relaxed) {
+                let output = Command::new(&domicile)
+                    .args(["status", "--admin", &admin, "-o", "json"])
+                    .current_dir(&dir)
+                    .output();
+                if let Ok(output) = output
+                    && let Ok(status) = serde_json::from_slice::<Value>(&output.stdout)
+                {
+                    samples.lock().unwrap().push((Instant::now(), status));
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        })
+    };
+    let migration_started = Instant::now();
+    let certs = config.dir.join("certs");
+    let apply = Command::new(&config.domicile)
+        .args([
+            "placement",
+            "apply",
+            "--admin",
+            &cluster.admin[&1],
+            "--yes",
+            "-o",
+            "json",
+            "--purge-timeout-s",
+            "120",
+        ])
+        .current_dir(&config.dir)
+        .env("DOMICILE_CERTS", &certs)
+        .env("DOMICILE_OPERATOR", SERVICE)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(config.dir.join("apply.stderr"))?)
+        .spawn()
+        .context("starting placement apply")?;
+    let mut apply = Guard(apply);
+    let stdout = apply.0.stdout.take().expect("piped");
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let (events_out, events_in) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let event = serde_json::from_str::<Value>(&line).unwrap_or(Value::String(line));
+            if events_out.send((Instant::now(), event)).is_err() {
+                break;
+            }
+        }
+    });
+    let mut events: Vec<(Instant, Value)> = Vec::new();
+    let apply_deadline = Instant::now() + remaining;
+    let exit = loop {
+        while let Ok(event) = events_in.try_recv() {
+            log(&config, &format!("apply: {}", event.1));
+            events.push(event);
+        }
+        if let Some(status) = apply.0.try_wait()? {
+            break status;
+        }
+        ensure!(
+            Instant::now() < apply_deadline,
+            "the run's time limit passed during placement apply"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The rest of its output (the reader ends at end of file).
+    while let Ok(event) = events_in.recv_timeout(Duration::from_secs(2)) {
+        events.push(event);
+    }
+    report.migration_s = migration_started.elapsed().as_secs_f64();
+    report.apply_exit_code = exit.code();
+    stop.store(true, Ordering::Relaxed);
+    while tasks.join_next().await.is_some() {}
+    report.during = latency_of(&during, report.migration_s);
+    sampling.store(false, Ordering::Relaxed);
+    let _ = memory_sampler.join();
+    let _ = status_sampler.join();
+    for (id, pid) in &pids {
+        let (_, hwm) = memory_kib(*pid).unwrap_or((0, 0));
+        report.memory.push(Memory {
+            node: *id,
+            peak_rss_during_mib: peak_rss.lock().unwrap().get(id).copied().unwrap_or(0) as f64 / 1024.0,
+            hwm_mib: hwm as f64 / 1024.0,
+        });
+    }
+    log(
+        &config,
+        &format!("apply exited {exit} after {:.1} s", report.migration_s),
+    );
+
+    // What the apply did and attested.
+    for (_, event) in &events {
+        if event["event"] == "step" && event["state"] == "done" {
+            report.steps_done.push(event["step"].to_string());
+        }
+        if event["event"] == "purge"
+            && event["state"] == "purged"
+            && event["group"] == GROUP
+            && let Some(node) = event["node"].as_u64()
+            && !report.purges_attested.contains(&node)
+        {
+            report.purges_attested.push(node);
+        }
+    }
+    report.purges_attested.sort_unstable();
+
+    // Residency at every sample, and each new replica's catch-up.
+    let samples = std::mem::take(&mut *samples.lock().unwrap());
+    report.status_samples = samples.len();
+    for (_, status) in &samples {
+        report.residency_violations.extend(residency_problems(status));
+    }
+    report.residency_violations.dedup();
+    let logical_bytes = config.records * config.value_bytes as u64;
+    for (added_at, event) in &events {
+        let step = &event["step"];
+        if !(event["event"] == "step" && event["state"] == "started" && step["step"] == "add_learner") {
+            continue;
+        }
+        let Some(node) = step["node"].as_u64() else {
+            continue;
+        };
+        // The leader's committed index in the first sample after the learner was added.
+        let Some(target) = samples
+            .iter()
+            .find(|(at, _)| at >= added_at)
+            .and_then(|(_, status)| group_view(status)["committed"].as_u64())
+        else {
+            continue;
+        };
+        let caught_up = samples.iter().find(|(at, status)| {
+            at >= added_at && applied_on(status, node).is_some_and(|applied| applied >= target)
+        });
+        if let Some((at, _)) = caught_up {
+            let seconds = at.duration_since(*added_at).as_secs_f64();
+            report.copy.push(CopyRate {
+                node,
+                catch_up_s: seconds,
+                logical_bytes,
+                mb_per_s: logical_bytes as f64 / 1e6 / seconds.max(1e-9),
+                on_disk_bytes: dir_bytes(&cluster.group_dir(node)),
+            });
+        }
+    }
+
+    // 5. The end state, then every record and every acknowledged write.
+    let settle = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = cluster.status() {
+            report.residency_violations.extend(residency_problems(&status));
+            let view = group_view(&status);
+            let mut voters = member_ids(&view["voters"]);
+            voters.sort_unstable();
+            report.final_voters = voters;
+            report.final_leader = view["leader"].as_u64();
+            if report.final_voters == INSIDE && member_ids(&view["learners"]).is_empty() {
+                break;
+            }
+        }
+        if Instant::now() > settle {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    report.outside_dirs_left = OUTSIDE
+        .into_iter()
+        .filter(|node| cluster.group_dir(*node).exists())
+        .collect();
+    log(&config, "reading everything back");
+    let (after, wrong_after) = read_keyspace(&clients, &config, deadline).await?;
+    report.checksum_after = format!("{after:016x}");
+    report.checksum_equal = after == before;
+    report.records_wrong_after = wrong_after;
+    let mut acknowledged = baseline.acknowledged.lock().unwrap().clone();
+    acknowledged.extend(during.acknowledged.lock().unwrap().iter());
+    report.live_acknowledged = acknowledged.len();
+    let lost = Arc::new(AtomicU64::new(0));
+    let acknowledged = Arc::new(acknowledged);
+    {
+        let (lost, acknowledged) = (lost.clone(), acknowledged.clone());
+        for_each(
+            &clients,
+            acknowledged.len() as u64,
+            config.in_flight,
+            deadline,
+            move |client, at| {
+                let (lost, acknowledged) = (lost.clone(), acknowledged.clone());
+                async move {
+                    let index = acknowledged[at as usize];
+                    if get(&client, &live_key(index)).await? != Some(value_of(1, index, value_bytes)) {
+                        lost.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(())
+                }
+            },
+        )
+        .await?;
+    }
+    report.live_lost = lost.load(Ordering::Relaxed) as usize;
+    report.load_average_end = load_average();
+    drop(apply);
+    drop(nodes);
+    Ok(report)
+}

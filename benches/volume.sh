@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# A legacy group migrated at volume (issue #16 part 4): five real `domicile node` processes on loopback,
+# a group fenced to the EEA with two of its three voters in Ashburn, RECORDS records of VALUE_BYTES bytes
+# loaded through the client library, then `domicile placement apply` moving it into the EEA while a client
+# keeps writing. Prints the report (copy rate per new replica, peak RSS per node, write latency before and
+# during, checksum, writes lost, purges, residency) and keeps it as JSON in $RESULTS.
+#
+#   bash benches/volume.sh                                   # 1,000,000 records x 1 KiB (about 1 GB)
+#   RECORDS=100000 VALUE_BYTES=1024 bash benches/volume.sh   # a smaller run
+#
+# Knobs (environment): RECORDS (1000000), VALUE_BYTES (1024), IN_FLIGHT (128 puts at a time during the
+# load), LIVE_WRITERS (8 closed-loop writers before and during the migration), BASELINE_S (20),
+# BENCH_DIR (where the cluster's data goes; must not be tmpfs), RESULTS (target/volume-bench), TIME_LIMIT
+# (seconds for the whole run, 7200). Every process is stopped by pid on exit (the program's own guards),
+# and the whole run by timeout(1).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RECORDS=${RECORDS:-1000000}
+VALUE_BYTES=${VALUE_BYTES:-1024}
+RESULTS=${RESULTS:-$ROOT/target/volume-bench}
+TIME_LIMIT=${TIME_LIMIT:-7200}
+
+(cd "$ROOT" && cargo build --release --quiet -p domicile --bin domicile -p cluster-bench --bin volume-bench)
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+
+mkdir -p "$RESULTS" "${BENCH_DIR:-$ROOT/target}"
+WORK=$(mktemp -d "${BENCH_DIR:-$ROOT/target}/volume.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+echo "== $(date -u '+%F %T UTC'), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+echo "== records $RECORDS x $VALUE_BYTES B, data in $WORK" >&2
+timeout --kill-after=30 "$TIME_LIMIT" "$TARGET_DIR/release/volume-bench" \
+    --domicile "$TARGET_DIR/release/domicile" \
+    --dir "$WORK/cluster" \
+    --records "$RECORDS" \
+    --value-bytes "$VALUE_BYTES" \
+    --in-flight "${IN_FLIGHT:-128}" \
+    --live-writers "${LIVE_WRITERS:-8}" \
+    --baseline-s "${BASELINE_S:-20}" \
+    --time-limit-s "$TIME_LIMIT" \
+    --out "$RESULTS/volume-$STAMP.json" | tee "$RESULTS/volume-$STAMP.txt"
+echo "== done $(date -u '+%F %T UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg); $RESULTS/volume-$STAMP.json" >&2
