@@ -455,6 +455,8 @@ mod tests {
         use axum::routing::post;
         use std::sync::Mutex;
 
+        // As `main` does: the one crypto provider, for an HTTP client built with TLS support.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let trail_dir = dir.path().join("audit");
         let log = Arc::new(trail::tests::trail(&trail_dir, 2_048));

@@ -147,8 +147,15 @@ async fn wait_until<F: AsyncFnMut() -> bool>(what: &str, within: Duration, mut d
     }
 }
 
+/// An HTTP client for the admin endpoint, with ring as the process's crypto provider (as `main` has it:
+/// reqwest's TLS support needs one chosen even for plain HTTP).
+fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 async fn ready(node: &NodeFiles) {
-    let http = reqwest::Client::new();
+    let http = http();
     let url = format!("http://{}/ready", node.admin);
     wait_until("node 1 ready", Duration::from_secs(60), async || {
         let answer = http.get(&url).send().await;
@@ -159,7 +166,7 @@ async fn ready(node: &NodeFiles) {
 
 /// One refused request: one incident in the trail.
 async fn refuse(node: &NodeFiles) {
-    let answer = reqwest::Client::new()
+    let answer = http()
         .post(format!("http://{}/groups/users-eu/learners", node.admin))
         .json(&serde_json::json!({ "node": 9 }))
         .send()
@@ -174,7 +181,7 @@ async fn refuse(node: &NodeFiles) {
 
 /// The node's metrics of the incident sink, by name without the `domicile_` prefix.
 async fn sink_metrics(node: &NodeFiles) -> BTreeMap<String, f64> {
-    let Ok(answer) = reqwest::get(format!("http://{}/metrics", node.admin)).await else {
+    let Ok(answer) = http().get(format!("http://{}/metrics", node.admin)).send().await else {
         return BTreeMap::new();
     };
     let text = answer.text().await.unwrap_or_default();
