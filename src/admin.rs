@@ -1,6 +1,7 @@
-//! The admin endpoint: HTTP on loopback by default. `GET /status`, `GET /ready`, `GET /metrics`
-//! (Prometheus text), `GET /topology`, `POST /groups/{group}/learners`, `POST /groups/{group}/leader`,
-//! `POST /groups/{group}/steps` (a planner step), `POST /drain`.
+//! The admin endpoint: HTTPS, and plain HTTP for reads from loopback (`crate::admin_tls`), on loopback by
+//! default. `GET /status`, `GET /ready`, `GET /metrics` (Prometheus text), `GET /topology`,
+//! `POST /groups/{group}/learners`, `POST /groups/{group}/leader`, `POST /groups/{group}/steps` (a planner
+//! step), `POST /drain`.
 //!
 //! `GET /ready` is for an orchestrator's readiness probe: 200 once the node serves its groups — the
 //! endpoint only listens after the node has opened them, and every group it hosts knows a leader — and
@@ -10,30 +11,34 @@
 //! Membership and leadership requests go through the host, so through the residency fence: a refused
 //! request answers 403 with the typed refusal, and is counted as an incident.
 //!
-//! Every state-changing request (learners, leader, drain) is in the node's audit trail before it runs —
-//! if the trail can't record it, it does not run (503) — and so is its outcome. The endpoint does not
-//! authenticate operators yet: the entry names the address the request came from, and says it was
-//! unauthenticated.
+//! Who may call what is `crate::admin_tls`'s gate, in front of every route: a state-changing request
+//! (learners, leader, steps, drain, faults — any method but GET and HEAD) needs an operator certificate
+//! over mutual TLS, and its handler receives the [`AuthorisedOperator`] the gate admitted. Reads stay open
+//! (over HTTPS, and over plain HTTP from loopback).
+//!
+//! Every state-changing request is in the node's audit trail before it runs, naming the operator its
+//! certificate names — if the trail can't record it, it does not run (503) — and so is its outcome.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::{ConnectInfo, Path, State};
+use audit::event::OperatorAction;
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use placement::{GroupId, NodeId, Step};
-use raft::audit::{AdminAction, Event, Operator, describe_step};
+use raft::audit::{Event, describe_step};
 use raft::host::HostError;
 
 use crate::admin_api::{
     AddLearner, AdminError, GroupView, Incidents, Member, MoveLeader, NodeStatus, Readiness, StepRequest,
     TopologyGroup,
 };
+use crate::admin_tls::AuthorisedOperator;
 use crate::node::Node;
 
 pub async fn serve(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -66,12 +71,12 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle<()
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
-    Ok(tokio::spawn(async move {
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(error) = axum::serve(listener, app).await {
-            tracing::error!(%error, "the admin endpoint stopped");
-        }
-    }))
+    let tls = if node.config.admin_tls {
+        Some(crate::admin_tls::node_server_config(&node.config)?)
+    } else {
+        None
+    };
+    Ok(tokio::spawn(crate::admin_tls::serve(listener, tls, node, app)))
 }
 
 fn observe(node: &Node) {
@@ -225,7 +230,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
 
 async fn add_learner(
     State(node): State<Arc<Node>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Extension(operator): Extension<AuthorisedOperator>,
     Path(group): Path<String>,
     Json(body): Json<AddLearner>,
 ) -> Response {
@@ -233,12 +238,12 @@ async fn add_learner(
         group: GroupId(group),
         node: NodeId(body.node),
     };
-    execute(&node, remote, "add_learner", step).await
+    execute(&node, &operator, "add_learner", step).await
 }
 
 async fn move_leader(
     State(node): State<Arc<Node>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Extension(operator): Extension<AuthorisedOperator>,
     Path(group): Path<String>,
     Json(body): Json<MoveLeader>,
 ) -> Response {
@@ -246,7 +251,7 @@ async fn move_leader(
         group: GroupId(group),
         to: NodeId(body.to),
     };
-    execute(&node, remote, "move_leader", step).await
+    execute(&node, &operator, "move_leader", step).await
 }
 
 /// `POST /groups/{group}/steps`: one planner step, executed if this node leads the group — through the
@@ -254,12 +259,12 @@ async fn move_leader(
 /// apply` sends its steps here).
 async fn execute_step(
     State(node): State<Arc<Node>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Extension(operator): Extension<AuthorisedOperator>,
     Path(group): Path<String>,
     Json(body): Json<StepRequest>,
 ) -> Response {
     let step = body.into_step(GroupId(group));
-    execute(&node, remote, "step", step).await
+    execute(&node, &operator, "step", step).await
 }
 
 /// `GET /topology`: the topology file this node runs with, as it read it at start-up — what `domicile
@@ -268,8 +273,11 @@ async fn topology(State(node): State<Arc<Node>>) -> impl IntoResponse {
     ([("content-type", "application/toml")], node.topology_text.clone())
 }
 
-async fn drain(State(node): State<Arc<Node>>, ConnectInfo(remote): ConnectInfo<SocketAddr>) -> Response {
-    let action = operator_action(remote, "drain", format!("{}", node.config.node));
+async fn drain(
+    State(node): State<Arc<Node>>,
+    Extension(operator): Extension<AuthorisedOperator>,
+) -> Response {
+    let action = operator_action(&operator, "drain", format!("{}", node.config.node));
     if let Err(refused) = audit_request(&node, &action).await {
         return refused;
     }
@@ -286,9 +294,9 @@ async fn drain(State(node): State<Arc<Node>>, ConnectInfo(remote): ConnectInfo<S
     Json(handovers).into_response()
 }
 
-async fn execute(node: &Node, remote: SocketAddr, action: &str, step: Step) -> Response {
+async fn execute(node: &Node, operator: &AuthorisedOperator, action: &str, step: Step) -> Response {
     let target = format!("{}: {}", step.group(), describe_step(&step));
-    let action = operator_action(remote, action, target);
+    let action = operator_action(operator, action, target);
     if let Err(refused) = audit_request(node, &action).await {
         return refused;
     }
@@ -305,27 +313,25 @@ async fn execute(node: &Node, remote: SocketAddr, action: &str, step: Step) -> R
     }
 }
 
-/// An operator's request, as the audit trail names it: nothing authenticates the operator yet, so only
-/// the address it came from.
-pub(crate) fn operator_action(remote: SocketAddr, action: &str, target: String) -> AdminAction {
-    AdminAction {
-        operator: Operator {
-            remote_address: remote.to_string(),
-            authenticated: false,
-        },
+/// An operator's request, as the audit trail names it: the operator its certificate names, and where the
+/// request came from.
+pub(crate) fn operator_action(operator: &AuthorisedOperator, action: &str, target: String) -> OperatorAction {
+    OperatorAction {
+        operator: operator.name.clone(),
+        remote_address: operator.remote.to_string(),
         action: action.into(),
         target,
     }
 }
 
 /// Records the request and waits until it is on disk; a request the trail can't record does not run.
-pub(crate) async fn audit_request(node: &Node, action: &AdminAction) -> Result<(), Response> {
-    node.host.record(Event::AdminRequest(action.clone()));
+pub(crate) async fn audit_request(node: &Node, action: &OperatorAction) -> Result<(), Response> {
+    node.host.record(Event::OperatorRequest(action.clone()));
     node.host.audit_durable().await.map_err(error_response)
 }
 
-pub(crate) async fn audit_outcome(node: &Node, action: AdminAction, ok: bool, detail: String) {
-    node.host.record(Event::AdminOutcome { action, ok, detail });
+pub(crate) async fn audit_outcome(node: &Node, action: OperatorAction, ok: bool, detail: String) {
+    node.host.record(Event::OperatorOutcome { action, ok, detail });
     // The answer goes out either way; a trail that failed is logged and counted.
     let _ = node.host.audit_durable().await;
 }

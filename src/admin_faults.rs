@@ -11,12 +11,11 @@
 //! force and the messages it dropped are in the metrics.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use openraft::Instant as _;
@@ -29,6 +28,7 @@ use serde_json::Value;
 
 use crate::admin::{audit_outcome, audit_request, operator_action};
 use crate::admin_api::AdminError;
+use crate::admin_tls::AuthorisedOperator;
 use crate::node::Node;
 
 /// An isolation in force, as `GET /faults` and `GET /status` show it.
@@ -127,7 +127,7 @@ fn bad_request(error: String) -> Response {
 
 pub async fn isolate(
     State(node): State<Arc<Node>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Extension(operator): Extension<AuthorisedOperator>,
     Json(body): Json<Value>,
 ) -> Response {
     let me = node.config.node;
@@ -140,7 +140,7 @@ pub async fn isolate(
         request.from,
         request.duration.as_millis()
     );
-    let action = operator_action(remote, "isolate", target);
+    let action = operator_action(&operator, "isolate", target);
     if let Err(refused) = audit_request(&node, &action).await {
         return refused;
     }
@@ -164,8 +164,11 @@ pub async fn isolate(
     }
 }
 
-pub async fn heal(State(node): State<Arc<Node>>, ConnectInfo(remote): ConnectInfo<SocketAddr>) -> Response {
-    let action = operator_action(remote, "heal", format!("{}", node.config.node));
+pub async fn heal(
+    State(node): State<Arc<Node>>,
+    Extension(operator): Extension<AuthorisedOperator>,
+) -> Response {
+    let action = operator_action(&operator, "heal", format!("{}", node.config.node));
     if let Err(refused) = audit_request(&node, &action).await {
         return refused;
     }

@@ -770,12 +770,9 @@ fn proof_of<'a>(node: &'a NodeStatus, group: &GroupId) -> Option<&'a PurgeRecord
 async fn send_step(admin: &str, step: &Step) -> Result<(), StepError> {
     let request = StepRequest::of(step)
         .ok_or_else(|| StepError::Stop(format!("{step:?} is not a step an admin endpoint executes")))?;
-    let url = format!("http://{admin}/groups/{}/steps", step.group());
+    let url = crate::operator_cli::admin_url(admin, &format!("/groups/{}/steps", step.group()));
     // Longer than a status read: a membership change waits for its commit and the audit trail's sync.
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("a plain HTTP client builds");
+    let client = crate::operator_cli::http_with_timeout(Duration::from_secs(30));
     let response = client
         .post(&url)
         .json(&request)
@@ -792,6 +789,9 @@ async fn send_step(admin: &str, step: &Step) -> Result<(), StepError> {
         .as_ref()
         .map_or_else(|| format!("{status}: {body}"), |error| error.error.clone());
     match status.as_u16() {
+        // Not an operator: no step will pass until the command has an operator certificate.
+        401 => Err(StepError::Stop(message)),
+        403 if error.as_ref().is_none_or(|error| error.refusal.is_none()) => Err(StepError::Stop(message)),
         403 => Err(StepError::Refused {
             error: message,
             refusal: error.and_then(|error| error.refusal),

@@ -8,10 +8,10 @@ use anyhow::{Context, anyhow, bail};
 use placement::{GroupId, GroupState, Health, Membership, NodeId, Placement, TopologyFile};
 
 use crate::admin_api::{GroupView, NodeStatus};
-use crate::operator_cli::{admin_of, group_views, http, read_nodes};
+use crate::operator_cli::{admin_of, admin_url, group_views, http, read_nodes};
 
 pub async fn fetch_topology(admin: &str) -> anyhow::Result<String> {
-    let url = format!("http://{admin}/topology");
+    let url = admin_url(admin, "/topology");
     let response = http().get(&url).send().await.map_err(|error| {
         anyhow!(
             "can't reach the admin endpoint at {admin}: {error} (is the node running? is the address right?)"

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use client::{Client, ClientTls};
 use placement::{Country, Jurisdiction, TopologyFile};
-use raft::identity::{ClientIdentity, ClusterCa, NodeIdentity, Validity};
+use raft::identity::{ClientIdentity, ClusterCa, NodeIdentity, OperatorIdentity, Validity};
 
 use crate::admin_api::{AddLearner, AdminError, GroupView, NodeStatus};
-use crate::operator_cli::{fetch_status, group_views, render_groups};
+use crate::operator_cli::{AdminCredentials, admin_url, fetch_status, group_views, http, render_groups};
 
 const TOPOLOGY: &str = r#"# The demo cluster: five nodes in five sites.
 [[site]]
@@ -256,6 +256,15 @@ fn prepare(dir: &Path) -> anyhow::Result<Layout> {
         crate::pseudonym_keys::generate(&dir.join(&path), name, 1)?;
         keys.push((jurisdiction, path));
     }
+    // The demo's own changes (the learner request below) go to the admin endpoints as an operator's.
+    let operator = ca.issue_operator(&OperatorIdentity { name: "demo".into() }, validity)?;
+    std::fs::write(certs.join("operator-demo.pem"), &operator.cert_pem)?;
+    std::fs::write(certs.join("operator-demo.key"), &operator.key_pem)?;
+    crate::operator_cli::use_credentials(&AdminCredentials {
+        certs_dir: Some(certs.clone()),
+        operator_name: Some("demo".into()),
+        ..AdminCredentials::default()
+    })?;
 
     let mut nodes = BTreeMap::new();
     for site in file.topology.sites() {
@@ -487,7 +496,7 @@ async fn show(layout: &Layout, nodes: &mut Nodes, records: u64) -> anyhow::Resul
         layout.dir.display()
     );
     for (id, (listen, admin)) in &layout.nodes {
-        println!("   n{id}: QUIC {listen}, admin http://{admin}");
+        println!("   n{id}: QUIC {listen}, admin https://{admin}");
     }
     let leaders = wait_for_leaders(layout, &[], Duration::from_secs(30)).await?;
     println!("   every group has a leader");
@@ -592,12 +601,9 @@ async fn show(layout: &Layout, nodes: &mut Nodes, records: u64) -> anyhow::Resul
 
     println!("\n== Asking to add the Ashburn node (n5, US) to the EU group");
     let eu_leader = after["users-eu"];
-    let url = format!("http://{}/groups/users-eu/learners", admin(layout, eu_leader));
-    let response = reqwest::Client::new()
-        .post(&url)
-        .json(&AddLearner { node: 5 })
-        .send()
-        .await?;
+    println!("   (as operator `demo`, over mutual TLS: the fence, not the operator's rights, decides)");
+    let url = admin_url(&admin(layout, eu_leader), "/groups/users-eu/learners");
+    let response = http().post(&url).json(&AddLearner { node: 5 }).send().await?;
     let refused = response.status() == reqwest::StatusCode::FORBIDDEN;
     let answer: AdminError = response.json().await.context("the admin endpoint's answer")?;
     println!(

@@ -7,6 +7,7 @@
 mod admin;
 mod admin_api;
 mod admin_faults;
+mod admin_tls;
 mod apply_cli;
 mod apply_report;
 mod audit_cli;
@@ -38,6 +39,9 @@ use node_config::NodeConfig;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How the verbs that call admin endpoints authenticate (`operator_cli`).
+    #[command(flatten)]
+    credentials: operator_cli::AdminCredentials,
 }
 
 #[derive(Subcommand)]
@@ -183,10 +187,34 @@ fn end_quietly_on_a_closed_pipe(command: &Command) {
     }
 }
 
+/// Whether a command calls admin endpoints with the operator's credentials. Not the demo: it makes its
+/// own cluster CA and operator.
+fn calls_admin_endpoints(command: &Command) -> bool {
+    match command {
+        Command::Demo { .. }
+        | Command::Certs { .. }
+        | Command::Audit { .. }
+        | Command::Record { .. }
+        | Command::Node { action: None, .. } => false,
+        #[cfg(feature = "sim")]
+        Command::Sim { .. } => false,
+        _ => true,
+    }
+}
+
 fn main() -> ExitCode {
+    // The process's one rustls crypto provider, ring, for whatever builds a TLS configuration without
+    // naming one (reqwest's, in the incident webhook and the admin client).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     init_logging(&cli.command);
     end_quietly_on_a_closed_pipe(&cli.command);
+    if calls_admin_endpoints(&cli.command)
+        && let Err(error) = operator_cli::use_credentials(&cli.credentials)
+    {
+        eprintln!("error: {error:#}");
+        return ExitCode::from(2);
+    }
     let outcome = match cli.command {
         Command::Placement { command } => placement_cli::run(command),
         Command::Certs { command } => certs_cli::run(command),

@@ -24,6 +24,11 @@ pub struct OpLabel {
     pub op: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     has_leader: Family<GroupLabel, Gauge>,
@@ -43,6 +48,10 @@ pub struct Metrics {
     pub replicas_purged: Family<GroupLabel, Counter>,
     /// 1 while a group this node leads has members down and no replacement inside its jurisdiction.
     pub under_replicated: Family<GroupLabel, Gauge>,
+    /// Admin requests the endpoint refused (`crate::admin_tls`): a change with no operator certificate
+    /// (`no_certificate`) or under another kind (`not_operator`), a read over plain HTTP from beyond
+    /// loopback (`plain_beyond_loopback`).
+    pub admin_requests_refused: Family<ReasonLabel, Counter>,
     /// The incident webhook (`crate::incident_sink`): POSTs acknowledged (2xx), failed, and repeated
     /// after a failure; incidents owed; incidents given up to the spool bound, and gap notices sent.
     pub incidents_delivered: Counter<u64, AtomicU64>,
@@ -141,6 +150,12 @@ impl Metrics {
             "Membership steps executed to replace members found down (inside the jurisdiction)",
             repair_steps.clone(),
         );
+        let admin_requests_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "admin_requests_refused",
+            "Admin requests refused: changes without an operator certificate, plain HTTP beyond loopback",
+            admin_requests_refused.clone(),
+        );
         let replicas_purged = Family::<GroupLabel, Counter>::default();
         registry.register(
             "replicas_purged",
@@ -220,6 +235,7 @@ impl Metrics {
             incidents_skipped,
             incident_gaps,
             repair_steps,
+            admin_requests_refused,
             replicas_purged,
             under_replicated,
             has_leader,

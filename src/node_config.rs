@@ -30,6 +30,9 @@ struct RawConfig {
     listen: SocketAddr,
     #[serde(default = "default_admin")]
     admin: SocketAddr,
+    /// HTTPS on the admin endpoint (`crate::admin_tls`); plain HTTP only, on loopback only, if false.
+    #[serde(default = "default_admin_tls")]
+    admin_tls: bool,
     topology: PathBuf,
     tls: RawTls,
     #[serde(default)]
@@ -46,6 +49,11 @@ struct RawConfig {
 
 fn default_admin() -> SocketAddr {
     "127.0.0.1:7200".parse().expect("a literal address")
+}
+
+/// On: the node always has its certificate, and plain HTTP still answers reads from loopback.
+fn default_admin_tls() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -167,6 +175,8 @@ pub struct NodeConfig {
     pub audit_dir: PathBuf,
     pub listen: SocketAddr,
     pub admin: SocketAddr,
+    /// HTTPS on the admin endpoint; if false, plain HTTP on a loopback address (checked here).
+    pub admin_tls: bool,
     pub topology: PathBuf,
     pub ca: PathBuf,
     pub cert: PathBuf,
@@ -220,8 +230,14 @@ impl NodeConfig {
                 bail!("{}: peer {} is listed twice", path.display(), peer.id);
             }
         }
-        if !raw.admin.ip().is_loopback() {
-            tracing::warn!(admin = %raw.admin, "the admin endpoint listens beyond loopback: it has no authentication");
+        if !raw.admin_tls && !raw.admin.ip().to_canonical().is_loopback() {
+            bail!(
+                "{}: admin = \"{}\" is beyond loopback, and admin_tls = false: the admin endpoint would serve \
+                 the cluster's state unencrypted to the network and could authenticate no operator. Set \
+                 admin_tls = true (HTTPS with the node's certificate), or bind admin to 127.0.0.1 or [::1]",
+                path.display(),
+                raw.admin
+            );
         }
         if raw.worker_threads == Some(0) {
             bail!("{}: worker_threads must be at least 1", path.display());
@@ -255,6 +271,7 @@ impl NodeConfig {
             data_dir,
             listen: raw.listen,
             admin: raw.admin,
+            admin_tls: raw.admin_tls,
             topology: resolve(&raw.topology),
             ca: resolve(&raw.tls.ca),
             cert: resolve(&raw.tls.cert),

@@ -1,12 +1,25 @@
-//! Operator verbs against the admin endpoint: `status`, `leader move`, `node drain`.
+//! Operator verbs against the admin endpoint: `status`, `leader move`, `node drain`; and how every verb
+//! reaches an admin endpoint ([`http`], [`admin_url`]).
+//!
+//! Changes need an operator certificate (`crate::admin_tls`). An operator names it once per command,
+//! with `--certs DIR --operator NAME` (`DIR/ca.pem`, `DIR/operator-NAME.pem` and `.key`, as `domicile
+//! certs operator` writes them), or once per shell, with `DOMICILE_CERTS` and `DOMICILE_OPERATOR`; files
+//! elsewhere are `--admin-ca`, `--operator-cert`, `--operator-key` (`DOMICILE_CA`,
+//! `DOMICILE_OPERATOR_CERT`, `DOMICILE_OPERATOR_KEY`). With a CA the verbs speak HTTPS and accept only a
+//! node's certificate from it; with none, plain HTTP, which a node answers for reads from loopback only.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use clap::{Subcommand, ValueEnum};
 use placement::NodeId;
+use raft::identity::{CertifiedKey, Peer, attested_peer};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 
 use crate::admin_api::{AdminError, GroupView, MoveLeader, NodeStatus};
 use crate::node::Handover;
@@ -30,22 +43,174 @@ pub enum LeaderCommand {
     },
 }
 
+/// Whose certificates the verbs use to reach admin endpoints: global flags, or the environment.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct AdminCredentials {
+    /// Certificates directory: its ca.pem verifies the nodes (HTTPS), and with --operator, its
+    /// operator-NAME.pem and .key authorise changes
+    #[arg(long = "certs", env = "DOMICILE_CERTS", global = true, value_name = "DIR")]
+    pub certs_dir: Option<PathBuf>,
+    /// The operator whose certificate in --certs DIR authorises changes (`domicile certs operator`)
+    #[arg(
+        long = "operator",
+        env = "DOMICILE_OPERATOR",
+        global = true,
+        value_name = "NAME"
+    )]
+    pub operator_name: Option<String>,
+    /// The cluster CA certificate, if not DIR/ca.pem
+    #[arg(long = "admin-ca", env = "DOMICILE_CA", global = true, value_name = "PEM")]
+    pub admin_ca: Option<PathBuf>,
+    /// The operator certificate, if not DIR/operator-NAME.pem
+    #[arg(
+        long = "operator-cert",
+        env = "DOMICILE_OPERATOR_CERT",
+        global = true,
+        value_name = "PEM"
+    )]
+    pub operator_cert: Option<PathBuf>,
+    /// The operator certificate's key, if not DIR/operator-NAME.key
+    #[arg(
+        long = "operator-key",
+        env = "DOMICILE_OPERATOR_KEY",
+        global = true,
+        value_name = "PEM"
+    )]
+    pub operator_key: Option<PathBuf>,
+}
+
+/// How this process reaches admin endpoints: HTTPS with this configuration, or plain HTTP if none.
+struct AdminAccess {
+    tls: Option<rustls::ClientConfig>,
+}
+
+static ACCESS: OnceLock<AdminAccess> = OnceLock::new();
+
+/// Reads the credentials the command was given, once, before any admin endpoint is called; a later
+/// call changes nothing.
+pub fn use_credentials(credentials: &AdminCredentials) -> anyhow::Result<()> {
+    let tls = match load(credentials)? {
+        Some((ca_pem, operator)) => Some(crate::admin_tls::client_config(&ca_pem, operator.as_ref())?),
+        None => None,
+    };
+    let _ = ACCESS.set(AdminAccess { tls });
+    Ok(())
+}
+
+/// The CA and the operator's certificate the credentials name, read and checked.
+fn load(credentials: &AdminCredentials) -> anyhow::Result<Option<(String, Option<CertifiedKey>)>> {
+    let dir = credentials.certs_dir.as_deref();
+    let ca = credentials
+        .admin_ca
+        .clone()
+        .or_else(|| dir.map(|dir| dir.join("ca.pem")));
+    let operator = match (
+        &credentials.operator_cert,
+        &credentials.operator_key,
+        &credentials.operator_name,
+        dir,
+    ) {
+        (Some(cert), Some(key), _, _) => Some((cert.clone(), key.clone())),
+        (Some(_), None, _, _) | (None, Some(_), _, _) => {
+            bail!("--operator-cert and --operator-key go together")
+        }
+        (None, None, Some(name), Some(dir)) => Some((
+            dir.join(format!("operator-{name}.pem")),
+            dir.join(format!("operator-{name}.key")),
+        )),
+        (None, None, Some(_), None) => bail!(
+            "--operator NAME needs --certs DIR, where `domicile certs operator --name NAME --dir DIR` wrote \
+             operator-NAME.pem and operator-NAME.key"
+        ),
+        (None, None, None, _) => None,
+    };
+    let Some(ca) = ca else {
+        if operator.is_some() {
+            bail!(
+                "an operator certificate needs the cluster CA to check the nodes: --certs DIR or --admin-ca PEM"
+            );
+        }
+        return Ok(None);
+    };
+    let read = |path: &Path, what: &str| {
+        std::fs::read_to_string(path).with_context(|| format!("can't read {what} {}", path.display()))
+    };
+    let ca_pem = read(&ca, "the cluster CA certificate")?;
+    let operator = match operator {
+        Some((cert, key)) => {
+            let certified = CertifiedKey {
+                cert_pem: read(&cert, "the operator certificate")?,
+                key_pem: read(&key, "the operator key")?,
+            };
+            check_operator(&cert, &certified.cert_pem)?;
+            Some(certified)
+        }
+        None => None,
+    };
+    Ok(Some((ca_pem, operator)))
+}
+
+/// A certificate given as an operator's must be one: a node or client certificate would only be refused.
+fn check_operator(path: &Path, cert_pem: &str) -> anyhow::Result<()> {
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|error| anyhow!("{} is not a PEM certificate: {error}", path.display()))?;
+    match attested_peer(der.as_ref()) {
+        Ok(Peer::Operator(_)) => Ok(()),
+        Ok(other) => bail!(
+            "{} is not an operator certificate but {other}'s; make one with `domicile certs operator --name NAME`",
+            path.display()
+        ),
+        Err(error) => bail!("{} carries no Domicile identity: {error}", path.display()),
+    }
+}
+
+fn access() -> &'static AdminAccess {
+    ACCESS.get_or_init(|| AdminAccess { tls: None })
+}
+
+/// `scheme://admin/path`: HTTPS if the command has the cluster CA, plain HTTP if not.
+pub fn admin_url(admin: &str, path: &str) -> String {
+    let scheme = if access().tls.is_some() { "https" } else { "http" };
+    format!("{scheme}://{admin}{path}")
+}
+
+/// An HTTP client for admin endpoints, with the command's credentials; requests time out after 5 s.
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
+    http_with_timeout(Duration::from_secs(5))
+}
+
+pub fn http_with_timeout(timeout: Duration) -> reqwest::Client {
+    // reqwest's TLS is rustls with no provider of its own: ring, as the rest of the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let builder = reqwest::Client::builder().timeout(timeout);
+    let builder = match &access().tls {
+        Some(tls) => builder.tls_backend_preconfigured(tls.clone()),
+        None => builder,
+    };
+    builder
         .build()
-        .expect("a plain HTTP client builds")
+        .expect("an HTTP client with a checked TLS configuration builds")
+}
+
+/// An admin endpoint's answer to a request it did not carry out, in words: its `error`, or the status.
+pub async fn refusal_of(response: reqwest::Response) -> String {
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    serde_json::from_str::<AdminError>(&body)
+        .map_or_else(|_| format!("{status}: {body}"), |error| error.error)
 }
 
 pub async fn fetch_status(admin: &str) -> anyhow::Result<NodeStatus> {
-    let url = format!("http://{admin}/status");
+    let url = admin_url(admin, "/status");
     let response = http().get(&url).send().await.map_err(|error| {
         anyhow!(
-            "can't reach the admin endpoint at {admin}: {error} (is the node running? is the address right?)"
+            "can't reach the admin endpoint at {admin}: {error:#} (is the node running? is the address right?)"
         )
     })?;
+    if !response.status().is_success() {
+        bail!("{url}: {}", refusal_of(response).await);
+    }
     response
-        .error_for_status()?
         .json()
         .await
         .with_context(|| format!("{url} answered something that is not a status"))
@@ -264,7 +429,7 @@ pub async fn move_leader(admin: &str, group: &str, to: NodeId) -> anyhow::Result
         .ok_or_else(|| anyhow!("group `{group}` has no leader now; try again shortly"))?;
     let leader_admin = admin_of(&nodes, admin, leader)
         .ok_or_else(|| anyhow!("the admin address of the leader n{leader} is unknown"))?;
-    let url = format!("http://{leader_admin}/groups/{group}/leader");
+    let url = admin_url(&leader_admin, &format!("/groups/{group}/leader"));
     let response = http()
         .post(&url)
         .json(&MoveLeader { to: to.0 })
@@ -275,11 +440,7 @@ pub async fn move_leader(admin: &str, group: &str, to: NodeId) -> anyhow::Result
         println!("group {group}: leadership moving from n{leader} to {to}");
         return Ok(ExitCode::SUCCESS);
     }
-    let error: AdminError = response
-        .json()
-        .await
-        .context("the admin endpoint's error is unreadable")?;
-    println!("refused: {}", error.error);
+    println!("refused: {}", refusal_of(response).await);
     Ok(ExitCode::from(1))
 }
 
@@ -287,13 +448,18 @@ pub async fn drain(admin: &str, node: NodeId) -> anyhow::Result<ExitCode> {
     let (nodes, _) = cluster_status(admin).await?;
     let target =
         admin_of(&nodes, admin, node.0).ok_or_else(|| anyhow!("the admin address of {node} is unknown"))?;
-    let url = format!("http://{target}/drain");
-    let response = http()
+    let url = admin_url(&target, "/drain");
+    // A drain waits for every handover, each for its new leader's election.
+    let response = http_with_timeout(Duration::from_secs(30))
         .post(&url)
         .send()
         .await
         .with_context(|| format!("POST {url}"))?;
-    let handovers: Vec<Handover> = response.error_for_status()?.json().await?;
+    if !response.status().is_success() {
+        println!("refused: {}", refusal_of(response).await);
+        return Ok(ExitCode::from(1));
+    }
+    let handovers: Vec<Handover> = response.json().await?;
     let mut failed = false;
     for handover in &handovers {
         match (&handover.to, &handover.error) {

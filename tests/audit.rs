@@ -1,8 +1,9 @@
 //! The audit trail of a real node process, read as an auditor and a monitor would. An operator asks the
-//! Dublin node, over its admin endpoint, to add the Ashburn node to the EU group; the fence refuses (403).
-//! The node is then SIGKILLed: what it answered was already in its trail. `domicile audit verify` finds the
-//! trail intact with the CA certificate alone (exit 0), `audit export -o json` shows the request with the
-//! operator's address (unauthenticated), the fence's refusal and the outcome; a flipped byte is reported
+//! Dublin node, over its admin endpoint (mutual TLS, an operator certificate), to add the Ashburn node to
+//! the EU group; the fence refuses (403). The node is then SIGKILLed: what it answered was already in its
+//! trail. `domicile audit verify` finds the trail intact with the CA certificate alone (exit 0), `audit
+//! export -o json` shows the request with the operator's name and address, the fence's refusal and the
+//! outcome; a flipped byte is reported
 //! by position (exit 1), and a trail that is not there is bad input (exit 2).
 #![allow(clippy::disallowed_methods)]
 
@@ -10,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{cluster_files, domicile};
+use common::{AdminHttps, cluster_files, domicile, http};
 
 const TOPOLOGY: &str = "[[site]]\nname = \"dublin-a\"\ncountry = \"IE\"\nnodes = [1]\n\n[[site]]\nname = \"ashburn\"\ncountry = \"US\"\nnodes = [9]\n\n[[group]]\nname = \"users-eu\"\njurisdiction = \"EU\"\nvoters = 1\n";
 
@@ -29,7 +30,7 @@ async fn a_refused_admin_request_is_in_the_trail_an_auditor_verifies() {
     );
     let dublin = files.remove(0);
     let mut node = dublin.start();
-    let http = reqwest::Client::new();
+    let http = http();
     let ready = format!("http://{}/ready", dublin.admin);
     let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -41,9 +42,10 @@ async fn a_refused_admin_request_is_in_the_trail_an_auditor_verifies() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let add = format!("http://{}/groups/users-eu/learners", dublin.admin);
-    let answer = http
-        .post(&add)
+    let operator = AdminHttps::new(dir.path(), &dublin, Some("operator-tests"));
+    let answer = operator
+        .client
+        .post(operator.url("/groups/users-eu/learners"))
         .json(&serde_json::json!({ "node": 9 }))
         .send()
         .await
@@ -87,8 +89,8 @@ async fn a_refused_admin_request_is_in_the_trail_an_auditor_verifies() {
         .position(|kind| *kind == "admin.outcome")
         .expect("the outcome");
     assert!(request < refusal && refusal < outcome, "{kinds:?}");
-    let operator = &entries[request]["event"]["AdminRequest"]["operator"];
-    assert_eq!(operator["authenticated"], false);
+    let operator = &entries[request]["event"]["OperatorRequest"];
+    assert_eq!(operator["operator"], "tests");
     assert!(
         operator["remote_address"]
             .as_str()
@@ -98,7 +100,7 @@ async fn a_refused_admin_request_is_in_the_trail_an_auditor_verifies() {
     );
     assert_eq!(entries[refusal]["event"]["Refused"]["node"], 9);
     assert_eq!(entries[refusal]["event"]["Refused"]["country"], "US");
-    assert_eq!(entries[outcome]["event"]["AdminOutcome"]["ok"], false);
+    assert_eq!(entries[outcome]["event"]["OperatorOutcome"]["ok"], false);
     // A monitor resuming where it left off gets the rest of the chain, linked.
     let resumed = domicile(&[
         "audit",

@@ -19,7 +19,11 @@ const TOPOLOGY: &str = "[[site]]\nname = \"dublin-a\"\ncountry = \"IE\"\nnodes =
 
 /// `GET /ready`'s status code and body, or `None` while nothing listens.
 async fn ready(admin: SocketAddr) -> Option<(u16, serde_json::Value)> {
-    let response = reqwest::get(format!("http://{admin}/ready")).await.ok()?;
+    let response = common::http()
+        .get(format!("http://{admin}/ready"))
+        .send()
+        .await
+        .ok()?;
     let code = response.status().as_u16();
     Some((code, response.json().await.ok()?))
 }
@@ -75,7 +79,9 @@ async fn a_node_is_ready_once_its_groups_know_a_leader_and_peers_may_be_named() 
         assert_eq!(body["ready"], true, "{body}");
         assert_eq!(body["without_leader"], serde_json::json!([]));
     }
-    let status: serde_json::Value = reqwest::get(format!("http://{}/status", nodes[0].admin))
+    let status: serde_json::Value = common::http()
+        .get(format!("http://{}/status", nodes[0].admin))
+        .send()
         .await
         .unwrap()
         .json()

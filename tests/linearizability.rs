@@ -100,6 +100,8 @@ impl RegisterStore for Registers {
 
 /// The leader of `users-eea` as the nodes' admin endpoints report it, waiting up to 20 s.
 async fn leader(admins: &BTreeMap<u64, std::net::SocketAddr>) -> u64 {
+    // reqwest's TLS has no crypto provider of its own: ring, as everywhere.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(1))
         .build()

@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{KillOnDrop, NodeFiles, cluster_files, domicile};
+use common::{KillOnDrop, NodeFiles, cluster_files, domicile, domicile_as_operator};
 use serde_json::Value;
 
 /// A legacy group fenced to the EEA with two of its three voters in Ashburn, as `[group.current]` declares
@@ -199,10 +199,11 @@ fn steps_done(events: &[Value]) -> Vec<Value> {
         .collect()
 }
 
-fn apply(admin: &str, extra: &[&str]) -> (Option<i32>, Vec<Value>, String) {
+/// `placement apply` as the operator `tests` of the cluster in `dir`.
+fn apply(dir: &std::path::Path, admin: &str, extra: &[&str]) -> (Option<i32>, Vec<Value>, String) {
     let mut args = vec!["placement", "apply", "--admin", admin, "--yes", "-o", "json"];
     args.extend_from_slice(extra);
-    let output = domicile(&args);
+    let output = domicile_as_operator(dir, &args);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     (output.status.code(), events(&output.stdout), stderr)
 }
@@ -295,7 +296,7 @@ async fn apply_migrates_the_legacy_group_into_the_eea_and_attests_the_us_purges(
     write_records(&cluster, 40).await;
 
     // A dry run prints the plan and changes nothing.
-    let (code, dry, stderr) = apply(&admin, &["--dry-run"]);
+    let (code, dry, stderr) = apply(dir.path(), &admin, &["--dry-run"]);
     assert_eq!(code, Some(0), "{stderr}");
     let plan = dry.iter().find(|event| event["event"] == "plan").unwrap();
     let planned: Vec<&Value> = plan["steps"].as_array().unwrap().iter().collect();
@@ -311,7 +312,7 @@ async fn apply_migrates_the_legacy_group_into_the_eea_and_attests_the_us_purges(
         BTreeSet::from([1, 4, 5])
     );
 
-    let (code, run, stderr) = apply(&admin, &[]);
+    let (code, run, stderr) = apply(dir.path(), &admin, &[]);
     assert_eq!(code, Some(0), "{}\n{stderr}", show(&run));
     let done = steps_done(&run);
     let kinds: Vec<(&str, u64)> = done
@@ -338,7 +339,7 @@ async fn apply_migrates_the_legacy_group_into_the_eea_and_attests_the_us_purges(
     read_back(&cluster, 40).await;
 
     // Applied again: nothing to do, and the purges it attested are still attested.
-    let (code, again, stderr) = apply(&admin, &[]);
+    let (code, again, stderr) = apply(dir.path(), &admin, &[]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(steps_done(&again).is_empty(), "{}", show(&again));
     assert_us_purges_attested(&again);
@@ -357,6 +358,7 @@ async fn an_apply_killed_after_its_first_step_ends_the_same_when_run_again() {
 
     let child = Command::new(env!("CARGO_BIN_EXE_domicile"))
         .args(["placement", "apply", "--admin", &admin, "--yes", "-o", "json"])
+        .envs(common::operator_env(dir.path()))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -376,7 +378,7 @@ async fn an_apply_killed_after_its_first_step_ends_the_same_when_run_again() {
     let first_steps = steps_done(&first_run);
     assert_eq!(first_steps.len(), 1, "{}", show(&first_run));
 
-    let (code, second_run, stderr) = apply(&admin, &[]);
+    let (code, second_run, stderr) = apply(dir.path(), &admin, &[]);
     assert_eq!(code, Some(0), "{}\n{stderr}", show(&second_run));
     let second_steps = steps_done(&second_run);
     assert!(
@@ -448,9 +450,12 @@ async fn site_evacuate_moves_replicas_off_a_site_inside_each_jurisdiction() {
         .wait_for("users-eu", "has a leader", |view| view["leader"].is_u64())
         .await;
 
-    let output = domicile(&[
-        "site", "evacuate", "dublin-a", "--admin", &admin, "--yes", "-o", "json",
-    ]);
+    let output = domicile_as_operator(
+        dir.path(),
+        &[
+            "site", "evacuate", "dublin-a", "--admin", &admin, "--yes", "-o", "json",
+        ],
+    );
     let run = events(&output.stdout);
     assert_eq!(
         output.status.code(),
@@ -586,9 +591,11 @@ async fn bad_input_refusals_and_infeasible_plans_change_nothing() {
         .wait_for("users-eu", "has a leader", |view| view["leader"].is_u64())
         .await;
     let leader = eu["leader"].as_u64().unwrap();
-    let leader_admin = cluster.files.iter().find(|node| node.id == leader).unwrap().admin;
-    let response = reqwest::Client::new()
-        .post(format!("http://{leader_admin}/groups/users-eu/steps"))
+    let leader_files = cluster.files.iter().find(|node| node.id == leader).unwrap();
+    let operator = common::AdminHttps::new(dir.path(), leader_files, Some("operator-tests"));
+    let response = operator
+        .client
+        .post(operator.url("/groups/users-eu/steps"))
         .json(&serde_json::json!({"step": "add_learner", "node": 4}))
         .send()
         .await
@@ -607,7 +614,7 @@ async fn bad_input_refusals_and_infeasible_plans_change_nothing() {
     // With Frankfurt down, the EU group has no compliant placement: `apply` says so and changes nothing.
     let mut cluster = cluster;
     cluster.processes[2].sigkill();
-    let (code, run, stderr) = apply(&admin, &[]);
+    let (code, run, stderr) = apply(dir.path(), &admin, &[]);
     assert_eq!(code, Some(1), "{}\n{stderr}", show(&run));
     assert!(
         !run.iter().any(|event| event["event"] == "step"),

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Makes the cluster's certificates with `domicile certs` and stores them as Kubernetes Secrets:
-# `domicile-node-N` (ca.pem, node.pem, node.key) for each node, mounted by its StatefulSet, and
-# `domicile-client-NAME` (ca.pem, client.pem, client.key) for each client service.
+# `domicile-node-N` (ca.pem, node.pem, node.key) for each node, mounted by its StatefulSet,
+# `domicile-client-NAME` (ca.pem, client.pem, client.key) for each client service, and
+# `domicile-operator-NAME` (ca.pem, operator.pem, operator.key) for each operator — the only certificate
+# the admin endpoints take for a change; mount it in an operator pod (labelled domicile.io/operator=true)
+# and point DOMICILE_CA, DOMICILE_OPERATOR_CERT and DOMICILE_OPERATOR_KEY at its files.
 #
 #   deploy/kubernetes/certs.sh DIR            # make what DIR lacks, then `kubectl apply` the Secrets
 #   deploy/kubernetes/certs.sh --print DIR    # the same Secrets as YAML on stdout, nothing applied
@@ -11,7 +14,8 @@
 # a node's files to renew them (then restart its pod). The site of each node and its country come from the
 # topology in 01-configmap.yaml, as the nodes read it. Environment: DOMICILE (the binary, default
 # `domicile` on PATH), DOMICILE_NAMESPACE (default `domicile`), DOMICILE_CLIENTS (default `demo`),
-# DOMICILE_NODES (default `1:dublin-a 2:dublin-b 3:hamar 4:frankfurt 5:ashburn`).
+# DOMICILE_OPERATORS (default `ops`), DOMICILE_NODES (default `1:dublin-a 2:dublin-b 3:hamar
+# 4:frankfurt 5:ashburn`).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 print=false
@@ -24,6 +28,7 @@ dir=$1
 domicile=${DOMICILE:-domicile}
 namespace=${DOMICILE_NAMESPACE:-domicile}
 clients=${DOMICILE_CLIENTS:-demo}
+operators=${DOMICILE_OPERATORS:-ops}
 nodes=${DOMICILE_NODES:-1:dublin-a 2:dublin-b 3:hamar 4:frankfurt 5:ashburn}
 
 mkdir -p "$dir"
@@ -41,6 +46,9 @@ awk '/^  topology.toml: \|/ { inside = 1; next } inside && /^  [^ ]/ { inside = 
   done
   for name in $clients; do
     if [ ! -f "$dir/client-$name.pem" ]; then "$domicile" certs client --name "$name" --dir "$dir"; fi
+  done
+  for name in $operators; do
+    if [ ! -f "$dir/operator-$name.pem" ]; then "$domicile" certs operator --name "$name" --dir "$dir"; fi
   done
 } >&2
 
@@ -62,6 +70,10 @@ manifests() {
   for name in $clients; do
     secret "domicile-client-$name" "ca.pem=$dir/ca.pem" "client.pem=$dir/client-$name.pem" \
       "client.key=$dir/client-$name.key"
+  done
+  for name in $operators; do
+    secret "domicile-operator-$name" "ca.pem=$dir/ca.pem" "operator.pem=$dir/operator-$name.pem" \
+      "operator.key=$dir/operator-$name.key"
   done
 }
 if $print; then

@@ -4,9 +4,9 @@
 # (files mode 0440, group 65532 as fsGroup makes them), the pod's full DNS name as a network alias and the
 # namespace's search domain (so the configs' short names, domicile-SITE-0.domicile, resolve as in a pod),
 # its args, user 65532, a read-only root and no capabilities. Then, as the kubelet would:
-# waits for every pod's readiness path to answer 200, runs one pod's preStop command, stops it (SIGTERM)
-# and starts it again at another address, as a rescheduled pod, and waits until it is ready again and
-# its peers have found it. Stops and removes everything it started, also on failure.
+# waits for every pod's readiness path to answer 200 (over HTTPS, the certificate unchecked, as the
+# kubelet probes), stops one pod (SIGTERM: the node hands its leaderships over) and starts it again at
+# another address, as a rescheduled pod, and waits until it is ready again and its peers have found it. Stops and removes everything it started, also on failure.
 #
 #   deploy/kubernetes/rehearse.sh      # after deploy/image/build.sh; needs Docker, curl, python3 with PyYAML
 #
@@ -34,7 +34,7 @@ EOF
 chmod +x "$scratch/domicile"
 DOMICILE="$scratch/domicile" "$here/certs.sh" --print "$scratch/certs" > "$scratch/secrets.yaml" 2>/dev/null
 
-# Each pod's files, and its name, ordinal address, args, readiness path and preStop command.
+# Each pod's files, and its name, ordinal address, args and readiness URL scheme and path.
 python3 - "$here" "$scratch" > "$scratch/pods" <<'EOF'
 import base64, os, sys, yaml
 here, scratch = sys.argv[1], sys.argv[2]
@@ -54,8 +54,9 @@ for index, sts in enumerate(s for s in yaml.safe_load_all(open(f"{here}/04-state
         open(path, "wb").write(base64.b64decode(value))
         os.chmod(path, 0o440)
     os.makedirs(f"{scratch}/{name}/data")
-    print(name, index + 21, container["readinessProbe"]["httpGet"]["path"],
-          "|".join(container["args"]), "|".join(container["lifecycle"]["preStop"]["exec"]["command"]))
+    probe = container["readinessProbe"]["httpGet"]
+    print(name, index + 21, probe.get("scheme", "HTTP").lower() + "://{address}:7200" + probe["path"],
+          "|".join(container["args"]))
 EOF
 # fsGroup 65532: the pod's group owns its secret files and its volume.
 chown -R 0:65532 "$scratch"/domicile-*/tls
@@ -73,11 +74,11 @@ run_pod() { # name address args
     --volume "$scratch/$name/data:/var/lib/domicile" "$image" "${args[@]}" >/dev/null
   started+=("$name-0")
 }
-wait_ready() { # address path
-  local deadline=$((SECONDS + 60))
-  until curl --silent --fail --max-time 2 "http://$1:7200$2" >/dev/null; do
+wait_ready() { # address url (with {address})
+  local deadline=$((SECONDS + 60)) url=${2//\{address\}/$1}
+  until curl --silent --insecure --fail --max-time 2 "$url" >/dev/null; do
     if [ "$SECONDS" -ge "$deadline" ]; then
-      echo "rehearse.sh: $1 not ready after 60 s: $(curl --silent --max-time 2 "http://$1:7200$2")" >&2
+      echo "rehearse.sh: $1 not ready after 60 s: $(curl --silent --insecure --max-time 2 "$url")" >&2
       exit 1
     fi
     sleep 1
@@ -88,15 +89,14 @@ start=$SECONDS
 while read -r name ordinal path _; do wait_ready "$net.$ordinal" "$path"; done < "$scratch/pods"
 echo "every pod ready after $((SECONDS - start)) s"
 
-read -r name ordinal path args pre_stop < "$scratch/pods"
-IFS='|' read -r -a pre_stop <<< "$pre_stop"
-echo "preStop of $name-0: ${pre_stop[*]}"
-docker exec "$name-0" "${pre_stop[@]}"
+read -r name ordinal path args < "$scratch/pods"
 docker stop --time 60 "$name-0" >/dev/null
-echo "$name-0 stopped: exit code $(docker inspect --format '{{.State.ExitCode}}' "$name-0")"
+echo "$name-0 stopped: exit code $(docker inspect --format '{{.State.ExitCode}}' "$name-0"), \
+$(docker logs "$name-0" 2>&1 | grep -o 'leaderships handed over.*' || echo 'no handover logged')"
 docker rm "$name-0" >/dev/null
 run_pod "$name" "$net.$((ordinal + 100))" "$args"
 start=$SECONDS
 wait_ready "$net.$((ordinal + 100))" "$path"
 echo "$name-0 ready again at $net.$((ordinal + 100)) after $((SECONDS - start)) s"
-docker exec "$name-0" /domicile status --admin 127.0.0.1:7200
+# Over HTTPS with the pod's CA certificate: the peers' admin endpoints answer reads, and check as nodes.
+docker exec "$name-0" /domicile status --admin 127.0.0.1:7200 --admin-ca /etc/domicile/tls/ca.pem

@@ -179,9 +179,9 @@ const RECOVERY_MAX: Duration = Duration::from_secs(30);
 /// How long a `--fault-command` or `--heal-command` may run.
 const COMMAND_MAX: Duration = Duration::from_secs(120);
 
-/// An admin endpoint's URL.
+/// An admin endpoint's URL: HTTPS when the command has the operator's credentials (`operator_cli`).
 pub fn admin_url(admin: &str, path: &str) -> String {
-    format!("http://{admin}{path}")
+    crate::operator_cli::admin_url(admin, path)
 }
 
 pub fn run_blocking(command: DrillCommand) -> anyhow::Result<ExitCode> {

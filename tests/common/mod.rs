@@ -13,6 +13,85 @@ pub fn domicile(args: &[&str]) -> Output {
         .expect("the domicile binary runs")
 }
 
+/// The operator's environment for the CLI, as an SRE sets it once per shell: the certificates of the
+/// cluster in `dir` (`dir/certs`) and the operator `tests` that [`cluster_files`] certifies.
+pub fn operator_env(dir: &Path) -> [(&'static str, PathBuf); 2] {
+    [
+        ("DOMICILE_CERTS", dir.join("certs")),
+        ("DOMICILE_OPERATOR", PathBuf::from("tests")),
+    ]
+}
+
+/// The CLI as the operator `tests` of the cluster in `dir`.
+pub fn domicile_as_operator(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_domicile"))
+        .args(args)
+        .envs(operator_env(dir))
+        .output()
+        .expect("the domicile binary runs")
+}
+
+/// A plain HTTP client, for reads from loopback (reqwest's TLS has no crypto provider of its own: ring).
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// An HTTPS client for one node's admin endpoint, trusting the cluster CA in `dir/certs` and presenting
+/// `dir/certs/{cert}.pem` (e.g. `operator-tests`, `client-tests`, `node-2`) if given. The node's
+/// certificate names `node-ID.domicile.internal`, so that is the host of [`AdminHttps::url`], resolved
+/// to the node's admin address: the standard webpki check, host name included.
+pub struct AdminHttps {
+    pub client: reqwest::Client,
+    host: String,
+    port: u16,
+}
+
+impl AdminHttps {
+    pub fn new(dir: &Path, node: &NodeFiles, cert: Option<&str>) -> AdminHttps {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let certs = dir.join("certs");
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(certs.join("ca.pem")).unwrap())
+            .unwrap();
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let config = match cert {
+            Some(name) => builder
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_file(certs.join(format!("{name}.pem"))).unwrap()],
+                    PrivateKeyDer::from_pem_file(certs.join(format!("{name}.key"))).unwrap(),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        let host = format!("node-{}.domicile.internal", node.id);
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .resolve(&host, node.admin)
+            .tls_backend_preconfigured(config)
+            .build()
+            .unwrap();
+        AdminHttps {
+            client,
+            host,
+            port: node.admin.port(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{}:{}{path}", self.host, self.port)
+    }
+}
+
 /// One node's files and addresses.
 pub struct NodeFiles {
     pub id: u64,
@@ -61,9 +140,9 @@ pub fn with_test_grants(topology: &str) -> String {
     text
 }
 
-/// Writes, in `dir`, `topology.toml`, a CA with a certificate for each of `nodes` (id, site) and one for
-/// a client named `tests` under `certs/`, and `node-ID.toml` for each node (its data in `data-ID/`), on
-/// free loopback ports. The CLI writes the certificates, as an operator would.
+/// Writes, in `dir`, `topology.toml`, a CA with a certificate for each of `nodes` (id, site), one for
+/// a client named `tests` and one for an operator named `tests` under `certs/`, and `node-ID.toml` for
+/// each node (its data in `data-ID/`), on free loopback ports. The CLI writes the certificates, as an operator would.
 pub fn cluster_files(dir: &Path, cluster: &str, topology: &str, nodes: &[(u64, &str)]) -> Vec<NodeFiles> {
     std::fs::write(dir.join("topology.toml"), with_test_grants(topology)).unwrap();
     let certs = dir.join("certs");
@@ -76,6 +155,12 @@ pub fn cluster_files(dir: &Path, cluster: &str, topology: &str, nodes: &[(u64, &
     );
     assert_eq!(
         domicile(&["certs", "client", "--name", "tests", "--dir", certs])
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(
+        domicile(&["certs", "operator", "--name", "tests", "--dir", certs])
             .status
             .code(),
         Some(0)
