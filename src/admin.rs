@@ -174,6 +174,8 @@ pub fn node_status(node: &Node) -> NodeStatus {
             egress_blocked: incidents.egress_blocked,
             ingress_refused: incidents.ingress_refused,
             client_calls_refused: incidents.client_calls_refused,
+            client_calls_forbidden: incidents.client_calls_forbidden,
+            outside_reads: incidents.outside_reads,
         },
         topology_groups,
         purged: node.purges.records(),

@@ -87,6 +87,12 @@ pub struct Incidents {
     /// Client calls refused because they came under a node's certificate.
     #[serde(default)]
     pub client_calls_refused: u64,
+    /// Client calls outside the calling service's grants.
+    #[serde(default)]
+    pub client_calls_forbidden: u64,
+    /// Reads answered pseudonymised to callers outside the jurisdiction.
+    #[serde(default)]
+    pub outside_reads: u64,
 }
 
 /// `GET /ready`: whether the node serves its groups (every group it hosts knows a leader).

@@ -294,6 +294,7 @@ fn prepare(dir: &Path) -> anyhow::Result<Layout> {
                 site = site.name,
                 keys = inside.join(", "),
             );
+
             for (&peer, &(peer_listen, peer_admin)) in nodes.iter().filter(|(peer, _)| **peer != id.0) {
                 config.push_str(&format!(
                     "\n[[peer]]\nid = {peer}\naddr = \"{peer_listen}\"\nadmin = \"{peer_admin}\"\n"

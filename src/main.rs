@@ -86,17 +86,17 @@ enum Command {
         #[command(subcommand)]
         command: audit_cli::AuditCommand,
     },
+    /// A user's records through the client library, under a client service's certificate and grants.
+    Record {
+        #[command(subcommand)]
+        command: record_cli::RecordCommand,
+    },
     /// Rehearse a failure on a live cluster (a site's outage, a leader's loss, a partition) under a client
     /// workload, and report per group the time to a new leader, writes lost, errors, latency,
     /// linearizability and residency.
     Drill {
         #[command(subcommand)]
         command: drill::DrillCommand,
-    },
-    /// A user's records through the client library, under a client service's certificate and grants.
-    Record {
-        #[command(subcommand)]
-        command: record_cli::RecordCommand,
     },
     /// Leadership operations.
     Leader {
@@ -240,10 +240,11 @@ fn main() -> ExitCode {
             command: apply_cli::SiteCommand::Evacuate { site, run },
         } => apply_cli::run_blocking(apply_cli::Scope::Evacuate { site }, run),
         Command::Audit { command } => audit_cli::run(command),
-        Command::Record { command } => {
-            runtime().and_then(|runtime| runtime.block_on(record_cli::run(command)))
-        }
         Command::Drill { command } => drill::run_blocking(command),
+        Command::Record { command } => {
+            let certs = cli.credentials.certs_dir.clone();
+            runtime().and_then(|runtime| runtime.block_on(record_cli::run(command, certs)))
+        }
         Command::Leader {
             command: operator_cli::LeaderCommand::Move { admin, group, to },
         } => runtime().and_then(|runtime| runtime.block_on(operator_cli::move_leader(&admin, &group, to))),

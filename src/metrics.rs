@@ -39,6 +39,8 @@ pub struct Metrics {
     egress_blocked: Counter<u64, AtomicU64>,
     ingress_refused: Counter<u64, AtomicU64>,
     client_calls_refused: Counter<u64, AtomicU64>,
+    client_calls_forbidden: Counter<u64, AtomicU64>,
+    outside_reads: Counter<u64, AtomicU64>,
     audit_entries: Gauge,
     audit_write_failures: Counter<u64, AtomicU64>,
     pub request_seconds: Family<OpLabel, Histogram>,
@@ -123,6 +125,18 @@ impl Metrics {
             "fence_client_calls_refused",
             "Client calls (records, shard maps) refused because the caller presented a node's certificate",
             client_calls_refused.clone(),
+        );
+        let client_calls_forbidden = Counter::default();
+        registry.register(
+            "fence_client_calls_forbidden",
+            "Client calls refused because the calling service holds no such grant on the jurisdiction",
+            client_calls_forbidden.clone(),
+        );
+        let outside_reads = Counter::default();
+        registry.register(
+            "outside_reads",
+            "Reads answered with personal fields pseudonymised, to callers outside the jurisdiction",
+            outside_reads.clone(),
         );
         let audit_entries = Gauge::default();
         registry.register(
@@ -246,6 +260,8 @@ impl Metrics {
             egress_blocked,
             ingress_refused,
             client_calls_refused,
+            client_calls_forbidden,
+            outside_reads,
             audit_entries,
             audit_write_failures,
             request_seconds,
@@ -292,6 +308,13 @@ impl Metrics {
                 .client_calls_refused
                 .saturating_sub(last.client_calls_refused),
         );
+        self.client_calls_forbidden.inc_by(
+            incidents
+                .client_calls_forbidden
+                .saturating_sub(last.client_calls_forbidden),
+        );
+        self.outside_reads
+            .inc_by(incidents.outside_reads.saturating_sub(last.outside_reads));
         seen.1 = incidents;
     }
 

@@ -388,14 +388,16 @@ pub async fn status(admin: &str, output: Output) -> anyhow::Result<ExitCode> {
                 let incidents = node.incidents;
                 println!(
                     "n{} {} ({}): fence refusals {}, egress blocked {}, ingress refused {}, \
-                     client calls refused {}",
+                     client calls refused {}, not granted {}, outside reads {}",
                     node.node,
                     node.site,
                     node.country,
                     incidents.membership_refused,
                     incidents.egress_blocked,
                     incidents.ingress_refused,
-                    incidents.client_calls_refused
+                    incidents.client_calls_refused,
+                    incidents.client_calls_forbidden,
+                    incidents.outside_reads
                 );
             }
             if !unreachable.is_empty() {

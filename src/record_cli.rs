@@ -2,8 +2,9 @@
 //! them — under a client certificate, within its grants, pseudonymised if it reads from outside.
 //!
 //! For operators and developers trying a cluster (the README's tour), like `etcdctl get` and `put`. The
-//! endpoints, certificate directory and client name come from flags or from the same environment variables
-//! as the client example (`DOMICILE_ENDPOINTS`, `DOMICILE_CERTS`, `DOMICILE_CLIENT`).
+//! endpoints, certificate directory (the global `--certs`) and client name come from flags or from the
+//! same environment variables as the client example (`DOMICILE_ENDPOINTS`, `DOMICILE_CERTS`,
+//! `DOMICILE_CLIENT`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -19,9 +20,6 @@ pub struct Connection {
     /// Nodes to start from, `n1@127.0.0.1:7101,n2@...` (the client follows leaders from there).
     #[arg(long, env = "DOMICILE_ENDPOINTS", value_delimiter = ',', required = true)]
     endpoints: Vec<String>,
-    /// Directory holding ca.pem and client-NAME.pem/.key.
-    #[arg(long, env = "DOMICILE_CERTS", default_value = "certs")]
-    certs: std::path::PathBuf,
     /// The client service whose certificate to use.
     #[arg(long, env = "DOMICILE_CLIENT")]
     client: String,
@@ -85,7 +83,10 @@ fn shown(name: &str, record: &Record) -> Shown {
     }
 }
 
-pub async fn run(command: RecordCommand) -> anyhow::Result<ExitCode> {
+/// `certs`: the directory holding ca.pem and client-NAME.pem/.key (the global `--certs`, or
+/// `DOMICILE_CERTS`; `certs` if neither).
+pub async fn run(command: RecordCommand, certs: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
+    let certs = certs.unwrap_or_else(|| "certs".into());
     let connection = match &command {
         RecordCommand::Get { connection, .. }
         | RecordCommand::Put { connection, .. }
@@ -94,7 +95,7 @@ pub async fn run(command: RecordCommand) -> anyhow::Result<ExitCode> {
     };
     let client = Client::builder()
         .endpoints(&connection.endpoints)
-        .tls(ClientTls::from_dir(&connection.certs, &connection.client)?)
+        .tls(ClientTls::from_dir(&certs, &connection.client)?)
         .default_jurisdiction(&connection.jurisdiction)
         .timeout(Duration::from_millis(connection.timeout_ms))
         .build()

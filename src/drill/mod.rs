@@ -179,7 +179,7 @@ const RECOVERY_MAX: Duration = Duration::from_secs(30);
 /// How long a `--fault-command` or `--heal-command` may run.
 const COMMAND_MAX: Duration = Duration::from_secs(120);
 
-/// An admin endpoint's URL: HTTPS when the command has the operator's credentials (`operator_cli`).
+/// An admin endpoint's URL: HTTPS when the command was given the cluster CA.
 pub fn admin_url(admin: &str, path: &str) -> String {
     crate::operator_cli::admin_url(admin, path)
 }
