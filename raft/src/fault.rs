@@ -14,7 +14,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use placement::NodeId;
@@ -72,6 +72,9 @@ pub struct ActiveIsolation<I> {
 /// A node's isolation, if any, shared by all its groups and its front door. `I` is the runtime's instant.
 pub struct Isolation<I> {
     active: Mutex<Option<ActiveIsolation<I>>>,
+    /// Whether `active` holds an isolation: written under its lock, read without it, so a node with none
+    /// (nearly always) pays one atomic load per message.
+    armed: AtomicBool,
     /// Set when an isolation ended at its deadline, until [`Isolation::take_expired`] reports it.
     expired: Mutex<Option<ActiveIsolation<I>>>,
     /// Peer messages dropped or refused because of an isolation, since the node started.
@@ -82,6 +85,7 @@ impl<I: openraft::Instant> Default for Isolation<I> {
     fn default() -> Self {
         Isolation {
             active: Mutex::new(None),
+            armed: AtomicBool::new(false),
             expired: Mutex::new(None),
             dropped: AtomicU64::new(0),
         }
@@ -109,14 +113,18 @@ impl<I: openraft::Instant> Isolation<I> {
             from,
             until: now + duration,
         };
-        *self.active.lock().expect("isolation lock") = Some(isolation.clone());
+        let mut active = self.active.lock().expect("isolation lock");
+        *active = Some(isolation.clone());
+        self.armed.store(true, Ordering::Release);
         Ok(isolation)
     }
 
     /// Ends the isolation in force now; returns it, or `None` if there was none.
     pub fn heal(&self, now: I) -> Option<ActiveIsolation<I>> {
         self.current(now);
-        self.active.lock().expect("isolation lock").take()
+        let mut active = self.active.lock().expect("isolation lock");
+        self.armed.store(false, Ordering::Release);
+        active.take()
     }
 
     /// The isolation in force at `now`, if any. One whose deadline has passed ends here.
@@ -124,12 +132,16 @@ impl<I: openraft::Instant> Isolation<I> {
         let mut active = self.active.lock().expect("isolation lock");
         if active.as_ref().is_some_and(|isolation| now >= isolation.until) {
             *self.expired.lock().expect("isolation lock") = active.take();
+            self.armed.store(false, Ordering::Release);
         }
         active.clone()
     }
 
     /// Whether a Raft message to or from `peer` at `now` must be dropped; a dropped message is counted.
     pub fn blocks(&self, peer: NodeId, now: I) -> bool {
+        if !self.armed.load(Ordering::Acquire) {
+            return false;
+        }
         let blocked = self
             .current(now)
             .is_some_and(|isolation| isolation.from.includes(peer));
