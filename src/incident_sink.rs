@@ -123,12 +123,14 @@ struct Delivery {
 
 impl Sink {
     async fn run(self) {
-        let http = match reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(self.config.timeout)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("domicile/", env!("CARGO_PKG_VERSION")))
-            .build()
-        {
+            .user_agent(concat!("domicile/", env!("CARGO_PKG_VERSION")));
+        if let Some(cas) = &self.config.trusted_cas {
+            builder = builder.tls_certs_only(cas.iter().cloned());
+        }
+        let http = match builder.build() {
             Ok(http) => http,
             Err(error) => {
                 tracing::error!(%error, "incident sink: can't build the HTTP client; incidents are not pushed");
@@ -399,6 +401,7 @@ mod tests {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_millis(1_000),
             spool_incidents_max: 10,
+            trusted_cas: None,
         };
         let mut random = fastrand::Rng::with_seed(18);
         for (failures, ceiling_ms) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1_000), (40, 1_000)] {
@@ -484,6 +487,7 @@ mod tests {
                 backoff_initial: Duration::from_millis(50),
                 backoff_max: Duration::from_millis(200),
                 spool_incidents_max: 10,
+                trusted_cas: None,
             },
             node: 1,
             cluster: "test".into(),

@@ -255,7 +255,7 @@ impl NodeConfig {
         let incidents = raw
             .incidents
             .as_ref()
-            .map(crate::incident_sink::IncidentSinkConfig::from_raw)
+            .map(|incidents| crate::incident_sink::IncidentSinkConfig::from_raw(incidents, base))
             .transpose()
             .map_err(|reason| anyhow!("{}: [incidents] {reason}", path.display()))?;
         let data_dir = resolve(&raw.data_dir);

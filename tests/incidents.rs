@@ -496,3 +496,114 @@ async fn a_full_spool_gives_up_the_oldest_with_one_gap_notice_sent_first() {
     .await;
     receiver.stop().await;
 }
+
+/// A certificate for 127.0.0.1 signed by a CA of its own: `(CA certificate PEM, server TLS config)`.
+fn receiver_tls(name: &str) -> (String, Arc<rustls::ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{name} CA"));
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    (ca_cert.pem(), Arc::new(config))
+}
+
+/// An HTTPS receiver on `addr` with `tls`, until the returned task is aborted.
+async fn https_receiver(
+    addr: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    inbox: &Inbox,
+) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let app = axum::Router::new()
+        .route("/incidents", post(receive))
+        .with_state(inbox.clone());
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            connections.spawn(async move {
+                // A handshake the node refuses (an impostor's certificate) ends here.
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_webhook_gets_incidents_only_from_behind_a_certificate_of_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let webhook = free_port();
+    let (monitor_ca, monitor_tls) = receiver_tls("monitor");
+    let (_, impostor_tls) = receiver_tls("impostor");
+    std::fs::write(dir.path().join("monitor-ca.pem"), monitor_ca).unwrap();
+    let inbox = Inbox::default();
+    let impostor = https_receiver(webhook, impostor_tls, &inbox).await;
+    let node = dublin(
+        dir.path(),
+        webhook,
+        "backoff_initial_ms = 50\nbackoff_max_ms = 400\nca = \"monitor-ca.pem\"",
+    );
+    let mut config = std::fs::read_to_string(&node.config).unwrap();
+    config = config.replace("webhook = \"http://", "webhook = \"https://");
+    std::fs::write(&node.config, config).unwrap();
+    let _process = node.start();
+    ready(&node).await;
+    refuse(&node).await;
+    refuse(&node).await;
+    wait_until(
+        "the impostor's certificate refused twice",
+        Duration::from_secs(60),
+        async || metric(&node, "incident_delivery_failures_total").await >= 2.0,
+    )
+    .await;
+    assert!(
+        inbox.all().is_empty(),
+        "nothing reached a receiver the node can't trust"
+    );
+    impostor.abort();
+    let _ = impostor.await;
+
+    let monitor = https_receiver(webhook, monitor_tls, &inbox).await;
+    wait_until(
+        "both acknowledged over TLS",
+        Duration::from_secs(60),
+        async || inbox.acknowledged().len() >= 2 && metric(&node, "incident_backlog").await == 0.0,
+    )
+    .await;
+    let expected: Vec<String> = trail_incidents(dir.path())
+        .into_iter()
+        .map(|(_, key)| key)
+        .collect();
+    assert_eq!(expected.len(), 2);
+    assert_eq!(acknowledged_keys(&inbox), expected);
+    check_keys(&inbox);
+    monitor.abort();
+}

@@ -7,16 +7,18 @@
 //! backoff_initial_ms = 200     # the first retry's delay; doubled after each failure ...
 //! backoff_max_ms = 30000       # ... up to this
 //! spool_incidents_max = 10000  # undelivered incidents kept; older ones are skipped with a gap notice
+//! ca = "monitor-ca.pem"        # https only: trust these CAs alone (PEM), not the system's roots
 //! ```
 //!
-//! The webhook must be `http://` to a loopback address: this build's HTTP client has no TLS, and an
-//! incident names sites, groups, jurisdictions and callers, which must not cross a network in clear. A
-//! monitor elsewhere is reached through a TLS-terminating forwarder on the node's loopback (a sidecar).
+//! An incident names sites, groups, jurisdictions and callers, so it never crosses a network in clear:
+//! the webhook is `https://` (the server's certificate checked against the system's roots, or against
+//! `ca` alone), or `http://` to a loopback address only (a receiver or TLS forwarder on the node).
 
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use reqwest::Url;
+use reqwest::{Certificate, Url};
 use serde::Deserialize;
 
 /// The most undelivered incidents a node keeps in memory (each a few hundred bytes).
@@ -35,7 +37,13 @@ pub struct RawIncidentSink {
     backoff_max_ms: u64,
     #[serde(default = "default_spool_incidents_max")]
     spool_incidents_max: usize,
+    /// PEM certificates of the CAs an https webhook's certificate must chain to (instead of the
+    /// system's roots).
+    ca: Option<PathBuf>,
 }
+
+/// Bound on the `ca` file's size.
+const CA_BYTES_MAX: u64 = 1 << 20;
 
 fn default_timeout_ms() -> u64 {
     5_000
@@ -54,21 +62,31 @@ fn default_spool_incidents_max() -> usize {
 }
 
 /// A validated `[incidents]` section.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct IncidentSinkConfig {
     pub webhook: Url,
     pub timeout: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub spool_incidents_max: usize,
+    /// For an https webhook: the only CAs trusted (`ca`), or `None` for the system's roots.
+    pub trusted_cas: Option<Vec<Certificate>>,
 }
 
 impl IncidentSinkConfig {
-    /// Checks the section; the error says what is wrong, for the config's path to prefix.
-    pub fn from_raw(raw: &RawIncidentSink) -> Result<IncidentSinkConfig, String> {
+    /// Checks the section (reading `ca`, relative to `base`, the config file's directory); the error says
+    /// what is wrong, for the config's path to prefix.
+    pub fn from_raw(raw: &RawIncidentSink, base: &Path) -> Result<IncidentSinkConfig, String> {
         let webhook = Url::parse(&raw.webhook)
             .map_err(|error| format!("webhook `{}` is not a URL: {error}", raw.webhook))?;
         check_webhook(&webhook)?;
+        let trusted_cas = match &raw.ca {
+            None => None,
+            Some(_) if webhook.scheme() != "https" => {
+                return Err(format!("ca is for an https webhook, and `{webhook}` is not one"));
+            }
+            Some(path) => Some(read_cas(&base.join(path))?),
+        };
         if raw.timeout_ms == 0 {
             return Err("timeout_ms must be at least 1".into());
         }
@@ -87,21 +105,40 @@ impl IncidentSinkConfig {
             backoff_initial: Duration::from_millis(raw.backoff_initial_ms),
             backoff_max: Duration::from_millis(raw.backoff_max_ms),
             spool_incidents_max: raw.spool_incidents_max,
+            trusted_cas,
         })
     }
 }
 
-/// `http://` to loopback only: see the module's documentation.
+/// The CA certificates in a PEM file: at least one, every one parsed.
+fn read_cas(path: &Path) -> Result<Vec<Certificate>, String> {
+    let unreadable = |error: std::io::Error| format!("ca {}: {error}", path.display());
+    let length = std::fs::metadata(path).map_err(unreadable)?.len();
+    if length > CA_BYTES_MAX {
+        return Err(format!(
+            "ca {}: {length} bytes, more than {CA_BYTES_MAX} for CA certificates",
+            path.display()
+        ));
+    }
+    let pem = std::fs::read(path).map_err(unreadable)?;
+    let certificates = Certificate::from_pem_bundle(&pem)
+        .map_err(|error| format!("ca {}: not PEM certificates: {error}", path.display()))?;
+    if certificates.is_empty() {
+        return Err(format!("ca {}: no certificate in it", path.display()));
+    }
+    Ok(certificates)
+}
+
+/// `https://`, or `http://` to loopback only: see the module's documentation.
 fn check_webhook(webhook: &Url) -> Result<(), String> {
     match webhook.scheme() {
         "http" => {}
-        "https" => {
+        "https" => return Ok(()),
+        other => {
             return Err(format!(
-                "webhook `{webhook}`: https is not supported by this build (its HTTP client has no TLS); \
-                 run a TLS-terminating forwarder on loopback and give its http://127.0.0.1 address"
+                "webhook `{webhook}`: `{other}` is neither https nor http"
             ));
         }
-        other => return Err(format!("webhook `{webhook}`: `{other}` is not http")),
     }
     let host = webhook.host_str().unwrap_or_default();
     let loopback = match host
@@ -115,8 +152,7 @@ fn check_webhook(webhook: &Url) -> Result<(), String> {
     if !loopback {
         return Err(format!(
             "webhook `{webhook}`: plain http only to loopback (127.0.0.1, [::1], localhost): incidents \
-             name sites, groups and callers and must not cross a network in clear; run a \
-             TLS-terminating forwarder on loopback"
+             name sites, groups and callers and must not cross a network in clear; use https"
         ));
     }
     Ok(())
@@ -126,9 +162,13 @@ fn check_webhook(webhook: &Url) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<IncidentSinkConfig, String> {
+    fn parse_in(base: &Path, text: &str) -> Result<IncidentSinkConfig, String> {
         let raw: RawIncidentSink = toml::from_str(text).map_err(|error| error.to_string())?;
-        IncidentSinkConfig::from_raw(&raw)
+        IncidentSinkConfig::from_raw(&raw, base)
+    }
+
+    fn parse(text: &str) -> Result<IncidentSinkConfig, String> {
+        parse_in(Path::new("/nonexistent"), text)
     }
 
     #[test]
@@ -139,22 +179,60 @@ mod tests {
         assert_eq!(config.backoff_initial, Duration::from_millis(200));
         assert_eq!(config.backoff_max, Duration::from_secs(30));
         assert_eq!(config.spool_incidents_max, 10_000);
-        for good in ["http://[::1]:9/x", "http://localhost:9/x", "http://127.0.0.2/"] {
+        assert!(config.trusted_cas.is_none());
+        for good in [
+            "http://[::1]:9/x",
+            "http://localhost:9/x",
+            "http://127.0.0.2/",
+            "https://monitor.example.com/x",
+            "https://10.0.0.7:9093/x",
+        ] {
             assert!(parse(&format!("webhook = \"{good}\"")).is_ok(), "{good}");
         }
     }
 
     #[test]
-    fn a_webhook_beyond_loopback_or_over_tls_is_refused_with_the_reason() {
+    fn plain_http_beyond_loopback_is_refused_with_the_reason() {
         for (bad, reason) in [
             ("http://10.0.0.7:9093/x", "only to loopback"),
             ("http://monitor.example.com/x", "only to loopback"),
-            ("https://monitor.example.com/x", "https is not supported"),
-            ("ftp://127.0.0.1/x", "is not http"),
+            ("http://127.0.0.1.example.com/x", "only to loopback"),
+            ("ftp://127.0.0.1/x", "neither https nor http"),
             ("127.0.0.1:9093", "not a URL"),
             ("not a url", "not a URL"),
         ] {
             let error = parse(&format!("webhook = \"{bad}\"")).unwrap_err();
+            assert!(error.contains(reason), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn an_https_webhook_may_trust_its_own_cas_alone() {
+        use raft::identity::{ClusterCa, Validity};
+        let dir = tempfile::tempdir().unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let validity = Validity {
+            not_before: now,
+            not_after: now + time::Duration::days(1),
+        };
+        let ca = ClusterCa::generate("monitor", validity).unwrap();
+        std::fs::write(dir.path().join("monitor-ca.pem"), &ca.certified_key().cert_pem).unwrap();
+        let https = "webhook = \"https://monitor.example.com/x\"\n";
+        let config = parse_in(dir.path(), &format!("{https}ca = \"monitor-ca.pem\"")).unwrap();
+        assert_eq!(config.trusted_cas.map(|cas| cas.len()), Some(1));
+
+        std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+        std::fs::write(dir.path().join("key.pem"), &ca.certified_key().key_pem).unwrap();
+        for (bad, reason) in [
+            (format!("{https}ca = \"missing.pem\""), "missing.pem"),
+            (format!("{https}ca = \"empty.pem\""), "no certificate"),
+            (format!("{https}ca = \"key.pem\""), "no certificate"),
+            (
+                "webhook = \"http://127.0.0.1:9/x\"\nca = \"monitor-ca.pem\"".to_string(),
+                "not one",
+            ),
+        ] {
+            let error = parse_in(dir.path(), &bad).unwrap_err();
             assert!(error.contains(reason), "{bad}: {error}");
         }
     }
