@@ -5,7 +5,7 @@
 #
 #   scripts/fuzz.sh                   every target for FUZZ_SECONDS (default 300) each, one after the other
 #   scripts/fuzz.sh ci                what CI runs: every target for FUZZ_RUNS executions (default 2000)
-#                                     with seed 1, within FUZZ_SECONDS (default 60) each, built unoptimised
+#                                     with seed 1, within FUZZ_SECONDS (default 30) each, built unoptimised
 #                                     (half the build's CPU time; the short runs do not need the speed)
 #   scripts/fuzz.sh [ci] TARGET...    only these targets
 #
@@ -32,7 +32,7 @@ if [ "${1:-}" = ci ]; then
   shift
 fi
 if [ "$mode" = ci ]; then
-  seconds=${FUZZ_SECONDS:-60}
+  seconds=${FUZZ_SECONDS:-30}
   runs=${FUZZ_RUNS:-2000}
   seed=${FUZZ_SEED:-1}
   dev=${FUZZ_DEV:-1}
