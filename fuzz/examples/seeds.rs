@@ -548,7 +548,7 @@ fn snapshot_seeds(root: &Path) {
         })
         .expect("a scan");
     }
-    let commands: Vec<Vec<u8>> = commands().iter().map(|command| encode(command)).collect();
+    let commands: Vec<Vec<u8>> = commands().iter().map(encode).collect();
     machine.seed(
         "commands",
         true,

@@ -19,10 +19,10 @@ fuzz_target!(|data: &[u8]| {
     };
     match TopologyFile::parse(topology) {
         Ok(file) => {
-            if let Some(current) = pieces.get(1).and_then(|piece| std::str::from_utf8(piece).ok()) {
-                if let Err(error) = file.parse_current(current) {
-                    let _ = error.to_string();
-                }
+            if let Some(current) = pieces.get(1).and_then(|piece| std::str::from_utf8(piece).ok())
+                && let Err(error) = file.parse_current(current)
+            {
+                let _ = error.to_string();
             }
         }
         Err(error) => {
