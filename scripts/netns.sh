@@ -37,6 +37,18 @@ others_of() { # every node address but those of the ids in $1
   done <"$MH_DIR/hosts"
 }
 
+# The pid in MH_DIR/pid-ID, if that process is still node ID's (a pid is reused once its process ends,
+# as a thread's id too: never signal a number without checking whose it is).
+node_pid() {
+  local pid
+  pid=$(cat "$MH_DIR/pid-$1" 2>/dev/null || true)
+  if [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "node --config node-$1.toml"; then
+    echo "$pid"
+  else
+    die "n$1 is not running (pid file: ${pid:-none})"
+  fi
+}
+
 in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
 cut() {
@@ -98,7 +110,7 @@ case "$command" in
   uncut) : "${MH_PREFIX:?}" "${MH_DIR:?}"; uncut "$1" ;;
   signal)
     : "${MH_DIR:?}"
-    for id in $(each_id "$2"); do kill "-$1" "$(cat "$MH_DIR/pid-$id")"; done
+    for id in $(each_id "$2"); do kill "-$1" "$(node_pid "$id")"; done
     ;;
   start)
     : "${MH_DIR:?}"
