@@ -211,7 +211,15 @@ pub fn scan_tail(path: &Path) -> std::io::Result<Result<Tail, Corruption>> {
             Frame::End => return Ok(Ok(tail)),
             Frame::Whole { offset, payload } => match SignedEntry::decode(&payload) {
                 Ok(signed) if signed.entry.sequence == tail.next_sequence => {
-                    tail.next_sequence += 1;
+                    // A header or entry claiming the last sequence number there is can only be damage or
+                    // forgery: no trail appends 2^64 entries. An error, never an overflow.
+                    let Some(next) = tail.next_sequence.checked_add(1) else {
+                        return corrupt(
+                            offset,
+                            format!("entry {} is the last sequence number a trail can hold", u64::MAX),
+                        );
+                    };
+                    tail.next_sequence = next;
                     tail.last_hash = hash(&payload);
                     tail.entries += 1;
                     tail.good_len = reader.offset();
@@ -268,6 +276,45 @@ fn valid_frame_after(path: &Path, damaged: u64) -> std::io::Result<Option<u64>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found reading the code while fuzzing: a segment whose header starts at the last sequence number
+    /// there is, holding that entry, made the scan add one past `u64::MAX`.
+    #[test]
+    fn a_trail_at_the_last_sequence_number_is_damage_not_an_overflow() {
+        use crate::entry::{AUDIT_FORMAT, Entry, GENESIS, MAGIC, SegmentHeader, encode_signed};
+        use crate::key::SignatureAlgorithm;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(segment_name(u64::MAX));
+        let header = SegmentHeader {
+            magic: MAGIC,
+            format: AUDIT_FORMAT,
+            first_sequence: u64::MAX,
+            previous: GENESIS,
+            opened_unix_ms: 0,
+            algorithm: SignatureAlgorithm::EcdsaP256Sha256,
+            certificate: Vec::new(),
+        };
+        let mut bytes = Vec::new();
+        header.encode_frame(&mut bytes).unwrap();
+        let entry = Entry {
+            sequence: u64::MAX,
+            previous: GENESIS,
+            time_unix_ms: 0,
+            event: crate::event::Event::Opened {
+                identity: "test".into(),
+                tail_cut_bytes: 0,
+            },
+        };
+        // The scan reads no signature: any bytes do.
+        encode_signed(&entry, |_| Ok(vec![0; 64]), &mut bytes).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        let corruption = scan_tail(&path).unwrap().expect_err("damage, named");
+        assert!(
+            corruption.reason.contains("last sequence number"),
+            "{}",
+            corruption.reason
+        );
+    }
 
     #[test]
     fn segment_names_sort_by_sequence_and_parse_one_way() {

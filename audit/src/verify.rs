@@ -398,7 +398,7 @@ fn out_of_place(
             ));
         }
     }
-    let gone = if found == expected + 1 {
+    let gone = if expected.checked_add(1) == Some(found) {
         format!("entry {expected} is gone")
     } else {
         format!("entries {expected}..{found} are gone")
