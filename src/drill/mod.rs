@@ -1030,7 +1030,7 @@ fn judge(judged: Judged<'_>) -> Report {
             failover_possible: quorum_side.is_some(),
             new_leader,
             rto_ms,
-            leader_after: observe::leader_at(answers, &group.0, ended).map(|(leader, _)| leader),
+            leader_after: observe::last_leader(answers, &group.0, healed, ended),
             writes_acknowledged: 0,
             writes_lost: Vec::new(),
             writes_unverified: 0,

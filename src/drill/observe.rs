@@ -126,6 +126,25 @@ pub fn leader_at(answers: &[Answer], group: &str, until: Duration) -> Option<(u6
         .map(|(term, node)| (node, term))
 }
 
+/// The node that last said it leads `group` in the answers between `from` and `until`: the group was led
+/// again after the fault even if, at the very end, its leadership was being handed over (to a preferred
+/// site, say) and no node claimed it.
+pub fn last_leader(answers: &[Answer], group: &str, from: Duration, until: Duration) -> Option<u64> {
+    answers
+        .iter()
+        .filter(|answer| answer.at >= from && answer.at <= until)
+        .filter_map(|answer| {
+            let status = answer.status.as_ref()?;
+            status
+                .groups
+                .iter()
+                .any(|view| view.group == group && view.leader == Some(answer.node))
+                .then_some((answer.at, answer.node))
+        })
+        .max()
+        .map(|(_, node)| node)
+}
+
 /// The first answer after `from` (and before `until`) in which a node of `eligible` says it leads `group`
 /// in a term above `term`: when, who, which term.
 pub fn new_leader(

@@ -74,7 +74,7 @@ pub struct GroupReport {
     /// The first new leader seen during the fault, and how long after the fault began (RTO).
     pub new_leader: Option<u64>,
     pub rto_ms: Option<u64>,
-    /// The leader at the end of the drill.
+    /// The node that last led the group after the fault was healed.
     pub leader_after: Option<u64>,
     pub writes_acknowledged: u64,
     /// Acknowledged writes absent or changed when read back (`user/record`): the RPO, which must be 0.
