@@ -13,21 +13,10 @@ use std::time::Duration;
 
 use audit::event::{ClientRefusalKind, Enforcement, Event};
 use audit::{ClusterCa, VerifyOptions};
-use common::{EEA_SITES_AND_ASHBURN, ONE_CLUSTER_AT_A_TIME, audited_cluster_of, group};
+use common::{EEA_SITES_AND_ASHBURN, ONE_CLUSTER_AT_A_TIME, ask, audited_cluster_of, events, group};
 use placement::{NodeId, Step};
-use raft::client_protocol::{
-    ClientOp, ClientRequest, ClientResponse, Consistency, Envelope, EnvelopeResponse,
-};
+use raft::client_protocol::{ClientOp, ClientRequest, ClientResponse, Consistency};
 use raft::host::HostError;
-
-fn events(cluster: &common::Cluster, node: u64) -> Vec<Event> {
-    let mut events = Vec::new();
-    audit::read_entries(&cluster.dir().join(format!("n{node}/audit")), |read| {
-        events.push(read.entry.event)
-    })
-    .unwrap();
-    events
-}
 
 /// The leader of the EEA group, waiting up to 20 s (a replica may still be opening on demand).
 async fn leader_of(cluster: &common::Cluster, among: &[u64]) -> NodeId {
@@ -45,13 +34,6 @@ async fn leader_of(cluster: &common::Cluster, among: &[u64]) -> NodeId {
             "the EEA group elects no leader"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn ask(dialer: &raft::quic::Dialer, to: u64, request: ClientRequest) -> ClientResponse {
-    match dialer.request(to, &Envelope::Client(request)).await.unwrap() {
-        EnvelopeResponse::Client(response) => response,
-        other => panic!("a client request got {other:?}"),
     }
 }
 

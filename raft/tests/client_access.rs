@@ -10,22 +10,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{EEA_SITES_AND_ASHBURN, ONE_CLUSTER_AT_A_TIME, cluster_of};
+use common::{EEA_SITES_AND_ASHBURN, ONE_CLUSTER_AT_A_TIME, ask, cluster_of};
 use placement::NodeId;
-use raft::client_protocol::{
-    ClientOp, ClientRequest, ClientResponse, ClientResult, Consistency, Envelope, EnvelopeResponse,
-};
+use raft::client_protocol::{ClientOp, ClientRequest, ClientResponse, ClientResult, Consistency};
 use raft::quic::Dialer;
 use storage::WriteId;
 
 const EEA_NODES: [u64; 3] = [1, 2, 3];
-
-async fn ask(dialer: &Dialer, to: u64, request: ClientRequest) -> ClientResponse {
-    match dialer.request(to, &Envelope::Client(request)).await.unwrap() {
-        EnvelopeResponse::Client(response) => response,
-        other => panic!("a client request got {other:?}"),
-    }
-}
 
 fn call(op: ClientOp) -> ClientRequest {
     ClientRequest::Call {

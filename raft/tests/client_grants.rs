@@ -11,11 +11,9 @@ mod common;
 use std::time::Duration;
 
 use audit::event::{ClientRefusalKind, Event};
-use common::{ONE_CLUSTER_AT_A_TIME, audited_cluster_of};
+use common::{ONE_CLUSTER_AT_A_TIME, ask, audited_cluster_of, events};
 use placement::Country;
-use raft::client_protocol::{
-    ClientOp, ClientRequest, ClientResponse, ClientResult, Consistency, Envelope, EnvelopeResponse,
-};
+use raft::client_protocol::{ClientOp, ClientRequest, ClientResponse, ClientResult, Consistency};
 use raft::identity::ClientIdentity;
 use raft::quic::Dialer;
 use storage::WriteId;
@@ -72,13 +70,6 @@ fields = ["phone", "ip"]
 const EEA_NODES: [u64; 3] = [1, 2, 3];
 const PROFILE: &[u8] = br#"{"name":"Ana","phone":"+353 1 555 0142","ip":"192.0.2.7"}"#;
 
-async fn ask(dialer: &Dialer, to: u64, request: ClientRequest) -> ClientResponse {
-    match dialer.request(to, &Envelope::Client(request)).await.unwrap() {
-        EnvelopeResponse::Client(response) => response,
-        other => panic!("a client request got {other:?}"),
-    }
-}
-
 fn call(op: ClientOp) -> ClientRequest {
     ClientRequest::Call {
         jurisdiction: "EEA".into(),
@@ -119,15 +110,6 @@ async fn served(dialer: &Dialer, request: ClientRequest) -> ClientResult {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("no EEA node served {request:?}; last answer {last:?}")
-}
-
-fn events(cluster: &common::Cluster, node: u64) -> Vec<Event> {
-    let mut events = Vec::new();
-    audit::read_entries(&cluster.dir().join(format!("n{node}/audit")), |read| {
-        events.push(read.entry.event)
-    })
-    .unwrap();
-    events
 }
 
 fn dialer(cluster: &common::Cluster, name: &str, country: Option<&str>) -> Dialer {

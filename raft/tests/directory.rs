@@ -8,25 +8,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ONE_CLUSTER_AT_A_TIME, cluster, group};
+use common::{ONE_CLUSTER_AT_A_TIME, ask, cluster, group};
 use placement::{GroupId, NodeId};
-use raft::client_protocol::{
-    ClientOp, ClientRequest, ClientResponse, Consistency, Envelope, EnvelopeResponse,
-};
+use raft::client_protocol::{ClientOp, ClientRequest, ClientResponse, Consistency};
 use raft::directory::{ShardMap, shard_map_key};
 use raft::host::ReadConsistency;
-use raft::quic::Dialer;
 use raft::routing::group_number;
 use raft::transport::{PeerRequest, PeerResponse, RequestKind};
-
-/// A client service's call to node `to` (nodes' own certificates may not make client calls).
-async fn ask(client: &Dialer, to: u64, request: ClientRequest) -> ClientResponse {
-    let reply = client.request(to, &Envelope::Client(request)).await.unwrap();
-    match reply {
-        EnvelopeResponse::Client(response) => response,
-        other => panic!("a client request got {other:?}"),
-    }
-}
 
 fn shard_map_request(jurisdiction: &str) -> ClientRequest {
     ClientRequest::ShardMap {

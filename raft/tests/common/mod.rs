@@ -304,3 +304,26 @@ impl Cluster {
         self.local.stop().await;
     }
 }
+
+/// A client call over `dialer` to node `to`, answered as a client response.
+pub async fn ask(
+    dialer: &raft::quic::Dialer,
+    to: u64,
+    request: raft::client_protocol::ClientRequest,
+) -> raft::client_protocol::ClientResponse {
+    use raft::client_protocol::{Envelope, EnvelopeResponse};
+    match dialer.request(to, &Envelope::Client(request)).await.unwrap() {
+        EnvelopeResponse::Client(response) => response,
+        other => panic!("a client request got {other:?}"),
+    }
+}
+
+/// Node `node`'s audit trail as its disk holds it (clusters started with `audited_cluster_of`).
+pub fn events(cluster: &Cluster, node: u64) -> Vec<audit::event::Event> {
+    let mut events = Vec::new();
+    audit::read_entries(&cluster.dir().join(format!("n{node}/audit")), |read| {
+        events.push(read.entry.event)
+    })
+    .unwrap();
+    events
+}
