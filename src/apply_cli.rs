@@ -637,7 +637,7 @@ impl Run<'_> {
             let Ok(cluster) = Cluster::read(&self.args.admin).await else {
                 return self.unreachable_attestations(removed);
             };
-            let pending = self.pending_purges(&cluster);
+            let pending = self.pending_purges(&cluster, removed);
             if pending.is_empty() || started.elapsed() >= timeout {
                 return self.attestations(&cluster, removed, timeout);
             }
@@ -649,17 +649,20 @@ impl Run<'_> {
         }
     }
 
-    /// Replicas still held by answering nodes that their group's membership leaves out, or retired a
-    /// moment ago and their proof not yet recorded (the node records it once the deletion is done).
-    fn pending_purges(&self, cluster: &Cluster) -> Vec<(String, NodeId)> {
+    /// Replicas still held by answering nodes that their group's membership leaves out, or being deleted
+    /// and their proof not yet recorded: retired, or removed by this run. A node drops the replica from
+    /// its status as the deletion starts, before it marks it retired and records the proof, so a replica
+    /// this run removed that is neither held nor proven is still on its way out, not lost to the record.
+    fn pending_purges(&self, cluster: &Cluster, removed: &[(GroupId, NodeId)]) -> Vec<(String, NodeId)> {
         let mut pending = Vec::new();
         for group in &self.groups {
             let members = cluster.membership(group);
             for node in &cluster.nodes {
                 let id = NodeId(node.node);
                 let holds = node.groups.iter().any(|view| view.group == group.0);
-                let unrecorded = node.retired.contains(&group.0) && proof_of(node, group).is_none();
-                if (holds || unrecorded) && !members.contains(id) && self.attests(id) {
+                let unproven = proof_of(node, group).is_none()
+                    && (node.retired.contains(&group.0) || removed.contains(&(group.clone(), id)));
+                if (holds || unproven) && !members.contains(id) && self.attests(id) {
                     pending.push((group.0.clone(), id));
                 }
             }
