@@ -1,6 +1,7 @@
 //! `domicile demo`: a local cluster of five nodes in five sites — Dublin A, Dublin B, Hamar, Frankfurt and
 //! Ashburn — with real QUIC, mutual TLS and disks under a temporary directory, shown working end to end:
-//! EEA, EU and US groups; user records written through the client library; the failover when the Dublin A
+//! EEA, EU and US groups; user records written through the client library; a legacy group with a voter in
+//! Ashburn moved into the EEA by `placement apply`, its US replica purged; the failover when the Dublin A
 //! node is killed (no acknowledged write lost); the fence refusing the Ashburn node in an EU group; and a
 //! residency report, ending with `audit verify` on every node's audit trail. Every process it starts is
 //! stopped when it ends, also on Ctrl-C.
@@ -64,6 +65,18 @@ jurisdiction = "EU"
 voters = 3
 leader_preference = ["dublin-a"]
 
+# A legacy group: placed before residency was enforced, with a voter in Ashburn, and now fenced to the EEA.
+# Its US member may stay only until it is removed; the demo moves it out with `placement apply`.
+[[group]]
+name = "users-legacy"
+jurisdiction = "EEA"
+voters = 3
+leader_preference = ["dublin-b"]
+
+[group.current]
+voters = [2, 3, 5]
+leader = 2
+
 # US users' data stays in the US.
 [[group]]
 name = "users-us"
@@ -102,6 +115,9 @@ jurisdiction = "EEA"
 format = "json"
 fields = ["phone", "ip"]
 "#;
+
+/// The user groups of [`TOPOLOGY`].
+const GROUPS: usize = 4;
 
 /// How long a silent member goes unanswered before its group's leader replaces it (the node default is 5 s;
 /// shorter here so the demo shows it).
@@ -452,7 +468,7 @@ async fn wait_for_leaders(
                     .map(|leader| (group.clone(), leader))
             })
             .collect();
-        if views.len() == 3 && leaders.len() == 3 {
+        if views.len() == GROUPS && leaders.len() == GROUPS {
             return Ok(leaders);
         }
         if started.elapsed() > limit {
@@ -555,6 +571,8 @@ async fn show(layout: &Layout, nodes: &mut Nodes, records: u64) -> anyhow::Resul
     println!("\n== Groups, leaders and replicas by site");
     let nodes_now = statuses(layout, &[]).await;
     print!("{}", render_groups(&group_views(&nodes_now), &nodes_now));
+
+    let migrated = show_legacy_migration(layout).await?;
 
     let victim = 1;
     let led: Vec<String> = leaders
@@ -722,11 +740,65 @@ async fn show(layout: &Layout, nodes: &mut Nodes, records: u64) -> anyhow::Resul
         println!("   no replica of any group is outside its jurisdiction.");
     }
     let audited = verify_audit_trails(layout).await;
-    Ok(if lost == 0 && breaches == 0 && refused && purged && audited {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(
+        if lost == 0 && breaches == 0 && refused && purged && audited && migrated {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        },
+    )
+}
+
+/// The reason this product exists, on the demo's own cluster: `users-legacy`, with a voter in Ashburn, is
+/// moved into the EEA by `placement apply` — the same code as the command, through the same admin calls
+/// and the same fence — and its US replica is purged by its own node. The records written to it above are
+/// read back after the failover below. Returns whether the run ended with every member inside.
+async fn show_legacy_migration(layout: &Layout) -> anyhow::Result<bool> {
+    println!("\n== Moving users-legacy out of Ashburn");
+    println!(
+        "   $ domicile placement apply --group users-legacy --yes --admin {}",
+        admin(layout, 2)
+    );
+    let code = crate::apply_cli::run(
+        crate::apply_cli::Scope::Apply {
+            group: Some("users-legacy".into()),
+        },
+        crate::apply_cli::RunArgs {
+            admin: admin(layout, 2),
+            dry_run: false,
+            yes: true,
+            output: crate::operator_cli::Output::Table,
+            purge_timeout_s: 30,
+            catch_up_timeout_s: 120,
+        },
+    )
+    .await?;
+    let view = group_views(&statuses(layout, &[]).await).remove("users-legacy");
+    let inside = code == ExitCode::SUCCESS
+        && view.as_ref().is_some_and(|view| {
+            view.voters.len() == 3
+                && view
+                    .voters
+                    .iter()
+                    .chain(&view.learners)
+                    .all(|member| member.inside)
+        });
+    let members = view.map_or_else(String::new, |view| {
+        view.voters
+            .iter()
+            .map(|member| format!("n{} {}/{}", member.node, member.site, member.country))
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    println!(
+        "   users-legacy voters now: {members} ({})",
+        if inside {
+            "all inside the EEA"
+        } else {
+            "NOT all inside the EEA"
+        }
+    );
+    Ok(inside)
 }
 
 /// What a service outside the EU, granted read access to EU records, sees of them: personal fields

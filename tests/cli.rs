@@ -183,7 +183,7 @@ fn demo_write_rate(text: &str) -> f64 {
 }
 
 /// The README's main command, shorter: five nodes in five sites as real processes, records written through
-/// the client library, the Dublin A node SIGKILLed, the fence's refusal, its return (and purge), the
+/// the client library, the legacy group moved out of Ashburn, the Dublin A node SIGKILLed, the fence's refusal, its return (and purge), the
 /// residency report.
 #[test]
 fn demo_runs_a_five_site_cluster_end_to_end() {
@@ -204,6 +204,11 @@ fn demo_runs_a_five_site_cluster_end_to_end() {
     assert!(text.contains("put p50 ") && text.contains("p99 "), "{text}");
     assert!(
         text.contains("read back all 200 acknowledged writes (linearizable): 0 lost"),
+        "{text}"
+    );
+    // The legacy group is moved out of Ashburn by `placement apply`, and its US replica purged.
+    assert!(
+        text.contains("users-legacy voters now:") && text.contains("(all inside the EEA)"),
         "{text}"
     );
     assert!(text.contains("HTTP 403 Forbidden"), "{text}");
