@@ -187,6 +187,8 @@ pub fn node_status(node: &Node) -> NodeStatus {
             .map(|group| group.0.clone())
             .collect(),
         fault: crate::admin_faults::view(node),
+        round_trips: node.round_trips.peers(),
+        round_trips_uncovered: node.round_trips.uncovered(),
     }
 }
 

@@ -29,6 +29,12 @@ pub struct NodeStatus {
     /// An operator's isolation of this node from its peers (a drill), while in force.
     #[serde(default)]
     pub fault: Option<crate::admin_faults::FaultView>,
+    /// Round trips to the peers this node is connected to, as measured (`round_trip_watch`).
+    #[serde(default)]
+    pub round_trips: Vec<crate::round_trip_watch::PeerRoundTrip>,
+    /// Members of hosted groups whose measured round trip is longer than the group's timing covers.
+    #[serde(default)]
+    pub round_trips_uncovered: Vec<crate::round_trip_watch::Uncovered>,
 }
 
 /// A replica a node purged: the committed membership that left it out, as the group's leader showed it,

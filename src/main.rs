@@ -24,6 +24,7 @@ mod placement_cli;
 mod pseudonym_keys;
 mod purge_log;
 mod record_cli;
+mod round_trip_watch;
 
 use std::process::ExitCode;
 

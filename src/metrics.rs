@@ -20,6 +20,12 @@ pub struct GroupLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    pub peer: String,
+    pub site: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabel {
     pub op: String,
 }
@@ -66,6 +72,9 @@ pub struct Metrics {
     pub faults_injected: Counter<u64, AtomicU64>,
     /// 1 while such an isolation is in force.
     fault_isolated: Gauge,
+    peer_round_trip_seconds: Family<PeerLabel, Gauge<f64, AtomicU64>>,
+    group_covered_round_trip_seconds: Family<GroupLabel, Gauge<f64, AtomicU64>>,
+    group_round_trips_uncovered: Family<GroupLabel, Gauge>,
     /// Raft messages dropped or refused by isolations, and the last count exported.
     fault_messages_dropped: Counter<u64, AtomicU64>,
     seen_fault_dropped: AtomicU64,
@@ -236,8 +245,29 @@ impl Metrics {
             "Raft messages to or from peers dropped by an operator's isolation",
             fault_messages_dropped.clone(),
         );
+        let peer_round_trip_seconds = Family::<PeerLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "peer_round_trip_seconds",
+            "Smoothed round trip of the QUIC connection to a peer, as this node measures it",
+            peer_round_trip_seconds.clone(),
+        );
+        let group_covered_round_trip_seconds = Family::<GroupLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "group_covered_round_trip_seconds",
+            "The round trip a hosted group's Raft timing covers (half its heartbeat interval)",
+            group_covered_round_trip_seconds.clone(),
+        );
+        let group_round_trips_uncovered = Family::<GroupLabel, Gauge>::default();
+        registry.register(
+            "group_round_trips_uncovered",
+            "Members of a hosted group whose measured round trip from this node exceeds what the group's timing covers",
+            group_round_trips_uncovered.clone(),
+        );
         Metrics {
             registry,
+            peer_round_trip_seconds,
+            group_covered_round_trip_seconds,
+            group_round_trips_uncovered,
             faults_injected,
             fault_isolated,
             fault_messages_dropped,
@@ -316,6 +346,42 @@ impl Metrics {
         self.outside_reads
             .inc_by(incidents.outside_reads.saturating_sub(last.outside_reads));
         seen.1 = incidents;
+    }
+
+    /// Folds the measured round trips, and each hosted group's covered round trip and members past it,
+    /// into the metrics (`jurisdiction` names a group's jurisdiction).
+    pub fn observe_round_trips(
+        &self,
+        peers: &[crate::round_trip_watch::PeerRoundTrip],
+        groups: &[crate::round_trip_watch::Timed],
+        uncovered: &[crate::round_trip_watch::Uncovered],
+        jurisdiction: impl Fn(&placement::GroupId) -> String,
+    ) {
+        for peer in peers {
+            let label = PeerLabel {
+                peer: format!("n{}", peer.node),
+                site: peer.site.clone(),
+            };
+            self.peer_round_trip_seconds
+                .get_or_create(&label)
+                .set(peer.round_trip_ms / 1000.0);
+        }
+        for timed in groups {
+            let label = GroupLabel {
+                group: timed.group.0.clone(),
+                jurisdiction: jurisdiction(&timed.group),
+            };
+            self.group_covered_round_trip_seconds
+                .get_or_create(&label)
+                .set(timed.covered_ms as f64 / 1000.0);
+            let count = uncovered
+                .iter()
+                .filter(|uncovered| uncovered.group == timed.group.0)
+                .count();
+            self.group_round_trips_uncovered
+                .get_or_create(&label)
+                .set(count as i64);
+        }
     }
 
     /// Folds the audit trail's length and failure count into the metrics.

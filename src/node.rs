@@ -25,7 +25,7 @@ use placement::{NodeId, Step, TopologyFile};
 use raft::bootstrap::open_initial_groups;
 use raft::client_access::ClientAccess;
 use raft::client_protocol::{ClientOp, ClientRequest, Envelope, EnvelopeResponse};
-use raft::config::{CountryRoundTrips, TokioConfig, group_raft_config};
+use raft::config::{DeclaredRoundTrips, TokioConfig, group_raft_config};
 use raft::directory::Directory;
 use raft::host::{Host, HostError};
 use raft::identity::{CertifiedKey, Peer, check_against_topology, node_identity_of_pem, tls_configs};
@@ -55,6 +55,8 @@ pub struct Node {
     pub purges: PurgeLog,
     /// The node's signed audit trail (also the host's).
     pub audit: Arc<AuditLog>,
+    /// Round trips to peers as measured, and the hosted groups' members past their timing.
+    pub round_trips: crate::round_trip_watch::RoundTrips,
     /// Where the peers were found at start-up; those named by host name are followed after.
     resolved_at_start: BTreeMap<NodeId, SocketAddr>,
 }
@@ -66,6 +68,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<ExitCode> {
     let repair = tokio::spawn(repair_groups(node.clone()));
     let purge = tokio::spawn(purge_removed_replicas(node.clone()));
     let names = tokio::spawn(follow_peer_names(node.clone()));
+    let round_trips = tokio::spawn(crate::round_trip_watch::watch(node.clone()));
     let incidents = crate::incident_sink::spawn(&node);
     tracing::info!(node = %node.config.node, listen = %node.config.listen, admin = %node.config.admin, "node started");
     wait_for_stop_signal().await?;
@@ -77,6 +80,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<ExitCode> {
     repair.abort();
     purge.abort();
     names.abort();
+    round_trips.abort();
     if let Some(incidents) = incidents {
         incidents.abort();
     }
@@ -326,7 +330,7 @@ impl Node {
         let access = ClientAccess::new(file.access.clone(), file.policies.values(), keys);
         let host = Arc::new(
             Host::new(identity, topology, groups, quic.clone(), stores, raft_config)
-                .with_round_trips(Arc::new(CountryRoundTrips))
+                .with_round_trips(Arc::new(DeclaredRoundTrips::new(file.round_trips.clone())))
                 .with_audit(audit.clone()),
         );
         let router = Router::new(file.policies.values()).context("routing")?;
@@ -347,6 +351,7 @@ impl Node {
             purges,
             audit,
             resolved_at_start: addresses,
+            round_trips: Default::default(),
         })
     }
 

@@ -1,5 +1,5 @@
-//! The topology file (TOML): jurisdictions, sites and group policies, and optionally a group's current
-//! membership; and the current-placement file the planner reads (memberships, leaders, nodes down).
+//! The topology file (TOML): jurisdictions, sites and group policies, optionally a group's current
+//! membership, grants, personal fields and declared round trips between sites; and the current-placement file the planner reads (memberships, leaders, nodes down).
 //!
 //! Parsing is pure (text in, model out). Every error carries the line and column of the value at fault so the
 //! CLI can print `file:line:column: message`: a residency configuration is exactly the kind of file where a
@@ -16,6 +16,7 @@ use crate::country::Country;
 use crate::jurisdiction::Jurisdictions;
 use crate::membership::Membership;
 use crate::policy::{FailureDomains, GroupId, GroupPolicy, LeaderPreference};
+use crate::round_trips::{RoundTripError, RoundTripTable};
 use crate::site::{NodeId, Site, SiteName};
 use crate::state::{GroupState, Health, Placement};
 use crate::topology::{Topology, TopologyError};
@@ -60,6 +61,9 @@ pub struct TopologyFile {
     /// Which services may read or write which jurisdiction (`[[grant]]`), and its personal fields
     /// (`[[personal_data]]`).
     pub access: AccessPolicy,
+    /// Round trips between sites, as measured by the operator (`[[round_trip]]`): groups' Raft timing
+    /// covers these instead of a guess from countries.
+    pub round_trips: RoundTripTable,
 }
 
 #[derive(Deserialize)]
@@ -75,6 +79,15 @@ struct RawTopology {
     grant: Vec<RawGrant>,
     #[serde(default)]
     personal_data: Vec<RawPersonalData>,
+    #[serde(default)]
+    round_trip: Vec<RawRoundTrip>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoundTrip {
+    sites: Spanned<Vec<Spanned<String>>>,
+    ms: Spanned<u64>,
 }
 
 #[derive(Deserialize)]
@@ -239,11 +252,13 @@ impl TopologyFile {
             policies.insert(policy.group.clone(), policy);
         }
         let access = parse_access(text, &policies, &raw)?;
+        let round_trips = parse_round_trips(text, &topology, &raw.round_trip)?;
         Ok(TopologyFile {
             topology,
             policies,
             current,
             access,
+            round_trips,
         })
     }
 
@@ -375,6 +390,46 @@ fn parse_access(
         );
     }
     Ok(access)
+}
+
+fn parse_round_trips(
+    text: &str,
+    topology: &Topology,
+    raw: &[RawRoundTrip],
+) -> Result<RoundTripTable, ConfigError> {
+    let mut table = RoundTripTable::default();
+    for declared in raw {
+        let [a, b] = declared.sites.get_ref().as_slice() else {
+            return Err(ConfigError::at(
+                text,
+                declared.sites.span(),
+                "round_trip: `sites` names exactly two sites",
+            ));
+        };
+        for site in [a, b] {
+            if topology.site(&SiteName(site.get_ref().clone())).is_none() {
+                return Err(ConfigError::at(
+                    text,
+                    site.span(),
+                    format!("round_trip: unknown site `{}`", site.get_ref()),
+                ));
+            }
+        }
+        table
+            .declare(
+                SiteName(a.get_ref().clone()),
+                SiteName(b.get_ref().clone()),
+                *declared.ms.get_ref(),
+            )
+            .map_err(|reason| {
+                let span = match reason {
+                    RoundTripError::OutOfRange { .. } => declared.ms.span(),
+                    _ => declared.sites.span(),
+                };
+                ConfigError::at(text, span, format!("round_trip: {reason}"))
+            })?;
+    }
+    Ok(table)
 }
 
 fn parse_policy(text: &str, topology: &Topology, group: &RawGroup) -> Result<GroupPolicy, ConfigError> {
@@ -549,9 +604,31 @@ nodes = [2]
     }
 
     #[test]
+    fn round_trips_are_declared_between_two_known_sites() {
+        let text = format!("{SITES}[[round_trip]]\nsites = [\"hamar\", \"dublin-a\"]\nms = 31\n");
+        let file = TopologyFile::parse(&text).unwrap();
+        let (dublin, hamar) = (SiteName("dublin-a".into()), SiteName("hamar".into()));
+        assert_eq!(file.round_trips.get(&dublin, &hamar), Some(31));
+
+        let message = error_at("[[round_trip]]\nsites = [\"hamar\", \"oslo\"]\nms = 5\n", 11);
+        assert!(message.contains("unknown site `oslo`"), "{message}");
+        let message = error_at("[[round_trip]]\nsites = [\"hamar\"]\nms = 5\n", 11);
+        assert!(message.contains("exactly two"), "{message}");
+        let message = error_at("[[round_trip]]\nsites = [\"hamar\", \"dublin-a\"]\nms = 0\n", 12);
+        assert!(
+            message.contains("0 ms") && message.contains("outside"),
+            "{message}"
+        );
+        let twice = "[[round_trip]]\nsites = [\"hamar\", \"dublin-a\"]\nms = 30\n";
+        let message = error_at(&format!("{twice}{}", twice.replace("30", "40")), 14);
+        assert!(message.contains("twice"), "{message}");
+    }
+
+    #[test]
     fn the_example_topology_parses_with_a_legacy_group() {
         let file = TopologyFile::parse(include_str!("../../deploy/topology.example.toml")).unwrap();
         assert_eq!(file.topology.sites().count(), 6);
+        assert_eq!(file.round_trips.iter().count(), 4);
         assert_eq!(file.policies.len(), 4);
         let legacy = &file.current[&GroupId("users-legacy".into())];
         assert!(

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use placement::{GroupPolicy, Jurisdiction, NodeId, Site, Topology};
+use placement::{GroupPolicy, Jurisdiction, NodeId, RoundTripTable, Site, Topology};
 use storage::{Command, Response, StorageTypeConfig};
 
 /// What a replica group's type config must be: our commands and responses, `u64` node ids, openraft's
@@ -124,6 +124,36 @@ impl RoundTrips for CountryRoundTrips {
     }
 }
 
+/// The round trips the operator declared in the topology (`[[round_trip]]`, measured on their network),
+/// and for any pair not declared, [`CountryRoundTrips`]' estimate. A declaration may be shorter than the
+/// estimate (a group across Dublin and Hamar at 30 ms need not be timed for 80) or longer (a slow link the
+/// estimate would have left uncovered, and the group's lease lapsing on it).
+#[derive(Clone, Debug, Default)]
+pub struct DeclaredRoundTrips {
+    declared: RoundTripTable,
+}
+
+impl DeclaredRoundTrips {
+    pub fn new(declared: RoundTripTable) -> DeclaredRoundTrips {
+        DeclaredRoundTrips { declared }
+    }
+}
+
+impl RoundTrips for DeclaredRoundTrips {
+    fn round_trip_ms(&self, a: &Site, b: &Site) -> u64 {
+        self.declared
+            .get(&a.name, &b.name)
+            .unwrap_or_else(|| CountryRoundTrips.round_trip_ms(a, b))
+    }
+}
+
+/// The round trip a group's timing covers: a reply to a heartbeat counts only if it arrives within one
+/// heartbeat interval, which [`covering_round_trip`] made [`HEARTBEAT_ROUND_TRIPS`] round trips long.
+/// A measured round trip to a member above this leaves the leader's lease to chance.
+pub fn covered_round_trip_ms(timing: &openraft::Config) -> u64 {
+    timing.heartbeat_interval / HEARTBEAT_ROUND_TRIPS
+}
+
 /// The worst round trip between any two sites that may hold `policy`'s group: every site inside its
 /// jurisdiction, and the sites of its legacy members (a legacy group's leader needs their acknowledgements
 /// until they are removed).
@@ -219,5 +249,63 @@ voters = 2
             &CountryRoundTrips,
         );
         assert_eq!(legacy, CountryRoundTrips::INTERCONTINENTAL_MS);
+    }
+
+    #[test]
+    fn declared_round_trips_replace_the_estimate_pair_by_pair() {
+        let file = TopologyFile::parse(
+            r#"
+[[site]]
+name = "dublin"
+country = "IE"
+nodes = [1]
+
+[[site]]
+name = "hamar"
+country = "NO"
+nodes = [2]
+
+[[site]]
+name = "frankfurt"
+country = "DE"
+nodes = [3]
+
+[[group]]
+name = "users"
+jurisdiction = "EEA"
+voters = 3
+
+[[round_trip]]
+sites = ["dublin", "hamar"]
+ms = 30
+
+[[round_trip]]
+sites = ["hamar", "frankfurt"]
+ms = 25
+"#,
+        )
+        .expect("a valid topology");
+        let policy = file.policies.values().next().expect("one group").clone();
+        let declared = DeclaredRoundTrips::new(file.round_trips.clone());
+        // Dublin-Frankfurt is not declared: the estimate for two European countries stands.
+        let worst = group_round_trip_ms(&file.topology, &policy, &BTreeSet::new(), &declared);
+        assert_eq!(worst, CountryRoundTrips::EUROPE_MS);
+
+        let mut all = file.round_trips.clone();
+        all.declare(
+            placement::SiteName("dublin".into()),
+            placement::SiteName("frankfurt".into()),
+            20,
+        )
+        .expect("a new pair");
+        let declared = DeclaredRoundTrips::new(all);
+        let worst = group_round_trip_ms(&file.topology, &policy, &BTreeSet::new(), &declared);
+        assert_eq!(worst, 30, "every pair declared: the worst declaration");
+        let timing = covering_round_trip(&base(), worst).expect("valid");
+        assert_eq!(
+            timing.heartbeat_interval, 100,
+            "the base already covers 2 x 30 ms"
+        );
+        assert_eq!(covered_round_trip_ms(&timing), 50);
     }
 }

@@ -874,6 +874,12 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
         })
     }
 
+    /// The Raft timing a hosted group runs with: the base, stretched to the group's round trips when it
+    /// was opened. openraft fixes it for the life of the Raft instance.
+    pub fn group_timing(&self, group: &GroupId) -> Result<Arc<openraft::Config>, HostError> {
+        Ok(self.group(group)?.raft.config().clone())
+    }
+
     /// openraft's metrics of a hosted group, as of now.
     pub fn raft_metrics(&self, group: &GroupId) -> Result<openraft::RaftMetrics<C>, HostError> {
         Ok(self.group(group)?.raft.metrics().borrow_watched().clone())
