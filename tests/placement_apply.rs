@@ -345,49 +345,95 @@ async fn apply_migrates_the_legacy_group_into_the_eea_and_attests_the_us_purges(
     assert_us_purges_attested(&again);
 }
 
-/// Killed with SIGKILL right after its first step took effect, `placement apply` is simply run again: it
-/// reads the cluster, plans from what is true, and ends in the same placement, without repeating the step
-/// that took effect.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_apply_killed_after_its_first_step_ends_the_same_when_run_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = start_cluster(dir.path(), "resume", LEGACY, LEGACY_NODES);
-    let admin = cluster.admin();
-    cluster.all_answer().await;
-    write_records(&cluster, 10).await;
+/// Where a run of `placement apply` is killed.
+#[derive(Clone, Copy, Debug)]
+enum KillAt {
+    /// Right after a step reports it took effect: a step boundary.
+    StepDone,
+    /// Right after a step starts, before it reports anything: mid-step (a learner added and catching
+    /// up, a removal on its way to commit).
+    StepStarted,
+}
 
+/// Runs `placement apply` and SIGKILLs it at the first `at`; returns the events it printed, and whether it
+/// ended by itself first (nothing left to kill it at).
+fn apply_killed(dir: &std::path::Path, admin: &str, at: KillAt) -> (Vec<Value>, bool) {
     let child = Command::new(env!("CARGO_BIN_EXE_domicile"))
-        .args(["placement", "apply", "--admin", &admin, "--yes", "-o", "json"])
-        .envs(common::operator_env(dir.path()))
+        .args(["placement", "apply", "--admin", admin, "--yes", "-o", "json"])
+        .envs(common::operator_env(dir))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut child = KillOnDrop(child);
     let stdout = child.0.stdout.take().unwrap();
-    let mut first_run = Vec::new();
+    let mut events = Vec::new();
     for line in BufReader::new(stdout).lines() {
         let event: Value = serde_json::from_str(&line.unwrap()).unwrap();
-        let done = event["event"] == "step" && event["state"] == "done";
-        first_run.push(event);
-        if done {
+        let state = match at {
+            KillAt::StepDone => "done",
+            KillAt::StepStarted => "started",
+        };
+        let kill = event["event"] == "step" && event["state"] == state;
+        events.push(event);
+        if kill {
             child.sigkill();
-            break;
+            return (events, false);
         }
     }
-    let first_steps = steps_done(&first_run);
-    assert_eq!(first_steps.len(), 1, "{}", show(&first_run));
+    (events, true)
+}
 
-    let (code, second_run, stderr) = apply(dir.path(), &admin, &[]);
-    assert_eq!(code, Some(0), "{}\n{stderr}", show(&second_run));
-    let second_steps = steps_done(&second_run);
+/// `placement apply` SIGKILLed over and over — alternately at a step boundary and mid-step — and run again
+/// each time: every run reads the cluster and plans from what is true, so no step that took effect is
+/// ever executed again, none is skipped, and the end is the same as one uninterrupted run's: the group
+/// inside, the US replicas purged and attested, every record read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_killed_at_every_step_boundary_and_mid_step_ends_the_same_when_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_cluster(dir.path(), "resume", LEGACY, LEGACY_NODES);
+    let admin = cluster.admin();
+    cluster.all_answer().await;
+    write_records(&cluster, 10).await;
+
+    // The uninterrupted plan has 9 steps (2 learners, 2 promotions, 2 removals with 2 purges, and a
+    // leadership move at most); 16 killed runs are more than enough to reach the end.
+    let mut done: Vec<Value> = Vec::new();
+    let mut kills = Vec::new();
+    for run in 0..16 {
+        let at = if run % 2 == 0 {
+            KillAt::StepDone
+        } else {
+            KillAt::StepStarted
+        };
+        let (events, ended) = apply_killed(dir.path(), &admin, at);
+        for step in steps_done(&events) {
+            assert!(
+                !done.contains(&step),
+                "{step} took effect in an earlier run and was executed again (run {run}, killed so far at \
+                 {kills:?}):\n{}",
+                show(&events)
+            );
+            done.push(step);
+        }
+        if ended {
+            break;
+        }
+        kills.push(at);
+    }
     assert!(
-        !second_steps.contains(&first_steps[0]),
-        "{} took effect in the first run and was executed again: {second_steps:?}",
-        first_steps[0]
+        kills.iter().any(|at| matches!(at, KillAt::StepDone))
+            && kills.iter().any(|at| matches!(at, KillAt::StepStarted)),
+        "killed at {kills:?}"
     );
-    assert!(!second_steps.is_empty());
-    assert_us_purges_attested(&second_run);
+
+    // The last word: a run that is not killed finds nothing left but to attest.
+    let (code, last_run, stderr) = apply(dir.path(), &admin, &[]);
+    assert_eq!(code, Some(0), "{}\n{stderr}", show(&last_run));
+    for step in steps_done(&last_run) {
+        assert!(!done.contains(&step), "{step} executed again by the last run");
+    }
+    assert_us_purges_attested(&last_run);
     assert_migrated(&cluster).await;
     read_back(&cluster, 10).await;
 }
