@@ -11,6 +11,20 @@ use serde::Serialize;
 
 use crate::country::Country;
 
+/// The most bytes in a label: a site or service name, as it also appears in certificates and identities.
+pub const LABEL_BYTES_MAX: usize = 63;
+
+/// Whether `name` is a label: 1 to [`LABEL_BYTES_MAX`] of a-z, 0-9 and `-` — DNS-label-like, so an identity
+/// URI that carries it needs no escaping and parses one way only. One rule for the topology file and for
+/// certificates (`raft::identity`).
+pub fn is_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= LABEL_BYTES_MAX
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
+}
+
 /// A node's id: the Raft node id, unique in the cluster.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]

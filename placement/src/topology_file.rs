@@ -333,13 +333,7 @@ fn parse_access(
         }
     };
     let label = |name: &Spanned<String>, what: &str| {
-        let valid = !name.get_ref().is_empty()
-            && name.get_ref().len() <= 63
-            && name
-                .get_ref()
-                .bytes()
-                .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-');
-        if valid {
+        if crate::site::is_label(name.get_ref()) {
             Ok(())
         } else {
             Err(ConfigError::at(

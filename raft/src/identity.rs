@@ -31,8 +31,6 @@ pub use link::{CertifiedKey, TlsConfigs, TlsError, server_name, tls_configs};
 const IDENTITY_PREFIX: &str = "domicile://v1/node/";
 const CLIENT_PREFIX: &str = "domicile://v1/client/";
 const OPERATOR_PREFIX: &str = "domicile://v1/operator/";
-/// Site names in identities are DNS-label-like, so the URI needs no escaping and parses one way only.
-const SITE_NAME_BYTES_MAX: usize = 63;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -211,14 +209,9 @@ fn check_site_name(site: &str) -> Result<(), IdentityError> {
     check_label(site)
 }
 
-/// Names in identities are DNS-label-like: 1 to 63 of a-z, 0-9 and `-`.
+/// Names in identities are labels (`placement::site::is_label`), so the URI parses one way only.
 fn check_label(site: &str) -> Result<(), IdentityError> {
-    let valid = !site.is_empty()
-        && site.len() <= SITE_NAME_BYTES_MAX
-        && site
-            .bytes()
-            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-');
-    if valid {
+    if placement::site::is_label(site) {
         Ok(())
     } else {
         Err(IdentityError::BadSiteName(site.to_string()))
