@@ -86,6 +86,10 @@ pub enum Scope {
     Decommission {
         node: NodeId,
     },
+    /// `rebalance`: replicas moved onto the emptier nodes inside each jurisdiction (or one).
+    Rebalance {
+        jurisdiction: Option<String>,
+    },
 }
 
 /// How long a group may go without a leader that answers, or a step keep failing, before the run stops.
@@ -127,6 +131,7 @@ pub async fn run(scope: Scope, args: RunArgs) -> anyhow::Result<ExitCode> {
         groups,
         draining,
         apply: matches!(scope, Scope::Apply { .. }),
+        rebalance: matches!(scope, Scope::Rebalance { .. }),
         reporter: &reporter,
     };
     let mut silent = BTreeSet::new();
@@ -237,6 +242,30 @@ fn resolve(scope: &Scope, file: &TopologyFile) -> anyhow::Result<(String, BTreeS
             );
             Ok((description, BTreeSet::from([*node])))
         }
+        Scope::Rebalance { jurisdiction } => {
+            let description = match jurisdiction {
+                Some(name) => {
+                    if !file
+                        .policies
+                        .values()
+                        .any(|policy| policy.jurisdiction.name() == name)
+                    {
+                        let fenced: BTreeSet<&str> = file
+                            .policies
+                            .values()
+                            .map(|policy| policy.jurisdiction.name())
+                            .collect();
+                        bail!(
+                            "no group of the cluster's topology is fenced to `{name}` (jurisdictions: {})",
+                            fenced.into_iter().collect::<Vec<_>>().join(", ")
+                        );
+                    }
+                    format!("rebalancing replicas across the healthy nodes inside {name}")
+                }
+                None => "rebalancing replicas across the healthy nodes inside each jurisdiction".to_string(),
+            };
+            Ok((description, BTreeSet::new()))
+        }
     }
 }
 
@@ -261,6 +290,18 @@ fn groups_in_scope(
     }
     if let Scope::Apply { group: None } = scope {
         return Ok(file.policies.keys().cloned().collect());
+    }
+    if let Scope::Rebalance { jurisdiction } = scope {
+        return Ok(file
+            .policies
+            .values()
+            .filter(|policy| {
+                jurisdiction
+                    .as_deref()
+                    .is_none_or(|name| policy.jurisdiction.name() == name)
+            })
+            .map(|policy| policy.group.clone())
+            .collect());
     }
     let mut groups = BTreeSet::new();
     for (name, view) in &cluster.views {
@@ -343,6 +384,8 @@ struct Run<'a> {
     /// `placement apply` (a group without a compliant placement stops the run) rather than an evacuation
     /// (it is left in place).
     apply: bool,
+    /// `rebalance`: plans with `placement::rebalance`, and attests every purge like `apply`.
+    rebalance: bool,
     reporter: &'a Reporter,
 }
 
@@ -398,7 +441,11 @@ impl Run<'_> {
     fn plan(&self, cluster: &Cluster) -> anyhow::Result<Planned> {
         let placement = cluster.placement(self.file);
         let health = cluster.health(self.file, &self.draining);
-        let full = placement::plan(&self.file.topology, &self.file.policies, &placement, &health)?;
+        let full = if self.rebalance {
+            placement::rebalance(&self.file.topology, &self.file.policies, &placement, &health)?
+        } else {
+            placement::plan(&self.file.topology, &self.file.policies, &placement, &health)?
+        };
         let groups: Vec<GroupReport> = full
             .groups
             .into_iter()
@@ -672,7 +719,7 @@ impl Run<'_> {
 
     /// An evacuation attests the purges on the nodes it empties; `apply`, every one.
     fn attests(&self, node: NodeId) -> bool {
-        self.apply || self.draining.contains(&node)
+        self.apply || self.rebalance || self.draining.contains(&node)
     }
 
     fn attestations(

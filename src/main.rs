@@ -77,6 +77,15 @@ enum Command {
         #[arg(short, long, value_enum, default_value = "table")]
         output: operator_cli::Output,
     },
+    /// Move replicas onto emptier nodes (a node or site added) until the healthy nodes inside each
+    /// jurisdiction hold within one replica of each other, one step at a time through the fence.
+    Rebalance {
+        /// Only the groups fenced to this jurisdiction (as the topology spells it).
+        #[arg(long)]
+        jurisdiction: Option<String>,
+        #[command(flatten)]
+        run: apply_cli::RunArgs,
+    },
     /// Site operations: `evacuate` moves every replica and leadership off a site.
     Site {
         #[command(subcommand)]
@@ -240,6 +249,9 @@ fn main() -> ExitCode {
         Command::Site {
             command: apply_cli::SiteCommand::Evacuate { site, run },
         } => apply_cli::run_blocking(apply_cli::Scope::Evacuate { site }, run),
+        Command::Rebalance { jurisdiction, run } => {
+            apply_cli::run_blocking(apply_cli::Scope::Rebalance { jurisdiction }, run)
+        }
         Command::Audit { command } => audit_cli::run(command),
         Command::Drill { command } => drill::run_blocking(command),
         Command::Record { command } => {

@@ -679,3 +679,161 @@ async fn bad_input_refusals_and_infeasible_plans_change_nothing() {
     let eu_after = cluster.group("users-eu");
     assert_eq!(ids(&eu_after["voters"]), BTreeSet::from([1, 2, 3]), "{eu_after}");
 }
+
+/// Three EU groups on three EU nodes, as they stood before a fourth EU site (Amsterdam, n4) was added; and
+/// Hamar (Norway, n5: EEA, not EU) beside them.
+const GROWN: &str = r#"
+[[site]]
+name = "dublin"
+country = "IE"
+nodes = [1]
+
+[[site]]
+name = "frankfurt"
+country = "DE"
+nodes = [2]
+
+[[site]]
+name = "paris"
+country = "FR"
+nodes = [3]
+
+[[site]]
+name = "amsterdam"
+country = "NL"
+nodes = [4]
+
+[[site]]
+name = "hamar"
+country = "NO"
+nodes = [5]
+
+[[group]]
+name = "users-eu-1"
+jurisdiction = "EU"
+voters = 3
+
+[group.current]
+voters = [1, 2, 3]
+leader = 1
+
+[[group]]
+name = "users-eu-2"
+jurisdiction = "EU"
+voters = 3
+
+[group.current]
+voters = [1, 2, 3]
+leader = 2
+
+[[group]]
+name = "users-eu-3"
+jurisdiction = "EU"
+voters = 3
+
+[group.current]
+voters = [1, 2, 3]
+leader = 3
+"#;
+
+const GROWN_NODES: &[(u64, &str)] = &[
+    (1, "dublin"),
+    (2, "frankfurt"),
+    (3, "paris"),
+    (4, "amsterdam"),
+    (5, "hamar"),
+];
+
+/// A node added inside a jurisdiction takes its share: `domicile rebalance` moves replicas onto it, one
+/// step at a time through the fence, until the EU nodes hold within one replica of each other — never
+/// onto Hamar, outside the EU, though it holds none. The replicas moved off are purged and attested, the
+/// records all read back, and a second run has nothing to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_gives_a_new_node_its_share_inside_the_jurisdiction() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_cluster(dir.path(), "grown", GROWN, GROWN_NODES);
+    let admin = cluster.admin();
+    cluster.all_answer().await;
+    for group in ["users-eu-1", "users-eu-2", "users-eu-3"] {
+        cluster
+            .wait_for(group, "led", |view| view["leader"].as_u64().is_some())
+            .await;
+    }
+    let client = cluster.client(&[1, 2, 3], "EU").await;
+    for user in 0..30 {
+        client
+            .put(&format!("user-{user}"), "address", record_of(user))
+            .await
+            .unwrap();
+    }
+    let replicas = |node: u64| {
+        ["users-eu-1", "users-eu-2", "users-eu-3"]
+            .iter()
+            .filter(|group| {
+                let view = cluster.group(group);
+                ids(&view["voters"]).contains(&node) || ids(&view["learners"]).contains(&node)
+            })
+            .count()
+    };
+    assert_eq!(replicas(4), 0);
+
+    let run = |extra: &[&str]| {
+        let mut args = vec!["rebalance", "--admin", &admin, "--yes", "-o", "json"];
+        args.extend_from_slice(extra);
+        let output = domicile_as_operator(dir.path(), &args);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.code(), events(&output.stdout), stderr)
+    };
+    let (code, dry, stderr) = run(&["--dry-run"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let plan = dry.iter().find(|event| event["event"] == "plan").unwrap();
+    let planned = plan["steps"].as_array().unwrap();
+    assert!(
+        planned
+            .iter()
+            .any(|step| step["step"] == "add_learner" && step["node"] == 4),
+        "{plan}"
+    );
+    assert!(
+        planned.iter().all(|step| step["node"] != 5 && step["to"] != 5),
+        "{plan}"
+    );
+    assert_eq!(replicas(4), 0, "a dry run changes nothing");
+
+    let (code, events, stderr) = run(&[]);
+    assert_eq!(code, Some(0), "{}\n{stderr}", show(&events));
+    let counts: Vec<usize> = (1..=4).map(replicas).collect();
+    let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+    assert!(max - min <= 1, "EU replicas per node n1-n4: {counts:?}");
+    assert_eq!(counts.iter().sum::<usize>(), 9, "{counts:?}");
+    assert_eq!(replicas(5), 0, "Hamar is outside the EU");
+    let attested = attestations(&events);
+    let removed = steps_done(&events)
+        .iter()
+        .filter(|step| step["step"] == "remove_member")
+        .count();
+    assert!(removed > 0, "{}", show(&events));
+    assert_eq!(attested.len(), removed, "{}", show(&events));
+    for attestation in &attested {
+        assert_eq!(attestation["state"], "purged", "{attestation}");
+        let node = attestation["node"].as_u64().unwrap();
+        assert!(
+            !cluster.holds_on_disk(node, attestation["group"].as_str().unwrap()),
+            "{attestation}"
+        );
+    }
+    // Read back through every EU node: a group may now be led from Amsterdam.
+    let client = cluster.client(&[1, 2, 3, 4], "EU").await;
+    for user in 0..30 {
+        let record = client.get(&format!("user-{user}"), "address").await.unwrap();
+        assert_eq!(
+            record.map(|record| record.value),
+            Some(record_of(user)),
+            "user-{user}"
+        );
+    }
+
+    let (code, again, stderr) = run(&[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(steps_done(&again).is_empty(), "{}", show(&again));
+}
