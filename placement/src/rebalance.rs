@@ -18,7 +18,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::fence::Fence;
-use crate::membership::Membership;
 use crate::planner::{self, Plan, PlanError, Step};
 use crate::policy::{GroupId, GroupPolicy};
 use crate::site::NodeId;
@@ -49,7 +48,7 @@ pub fn rebalance(
         };
         let finish = finish_move(topology, policies, policy, state, &placement, health);
         for step in finish {
-            apply(&mut placement, &step);
+            step.apply(&mut placement);
             steps.push(step);
         }
     }
@@ -67,7 +66,7 @@ pub fn rebalance(
             break;
         };
         for step in mv {
-            apply(&mut placement, &step);
+            step.apply(&mut placement);
             steps.push(step);
         }
     }
@@ -260,9 +259,12 @@ fn next_move(
                 if from_load <= to_load + 1 {
                     break;
                 }
-                if let Some(steps) =
-                    move_one(topology, policies, placement, unsettled, jurisdiction, from, to)
-                {
+                let candidate = Candidate {
+                    jurisdiction,
+                    from,
+                    to,
+                };
+                if let Some(steps) = move_one(topology, policies, placement, health, unsettled, candidate) {
                     return Some(steps);
                 }
             }
@@ -271,23 +273,43 @@ fn next_move(
     None
 }
 
-/// A voter of some group of `jurisdiction` moved from `from` to `to`, if one may be: the group settled,
-/// `from` a voter and `to` no member, the failure domains kept and the fence admitting `to`.
+/// A voter's place in some group of `jurisdiction`, to move from `from` to `to`.
+#[derive(Clone, Copy)]
+struct Candidate<'a> {
+    jurisdiction: &'a str,
+    from: NodeId,
+    to: NodeId,
+}
+
+/// A voter of some group of the candidate's jurisdiction moved from `from` to `to`, if one may be: the
+/// group settled (exactly its policy's counts, every member up and inside: a group still migrating or
+/// repaired is the planner's), `from` a voter and `to` no member, the failure domains kept and the fence
+/// admitting `to`.
 fn move_one(
     topology: &Topology,
     policies: &BTreeMap<GroupId, GroupPolicy>,
     placement: &Placement,
+    health: &Health,
     unsettled: &BTreeSet<GroupId>,
-    jurisdiction: &str,
-    from: NodeId,
-    to: NodeId,
+    Candidate {
+        jurisdiction,
+        from,
+        to,
+    }: Candidate<'_>,
 ) -> Option<Vec<Step>> {
     for (group, state) in placement {
         let Some(policy) = policies.get(group) else {
             continue;
         };
+        let settled = !unsettled.contains(group)
+            && state.membership.voters.len() == policy.voters
+            && state.membership.learners.len() == policy.learners
+            && state
+                .membership
+                .members()
+                .all(|member| health.is_up(member) && topology.is_inside(member, &policy.jurisdiction));
         if policy.jurisdiction.name() != jurisdiction
-            || unsettled.contains(group)
+            || !settled
             || !state.membership.voters.contains(&from)
             || state.membership.contains(to)
         {
@@ -336,36 +358,6 @@ fn move_one(
         return Some(steps);
     }
     None
-}
-
-/// `step`'s effect on a placement, as the executor will make it.
-fn apply(placement: &mut Placement, step: &Step) {
-    let Some(state) = placement.get_mut(step.group()) else {
-        return;
-    };
-    let membership: &mut Membership = &mut state.membership;
-    match step {
-        Step::AddLearner { node, .. } => {
-            membership.learners.insert(*node);
-        }
-        Step::PromoteVoter { node, .. } => {
-            membership.learners.remove(node);
-            membership.voters.insert(*node);
-        }
-        Step::DemoteVoter { node, .. } => {
-            membership.voters.remove(node);
-            membership.learners.insert(*node);
-        }
-        Step::TransferLeader { to, .. } => state.leader = Some(*to),
-        Step::RemoveMember { node, .. } => {
-            membership.voters.remove(node);
-            membership.learners.remove(node);
-            if state.leader == Some(*node) {
-                state.leader = None;
-            }
-        }
-        Step::CreateGroup { .. } | Step::PurgeReplica { .. } => {}
-    }
 }
 
 #[cfg(test)]
@@ -437,7 +429,7 @@ leader = 3
             let Some(step) = plan.steps.first() else {
                 return (placement, executed);
             };
-            apply(&mut placement, step);
+            step.apply(&mut placement);
             executed.push(step.clone());
         }
         panic!("no end after 100 steps: {executed:?}");
@@ -493,7 +485,7 @@ leader = 3
         };
         assert_eq!(node, NodeId(4), "the emptiest node");
         let mut placement = file.current.clone();
-        apply(&mut placement, &first.steps[0]);
+        first.steps[0].apply(&mut placement);
         // Read again after the learner was added: promote it.
         let next = rebalance(&file.topology, &file.policies, &placement, &Health::all_up()).unwrap();
         assert_eq!(
@@ -503,7 +495,7 @@ leader = 3
                 node
             }
         );
-        apply(&mut placement, &next.steps[0]);
+        next.steps[0].apply(&mut placement);
         // Then one voter too many: the fullest leaves, never the newcomer.
         let next = rebalance(&file.topology, &file.policies, &placement, &Health::all_up()).unwrap();
         let leaving: Vec<&Step> = next

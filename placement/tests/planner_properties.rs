@@ -7,7 +7,9 @@
 //! (d) once everything has recovered, when the jurisdiction has enough nodes and sites, one round of steps
 //!     reaches a compliant placement that needs no further step;
 //! (e) after every event, a plan applied in full leaves nothing to do while health stays as it is, leaders
-//!     included, whether or not the group can be made compliant (the node plans in a loop).
+//!     included, whether or not the group can be made compliant (the node plans in a loop);
+//! (f) rebalancing stays inside the fence, ends, never widens the spread of replicas per node inside a
+//!     jurisdiction, and leaves the planner nothing to undo.
 
 use std::collections::BTreeMap;
 
@@ -290,6 +292,72 @@ proptest! {
             let again: Vec<&Step> = settled.steps.iter().filter(|step| step.group() == &report.group).collect();
             prop_assert!(again.is_empty(), "{} did not converge: {again:?}", report.group);
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(pinned(400))]
+
+    /// (f) Rebalancing, run as its executor runs it (one step, then plan again), from wherever the planner
+    /// leaves a world with every node up: every step admitted by the fence and inside the jurisdiction, an
+    /// end within a bound, the imbalance inside each jurisdiction never larger than at the start, nothing
+    /// left to rebalance at the end, and nothing the planner would undo but leaderships.
+    #[test]
+    fn rebalancing_stays_inside_the_fence_ends_and_never_unbalances(world in world()) {
+        let health = Health::all_up();
+        let mut placement = world.current.clone();
+        for _ in 0..3 {
+            let plan = plan_checked(&world, &placement, &health)?;
+            execute(&world, &mut placement, &plan)?;
+        }
+        let spread = |placement: &Placement| -> BTreeMap<String, usize> {
+            let mut by_jurisdiction: BTreeMap<String, BTreeMap<NodeId, usize>> = BTreeMap::new();
+            for policy in world.policies.values() {
+                let loads = by_jurisdiction.entry(policy.jurisdiction.name().to_string()).or_default();
+                for node in world.topology.nodes().filter(|&node| world.topology.is_inside(node, &policy.jurisdiction)) {
+                    loads.entry(node).or_insert(0);
+                }
+                if let Some(state) = placement.get(&policy.group) {
+                    for member in state.membership.members() {
+                        if let Some(load) = loads.get_mut(&member) {
+                            *load += 1;
+                        }
+                    }
+                }
+            }
+            by_jurisdiction
+                .into_iter()
+                .map(|(name, loads)| {
+                    let max = loads.values().max().copied().unwrap_or(0);
+                    let min = loads.values().min().copied().unwrap_or(0);
+                    (name, max - min)
+                })
+                .collect()
+        };
+        let before = spread(&placement);
+        let mut ended = false;
+        for _ in 0..2_000 {
+            let plan = placement::rebalance(&world.topology, &world.policies, &placement, &health).unwrap();
+            let again = placement::rebalance(&world.topology, &world.policies, &placement, &health).unwrap();
+            prop_assert_eq!(&plan, &again);
+            let Some(step) = plan.steps.first() else {
+                ended = true;
+                break;
+            };
+            execute(&world, &mut placement, &Plan { steps: vec![step.clone()], groups: Vec::new() })?;
+        }
+        prop_assert!(ended, "rebalancing did not end within 2,000 steps");
+        let after = spread(&placement);
+        for (jurisdiction, spread) in &after {
+            prop_assert!(spread <= &before[jurisdiction], "{jurisdiction}: spread {} before, {spread} after", before[jurisdiction]);
+        }
+        let planned = plan_checked(&world, &placement, &health)?;
+        let undone: Vec<&Step> = planned
+            .steps
+            .iter()
+            .filter(|step| !matches!(step, Step::TransferLeader { .. }))
+            .collect();
+        prop_assert!(undone.is_empty(), "the planner would undo the rebalance: {undone:?}");
     }
 }
 
