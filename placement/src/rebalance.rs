@@ -3,7 +3,8 @@
 //! take its share (issue 19).
 //!
 //! Pure and deterministic, like the planner, and it starts where the planner ends: a group the planner
-//! still has membership work for (legacy members, members down, counts short) is not moved. A move takes
+//! still has membership work for (legacy members, members down, counts short) gets the planner's steps,
+//! not a move. A move takes
 //! one voter's place in one group: a learner is added on the node that holds the fewest replicas of the
 //! jurisdiction's groups, promoted, leadership handed over if the leaving voter led, the leaving voter —
 //! on the node that holds the most — removed, and its replica purged. Every move keeps the policy's
@@ -28,9 +29,9 @@ use crate::topology::Topology;
 /// at least one replica closer, so a balance needs fewer moves than there are replicas.
 const MOVES_MAX: usize = 1_000;
 
-/// The steps that balance replicas across the healthy nodes inside each jurisdiction, and then the
-/// planner's own leadership steps. Groups the planner would still change otherwise are left alone (their
-/// report carries the planner's problems); a half-done move is finished first.
+/// The steps that balance replicas across the healthy nodes inside each jurisdiction: a half-done move
+/// finished first; then the planner's own membership steps (repairs, migrations) for the groups it has
+/// work for, which are not moved; then the moves; then the planner's leadership steps.
 pub fn rebalance(
     topology: &Topology,
     policies: &BTreeMap<GroupId, GroupPolicy>,
@@ -41,25 +42,38 @@ pub fn rebalance(
     let mut placement = current.clone();
     let mut steps = Vec::new();
 
-    // Half-done moves first: a surplus learner promoted, a surplus voter removed.
+    // Half-done moves first: a surplus learner promoted, then the surplus voter removed. The planner
+    // would remove the surplus instead, undoing the move, so these groups are not the planner's now.
+    let mut finishing = BTreeSet::new();
     for (group, policy) in policies {
-        let Some(state) = placement.get(group) else {
-            continue;
-        };
-        let finish = finish_move(topology, policies, policy, state, &placement, health);
-        for step in finish {
-            step.apply(&mut placement);
-            steps.push(step);
+        // Promotion, then removal: at most two rounds for one move.
+        for _ in 0..2 {
+            let Some(state) = placement.get(group) else {
+                break;
+            };
+            let finish = finish_move(topology, policies, policy, state, &placement, health);
+            if finish.is_empty() {
+                break;
+            }
+            finishing.insert(group.clone());
+            for step in finish {
+                step.apply(&mut placement);
+                steps.push(step);
+            }
         }
     }
 
-    // Groups the planner has membership work for are not rebalanced: placement comes first.
-    let unsettled: BTreeSet<GroupId> = planner::plan(topology, policies, &placement, health)?
+    // The planner's membership work comes before any move; its groups are not moved.
+    let repairs: Vec<Step> = planner::plan(topology, policies, &placement, health)?
         .steps
-        .iter()
-        .filter(|step| !matches!(step, Step::TransferLeader { .. }))
-        .map(|step| step.group().clone())
+        .into_iter()
+        .filter(|step| !matches!(step, Step::TransferLeader { .. }) && !finishing.contains(step.group()))
         .collect();
+    let unsettled: BTreeSet<GroupId> = repairs.iter().map(|step| step.group().clone()).collect();
+    for step in repairs {
+        step.apply(&mut placement);
+        steps.push(step);
+    }
 
     for _ in 0..MOVES_MAX {
         let Some(mv) = next_move(topology, policies, &placement, health, &unsettled) else {
@@ -525,16 +539,20 @@ leader = 3
             "{:?}",
             plan.steps
         );
-        // A group with a member down is the planner's (repair), not the rebalancer's.
+        // A group with a member down is the planner's (repair), not the rebalancer's: its membership
+        // steps are the planner's, exactly, and no move is added to them.
         let mut health = Health::all_up();
         health.node_down(NodeId(3));
         let plan = rebalance(&file.topology, &file.policies, &file.current, &health).unwrap();
-        assert!(
-            plan.steps
+        let repairs = planner::plan(&file.topology, &file.policies, &file.current, &health).unwrap();
+        let membership = |steps: &[Step]| -> Vec<Step> {
+            steps
                 .iter()
-                .all(|step| !matches!(step, Step::AddLearner { .. } | Step::RemoveMember { .. })),
-            "{:?}",
-            plan.steps
-        );
+                .filter(|step| !matches!(step, Step::TransferLeader { .. }))
+                .cloned()
+                .collect()
+        };
+        assert!(!membership(&repairs.steps).is_empty(), "n3's groups need repair");
+        assert_eq!(membership(&plan.steps), membership(&repairs.steps));
     }
 }

@@ -46,12 +46,30 @@ pub async fn round(world: &World, gate: &(dyn Fn(&World, &Step) -> bool + Sync))
     round_with(world, gate, false).await
 }
 
+/// What plans a round: the planner ([`placement::plan`]) or the rebalancer ([`placement::rebalance`]).
+pub type Planner = fn(
+    &placement::Topology,
+    &BTreeMap<GroupId, placement::GroupPolicy>,
+    &Placement,
+    &Health,
+) -> Result<placement::Plan, placement::PlanError>;
+
 /// One round; with `purge_after_removal`, a removal that took effect is followed at once by the purge
 /// the plan put after it (the next round no longer sees the removed node, so could not purge it).
 pub async fn round_with(
     world: &World,
     gate: &(dyn Fn(&World, &Step) -> bool + Sync),
     purge_after_removal: bool,
+) -> Round {
+    round_by(world, gate, purge_after_removal, placement::plan).await
+}
+
+/// One round planned by `planner`.
+pub async fn round_by(
+    world: &World,
+    gate: &(dyn Fn(&World, &Step) -> bool + Sync),
+    purge_after_removal: bool,
+    planner: Planner,
 ) -> Round {
     let placement = observed_placement(world);
     let mut health = Health::all_up();
@@ -65,7 +83,7 @@ pub async fn round_with(
         .map(|(group, policy)| (group.clone(), policy.clone()))
         .collect();
     let mut outcome = Round::default();
-    let plan = match placement::plan(&world.topology, &policies, &placement, &health) {
+    let plan = match planner(&world.topology, &policies, &placement, &health) {
         Ok(plan) => plan,
         Err(error) => {
             world.log(format!("planner refused the observed placement: {error}"));

@@ -12,6 +12,11 @@
 //!   bulk writer run and nodes crash and links partition; a new replica is promoted only once its bulk
 //!   copy has arrived, and after cutover the US replicas are purged ([`crate::bulk`]). Its US–EU links
 //!   run at the true 70–90 ms, which the groups' Raft timing covers (`raft::config::covering_round_trip`).
+//! * `grow`: three EEA groups holding 150 million modelled records all on three of the eight EEA nodes
+//!   (the other five just added); `placement::rebalance` moves replicas onto the new nodes, bulk copies and
+//!   all, until the EEA nodes hold within one replica of each other, while clients and a bulk writer run
+//!   and nodes crash and links partition; the planner repairs first, the rebalancer moves only settled
+//!   groups, and the US nodes beside them are never used (issue 19; range splits are not modelled yet).
 //! * `chaos` also points stale routes at nodes outside a group's jurisdiction: a leader replicating where
 //!   only its egress fence stops it (the `egress-off` canary's catch).
 //! * `writes`: one 3-node group under client writes and no faults, the speed benchmark's baseline.
@@ -46,6 +51,7 @@ pub enum Scenario {
     SiteOutage,
     Chaos,
     Migrate,
+    Grow,
     /// One 3-node group under client writes, no faults: the speed benchmark's baseline.
     Writes,
 }
@@ -57,6 +63,7 @@ impl Scenario {
             Scenario::SiteOutage => "site-outage",
             Scenario::Chaos => "chaos",
             Scenario::Migrate => "migrate",
+            Scenario::Grow => "grow",
             Scenario::Writes => "writes",
         }
     }
@@ -214,6 +221,27 @@ fn migrate_world() -> WorldSpec {
         topology: MIGRATE_TOPOLOGY.to_string(),
         groups,
         links,
+        sync_latency: SyncLatency::default(),
+        bulk: Some((records_per_group, MIGRATE_RANGES_PER_GROUP)),
+    }
+}
+
+/// The growth world: the migration world's sites, its three EEA groups all on Dublin A, Dublin B and
+/// Hamar's first nodes (1, 3, 5), as they stood before nodes 2, 4, 6, 7 and 8 were added; no legacy.
+fn grow_world() -> WorldSpec {
+    let groups: Vec<GroupSpec> = ["users-eea-1", "users-eea-2", "users-eea-3"]
+        .iter()
+        .map(|name| GroupSpec {
+            group: GroupId((*name).into()),
+            voters: nodes(&[1, 3, 5]),
+            legacy: BTreeSet::new(),
+        })
+        .collect();
+    let records_per_group = MIGRATE_RECORDS / groups.len() as u64;
+    WorldSpec {
+        topology: MIGRATE_TOPOLOGY.to_string(),
+        groups,
+        links: LinkModel::new(),
         sync_latency: SyncLatency::default(),
         bulk: Some((records_per_group, MIGRATE_RANGES_PER_GROUP)),
     }
@@ -415,9 +443,10 @@ pub fn run(config: &RunConfig) -> Outcome {
 
 async fn simulate(config: &RunConfig) -> (World, Workload, f64) {
     let start = SimInstant::now();
-    let migrate = config.scenario == Scenario::Migrate;
+    let migrate = matches!(config.scenario, Scenario::Migrate | Scenario::Grow);
     let spec = match config.scenario {
         Scenario::Migrate => migrate_world(),
+        Scenario::Grow => grow_world(),
         Scenario::Writes => one_group_world(),
         _ => eea_world(),
     };
@@ -449,14 +478,16 @@ async fn simulate(config: &RunConfig) -> (World, Workload, f64) {
         Scenario::Failover => 20,
         Scenario::SiteOutage => 30,
         Scenario::Chaos => 30,
-        Scenario::Migrate => 30,
+        Scenario::Migrate | Scenario::Grow => 30,
         Scenario::Writes => 60,
     });
     let mut faults = Faults::new(world.clone(), world.fork_rng(0xfa017), config.scenario);
     faults.run(Duration::from_secs(fault_seconds)).await;
     faults.heal_everything().await;
-    if migrate {
-        finish_migration(&world).await;
+    match config.scenario {
+        Scenario::Migrate => finish_migration(&world).await,
+        Scenario::Grow => finish_growth(&world).await,
+        _ => {}
     }
     liveness(&world).await;
     writer_stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -567,7 +598,7 @@ impl Faults {
                 self.world.record(EventKind::Healed);
             }
             match self.scenario {
-                Scenario::Failover | Scenario::Migrate => self.failover_tick().await,
+                Scenario::Failover | Scenario::Migrate | Scenario::Grow => self.failover_tick().await,
                 Scenario::SiteOutage => self.site_outage_tick().await,
                 Scenario::Chaos => self.chaos_tick().await,
                 Scenario::Writes => {}
@@ -583,6 +614,10 @@ impl Faults {
     async fn plan_round(&self) {
         if self.scenario == Scenario::Migrate {
             migration_round(&self.world).await;
+            return;
+        }
+        if self.scenario == Scenario::Grow {
+            growth_round(&self.world).await;
             return;
         }
         let step = async {
@@ -930,22 +965,95 @@ impl Faults {
 /// One planning round of the migration: a new replica is promoted only once its bulk copy has
 /// arrived (its catch-up), and each removal is followed by its purge.
 async fn migration_round(world: &World) {
-    let gate = |world: &World, step: &Step| -> bool {
-        let (Step::PromoteVoter { group, node }, Some(bulk)) = (step, &world.bulk) else {
-            return true;
-        };
-        if bulk.complete(group, *node) {
-            return true;
-        }
-        bulk.start_transfer(world, group, *node);
-        // The planted bug: promote (and so go on to remove the legacy voters) before the copy is durable.
-        world.canary == Some(Canary::EarlyLegacyRemoval)
-    };
     let step = async {
         orchestrator::purge_leftovers(world).await;
-        orchestrator::round_with(world, &gate, true).await
+        orchestrator::round_with(world, &bulk_gate, true).await
     };
     let _ = SimRuntime::timeout(Duration::from_secs(10), step).await;
+}
+
+/// A new replica is promoted only once its bulk copy has arrived (the copy starts at the first ask).
+fn bulk_gate(world: &World, step: &Step) -> bool {
+    let (Step::PromoteVoter { group, node }, Some(bulk)) = (step, &world.bulk) else {
+        return true;
+    };
+    if bulk.complete(group, *node) {
+        return true;
+    }
+    bulk.start_transfer(world, group, *node);
+    // The planted bug: promote (and so go on to remove the legacy voters) before the copy is durable.
+    world.canary == Some(Canary::EarlyLegacyRemoval)
+}
+
+/// One round of growth, planned by the rebalancer: a half-done move finished, the planner's repairs (a
+/// node down, a member lost), or the next move. Promotions wait for the bulk copy, as in a migration.
+async fn growth_round(world: &World) {
+    let step = async {
+        orchestrator::purge_leftovers(world).await;
+        orchestrator::round_by(world, &bulk_gate, true, placement::rebalance).await;
+    };
+    let _ = SimRuntime::timeout(Duration::from_secs(10), step).await;
+}
+
+/// Has the growth finished: every group settled, nothing left to rebalance, and every bulk copy on a
+/// member (the copies moved off are purged)?
+fn grown(world: &World) -> bool {
+    let placement = orchestrator::observed_placement(world);
+    if placement.len() != world.policies.len() {
+        return false;
+    }
+    let health = placement::Health::all_up();
+    let moves_left = |planned: Result<placement::Plan, placement::PlanError>| {
+        planned.map_or(true, |plan| {
+            plan.steps
+                .iter()
+                .any(|step| !matches!(step, Step::TransferLeader { .. }))
+        })
+    };
+    if moves_left(placement::plan(
+        &world.topology,
+        &world.policies,
+        &placement,
+        &health,
+    )) || moves_left(placement::rebalance(
+        &world.topology,
+        &world.policies,
+        &placement,
+        &health,
+    )) {
+        return false;
+    }
+    placement.iter().all(|(group, state)| {
+        world.bulk.as_ref().is_none_or(|bulk| {
+            bulk.holders(group)
+                .into_iter()
+                .all(|holder| state.membership.contains(holder))
+        })
+    })
+}
+
+/// Faults over: growth rounds go on until the nodes inside are balanced and the moved copies purged
+/// (bounded, like a migration).
+async fn finish_growth(world: &World) {
+    let started = SimInstant::now();
+    for _ in 0..MIGRATION_BOUND.as_secs() {
+        if grown(world) {
+            world.log("growth complete");
+            return;
+        }
+        if SimInstant::now() - started > MIGRATION_BOUND {
+            break;
+        }
+        growth_round(world).await;
+        SimRuntime::sleep(Duration::from_secs(1)).await;
+    }
+    if !grown(world) {
+        world.checks.violation(
+            Checker::Liveness,
+            Involved::default(),
+            format!("the growth did not finish within {MIGRATION_BOUND:?} after faults stopped"),
+        );
+    }
 }
 
 /// Is every group's membership inside its jurisdiction, and every outside bulk copy purged?

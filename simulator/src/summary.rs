@@ -27,7 +27,7 @@ pub fn render(outcome: &Outcome, config: &RunConfig) -> String {
     header(&mut text, outcome);
     faults(&mut text, outcome);
     leaders(&mut text, &outcome.timeline);
-    if config.scenario == Scenario::Migrate {
+    if matches!(config.scenario, Scenario::Migrate | Scenario::Grow) {
         migration(&mut text, outcome);
     } else {
         steps(&mut text, &outcome.timeline);
