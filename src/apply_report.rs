@@ -118,7 +118,7 @@ impl Reporter {
         } else if plan.groups.is_empty() {
             self.say("no group in scope");
         } else {
-            print!("{}", render_plan(&self.topology, plan));
+            out!("{}", render_plan(&self.topology, plan));
         }
     }
 

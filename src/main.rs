@@ -4,6 +4,14 @@
 // people and certificate validity, and spawns tasks directly. Library code the simulator runs may not.
 #![allow(clippy::disallowed_methods)]
 
+/// `print!` and `println!` for a report verb's output: see [`write_report`].
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::write_report(format_args!($($arg)*), false) };
+}
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::write_report(format_args!($($arg)*), true) };
+}
+
 mod admin;
 mod admin_api;
 mod admin_faults;
@@ -176,24 +184,29 @@ fn init_logging(command: &Command) {
         .init();
 }
 
-/// A report piped into `head` stops when its reader does, as a Unix tool's would, instead of panicking on
-/// the closed pipe (Rust ignores SIGPIPE by default). Not for `node` and `demo`: they own processes and
-/// sockets to close on the way out, and see a closed socket as an error to handle.
-fn end_quietly_on_a_closed_pipe(command: &Command) {
-    let reports = match command {
-        Command::Placement { .. }
-        | Command::Status { .. }
-        | Command::Leader { .. }
-        | Command::Record { .. }
-        | Command::Site { .. }
-        | Command::Drill { .. } => true,
-        #[cfg(feature = "sim")]
-        Command::Sim { .. } => true,
-        _ => false,
-    };
-    if reports {
-        // SAFETY: restores the default disposition of one signal before any thread is started.
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+/// Writes a report verb's output on stdout. A reader that closed the pipe (`domicile status | head -1`)
+/// ends the command quietly, as a Unix tool's would, with status 141 (128 + SIGPIPE), not a panic.
+///
+/// SIGPIPE itself stays ignored (Rust's default), in every command: the report verbs hold HTTPS
+/// connections to nodes, and a node that dies with a request unread resets its connection: a write on
+/// that connection after the reset raises SIGPIPE. A drill that let SIGPIPE end it died so,
+/// silently, between a fault that SIGKILLed a node and the heal that starts it again
+/// (`tests/drill.rs`, the multi-host suite). A write to a reset connection must be an error the command
+/// handles; only a closed stdout ends it.
+pub(crate) fn write_report(text: std::fmt::Arguments, newline: bool) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_fmt(text)
+        .and_then(|()| if newline { stdout.write_all(b"\n") } else { Ok(()) })
+        .and_then(|()| stdout.flush());
+    match written {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(141),
+        Err(error) => {
+            eprintln!("error: can't write the report on stdout: {error}");
+            std::process::exit(1)
+        }
     }
 }
 
@@ -218,7 +231,6 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     init_logging(&cli.command);
-    end_quietly_on_a_closed_pipe(&cli.command);
     if calls_admin_endpoints(&cli.command)
         && let Err(error) = operator_cli::use_credentials(&cli.credentials)
     {

@@ -380,13 +380,13 @@ pub async fn status(admin: &str, output: Output) -> anyhow::Result<ExitCode> {
     match output {
         Output::Json => {
             let value = serde_json::json!({"nodes": nodes, "unreachable": unreachable, "groups": group_views(&nodes)});
-            println!("{}", serde_json::to_string_pretty(&value)?);
+            outln!("{}", serde_json::to_string_pretty(&value)?);
         }
         Output::Table => {
-            print!("{}", render_groups(&group_views(&nodes), &nodes));
+            out!("{}", render_groups(&group_views(&nodes), &nodes));
             for node in &nodes {
                 let incidents = node.incidents;
-                println!(
+                outln!(
                     "n{} {} ({}): fence refusals {}, egress blocked {}, ingress refused {}, \
                      client calls refused {}, not granted {}, outside reads {}",
                     node.node,
@@ -401,7 +401,7 @@ pub async fn status(admin: &str, output: Output) -> anyhow::Result<ExitCode> {
                 );
             }
             if !unreachable.is_empty() {
-                println!("unreachable: {}", unreachable.join(", "));
+                outln!("unreachable: {}", unreachable.join(", "));
             }
         }
     }
@@ -439,10 +439,10 @@ pub async fn move_leader(admin: &str, group: &str, to: NodeId) -> anyhow::Result
         .await
         .with_context(|| format!("POST {url}"))?;
     if response.status().is_success() {
-        println!("group {group}: leadership moving from n{leader} to {to}");
+        outln!("group {group}: leadership moving from n{leader} to {to}");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("refused: {}", refusal_of(response).await);
+    outln!("refused: {}", refusal_of(response).await);
     Ok(ExitCode::from(1))
 }
 
@@ -458,23 +458,23 @@ pub async fn drain(admin: &str, node: NodeId) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("POST {url}"))?;
     if !response.status().is_success() {
-        println!("refused: {}", refusal_of(response).await);
+        outln!("refused: {}", refusal_of(response).await);
         return Ok(ExitCode::from(1));
     }
     let handovers: Vec<Handover> = response.json().await?;
     let mut failed = false;
     for handover in &handovers {
         match (&handover.to, &handover.error) {
-            (Some(to), None) => println!("group {}: leadership moved to n{to}", handover.group),
+            (Some(to), None) => outln!("group {}: leadership moved to n{to}", handover.group),
             (_, Some(error)) => {
                 failed = true;
-                println!("group {}: not moved: {error}", handover.group);
+                outln!("group {}: not moved: {error}", handover.group);
             }
             (None, None) => {}
         }
     }
     if handovers.is_empty() {
-        println!("{node} leads no group");
+        outln!("{node} leads no group");
     }
     Ok(if failed {
         ExitCode::from(1)

@@ -67,9 +67,9 @@ pub fn run(command: PlacementCommand) -> anyhow::Result<ExitCode> {
             let plan = placement::plan(&file.topology, &file.policies, &placement, &health)
                 .with_context(|| format!("{}: the current placement is inconsistent", topology.display()))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&plan)?);
+                outln!("{}", serde_json::to_string_pretty(&plan)?);
             } else {
-                print!("{}", render_plan(&file.topology, &plan));
+                out!("{}", render_plan(&file.topology, &plan));
             }
             Ok(if plan.is_feasible() {
                 ExitCode::SUCCESS
@@ -110,9 +110,9 @@ pub fn run(command: PlacementCommand) -> anyhow::Result<ExitCode> {
                 Ok(fenced) => {
                     if json {
                         let answer = serde_json::json!({"admitted": true, "group": group, "membership": fenced.membership(), "leader": leader});
-                        println!("{}", serde_json::to_string_pretty(&answer)?);
+                        outln!("{}", serde_json::to_string_pretty(&answer)?);
                     } else {
-                        println!(
+                        outln!(
                             "admitted: group `{group}` ({}) {:?}{}",
                             policy.jurisdiction,
                             fenced.membership(),
@@ -134,9 +134,9 @@ fn print_refusal(refusal: &Refusal, json: bool) -> anyhow::Result<()> {
     if json {
         let mut value = serde_json::to_value(refusal)?;
         value["message"] = serde_json::Value::String(refusal.to_string());
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        outln!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        println!("refused: {refusal}");
+        outln!("refused: {refusal}");
     }
     Ok(())
 }

@@ -108,11 +108,11 @@ pub async fn run(command: RecordCommand, certs: Option<std::path::PathBuf>) -> a
             let get = client.get(user, record);
             let found = if *stale { get.stale().await } else { get.await };
             found.map(|found| match found {
-                Some(value) if json => println!(
+                Some(value) if json => outln!(
                     "{}",
                     serde_json::to_string(&shown(record, &value)).expect("serialisable")
                 ),
-                Some(value) => println!("{}", String::from_utf8_lossy(&value.value)),
+                Some(value) => outln!("{}", String::from_utf8_lossy(&value.value)),
                 None => eprintln!("no record `{record}` for user `{user}`"),
             })
         }
@@ -123,26 +123,26 @@ pub async fn run(command: RecordCommand, certs: Option<std::path::PathBuf>) -> a
             .await
             .map(|revision| {
                 if json {
-                    println!("{}", serde_json::json!({ "revision": revision }));
+                    outln!("{}", serde_json::json!({ "revision": revision }));
                 } else {
-                    println!("revision {revision}");
+                    outln!("revision {revision}");
                 }
             }),
         RecordCommand::Delete { user, record, .. } => {
             client.delete(user, record).await.map(|previous| match previous {
-                Some(revision) => println!("deleted revision {revision}"),
-                None => println!("no record `{record}` for user `{user}`"),
+                Some(revision) => outln!("deleted revision {revision}"),
+                None => outln!("no record `{record}` for user `{user}`"),
             })
         }
         RecordCommand::Scan { user, .. } => client.scan_user(user).await.map(|records| {
             for (name, record) in &records {
                 if json {
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::to_string(&shown(name, record)).expect("serialisable")
                     );
                 } else {
-                    println!(
+                    outln!(
                         "{name}\t{}\t{}",
                         record.revision,
                         String::from_utf8_lossy(&record.value)

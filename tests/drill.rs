@@ -474,3 +474,75 @@ async fn a_fault_command_runs_a_real_outage_and_the_heal_command_ends_it() {
         stderr(&output)
     );
 }
+
+/// The SIGKILL of a node the drill is watching: the fault command kills the process of Dublin A (which
+/// leads both groups), the heal command starts it again. The drill polls every node's admin endpoint
+/// over HTTPS on kept-alive connections, and a node killed under one resets it: a command that let
+/// SIGPIPE end it (as report verbs once did, to stop quietly when piped into `head`) died of that reset,
+/// silently, between its fault and its heal — so the node was never started again (the multi-host
+/// suite's "never settled" failure). The drill must live through it, heal, and pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_sigkilled_under_the_drill_is_healed_by_its_heal_command() {
+    use std::os::unix::process::ExitStatusExt;
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::start("sigkill");
+    cluster.wait_until_led().await;
+    let pid = cluster.processes[0].0.id();
+    let dir = cluster.dir.path().display().to_string();
+    let binary = env!("CARGO_BIN_EXE_domicile");
+    let config = cluster.files[0].config.display().to_string();
+    // Stopped first, so the drill's requests to it are in its socket buffers, unread, when it is killed:
+    // its kernel then resets those connections (a process that dies busy does the same).
+    let kill =
+        format!("test \"$DOMICILE_DRILL_NODES\" = 1 && kill -STOP {pid} && sleep 0.5 && kill -KILL {pid}");
+    let restart = format!(
+        "cd '{dir}' && '{binary}' node --config '{config}' >/dev/null 2>&1 & echo $! >'{dir}/restarted.pid'"
+    );
+    let (output, report) = cluster.drill(
+        &["site-outage", "--site", "dublin-a"],
+        &["--fault-command", &kill, "--heal-command", &restart],
+    );
+    // The node the heal command started is this test's to stop, whatever the outcome.
+    let restarted = Restarted::read(&cluster.dir.path().join("restarted.pid"), &config);
+    assert_eq!(
+        output.status.signal(),
+        None,
+        "the drill died of a signal: {}",
+        stderr(&output)
+    );
+    assert_passed(&output, &report);
+    assert_new_leader_where_lost(&report, &[1]);
+    assert!(
+        restarted.0.is_some(),
+        "the heal command did not run: {}",
+        stderr(&output)
+    );
+    cluster.processes.remove(0);
+    cluster.wait_until_led().await;
+}
+
+/// The node a heal command started (its pid, if that process is still that node's), SIGKILLed on drop.
+struct Restarted(Option<libc::pid_t>);
+
+impl Restarted {
+    fn read(pid_file: &std::path::Path, config: &str) -> Restarted {
+        let pid: Option<libc::pid_t> = std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|text| text.trim().parse().ok());
+        // A pid is reused once its process ends: signal it only while it is still that node.
+        let still_the_node = |pid: &libc::pid_t| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|command| String::from_utf8_lossy(&command).contains(config))
+        };
+        Restarted(pid.filter(still_the_node))
+    }
+}
+
+impl Drop for Restarted {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: kill(2) of the node process the drill's heal command started for this test.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}

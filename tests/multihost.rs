@@ -422,19 +422,35 @@ impl Cluster {
 
     /// `domicile status -o json` from the client's host, or null if it did not answer.
     fn status(&self) -> Value {
+        self.status_or_why().unwrap_or(Value::Null)
+    }
+
+    /// `domicile status -o json` from the client's host, or why it gave nothing to parse: its exit and
+    /// what it wrote (a failure's message must say what the CLI said, not only that it said nothing).
+    fn status_or_why(&self) -> Result<Value, String> {
         let admin = self.first_admin();
         let output = self.domicile_from_client(
             &["status", "--admin", &admin, "-o", "json"],
             Duration::from_secs(30),
         );
-        serde_json::from_slice(&output.stdout).unwrap_or(Value::Null)
+        serde_json::from_slice(&output.stdout).map_err(|_| {
+            format!(
+                "status exited {:?} (None: ended by a signal, as at its 30 s bound), stdout {:?}, stderr {:?}",
+                output.status.code(),
+                String::from_utf8_lossy(&output.stdout),
+                stderr(&output).trim()
+            )
+        })
     }
 
     /// Until every node answers and each of `groups` has a leader (at most 90 s).
     fn wait_until_led(&self, groups: &[&str]) -> Value {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            let status = self.status();
+            let (status, why) = match self.status_or_why() {
+                Ok(status) => (status, String::new()),
+                Err(why) => (Value::Null, why),
+            };
             let answered = status["nodes"].as_array().map_or(0, Vec::len);
             let led = groups
                 .iter()
@@ -444,7 +460,7 @@ impl Cluster {
             }
             assert!(
                 Instant::now() < deadline,
-                "the cluster never settled: {status}\n{}",
+                "the cluster never settled: {status} {why}\n{}",
                 self.logs()
             );
             std::thread::sleep(Duration::from_millis(500));
@@ -516,7 +532,7 @@ impl Cluster {
             let log = std::fs::read_to_string(self.path().join(format!("node-{}.log", host.id)))
                 .unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
-            let tail = lines[lines.len().saturating_sub(8)..].join("\n");
+            let tail = lines[lines.len().saturating_sub(20)..].join("\n");
             text.push_str(&format!("--- n{} ---\n{tail}\n", host.id));
         }
         text
@@ -596,11 +612,13 @@ fn run_checked(command: &mut Command) {
 /// What a drill must show: exit 0 with every check passed; in every group writes acknowledged, none lost,
 /// a linearizable history; no leader or replica outside at any status answer. The failures, in words.
 fn drill_failures(output: &Output, report: &Value) -> Vec<String> {
+    use std::os::unix::process::ExitStatusExt;
     let mut failures = Vec::new();
     if output.status.code() != Some(0) || report["passed"] != true {
         failures.push(format!(
-            "exit {:?}, failed checks: {}; stderr: {}",
+            "exit {:?} (signal {:?}), failed checks: {}; stderr: {}",
             output.status.code(),
+            output.status.signal(),
             report["checks"]
                 .as_array()
                 .into_iter()
@@ -778,6 +796,10 @@ fn faults_across_hosts_keep_every_acknowledged_write_and_every_replica_inside() 
         }
         let (output, report) = cluster.drill(verb, fault, heal);
         let mut failures = drill_failures(&output, &report);
+        if !failures.is_empty() {
+            // Said now: a drill that died before its heal leaves the cluster unable to settle.
+            eprintln!("multihost drill failed: {name}: {}", failures.join("; "));
+        }
         cluster.wait_until_led(&["users-eea", "users-eu"]);
         let changes = fence_changes(&before, &cluster.fence_counters());
         if !changes.is_empty() {

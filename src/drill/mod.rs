@@ -628,8 +628,8 @@ async fn drill(goal: Goal, args: DrillArgs) -> anyhow::Result<ExitCode> {
         },
     });
     match args.output {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Format::Markdown => print!("{}", report.markdown()),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Markdown => out!("{}", report.markdown()),
     }
     Ok(if report.passed {
         ExitCode::SUCCESS
@@ -872,14 +872,14 @@ async fn heal_cluster(admin: &str) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("POST {url}"))?;
         let answer: serde_json::Value = response.error_for_status()?.json().await?;
         let healed = answer["healed"].as_bool().unwrap_or(false);
-        println!(
+        outln!(
             "n{}: {}",
             status.node,
             if healed { "healed" } else { "was not isolated" }
         );
     }
     for (node, error) in &cluster.silent {
-        println!("{node}: did not answer ({error}); an isolation ends at its deadline by itself");
+        outln!("{node}: did not answer ({error}); an isolation ends at its deadline by itself");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -935,14 +935,14 @@ async fn clean_up_run(args: CleanupArgs) -> anyhow::Result<ExitCode> {
         started: Instant::now(),
     };
     let (deleted, left) = workload.clean_up().await;
-    println!(
+    outln!(
         "drill {run}: {deleted} records of {} drill users deleted",
         workload.users.len()
     );
     if left.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    println!("not cleaned up (try again): {}", left.join(", "));
+    outln!("not cleaned up (try again): {}", left.join(", "));
     Ok(ExitCode::from(1))
 }
 
