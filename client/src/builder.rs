@@ -1,5 +1,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use link::{Dialer, QuicConfig};
@@ -13,6 +14,7 @@ pub struct ClientBuilder {
     default_jurisdiction: String,
     timeout: Duration,
     attempts_max: u32,
+    liveness_timeout: Duration,
 }
 
 impl Default for ClientBuilder {
@@ -23,7 +25,9 @@ impl Default for ClientBuilder {
             // Services store European users' data in Europe unless told otherwise.
             default_jurisdiction: "EEA".into(),
             timeout: Duration::from_secs(5),
-            attempts_max: 16,
+            // The deadline bounds a call; a count would end it early while a group elects its leader.
+            attempts_max: u32::MAX,
+            liveness_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -60,9 +64,19 @@ impl ClientBuilder {
         self
     }
 
-    /// At most this many attempts per call (each a safe retry), within the deadline.
+    /// At most this many attempts per call (each a safe retry), within the deadline. By default a call
+    /// is bounded by its deadline alone.
     pub fn attempts_max(mut self, attempts: u32) -> Self {
         self.attempts_max = attempts.max(1);
+        self
+    }
+
+    /// A connection that hears nothing from its node for this long is lost (keep-alives go every quarter
+    /// of it, so a live node always answers in time): a call waiting on it moves to another node, and the
+    /// node is not asked again until a probe reaches it. Also bounds a dial to a node that does not
+    /// answer. Default 2 s; keep it above the worst round trip to a node by several times.
+    pub fn liveness_timeout(mut self, timeout: Duration) -> Self {
+        self.liveness_timeout = timeout.max(Duration::from_millis(100));
         self
     }
 
@@ -80,13 +94,15 @@ impl ClientBuilder {
             .ok_or_else(|| ClientError::Tls("no TLS configuration: call .tls(..)".into()))?;
         let quic = QuicConfig {
             request_timeout: self.timeout,
+            idle_timeout: self.liveness_timeout,
+            keep_alive: self.liveness_timeout / 4,
             ..QuicConfig::loopback()
         };
         let nodes: Vec<u64> = addresses.keys().copied().collect();
         let dialer = Dialer::client(&tls.configs()?, addresses, quic)
             .map_err(|error| ClientError::Tls(error.to_string()))?;
         Client::connect(
-            dialer,
+            Arc::new(dialer),
             nodes,
             self.default_jurisdiction,
             self.timeout,

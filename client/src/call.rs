@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use link::Dialer;
+use link::{Dialer, QuicError};
 use tokio::time::Instant;
 use wire::client::{
     ClientOp, ClientRequest, ClientResponse, ClientResult, Consistency, Envelope, EnvelopeResponse,
@@ -17,8 +17,15 @@ use wire::routing::shard_index;
 use crate::{ClientBuilder, ClientError};
 
 /// A connection to a Domicile cluster. Cheap to share (`Arc<Client>`); calls may run concurrently.
+///
+/// How a call finds a live node (as etcd's and TiKV's clients do): each attempt has a bound shorter than
+/// the call's deadline; a connection that hears nothing from its node for the liveness timeout is lost,
+/// and a call waiting on it moves on at once instead of waiting out its attempt; a node found down (its
+/// connection lost, a dial failed, an attempt unanswered) is not asked again, nor followed when another
+/// node names it leader, until a probe in the background reaches it again; and a call keeps trying the
+/// other nodes, with backoff, until its deadline, not until a count of attempts runs out.
 pub struct Client {
-    dialer: Dialer,
+    dialer: Arc<Dialer>,
     /// The nodes to ask, by node id.
     nodes: Vec<u64>,
     default_jurisdiction: String,
@@ -32,8 +39,14 @@ pub struct Client {
     leaders: Mutex<BTreeMap<String, u64>>,
     /// Round-robin start for calls without a known leader.
     next_node: AtomicU64,
-    /// Nodes that failed to answer recently, and when: skipped while others remain.
-    suspects: Mutex<BTreeMap<u64, Instant>>,
+    /// Nodes found down, until a probe reaches them again: skipped while others remain.
+    down: Arc<Mutex<BTreeMap<u64, Down>>>,
+}
+
+/// A node found down: when its last probe began, and whether one is running.
+struct Down {
+    probed: Instant,
+    probing: bool,
 }
 
 /// A deduplication identity: the state machine remembers, per client id, the last sequence it applied and
@@ -90,8 +103,9 @@ impl Drop for SessionGuard<'_> {
     }
 }
 
-/// How long a node that failed to answer is skipped when choosing whom to ask.
-const SUSPECT_FOR: Duration = Duration::from_secs(2);
+/// How often a node found down is probed (a fresh QUIC handshake, in the background). A probe of a node
+/// that does not answer fails after the liveness timeout, so a dead node costs calls nothing.
+const PROBE_EVERY: Duration = Duration::from_millis(300);
 
 impl Client {
     pub fn builder() -> ClientBuilder {
@@ -99,7 +113,7 @@ impl Client {
     }
 
     pub(crate) async fn connect(
-        dialer: Dialer,
+        dialer: Arc<Dialer>,
         nodes: Vec<u64>,
         default_jurisdiction: String,
         timeout: Duration,
@@ -115,7 +129,7 @@ impl Client {
             shard_maps: Mutex::new(BTreeMap::new()),
             leaders: Mutex::new(BTreeMap::new()),
             next_node: AtomicU64::new(0),
-            suspects: Mutex::new(BTreeMap::new()),
+            down: Arc::new(Mutex::new(BTreeMap::new())),
         };
         // Learn the default jurisdiction's map now, so a client that can reach no node fails here; a
         // jurisdiction with no group is only an error for the calls that use it.
@@ -206,7 +220,10 @@ impl Client {
         }
         let mut last_error = String::from("no node answered");
         for attempt in 0..self.attempts_max {
-            for &node in &self.nodes {
+            // Nodes found down last: each costs an attempt's bound.
+            let mut nodes = self.nodes.clone();
+            nodes.sort_by_key(|&node| self.is_down(node));
+            for node in nodes {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 if remaining.is_zero() {
                     return Err(ClientError::Timeout {
@@ -223,6 +240,7 @@ impl Client {
                     self.dialer.request::<_, EnvelopeResponse>(node, &request),
                 )
                 .await;
+                self.note_reply(node, &reply);
                 match reply {
                     Ok(Ok(EnvelopeResponse::Client(ClientResponse::ShardMap {
                         jurisdiction: answered,
@@ -280,7 +298,12 @@ impl Client {
         // Nodes that said they hold no replica since the last pause: a routing miss is not a busy
         // group, so the next node is asked at once, and the call pauses only once every node missed.
         let mut misses = 0;
-        for attempt in 0..self.attempts_max {
+        // Whether the last attempt followed a hint: a second hint in a row (two followers each naming
+        // the other, stale) waits out a backoff like any other miss, so no call spins until its deadline.
+        let mut redirected = false;
+        let mut pauses = 0;
+        for _ in 0..self.attempts_max {
+            let following = std::mem::take(&mut redirected);
             let node = self.target(&group);
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -297,6 +320,7 @@ impl Client {
                 self.dialer.request::<_, EnvelopeResponse>(node, &request),
             )
             .await;
+            self.note_reply(node, &reply);
             match reply {
                 Ok(Ok(EnvelopeResponse::Client(response))) => match response {
                     ClientResponse::Done { result, .. } => {
@@ -311,17 +335,20 @@ impl Client {
                         }
                         return Ok(result);
                     }
-                    // Follow a hint to a node we can reach; a hint at a node that just failed us is stale
+                    // Follow a hint to a node we can reach; a hint at a node found down is stale
                     // (followers name the old leader until they notice it is gone): wait, ask again.
                     ClientResponse::NotLeader {
                         leader: Some(leader), ..
-                    } if self.nodes.contains(&leader) && !self.is_suspect(leader) => {
+                    } if self.nodes.contains(&leader) && !self.is_down(leader) => {
                         self.leaders
                             .lock()
                             .expect("leader cache lock")
                             .insert(group.clone(), leader);
                         last_error = format!("n{node} is not the leader of {group}; n{leader} is");
-                        continue;
+                        if !following {
+                            redirected = true;
+                            continue;
+                        }
                     }
                     ClientResponse::NotLeader { .. } => {
                         self.forget_leader(&group);
@@ -357,15 +384,16 @@ impl Client {
                     last_error = format!("n{node} answered with a peer response")
                 }
                 Ok(Err(error)) => {
-                    self.suspect(node, &group);
+                    self.forget_leader_if(&group, node);
                     last_error = error.to_string();
                 }
                 Err(_) => {
-                    self.suspect(node, &group);
+                    self.forget_leader_if(&group, node);
                     last_error = format!("n{node} did not answer in time");
                 }
             }
-            backoff(attempt, deadline).await;
+            backoff(pauses, deadline).await;
+            pauses += 1;
         }
         if Instant::now() >= deadline {
             return Err(ClientError::Timeout {
@@ -393,45 +421,78 @@ impl Client {
         remaining.min((self.timeout / 4).max(Duration::from_millis(250)))
     }
 
-    fn is_suspect(&self, node: u64) -> bool {
-        let suspects = self.suspects.lock().expect("suspect list lock");
-        suspects
-            .get(&node)
-            .is_some_and(|since| since.elapsed() <= SUSPECT_FOR)
+    fn is_down(&self, node: u64) -> bool {
+        self.down.lock().expect("down list lock").contains_key(&node)
+    }
+
+    /// What an attempt's outcome says of its node: an answer (even a refusal) proves it up; a lost
+    /// connection, a failed dial or no answer within the attempt's bound marks it down.
+    fn note_reply<T>(&self, node: u64, reply: &Result<Result<T, QuicError>, tokio::time::error::Elapsed>) {
+        let answered = matches!(reply, Ok(Ok(_)) | Ok(Err(QuicError::Remote { .. })));
+        let mut down = self.down.lock().expect("down list lock");
+        if answered {
+            down.remove(&node);
+        } else {
+            down.entry(node).or_insert(Down {
+                probed: Instant::now(),
+                probing: false,
+            });
+        }
+    }
+
+    /// Starts a probe of each node found down whose last probe began `PROBE_EVERY` ago and has ended: a
+    /// fresh handshake, in the background, that brings the node back into use if it answers.
+    fn probe_down_nodes(&self) {
+        let mut down = self.down.lock().expect("down list lock");
+        let now = Instant::now();
+        for (&node, state) in down.iter_mut() {
+            if state.probing || now.duration_since(state.probed) < PROBE_EVERY {
+                continue;
+            }
+            state.probing = true;
+            state.probed = now;
+            let (dialer, list) = (self.dialer.clone(), self.down.clone());
+            tokio::spawn(async move {
+                let reached = dialer.probe(node).await.is_ok();
+                let mut down = list.lock().expect("down list lock");
+                if reached {
+                    down.remove(&node);
+                } else if let Some(state) = down.get_mut(&node) {
+                    state.probing = false;
+                }
+            });
+        }
     }
 
     fn target(&self, group: &str) -> u64 {
+        self.probe_down_nodes();
         let cached = self
             .leaders
             .lock()
             .expect("leader cache lock")
             .get(group)
             .copied();
-        if let Some(leader) = cached.filter(|&leader| !self.is_suspect(leader)) {
+        if let Some(leader) = cached.filter(|&leader| !self.is_down(leader)) {
             return leader;
         }
-        let suspects = self.suspects.lock().expect("suspect list lock");
-        let now = Instant::now();
+        let down = self.down.lock().expect("down list lock");
         for _ in 0..self.nodes.len() {
             let next = self.next_node.fetch_add(1, Ordering::Relaxed) as usize;
             let node = self.nodes[next % self.nodes.len()];
-            if suspects
-                .get(&node)
-                .is_none_or(|since| now.duration_since(*since) > SUSPECT_FOR)
-            {
+            if !down.contains_key(&node) {
                 return node;
             }
         }
-        // Everyone failed lately: ask the next one anyway.
-        let next = self.next_node.fetch_add(1, Ordering::Relaxed) as usize;
-        self.nodes[next % self.nodes.len()]
+        // Every node is down: ask the one probed longest ago (a probe may be slower than a request).
+        self.nodes
+            .iter()
+            .copied()
+            .min_by_key(|node| down.get(node).map(|state| state.probed))
+            .expect("a client has at least one node")
     }
 
-    fn suspect(&self, node: u64, group: &str) {
-        self.suspects
-            .lock()
-            .expect("suspect list lock")
-            .insert(node, Instant::now());
+    /// Forgets `node` as `group`'s leader, if it was: it failed to answer.
+    fn forget_leader_if(&self, group: &str, node: u64) {
         let mut leaders = self.leaders.lock().expect("leader cache lock");
         if leaders.get(group) == Some(&node) {
             leaders.remove(group);

@@ -22,8 +22,11 @@
 //! Guarantees: every call has a deadline (the builder's `timeout`) and fails with
 //! [`ClientError::Timeout`] when it passes; writes carry a session id and a sequence number (each
 //! concurrent call holds a session of its own, so `Arc<Client>` may be shared by many tasks), so a retry
-//! after a lost reply is applied once; only such safe retries are made, a bounded number of times with
-//! backoff; a call follows leader hints to the right node. Data goes only to the groups fenced to its
+//! after a lost reply is applied once; only such safe retries are made, with backoff, until the deadline;
+//! a call follows leader hints to the right node; a node whose connection is lost (it heard nothing for
+//! the builder's `liveness_timeout`) or that did not answer an attempt is left for the others until a
+//! probe reaches it again, so a call in flight to a leader that dies moves on to the next one instead of
+//! waiting out its deadline. Data goes only to the groups fenced to its
 //! jurisdiction: when there is none, the call fails with [`ClientError::Residency`] instead of storing the
 //! record anywhere else. Errors say whether a retry can help ([`ClientError::is_retryable`]).
 

@@ -135,6 +135,17 @@ impl Dialer {
         }
     }
 
+    /// Dials `to` afresh, whatever the table holds, and keeps the new connection: a handshake answered
+    /// proves the node is up now, where a cached connection to a node that died looks open until its idle
+    /// timeout. A node that does not answer fails the dial after the transport's idle timeout. Requests
+    /// already running on the old connection finish on it.
+    pub async fn probe(&self, to: u64) -> Result<(), QuicError> {
+        let connection = self.dial(to).await?;
+        let mut connections = self.connections.lock().expect("connection table lock");
+        connections.insert(to, connection);
+        Ok(())
+    }
+
     /// The live connection to `to`, dialling (and checking the peer's attested identity) if needed. The
     /// table lock is never held while dialling: a dead peer must not hold up requests to live ones.
     async fn connection(&self, to: u64) -> Result<Connection, QuicError> {
@@ -143,6 +154,23 @@ impl Dialer {
         {
             return Ok(connection.clone());
         }
+        let connection = self.dial(to).await?;
+        let mut connections = self.connections.lock().expect("connection table lock");
+        // Another request may have dialled meanwhile: keep one connection per peer.
+        match connections.get(&to) {
+            Some(existing) if existing.close_reason().is_none() => {
+                connection.close(VarInt::from_u32(0), b"duplicate");
+                Ok(existing.clone())
+            }
+            _ => {
+                connections.insert(to, connection.clone());
+                Ok(connection)
+            }
+        }
+    }
+
+    /// A new connection to `to`, its peer checked.
+    async fn dial(&self, to: u64) -> Result<Connection, QuicError> {
         let addr = self
             .addresses
             .read()
@@ -168,18 +196,7 @@ impl Dialer {
             connection.close(VarInt::from_u32(1), b"identity refused");
             return Err(error);
         }
-        let mut connections = self.connections.lock().expect("connection table lock");
-        // Another request may have dialled meanwhile: keep one connection per peer.
-        match connections.get(&to) {
-            Some(existing) if existing.close_reason().is_none() => {
-                connection.close(VarInt::from_u32(0), b"duplicate");
-                Ok(existing.clone())
-            }
-            _ => {
-                connections.insert(to, connection.clone());
-                Ok(connection)
-            }
-        }
+        Ok(connection)
     }
 
     pub fn close(&self) {
