@@ -62,6 +62,7 @@ pub struct Node {
 }
 
 pub async fn run(config: NodeConfig) -> anyhow::Result<ExitCode> {
+    plant_canary();
     let node = Arc::new(Node::start(config).await?);
     let admin = crate::admin::serve(node.clone()).await?;
     let preference = tokio::spawn(honour_leader_preferences(node.clone()));
@@ -87,6 +88,17 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<ExitCode> {
     node.host.shutdown().await;
     node.quic.close();
     Ok(ExitCode::SUCCESS)
+}
+
+/// A planted bug, in a build with the `canaries` feature only (never a production one): with
+/// `DOMICILE_CANARY=ingress-off` this node's ingress fence admits everything and its outside legacy
+/// replicas campaign (`raft::residency::canary`), so the multi-host suite can show it catches that.
+fn plant_canary() {
+    #[cfg(feature = "canaries")]
+    if std::env::var("DOMICILE_CANARY").as_deref() == Ok("ingress-off") {
+        raft::residency::canary::set_ingress_off(true);
+        tracing::error!("PLANTED BUG (DOMICILE_CANARY=ingress-off): this node's ingress fence is off");
+    }
 }
 
 /// Every few seconds, each group this node leads hands leadership to a caught-up voter its policy prefers

@@ -355,7 +355,11 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
                 reason: error.to_string(),
             })?;
         let _ = metrics.set(raft.metrics());
-        if !self.topology.is_inside(self.me.node, &fence.policy.jurisdiction) {
+        #[cfg(feature = "canaries")]
+        let planted = crate::residency::canary::ingress_off();
+        #[cfg(not(feature = "canaries"))]
+        let planted = false;
+        if !self.topology.is_inside(self.me.node, &fence.policy.jurisdiction) && !planted {
             // A legacy replica outside the jurisdiction replicates but never campaigns. Its peers refuse its
             // votes anyway (ingress); this keeps it from trying and from inflating terms.
             raft.runtime_config().elect(false);

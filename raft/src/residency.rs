@@ -283,6 +283,10 @@ impl GroupFence {
 
     /// Ingress enforcement: may this node (`me`, as its own certificate attests) store the group's data?
     pub fn check_ingress(&self, me: NodeId) -> Result<(), Refusal> {
+        #[cfg(feature = "canaries")]
+        if canary::ingress_off() {
+            return Ok(());
+        }
         if self.inside(me) || self.legacy.contains(&me) {
             return Ok(());
         }
@@ -299,6 +303,10 @@ impl GroupFence {
     /// must stand inside the jurisdiction. Legacy voters can still vote for inside candidates; they can
     /// never win.
     pub fn check_leader_peer(&self, peer: NodeId) -> Result<(), Refusal> {
+        #[cfg(feature = "canaries")]
+        if canary::ingress_off() {
+            return Ok(());
+        }
         if self.inside(peer) {
             return Ok(());
         }
@@ -312,14 +320,25 @@ impl GroupFence {
     }
 }
 
-/// A planted bug for the simulator's `egress-off` canary: the egress fence lets everything through.
-/// Compiled only with the `canaries` feature, which no production build enables; it exists to prove
-/// that the simulator's residency checker catches a fence that is switched off.
+/// Planted bugs: for the simulator's `egress-off` canary, the egress fence lets everything through; for
+/// the multi-host suite's `ingress-off` (a node started with `DOMICILE_CANARY=ingress-off`), the ingress
+/// fence does, and a legacy replica outside the jurisdiction campaigns like any other (the two guards
+/// that keep an outside voter from leading). Compiled only with the `canaries` feature, which no
+/// production build enables; they exist to prove that the checkers catch a fence that is switched off.
 #[cfg(feature = "canaries")]
 pub mod canary {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     static EGRESS_OFF: AtomicBool = AtomicBool::new(false);
+    static INGRESS_OFF: AtomicBool = AtomicBool::new(false);
+
+    pub fn set_ingress_off(off: bool) {
+        INGRESS_OFF.store(off, Ordering::Relaxed);
+    }
+
+    pub fn ingress_off() -> bool {
+        INGRESS_OFF.load(Ordering::Relaxed)
+    }
 
     pub fn set_egress_off(off: bool) {
         EGRESS_OFF.store(off, Ordering::Relaxed);
