@@ -350,9 +350,20 @@ impl Client {
                             continue;
                         }
                     }
-                    ClientResponse::NotLeader { .. } => {
+                    ClientResponse::NotLeader { leader, .. } => {
                         self.forget_leader(&group);
-                        last_error = format!("{group} has no leader at n{node} now");
+                        // Say why the hint was not followed: a leader this client was never given an
+                        // endpoint for is a configuration to fix, not a group without a leader.
+                        last_error = match leader {
+                            Some(leader) if !self.nodes.contains(&leader) => format!(
+                                "n{node} names n{leader} as the leader of {group}, and this client has no \
+                                 endpoint for n{leader}: give the client every node that may lead"
+                            ),
+                            Some(leader) => {
+                                format!("n{node} names n{leader} as the leader of {group}, which is down")
+                            }
+                            None => format!("{group} has no leader at n{node} now"),
+                        };
                     }
                     // Ask another node: this one holds no replica (or is still opening it).
                     ClientResponse::NotHosted { .. } => {
