@@ -12,7 +12,7 @@ use wire::client::{
     ClientOp, ClientRequest, ClientResponse, ClientResult, Consistency, Envelope, EnvelopeResponse,
 };
 use wire::record::{CommandError, Record, WriteId};
-use wire::routing::shard_index;
+use wire::routing::RoutingMap;
 
 use crate::{ClientBuilder, ClientError};
 
@@ -33,8 +33,9 @@ pub struct Client {
     attempts_max: u32,
     /// Write sessions not in use by a call (see [`Session`]).
     sessions: Mutex<Vec<Session>>,
-    /// Each jurisdiction's published shard map (group names), learnt on first use.
-    shard_maps: Mutex<BTreeMap<String, Arc<Vec<String>>>>,
+    /// Each jurisdiction's published shard map, learnt on first use and replaced by later epochs that
+    /// nodes answer with (`Moved`).
+    shard_maps: Mutex<BTreeMap<String, Arc<RoutingMap>>>,
     /// The last known leader of each group.
     leaders: Mutex<BTreeMap<String, u64>>,
     /// Round-robin start for calls without a known leader.
@@ -210,11 +211,7 @@ impl Client {
 
     /// The published shard map of `jurisdiction`: cached, or asked of the nodes in turn until one inside
     /// the jurisdiction answers (nodes outside it hold none of its routing metadata and say so).
-    async fn shard_map(
-        &self,
-        jurisdiction: &str,
-        deadline: Instant,
-    ) -> Result<Arc<Vec<String>>, ClientError> {
+    async fn shard_map(&self, jurisdiction: &str, deadline: Instant) -> Result<Arc<RoutingMap>, ClientError> {
         if let Some(map) = self.shard_maps.lock().expect("shard map lock").get(jurisdiction) {
             return Ok(map.clone());
         }
@@ -231,7 +228,7 @@ impl Client {
                         last_error,
                     });
                 }
-                let request = Envelope::Client(ClientRequest::ShardMap {
+                let request = Envelope::Client(ClientRequest::Map {
                     jurisdiction: jurisdiction.to_string(),
                 });
                 let attempt_limit = self.attempt_limit(remaining);
@@ -242,14 +239,11 @@ impl Client {
                 .await;
                 self.note_reply(node, &reply);
                 match reply {
-                    Ok(Ok(EnvelopeResponse::Client(ClientResponse::ShardMap {
-                        jurisdiction: answered,
-                        groups,
-                        ..
-                    }))) if answered == jurisdiction && !groups.is_empty() => {
-                        let map = Arc::new(groups);
-                        let mut maps = self.shard_maps.lock().expect("shard map lock");
-                        return Ok(maps.entry(answered).or_insert(map).clone());
+                    Ok(Ok(EnvelopeResponse::Client(ClientResponse::Map(map)))) => {
+                        match self.learn(jurisdiction, map) {
+                            Ok(map) => return Ok(map),
+                            Err(reason) => last_error = format!("n{node} answered {reason}"),
+                        }
                     }
                     Ok(Ok(EnvelopeResponse::Client(ClientResponse::Residency { reason }))) => {
                         return Err(ClientError::Residency(reason));
@@ -293,7 +287,7 @@ impl Client {
         op: ClientOp,
     ) -> Result<ClientResult, ClientError> {
         let deadline = Instant::now() + self.timeout;
-        let group = self.route(jurisdiction, user_id, deadline).await?;
+        let (mut group, mut epoch) = self.route(jurisdiction, user_id, deadline).await?;
         let mut last_error = String::from("no attempt made");
         // Nodes that said they hold no replica since the last pause: a routing miss is not a busy
         // group, so the next node is asked at once, and the call pauses only once every node missed.
@@ -309,9 +303,10 @@ impl Client {
             if remaining.is_zero() {
                 break;
             }
-            let request = Envelope::Client(ClientRequest::Call {
+            let request = Envelope::Client(ClientRequest::RoutedCall {
                 jurisdiction: jurisdiction.to_string(),
                 user_id: user_id.to_string(),
+                epoch,
                 op: op.clone(),
             });
             let attempt_limit = self.attempt_limit(remaining);
@@ -389,7 +384,24 @@ impl Client {
                             reason,
                         });
                     }
-                    ClientResponse::ShardMap { .. } => last_error = "unexpected shard map".into(),
+                    // Routed by an older map than the node's: route by the later one at once.
+                    ClientResponse::Moved { map, .. } => match self.learn(jurisdiction, map) {
+                        Ok(map) if map.epoch > epoch => {
+                            last_error = format!("{group} lost the user's range at epoch {}", map.epoch);
+                            (group, epoch) = (map.route(user_id).to_string(), map.epoch);
+                            continue;
+                        }
+                        Ok(map) => {
+                            last_error = format!(
+                                "n{node} answered moved, with no map later than epoch {}",
+                                map.epoch
+                            )
+                        }
+                        Err(reason) => last_error = format!("n{node} answered {reason}"),
+                    },
+                    ClientResponse::ShardMap { .. } | ClientResponse::Map(_) => {
+                        last_error = "unexpected shard map".into()
+                    }
                 },
                 Ok(Ok(EnvelopeResponse::Peer(_))) => {
                     last_error = format!("n{node} answered with a peer response")
@@ -415,15 +427,35 @@ impl Client {
         Err(ClientError::Unavailable(last_error))
     }
 
-    /// The group holding `user_id`'s records: the jurisdiction's published map, then a stable hash.
+    /// The group holding `user_id`'s records by the jurisdiction's published map, and the map's epoch.
     async fn route(
         &self,
         jurisdiction: &str,
         user_id: &str,
         deadline: Instant,
-    ) -> Result<String, ClientError> {
-        let groups = self.shard_map(jurisdiction, deadline).await?;
-        Ok(groups[shard_index(user_id, groups.len())].clone())
+    ) -> Result<(String, u64), ClientError> {
+        let map = self.shard_map(jurisdiction, deadline).await?;
+        Ok((map.route(user_id).to_string(), map.epoch))
+    }
+
+    /// Keeps a map a node answered with, if it is well formed, of `jurisdiction`, and later than the one
+    /// known; returns the latest known.
+    fn learn(&self, jurisdiction: &str, map: RoutingMap) -> Result<Arc<RoutingMap>, String> {
+        if map.jurisdiction != jurisdiction {
+            return Err(format!(
+                "a map of `{}`, not of `{jurisdiction}`",
+                map.jurisdiction
+            ));
+        }
+        map.check().map_err(|error| format!("a malformed map: {error}"))?;
+        let mut maps = self.shard_maps.lock().expect("shard map lock");
+        let known = maps
+            .entry(jurisdiction.to_string())
+            .or_insert_with(|| Arc::new(map.clone()));
+        if map.epoch > known.epoch {
+            *known = Arc::new(map);
+        }
+        Ok(known.clone())
     }
 
     /// How long one attempt may take: a share of the deadline, not all of it, so a dead node leaves time to

@@ -131,6 +131,17 @@ fn commands() -> Vec<Command> {
             write: write(9, 1),
             policy_version: 3,
         },
+        // Ranges refusing user-1 and user-2 (the first half), then a put refused by them.
+        Command::SetOwnership(storage::record::Ownership {
+            jurisdiction: "EU".into(),
+            epoch: 2,
+            ranges: vec![(0, 5), (1 << 63, u64::MAX)],
+        }),
+        Command::Put {
+            write: write(10, 1),
+            key: key("user-3", "profile"),
+            value: b"v".to_vec(),
+        },
     ]
 }
 
@@ -179,6 +190,19 @@ fn client_requests() -> Vec<ClientRequest> {
             write: write(3, 6),
         }),
         call(ClientOp::Scan),
+        ClientRequest::Map {
+            jurisdiction: "EU".into(),
+        },
+        ClientRequest::RoutedCall {
+            jurisdiction: "EU".into(),
+            user_id: "user-1".into(),
+            epoch: 2,
+            op: ClientOp::Put {
+                record: "profile".into(),
+                value: b"v3".to_vec(),
+                write: write(3, 7),
+            },
+        },
     ]
 }
 
@@ -230,7 +254,22 @@ fn client_responses() -> Vec<ClientResponse> {
             jurisdiction: "EU".into(),
             reason: "a node's certificate".into(),
         },
+        ClientResponse::Map(ranged_map().to_wire()),
+        ClientResponse::Moved {
+            asked_epoch: 1,
+            map: ranged_map().to_wire(),
+        },
     ]
+}
+
+/// EU's map at epoch 2: eu-1's range split, its upper half given to eu-2.
+fn ranged_map() -> ShardMap {
+    let first = placement::shard_map::ShardMap::single("EU", placement::GroupId("eu-1".into()));
+    ShardMap::Ranged(
+        first
+            .split(1 << 63, placement::GroupId("eu-2".into()))
+            .expect("a split of one range"),
+    )
 }
 
 /// Real peer requests, one per kind, with the bodies `raft::network` encodes.
@@ -299,14 +338,7 @@ fn snapshot_chunk() -> SnapshotChunk<C> {
 /// Every answer a node decodes from a peer, each as `PeerResponse::Ok` bytes and the `answer` choice
 /// of `peer_frames` that decodes it.
 fn peer_answers() -> Vec<(u8, Vec<u8>)> {
-    let shard_map = ShardMap {
-        jurisdiction: "EU".into(),
-        epoch: 2,
-        shards: vec![
-            placement::GroupId("eu-1".into()),
-            placement::GroupId("eu-2".into()),
-        ],
-    };
+    let shard_map = ranged_map();
     vec![
         (0, encode(&AppendEntriesResponse::<C>::Success)),
         (
@@ -337,13 +369,16 @@ fn peer_answers() -> Vec<(u8, Vec<u8>)> {
 }
 
 fn shard_map_sealed() -> Vec<u8> {
-    ShardMap {
-        jurisdiction: "EU".into(),
-        epoch: 3,
-        shards: vec![placement::GroupId("eu-1".into())],
-    }
-    .encode()
-    .expect("a shard map seals")
+    ranged_map().encode().expect("a shard map seals")
+}
+
+/// A map published before ranges: `hash mod 2` over eu-1 and eu-2.
+fn modulo_map_sealed() -> Vec<u8> {
+    let groups = [
+        placement::GroupId("eu-1".into()),
+        placement::GroupId("eu-2".into()),
+    ];
+    raft::directory::encode_modulo_map("EU", 1, &groups).expect("a modulo map seals")
 }
 
 /// A state machine after `commands()` were applied at indexes 1, 2, ...
@@ -456,6 +491,7 @@ fn wire_seeds(root: &Path) {
         peer.seed(&format!("response-{name}"), false, 1, &encode(&response));
     }
     peer.seed("shard-map-sealed", true, 4, &shard_map_sealed());
+    peer.seed("shard-map-modulo-sealed", true, 9, &modulo_map_sealed());
     println!(
         "link_frame: {}, client_frames: {}, peer_frames: {}",
         link_frame.written, client.written, peer.written

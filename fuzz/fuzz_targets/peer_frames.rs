@@ -120,10 +120,16 @@ fuzz_target!(|data: &[u8]| {
             body(kinds[usize::from(mode.choice / 5) % kinds.len()], bytes);
         }
         3 => answer(mode.choice / 5, bytes),
+        // A ranged map's seal (even choices) or one published before ranges (odd).
         _ => {
             let mut sealed = bytes.to_vec();
             if mode.repair {
-                repair_seal(b"domicile/shard-map/EU", &mut sealed);
+                let key: &[u8] = if (mode.choice / 5) % 2 == 0 {
+                    b"domicile/shard-map/ranges/EU"
+                } else {
+                    b"domicile/shard-map/EU"
+                };
+                repair_seal(key, &mut sealed);
             }
             shard_map("EU", &sealed);
         }

@@ -82,9 +82,11 @@ impl ClientAccess {
         let held = self.policy.granted(&caller.name, jurisdiction);
         let needed = match request {
             // Routing needs either: a writer must find the group as much as a reader.
-            ClientRequest::ShardMap { .. } if held.read || held.write => return Ok(()),
-            ClientRequest::ShardMap { .. } => Access::READ,
-            ClientRequest::Call { op, .. } => match op {
+            ClientRequest::ShardMap { .. } | ClientRequest::Map { .. } if held.read || held.write => {
+                return Ok(());
+            }
+            ClientRequest::ShardMap { .. } | ClientRequest::Map { .. } => Access::READ,
+            ClientRequest::Call { op, .. } | ClientRequest::RoutedCall { op, .. } => match op {
                 ClientOp::Get { .. } | ClientOp::Scan => Access::READ,
                 ClientOp::Put { .. } | ClientOp::Delete { .. } => Access::WRITE,
                 ClientOp::CompareAndSet { .. } => Access::READ_WRITE,

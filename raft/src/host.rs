@@ -34,7 +34,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use storage::snapshot::SnapshotData;
 use storage::state_machine::StateMachine;
-use storage::{Command, Record, RecordKey, Response, codec};
+use storage::{Command, CommandError, Record, RecordKey, Response, codec};
 
 use crate::audit::{AuditSink, Event, NoAudit, Observation, change_event, describe_step, members};
 use crate::config::{GroupConfig, RoundTrips, covering_round_trip, group_round_trip_ms};
@@ -87,6 +87,15 @@ pub enum HostError {
     },
     #[error("the audit trail can't record it, so it was not done: {0}")]
     Audit(String),
+    /// The group's committed ranges no longer hold the user: a map change moved its range elsewhere.
+    #[error(
+        "group `{group}` no longer owns the range of this user of `{jurisdiction}` (its ranges are of epoch {epoch})"
+    )]
+    NotOwned {
+        group: GroupId,
+        jurisdiction: String,
+        epoch: u64,
+    },
 }
 
 impl HostError {
@@ -867,11 +876,26 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
                     },
                 })?;
         }
-        let record = replica
+        // After the ReadIndex round the replica has applied every entry committed before the read began,
+        // its ranges included: a user whose range moved is refused, not read from a copy left behind.
+        let record = match replica
             .state_machine
-            .read_record(key)
+            .read_owned_record(key)
             .await
-            .map_err(|error| HostError::Store(error.to_string()))?;
+            .map_err(|error| HostError::Store(error.to_string()))?
+        {
+            Ok(record) => record,
+            Err(CommandError::NotOwned {
+                jurisdiction, epoch, ..
+            }) => {
+                return Err(HostError::NotOwned {
+                    group: group.clone(),
+                    jurisdiction,
+                    epoch,
+                });
+            }
+            Err(other) => return Err(HostError::Store(other.to_string())),
+        };
         Ok(ReadOutcome {
             record,
             stale: consistency == ReadConsistency::Stale,

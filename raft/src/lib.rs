@@ -23,6 +23,7 @@ pub mod fault;
 pub mod host;
 pub mod identity;
 pub mod local_cluster;
+pub mod map_change;
 pub mod message;
 pub mod network;
 pub mod pseudonym;

@@ -1,14 +1,17 @@
 //! Which replica group holds a user's records: the user's jurisdiction, then a hash of the user id over that
-//! jurisdiction's shard groups.
+//! jurisdiction's shard map.
 //!
-//! Routing needs no directory of keys: it is a pure function of the user id and the list of groups fenced to
-//! the jurisdiction, so no component ever holds a global index of raw keys. The hash and the user-to-shard
-//! rule are `wire::routing`'s, which clients apply too.
+//! Routing needs no directory of keys: it is a pure function of the user id and the jurisdiction's map, so
+//! no component ever holds a global index of raw keys. The hash and the routing position are
+//! `wire::routing`'s, which clients apply too. The topology proposes each jurisdiction's first map (epoch
+//! 1: its groups in name order, each given an equal range); the published map, which may have changed
+//! since, is the directory's ([`crate::directory`]).
 
 use std::collections::BTreeMap;
 
+use placement::shard_map::ShardMap;
 use placement::{GroupId, GroupPolicy, Jurisdiction};
-use wire::routing::shard_index;
+use wire::routing::range_position;
 pub use wire::routing::stable_hash;
 
 /// The number openraft's storage knows a group by: a stable hash of its name.
@@ -30,6 +33,8 @@ pub enum RoutingError {
 #[derive(Clone, Debug, Default)]
 pub struct Router {
     shards: BTreeMap<String, Vec<GroupId>>,
+    /// Each jurisdiction's proposed first map: `shards` cut into equal ranges, in name order.
+    proposals: BTreeMap<String, ShardMap>,
     jurisdictions: BTreeMap<String, Jurisdiction>,
 }
 
@@ -53,11 +58,16 @@ impl Router {
                 .or_default()
                 .push(policy.group.clone());
         }
-        for groups in shards.values_mut() {
+        let mut proposals = BTreeMap::new();
+        for (jurisdiction, groups) in shards.iter_mut() {
             groups.sort();
+            let proposal = ShardMap::even(jurisdiction, groups)
+                .expect("a jurisdiction is listed once a group is fenced to it");
+            proposals.insert(jurisdiction.clone(), proposal);
         }
         Ok(Router {
             shards,
+            proposals,
             jurisdictions,
         })
     }
@@ -77,11 +87,19 @@ impl Router {
         self.shards.iter()
     }
 
-    /// The group that holds `user_id`'s records in `jurisdiction`.
+    /// The topology's proposal of `jurisdiction`'s first map (epoch 1).
+    pub fn proposal(&self, jurisdiction: &str) -> Option<&ShardMap> {
+        self.proposals.get(jurisdiction)
+    }
+
+    /// The group that holds `user_id`'s records in `jurisdiction` by the proposed first map: where the
+    /// published map puts them until a map change moves their range.
     pub fn route(&self, jurisdiction: &str, user_id: &str) -> Result<&GroupId, RoutingError> {
-        let groups = self.shards.get(jurisdiction).filter(|groups| !groups.is_empty());
-        let groups = groups.ok_or_else(|| RoutingError::NoGroup(jurisdiction.to_string()))?;
-        Ok(&groups[shard_index(user_id, groups.len())])
+        let proposal = self
+            .proposals
+            .get(jurisdiction)
+            .ok_or_else(|| RoutingError::NoGroup(jurisdiction.to_string()))?;
+        Ok(proposal.owner(range_position(user_id)))
     }
 }
 

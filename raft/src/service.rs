@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use placement::GroupId;
-use storage::{Command, Record, RecordKey, Response};
+use storage::{Command, CommandError, Record, RecordKey, Response};
 
 use crate::audit::{ClientRefusal, ClientRefusalKind, Event};
 use crate::client_access::{ClientAccess, OutsideRead};
@@ -22,7 +22,7 @@ use crate::client_protocol::{
     ClientOp, ClientRequest, ClientResponse, ClientResult, Consistency, Envelope, EnvelopeResponse,
 };
 use crate::config::GroupConfig;
-use crate::directory::{Directory, DirectoryError, is_reserved_user};
+use crate::directory::{Directory, DirectoryError, ShardMap, is_reserved_user};
 use crate::host::{Host, HostError, ReadConsistency};
 use crate::identity::{ClientIdentity, NodeIdentity, Peer};
 use crate::quic::Handler;
@@ -47,6 +47,11 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> NodeService<C, T, S> {
 
     pub fn host(&self) -> &Arc<Host<C, T, S>> {
         &self.host
+    }
+
+    /// The node's view of the jurisdictions' shard maps (map changes run their steps with it).
+    pub fn directory(&self) -> &Directory {
+        &self.directory
     }
 
     /// Serves a client service's call. The caller's attested identity is the proof that it is a client
@@ -150,13 +155,21 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> NodeService<C, T, S> {
 
     async fn serve_client_request(&self, request: ClientRequest) -> ClientResponse {
         match request {
+            // The groups only, in map order: what clients that route `hash mod N` asked for. Their calls
+            // carry no epoch and are routed here by the published map, so they stay correct.
             ClientRequest::ShardMap { jurisdiction } => {
                 match self.directory.shard_map(&self.host, &jurisdiction).await {
                     Ok(map) => ClientResponse::ShardMap {
                         jurisdiction,
-                        epoch: map.epoch,
-                        groups: map.shards.iter().map(|group| group.0.clone()).collect(),
+                        epoch: map.epoch(),
+                        groups: map.groups().into_iter().map(|group| group.0).collect(),
                     },
+                    Err(error) => directory_refusal(error),
+                }
+            }
+            ClientRequest::Map { jurisdiction } => {
+                match self.directory.shard_map(&self.host, &jurisdiction).await {
+                    Ok(map) => ClientResponse::Map(map.to_wire()),
                     Err(error) => directory_refusal(error),
                 }
             }
@@ -164,20 +177,110 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> NodeService<C, T, S> {
                 jurisdiction,
                 user_id,
                 op,
-            } => self.call(jurisdiction, user_id, op).await,
+            } => self.call(jurisdiction, user_id, None, op).await,
+            ClientRequest::RoutedCall {
+                jurisdiction,
+                user_id,
+                epoch,
+                op,
+            } => self.call(jurisdiction, user_id, Some(epoch), op).await,
         }
     }
 
-    async fn call(&self, jurisdiction: String, user_id: String, op: ClientOp) -> ClientResponse {
+    /// The map to route a call by, given the epoch the client routed by (`None`: a client that does not
+    /// say): `Err` is the answer instead — `Moved` with this node's later map, or the reason no map of the
+    /// client's epoch is to be had here.
+    async fn map_for(&self, jurisdiction: &str, asked: Option<u64>) -> Result<Arc<ShardMap>, ClientResponse> {
+        let mut map = self
+            .directory
+            .shard_map(&self.host, jurisdiction)
+            .await
+            .map_err(directory_refusal)?;
+        let Some(asked) = asked else {
+            return Ok(map);
+        };
+        if asked > map.epoch() {
+            // The client saw a later map than this node: learn it before routing by anything.
+            map = self
+                .directory
+                .refresh(&self.host, jurisdiction, asked)
+                .await
+                .map_err(directory_refusal)?;
+            if asked > map.epoch() {
+                return Err(ClientResponse::Unavailable {
+                    group: String::new(),
+                    reason: format!(
+                        "node {} knows the map of `{jurisdiction}` up to epoch {} only, and the call was routed \
+                         by epoch {asked}",
+                        self.host.identity().node,
+                        map.epoch()
+                    ),
+                });
+            }
+        }
+        if asked < map.epoch() {
+            return Err(ClientResponse::Moved {
+                asked_epoch: asked,
+                map: map.to_wire(),
+            });
+        }
+        Ok(map)
+    }
+
+    /// A group refused the user as no longer its own (its committed ranges are of `owned_epoch`): learn
+    /// the map that moved it, and tell the client to route by it.
+    async fn moved(
+        &self,
+        jurisdiction: &str,
+        user_id: &str,
+        asked: Option<u64>,
+        routed_by: &ShardMap,
+        group: &GroupId,
+        owned_epoch: u64,
+    ) -> ClientResponse {
+        let wanted = owned_epoch.max(routed_by.epoch() + 1);
+        let unavailable = |reason: String| ClientResponse::Unavailable {
+            group: group.0.clone(),
+            reason,
+        };
+        match self.directory.refresh(&self.host, jurisdiction, wanted).await {
+            Ok(map) if map.epoch() > routed_by.epoch() && map.route(user_id) != group => match asked {
+                Some(asked) => ClientResponse::Moved {
+                    asked_epoch: asked,
+                    map: map.to_wire(),
+                },
+                // A client that does not say its epoch is routed here by the map just learnt when it retries.
+                None => unavailable(format!(
+                    "the user's range moved from `{group}` at epoch {}: retry",
+                    map.epoch()
+                )),
+            },
+            Ok(map) => unavailable(format!(
+                "`{group}` gave up the user's range at epoch {owned_epoch}, and the map of `{jurisdiction}` is \
+                 at epoch {} here: the change is not published yet",
+                map.epoch()
+            )),
+            Err(error) => unavailable(error.to_string()),
+        }
+    }
+
+    async fn call(
+        &self,
+        jurisdiction: String,
+        user_id: String,
+        asked: Option<u64>,
+        op: ClientOp,
+    ) -> ClientResponse {
         if is_reserved_user(&user_id) {
             return ClientResponse::Invalid {
                 reason: "user ids starting with a NUL byte are reserved for the system".into(),
             };
         }
-        let group = match self.directory.shard_map(&self.host, &jurisdiction).await {
-            Ok(map) => map.route(&user_id).clone(),
-            Err(error) => return directory_refusal(error),
+        let map = match self.map_for(&jurisdiction, asked).await {
+            Ok(map) => map,
+            Err(answer) => return answer,
         };
+        let group = map.route(&user_id).clone();
         let key = |record: String| RecordKey::new(jurisdiction.clone(), user_id.clone(), record);
         let outcome = match op {
             ClientOp::Get { record, consistency } => {
@@ -249,6 +352,10 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> NodeService<C, T, S> {
             Err(HostError::Residency(refusal)) => ClientResponse::Residency {
                 reason: refusal.to_string(),
             },
+            Err(HostError::NotOwned { epoch, .. }) => {
+                self.moved(&jurisdiction, &user_id, asked, &map, &group, epoch)
+                    .await
+            }
             Err(error) => ClientResponse::Unavailable {
                 group: group.0,
                 reason: error.to_string(),
@@ -289,6 +396,15 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> NodeService<C, T, S> {
             Response::Deleted { previous_revision } => ClientResult::Deleted { previous_revision },
             Response::Value(record) => ClientResult::Value { record, stale: false },
             Response::Records(records) => ClientResult::Records(records),
+            Response::Rejected(CommandError::NotOwned {
+                jurisdiction, epoch, ..
+            }) => {
+                return Err(HostError::NotOwned {
+                    group: group.clone(),
+                    jurisdiction,
+                    epoch,
+                });
+            }
             Response::Rejected(error) => ClientResult::Rejected(error),
             other => {
                 return Err(HostError::Raft {
@@ -318,6 +434,20 @@ fn directory_refusal(error: DirectoryError) -> ClientResponse {
                 reason: error.to_string(),
             }
         }
+        // Map changes' errors: not met while routing, but answered as what they are if they are.
+        DirectoryError::NotLeader { ref group, .. } | DirectoryError::RangesRefused { ref group, .. } => {
+            ClientResponse::Unavailable {
+                group: group.0.clone(),
+                reason: error.to_string(),
+            }
+        }
+        DirectoryError::ModuloMap { .. }
+        | DirectoryError::Change { .. }
+        | DirectoryError::ForeignGroup { .. }
+        | DirectoryError::EpochMoved { .. } => ClientResponse::Unavailable {
+            group: String::new(),
+            reason: error.to_string(),
+        },
     }
 }
 

@@ -77,9 +77,10 @@ async fn a_jurisdictions_shard_map_is_published_in_its_directory_group_and_kept_
         };
         let map = ShardMap::decode("EEA", &stored.value).unwrap();
         assert_eq!(
-            map.shards,
+            map.groups(),
             [GroupId("users-eea".into()), GroupId("users-legacy".into())]
         );
+        assert_eq!(map.epoch(), 1);
         // Damage is named, never routed by.
         let mut damaged = stored.value.clone();
         let last = damaged.len() - 1;

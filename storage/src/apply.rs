@@ -22,6 +22,7 @@ use crate::error::StateMachineError;
 use crate::record::Command;
 use crate::record::CommandError;
 use crate::record::KEY_PART_BYTES_MAX;
+use crate::record::Ownership;
 use crate::record::Record;
 use crate::record::RecordKey;
 use crate::record::Response;
@@ -34,6 +35,8 @@ pub const META_APPLIED: &[u8] = b"applied";
 pub const META_MEMBERSHIP: &[u8] = b"membership";
 /// Meta-table key of the group's policy version (a u64).
 pub const META_POLICY_VERSION: &[u8] = b"policy_version";
+/// Meta-table key of the ranges the group owns (an [`Ownership`]), absent until a map change set them.
+pub const META_OWNERSHIP: &[u8] = b"ownership";
 
 /// What the dedup table remembers per client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +100,53 @@ fn decode_u64(bytes: &[u8]) -> Result<u64, StateMachineError> {
     })
 }
 
+/// The ranges the group owns, as of the view (`None`: never set, so whatever the map routes here).
+pub fn read_ownership(view: &impl BackendView) -> Result<Option<Ownership>, StateMachineError> {
+    read_meta(view, META_OWNERSHIP)?
+        .map(|bytes| decode_ownership(&bytes))
+        .transpose()
+}
+
+fn decode_ownership(bytes: &[u8]) -> Result<Ownership, StateMachineError> {
+    codec::decode(bytes).map_err(|e| StateMachineError::Corrupt {
+        location: "meta ownership".into(),
+        reason: e.to_string(),
+    })
+}
+
+/// Why the group may not serve `(jurisdiction, user_id)` as of the view: `Some(NotOwned)` once a map
+/// change has taken the user's range from it.
+pub fn not_owned(
+    view: &impl BackendView,
+    jurisdiction: &str,
+    user_id: &str,
+) -> Result<Option<CommandError>, StateMachineError> {
+    Ok(read_ownership(view)?.and_then(|ownership| refusal(&ownership, jurisdiction, user_id)))
+}
+
+fn refusal(ownership: &Ownership, jurisdiction: &str, user_id: &str) -> Option<CommandError> {
+    (!ownership.owns_user(jurisdiction, user_id)).then(|| CommandError::NotOwned {
+        jurisdiction: jurisdiction.to_string(),
+        epoch: ownership.epoch,
+        position: wire::routing::range_position(user_id),
+    })
+}
+
+/// The user a command reads or changes, if any.
+fn user_of(command: &Command) -> Option<(&str, &str)> {
+    match command {
+        Command::Put { key, .. }
+        | Command::Delete { key, .. }
+        | Command::CompareAndSet { key, .. }
+        | Command::Get { key } => Some((&key.jurisdiction, &key.user_id)),
+        Command::Scan {
+            jurisdiction,
+            user_id,
+        } => Some((jurisdiction, user_id)),
+        Command::SetPolicyVersion { .. } | Command::SetOwnership(_) => None,
+    }
+}
+
 /// Reads one record from a view (a local, possibly stale read).
 pub fn read_record(view: &impl BackendView, key: &RecordKey) -> Result<Option<Record>, StateMachineError> {
     let key = record_key(key)?;
@@ -109,6 +159,8 @@ pub fn read_record(view: &impl BackendView, key: &RecordKey) -> Result<Option<Re
 pub struct Applier<'v, V: BackendView> {
     view: &'v V,
     batch: WriteBatch,
+    /// The group's ranges, read once per batch on first need (`None`: not read yet).
+    ownership: Option<Option<Ownership>>,
 }
 
 impl<'v, V: BackendView> Applier<'v, V> {
@@ -116,7 +168,24 @@ impl<'v, V: BackendView> Applier<'v, V> {
         Applier {
             view,
             batch: WriteBatch::default(),
+            ownership: None,
         }
+    }
+
+    /// The group's ranges as of the batch so far.
+    fn ownership(&mut self) -> Result<Option<&Ownership>, StateMachineError> {
+        if self.ownership.is_none() {
+            let stored = match self.get(Table::Meta, META_OWNERSHIP)? {
+                Some(sealed) => Some(decode_ownership(&unseal::<Vec<u8>>(
+                    Table::Meta,
+                    META_OWNERSHIP,
+                    &sealed,
+                )?)?),
+                None => None,
+            };
+            self.ownership = Some(stored);
+        }
+        Ok(self.ownership.as_ref().and_then(Option::as_ref))
     }
 
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StateMachineError> {
@@ -185,6 +254,14 @@ impl<'v, V: BackendView> Applier<'v, V> {
         if let Some(error) = validate(command) {
             return Ok(Response::Rejected(error));
         }
+        // The range check where the write is applied: a command routed by a map older than the group's
+        // committed ranges (a write that raced a cutover) is refused here, on every replica alike.
+        if let Some((jurisdiction, user_id)) = user_of(command)
+            && let Some(ownership) = self.ownership()?
+            && let Some(refused) = refusal(ownership, jurisdiction, user_id)
+        {
+            return Ok(Response::Rejected(refused));
+        }
         match command {
             Command::Put { key, value, .. } => self.write_record(index, key, value),
             Command::Delete { key, .. } => {
@@ -236,7 +313,89 @@ impl<'v, V: BackendView> Applier<'v, V> {
                     policy_version: *policy_version,
                 })
             }
+            Command::SetOwnership(proposed) => self.set_ownership(proposed),
         }
+    }
+
+    /// Takes the ranges of a later epoch (the same epoch with the same ranges again is a retry: answered
+    /// alike, nothing changes). Refused if any record the group holds would fall outside them: a range is
+    /// handed over only once its records are elsewhere, and copying them is not built yet.
+    fn set_ownership(&mut self, proposed: &Ownership) -> Result<Response, StateMachineError> {
+        let refused = |reason: String| Ok(Response::Rejected(CommandError::OwnershipRefused { reason }));
+        if let Some(reason) = proposed.malformed() {
+            return refused(reason);
+        }
+        if let Some(current) = self.ownership()? {
+            if current.jurisdiction != proposed.jurisdiction {
+                return refused(format!(
+                    "the group holds ranges of `{}`, not of `{}`",
+                    current.jurisdiction, proposed.jurisdiction
+                ));
+            }
+            if current.epoch == proposed.epoch && current.ranges == proposed.ranges {
+                return Ok(Response::OwnershipSet {
+                    epoch: proposed.epoch,
+                });
+            }
+            if current.epoch >= proposed.epoch {
+                return Ok(Response::Rejected(CommandError::OwnershipEpochRegressed {
+                    current: current.epoch,
+                    proposed: proposed.epoch,
+                }));
+            }
+        }
+        if let Some((outside, count)) = self.records_outside(proposed)? {
+            return refused(format!(
+                "{count} records the group holds lie outside the ranges of epoch {} (the first of user \
+                 `{outside}`): their range can't be handed over before they are copied",
+                proposed.epoch
+            ));
+        }
+        let encoded = codec::encode(proposed).map_err(encode_error)?;
+        self.set_meta(META_OWNERSHIP, &encoded)?;
+        self.ownership = Some(Some(proposed.clone()));
+        Ok(Response::OwnershipSet {
+            epoch: proposed.epoch,
+        })
+    }
+
+    /// The first user (in key order) with a record outside `ownership`, and how many such records there
+    /// are, counting this batch's changes. Reads every record key: what the copy of a range will replace.
+    fn records_outside(&self, ownership: &Ownership) -> Result<Option<(String, u64)>, StateMachineError> {
+        let outside = |key: &[u8]| -> Result<Option<String>, StateMachineError> {
+            let (jurisdiction, user_id, _): (String, String, String) =
+                codec::decode(key).map_err(|e| StateMachineError::Corrupt {
+                    location: format!("record key {}", hex(key)),
+                    reason: e.to_string(),
+                })?;
+            Ok((!ownership.owns_user(&jurisdiction, &user_id)).then_some(user_id))
+        };
+        let mut first: Option<String> = None;
+        let mut count = 0u64;
+        let mut note = |user: String| {
+            count += 1;
+            if first.is_none() {
+                first = Some(user);
+            }
+        };
+        self.view.scan_prefix(Table::Records, &[], &mut |key, _| {
+            // Keys this batch changes are judged below, by their pending state.
+            if !self.batch.changes.contains_key(&(Table::Records, key.to_vec()))
+                && let Some(user) = outside(key)?
+            {
+                note(user);
+            }
+            Ok(())
+        })?;
+        for ((table, key), change) in &self.batch.changes {
+            if *table == Table::Records
+                && change.is_some()
+                && let Some(user) = outside(key)?
+            {
+                note(user);
+            }
+        }
+        Ok(first.map(|user| (user, count)))
     }
 
     fn write_record(
@@ -320,7 +479,7 @@ fn validate(command: &Command) -> Option<CommandError> {
             jurisdiction,
             user_id,
         } => Some((jurisdiction.as_str(), user_id.as_str(), "")),
-        Command::SetPolicyVersion { .. } => None,
+        Command::SetPolicyVersion { .. } | Command::SetOwnership(_) => None,
     };
     if let Some((a, b, c)) = key
         && let Some(bytes) = [a.len(), b.len(), c.len()]
@@ -402,6 +561,145 @@ mod tests {
             Response::Written { revision: 2 },
             "the next entry writes as before"
         );
+    }
+
+    fn put(sequence: u64, user: &str) -> Command {
+        Command::Put {
+            write: write(sequence),
+            key: RecordKey::new("eu", user, "r"),
+            value: b"v".to_vec(),
+        }
+    }
+
+    fn owning(epoch: u64, ranges: Vec<(u64, u64)>) -> Command {
+        Command::SetOwnership(Ownership {
+            jurisdiction: "eu".into(),
+            epoch,
+            ranges,
+        })
+    }
+
+    /// Two users on either side of the middle of the routing positions.
+    fn users_either_side() -> (String, String) {
+        let mut low = None;
+        let mut high = None;
+        for n in 0.. {
+            let user = format!("user-{n}");
+            if wire::routing::range_position(&user) < 1 << 63 {
+                low.get_or_insert(user);
+            } else {
+                high.get_or_insert(user);
+            }
+            if low.is_some() && high.is_some() {
+                break;
+            }
+        }
+        (low.unwrap(), high.unwrap())
+    }
+
+    #[test]
+    fn a_group_refuses_commands_on_users_outside_its_committed_ranges() {
+        let (low, high) = users_either_side();
+        let lower_half = vec![(0, (1 << 63) - 1)];
+        let mut backend = MemBackend::new();
+        let responses = run(
+            &mut backend,
+            &[
+                put(1, &low),
+                // Refused: `high`'s record would be left outside, uncopied.
+                put(2, &high),
+                owning(2, lower_half.clone()),
+                Command::Delete {
+                    write: write(3),
+                    key: RecordKey::new("eu", &high, "r"),
+                },
+                owning(2, lower_half.clone()),
+                // Applied again: a retry, answered alike.
+                owning(2, lower_half.clone()),
+                put(4, &high),
+                put(5, &low),
+                Command::Get {
+                    key: RecordKey::new("eu", &high, "r"),
+                },
+                owning(1, vec![(0, u64::MAX)]),
+                owning(2, vec![(0, 5)]),
+                put(6, "\u{0}directory"),
+            ],
+        );
+        let not_owned = Response::Rejected(CommandError::NotOwned {
+            jurisdiction: "eu".into(),
+            epoch: 2,
+            position: wire::routing::range_position(&high),
+        });
+        assert!(
+            matches!(&responses[2], Response::Rejected(CommandError::OwnershipRefused { reason }) if reason.contains(&high)),
+            "{:?}",
+            responses[2]
+        );
+        assert_eq!(
+            responses[3],
+            Response::Deleted {
+                previous_revision: Some(2)
+            }
+        );
+        assert_eq!(responses[4], Response::OwnershipSet { epoch: 2 });
+        assert_eq!(responses[5], Response::OwnershipSet { epoch: 2 });
+        assert_eq!(responses[6], not_owned, "a write outside the ranges is refused");
+        assert_eq!(responses[7], Response::Written { revision: 8 });
+        assert_eq!(responses[8], not_owned, "a read through the log too");
+        assert_eq!(
+            responses[9],
+            Response::Rejected(CommandError::OwnershipEpochRegressed {
+                current: 2,
+                proposed: 1
+            })
+        );
+        assert_eq!(
+            responses[10],
+            Response::Rejected(CommandError::OwnershipEpochRegressed {
+                current: 2,
+                proposed: 2
+            })
+        );
+        assert_eq!(
+            responses[11],
+            Response::Written { revision: 12 },
+            "reserved users are the group's"
+        );
+        let view = backend.view().unwrap();
+        assert_eq!(
+            read_record(&view, &RecordKey::new("eu", &high, "r")).unwrap(),
+            None
+        );
+        assert_eq!(
+            not_owned_of(&view, &high),
+            Some(CommandError::NotOwned {
+                jurisdiction: "eu".into(),
+                epoch: 2,
+                position: wire::routing::range_position(&high),
+            })
+        );
+        assert_eq!(not_owned_of(&view, &low), None);
+    }
+
+    fn not_owned_of(view: &impl BackendView, user: &str) -> Option<CommandError> {
+        not_owned(view, "eu", user).unwrap()
+    }
+
+    #[test]
+    fn malformed_ranges_are_refused() {
+        let mut backend = MemBackend::new();
+        for (ranges, epoch, expected) in [
+            (vec![(5, 1)], 2, "ends before it starts"),
+            (vec![(0, 10), (10, 20)], 2, "overlaps"),
+            (vec![(0, 1)], 0, "epoch 0"),
+        ] {
+            let responses = run(&mut backend, &[owning(epoch, ranges)]);
+            assert!(
+                matches!(&responses[0], Response::Rejected(CommandError::OwnershipRefused { reason }) if reason.contains(expected)),
+                "{responses:?}"
+            );
+        }
     }
 
     #[test]

@@ -72,6 +72,60 @@ pub enum Command {
         write: WriteId,
         policy_version: u64,
     },
+    /// Records the ranges of its jurisdiction's map the group owns from an epoch on (carried by
+    /// snapshots): from then on, a command on a user outside them is refused (`CommandError::NotOwned`).
+    /// The epoch must not decrease, and the group may hold no record outside the new ranges.
+    SetOwnership(Ownership),
+}
+
+/// The ranges of routing positions (`wire::routing::range_position`) a group owns in its jurisdiction's
+/// map at one epoch. A group that never had one committed owns whatever the map routes to it (every
+/// group did, before maps changed). Field order is the log format (append only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ownership {
+    pub jurisdiction: String,
+    pub epoch: u64,
+    /// `(start, end)`, both inclusive, in order, not overlapping; may be empty (the group owns nothing).
+    pub ranges: Vec<(u64, u64)>,
+}
+
+impl Ownership {
+    /// Whether `position` lies in one of the ranges.
+    pub fn owns(&self, position: u64) -> bool {
+        let after = self.ranges.partition_point(|&(start, _)| start <= position);
+        after > 0 && position <= self.ranges[after - 1].1
+    }
+
+    /// Whether `(jurisdiction, user_id)` is this group's: a reserved user (the system's own records)
+    /// always is; any other must be of this jurisdiction and in a range.
+    pub fn owns_user(&self, jurisdiction: &str, user_id: &str) -> bool {
+        wire::routing::is_reserved_user(user_id)
+            || (jurisdiction == self.jurisdiction && self.owns(wire::routing::range_position(user_id)))
+    }
+
+    /// Why the ranges are malformed, if they are.
+    pub fn malformed(&self) -> Option<String> {
+        if self.epoch == 0 {
+            return Some("epoch 0 (epochs start at 1)".into());
+        }
+        if self.ranges.len() > wire::routing::RANGES_MAX {
+            return Some(format!(
+                "{} ranges exceed the bound {}",
+                self.ranges.len(),
+                wire::routing::RANGES_MAX
+            ));
+        }
+        if let Some(&(start, end)) = self.ranges.iter().find(|(start, end)| start > end) {
+            return Some(format!("range {start}..={end} ends before it starts"));
+        }
+        if let Some(pair) = self.ranges.windows(2).find(|pair| pair[0].1 >= pair[1].0) {
+            return Some(format!(
+                "range {}..={} overlaps or follows {}..={}",
+                pair[1].0, pair[1].1, pair[0].0, pair[0].1
+            ));
+        }
+        None
+    }
 }
 
 impl Command {
@@ -82,7 +136,8 @@ impl Command {
             | Command::Delete { write, .. }
             | Command::CompareAndSet { write, .. }
             | Command::SetPolicyVersion { write, .. } => Some(*write),
-            Command::Get { .. } | Command::Scan { .. } => None,
+            // Idempotent by its epoch: applying it again changes nothing.
+            Command::Get { .. } | Command::Scan { .. } | Command::SetOwnership(_) => None,
         }
     }
 }
@@ -115,6 +170,13 @@ impl fmt::Display for Command {
                 write,
                 policy_version,
             } => write!(f, "set policy version {policy_version} by {write:?}"),
+            Command::SetOwnership(ownership) => write!(
+                f,
+                "own {} ranges of {} at epoch {}",
+                ownership.ranges.len(),
+                ownership.jurisdiction,
+                ownership.epoch
+            ),
         }
     }
 }
@@ -138,6 +200,10 @@ pub enum Response {
         policy_version: u64,
     },
     Rejected(CommandError),
+    /// The group's ranges are those of `epoch` now.
+    OwnershipSet {
+        epoch: u64,
+    },
 }
 
 #[cfg(test)]

@@ -382,6 +382,28 @@ impl<C: StorageTypeConfig, B: Backend> StateMachine<C, B> {
             .await
     }
 
+    /// A local read of one record, as [`StateMachine::read_record`], refused with
+    /// [`CommandError::NotOwned`] if the ranges the group committed no longer hold the record's user.
+    pub async fn read_owned_record(
+        &self,
+        key: RecordKey,
+    ) -> Result<Result<Option<Record>, crate::record::CommandError>, StateMachineError> {
+        self.with_core(move |core| {
+            let view = core.backend.view()?;
+            if let Some(refused) = apply::not_owned(&view, &key.jurisdiction, &key.user_id)? {
+                return Ok(Err(refused));
+            }
+            apply::read_record(&view, &key).map(Ok)
+        })
+        .await
+    }
+
+    /// The ranges the group owns as of the last applied entry (`None`: never set).
+    pub async fn ownership(&self) -> Result<Option<crate::record::Ownership>, StateMachineError> {
+        self.with_core(|core| apply::read_ownership(&core.backend.view()?))
+            .await
+    }
+
     /// The group's policy version as of the last applied entry.
     pub async fn policy_version(&self) -> Result<u64, StateMachineError> {
         self.with_core(|core| Ok(core.header()?.policy_version)).await

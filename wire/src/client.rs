@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::peer::{PeerRequest, PeerResponse};
 use crate::record::{CommandError, Record, WriteId};
+use crate::routing::RoutingMap;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Envelope {
@@ -86,23 +87,35 @@ pub enum ClientRequest {
         user_id: String,
         op: ClientOp,
     },
+    /// The published shard map of one jurisdiction, whole: its epoch and its ranges (or, for a map
+    /// published before ranges, its groups). Answered with [`ClientResponse::Map`].
+    Map { jurisdiction: String },
+    /// One operation on one user's records, routed by the map of `epoch`. A node that knows a later map
+    /// answers [`ClientResponse::Moved`] with it instead of serving the call.
+    RoutedCall {
+        jurisdiction: String,
+        user_id: String,
+        epoch: u64,
+        op: ClientOp,
+    },
 }
 
 impl ClientRequest {
     /// The jurisdiction the request asks about, as the caller spelt it.
     pub fn jurisdiction(&self) -> &str {
         match self {
-            ClientRequest::ShardMap { jurisdiction } | ClientRequest::Call { jurisdiction, .. } => {
-                jurisdiction
-            }
+            ClientRequest::ShardMap { jurisdiction }
+            | ClientRequest::Map { jurisdiction }
+            | ClientRequest::Call { jurisdiction, .. }
+            | ClientRequest::RoutedCall { jurisdiction, .. } => jurisdiction,
         }
     }
 
     /// What is asked: `shard_map`, or the operation's name.
     pub fn name(&self) -> &'static str {
         match self {
-            ClientRequest::ShardMap { .. } => "shard_map",
-            ClientRequest::Call { op, .. } => op.name(),
+            ClientRequest::ShardMap { .. } | ClientRequest::Map { .. } => "shard_map",
+            ClientRequest::Call { op, .. } | ClientRequest::RoutedCall { op, .. } => op.name(),
         }
     }
 }
@@ -165,5 +178,14 @@ pub enum ClientResponse {
         /// The jurisdiction the call asked for.
         jurisdiction: String,
         reason: String,
+    },
+    /// The published shard map asked for with [`ClientRequest::Map`] (checked by the receiver with
+    /// [`RoutingMap::check`] before use).
+    Map(RoutingMap),
+    /// The call was routed by an older map than this node knows, or its group no longer owns the user's
+    /// range: route again by `map` (a later epoch than `asked_epoch`) and retry.
+    Moved {
+        asked_epoch: u64,
+        map: RoutingMap,
     },
 }

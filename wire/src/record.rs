@@ -57,6 +57,21 @@ pub enum CommandError {
     ValueTooLarge { bytes: usize },
     #[error("policy version {proposed} is older than the current {current}")]
     PolicyVersionRegressed { current: u64, proposed: u64 },
+    /// The group does not own the key's range of its jurisdiction at the epoch it has committed: the
+    /// range moved (or is moving) to another group. Nothing was applied.
+    #[error("this group does not own position {position:#018x} of `{jurisdiction}` at epoch {epoch}")]
+    NotOwned {
+        jurisdiction: String,
+        epoch: u64,
+        position: u64,
+    },
+    /// A change of the group's ranges older than (or, with other ranges, equal to) the one it holds.
+    #[error("ranges of epoch {proposed} refused: the group holds its ranges of epoch {current}")]
+    OwnershipEpochRegressed { current: u64, proposed: u64 },
+    /// A change of the group's ranges that is malformed, or would leave records the group holds outside
+    /// its ranges (a range is handed over only once its records are copied: not implemented yet).
+    #[error("ranges refused: {reason}")]
+    OwnershipRefused { reason: String },
 }
 
 impl CommandError {
