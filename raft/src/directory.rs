@@ -138,15 +138,18 @@ impl ShardMap {
     /// The ranges `group` owns in this map, as its state machine records them.
     pub fn ownership_of(&self, group: &GroupId) -> Result<Ownership, DirectoryError> {
         let map = self.ranged()?;
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for range in map.ranges().into_iter().filter(|range| range.group == *group) {
+            // Adjacent ranges of one owner are one range to it.
+            match ranges.last_mut() {
+                Some((_, end)) if end.checked_add(1) == Some(range.start) => *end = range.end,
+                _ => ranges.push((range.start, range.end)),
+            }
+        }
         Ok(Ownership {
             jurisdiction: map.jurisdiction().to_string(),
             epoch: map.epoch(),
-            ranges: map
-                .ranges()
-                .into_iter()
-                .filter(|range| range.group == *group)
-                .map(|range| (range.start, range.end))
-                .collect(),
+            ranges,
         })
     }
 
@@ -695,3 +698,116 @@ impl Directory {
 
 /// What [`Directory::compare_and_set`] says when the record was not at the expected revision.
 const REVISION_MISMATCH: &str = "the shard map record changed meanwhile";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(name: &str) -> GroupId {
+        GroupId(name.into())
+    }
+
+    fn split_map() -> ShardMap {
+        ShardMap::Ranged(
+            shard_map::ShardMap::even("EU", &[group("eu-1"), group("eu-2")])
+                .unwrap()
+                .split(1 << 62, group("eu-3"))
+                .unwrap(),
+        )
+    }
+
+    fn corrupt_reason(result: Result<ShardMap, DirectoryError>) -> String {
+        match result {
+            Err(DirectoryError::Corrupt { jurisdiction, reason }) => {
+                assert_eq!(jurisdiction, "EU");
+                reason
+            }
+            other => panic!("not named as damage: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_ranged_map_round_trips_and_routes_as_its_wire_form() {
+        let map = split_map();
+        let decoded = ShardMap::decode("EU", &map.encode().unwrap()).unwrap();
+        assert_eq!(decoded, map);
+        assert_eq!(decoded.epoch(), 2);
+        let wire = map.to_wire();
+        for user in 0..500 {
+            let user = format!("user-{user}");
+            assert_eq!(map.route(&user).0, wire.route(&user), "{user}");
+        }
+        assert_eq!(map.groups(), [group("eu-1"), group("eu-3"), group("eu-2")]);
+    }
+
+    #[test]
+    fn bad_map_bytes_are_named_damage() {
+        let sealed = split_map().encode().unwrap();
+        for at in [0, 3, 5, sealed.len() - 1] {
+            let mut damaged = sealed.clone();
+            damaged[at] ^= 0x10;
+            let reason = corrupt_reason(ShardMap::decode("EU", &damaged));
+            assert!(!reason.is_empty(), "byte {at}");
+        }
+        corrupt_reason(ShardMap::decode("EU", &sealed[..sealed.len() / 2]));
+        corrupt_reason(ShardMap::decode("EU", &[]));
+        assert!(matches!(
+            ShardMap::decode("EEA", &sealed),
+            Err(DirectoryError::Corrupt { .. })
+        ));
+        // Well sealed, but not a map to route by: starts out of order, or a map of another jurisdiction.
+        let unordered = RoutingMap {
+            jurisdiction: "EU".into(),
+            epoch: 2,
+            layout: Layout::Ranges(vec![
+                RangeStart {
+                    start: 0,
+                    group: "eu-1".into(),
+                },
+                RangeStart {
+                    start: 9,
+                    group: "eu-2".into(),
+                },
+                RangeStart {
+                    start: 5,
+                    group: "eu-3".into(),
+                },
+            ]),
+        };
+        let sealed = codec::seal(seal_key("EU").as_bytes(), &unordered).unwrap();
+        let reason = corrupt_reason(ShardMap::decode("EU", &sealed));
+        assert!(reason.contains("starts must increase"), "{reason}");
+        let foreign = RoutingMap {
+            jurisdiction: "EEA".into(),
+            ..split_map().to_wire()
+        };
+        let sealed = codec::seal(seal_key("EU").as_bytes(), &foreign).unwrap();
+        let reason = corrupt_reason(ShardMap::decode("EU", &sealed));
+        assert!(reason.contains("a map of `EEA`"), "{reason}");
+    }
+
+    #[test]
+    fn a_map_published_before_ranges_routes_exactly_as_before_and_is_not_changed_by_ranges() {
+        let groups = [group("eu-1"), group("eu-2"), group("eu-3")];
+        let sealed = encode_modulo_map("EU", 1, &groups).unwrap();
+        let map = ShardMap::decode("EU", &sealed).unwrap();
+        for user in 0..500 {
+            let user = format!("user-{user}");
+            assert_eq!(map.route(&user), &groups[shard_index(&user, 3)], "{user}");
+            assert_eq!(map.to_wire().route(&user), groups[shard_index(&user, 3)].0);
+        }
+        assert_eq!(
+            map.ranged(),
+            Err(DirectoryError::ModuloMap {
+                jurisdiction: "EU".into(),
+                groups: 3
+            })
+        );
+        // Re-encoded, it keeps its layout: a node never turns it into ranges on its own.
+        assert_eq!(ShardMap::decode("EU", &map.encode().unwrap()).unwrap(), map);
+        // One group: the same as the whole space owned by it, so it may change by ranges.
+        let single = ShardMap::decode("EU", &encode_modulo_map("EU", 1, &groups[..1]).unwrap()).unwrap();
+        let ranged = single.ranged().unwrap();
+        assert_eq!((ranged.epoch(), ranged.ranges().len()), (1, 1));
+    }
+}

@@ -908,6 +908,21 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
         Ok(self.group(group)?.raft.config().clone())
     }
 
+    /// What this replica holds under `key` as of its last applied entry, whether or not the group still
+    /// owns the user's range: what the copy of a moved range will read from the group losing it (issue
+    /// 19's next step), never an answer to a client.
+    pub async fn read_local_copy(
+        &self,
+        group: &GroupId,
+        key: RecordKey,
+    ) -> Result<Option<Record>, HostError> {
+        self.group(group)?
+            .state_machine
+            .read_record(key)
+            .await
+            .map_err(|error| HostError::Store(error.to_string()))
+    }
+
     /// openraft's metrics of a hosted group, as of now.
     pub fn raft_metrics(&self, group: &GroupId) -> Result<openraft::RaftMetrics<C>, HostError> {
         Ok(self.group(group)?.raft.metrics().borrow_watched().clone())

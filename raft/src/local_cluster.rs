@@ -32,6 +32,8 @@ pub struct LocalNode {
     pub host: Arc<LocalHost>,
     pub quic: Arc<QuicNode>,
     pub faults: Arc<Faulty<QuicNode>>,
+    /// The node's front door, with its directory of shard maps.
+    pub service: Arc<LocalService>,
     /// The node's audit trail, in `<dir>/n<id>/audit`, when started with one.
     pub audit: Option<Arc<::audit::AuditLog>>,
 }
@@ -163,7 +165,8 @@ impl LocalCluster {
                     }
                 }
                 let access = ClientAccess::new(file.access.clone(), file.policies.values(), keys);
-                handler.install(Arc::new(NodeService::new(host.clone(), directory, access)));
+                let service = Arc::new(NodeService::new(host.clone(), directory, access));
+                handler.install(service.clone());
                 nodes.insert(
                     id,
                     LocalNode {
@@ -171,6 +174,7 @@ impl LocalCluster {
                         host,
                         quic,
                         faults,
+                        service,
                         audit,
                     },
                 );

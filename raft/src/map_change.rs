@@ -145,3 +145,116 @@ pub async fn execute<C: GroupConfig, T: Transport, S: Stores<C>>(
         MapStep::Publish { map, .. } => directory.publish(host, map).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use placement::{NodeId, TopologyFile};
+
+    use super::*;
+    use crate::routing::Router;
+
+    const TOPOLOGY: &str = r#"
+[[site]]
+name = "dublin"
+country = "IE"
+nodes = [1]
+[[site]]
+name = "ashburn"
+country = "US"
+nodes = [2]
+[[group]]
+name = "eu-1"
+jurisdiction = "EU"
+voters = 1
+[[group]]
+name = "eu-2"
+jurisdiction = "EU"
+voters = 1
+[[group]]
+name = "us-1"
+jurisdiction = "US"
+voters = 1
+"#;
+
+    fn directory() -> (Directory, ShardMap) {
+        let file = TopologyFile::parse(TOPOLOGY).unwrap();
+        let router = Router::new(file.policies.values()).unwrap();
+        let first = ShardMap::Ranged(router.proposal("EU").unwrap().clone());
+        (Directory::new(NodeId(1), &file.topology, router), first)
+    }
+
+    fn group(name: &str) -> GroupId {
+        GroupId(name.into())
+    }
+
+    #[test]
+    fn a_split_fences_the_loser_then_admits_the_gainer_then_publishes() {
+        let (directory, first) = directory();
+        let change = MapChange::Split {
+            at: 1 << 62,
+            to: group("eu-2"),
+        };
+        let (next, steps) = plan(&directory, &first, &change).unwrap();
+        assert_eq!(next.epoch(), 2);
+        let MapStep::SetRanges {
+            group: loser,
+            ownership,
+        } = &steps[0]
+        else {
+            panic!("{steps:?}")
+        };
+        assert_eq!((loser, ownership.epoch), (&group("eu-1"), 2));
+        assert_eq!(ownership.ranges, [(0, (1 << 62) - 1)]);
+        let MapStep::SetRanges {
+            group: gainer,
+            ownership,
+        } = &steps[1]
+        else {
+            panic!("{steps:?}")
+        };
+        assert_eq!(gainer, &group("eu-2"));
+        assert_eq!(ownership.ranges, [(1 << 62, u64::MAX)]);
+        assert_eq!(
+            steps[2],
+            MapStep::Publish {
+                directory: group("eu-1"),
+                map: next
+            }
+        );
+    }
+
+    #[test]
+    fn a_range_never_goes_to_a_group_of_another_jurisdiction() {
+        let (directory, first) = directory();
+        for change in [
+            MapChange::Split {
+                at: 9,
+                to: group("us-1"),
+            },
+            MapChange::Move {
+                start: 0,
+                to: group("us-1"),
+            },
+            MapChange::Move {
+                start: 0,
+                to: group("nowhere"),
+            },
+        ] {
+            assert!(
+                matches!(
+                    plan(&directory, &first, &change),
+                    Err(DirectoryError::ForeignGroup { .. })
+                ),
+                "{change:?}"
+            );
+        }
+        let same = MapChange::Move {
+            start: 0,
+            to: group("eu-1"),
+        };
+        assert!(matches!(
+            plan(&directory, &first, &same),
+            Err(DirectoryError::Change { .. })
+        ));
+    }
+}
