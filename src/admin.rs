@@ -1,7 +1,8 @@
 //! The admin endpoint: HTTPS, and plain HTTP for reads from loopback (`crate::admin_tls`), on loopback by
 //! default. `GET /status`, `GET /ready`, `GET /metrics` (Prometheus text), `GET /topology`,
 //! `POST /groups/{group}/learners`, `POST /groups/{group}/leader`, `POST /groups/{group}/steps` (a planner
-//! step), `POST /drain`.
+//! step), `POST /drain`, `POST /shard-map/{jurisdiction}/plan` and `POST /shard-map/steps` (a change of a
+//! jurisdiction's shard map, `crate::admin_shard_map`).
 //!
 //! `GET /ready` is for an orchestrator's readiness probe: 200 once the node serves its groups — the
 //! endpoint only listens after the node has opened them, and every group it hosts knows a leader — and
@@ -62,6 +63,11 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle<()
         .route("/faults", get(crate::admin_faults::fault))
         .route("/faults/isolate", post(crate::admin_faults::isolate))
         .route("/faults/heal", post(crate::admin_faults::heal))
+        .route(
+            "/shard-map/{jurisdiction}/plan",
+            post(crate::admin_shard_map::plan),
+        )
+        .route("/shard-map/steps", post(crate::admin_shard_map::execute_step))
         .with_state(node.clone());
     let observer = node.clone();
     tokio::spawn(async move {

@@ -184,3 +184,42 @@ pub struct AdminError {
     /// For residency refusals: the typed refusal.
     pub refusal: Option<serde_json::Value>,
 }
+
+/// `POST /shard-map/{jurisdiction}/plan`: a change of the jurisdiction's map, in routing positions
+/// (`wire::routing::range_position`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MapChangeRequest {
+    /// Cut the range holding `at` at `at`, and give `at..=` its end to `to`.
+    Split { at: u64, to: String },
+    /// Give the range starting at `start` to `to`.
+    Move { start: u64, to: String },
+}
+
+/// One step of a map change, as planned and as posted to `POST /shard-map/steps` on the leader of its
+/// group (`raft::map_change::MapStep`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MapStepRequest {
+    /// Commit in `group` the ranges (`[start, end]`, inclusive) it owns in `jurisdiction` at `epoch`.
+    SetRanges {
+        group: String,
+        jurisdiction: String,
+        epoch: u64,
+        ranges: Vec<(u64, u64)>,
+    },
+    /// Publish `map` in the jurisdiction's directory group `directory`, in place of the previous epoch's.
+    Publish {
+        directory: String,
+        map: wire::routing::RoutingMap,
+    },
+}
+
+/// The answer to a plan: the published map's epoch, the next one, and the steps between, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapPlan {
+    pub from_epoch: u64,
+    pub to_epoch: u64,
+    pub next: wire::routing::RoutingMap,
+    pub steps: Vec<MapStepRequest>,
+}

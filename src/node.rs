@@ -41,7 +41,7 @@ use crate::node_config::{NodeConfig, PeerAddress};
 use crate::purge_log::PurgeLog;
 
 pub type NodeHost = Host<TokioConfig, QuicNode, DiskStores>;
-type Service = NodeService<TokioConfig, QuicNode, DiskStores>;
+pub type Service = NodeService<TokioConfig, QuicNode, DiskStores>;
 
 pub struct Node {
     pub config: NodeConfig,
@@ -57,6 +57,8 @@ pub struct Node {
     pub audit: Arc<AuditLog>,
     /// Round trips to peers as measured, and the hosted groups' members past their timing.
     pub round_trips: crate::round_trip_watch::RoundTrips,
+    /// The node's front door to its groups, with its directory of shard maps (map changes use it).
+    pub service: Arc<Service>,
     /// Where the peers were found at start-up; those named by host name are followed after.
     resolved_at_start: BTreeMap<NodeId, SocketAddr>,
 }
@@ -347,8 +349,13 @@ impl Node {
         );
         let router = Router::new(file.policies.values()).context("routing")?;
         let metrics = Arc::new(Metrics::new());
+        let service = Arc::new(NodeService::new(
+            host.clone(),
+            Directory::new(me, &file.topology, router),
+            access,
+        ));
         handler.install(Arc::new(Front {
-            service: NodeService::new(host.clone(), Directory::new(me, &file.topology, router), access),
+            service: service.clone(),
             metrics: metrics.clone(),
         }));
 
@@ -362,6 +369,7 @@ impl Node {
             topology_text: text,
             purges,
             audit,
+            service,
             resolved_at_start: addresses,
             round_trips: Default::default(),
         })
@@ -480,7 +488,7 @@ fn claim_data_dir(dir: &Path, cluster: &str, ca_pem: &str) -> anyhow::Result<()>
 
 /// The node's front door: routes envelopes to the service and times client calls.
 struct Front {
-    service: Service,
+    service: Arc<Service>,
     metrics: Arc<Metrics>,
 }
 
@@ -492,13 +500,15 @@ impl Handler<Envelope, EnvelopeResponse> for Front {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = EnvelopeResponse> + Send + '_>> {
         Box::pin(async move {
             let op = match &request {
-                Envelope::Client(ClientRequest::Call { op, .. }) => Some(match op {
-                    ClientOp::Put { .. } => "put",
-                    ClientOp::Get { .. } => "get",
-                    ClientOp::Delete { .. } => "delete",
-                    ClientOp::CompareAndSet { .. } => "cas",
-                    ClientOp::Scan => "scan",
-                }),
+                Envelope::Client(ClientRequest::Call { op, .. } | ClientRequest::RoutedCall { op, .. }) => {
+                    Some(match op {
+                        ClientOp::Put { .. } => "put",
+                        ClientOp::Get { .. } => "get",
+                        ClientOp::Delete { .. } => "delete",
+                        ClientOp::CompareAndSet { .. } => "cas",
+                        ClientOp::Scan => "scan",
+                    })
+                }
                 _ => None,
             };
             let started = std::time::Instant::now();

@@ -38,6 +38,16 @@ fn changes() -> Vec<(reqwest::Method, &'static str, Value)> {
             json!({"peers": "all", "duration_ms": 1000}),
         ),
         (reqwest::Method::POST, "/faults/heal", json!({})),
+        (
+            reqwest::Method::POST,
+            "/shard-map/EU/plan",
+            json!({"split": {"at": 1u64 << 62, "to": "users-eu"}}),
+        ),
+        (
+            reqwest::Method::POST,
+            "/shard-map/steps",
+            json!({"set_ranges": {"group": "users-eu", "jurisdiction": "EU", "epoch": 2, "ranges": [[0, 5]]}}),
+        ),
         // The gate stands before the routes: one added later is covered, and so is any method but GET.
         (reqwest::Method::POST, "/a/route/added/later", json!({})),
         (reqwest::Method::DELETE, "/status", json!({})),
