@@ -1,8 +1,8 @@
 //! A jurisdiction's shard map as hash ranges, versioned by epoch: the model a growing jurisdiction needs
 //! (issue 19).
 //!
-//! Users are placed by a 64-bit hash of their id. Today's published map spreads them `hash mod N` over a
-//! fixed list of groups, so adding a group would move almost every user. Here the hash space is cut into
+//! Users are placed by a 64-bit hash of their id. Maps published before this one spread them `hash mod N`
+//! over a fixed list of groups, so adding a group would move almost every user. Here the hash space is cut into
 //! contiguous ranges, each owned by one group; a change — splitting a range to give half to a new group,
 //! or moving a range to another group — makes the next epoch and moves only the hashes of the ranges that
 //! change hands ([`ShardMap::handovers`]). The map is data, checked whole when built: the ranges cover
@@ -23,9 +23,9 @@
 //! assert_eq!((moved[0].start, moved[0].end), (1 << 63, u64::MAX));
 //! ```
 //!
-//! Pure, like the rest of the crate. Not yet wired into routing: nodes and clients still route by the
-//! epoch-1 `mod N` map (`raft::directory`), and the cutover protocol that will publish these maps is
-//! issue 19's next step.
+//! Pure, like the rest of the crate. The published map of each jurisdiction is one of these
+//! (`raft::directory`), with the user's routing position (`wire::routing::range_position`) as the hash;
+//! `raft::map_change` plans its changes and publishes them. See docs/sharding.md.
 
 use std::collections::BTreeMap;
 
