@@ -123,3 +123,81 @@ impl ClientAccess {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use placement::TopologyFile;
+    use wire::record::WriteId;
+
+    use super::*;
+
+    /// A call routed by an epoch, or the map asked for whole, needs what the same call without an epoch
+    /// (or the shard map's group names) needs: the epoch changes where a call goes, not who may make it.
+    #[test]
+    fn calls_routed_by_an_epoch_need_the_same_grants() {
+        let file = TopologyFile::parse(
+            "[[site]]\nname = \"dublin\"\ncountry = \"IE\"\nnodes = [1]\n\n[[group]]\nname = \"eu-1\"\n\
+             jurisdiction = \"EU\"\nvoters = 1\n\n[[grant]]\nservice = \"reader\"\njurisdiction = \"EU\"\n\
+             access = \"read\"\n\n[[grant]]\nservice = \"writer\"\njurisdiction = \"EU\"\naccess = \"write\"\n",
+        )
+        .unwrap();
+        let access = ClientAccess::new(
+            file.access.clone(),
+            file.policies.values(),
+            PseudonymKeys::default(),
+        );
+        let get = ClientOp::Get {
+            record: "r".into(),
+            consistency: crate::client_protocol::Consistency::Linearizable,
+        };
+        let put = ClientOp::Put {
+            record: "r".into(),
+            value: vec![1],
+            write: WriteId {
+                client_id: 1,
+                sequence: 1,
+            },
+        };
+        let routed = |op: &ClientOp| ClientRequest::RoutedCall {
+            jurisdiction: "EU".into(),
+            user_id: "u".into(),
+            epoch: 3,
+            op: op.clone(),
+        };
+        let unrouted = |op: &ClientOp| ClientRequest::Call {
+            jurisdiction: "EU".into(),
+            user_id: "u".into(),
+            op: op.clone(),
+        };
+        let map = ClientRequest::Map {
+            jurisdiction: "EU".into(),
+        };
+        for (service, may_get, may_put) in [
+            ("reader", true, false),
+            ("writer", false, true),
+            ("nobody", false, false),
+        ] {
+            let caller = ClientIdentity {
+                name: service.into(),
+                country: None,
+            };
+            for (op, allowed) in [(&get, may_get), (&put, may_put)] {
+                assert_eq!(
+                    access.authorise(&caller, &routed(op)).is_ok(),
+                    allowed,
+                    "{service} {op:?}"
+                );
+                assert_eq!(
+                    access.authorise(&caller, &unrouted(op)).is_ok(),
+                    allowed,
+                    "{service} {op:?}"
+                );
+            }
+            assert_eq!(
+                access.authorise(&caller, &map).is_ok(),
+                service != "nobody",
+                "{service}"
+            );
+        }
+    }
+}
