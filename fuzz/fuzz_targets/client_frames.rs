@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(envelope) = decode::<Envelope>(bytes) {
                 if let Envelope::Client(request) = &envelope {
                     let _ = (request.jurisdiction(), request.name());
-                    if let ClientRequest::Call { op, .. } = request {
+                    if let ClientRequest::Call { op, .. } | ClientRequest::RoutedCall { op, .. } = request {
                         let _ = (op.name(), op.is_stale_read());
                     }
                 }
@@ -39,6 +39,12 @@ fuzz_target!(|data: &[u8]| {
         3 => {
             if let Ok(response) = decode::<ClientResponse>(bytes) {
                 assert_stable_encoding(&response);
+                // A map a client would route by: only once checked whole, and then never a panic.
+                if let ClientResponse::Map(map) | ClientResponse::Moved { map, .. } = &response
+                    && map.check().is_ok()
+                {
+                    let _ = (map.route(""), map.route("user-1"), map.groups());
+                }
             }
         }
         _ => {

@@ -86,6 +86,8 @@ pub struct Ownership {
     pub jurisdiction: String,
     pub epoch: u64,
     /// `(start, end)`, both inclusive, in order, not overlapping; may be empty (the group owns nothing).
+    /// At most `wire::routing::RANGES_MAX`, refused while decoding past that.
+    #[serde(with = "wire::routing::bounded")]
     pub ranges: Vec<(u64, u64)>,
 }
 
@@ -218,6 +220,34 @@ mod tests {
             key: RecordKey,
             value: Vec<u8>,
         },
+    }
+
+    /// `Ownership` as it would be without its bound.
+    #[derive(Clone, Serialize)]
+    struct PlainOwnership {
+        jurisdiction: String,
+        epoch: u64,
+        ranges: Vec<(u64, u64)>,
+    }
+
+    #[test]
+    fn a_groups_ranges_are_bounded_while_decoding_and_encoded_as_a_plain_sequence() {
+        let bound = wire::routing::RANGES_MAX as u64;
+        let over = PlainOwnership {
+            jurisdiction: "eu".into(),
+            epoch: 2,
+            ranges: (0..=bound).map(|start| (start * 2, start * 2 + 1)).collect(),
+        };
+        let bytes = crate::codec::encode(&over).unwrap();
+        assert!(crate::codec::decode::<Ownership>(&bytes).is_err());
+        let fits = PlainOwnership {
+            ranges: over.ranges[..bound as usize].to_vec(),
+            ..over
+        };
+        let bytes = crate::codec::encode(&fits).unwrap();
+        let decoded: Ownership = crate::codec::decode(&bytes).unwrap();
+        assert_eq!(decoded.ranges, fits.ranges);
+        assert_eq!(crate::codec::encode(&decoded).unwrap(), bytes);
     }
 
     #[test]

@@ -164,8 +164,9 @@ impl RoutingMap {
     }
 }
 
-/// A map's lists, refused past [`RANGES_MAX`] elements while decoding, before more is allocated.
-mod bounded {
+/// A map's lists (and a group's committed ranges, `storage::record::Ownership`), refused past
+/// [`RANGES_MAX`] elements while decoding, before more is allocated. The encoding is a plain sequence's.
+pub mod bounded {
     use std::fmt;
     use std::marker::PhantomData;
 
