@@ -117,13 +117,9 @@ async fn leader_of(cluster: &LocalCluster, name: &str) -> NodeId {
     let give_up = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         for id in NODES {
-            if cluster.nodes[&NodeId(id)]
-                .host
-                .status(&group(name))
-                .unwrap()
-                .leader
-                == Some(NodeId(id))
-            {
+            // A replica a node opens when its group's leader first contacts it is not there before.
+            let status = cluster.nodes[&NodeId(id)].host.status(&group(name));
+            if status.is_ok_and(|status| status.leader == Some(NodeId(id))) {
                 return NodeId(id);
             }
         }
