@@ -62,10 +62,12 @@ pub fn group_raft_config(
 pub const SNAPSHOT_EVERY_ENTRIES: u64 = 100_000;
 
 /// Entries kept in the log behind the last snapshot, so a replica that just installed one (or fell
-/// behind during a transfer) catches up from the log instead of being sent another whole snapshot: the
-/// writes a group takes while a snapshot of its keyspace is shipped and installed must fit. openraft's
-/// default, 1,000, did not — each new replica received the keyspace three to six times (docs/performance.md).
-pub const LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES: u64 = 50_000;
+/// behind during a transfer) catches up from the log instead of being sent another whole snapshot.
+/// As many as [`SNAPSHOT_EVERY_ENTRIES`]: the next snapshot then purges the log only up to the one
+/// before, so a replica that installed the previous snapshot still finds every entry after it.
+/// openraft's default, 1,000, did not hold — each new replica received the keyspace three to six times —
+/// nor did 50,000 at a million records (a second snapshot each; docs/performance.md).
+pub const LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES: u64 = 100_000;
 
 /// `base` with a snapshot every `every_entries` applied entries and `kept_entries` kept in the log
 /// behind the last one.

@@ -19,5 +19,7 @@ pub struct SnapshotChunk<C: GroupConfig> {
     pub meta: SnapshotMetaOf<C>,
     pub sequence: u64,
     pub count: u64,
+    /// Serde bytes (the encoding of a sequence of `u8`, read and written whole).
+    #[serde(with = "wire::record::value_bytes")]
     pub bytes: Vec<u8>,
 }

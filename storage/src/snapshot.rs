@@ -75,6 +75,31 @@ enum SnapshotFrame {
     Trailer { chunks: u64, items: u64 },
 }
 
+/// A frame as read: its items borrow their keys and values from the frame's bytes (the same
+/// encoding as [`SnapshotFrame`], decoded without a copy of each key and value).
+#[derive(Deserialize)]
+enum SnapshotFrameRef<'a> {
+    Header(SnapshotHeader),
+    Chunk {
+        sequence: u64,
+        #[serde(borrow)]
+        items: Vec<SnapshotItemRef<'a>>,
+    },
+    Trailer {
+        chunks: u64,
+        items: u64,
+    },
+}
+
+#[derive(Deserialize)]
+struct SnapshotItemRef<'a> {
+    table: Table,
+    #[serde(borrow)]
+    key: &'a [u8],
+    #[serde(borrow)]
+    value: &'a [u8],
+}
+
 /// What the order and count checks need of a frame.
 enum FrameSummary {
     Header(SnapshotHeader),
@@ -83,14 +108,14 @@ enum FrameSummary {
 }
 
 impl FrameSummary {
-    fn of(frame: SnapshotFrame) -> FrameSummary {
+    fn of(frame: SnapshotFrameRef<'_>) -> FrameSummary {
         match frame {
-            SnapshotFrame::Header(header) => FrameSummary::Header(header),
-            SnapshotFrame::Chunk { sequence, items } => FrameSummary::Chunk {
+            SnapshotFrameRef::Header(header) => FrameSummary::Header(header),
+            SnapshotFrameRef::Chunk { sequence, items } => FrameSummary::Chunk {
                 sequence,
                 items: items.len() as u64,
             },
-            SnapshotFrame::Trailer { chunks, items } => FrameSummary::Trailer { chunks, items },
+            SnapshotFrameRef::Trailer { chunks, items } => FrameSummary::Trailer { chunks, items },
         }
     }
 }
@@ -133,7 +158,7 @@ impl FrameOrder {
 }
 
 /// Checks one frame's length bound, checksum and version, and decodes it.
-fn open_one_frame(frame: &[u8]) -> Result<SnapshotFrame, String> {
+fn open_one_frame(frame: &[u8]) -> Result<SnapshotFrameRef<'_>, String> {
     let header_bytes: &[u8; FRAME_HEADER_BYTES] = frame
         .get(..FRAME_HEADER_BYTES)
         .and_then(|h| h.try_into().ok())
@@ -143,7 +168,7 @@ fn open_one_frame(frame: &[u8]) -> Result<SnapshotFrame, String> {
         return Err(format!("frame length {} exceeds the bound", header.payload_len));
     }
     let payload = codec::open_frame(frame).map_err(|e| e.to_string())?;
-    codec::decode(payload).map_err(|e| e.to_string())
+    codec::decode_borrowed(payload).map_err(|e| e.to_string())
 }
 
 /// A spool file: deleted when dropped unless it became a store's current snapshot.
@@ -518,13 +543,13 @@ impl SnapshotData {
             };
             let frame = self.read_chunk(index)?;
             // Checked when the snapshot was finished; checked again, as the bytes were read again.
-            let SnapshotFrame::Chunk { items, .. } = open_one_frame(&frame).map_err(corrupt)? else {
+            let SnapshotFrameRef::Chunk { items, .. } = open_one_frame(&frame).map_err(corrupt)? else {
                 continue;
             };
             for item in items {
-                codec::verify_seal(&item.key, &item.value)
+                codec::verify_seal(item.key, item.value)
                     .map_err(|e| corrupt(format!("item in table {}: {e}", item.table.name())))?;
-                visit(item.table, &item.key, &item.value)?;
+                visit(item.table, item.key, item.value)?;
             }
         }
         Ok(())

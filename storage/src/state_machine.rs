@@ -19,8 +19,9 @@
 //! and every snapshot install commit durably.
 //!
 //! **Snapshots.** A build makes the state durable and takes a read view under the lock, then
-//! releases it: the scan into the spool (see [`crate::snapshot`]) runs on the dedicated thread
-//! while applies go on, so a build of a large keyspace does not stall the group's writes. The
+//! releases it: the scan into the spool (see [`crate::snapshot`]) runs on a thread of its own
+//! while applies go on (on the caller's task and on the dedicated thread), so a build of a large
+//! keyspace does not stall the group's writes. The
 //! current snapshot is kept as a handle (a file in production), handed to openraft to send
 //! without reading it into memory. After a crash the backend is at its last durable
 //! commit — a consistent state that includes its own applied log id — and openraft re-applies the
@@ -273,7 +274,9 @@ impl<B: Backend> Core<B> {
 /// The queued periodic durable commit; a failure is kept and fails every later apply. The wait for
 /// the disk (a millisecond or more) runs without the lock, so applies go on meanwhile: they only
 /// gather in the write-behind map, and one that has to write to the store waits for the store's
-/// own lock instead. Only this thread syncs, so snapshots and installs (also on it) never overlap.
+/// own lock instead. Installs run on this thread too, so they never overlap it; a snapshot build
+/// syncs under the lock on its own thread, which redb serialises with this commit (one write
+/// transaction at a time), and resets the count this one subtracts from.
 fn run_queued_durable_commit<B: Backend>(core: &Mutex<Core<B>>) {
     let (job, covered) = {
         let mut core = lock(core);
@@ -515,16 +518,21 @@ impl<C: StorageTypeConfig, B: Backend> RaftSnapshotBuilder<C> for SnapshotBuilde
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, SnapshotData>, io::Error> {
         let core = self.core.clone();
+        // On a thread of its own: the scan takes seconds at volume, and large applies (and calls that
+        // found the store busy) queue on the state machine's thread; they would wait behind it.
         let data = self
             .executor
-            .run::<C, _>(move || -> Result<SnapshotData, StateMachineError> {
-                let (view, header, spool) = lock(&core).start_snapshot()?;
-                // Without the lock: applies go on while the view is scanned.
-                let data = snapshot::build_into(&view, header, spool)?;
-                drop(view);
-                lock(&core).keep_built_snapshot::<C>(&data)?;
-                Ok(data)
-            })
+            .run_apart::<C, _>(
+                "domicile-snapshot",
+                move || -> Result<SnapshotData, StateMachineError> {
+                    let (view, header, spool) = lock(&core).start_snapshot()?;
+                    // Without the lock: applies go on while the view is scanned.
+                    let data = snapshot::build_into(&view, header, spool)?;
+                    drop(view);
+                    lock(&core).keep_built_snapshot::<C>(&data)?;
+                    Ok(data)
+                },
+            )
             .await??;
         Ok(snapshot_of::<C>(data)?)
     }

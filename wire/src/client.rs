@@ -31,6 +31,7 @@ pub enum Consistency {
 pub enum ClientOp {
     Put {
         record: String,
+        #[serde(with = "crate::record::value_bytes")]
         value: Vec<u8>,
         write: WriteId,
     },
@@ -45,6 +46,7 @@ pub enum ClientOp {
     CompareAndSet {
         record: String,
         expected_revision: Option<u64>,
+        #[serde(with = "crate::record::value_bytes")]
         value: Vec<u8>,
         write: WriteId,
     },
