@@ -5,8 +5,8 @@
 //! is lost, the US replicas are purged (attested, and gone from disk), and no status sample ever shows the
 //! group led from outside or a new member outside. Timings are printed, never asserted.
 //!
-//! The nodes take a snapshot every 2,000 applied entries and keep 2,000 behind it (production's defaults are
-//! 100,000 and 100,000), so with 6,000 records the new replicas receive a snapshot — streamed in chunks,
+//! The nodes take a snapshot every 2,000 applied entries and keep 4,000 behind it (production's defaults are
+//! 100,000 and 200,000), so with 6,000 records the new replicas receive a snapshot — streamed in chunks,
 //! several in flight, into a spool file — and then the log, as they would at volume; the benchmark runs
 //! the same program at a million (`benches/volume.sh`).
 
@@ -32,7 +32,7 @@ async fn a_legacy_group_of_6000_records_migrates_into_the_eea_with_every_write_k
         baseline_s: 1.0,
         time_limit: Duration::from_secs(600),
         verbose: std::env::var_os("VOLUME_VERBOSE").is_some(),
-        snapshot_policy: Some((2_000, 2_000)),
+        snapshot_policy: Some((2_000, 4_000)),
     };
     let report = volume::run(config).await.unwrap();
     eprintln!("{}", report.render());

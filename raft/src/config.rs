@@ -63,11 +63,13 @@ pub const SNAPSHOT_EVERY_ENTRIES: u64 = 100_000;
 
 /// Entries kept in the log behind the last snapshot, so a replica that just installed one (or fell
 /// behind during a transfer) catches up from the log instead of being sent another whole snapshot.
-/// As many as [`SNAPSHOT_EVERY_ENTRIES`]: the next snapshot then purges the log only up to the one
-/// before, so a replica that installed the previous snapshot still finds every entry after it.
-/// openraft's default, 1,000, did not hold — each new replica received the keyspace three to six times —
-/// nor did 50,000 at a million records (a second snapshot each; docs/performance.md).
-pub const LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES: u64 = 100_000;
+/// Twice [`SNAPSHOT_EVERY_ENTRIES`]: the next snapshot is taken a little more than that many entries after
+/// the last one (the entries applied while it is built), so keeping only as many would purge the first few
+/// entries after the previous snapshot; with twice as many, a replica that installed the previous snapshot
+/// still finds every entry after it, unless more than [`SNAPSHOT_EVERY_ENTRIES`] are applied during one
+/// build. openraft's default, 1,000, did not hold — each new replica received the keyspace three to six
+/// times — nor did 50,000 at a million records (twice each; docs/performance.md).
+pub const LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES: u64 = 2 * SNAPSHOT_EVERY_ENTRIES;
 
 /// `base` with a snapshot every `every_entries` applied entries and `kept_entries` kept in the log
 /// behind the last one.
