@@ -334,6 +334,9 @@ struct Inner {
     bytes: Bytes,
 }
 
+/// Called with each item of a snapshot: its table, key and sealed value.
+pub type VisitItem<'a> = dyn FnMut(Table, &[u8], &[u8]) -> Result<(), StateMachineError> + 'a;
+
 /// A verified snapshot: a cheap handle on its spool (memory or file) and where each frame is.
 #[derive(Clone, Debug)]
 pub struct SnapshotData {
@@ -530,10 +533,7 @@ impl SnapshotData {
 
     /// Hands every item to `visit`, one chunk in memory at a time, each sealed value re-verified
     /// against its key first: a damaged item stops the walk with an error before it is visited.
-    pub fn for_each_item(
-        &self,
-        visit: &mut dyn FnMut(Table, &[u8], &[u8]) -> Result<(), StateMachineError>,
-    ) -> Result<(), StateMachineError> {
+    pub fn for_each_item(&self, visit: &mut VisitItem<'_>) -> Result<(), StateMachineError> {
         for index in 0..self.chunk_count() {
             let (offset, _) = self.inner.frames[index];
             let corrupt = |reason: String| SnapshotError::Corrupt {
