@@ -25,7 +25,7 @@ use placement::{NodeId, Step, TopologyFile};
 use raft::bootstrap::open_initial_groups;
 use raft::client_access::ClientAccess;
 use raft::client_protocol::{ClientOp, ClientRequest, Envelope, EnvelopeResponse};
-use raft::config::{DeclaredRoundTrips, TokioConfig, group_raft_config};
+use raft::config::{DeclaredRoundTrips, TokioConfig, group_raft_config, with_snapshot_policy};
 use raft::directory::Directory;
 use raft::host::{Host, HostError};
 use raft::identity::{CertifiedKey, Peer, check_against_topology, node_identity_of_pem, tls_configs};
@@ -338,7 +338,14 @@ impl Node {
             tuning.election_timeout_min_ms,
             tuning.election_timeout_max_ms,
         );
-        let raft_config = Arc::new(raft_config.context("invalid Raft timing")?);
+        let raft_config = raft_config.and_then(|config| {
+            with_snapshot_policy(
+                &config,
+                tuning.snapshot_every_entries,
+                tuning.log_kept_behind_snapshot_entries,
+            )
+        });
+        let raft_config = Arc::new(raft_config.context("invalid Raft timing or snapshot policy")?);
         let me = identity.node;
         let keys = crate::pseudonym_keys::load(&config.pseudonym_keys, &file, identity.country)?;
         let access = ClientAccess::new(file.access.clone(), file.policies.values(), keys);

@@ -145,6 +145,11 @@ pub struct RaftTuning {
     /// no leader or have not heard from one for this long), and purges those the group's leader shows a
     /// committed membership leaves out (0: never; see `raft::purge`).
     pub purge_check_ms: u64,
+    /// A snapshot is built every this many applied entries (`raft::config::SNAPSHOT_EVERY_ENTRIES`).
+    pub snapshot_every_entries: u64,
+    /// Entries kept in the log behind the last snapshot, for replicas catching up after one
+    /// (`raft::config::LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES`).
+    pub log_kept_behind_snapshot_entries: u64,
 }
 
 impl Default for RaftTuning {
@@ -155,6 +160,8 @@ impl Default for RaftTuning {
             election_timeout_max_ms: 1000,
             repair_down_after_ms: 5000,
             purge_check_ms: 10_000,
+            snapshot_every_entries: raft::config::SNAPSHOT_EVERY_ENTRIES,
+            log_kept_behind_snapshot_entries: raft::config::LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES,
         }
     }
 }
@@ -249,6 +256,12 @@ impl NodeConfig {
         {
             bail!(
                 "{}: [raft] needs 0 < heartbeat_interval_ms < election_timeout_min_ms < election_timeout_max_ms",
+                path.display()
+            );
+        }
+        if tuning.snapshot_every_entries == 0 {
+            bail!(
+                "{}: [raft] snapshot_every_entries must be at least 1",
                 path.display()
             );
         }

@@ -322,7 +322,7 @@ fn peer_requests() -> Vec<PeerRequest> {
 
 fn snapshot_chunk() -> SnapshotChunk<C> {
     let data = built_snapshot();
-    let chunks: Vec<&[u8]> = data.chunks().collect();
+    let chunks: Vec<Vec<u8>> = data.chunks().collect::<Result<_, _>>().expect("a snapshot in memory");
     SnapshotChunk {
         vote: vote(2, 1),
         meta: SnapshotMetaOf::<C> {
@@ -555,10 +555,11 @@ fn wal_seeds(root: &Path) {
 fn snapshot_seeds(root: &Path) {
     let mut corpus = Corpus::new(root, "snapshot");
     let data = built_snapshot();
-    let chunks: Vec<&[u8]> = data.chunks().collect();
-    corpus.seed("chunks", true, 0, &join_pieces(chunks.iter().copied()));
-    corpus.seed("chunks-raw", false, 0, &join_pieces(chunks.iter().copied()));
-    corpus.seed("bytes", true, 1, &join_pieces([data.as_bytes()]));
+    let chunks: Vec<Vec<u8>> = data.chunks().collect::<Result<_, _>>().expect("a snapshot in memory");
+    corpus.seed("chunks", true, 0, &join_pieces(chunks.iter().map(Vec::as_slice)));
+    corpus.seed("chunks-raw", false, 0, &join_pieces(chunks.iter().map(Vec::as_slice)));
+    let bytes = data.to_bytes().expect("a snapshot in memory");
+    corpus.seed("bytes", true, 1, &join_pieces([bytes.as_slice()]));
     let empty = snapshot::build(
         &MemBackend::new().view().expect("a view"),
         SnapshotHeader {
@@ -568,7 +569,8 @@ fn snapshot_seeds(root: &Path) {
         },
     )
     .expect("an empty snapshot");
-    corpus.seed("empty", true, 0, &join_pieces(empty.chunks()));
+    let empty: Vec<Vec<u8>> = empty.chunks().collect::<Result<_, _>>().expect("a snapshot in memory");
+    corpus.seed("empty", true, 0, &join_pieces(empty.iter().map(Vec::as_slice)));
 
     let mut machine = Corpus::new(root, "state_machine");
     let backend = applied_backend();

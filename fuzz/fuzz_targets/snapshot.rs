@@ -45,7 +45,11 @@ fuzz_target!(|data: &[u8]| {
     let rebuilt = snapshot::build(&backend.view().expect("a view"), header.clone())
         .expect("an installed snapshot rebuilds");
     assert_eq!(rebuilt.header(), &header);
-    let again = SnapshotData::from_chunks(rebuilt.chunks())
+    let rebuilt_chunks: Vec<Vec<u8>> = rebuilt
+        .chunks()
+        .collect::<Result<_, _>>()
+        .expect("a snapshot in memory reads");
+    let again = SnapshotData::from_chunks(&rebuilt_chunks)
         .expect("a rebuilt snapshot verifies")
         .install_batch()
         .expect("a rebuilt snapshot installs");

@@ -93,6 +93,22 @@ impl Dialer {
         Request: Serialize + ?Sized,
         Response: DeserializeOwned,
     {
+        self.request_within(to, request, self.config.request_timeout)
+            .await
+    }
+
+    /// Sends one request to `to` and waits for its response, within `timeout` (for a request whose answer
+    /// waits for long work on the peer; a peer that is gone is still noticed within the idle timeout).
+    pub async fn request_within<Request, Response>(
+        &self,
+        to: u64,
+        request: &Request,
+        timeout: std::time::Duration,
+    ) -> Result<Response, QuicError>
+    where
+        Request: Serialize + ?Sized,
+        Response: DeserializeOwned,
+    {
         let exchange = async {
             let connection = self.connection(to).await?;
             let stream_error = |reason: String| QuicError::Stream { node: to, reason };
@@ -113,7 +129,7 @@ impl Dialer {
                 .map_err(frame_error)?;
             reply.map_err(|reason| QuicError::Remote { node: to, reason })
         };
-        match tokio::time::timeout(self.config.request_timeout, exchange).await {
+        match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(QuicError::Timeout(to)),
         }

@@ -32,19 +32,56 @@ openraft::declare_raft_types!(
 /// election. Our state machine does not fsync every apply, and a leader whose fdatasync failed can come
 /// back with a shorter log than a quorum committed — restored without an election, it would serve reads
 /// from before an acknowledged write (the simulator found exactly that). An election makes it learn.
+///
+/// Snapshots are taken every [`SNAPSHOT_EVERY_ENTRIES`] applied entries and the log keeps
+/// [`LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES`] behind the last one ([`with_snapshot_policy`] sets others).
 pub fn group_raft_config(
     cluster_name: &str,
     heartbeat_interval_ms: u64,
     election_timeout_min_ms: u64,
     election_timeout_max_ms: u64,
 ) -> Result<openraft::Config, openraft::ConfigError> {
-    openraft::Config {
+    let config = openraft::Config {
         cluster_name: cluster_name.to_string(),
         heartbeat_interval: heartbeat_interval_ms,
         election_timeout_min: election_timeout_min_ms,
         election_timeout_max: election_timeout_max_ms,
         enable_leader_restore: Some(false),
         ..Default::default()
+    };
+    with_snapshot_policy(&config, SNAPSHOT_EVERY_ENTRIES, LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES)
+}
+
+/// A snapshot is built once this many entries were applied since the last one.
+///
+/// openraft's default, 5,000, rebuilds the whole keyspace every 5,000 writes: loading a million records
+/// built 200 snapshots of up to a gigabyte (quadratic in the keyspace), and each held a learner's next
+/// entries for only 1,000 more. A snapshot exists to bound the log (disk, and replay after a restart),
+/// which at this count is about a hundred megabytes of 1 KiB records, not to ship data: a new replica
+/// receives whichever snapshot is current.
+pub const SNAPSHOT_EVERY_ENTRIES: u64 = 100_000;
+
+/// Entries kept in the log behind the last snapshot, so a replica that just installed one (or fell
+/// behind during a transfer) catches up from the log instead of being sent another whole snapshot.
+/// Twice [`SNAPSHOT_EVERY_ENTRIES`]: the next snapshot is taken a little more than that many entries after
+/// the last one (the entries applied while it is built), so keeping only as many would purge the first few
+/// entries after the previous snapshot; with twice as many, a replica that installed the previous snapshot
+/// still finds every entry after it, unless more than [`SNAPSHOT_EVERY_ENTRIES`] are applied during one
+/// build. openraft's default, 1,000, did not hold — each new replica received the keyspace three to six
+/// times — nor did 50,000 at a million records (twice each; docs/performance.md).
+pub const LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES: u64 = 2 * SNAPSHOT_EVERY_ENTRIES;
+
+/// `base` with a snapshot every `every_entries` applied entries and `kept_entries` kept in the log
+/// behind the last one.
+pub fn with_snapshot_policy(
+    base: &openraft::Config,
+    every_entries: u64,
+    kept_entries: u64,
+) -> Result<openraft::Config, openraft::ConfigError> {
+    openraft::Config {
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(every_entries),
+        max_in_snapshot_log_to_keep: kept_entries,
+        ..base.clone()
     }
     .validate()
 }
@@ -210,6 +247,13 @@ mod tests {
             config.enable_leader_restore,
             Some(false),
             "the rest of the base is kept"
+        );
+        assert_eq!(
+            (&config.snapshot_policy, config.max_in_snapshot_log_to_keep),
+            (
+                &openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
+                LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES
+            )
         );
     }
 

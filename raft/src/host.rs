@@ -32,7 +32,7 @@ use openraft::{ChangeMembers, Raft, ReadPolicy, Snapshot};
 use placement::{FencedMembership, GroupId, GroupPolicy, Membership, NodeId, Refusal, Step, Topology};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use storage::snapshot::SnapshotData;
+use storage::snapshot::{SnapshotData, SnapshotSpool};
 use storage::state_machine::StateMachine;
 use storage::{Command, CommandError, Record, RecordKey, Response, codec};
 
@@ -40,7 +40,7 @@ use crate::audit::{AuditSink, Event, NoAudit, Observation, change_event, describ
 use crate::config::{GroupConfig, RoundTrips, covering_round_trip, group_round_trip_ms};
 use crate::fault::Isolation;
 use crate::identity::NodeIdentity;
-use crate::message::SnapshotChunk;
+use crate::message::{SNAPSHOT_CHUNKS_IN_FLIGHT, SnapshotChunk};
 use crate::network::{GroupNetworkFactory, MetricsCell, PeerReachability, flatten, membership_of};
 use crate::purge::CommittedMembership;
 use crate::residency::{GroupFence, IncidentCounts, Incidents, NodeAsClient};
@@ -48,8 +48,10 @@ use crate::routing::group_number;
 use crate::stores::Stores;
 use crate::transport::{PeerRequest, PeerResponse, RequestKind, Transport, TransportError};
 
-/// Bound on one snapshot in flight, in bytes: a sender can't make a receiver buffer more.
-pub const SNAPSHOT_BYTES_MAX: u64 = 1 << 30;
+/// Chunks of a snapshot a receiver keeps in memory while it waits for an earlier one (the sender has
+/// [`SNAPSHOT_CHUNKS_IN_FLIGHT`] in flight, which may arrive in any order): a sender can't make a
+/// receiver hold more. The snapshot itself goes to the store's spool as it arrives, bounded by the store.
+pub const SNAPSHOT_CHUNKS_AHEAD_MAX: u64 = 2 * SNAPSHOT_CHUNKS_IN_FLIGHT as u64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -150,9 +152,13 @@ struct Group<C: GroupConfig, B: storage::backend::Backend> {
 
 struct IncomingSnapshot<C: GroupConfig> {
     meta: SnapshotMetaOf<C>,
+    count: u64,
+    /// The next chunk to write into the spool.
     next: u64,
-    chunks: Vec<Vec<u8>>,
-    bytes: u64,
+    /// Where the chunks go, each checked as it is written (a file beside the group's store).
+    spool: SnapshotSpool,
+    /// Chunks that arrived before `next`, at most [`SNAPSHOT_CHUNKS_AHEAD_MAX`].
+    early: BTreeMap<u64, Vec<u8>>,
 }
 
 pub struct Host<C: GroupConfig, T: Transport, S: Stores<C>> {
@@ -1161,15 +1167,17 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             RequestKind::SnapshotChunk => {
                 let chunk: SnapshotChunk<C> = decode(&request.body)?;
                 self.check_sender(group, peer, *chunk.vote.leader_id().node_id())?;
-                let response = match self.receive_chunk(group, &chunk)? {
+                // The first chunk opens a transfer: a new spool for it (a file, made off this lock).
+                let spool = match chunk.sequence {
+                    0 => Some(group.state_machine.snapshot_spool().await.map_err(failed)?),
+                    _ => None,
+                };
+                let vote = chunk.vote.clone();
+                let response = match self.receive_chunk(group, chunk, spool)? {
                     None => None,
                     Some((meta, data)) => {
                         let snapshot = Snapshot { meta, snapshot: data };
-                        Some(
-                            raft.install_full_snapshot(chunk.vote.clone(), snapshot)
-                                .await
-                                .map_err(failed)?,
-                        )
+                        Some(raft.install_full_snapshot(vote, snapshot).await.map_err(failed)?)
                     }
                 };
                 encode(&response)
@@ -1196,19 +1204,24 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
         group.fence.check_leader_peer(peer.node).map_err(refused)
     }
 
-    /// Adds a chunk to the snapshot in flight; returns the whole snapshot once the last chunk arrived.
+    /// Adds a chunk to the snapshot in flight (`spool` is the new transfer's, with its first chunk);
+    /// returns the snapshot, verified and on disk, once its last chunk is written. Chunks may arrive out
+    /// of order within the sender's window; the last one is sent only once every other was answered.
     fn receive_chunk(
         &self,
         group: &Group<C, S::Backend>,
-        chunk: &SnapshotChunk<C>,
+        chunk: SnapshotChunk<C>,
+        spool: Option<SnapshotSpool>,
     ) -> Result<Option<(SnapshotMetaOf<C>, SnapshotData)>, Served> {
         let mut incoming = group.incoming_snapshot.lock().expect("snapshot lock");
-        if chunk.sequence == 0 {
+        if let Some(spool) = spool {
+            // A new transfer replaces an unfinished one (its spool file is deleted with it).
             *incoming = Some(IncomingSnapshot {
                 meta: chunk.meta.clone(),
+                count: chunk.count,
                 next: 0,
-                chunks: Vec::new(),
-                bytes: 0,
+                spool,
+                early: BTreeMap::new(),
             });
         }
         let Some(assembly) = incoming.as_mut() else {
@@ -1217,26 +1230,55 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
                 chunk.sequence
             )));
         };
-        if assembly.meta != chunk.meta || assembly.next != chunk.sequence || chunk.sequence >= chunk.count {
-            *incoming = None;
-            return Err(Served::Refused(
-                "snapshot chunk out of order or from another transfer".into(),
-            ));
-        }
-        assembly.bytes += chunk.bytes.len() as u64;
-        if assembly.bytes > SNAPSHOT_BYTES_MAX {
-            *incoming = None;
+        // A chunk of another transfer (a late one from a transfer given up), or one already received, is
+        // refused without disturbing the transfer in progress.
+        if assembly.meta != chunk.meta
+            || assembly.count != chunk.count
+            || chunk.sequence >= chunk.count
+            || chunk.sequence < assembly.next
+            || assembly.early.contains_key(&chunk.sequence)
+        {
             return Err(Served::Refused(format!(
-                "snapshot exceeds {SNAPSHOT_BYTES_MAX} bytes"
+                "snapshot chunk {} of {} is from another transfer or already received",
+                chunk.sequence, chunk.count
             )));
         }
-        assembly.chunks.push(chunk.bytes.clone());
-        assembly.next += 1;
-        if assembly.next < chunk.count {
+        if chunk.sequence > assembly.next {
+            // Ahead of the next one: kept, within the bound; the last chunk never comes early.
+            let last = chunk.sequence + 1 == chunk.count;
+            if last
+                || chunk.sequence - assembly.next > SNAPSHOT_CHUNKS_AHEAD_MAX
+                || assembly.early.len() >= SNAPSHOT_CHUNKS_AHEAD_MAX as usize
+            {
+                let reason = format!(
+                    "snapshot chunk {} arrived too far ahead of chunk {}",
+                    chunk.sequence, assembly.next
+                );
+                *incoming = None;
+                return Err(Served::Refused(reason));
+            }
+            assembly.early.insert(chunk.sequence, chunk.bytes);
+            return Ok(None);
+        }
+        let mut bytes = chunk.bytes;
+        loop {
+            if let Err(error) = assembly.spool.push(&bytes) {
+                *incoming = None;
+                return Err(Served::Refused(format!("snapshot refused: {error}")));
+            }
+            assembly.next += 1;
+            match assembly.early.remove(&assembly.next) {
+                Some(early) => bytes = early,
+                None => break,
+            }
+        }
+        if assembly.next < assembly.count {
             return Ok(None);
         }
         let done = incoming.take().expect("assembly present");
-        let data = SnapshotData::from_chunks(done.chunks.iter().map(Vec::as_slice))
+        let data = done
+            .spool
+            .finish()
             .map_err(|error| Served::Refused(format!("snapshot refused: {error}")))?;
         Ok(Some((done.meta, data)))
     }

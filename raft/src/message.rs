@@ -5,6 +5,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::GroupConfig;
 
+/// Chunks of one snapshot a sender has in flight at a time: enough to keep a link busy while the
+/// receiver writes the ones before (stop-and-wait left it idle for a round trip and a write per chunk),
+/// few enough that neither side holds more than a handful of chunks in memory.
+pub const SNAPSHOT_CHUNKS_IN_FLIGHT: usize = 8;
+
 /// One chunk of a snapshot in flight. Every chunk repeats the vote and the metadata so the receiver can
 /// refuse a chunk from another transfer; the bytes are one self-checking frame of `storage::snapshot`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -14,5 +19,7 @@ pub struct SnapshotChunk<C: GroupConfig> {
     pub meta: SnapshotMetaOf<C>,
     pub sequence: u64,
     pub count: u64,
+    /// Serde bytes (the encoding of a sequence of `u8`, read and written whole).
+    #[serde(with = "wire::record::value_bytes")]
     pub bytes: Vec<u8>,
 }

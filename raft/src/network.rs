@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use openraft::OptionalSend;
 use openraft::alias::{InstantOf, SnapshotOf, VoteOf, WatchReceiverOf};
 use openraft::async_runtime::WatchReceiver;
@@ -38,7 +38,7 @@ use storage::snapshot::SnapshotData;
 use crate::append_pipeline;
 use crate::config::GroupConfig;
 use crate::fault::Isolation;
-use crate::message::SnapshotChunk;
+use crate::message::{SNAPSHOT_CHUNKS_IN_FLIGHT, SnapshotChunk};
 use crate::residency::GroupFence;
 use crate::transport::{PeerRequest, PeerResponse, RequestKind, Transport};
 
@@ -360,24 +360,50 @@ impl<C: GroupConfig, T: Transport> RaftNetworkV2<C> for GroupNetwork<C, T> {
         _cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
-        let chunks: Vec<&[u8]> = snapshot.snapshot.chunks().collect();
-        let count = chunks.len() as u64;
-        let mut last = None;
-        for (sequence, bytes) in chunks.into_iter().enumerate() {
-            let chunk = SnapshotChunk::<C> {
-                vote: vote.clone(),
-                meta: snapshot.meta.clone(),
-                sequence: sequence as u64,
-                count,
-                bytes: bytes.to_vec(),
-            };
-            let reply: Option<SnapshotResponse<C>> = self
-                .call(RequestKind::SnapshotChunk, true, &chunk)
-                .await
-                .map_err(StreamingError::from)?;
-            last = reply;
+        // The first chunk opens the transfer on its own; the middle ones go SNAPSHOT_CHUNKS_IN_FLIGHT at a
+        // time (the receiver puts them back in order); the last, which installs the snapshot, goes once
+        // every other one was answered. Each is read from the snapshot's spool as it is sent, and each
+        // goes through `call`, so the egress fence checks every chunk on the membership of the moment.
+        let data = &snapshot.snapshot;
+        let count = data.chunk_count() as u64;
+        if count == 0 {
+            return Err(StreamingError::Network(NetworkError::from_string(
+                "the snapshot had no chunk",
+            )));
         }
-        last.ok_or_else(|| StreamingError::Network(NetworkError::from_string("the snapshot had no chunk")))
+        let this: &Self = self;
+        let send = |sequence: u64| {
+            let chunk = data
+                .read_chunk(sequence as usize)
+                .map(|bytes| SnapshotChunk::<C> {
+                    vote: vote.clone(),
+                    meta: snapshot.meta.clone(),
+                    sequence,
+                    count,
+                    bytes,
+                });
+            async move {
+                let chunk =
+                    chunk.map_err(|error| StreamingError::Network(NetworkError::from_string(error)))?;
+                this.call::<_, Option<SnapshotResponse<C>>>(RequestKind::SnapshotChunk, true, &chunk)
+                    .await
+                    .map_err(StreamingError::from)
+            }
+        };
+        let mut last = send(0).await?;
+        if count > 1 {
+            let mut middle = futures_util::stream::iter(1..count - 1)
+                .map(&send)
+                .buffered(SNAPSHOT_CHUNKS_IN_FLIGHT);
+            while let Some(reply) = middle.next().await {
+                reply?;
+            }
+            drop(middle);
+            last = send(count - 1).await?;
+        }
+        last.ok_or_else(|| {
+            StreamingError::Network(NetworkError::from_string("the snapshot was not installed"))
+        })
     }
 }
 

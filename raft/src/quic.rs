@@ -32,7 +32,7 @@ pub use link::{Dialer, QuicConfig, QuicError};
 
 use crate::client_protocol::{ClientResponse, Envelope, EnvelopeResponse};
 use crate::identity::{IdentityError, NodeIdentity, Peer, attested_peer, check_against_topology};
-use crate::transport::{PeerRequest, PeerResponse, Transport, TransportError};
+use crate::transport::{PeerRequest, PeerResponse, RequestKind, Transport, TransportError};
 
 impl From<IdentityError> for QuicError {
     fn from(error: IdentityError) -> QuicError {
@@ -211,9 +211,26 @@ async fn serve_stream<Request, Response, H>(
     }
 }
 
+/// How long a snapshot chunk's answer may take: the last one is answered once the receiver has
+/// installed the snapshot (15 s for a gigabyte here, docs/performance.md). Under the ordinary request
+/// timeout the sender gave up during the install and sent the whole snapshot again, and again. A peer
+/// that is gone is still noticed within the connection's idle timeout.
+pub const SNAPSHOT_CHUNK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
 impl Transport for QuicNode {
     async fn send(&self, to: NodeId, request: PeerRequest) -> Result<PeerResponse, TransportError> {
-        let reply: Result<EnvelopeResponse, QuicError> = self.request(to, &Envelope::Peer(request)).await;
+        let envelope = Envelope::Peer(request);
+        let reply: Result<EnvelopeResponse, QuicError> = match &envelope {
+            Envelope::Peer(PeerRequest {
+                kind: RequestKind::SnapshotChunk,
+                ..
+            }) => {
+                self.dialer
+                    .request_within(to.0, &envelope, SNAPSHOT_CHUNK_TIMEOUT)
+                    .await
+            }
+            _ => self.request(to, &envelope).await,
+        };
         match reply {
             Ok(EnvelopeResponse::Peer(response)) => Ok(response),
             Ok(EnvelopeResponse::Client(_)) => Err(TransportError::Refused {

@@ -20,6 +20,7 @@ use storage::error::StateMachineError;
 use storage::group_commit::Journal;
 use storage::log::LogConfig;
 use storage::raft_log::{GroupLog, LogEngine};
+use storage::snapshot::{SnapshotData, SnapshotSpool};
 use storage::state_machine::{Execution, StateMachine};
 
 use crate::config::SimConfig;
@@ -99,17 +100,30 @@ impl Backend for SimBackend {
         }))
     }
 
-    fn save_snapshot(&mut self, bytes: &[u8]) -> Result<(), StateMachineError> {
-        self.live.save_snapshot(bytes)?;
+    fn snapshot_spool(&self) -> Result<SnapshotSpool, StateMachineError> {
+        self.live.snapshot_spool()
+    }
+
+    /// Durable, as production's install is.
+    fn install_snapshot(&mut self, snapshot: &SnapshotData) -> Result<(), StateMachineError> {
+        self.live.install_snapshot(snapshot)?;
+        if self.alive.load(std::sync::atomic::Ordering::Relaxed) {
+            self.durable.set(self.group, self.live.clone());
+        }
+        Ok(())
+    }
+
+    fn save_snapshot(&mut self, snapshot: &SnapshotData) -> Result<(), StateMachineError> {
+        self.live.save_snapshot(snapshot)?;
         if self.alive.load(std::sync::atomic::Ordering::Relaxed) {
             let mut durable = self.durable.get(self.group);
-            durable.save_snapshot(bytes)?;
+            durable.save_snapshot(snapshot)?;
             self.durable.set(self.group, durable);
         }
         Ok(())
     }
 
-    fn load_snapshot(&self) -> Result<Option<Vec<u8>>, StateMachineError> {
+    fn load_snapshot(&self) -> Result<Option<SnapshotData>, StateMachineError> {
         self.live.load_snapshot()
     }
 }

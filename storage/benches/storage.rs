@@ -331,7 +331,7 @@ fn snapshot(c: &mut Criterion) {
             .await
             .unwrap()
     });
-    group.throughput(Throughput::Bytes(built.snapshot.len() as u64));
+    group.throughput(Throughput::Bytes(built.snapshot.len()));
     group.bench_function("build", |b| {
         b.iter(|| {
             runtime.block_on(async {

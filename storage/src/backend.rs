@@ -12,6 +12,9 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use crate::error::StateMachineError;
+use crate::snapshot::MEMORY_SNAPSHOT_BYTES_MAX;
+use crate::snapshot::SnapshotData;
+use crate::snapshot::SnapshotSpool;
 
 /// The tables of the state machine. The order is part of the snapshot format (append only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -81,11 +84,18 @@ pub trait Backend: Send + 'static {
     /// happens now, the wait for the disk in the job.
     fn sync_job(&mut self) -> Result<SyncJob, StateMachineError>;
 
-    /// Durably replaces the current snapshot's bytes.
-    fn save_snapshot(&mut self, bytes: &[u8]) -> Result<(), StateMachineError>;
+    /// A new, empty place to build or receive a snapshot in (a file beside the store, or memory).
+    fn snapshot_spool(&self) -> Result<SnapshotSpool, StateMachineError>;
 
-    /// The current snapshot's bytes, if one was saved.
-    fn load_snapshot(&self) -> Result<Option<Vec<u8>>, StateMachineError>;
+    /// Replaces every table with the snapshot's items in one durable commit, reading the snapshot
+    /// one chunk at a time; a damaged item aborts it with nothing changed.
+    fn install_snapshot(&mut self, snapshot: &SnapshotData) -> Result<(), StateMachineError>;
+
+    /// Durably makes `snapshot` the current snapshot.
+    fn save_snapshot(&mut self, snapshot: &SnapshotData) -> Result<(), StateMachineError>;
+
+    /// The current snapshot, verified, if one was saved.
+    fn load_snapshot(&self) -> Result<Option<SnapshotData>, StateMachineError>;
 }
 
 type Tables = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
@@ -94,7 +104,7 @@ type Tables = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
 #[derive(Clone, Default)]
 pub struct MemBackend {
     tables: Arc<Tables>,
-    snapshot: Option<Vec<u8>>,
+    snapshot: Option<SnapshotData>,
 }
 
 impl MemBackend {
@@ -157,12 +167,27 @@ impl Backend for MemBackend {
         Ok(Box::new(|| Ok(())))
     }
 
-    fn save_snapshot(&mut self, bytes: &[u8]) -> Result<(), StateMachineError> {
-        self.snapshot = Some(bytes.to_vec());
+    fn snapshot_spool(&self) -> Result<SnapshotSpool, StateMachineError> {
+        Ok(SnapshotSpool::in_memory(MEMORY_SNAPSHOT_BYTES_MAX))
+    }
+
+    /// Builds the new tables aside and swaps them in, so a damaged item changes nothing.
+    fn install_snapshot(&mut self, snapshot: &SnapshotData) -> Result<(), StateMachineError> {
+        let mut tables = Tables::new();
+        snapshot.for_each_item(&mut |table, key, value| {
+            tables.insert((table, key.to_vec()), value.to_vec());
+            Ok(())
+        })?;
+        self.tables = Arc::new(tables);
         Ok(())
     }
 
-    fn load_snapshot(&self) -> Result<Option<Vec<u8>>, StateMachineError> {
+    fn save_snapshot(&mut self, snapshot: &SnapshotData) -> Result<(), StateMachineError> {
+        self.snapshot = Some(snapshot.clone());
+        Ok(())
+    }
+
+    fn load_snapshot(&self) -> Result<Option<SnapshotData>, StateMachineError> {
         Ok(self.snapshot.clone())
     }
 }

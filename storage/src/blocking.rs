@@ -80,6 +80,31 @@ impl Executor {
         rx.await.map_err(|_| StateMachineError::WorkerStopped)
     }
 
+    /// Runs `job` on a thread of its own, started for it (inline without a dedicated thread, as in the
+    /// simulator): for a long job — a snapshot build, seconds at volume — that must not hold up the store
+    /// calls queued on the dedicated thread behind it (large applies, reads that found the store busy).
+    pub(crate) async fn run_apart<C, T>(
+        &self,
+        name: &str,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, StateMachineError>
+    where
+        C: StorageTypeConfig,
+        T: Send + 'static,
+    {
+        if self.jobs.is_none() {
+            return Ok(job());
+        }
+        let (tx, rx) = C::oneshot();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let _ = tx.send(job());
+            })
+            .map_err(|e| StateMachineError::Backend(format!("cannot start the {name} thread: {e}")))?;
+        rx.await.map_err(|_| StateMachineError::WorkerStopped)
+    }
+
     /// Queues `job` on the dedicated thread without waiting for it (inline if there is none). Jobs
     /// run in the order they were queued, before any later [`Executor::run`] job.
     pub(crate) fn submit(&self, job: impl FnOnce() + Send + 'static) -> Result<(), StateMachineError> {

@@ -129,4 +129,12 @@ pub enum SnapshotError {
     /// The snapshot does not match the metadata openraft asked us to install.
     #[error("snapshot does not match its metadata: {0}")]
     MetaMismatch(String),
+
+    /// Reading or writing a snapshot's file failed.
+    #[error("snapshot file {file}: {reason}")]
+    Io { file: String, reason: String },
+
+    /// A snapshot grew past the bound of the place it is kept in.
+    #[error("snapshot of more than {bound} bytes refused (it reached {bytes})")]
+    TooLarge { bytes: u64, bound: u64 },
 }

@@ -1,7 +1,15 @@
 //! The redb backend: the only module that imports redb.
 //!
 //! One redb file (`state.redb`) holds the three tables; the current snapshot is a separate file
-//! (`current.snap`) replaced atomically (write, fsync, rename, fsync the directory).
+//! (`current.snap`) replaced atomically (write, fsync, rename, fsync the directory). Snapshots are
+//! built and received into spool files beside it (`spool-N.tmp`, see [`crate::snapshot`]): a built
+//! or installed one is renamed into place, an abandoned one deleted (and any left by a crash are
+//! deleted at the next open). A snapshot is installed in one durable write transaction, streamed
+//! into it item by item.
+//!
+//! Memory: redb caches pages (reads, and a write transaction's dirty pages, flushed to the file
+//! past half the cache) up to a bound per database, 1 GiB unless told; a node holds a database per
+//! group, so the bound here is [`CACHE_BYTES`]. The operating system's page cache is behind it.
 //!
 //! Durability: batches marked durable commit with `Durability::Immediate`; the others with
 //! `Durability::None`, which redb rolls back on a crash to the last durable commit — a
@@ -12,12 +20,12 @@
 //! worker thread, never from an async task.
 
 use std::fs;
-use std::io::Write;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use redb::Builder;
 use redb::Database;
 use redb::Durability;
 use redb::ReadOnlyTable;
@@ -31,13 +39,20 @@ use crate::backend::Table;
 use crate::backend::Visit;
 use crate::backend::WriteBatch;
 use crate::error::StateMachineError;
+use crate::snapshot::SnapshotData;
+use crate::snapshot::SnapshotSpool;
 
 const DATABASE_FILE: &str = "state.redb";
 const SNAPSHOT_FILE: &str = "current.snap";
 const SNAPSHOT_TEMP_FILE: &str = "current.snap.tmp";
+const SPOOL_PREFIX: &str = "spool-";
+const SPOOL_SUFFIX: &str = ".tmp";
 
-/// Bound on the snapshot file we are willing to read back.
-const SNAPSHOT_FILE_BYTES_MAX: u64 = 8 << 30;
+/// Bound on a snapshot file, written or read back.
+pub const SNAPSHOT_FILE_BYTES_MAX: u64 = 64 << 30;
+
+/// redb's page cache per database (its default is 1 GiB): one per group on a node.
+pub const CACHE_BYTES: usize = 64 << 20;
 
 fn definition(table: Table) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
     TableDefinition::new(table.name())
@@ -48,6 +63,8 @@ pub struct RedbBackend {
     /// Shared with the sync jobs, which commit (empty, durably) without borrowing the backend.
     database: Arc<Database>,
     dir: PathBuf,
+    /// Names the next spool file.
+    spools: std::sync::atomic::AtomicU64,
 }
 
 impl RedbBackend {
@@ -59,7 +76,10 @@ impl RedbBackend {
         // redb reports damage as errors, but a damaged file must never take the node down with a
         // panic: any panic while opening is a refusal to start, naming the file.
         let opened = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<Database, StateMachineError> {
-            let mut database = Database::create(&path).map_err(|e| corrupt_or_backend(&path, e))?;
+            let mut database = Builder::new()
+                .set_cache_size(CACHE_BYTES)
+                .create(&path)
+                .map_err(|e| corrupt_or_backend(&path, e))?;
             let intact = database
                 .check_integrity()
                 .map_err(|e| corrupt_or_backend(&path, e))?;
@@ -80,9 +100,27 @@ impl RedbBackend {
         let backend = RedbBackend {
             database: Arc::new(database),
             dir,
+            spools: std::sync::atomic::AtomicU64::new(0),
         };
         backend.create_tables()?;
+        backend.remove_stale_spools()?;
         Ok(backend)
+    }
+
+    /// Spool files a crash left behind: an unfinished build or transfer, useless now.
+    fn remove_stale_spools(&self) -> Result<(), StateMachineError> {
+        let entries = fs::read_dir(&self.dir).map_err(|e| backend_error(&self.dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| backend_error(&self.dir, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let stale = (name.starts_with(SPOOL_PREFIX) && name.ends_with(SPOOL_SUFFIX))
+                || name == SNAPSHOT_TEMP_FILE;
+            if stale {
+                fs::remove_file(entry.path()).map_err(|e| backend_error(&entry.path(), e))?;
+            }
+        }
+        Ok(())
     }
 
     fn create_tables(&self) -> Result<(), StateMachineError> {
@@ -226,32 +264,51 @@ impl Backend for RedbBackend {
         }))
     }
 
-    fn save_snapshot(&mut self, bytes: &[u8]) -> Result<(), StateMachineError> {
-        let temp = self.dir.join(SNAPSHOT_TEMP_FILE);
-        let error = |e: std::io::Error| backend_error(&temp, e);
-        let mut file = fs::File::create(&temp).map_err(error)?;
-        file.write_all(bytes).map_err(error)?;
-        file.sync_all().map_err(error)?;
-        fs::rename(&temp, self.dir.join(SNAPSHOT_FILE)).map_err(error)?;
-        fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(error)
+    fn snapshot_spool(&self) -> Result<SnapshotSpool, StateMachineError> {
+        let number = self.spools.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.dir.join(format!("{SPOOL_PREFIX}{number}{SPOOL_SUFFIX}"));
+        Ok(SnapshotSpool::create_file(&path, SNAPSHOT_FILE_BYTES_MAX)?)
     }
 
-    fn load_snapshot(&self) -> Result<Option<Vec<u8>>, StateMachineError> {
+    /// One durable write transaction: the tables emptied, then every item of the snapshot
+    /// inserted as it is read. redb keeps at most half its cache of dirty pages in memory (the
+    /// rest goes to the file, uncommitted), and an error drops the transaction: nothing changes.
+    fn install_snapshot(&mut self, snapshot: &SnapshotData) -> Result<(), StateMachineError> {
+        let path = self.dir.join(DATABASE_FILE);
+        let error = |e: &dyn std::fmt::Display| corrupt_or_backend(&path, e);
+        let mut txn = self.database.begin_write().map_err(|e| error(&e))?;
+        txn.set_durability(Durability::Immediate).map_err(|e| error(&e))?;
+        for table in Table::ALL {
+            txn.delete_table(definition(table)).map_err(|e| error(&e))?;
+        }
+        {
+            let mut open = Vec::with_capacity(Table::ALL.len());
+            for table in Table::ALL {
+                open.push((table, txn.open_table(definition(table)).map_err(|e| error(&e))?));
+            }
+            snapshot.for_each_item(&mut |table, key, value| {
+                let (_, handle) = open
+                    .iter_mut()
+                    .find(|(t, _)| *t == table)
+                    .expect("every table is opened");
+                handle.insert(key, value).map(|_| ()).map_err(|e| error(&e))
+            })?;
+        }
+        txn.commit().map_err(|e| error(&e))
+    }
+
+    fn save_snapshot(&mut self, snapshot: &SnapshotData) -> Result<(), StateMachineError> {
+        Ok(snapshot.persist_as(&self.dir.join(SNAPSHOT_FILE), &self.dir.join(SNAPSHOT_TEMP_FILE))?)
+    }
+
+    fn load_snapshot(&self) -> Result<Option<SnapshotData>, StateMachineError> {
         let path = self.dir.join(SNAPSHOT_FILE);
-        let len = match fs::metadata(&path) {
-            Ok(metadata) => metadata.len(),
+        match fs::metadata(&path) {
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(backend_error(&path, e)),
-        };
-        if len > SNAPSHOT_FILE_BYTES_MAX {
-            return Err(StateMachineError::Corrupt {
-                location: path.display().to_string(),
-                reason: format!("{len} bytes exceeds the bound"),
-            });
         }
-        fs::read(&path).map(Some).map_err(|e| backend_error(&path, e))
+        Ok(Some(SnapshotData::open_file(&path, SNAPSHOT_FILE_BYTES_MAX)?))
     }
 }
 

@@ -1,16 +1,33 @@
-//! Snapshots: a consistent copy of a group's tables, framed for storage and transfer.
+//! Snapshots: a consistent copy of a group's tables, framed for storage and transfer, streamed.
 //!
 //! A snapshot is a stream of frames (see [`crate::codec`]): a header (last applied log id,
 //! membership, policy version), then chunks of table items, each at most
 //! [`SNAPSHOT_CHUNK_BYTES_MAX`] bytes of payload, then a trailer with the counts. Every frame
-//! carries its own crc32 and format version, so a receiver can check each chunk as it arrives
-//! ([`SnapshotData::from_chunks`]) and a reader bounds every length before allocating.
+//! carries its own crc32 and format version, so a receiver checks each chunk as it arrives and a
+//! reader bounds every length before allocating.
 //!
-//! It is built from a single read view of the backend, so it is one point in the log; installing
-//! it replaces every table in one durable batch, after verifying every frame and every sealed
-//! value, so a damaged snapshot is refused before anything changes.
+//! **Never whole in memory** (as TiKV and CockroachDB ship theirs). A snapshot is built from a
+//! single read view of the backend, one point in the log, into a [`SnapshotSpool`] — a file beside
+//! the store in production, a byte vector in the simulator and tests — one chunk at a time; a
+//! receiver writes the chunks it is sent into a spool of its own, checking each frame, its order
+//! and the final counts before it hands the snapshot over. A [`SnapshotData`] is a handle on the
+//! finished spool and where each frame is in it: sending reads one frame at a time, installing
+//! walks the frames and hands each item, its sealed value re-verified, to the backend's one
+//! durable install transaction, so a damaged snapshot is refused before anything is committed.
+//! What a node holds in memory for a snapshot is a frame or two, whatever the snapshot's size.
+//!
+//! A spool file that never became a store's current snapshot is deleted when its last handle goes
+//! (an aborted transfer, a build superseded by an install); one that did is the store's, renamed
+//! into place ([`SnapshotData::persist_as`]).
 
-use std::ops::Range;
+use std::fs;
+use std::io::Read;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
 
 use serde::Deserialize;
 use serde::Serialize;
@@ -30,6 +47,9 @@ pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1 << 20;
 
 /// Bound on any frame's payload when reading (a single large item may exceed the chunk target).
 const FRAME_PAYLOAD_BYTES_MAX: usize = 4 << 20;
+
+/// Bound on a snapshot kept in memory (the simulator's and tests' stores).
+pub const MEMORY_SNAPSHOT_BYTES_MAX: u64 = 1 << 30;
 
 /// What the snapshot is a copy of; the log id and membership are encoded by the caller.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,83 +75,91 @@ enum SnapshotFrame {
     Trailer { chunks: u64, items: u64 },
 }
 
-/// A verified snapshot: its bytes and where each frame is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SnapshotData {
-    bytes: Vec<u8>,
-    frames: Vec<Range<usize>>,
-    header: SnapshotHeader,
+/// A frame as read: its items borrow their keys and values from the frame's bytes (the same
+/// encoding as [`SnapshotFrame`], decoded without a copy of each key and value).
+#[derive(Deserialize)]
+enum SnapshotFrameRef<'a> {
+    Header(SnapshotHeader),
+    Chunk {
+        sequence: u64,
+        #[serde(borrow)]
+        items: Vec<SnapshotItemRef<'a>>,
+    },
+    Trailer {
+        chunks: u64,
+        items: u64,
+    },
 }
 
-impl SnapshotData {
-    /// The snapshot's frames, each a bounded, self-checking chunk to send.
-    pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
-        self.frames.iter().map(|range| &self.bytes[range.clone()])
-    }
+#[derive(Deserialize)]
+struct SnapshotItemRef<'a> {
+    table: Table,
+    #[serde(borrow)]
+    key: &'a [u8],
+    #[serde(borrow)]
+    value: &'a [u8],
+}
 
-    /// Reassembles a snapshot from received chunks, checking each one.
-    pub fn from_chunks<'a>(
-        chunks: impl IntoIterator<Item = &'a [u8]>,
-    ) -> Result<SnapshotData, SnapshotError> {
-        let mut bytes = Vec::new();
-        for chunk in chunks {
-            // Check each chunk on arrival so a damaged transfer fails at the damaged chunk.
-            let offset = bytes.len() as u64;
-            check_one_frame(chunk).map_err(|reason| SnapshotError::Corrupt {
-                offset,
-                frame: 0,
-                reason,
-            })?;
-            bytes.extend_from_slice(chunk);
+/// What the order and count checks need of a frame.
+enum FrameSummary {
+    Header(SnapshotHeader),
+    Chunk { sequence: u64, items: u64 },
+    Trailer { chunks: u64, items: u64 },
+}
+
+impl FrameSummary {
+    fn of(frame: SnapshotFrameRef<'_>) -> FrameSummary {
+        match frame {
+            SnapshotFrameRef::Header(header) => FrameSummary::Header(header),
+            SnapshotFrameRef::Chunk { sequence, items } => FrameSummary::Chunk {
+                sequence,
+                items: items.len() as u64,
+            },
+            SnapshotFrameRef::Trailer { chunks, items } => FrameSummary::Trailer { chunks, items },
         }
-        SnapshotData::from_bytes(bytes)
-    }
-
-    /// Verifies a whole snapshot (every frame, the order and the counts).
-    pub fn from_bytes(bytes: Vec<u8>) -> Result<SnapshotData, SnapshotError> {
-        let (frames, header) = verify(&bytes, |_| Ok(()))?;
-        Ok(SnapshotData {
-            bytes,
-            frames,
-            header,
-        })
-    }
-
-    pub fn header(&self) -> &SnapshotHeader {
-        &self.header
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-
-    pub fn len(&self) -> usize {
-        self.bytes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
-
-    /// The batch that replaces every table with this snapshot's content, each value re-verified.
-    pub fn install_batch(&self) -> Result<WriteBatch, SnapshotError> {
-        let mut batch = WriteBatch {
-            clear_first: true,
-            durable: true,
-            ..WriteBatch::default()
-        };
-        verify(&self.bytes, |item| {
-            codec::verify_seal(&item.key, &item.value)
-                .map_err(|e| format!("item in table {}: {e}", item.table.name()))?;
-            batch.changes.insert((item.table, item.key), Some(item.value));
-            Ok(())
-        })?;
-        Ok(batch)
     }
 }
 
-fn check_one_frame(chunk: &[u8]) -> Result<(), String> {
-    let header_bytes: &[u8; FRAME_HEADER_BYTES] = chunk
+/// The order and counts of a snapshot's frames, checked one frame at a time.
+#[derive(Debug, Default)]
+struct FrameOrder {
+    header: Option<SnapshotHeader>,
+    frames: u64,
+    items: u64,
+    complete: bool,
+}
+
+impl FrameOrder {
+    fn accept(&mut self, frame: FrameSummary) -> Result<(), String> {
+        let number = self.frames;
+        match (frame, self.header.is_some(), self.complete) {
+            (_, _, true) => return Err("bytes after the trailer".into()),
+            (FrameSummary::Header(header), false, _) if number == 0 => self.header = Some(header),
+            (FrameSummary::Chunk { sequence, items }, true, _) if sequence + 1 == number => {
+                self.items += items;
+            }
+            (FrameSummary::Trailer { chunks, items }, true, _) => {
+                if chunks + 1 != number || items != self.items {
+                    return Err(format!(
+                        "trailer counts {chunks} chunks/{items} items, found {}/{}",
+                        number - 1,
+                        self.items
+                    ));
+                }
+                self.complete = true;
+            }
+            (FrameSummary::Header(_), _, _) => return Err("unexpected frame header".into()),
+            (FrameSummary::Chunk { .. }, _, _) => return Err("unexpected frame chunk out of order".into()),
+            (FrameSummary::Trailer { .. }, _, _) => return Err("unexpected frame trailer".into()),
+        }
+        self.frames += 1;
+        Ok(())
+    }
+}
+
+/// Checks one frame's length bound, checksum and version, and decodes it.
+fn open_one_frame(frame: &[u8]) -> Result<SnapshotFrameRef<'_>, String> {
+    let header_bytes: &[u8; FRAME_HEADER_BYTES] = frame
         .get(..FRAME_HEADER_BYTES)
         .and_then(|h| h.try_into().ok())
         .ok_or("chunk shorter than a frame header")?;
@@ -139,94 +167,459 @@ fn check_one_frame(chunk: &[u8]) -> Result<(), String> {
     if header.payload_len as usize > FRAME_PAYLOAD_BYTES_MAX {
         return Err(format!("frame length {} exceeds the bound", header.payload_len));
     }
-    codec::open_frame(chunk).map(|_| ()).map_err(|e| e.to_string())
+    let payload = codec::open_frame(frame).map_err(|e| e.to_string())?;
+    codec::decode_borrowed(payload).map_err(|e| e.to_string())
 }
 
-/// Walks every frame, checking checksums, order and counts; hands each item to `visit`.
-fn verify(
-    bytes: &[u8],
-    mut visit: impl FnMut(SnapshotItem) -> Result<(), String>,
-) -> Result<(Vec<Range<usize>>, SnapshotHeader), SnapshotError> {
-    let mut frames = Vec::new();
-    let mut header = None;
-    let mut items_seen = 0u64;
-    let mut offset = 0usize;
-    while offset < bytes.len() {
-        let frame_number = frames.len() as u64;
-        let corrupt = |reason: String| SnapshotError::Corrupt {
-            offset: offset as u64,
-            frame: frame_number,
-            reason,
+/// A spool file: deleted when dropped unless it became a store's current snapshot.
+#[derive(Debug)]
+struct SpoolFile {
+    file: fs::File,
+    /// Where the file is now (it moves once, when it becomes the current snapshot).
+    path: Mutex<PathBuf>,
+    /// Whether it is a store's current snapshot (then its store owns it).
+    kept: Mutex<bool>,
+}
+
+impl SpoolFile {
+    fn path(&self) -> PathBuf {
+        self.path.lock().expect("spool path lock").clone()
+    }
+
+    fn io_error(&self, error: impl std::fmt::Display) -> SnapshotError {
+        SnapshotError::Io {
+            file: self.path().display().to_string(),
+            reason: error.to_string(),
+        }
+    }
+}
+
+impl Drop for SpoolFile {
+    fn drop(&mut self) {
+        if !*self.kept.get_mut().expect("spool kept lock") {
+            let path = self.path.get_mut().expect("spool path lock");
+            if let Err(error) = fs::remove_file(&*path)
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(file = %path.display(), %error, "could not remove an unused snapshot spool file");
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Bytes {
+    Memory(Vec<u8>),
+    File(SpoolFile),
+}
+
+/// Where a snapshot is being written: frames are appended, each checked, up to a byte bound.
+#[derive(Debug)]
+pub struct SnapshotSpool {
+    bytes: Bytes,
+    /// (offset, length) of every frame.
+    frames: Vec<(u64, u32)>,
+    len: u64,
+    bytes_max: u64,
+    order: FrameOrder,
+}
+
+impl SnapshotSpool {
+    /// A spool in memory, of at most `bytes_max` bytes.
+    pub fn in_memory(bytes_max: u64) -> SnapshotSpool {
+        SnapshotSpool::new(Bytes::Memory(Vec::new()), bytes_max)
+    }
+
+    /// A spool in a new file at `path` (replacing any file there), of at most `bytes_max` bytes.
+    pub fn create_file(path: &Path, bytes_max: u64) -> Result<SnapshotSpool, SnapshotError> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| SnapshotError::Io {
+                file: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        let file = SpoolFile {
+            file,
+            path: Mutex::new(path.to_path_buf()),
+            kept: Mutex::new(false),
         };
-        let header_bytes: &[u8; FRAME_HEADER_BYTES] = bytes
-            .get(offset..offset + FRAME_HEADER_BYTES)
-            .and_then(|h| h.try_into().ok())
-            .ok_or_else(|| corrupt("truncated frame header".into()))?;
-        let frame_header = FrameHeader::parse(header_bytes);
-        if frame_header.payload_len as usize > FRAME_PAYLOAD_BYTES_MAX {
-            return Err(corrupt(format!(
-                "frame length {} exceeds the bound",
-                frame_header.payload_len
-            )));
-        }
-        let end = offset + frame_header.frame_len() as usize;
-        let frame = bytes
-            .get(offset..end)
-            .ok_or_else(|| corrupt("truncated frame".into()))?;
-        let payload = codec::open_frame(frame).map_err(|e| corrupt(e.to_string()))?;
-        let decoded: SnapshotFrame = codec::decode(payload).map_err(|e| corrupt(e.to_string()))?;
-        match (decoded, header.is_some()) {
-            (SnapshotFrame::Header(h), false) if frame_number == 0 => header = Some(h),
-            (SnapshotFrame::Chunk { sequence, items }, true) if sequence + 1 == frame_number => {
-                for item in items {
-                    items_seen += 1;
-                    visit(item).map_err(corrupt)?;
-                }
-            }
-            (SnapshotFrame::Trailer { chunks, items }, true) => {
-                if chunks + 1 != frame_number || items != items_seen {
-                    return Err(corrupt(format!(
-                        "trailer counts {chunks} chunks/{items} items, found {}/{items_seen}",
-                        frame_number - 1
-                    )));
-                }
-                if end != bytes.len() {
-                    return Err(corrupt("bytes after the trailer".into()));
-                }
-                frames.push(offset..end);
-                return Ok((frames, header.expect("matched above")));
-            }
-            (other, _) => return Err(corrupt(format!("unexpected frame {}", frame_kind(&other)))),
-        }
-        frames.push(offset..end);
-        offset = end;
+        Ok(SnapshotSpool::new(Bytes::File(file), bytes_max))
     }
-    Err(SnapshotError::Corrupt {
-        offset: offset as u64,
-        frame: frames.len() as u64,
-        reason: "snapshot ends without a trailer".into(),
-    })
+
+    fn new(bytes: Bytes, bytes_max: u64) -> SnapshotSpool {
+        SnapshotSpool {
+            bytes,
+            frames: Vec::new(),
+            len: 0,
+            bytes_max,
+            order: FrameOrder::default(),
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends a received frame after checking it: its bound, checksum, version, and its place in
+    /// the snapshot (header first, chunks in sequence, then the trailer with the right counts).
+    pub fn push(&mut self, frame: &[u8]) -> Result<(), SnapshotError> {
+        let decoded = open_one_frame(frame).map_err(|reason| self.corrupt(reason))?;
+        self.push_checked(frame, FrameSummary::of(decoded))
+    }
+
+    fn corrupt(&self, reason: String) -> SnapshotError {
+        SnapshotError::Corrupt {
+            offset: self.len,
+            frame: self.frames.len() as u64,
+            reason,
+        }
+    }
+
+    /// Appends a frame whose content is known (`summary`): the order is checked, not the bytes.
+    fn push_checked(&mut self, frame: &[u8], summary: FrameSummary) -> Result<(), SnapshotError> {
+        let end = self.len + frame.len() as u64;
+        if end > self.bytes_max {
+            return Err(SnapshotError::TooLarge {
+                bytes: end,
+                bound: self.bytes_max,
+            });
+        }
+        self.order
+            .accept(summary)
+            .map_err(|reason| self.corrupt(reason))?;
+        match &mut self.bytes {
+            Bytes::Memory(bytes) => bytes.extend_from_slice(frame),
+            Bytes::File(spool) => spool
+                .file
+                .write_all_at(frame, self.len)
+                .map_err(|e| spool.io_error(e))?,
+        }
+        self.frames.push((self.len, frame.len() as u32));
+        self.len = end;
+        Ok(())
+    }
+
+    /// The finished snapshot: its trailer must have arrived. A file is not synced here (a receiver
+    /// finishes on its network task): it is when it becomes a store's current snapshot
+    /// ([`SnapshotData::persist_as`]), and installing it commits the store durably.
+    pub fn finish(self) -> Result<SnapshotData, SnapshotError> {
+        let Some(header) = self.order.header.clone().filter(|_| self.order.complete) else {
+            return Err(self.corrupt("snapshot ends without a trailer".into()));
+        };
+        Ok(SnapshotData {
+            inner: Arc::new(Inner {
+                header,
+                frames: self.frames,
+                len: self.len,
+                bytes: self.bytes,
+            }),
+        })
+    }
 }
 
-fn frame_kind(frame: &SnapshotFrame) -> &'static str {
-    match frame {
-        SnapshotFrame::Header(_) => "header",
-        SnapshotFrame::Chunk { .. } => "chunk out of order",
-        SnapshotFrame::Trailer { .. } => "trailer",
+#[derive(Debug)]
+struct Inner {
+    header: SnapshotHeader,
+    frames: Vec<(u64, u32)>,
+    len: u64,
+    bytes: Bytes,
+}
+
+/// Called with each item of a snapshot: its table, key and sealed value.
+pub type VisitItem<'a> = dyn FnMut(Table, &[u8], &[u8]) -> Result<(), StateMachineError> + 'a;
+
+/// A verified snapshot: a cheap handle on its spool (memory or file) and where each frame is.
+#[derive(Clone, Debug)]
+pub struct SnapshotData {
+    inner: Arc<Inner>,
+}
+
+impl SnapshotData {
+    /// How many frames (chunks to send) the snapshot has.
+    pub fn chunk_count(&self) -> usize {
+        self.inner.frames.len()
+    }
+
+    /// The `index`th frame: one bounded, self-checking chunk to send.
+    pub fn read_chunk(&self, index: usize) -> Result<Vec<u8>, SnapshotError> {
+        let Some(&(offset, len)) = self.inner.frames.get(index) else {
+            return Err(SnapshotError::Corrupt {
+                offset: self.inner.len,
+                frame: index as u64,
+                reason: format!("no frame {index} in a snapshot of {}", self.inner.frames.len()),
+            });
+        };
+        match &self.inner.bytes {
+            Bytes::Memory(bytes) => Ok(bytes[offset as usize..offset as usize + len as usize].to_vec()),
+            Bytes::File(spool) => {
+                let mut frame = vec![0; len as usize];
+                spool
+                    .file
+                    .read_exact_at(&mut frame, offset)
+                    .map_err(|e| spool.io_error(e))?;
+                Ok(frame)
+            }
+        }
+    }
+
+    /// Every frame, read one after the other.
+    pub fn chunks(&self) -> impl Iterator<Item = Result<Vec<u8>, SnapshotError>> + '_ {
+        (0..self.chunk_count()).map(|index| self.read_chunk(index))
+    }
+
+    /// The whole snapshot as one byte string (tests and tools; a node never needs it).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, SnapshotError> {
+        let mut bytes = Vec::new();
+        for chunk in self.chunks() {
+            bytes.extend_from_slice(&chunk?);
+        }
+        Ok(bytes)
+    }
+
+    /// Reassembles a snapshot in memory from received chunks, checking each one.
+    pub fn from_chunks(
+        chunks: impl IntoIterator<Item = impl AsRef<[u8]>>,
+    ) -> Result<SnapshotData, SnapshotError> {
+        let mut spool = SnapshotSpool::in_memory(MEMORY_SNAPSHOT_BYTES_MAX);
+        for chunk in chunks {
+            spool.push(chunk.as_ref())?;
+        }
+        spool.finish()
+    }
+
+    /// Verifies a whole snapshot held in memory (every frame, the order and the counts).
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<SnapshotData, SnapshotError> {
+        let mut spool = SnapshotSpool::in_memory(MEMORY_SNAPSHOT_BYTES_MAX);
+        let mut offset = 0usize;
+        while offset < bytes.len() {
+            let frame = next_frame(&bytes[offset..]).map_err(|reason| spool.corrupt(reason))?;
+            spool.push(frame)?;
+            offset += frame.len();
+        }
+        spool.finish()
+    }
+
+    /// Opens and verifies a snapshot file (every frame, the order and the counts), reading one
+    /// frame at a time. The file stays where it is: it is a store's current snapshot.
+    pub fn open_file(path: &Path, bytes_max: u64) -> Result<SnapshotData, SnapshotError> {
+        let io_error = |e: std::io::Error| SnapshotError::Io {
+            file: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        let file = fs::File::open(path).map_err(io_error)?;
+        let file_len = file.metadata().map_err(io_error)?.len();
+        if file_len > bytes_max {
+            return Err(SnapshotError::TooLarge {
+                bytes: file_len,
+                bound: bytes_max,
+            });
+        }
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, &file);
+        let mut order = FrameOrder::default();
+        let mut frames = Vec::new();
+        let mut offset = 0u64;
+        let mut frame = Vec::new();
+        while offset < file_len {
+            let corrupt = |reason: String| SnapshotError::Corrupt {
+                offset,
+                frame: frames.len() as u64,
+                reason,
+            };
+            let mut header_bytes = [0u8; FRAME_HEADER_BYTES];
+            reader
+                .read_exact(&mut header_bytes)
+                .map_err(|_| corrupt("truncated frame header".into()))?;
+            let header = FrameHeader::parse(&header_bytes);
+            if header.payload_len as usize > FRAME_PAYLOAD_BYTES_MAX {
+                return Err(corrupt(format!(
+                    "frame length {} exceeds the bound",
+                    header.payload_len
+                )));
+            }
+            frame.clear();
+            frame.extend_from_slice(&header_bytes);
+            frame.resize(header.frame_len() as usize, 0);
+            reader
+                .read_exact(&mut frame[FRAME_HEADER_BYTES..])
+                .map_err(|_| corrupt("truncated frame".into()))?;
+            let decoded = open_one_frame(&frame).map_err(corrupt)?;
+            order.accept(FrameSummary::of(decoded)).map_err(corrupt)?;
+            frames.push((offset, frame.len() as u32));
+            offset += frame.len() as u64;
+        }
+        let Some(header) = order.header.filter(|_| order.complete) else {
+            return Err(SnapshotError::Corrupt {
+                offset,
+                frame: frames.len() as u64,
+                reason: "snapshot ends without a trailer".into(),
+            });
+        };
+        Ok(SnapshotData {
+            inner: Arc::new(Inner {
+                header,
+                frames,
+                len: offset,
+                bytes: Bytes::File(SpoolFile {
+                    file,
+                    path: Mutex::new(path.to_path_buf()),
+                    kept: Mutex::new(true),
+                }),
+            }),
+        })
+    }
+
+    /// Durably makes this snapshot the file at `target` (a store's current snapshot): a spool file
+    /// not yet kept anywhere is synced and renamed there; anything else (memory, another store's
+    /// file) is copied to `temp` frame by frame, synced and renamed. Then the directory is synced.
+    pub fn persist_as(&self, target: &Path, temp: &Path) -> Result<(), SnapshotError> {
+        let io_error = |file: &Path, e: std::io::Error| SnapshotError::Io {
+            file: file.display().to_string(),
+            reason: e.to_string(),
+        };
+        let moved = match &self.inner.bytes {
+            Bytes::File(spool) => {
+                let mut kept = spool.kept.lock().expect("spool kept lock");
+                let mut path = spool.path.lock().expect("spool path lock");
+                if *path == target {
+                    return Ok(());
+                }
+                if *kept {
+                    false
+                } else {
+                    spool.file.sync_data().map_err(|e| io_error(&path, e))?;
+                    fs::rename(&*path, target).map_err(|e| io_error(&path, e))?;
+                    *path = target.to_path_buf();
+                    *kept = true;
+                    true
+                }
+            }
+            Bytes::Memory(_) => false,
+        };
+        if !moved {
+            let mut file = fs::File::create(temp).map_err(|e| io_error(temp, e))?;
+            for chunk in self.chunks() {
+                file.write_all(&chunk?).map_err(|e| io_error(temp, e))?;
+            }
+            file.sync_all().map_err(|e| io_error(temp, e))?;
+            fs::rename(temp, target).map_err(|e| io_error(temp, e))?;
+        }
+        let dir = target.parent().unwrap_or(Path::new("."));
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_error(dir, e))
+    }
+
+    pub fn header(&self) -> &SnapshotHeader {
+        &self.inner.header
+    }
+
+    /// The snapshot's size in bytes.
+    pub fn len(&self) -> u64 {
+        self.inner.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.len == 0
+    }
+
+    /// Hands every item to `visit`, one chunk in memory at a time, each sealed value re-verified
+    /// against its key first: a damaged item stops the walk with an error before it is visited.
+    pub fn for_each_item(&self, visit: &mut VisitItem<'_>) -> Result<(), StateMachineError> {
+        for index in 0..self.chunk_count() {
+            let (offset, _) = self.inner.frames[index];
+            let corrupt = |reason: String| SnapshotError::Corrupt {
+                offset,
+                frame: index as u64,
+                reason,
+            };
+            let frame = self.read_chunk(index)?;
+            // Checked when the snapshot was finished; checked again, as the bytes were read again.
+            let SnapshotFrameRef::Chunk { items, .. } = open_one_frame(&frame).map_err(corrupt)? else {
+                continue;
+            };
+            for item in items {
+                codec::verify_seal(item.key, item.value)
+                    .map_err(|e| corrupt(format!("item in table {}: {e}", item.table.name())))?;
+                visit(item.table, item.key, item.value)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The batch that replaces every table with this snapshot's content, each value re-verified:
+    /// the whole snapshot in memory, for tests and tools (a store installs with
+    /// [`crate::backend::Backend::install_snapshot`], streaming).
+    pub fn install_batch(&self) -> Result<WriteBatch, StateMachineError> {
+        let mut batch = WriteBatch {
+            clear_first: true,
+            durable: true,
+            ..WriteBatch::default()
+        };
+        self.for_each_item(&mut |table, key, value| {
+            batch.changes.insert((table, key.to_vec()), Some(value.to_vec()));
+            Ok(())
+        })?;
+        Ok(batch)
     }
 }
 
-/// Builds a snapshot of every table as seen by `view`.
+/// The frame at the start of `bytes`, its length bounded before it is taken.
+fn next_frame(bytes: &[u8]) -> Result<&[u8], String> {
+    let header_bytes: &[u8; FRAME_HEADER_BYTES] = bytes
+        .get(..FRAME_HEADER_BYTES)
+        .and_then(|h| h.try_into().ok())
+        .ok_or("truncated frame header")?;
+    let header = FrameHeader::parse(header_bytes);
+    if header.payload_len as usize > FRAME_PAYLOAD_BYTES_MAX {
+        return Err(format!("frame length {} exceeds the bound", header.payload_len));
+    }
+    bytes
+        .get(..header.frame_len() as usize)
+        .ok_or_else(|| "truncated frame".into())
+}
+
+/// Builds a snapshot of every table as seen by `view`, in memory.
 pub fn build(view: &impl BackendView, header: SnapshotHeader) -> Result<SnapshotData, StateMachineError> {
-    let mut writer = Writer::default();
-    writer.frame(&SnapshotFrame::Header(header))?;
+    build_into(view, header, SnapshotSpool::in_memory(MEMORY_SNAPSHOT_BYTES_MAX))
+}
+
+/// Builds a snapshot of every table as seen by `view` into `spool`, one chunk in memory at a time.
+pub fn build_into(
+    view: &impl BackendView,
+    header: SnapshotHeader,
+    spool: SnapshotSpool,
+) -> Result<SnapshotData, StateMachineError> {
+    let mut writer = Writer {
+        spool,
+        frame: Vec::new(),
+        pending: Vec::new(),
+        pending_bytes: 0,
+        chunks: 0,
+        items: 0,
+    };
+    writer.frame(
+        &SnapshotFrame::Header(header.clone()),
+        FrameSummary::Header(header),
+    )?;
     for table in Table::ALL {
         view.scan_prefix(table, &[], &mut |key, value| writer.item(table, key, value))?;
     }
     writer.flush_chunk()?;
     let (chunks, items) = (writer.chunks, writer.items);
-    writer.frame(&SnapshotFrame::Trailer { chunks, items })?;
-    Ok(SnapshotData::from_bytes(writer.bytes)?)
+    writer.frame(
+        &SnapshotFrame::Trailer { chunks, items },
+        FrameSummary::Trailer { chunks, items },
+    )?;
+    Ok(writer.spool.finish()?)
 }
 
 /// Reads the header fields a snapshot needs from the view it is built from.
@@ -238,9 +631,10 @@ pub fn header_from_view(view: &impl BackendView) -> Result<SnapshotHeader, State
     })
 }
 
-#[derive(Default)]
 struct Writer {
-    bytes: Vec<u8>,
+    spool: SnapshotSpool,
+    /// The frame being encoded (reused).
+    frame: Vec<u8>,
     pending: Vec<SnapshotItem>,
     pending_bytes: usize,
     chunks: u64,
@@ -248,9 +642,11 @@ struct Writer {
 }
 
 impl Writer {
-    fn frame(&mut self, frame: &SnapshotFrame) -> Result<(), StateMachineError> {
-        codec::encode_frame(frame, None::<&()>, FRAME_PAYLOAD_BYTES_MAX, &mut self.bytes)
-            .map_err(|e| StateMachineError::Backend(format!("snapshot frame: {e}")))
+    fn frame(&mut self, frame: &SnapshotFrame, summary: FrameSummary) -> Result<(), StateMachineError> {
+        self.frame.clear();
+        codec::encode_frame(frame, None::<&()>, FRAME_PAYLOAD_BYTES_MAX, &mut self.frame)
+            .map_err(|e| StateMachineError::Backend(format!("snapshot frame: {e}")))?;
+        Ok(self.spool.push_checked(&self.frame, summary)?)
     }
 
     fn item(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StateMachineError> {
@@ -273,9 +669,16 @@ impl Writer {
             return Ok(());
         }
         let items = std::mem::take(&mut self.pending);
+        let count = items.len() as u64;
         self.pending_bytes = 0;
         let sequence = self.chunks;
-        self.frame(&SnapshotFrame::Chunk { sequence, items })?;
+        self.frame(
+            &SnapshotFrame::Chunk { sequence, items },
+            FrameSummary::Chunk {
+                sequence,
+                items: count,
+            },
+        )?;
         self.chunks += 1;
         Ok(())
     }
@@ -311,30 +714,78 @@ mod tests {
     fn chunks_are_bounded_and_reassemble_into_the_same_tables() {
         let source = filled_backend(1000);
         let data = build(&source.view().unwrap(), header()).unwrap();
-        let chunks: Vec<&[u8]> = data.chunks().collect();
+        let chunks: Vec<Vec<u8>> = data.chunks().collect::<Result<_, _>>().unwrap();
         assert!(chunks.len() > 3, "3 MB must take several chunks");
         assert!(
             chunks.iter().all(|c| c.len() <= SNAPSHOT_CHUNK_BYTES_MAX + 4096),
             "every chunk is bounded"
         );
-        let received = SnapshotData::from_chunks(chunks).unwrap();
+        let received = SnapshotData::from_chunks(&chunks).unwrap();
         assert_eq!(received.header(), &header());
         let mut target = MemBackend::new();
-        target.commit(received.install_batch().unwrap()).unwrap();
+        target.install_snapshot(&received).unwrap();
         let rebuilt = build(&target.view().unwrap(), header()).unwrap();
         assert_eq!(
-            rebuilt.as_bytes(),
-            data.as_bytes(),
+            rebuilt.to_bytes().unwrap(),
+            data.to_bytes().unwrap(),
             "install then rebuild gives identical bytes"
+        );
+    }
+
+    #[test]
+    fn a_file_spool_holds_the_same_bytes_and_is_removed_unless_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = filled_backend(500);
+        let in_memory = build(&source.view().unwrap(), header()).unwrap();
+        let spool_path = dir.path().join("building.tmp");
+        let spool = SnapshotSpool::create_file(&spool_path, 1 << 30).unwrap();
+        let on_disk = build_into(&source.view().unwrap(), header(), spool).unwrap();
+        assert_eq!(on_disk.to_bytes().unwrap(), in_memory.to_bytes().unwrap());
+        let current = dir.path().join("current.snap");
+        on_disk
+            .persist_as(&current, &dir.path().join("current.tmp"))
+            .unwrap();
+        assert!(!spool_path.exists(), "the spool was renamed into place");
+        drop(on_disk);
+        assert!(current.exists(), "a kept snapshot outlives its handles");
+        let reopened = SnapshotData::open_file(&current, 1 << 30).unwrap();
+        assert_eq!(reopened.to_bytes().unwrap(), in_memory.to_bytes().unwrap());
+        assert!(matches!(
+            SnapshotData::open_file(&current, 1000),
+            Err(SnapshotError::TooLarge { .. })
+        ));
+
+        let abandoned_path = dir.path().join("receiving.tmp");
+        let mut abandoned = SnapshotSpool::create_file(&abandoned_path, 1 << 30).unwrap();
+        abandoned.push(&in_memory.read_chunk(0).unwrap()).unwrap();
+        assert!(
+            matches!(
+                abandoned.push(&in_memory.read_chunk(2).unwrap()),
+                Err(SnapshotError::Corrupt { .. })
+            ),
+            "a chunk out of order is refused"
+        );
+        drop(abandoned);
+        assert!(!abandoned_path.exists(), "an abandoned transfer leaves no file");
+
+        let mut small = SnapshotSpool::create_file(&dir.path().join("small.tmp"), 100).unwrap();
+        small.push(&in_memory.read_chunk(0).unwrap()).unwrap();
+        assert!(
+            matches!(
+                small.push(&in_memory.read_chunk(1).unwrap()),
+                Err(SnapshotError::TooLarge { .. })
+            ),
+            "the spool's bound is checked before writing"
         );
     }
 
     #[test]
     fn damage_anywhere_is_refused() {
         let data = build(&filled_backend(20).view().unwrap(), header()).unwrap();
-        let bytes = data.as_bytes().to_vec();
+        let bytes = data.to_bytes().unwrap();
+        let dir = tempfile::tempdir().unwrap();
         let mut rng = 0x5eed_u64;
-        for _ in 0..300 {
+        for round in 0..300 {
             rng = rng
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
@@ -342,9 +793,17 @@ mod tests {
             let mut damaged = bytes.clone();
             damaged[bit / 8] ^= 1 << (bit % 8);
             assert!(
-                SnapshotData::from_bytes(damaged).is_err(),
+                SnapshotData::from_bytes(damaged.clone()).is_err(),
                 "bit {bit} flip was accepted"
             );
+            if round % 10 == 0 {
+                let path = dir.path().join("damaged.snap");
+                fs::write(&path, &damaged).unwrap();
+                assert!(
+                    SnapshotData::open_file(&path, 1 << 30).is_err(),
+                    "bit {bit} flip was accepted from a file"
+                );
+            }
         }
         for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
             assert!(

@@ -16,7 +16,14 @@
 //! waits for it. It writes everything pending to the store under the lock, then waits for the disk
 //! (a [`crate::backend::SyncJob`], a millisecond or more) without it, so small applies go on
 //! meanwhile instead of queuing behind an `fdatasync`. Every snapshot build
-//! and every snapshot install commit durably. After a crash the backend is at its last durable
+//! and every snapshot install commit durably.
+//!
+//! **Snapshots.** A build makes the state durable and takes a read view under the lock, then
+//! releases it: the scan into the spool (see [`crate::snapshot`]) runs on a thread of its own
+//! while applies go on (on the caller's task and on the dedicated thread), so a build of a large
+//! keyspace does not stall the group's writes. The
+//! current snapshot is kept as a handle (a file in production), handed to openraft to send
+//! without reading it into memory. After a crash the backend is at its last durable
 //! commit — a consistent state that includes its own applied log id — and openraft re-applies the
 //! committed entries after it from the log, which is already durable (and whose purge never passes
 //! a durable snapshot, because building a snapshot makes the state durable first). Fsyncing each
@@ -69,6 +76,7 @@ use crate::record::Response;
 use crate::snapshot;
 use crate::snapshot::SnapshotData;
 use crate::snapshot::SnapshotHeader;
+use crate::snapshot::SnapshotSpool;
 use crate::write_behind::WriteBehind;
 
 /// After this many apply batches, a durable commit is queued (bounds the re-apply after a crash).
@@ -84,6 +92,8 @@ struct Core<B> {
     durable_commit_queued: bool,
     /// Why a background durable commit failed: the store is no longer trusted to reach the disk.
     durable_commit_failed: Option<String>,
+    /// The last snapshot built or installed (or found at open).
+    current_snapshot: Option<SnapshotData>,
 }
 
 /// The state machine of one group.
@@ -133,6 +143,8 @@ fn decode_optional<T: serde::de::DeserializeOwned>(
     }
     codec::decode(bytes).map(Some).map_err(|e| corrupt(what, e))
 }
+
+type SnapshotStart<V> = (V, SnapshotHeader, SnapshotSpool);
 
 type AppliedState<C> = (Option<LogIdOf<C>>, StoredMembershipOf<C>);
 
@@ -218,27 +230,53 @@ impl<B: Backend> Core<B> {
         self.durable_commit_failed = Some(error.to_string());
     }
 
-    fn build_snapshot(&mut self) -> Result<SnapshotData, StateMachineError> {
+    /// What a snapshot build needs from under the lock: a durable state, a view of it, its
+    /// header and a spool to write into.
+    fn start_snapshot(
+        &mut self,
+    ) -> Result<SnapshotStart<<WriteBehind<B> as Backend>::View>, StateMachineError> {
         // Durable first: the log may be purged up to this snapshot as soon as it exists.
         self.make_durable()?;
         let view = self.backend.view()?;
-        let data = snapshot::build(&view, snapshot::header_from_view(&view)?)?;
-        self.backend.save_snapshot(data.as_bytes())?;
-        Ok(data)
+        let header = snapshot::header_from_view(&view)?;
+        let spool = self.backend.snapshot_spool()?;
+        Ok((view, header, spool))
+    }
+
+    /// Makes a built snapshot the current one, unless a newer one was installed while it was
+    /// being built.
+    fn keep_built_snapshot<C: StorageTypeConfig>(
+        &mut self,
+        data: &SnapshotData,
+    ) -> Result<(), StateMachineError> {
+        let index_of = |data: &SnapshotData| -> Result<Option<u64>, StateMachineError> {
+            Ok(applied_state_of::<C>(data.header())?.0.map(|log_id| log_id.index))
+        };
+        if let Some(current) = &self.current_snapshot
+            && index_of(current)? > index_of(data)?
+        {
+            return Ok(());
+        }
+        self.backend.save_snapshot(data)?;
+        self.current_snapshot = Some(data.clone());
+        Ok(())
     }
 
     fn install_snapshot(&mut self, data: &SnapshotData) -> Result<(), StateMachineError> {
-        let batch = data.install_batch()?;
-        self.backend.commit(batch)?;
+        self.backend.install_snapshot(data)?;
         self.batches_since_durable = 0;
-        self.backend.save_snapshot(data.as_bytes())
+        self.backend.save_snapshot(data)?;
+        self.current_snapshot = Some(data.clone());
+        Ok(())
     }
 }
 
 /// The queued periodic durable commit; a failure is kept and fails every later apply. The wait for
 /// the disk (a millisecond or more) runs without the lock, so applies go on meanwhile: they only
 /// gather in the write-behind map, and one that has to write to the store waits for the store's
-/// own lock instead. Only this thread syncs, so snapshots and installs (also on it) never overlap.
+/// own lock instead. Installs run on this thread too, so they never overlap it; a snapshot build
+/// syncs under the lock on its own thread, which redb serialises with this commit (one write
+/// transaction at a time), and resets the count this one subtracts from.
 fn run_queued_durable_commit<B: Backend>(core: &Mutex<Core<B>>) {
     let (job, covered) = {
         let mut core = lock(core);
@@ -322,16 +360,17 @@ fn snapshot_of<C: StorageTypeConfig>(
 impl<C: StorageTypeConfig, B: Backend> StateMachine<C, B> {
     /// Opens the state machine, refusing damaged metadata or a damaged current snapshot.
     pub fn open(backend: B, execution: Execution) -> Result<Self, StateMachineError> {
-        let core = Core {
+        let mut core = Core {
             backend: WriteBehind::new(backend),
             batches_since_durable: 0,
             durable_commit_queued: false,
             durable_commit_failed: None,
+            current_snapshot: None,
         };
         applied_state_of::<C>(&core.header()?)?;
-        if let Some(bytes) = core.backend.load_snapshot()? {
-            let data = SnapshotData::from_bytes(bytes)?;
+        if let Some(data) = core.backend.load_snapshot()? {
             applied_state_of::<C>(data.header())?;
+            core.current_snapshot = Some(data);
         }
         let executor = Executor::new(execution, "domicile-state-machine".into())?;
         Ok(StateMachine {
@@ -402,6 +441,11 @@ impl<C: StorageTypeConfig, B: Backend> StateMachine<C, B> {
     pub async fn ownership(&self) -> Result<Option<crate::record::Ownership>, StateMachineError> {
         self.with_core(|core| apply::read_ownership(&core.backend.view()?))
             .await
+    }
+
+    /// A new place to receive a snapshot in (a file beside the store in production).
+    pub async fn snapshot_spool(&self) -> Result<SnapshotSpool, StateMachineError> {
+        self.with_core(|core| core.backend.snapshot_spool()).await
     }
 
     /// The group's policy version as of the last applied entry.
@@ -482,11 +526,11 @@ impl<C: StorageTypeConfig, B: Backend> RaftStateMachine<C> for StateMachine<C, B
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, SnapshotData>>, io::Error> {
-        let bytes = self
-            .with_core_on_thread(|core| core.backend.load_snapshot())
+        // On the thread: behind a build or install in progress, as openraft expects.
+        let current = self
+            .with_core_on_thread(|core| Ok(core.current_snapshot.clone()))
             .await?;
-        let Some(bytes) = bytes else { return Ok(None) };
-        let data = SnapshotData::from_bytes(bytes).map_err(StateMachineError::from)?;
+        let Some(data) = current else { return Ok(None) };
         Ok(Some(snapshot_of::<C>(data)?))
     }
 }
@@ -496,9 +540,21 @@ impl<C: StorageTypeConfig, B: Backend> RaftSnapshotBuilder<C> for SnapshotBuilde
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, SnapshotData>, io::Error> {
         let core = self.core.clone();
+        // On a thread of its own: the scan takes seconds at volume, and large applies (and calls that
+        // found the store busy) queue on the state machine's thread; they would wait behind it.
         let data = self
             .executor
-            .run::<C, _>(move || lock(&core).build_snapshot())
+            .run_apart::<C, _>(
+                "domicile-snapshot",
+                move || -> Result<SnapshotData, StateMachineError> {
+                    let (view, header, spool) = lock(&core).start_snapshot()?;
+                    // Without the lock: applies go on while the view is scanned.
+                    let data = snapshot::build_into(&view, header, spool)?;
+                    drop(view);
+                    lock(&core).keep_built_snapshot::<C>(&data)?;
+                    Ok(data)
+                },
+            )
             .await??;
         Ok(snapshot_of::<C>(data)?)
     }
@@ -593,11 +649,19 @@ mod tests {
             }))
         }
 
-        fn save_snapshot(&mut self, bytes: &[u8]) -> Result<(), StateMachineError> {
-            self.inner.save_snapshot(bytes)
+        fn snapshot_spool(&self) -> Result<SnapshotSpool, StateMachineError> {
+            self.inner.snapshot_spool()
         }
 
-        fn load_snapshot(&self) -> Result<Option<Vec<u8>>, StateMachineError> {
+        fn install_snapshot(&mut self, snapshot: &SnapshotData) -> Result<(), StateMachineError> {
+            self.inner.install_snapshot(snapshot)
+        }
+
+        fn save_snapshot(&mut self, snapshot: &SnapshotData) -> Result<(), StateMachineError> {
+            self.inner.save_snapshot(snapshot)
+        }
+
+        fn load_snapshot(&self) -> Result<Option<SnapshotData>, StateMachineError> {
             self.inner.load_snapshot()
         }
     }

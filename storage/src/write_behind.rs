@@ -32,6 +32,8 @@ use crate::backend::Table;
 use crate::backend::Visit;
 use crate::backend::WriteBatch;
 use crate::error::StateMachineError;
+use crate::snapshot::SnapshotData;
+use crate::snapshot::SnapshotSpool;
 
 /// Pending changes are written once this many keys are pending.
 pub const PENDING_CHANGES_MAX: usize = 1024;
@@ -144,12 +146,25 @@ impl<B: Backend> Backend for WriteBehind<B> {
         self.inner.sync_job()
     }
 
-    fn save_snapshot(&mut self, bytes: &[u8]) -> Result<(), StateMachineError> {
+    fn snapshot_spool(&self) -> Result<SnapshotSpool, StateMachineError> {
         self.check()?;
-        self.inner.save_snapshot(bytes)
+        self.inner.snapshot_spool()
     }
 
-    fn load_snapshot(&self) -> Result<Option<Vec<u8>>, StateMachineError> {
+    /// Everything pending is older than the snapshot, which replaces it.
+    fn install_snapshot(&mut self, snapshot: &SnapshotData) -> Result<(), StateMachineError> {
+        self.check()?;
+        self.pending = Arc::default();
+        self.pending_bytes = 0;
+        self.inner.install_snapshot(snapshot)
+    }
+
+    fn save_snapshot(&mut self, snapshot: &SnapshotData) -> Result<(), StateMachineError> {
+        self.check()?;
+        self.inner.save_snapshot(snapshot)
+    }
+
+    fn load_snapshot(&self) -> Result<Option<SnapshotData>, StateMachineError> {
         self.check()?;
         self.inner.load_snapshot()
     }
@@ -251,11 +266,19 @@ mod tests {
             self.inner.sync_job()
         }
 
-        fn save_snapshot(&mut self, bytes: &[u8]) -> Result<(), StateMachineError> {
-            self.inner.save_snapshot(bytes)
+        fn snapshot_spool(&self) -> Result<SnapshotSpool, StateMachineError> {
+            self.inner.snapshot_spool()
         }
 
-        fn load_snapshot(&self) -> Result<Option<Vec<u8>>, StateMachineError> {
+        fn install_snapshot(&mut self, snapshot: &SnapshotData) -> Result<(), StateMachineError> {
+            self.inner.install_snapshot(snapshot)
+        }
+
+        fn save_snapshot(&mut self, snapshot: &SnapshotData) -> Result<(), StateMachineError> {
+            self.inner.save_snapshot(snapshot)
+        }
+
+        fn load_snapshot(&self) -> Result<Option<SnapshotData>, StateMachineError> {
             self.inner.load_snapshot()
         }
     }

@@ -32,6 +32,7 @@ pub enum Consistency {
 pub enum ClientOp {
     Put {
         record: String,
+        #[serde(with = "crate::record::value_bytes")]
         value: Vec<u8>,
         write: WriteId,
     },
@@ -46,6 +47,7 @@ pub enum ClientOp {
     CompareAndSet {
         record: String,
         expected_revision: Option<u64>,
+        #[serde(with = "crate::record::value_bytes")]
         value: Vec<u8>,
         write: WriteId,
     },

@@ -84,6 +84,17 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     Ok(value)
 }
 
+/// Decodes exactly one value that fills `bytes`, borrowing from them: a byte string decodes as a slice
+/// of `bytes` (no copy). postcard writes a `Vec<u8>` and a byte string alike (a length, then the bytes),
+/// so a value encoded with owned bytes decodes borrowed.
+pub fn decode_borrowed<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
+    let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| CodecError::Decode(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(CodecError::Decode(format!("{} trailing bytes", rest.len())));
+    }
+    Ok(value)
+}
+
 /// Decodes one value from the front of `bytes` and returns the rest.
 pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8]), CodecError> {
     postcard::take_from_bytes(bytes).map_err(|e| CodecError::Decode(e.to_string()))

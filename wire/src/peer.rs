@@ -45,15 +45,70 @@ pub struct PeerRequest {
     pub kind: RequestKind,
     /// Whether the message carries the group's data (entries, snapshot bytes): what the egress fence guards.
     pub carries_data: bool,
+    /// Serde bytes: the same encoding as a sequence of `u8`, read and written whole rather than a byte
+    /// at a time (a snapshot chunk is a mebibyte).
+    #[serde(with = "crate::record::value_bytes")]
     pub body: Vec<u8>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum PeerResponse {
     /// The Raft response, encoded.
-    Ok(Vec<u8>),
+    Ok(#[serde(with = "crate::record::value_bytes")] Vec<u8>),
     /// The receiving host refused the message (ingress fence, unknown group, forged sender).
     Refused { group: u64, reason: String },
     /// The message was accepted but Raft failed to process it.
     Failed { group: u64, reason: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `PeerRequest` and `PeerResponse::Ok` as they were declared before their bodies became serde bytes.
+    #[derive(Serialize)]
+    struct RequestAsSequence {
+        group: u64,
+        kind: RequestKind,
+        carries_data: bool,
+        body: Vec<u8>,
+    }
+
+    #[derive(Serialize)]
+    enum ResponseAsSequence {
+        Ok(Vec<u8>),
+    }
+
+    #[test]
+    fn bodies_as_bytes_keep_the_encoding_of_a_sequence() {
+        for length in [0usize, 1, 127, 128, 300, 70_000, 1 << 20] {
+            let body: Vec<u8> = (0..length).map(|i| (i % 251) as u8).collect();
+            let request = PeerRequest {
+                group: 7,
+                kind: RequestKind::SnapshotChunk,
+                carries_data: true,
+                body: body.clone(),
+            };
+            let encoded = crate::codec::encode(&request).unwrap();
+            let as_sequence = crate::codec::encode(&RequestAsSequence {
+                group: 7,
+                kind: RequestKind::SnapshotChunk,
+                carries_data: true,
+                body: body.clone(),
+            })
+            .unwrap();
+            assert_eq!(
+                encoded, as_sequence,
+                "a {length}-byte body changed the wire format"
+            );
+            assert_eq!(crate::codec::decode::<PeerRequest>(&encoded).unwrap().body, body);
+            let response = crate::codec::encode(&PeerResponse::Ok(body.clone())).unwrap();
+            let response_as_sequence = crate::codec::encode(&ResponseAsSequence::Ok(body.clone())).unwrap();
+            assert_eq!(response, response_as_sequence);
+            let Ok(PeerResponse::Ok(decoded)) = crate::codec::decode::<PeerResponse>(&response) else {
+                panic!("a {length}-byte response did not decode");
+            };
+            assert_eq!(decoded, body);
+        }
+    }
 }

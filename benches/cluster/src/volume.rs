@@ -101,6 +101,9 @@ pub struct Config {
     pub time_limit: Duration,
     /// Progress lines on stderr.
     pub verbose: bool,
+    /// The nodes' snapshot policy, (every N applied entries, entries kept behind the last), instead of
+    /// their defaults (`[raft] snapshot_every_entries`, `log_kept_behind_snapshot_entries`).
+    pub snapshot_policy: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -443,13 +446,19 @@ fn write_files(config: &Config, deadline: Instant) -> anyhow::Result<Cluster> {
                 )
             })
             .collect();
+        let snapshot_policy = config
+            .snapshot_policy
+            .map(|(every, kept)| {
+                format!("snapshot_every_entries = {every}\nlog_kept_behind_snapshot_entries = {kept}\n")
+            })
+            .unwrap_or_default();
         std::fs::write(
             config.dir.join(format!("node-{id}.toml")),
             format!(
                 "cluster = \"volume\"\nnode_id = {id}\nsite = \"{site}\"\ndata_dir = \"data-{id}\"\n\
                  listen = \"{}\"\nadmin = \"{}\"\ntopology = \"topology.toml\"\n\
                  [tls]\nca = \"certs/ca.pem\"\ncert = \"certs/node-{id}.pem\"\nkey = \"certs/node-{id}.key\"\n\
-                 {peers}\n[raft]\npurge_check_ms = 1000\n",
+                 {peers}\n[raft]\npurge_check_ms = 1000\n{snapshot_policy}",
                 cluster.listen[&id], cluster.admin[&id]
             ),
         )?;

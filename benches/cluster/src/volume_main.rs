@@ -32,6 +32,12 @@ struct Cli {
     baseline_s: f64,
     #[arg(long, default_value_t = 3600)]
     time_limit_s: u64,
+    /// A snapshot every this many applied entries (the nodes' default unless given).
+    #[arg(long, requires = "log_kept_behind_snapshot_entries")]
+    snapshot_every_entries: Option<u64>,
+    /// Entries kept in the log behind the last snapshot (with --snapshot-every-entries).
+    #[arg(long, requires = "snapshot_every_entries")]
+    log_kept_behind_snapshot_entries: Option<u64>,
     /// The report as JSON.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -55,6 +61,9 @@ async fn main() -> anyhow::Result<()> {
         baseline_s: cli.baseline_s,
         time_limit: Duration::from_secs(cli.time_limit_s),
         verbose: true,
+        snapshot_policy: cli
+            .snapshot_every_entries
+            .zip(cli.log_kept_behind_snapshot_entries),
     };
     let report = volume::run(config).await?;
     print!("{}", report.render());

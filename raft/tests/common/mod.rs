@@ -166,13 +166,18 @@ pub async fn cluster() -> Cluster {
 
 /// A local cluster of another topology.
 pub async fn cluster_of(topology: &str) -> Cluster {
+    cluster_with(topology, raft_config()).await
+}
+
+/// A local cluster of another topology, its groups run with `config`.
+pub async fn cluster_with(topology: &str, config: Arc<openraft::Config>) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let now = OffsetDateTime::now_utc();
     let validity = Validity {
         not_before: now - time::Duration::hours(1),
         not_after: now + time::Duration::days(1),
     };
-    let local = LocalCluster::start(topology, dir.path(), validity, raft_config()).unwrap();
+    let local = LocalCluster::start(topology, dir.path(), validity, config).unwrap();
     Cluster { local, _dir: dir }
 }
 
