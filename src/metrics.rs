@@ -78,6 +78,9 @@ pub struct Metrics {
     /// Raft messages dropped or refused by isolations, and the last count exported.
     fault_messages_dropped: Counter<u64, AtomicU64>,
     seen_fault_dropped: AtomicU64,
+    /// The groups whose round-trip gauges were last set: a group no longer hosted has them zeroed, so an
+    /// alert on a replica since moved away does not fire for ever.
+    round_trip_groups: Mutex<std::collections::BTreeSet<(String, String)>>,
     /// Last seen leader per group and last exported incident counts, to turn snapshots into counters.
     seen: Mutex<(BTreeMap<String, Option<u64>>, IncidentCounts)>,
     /// Last exported count of audit write failures.
@@ -272,6 +275,7 @@ impl Metrics {
             fault_isolated,
             fault_messages_dropped,
             seen_fault_dropped: AtomicU64::new(0),
+            round_trip_groups: Mutex::new(Default::default()),
             incidents_delivered,
             incident_delivery_failures,
             incident_delivery_retries,
@@ -366,11 +370,13 @@ impl Metrics {
                 .get_or_create(&label)
                 .set(peer.round_trip_ms / 1000.0);
         }
+        let mut now = std::collections::BTreeSet::new();
         for timed in groups {
             let label = GroupLabel {
                 group: timed.group.0.clone(),
                 jurisdiction: jurisdiction(&timed.group),
             };
+            now.insert((label.group.clone(), label.jurisdiction.clone()));
             self.group_covered_round_trip_seconds
                 .get_or_create(&label)
                 .set(timed.covered_ms as f64 / 1000.0);
@@ -382,6 +388,15 @@ impl Metrics {
                 .get_or_create(&label)
                 .set(count as i64);
         }
+        let mut before = self.round_trip_groups.lock().expect("metrics lock");
+        for (group, jurisdiction) in before.difference(&now) {
+            let label = GroupLabel {
+                group: group.clone(),
+                jurisdiction: jurisdiction.clone(),
+            };
+            self.group_round_trips_uncovered.get_or_create(&label).set(0);
+        }
+        *before = now;
     }
 
     /// Folds the audit trail's length and failure count into the metrics.
@@ -407,5 +422,42 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String can't fail");
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::round_trip_watch::{Timed, Uncovered};
+    use placement::{GroupId, Membership, NodeId};
+
+    #[test]
+    fn a_group_no_longer_hosted_has_its_uncovered_gauge_zeroed() {
+        let metrics = Metrics::new();
+        let legacy = Timed {
+            group: GroupId("users-legacy".into()),
+            membership: Membership::new([NodeId(1), NodeId(4)], []),
+            covered_ms: 250,
+        };
+        let far = Uncovered {
+            group: "users-legacy".into(),
+            member: 4,
+            measured_ms: 320,
+            covered_ms: 250,
+        };
+        let line = "domicile_group_round_trips_uncovered{group=\"users-legacy\",jurisdiction=\"EEA\"}";
+        metrics.observe_round_trips(&[], &[legacy], &[far], |_| "EEA".into());
+        assert!(
+            metrics.render().contains(&format!("{line} 1")),
+            "{}",
+            metrics.render()
+        );
+        // The replica moved away: the gauge must not keep an alert firing.
+        metrics.observe_round_trips(&[], &[], &[], |_| "EEA".into());
+        assert!(
+            metrics.render().contains(&format!("{line} 0")),
+            "{}",
+            metrics.render()
+        );
     }
 }
