@@ -646,23 +646,14 @@ impl GroupPlanner<'_> {
                 voters_possible: voters.len(),
             });
         }
-        let sites: BTreeSet<_> = voters
-            .iter()
-            .filter_map(|&node| self.topology.site_of(node))
-            .map(|site| &site.name)
-            .collect();
-        let regions: BTreeSet<_> = voters
-            .iter()
-            .filter_map(|&node| self.topology.site_of(node))
-            .map(|site| site.failure_region())
-            .collect();
+        let (sites, regions) = domains_spanned(self.topology, voters);
         let domains = &policy.failure_domains;
-        if sites.len() < domains.distinct_sites_min || regions.len() < domains.distinct_regions_min {
+        if sites < domains.distinct_sites_min || regions < domains.distinct_regions_min {
             problems.push(Problem::FailureDomainsShort {
                 sites_wanted: domains.distinct_sites_min,
-                sites: sites.len(),
+                sites,
                 regions_wanted: domains.distinct_regions_min,
-                regions: regions.len(),
+                regions,
             });
         }
         if learners.len() < policy.learners {
@@ -672,6 +663,22 @@ impl GroupPlanner<'_> {
             });
         }
     }
+}
+
+/// How many distinct sites and failure regions ([`Site::failure_region`](crate::Site::failure_region))
+/// `voters` stand in: what a policy's failure-domain rule counts, for the planner and the rebalancer alike.
+pub(crate) fn domains_spanned(topology: &Topology, voters: &BTreeSet<NodeId>) -> (usize, usize) {
+    let sites: BTreeSet<_> = voters
+        .iter()
+        .filter_map(|&node| topology.site_of(node))
+        .map(|site| &site.name)
+        .collect();
+    let regions: BTreeSet<_> = voters
+        .iter()
+        .filter_map(|&node| topology.site_of(node))
+        .map(|site| site.failure_region())
+        .collect();
+    (sites.len(), regions.len())
 }
 
 #[cfg(test)]

@@ -234,18 +234,12 @@ fn leave_fullest(
     steps
 }
 
-/// Whether `voters` stand in the distinct sites and regions the policy asks for.
+/// Whether `voters` stand in the distinct sites and regions the policy asks for, counted as the planner
+/// counts them.
 fn spans(topology: &Topology, policy: &GroupPolicy, voters: &BTreeSet<NodeId>) -> bool {
-    let sites: BTreeSet<_> = voters
-        .iter()
-        .filter_map(|&voter| topology.site_of(voter).map(|site| site.name.clone()))
-        .collect();
-    let regions: BTreeSet<_> = voters
-        .iter()
-        .filter_map(|&voter| topology.site_of(voter).and_then(|site| site.region.clone()))
-        .collect();
+    let (sites, regions) = planner::domains_spanned(topology, voters);
     let domains = &policy.failure_domains;
-    sites.len() >= domains.distinct_sites_min && regions.len() >= domains.distinct_regions_min
+    sites >= domains.distinct_sites_min && regions >= domains.distinct_regions_min
 }
 
 /// The steps of the next move that brings a jurisdiction's fullest and emptiest nodes closer, or `None`
