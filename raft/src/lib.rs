@@ -13,6 +13,7 @@
 //! tokio spawn, wall clock or OS randomness directly, so the simulator runs the same code.
 
 pub mod append_pipeline;
+pub mod append_split;
 pub mod audit;
 pub mod bootstrap;
 pub mod client_access;

@@ -36,6 +36,7 @@ use storage::codec;
 use storage::snapshot::SnapshotData;
 
 use crate::append_pipeline;
+use crate::append_split;
 use crate::config::GroupConfig;
 use crate::fault::Isolation;
 use crate::message::{SNAPSHOT_CHUNKS_IN_FLIGHT, SnapshotChunk};
@@ -249,6 +250,37 @@ impl<C: GroupConfig, T: Transport> GroupNetwork<C, T> {
         carries_data: bool,
         message: &Req,
     ) -> Result<Resp, RPCError<C>> {
+        self.admit(carries_data)?;
+        let body =
+            codec::encode(message).map_err(|error| RPCError::Network(NetworkError::from_string(error)))?;
+        self.send_body(kind, carries_data, body).await
+    }
+
+    /// Replication to this follower: one request, or parts of it in order when it encodes to more than
+    /// [`append_split::APPEND_BYTES_MAX`] (large values: the link would refuse it whole).
+    async fn append(&self, rpc: AppendEntriesRequest<C>) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
+        let carries_data = !rpc.entries.is_empty();
+        self.admit(carries_data)?;
+        let body =
+            codec::encode(&rpc).map_err(|error| RPCError::Network(NetworkError::from_string(error)))?;
+        if body.len() <= append_split::APPEND_BYTES_MAX {
+            return self
+                .send_body(RequestKind::AppendEntries, carries_data, body)
+                .await;
+        }
+        drop(body);
+        // An entry that does not encode fails the part that carries it, as it would the whole.
+        let entry_bytes = |entry: &C::Entry| codec::encode(entry).map_or(0, |bytes| bytes.len());
+        let parts = append_split::split(rpc, append_split::APPEND_BYTES_MAX, entry_bytes);
+        let send = |part: AppendEntriesRequest<C>| async move {
+            self.call(RequestKind::AppendEntries, true, &part).await
+        };
+        append_split::combine(parts, send).await
+    }
+
+    /// Whether a message may leave for the target at all: not while an operator isolates it, and one that
+    /// carries the group's data only past the egress fence.
+    fn admit(&self, carries_data: bool) -> Result<(), RPCError<C>> {
         if self.isolation.blocks(self.target, C::now()) {
             let reason = format!("{} is isolated from this node by a fault injection", self.target);
             return Err(RPCError::Unreachable(Unreachable::from_string(reason)));
@@ -257,8 +289,16 @@ impl<C: GroupConfig, T: Transport> GroupNetwork<C, T> {
             self.check_egress()
                 .map_err(|reason| RPCError::Unreachable(Unreachable::from_string(reason)))?;
         }
-        let body =
-            codec::encode(message).map_err(|error| RPCError::Network(NetworkError::from_string(error)))?;
+        Ok(())
+    }
+
+    /// Sends an encoded message; see [`Self::call`].
+    async fn send_body<Resp: DeserializeOwned>(
+        &self,
+        kind: RequestKind,
+        carries_data: bool,
+        body: Vec<u8>,
+    ) -> Result<Resp, RPCError<C>> {
         let attempt = Attempt::<C>::new(&self.peers, self.target);
         // Fault points (simulation only): a send that fails at once, as a reset connection would, and one
         // that leaves late, as behind a congested queue; openraft must back off and retry either way.
@@ -311,10 +351,7 @@ impl<C: GroupConfig, T: Transport> RaftNetworkV2<C> for GroupNetwork<C, T> {
         S: Stream<Item = AppendEntriesRequest<C>> + OptionalSend + Unpin + 'static,
     {
         let this: &'s Self = self;
-        let send = move |rpc: AppendEntriesRequest<C>| async move {
-            let carries_data = !rpc.entries.is_empty();
-            this.call(RequestKind::AppendEntries, carries_data, &rpc).await
-        };
+        let send = move |rpc: AppendEntriesRequest<C>| async move { this.append(rpc).await };
         let answers: BoxStream<'s, _> = Box::pin(append_pipeline::answers(input, send));
         Box::pin(async move { Ok(answers) })
     }
@@ -324,8 +361,7 @@ impl<C: GroupConfig, T: Transport> RaftNetworkV2<C> for GroupNetwork<C, T> {
         rpc: AppendEntriesRequest<C>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        let carries_data = !rpc.entries.is_empty();
-        self.call(RequestKind::AppendEntries, carries_data, &rpc).await
+        self.append(rpc).await
     }
 
     async fn vote(
