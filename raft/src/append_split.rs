@@ -171,10 +171,10 @@ mod tests {
             .iter()
             .map(|part| {
                 (
-                    index(part.prev_log_id.clone()),
+                    index(part.prev_log_id),
                     index(part.entries.first().map(RaftEntry::log_id)),
                     index(part.entries.last().map(RaftEntry::log_id)),
-                    index(part.leader_commit.clone()),
+                    index(part.leader_commit),
                 )
             })
             .collect()
@@ -206,7 +206,8 @@ mod tests {
             shape(&split(request(10, 11..=20, 15), 4 << 20, |_| 1_000)),
             vec![(10, 11, 20, 15)]
         );
-        let heartbeat = request(10, 1..=0, 10);
+        let mut heartbeat = request(10, 11..=11, 10);
+        heartbeat.entries.clear();
         assert_eq!(shape(&split(heartbeat, 4 << 20, |_| 1_000)), vec![(10, 0, 0, 10)]);
     }
 
