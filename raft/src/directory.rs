@@ -26,6 +26,7 @@
 //! moving almost every user, which is refused ([`DirectoryError::ModuloMap`]).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use placement::shard_map::{self, ShardMapError};
@@ -344,6 +345,8 @@ pub struct Directory {
     inside: BTreeMap<String, Vec<NodeId>>,
     /// The latest map learnt of each jurisdiction (only ever replaced by a later epoch).
     learnt: RwLock<BTreeMap<String, Arc<ShardMap>>>,
+    /// Requests sent to peers for a map, ever: what a caller that makes this node ask pays for.
+    peer_asks: AtomicU64,
 }
 
 impl Directory {
@@ -363,6 +366,7 @@ impl Directory {
             proposals,
             inside,
             learnt: RwLock::default(),
+            peer_asks: AtomicU64::new(0),
         }
     }
 
@@ -396,6 +400,11 @@ impl Directory {
             return Ok(map);
         }
         self.refresh(host, jurisdiction, 1).await
+    }
+
+    /// How many requests for a map this node has sent its peers.
+    pub fn peer_asks(&self) -> u64 {
+        self.peer_asks.load(Ordering::Relaxed)
     }
 
     /// The map learnt of `jurisdiction`, if any.
@@ -664,6 +673,7 @@ impl Directory {
                 carries_data: false,
                 body: body.clone(),
             };
+            self.peer_asks.fetch_add(1, Ordering::Relaxed);
             match host.ask_peer(peer, request).await {
                 Ok(PeerResponse::Ok(bytes)) => match codec::decode::<Option<Vec<u8>>>(&bytes) {
                     Ok(Some(stored)) => {

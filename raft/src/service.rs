@@ -9,9 +9,14 @@
 //! no group fenced to it is refused rather than stored anywhere else, and a node outside the jurisdiction,
 //! which holds none of its routing metadata, sends the client elsewhere.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::alias::InstantOf;
+use openraft::type_config::TypeConfigExt;
 
 use placement::GroupId;
 use storage::{Command, CommandError, Record, RecordKey, Response};
@@ -30,10 +35,20 @@ use crate::residency::NodeAsClient;
 use crate::stores::Stores;
 use crate::transport::{PeerRequest, PeerResponse, RequestKind, Transport};
 
+/// The least time between two refreshes of one jurisdiction's map that want an epoch the last one did
+/// not find. A call routed by an epoch no node has (a buggy or hostile client's; or one just published and
+/// not yet replicated here) makes this node ask every node inside for it; without a bound, each such call
+/// would cost one request per node inside. Within the interval the call is answered `Unavailable` from the
+/// map known, and the client retries within its deadline. Refreshes that find what they want are never held.
+pub const UNMET_REFRESH_INTERVAL: Duration = Duration::from_millis(250);
+
 pub struct NodeService<C: GroupConfig, T: Transport, S: Stores<C>> {
     host: Arc<Host<C, T, S>>,
     directory: Directory,
     access: ClientAccess,
+    /// Per jurisdiction, when the last refresh that fell short of its wanted epoch ended, and the epoch it
+    /// found ([`UNMET_REFRESH_INTERVAL`]).
+    unmet_refreshes: Mutex<BTreeMap<String, (InstantOf<C>, u64)>>,
 }
 
 impl<C: GroupConfig, T: Transport, S: Stores<C>> NodeService<C, T, S> {
@@ -42,6 +57,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> NodeService<C, T, S> {
             host,
             directory,
             access,
+            unmet_refreshes: Mutex::default(),
         }
     }
 
@@ -202,8 +218,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> NodeService<C, T, S> {
         if asked > map.epoch() {
             // The client saw a later map than this node: learn it before routing by anything.
             map = self
-                .directory
-                .refresh(&self.host, jurisdiction, asked)
+                .refresh(jurisdiction, asked)
                 .await
                 .map_err(directory_refusal)?;
             if asked > map.epoch() {
@@ -227,6 +242,28 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> NodeService<C, T, S> {
         Ok(map)
     }
 
+    /// [`Directory::refresh`], wanting epoch `wanted`, unless a refresh of the same jurisdiction fell short
+    /// of an epoch at most `wanted` less than [`UNMET_REFRESH_INTERVAL`] ago: then the map known answers.
+    async fn refresh(&self, jurisdiction: &str, wanted: u64) -> Result<Arc<ShardMap>, DirectoryError> {
+        let held = {
+            let unmet = self.unmet_refreshes.lock().expect("refresh lock");
+            unmet
+                .get(jurisdiction)
+                .is_some_and(|&(ended, found)| wanted > found && C::now() < ended + UNMET_REFRESH_INTERVAL)
+        };
+        if held && let Some(known) = self.directory.known(jurisdiction) {
+            return Ok(known);
+        }
+        let map = self.directory.refresh(&self.host, jurisdiction, wanted).await?;
+        let mut unmet = self.unmet_refreshes.lock().expect("refresh lock");
+        if map.epoch() < wanted {
+            unmet.insert(jurisdiction.to_string(), (C::now(), map.epoch()));
+        } else {
+            unmet.remove(jurisdiction);
+        }
+        Ok(map)
+    }
+
     /// A group refused the user as no longer its own (its committed ranges are of `owned_epoch`): learn
     /// the map that moved it, and tell the client to route by it.
     async fn moved(
@@ -243,7 +280,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> NodeService<C, T, S> {
             group: group.0.clone(),
             reason,
         };
-        match self.directory.refresh(&self.host, jurisdiction, wanted).await {
+        match self.refresh(jurisdiction, wanted).await {
             Ok(map) if map.epoch() > routed_by.epoch() && map.route(user_id) != group => match asked {
                 Some(asked) => ClientResponse::Moved {
                     asked_epoch: asked,

@@ -162,3 +162,73 @@ async fn a_jurisdictions_shard_map_is_published_in_its_directory_group_and_kept_
     ));
     cluster.stop().await;
 }
+
+/// A call routed by an epoch no node has (a buggy or hostile client's) makes the node it reaches ask the
+/// nodes inside for that map. Asked again and again, the node asks them at most once per
+/// `UNMET_REFRESH_INTERVAL` and answers `Unavailable` from the map it knows meanwhile: the client's calls
+/// never become a multiple of themselves in peer requests. Once the interval is over it asks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_routed_by_an_epoch_no_node_has_cost_bounded_peer_requests() {
+    use raft::service::UNMET_REFRESH_INTERVAL;
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = cluster().await;
+    let (_, certificate) = cluster.client_certificate("directory-test").unwrap();
+    let client = cluster.dialer(&certificate).unwrap();
+    cluster.create("users-eea", &[1, 2, 3]).await;
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match ask(&client, 3, shard_map_request("EEA")).await {
+            ClientResponse::ShardMap { epoch: 1, .. } => break,
+            ClientResponse::Unavailable { .. } if tokio::time::Instant::now() < give_up => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("node 3 could not learn the EEA map: {other:?}"),
+        }
+    }
+    let directory = cluster.node(3).service.directory();
+    let far_future = || ClientRequest::RoutedCall {
+        jurisdiction: "EEA".into(),
+        user_id: "alice".into(),
+        epoch: u64::MAX,
+        op: ClientOp::Get {
+            record: "email".into(),
+            consistency: Consistency::Stale,
+        },
+    };
+    // Nodes 1 and 2 are the other nodes inside the EEA: one refresh asks each of them once.
+    const PEERS_INSIDE: u64 = 2;
+    const CALLS: u64 = 40;
+    let before = directory.peer_asks();
+    let started = tokio::time::Instant::now();
+    for _ in 0..CALLS {
+        match ask(&client, 3, far_future()).await {
+            ClientResponse::Unavailable { reason, .. } => {
+                assert!(reason.contains("up to epoch 1"), "{reason}");
+            }
+            other => panic!("a call routed by an epoch no node has got {other:?}"),
+        }
+    }
+    let elapsed = started.elapsed();
+    let asks = directory.peer_asks() - before;
+    // However slow the machine, the calls span at most this many intervals, each allowing one refresh.
+    let intervals = (elapsed.as_millis() / UNMET_REFRESH_INTERVAL.as_millis()) as u64 + 1;
+    assert!(
+        asks >= PEERS_INSIDE,
+        "the first call asks the peers inside: {asks}"
+    );
+    assert!(
+        asks <= PEERS_INSIDE * intervals,
+        "{CALLS} calls over {elapsed:?} made {asks} peer requests; at most {} allowed",
+        PEERS_INSIDE * intervals
+    );
+
+    // After the interval the node asks again: the hold is a rate, not a ban.
+    tokio::time::sleep(UNMET_REFRESH_INTERVAL).await;
+    let before = directory.peer_asks();
+    assert!(matches!(
+        ask(&client, 3, far_future()).await,
+        ClientResponse::Unavailable { .. }
+    ));
+    assert_eq!(directory.peer_asks() - before, PEERS_INSIDE);
+    cluster.stop().await;
+}
