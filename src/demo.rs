@@ -116,9 +116,6 @@ format = "json"
 fields = ["phone", "ip"]
 "#;
 
-/// The user groups of [`TOPOLOGY`].
-const GROUPS: usize = 4;
-
 /// How long a silent member goes unanswered before its group's leader replaces it (the node default is 5 s;
 /// shorter here so the demo shows it).
 const REPAIR_AFTER_MS: u64 = 2000;
@@ -456,6 +453,10 @@ async fn wait_for_leaders(
     dead: &[u64],
     limit: Duration,
 ) -> anyhow::Result<BTreeMap<String, u64>> {
+    let groups = TopologyFile::parse(TOPOLOGY)
+        .map_err(|error| anyhow!("demo topology:{error}"))?
+        .policies
+        .len();
     let started = Instant::now();
     loop {
         let nodes = statuses(layout, dead).await;
@@ -468,7 +469,7 @@ async fn wait_for_leaders(
                     .map(|leader| (group.clone(), leader))
             })
             .collect();
-        if views.len() == GROUPS && leaders.len() == GROUPS {
+        if views.len() == groups && leaders.len() == groups {
             return Ok(leaders);
         }
         if started.elapsed() > limit {
