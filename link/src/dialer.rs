@@ -79,12 +79,22 @@ impl Dialer {
         &self.config
     }
 
-    /// Records where `node` listens (its identity is still checked on every connection).
+    /// Records where `node` listens (its identity is still checked on every connection). A node that
+    /// moved (a restarted pod's new address) is dialled afresh at the next request: the connection to
+    /// where it was is dropped from the table — it may still look open, to a process that is gone or,
+    /// worse, to whatever took the old address — and requests already running on it finish there.
     pub fn learn_address(&self, node: u64, addr: SocketAddr) {
-        self.addresses
+        let previous = self
+            .addresses
             .write()
             .expect("address book lock")
             .insert(node, addr);
+        if previous.is_some_and(|previous| previous != addr) {
+            self.connections
+                .lock()
+                .expect("connection table lock")
+                .remove(&node);
+        }
     }
 
     /// Sends one request to `to` and waits for its response, within `config.request_timeout`.

@@ -38,6 +38,15 @@ impl Handler<String, String> for Echo {
     }
 }
 
+/// Answers every request with its own name: which of two servers answered.
+struct Named(&'static str);
+
+impl Handler<String, String> for Named {
+    fn handle(&self, _peer: Peer, _request: String) -> Pin<Box<dyn Future<Output = String> + Send + '_>> {
+        Box::pin(async move { self.0.to_string() })
+    }
+}
+
 fn validity() -> Validity {
     let now = OffsetDateTime::now_utc();
     Validity {
@@ -253,4 +262,42 @@ async fn oversized_frames_are_refused_before_allocation() {
     for node in [server, client, careful] {
         node.close();
     }
+}
+
+/// A peer that moved (a pod restarted at a new address) is dialled at its new address from the next
+/// request on, even while the old address still answers: the connection to where it was is not reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_moved_is_dialled_at_its_new_address() {
+    let ca = ClusterCa::generate("test", validity()).unwrap();
+    let (dublin, hamar) = (identity(1, "dublin-a", "IE"), identity(7, "hamar", "NO"));
+    let serve = |name: &'static str| {
+        QuicNode::bind(
+            hamar.clone(),
+            loopback(),
+            &tls(&ca, &hamar),
+            topology(),
+            BTreeMap::new(),
+            QuicConfig::loopback(),
+            Arc::new(Named(name)),
+        )
+        .unwrap()
+    };
+    let (before, after) = (serve("where it was"), serve("where it is now"));
+    let peers = BTreeMap::from([(NodeId(7), before.local_addr().unwrap())]);
+    let client = node(dublin.clone(), &tls(&ca, &dublin), peers, QuicConfig::loopback());
+    let reply: String = client.request(NodeId(7), "hello").await.unwrap();
+    assert_eq!(reply, "where it was");
+
+    client.learn_address(NodeId(7), after.local_addr().unwrap());
+    for _ in 0..3 {
+        let reply: String = client.request(NodeId(7), "hello").await.unwrap();
+        assert_eq!(reply, "where it is now");
+    }
+    // Learning the same address again keeps the connection.
+    client.learn_address(NodeId(7), after.local_addr().unwrap());
+    let reply: String = client.request(NodeId(7), "hello").await.unwrap();
+    assert_eq!(reply, "where it is now");
+    client.close();
+    before.close();
+    after.close();
 }
