@@ -1063,6 +1063,25 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
         let number = request.group;
         let group = match self.hosted(number) {
             Some(group) => group,
+            // Only a leader replicating to this node may make it open a replica: a vote asked of an empty
+            // replica opened for the asking would be granted (an empty log is behind every candidate's),
+            // so a node removed from the group, still holding its old membership, could gather a quorum of
+            // that membership from replicas purged since and lead a second group beside the real one (the
+            // simulator's `grow` found it: seed 3, before this).
+            None if !matches!(
+                request.kind,
+                RequestKind::AppendEntries | RequestKind::SnapshotChunk
+            ) =>
+            {
+                return PeerResponse::Refused {
+                    group: number,
+                    reason: format!(
+                        "{} holds no replica of group {number}, and a {} opens none",
+                        self.me.node,
+                        request.kind.name()
+                    ),
+                };
+            }
             None => match self.open_on_demand(number).await {
                 Ok(group) => group,
                 Err(response) => return response,

@@ -15,6 +15,7 @@ use raft::bootstrap::{initial_placement, open_initial_groups};
 use raft::host::{HostError, ReadConsistency};
 use raft::purge::{Purged, purge_removed_replicas, purge_replica};
 use raft::routing::group_number;
+use raft::transport::{PeerRequest, PeerResponse, RequestKind};
 use storage::RecordKey;
 
 /// Executes `step` on the group's leader among `among`, retrying while leadership settles.
@@ -185,6 +186,39 @@ async fn a_replica_is_purged_only_after_a_committed_membership_leaves_it_out() {
     open_initial_groups(host.as_ref(), &cluster.file).await.unwrap();
     assert!(!host.hosted_groups().contains(&eea));
     assert!(!dir.exists());
+
+    // Asked for a vote — as a node removed from the group while away, still holding its old membership,
+    // asks — a purged replica is not opened again: an empty one would grant any candidate its vote, and
+    // with it a quorum of a membership the group left behind. Only a leader's replication reopens it.
+    // A candidate of a far later term whose log runs ahead: what an empty replica grants.
+    let candidate = openraft::raft::VoteRequest::<raft::config::TokioConfig>::new(
+        openraft::alias::VoteOf::<raft::config::TokioConfig>::new(99, remaining[0]),
+        Some(openraft::alias::LogIdOf::<raft::config::TokioConfig>::new_term_index(98, 1_000)),
+    );
+    for kind in [RequestKind::Vote, RequestKind::PreVote] {
+        let asked = PeerRequest {
+            group: group_number(&eea),
+            kind,
+            carries_data: false,
+            body: storage::codec::encode(&candidate).unwrap(),
+        };
+        let reply = cluster
+            .node(remaining[0])
+            .host
+            .ask_peer(NodeId(removed), asked)
+            .await
+            .unwrap();
+        assert!(
+            !host.hosted_groups().contains(&eea),
+            "a {} reopened the purged replica and answered {reply:?}",
+            kind.name()
+        );
+        assert!(
+            matches!(&reply, PeerResponse::Refused { reason, .. } if reason.contains("opens none")),
+            "{reply:?}"
+        );
+        assert!(host.is_retired(&eea));
+    }
 
     // The group goes on without it, and a leader can add it back: an empty replica, filled again.
     cluster.write("users-eea", &remaining, put(21)).await.unwrap();
