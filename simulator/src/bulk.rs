@@ -85,7 +85,12 @@ fn initial_fingerprint(range: u64, records: u64) -> u64 {
 }
 
 pub fn record_key(range: u64, record: u64) -> RecordKey {
-    RecordKey::new("EEA", format!("bulk-{range}"), format!("record-{record}"))
+    RecordKey::new("EEA", range_user(range), format!("record-{record}"))
+}
+
+/// The user whose records a range's written records are: where the shard map routes the range.
+pub fn range_user(range: u64) -> String {
+    format!("bulk-{range}")
 }
 
 fn parse_version(value: &[u8]) -> Option<u64> {
@@ -110,6 +115,10 @@ struct State {
     versions: BTreeMap<(u64, u64), (u64, u64)>,
     started: Option<SimInstant>,
     last_purge: Option<SimInstant>,
+    /// Ranges whose group changed since the run began (a split moved them): range id → group.
+    moved: BTreeMap<u64, GroupId>,
+    /// Ranges being copied to the group gaining them, not yet its: range id → that group.
+    incoming: BTreeMap<u64, GroupId>,
 }
 
 /// Every range and every replica's copies.
@@ -120,12 +129,30 @@ pub struct Bulk {
 
 impl Bulk {
     /// `records` records per group, in `ranges_per_group` ranges, held in full by each group's voters.
-    pub fn new(groups: &[(GroupId, BTreeSet<NodeId>)], records: u64, ranges_per_group: u64) -> Bulk {
+    /// Where the run routes by a shard map, a group's ranges are those whose user ([`range_user`]) the
+    /// map routes to it; else they are numbered in group order.
+    pub fn new(
+        groups: &[(GroupId, BTreeSet<NodeId>)],
+        records: u64,
+        ranges_per_group: u64,
+        map: Option<&placement::shard_map::ShardMap>,
+    ) -> Bulk {
         let mut ranges = Vec::new();
         let mut state = State::default();
+        let mut taken = BTreeSet::new();
         for (group, voters) in groups {
             for index in 0..ranges_per_group {
-                let id = ranges.len() as u64;
+                let id = match map {
+                    None => ranges.len() as u64,
+                    // Bounded: a map of a few groups routes one id in a few to each.
+                    Some(map) => (0..1_000_000u64)
+                        .find(|id| {
+                            !taken.contains(id)
+                                && map.owner(wire::routing::range_position(&range_user(*id))) == group
+                        })
+                        .expect("the map routes some user to every group"),
+                };
+                taken.insert(id);
                 let count = records / ranges_per_group + u64::from(index < records % ranges_per_group);
                 let range = Range {
                     id,
@@ -175,17 +202,140 @@ impl Bulk {
         }
     }
 
-    fn ranges_of(&self, group: &GroupId) -> impl Iterator<Item = &Range> {
-        self.ranges.iter().filter(move |range| &range.group == group)
+    /// The group that holds `range` now: the one the published map routes its user to, where the run
+    /// publishes maps; else the group it started in.
+    pub fn owner(&self, world: &World, range: &Range) -> GroupId {
+        world
+            .route("EEA", &range.user())
+            .unwrap_or_else(|| range.group.clone())
+    }
+
+    /// Every range as it stands now: `group` is the group that owns it (after any move).
+    pub fn current(&self) -> Vec<Range> {
+        let state = self.lock();
+        self.ranges
+            .iter()
+            .map(|range| Range {
+                group: state.moved.get(&range.id).unwrap_or(&range.group).clone(),
+                ..range.clone()
+            })
+            .collect()
+    }
+
+    /// The ranges `group` owns or is receiving: what each of its replicas must hold.
+    fn ranges_of(&self, group: &GroupId) -> Vec<Range> {
+        let incoming: BTreeSet<u64> = self
+            .lock()
+            .incoming
+            .iter()
+            .filter(|(_, to)| *to == group)
+            .map(|(&range, _)| range)
+            .collect();
+        self.current()
+            .into_iter()
+            .filter(|range| &range.group == group || incoming.contains(&range.id))
+            .collect()
+    }
+
+    /// The modelled bytes each group owns now.
+    pub fn bytes_by_group(&self) -> BTreeMap<GroupId, u64> {
+        let mut bytes = BTreeMap::new();
+        for range in self.current() {
+            *bytes.entry(range.group).or_insert(0) += range.bytes;
+        }
+        bytes
+    }
+
+    /// The ranges `group` owns now, by id.
+    pub fn owned_by(&self, group: &GroupId) -> Vec<u64> {
+        self.current()
+            .into_iter()
+            .filter(|range| &range.group == group)
+            .map(|range| range.id)
+            .collect()
+    }
+
+    /// A move of `ranges` to `to` begins: its replicas are to receive copies of them (started by
+    /// [`Bulk::start_transfer`] for each).
+    pub fn begin_move(&self, ranges: &[u64], to: &GroupId) {
+        let mut state = self.lock();
+        for &range in ranges {
+            state.incoming.insert(range, to.clone());
+        }
+    }
+
+    /// Whether a quorum of `voters` of `to` hold complete copies of every range of `ranges`.
+    pub fn quorum_holds(&self, to: &GroupId, voters: &BTreeSet<NodeId>, ranges: &[u64]) -> bool {
+        let state = self.lock();
+        let holding = voters
+            .iter()
+            .filter(|&&voter| {
+                state
+                    .copies
+                    .get(&(to.clone(), voter))
+                    .is_some_and(|copies| ranges.iter().all(|range| copies.contains_key(range)))
+            })
+            .count();
+        holding >= GroupPolicy::quorum(voters.len())
+    }
+
+    /// The cutover of a move committed: `ranges` are `to`'s from now on.
+    pub fn finish_move(&self, ranges: &[u64], to: &GroupId) {
+        let mut state = self.lock();
+        for &range in ranges {
+            state.incoming.remove(&range);
+            state.moved.insert(range, to.clone());
+        }
+    }
+
+    /// The group that lost `ranges` deletes its copies of them: checked first, as every deletion is, that
+    /// a quorum of the gaining group's voters (`to`, `voters`) hold durable copies.
+    pub fn drop_departed(
+        &self,
+        world: &World,
+        from: &GroupId,
+        to: &GroupId,
+        voters: &BTreeSet<NodeId>,
+        ranges: &[u64],
+    ) {
+        if !self.quorum_holds(to, voters, ranges) {
+            world.checks.violation(
+                Checker::Conservation,
+                Involved::group(from).nodes(voters.iter().copied()),
+                format!(
+                    "ranges {ranges:?} deleted from `{from}` while fewer than a quorum of `{to}`'s voters \
+                     {voters:?} hold durable copies"
+                ),
+            );
+        }
+        let mut state = self.lock();
+        let mut dropped = 0u64;
+        for ((group, _), copies) in state.copies.iter_mut() {
+            if group == from {
+                for range in ranges {
+                    dropped += u64::from(copies.remove(range).is_some());
+                }
+            }
+        }
+        drop(state);
+        world.log(format!(
+            "bulk: {dropped} copies of ranges {ranges:?} deleted from {from}"
+        ));
     }
 
     /// Does `node` hold a complete copy of every range of `group`?
     pub fn complete(&self, group: &GroupId, node: NodeId) -> bool {
         let state = self.lock();
-        let Some(copies) = state.copies.get(&(group.clone(), node)) else {
-            return false;
-        };
-        self.ranges_of(group).all(|range| copies.contains_key(&range.id))
+        // A group that holds no range (created empty, waiting for a split) needs no copy.
+        let copies: BTreeSet<u64> = state
+            .copies
+            .get(&(group.clone(), node))
+            .map(|copies| copies.keys().copied().collect())
+            .unwrap_or_default();
+        drop(state);
+        self.ranges_of(group)
+            .iter()
+            .all(|range| copies.contains(&range.id))
     }
 
     pub fn holders(&self, group: &GroupId) -> Vec<NodeId> {
@@ -223,22 +373,31 @@ impl Bulk {
         let missing: Vec<Range> = {
             let state = self.lock();
             let held = state.copies.get(&(group.clone(), node));
+            let held: BTreeSet<u64> = held
+                .map(|copies| copies.keys().copied().collect())
+                .unwrap_or_default();
+            drop(state);
             self.ranges_of(group)
-                .filter(|range| held.is_none_or(|copies| !copies.contains_key(&range.id)))
-                .cloned()
+                .into_iter()
+                .filter(|range| !held.contains(&range.id))
                 .collect()
         };
         for range in missing {
-            let source = self.holders(group).into_iter().find(|&holder| {
-                holder != node
-                    && world.is_up(holder)
-                    && self
-                        .lock()
-                        .copies
-                        .get(&(group.clone(), holder))
-                        .is_some_and(|copies| copies.contains_key(&range.id))
-            });
-            let Some(source) = source else {
+            // A replica of the group, or (for a range it is receiving) of the group losing it.
+            let source = {
+                let state = self.lock();
+                state
+                    .copies
+                    .iter()
+                    .filter(|((held_by, holder), copies)| {
+                        (held_by == group || *held_by == range.group)
+                            && *holder != node
+                            && copies.contains_key(&range.id)
+                    })
+                    .map(|((held_by, holder), _)| (held_by.clone(), *holder))
+                    .find(|(_, holder)| world.is_up(*holder))
+            };
+            let Some((source_group, source)) = source else {
                 let reason = format!("bulk: no running holder of range {} for {node}", range.id);
                 world.log(&reason);
                 world.record(EventKind::Copy(timeline::Copy::Interrupted {
@@ -268,7 +427,7 @@ impl Bulk {
             let mut state = self.lock();
             let Some(copy) = state
                 .copies
-                .get(&(group.clone(), source))
+                .get(&(source_group, source))
                 .and_then(|copies| copies.get(&range.id))
                 .copied()
             else {
@@ -377,7 +536,7 @@ impl Bulk {
 
     /// The final conservation checks (faults over, the workload stopped).
     pub async fn check(&self, world: &World) {
-        for range in &self.ranges {
+        for range in &self.current() {
             let Some((leader, host)) = world.leader(&range.group) else {
                 continue; // the liveness checker reports a group without a leader
             };
@@ -542,6 +701,11 @@ impl Bulk {
 }
 
 impl Range {
+    /// The user the range's records belong to ([`range_user`]).
+    pub fn user(&self) -> String {
+        range_user(self.id)
+    }
+
     /// The range as the report names it: the keys it spans.
     pub fn name(&self) -> String {
         format!("EEA/bulk-{}/* (range {})", self.id, self.id)
@@ -587,15 +751,17 @@ pub fn spawn_writer(world: World, bulk: Arc<Bulk>, history: Arc<Mutex<History>>,
                 value: format!("v{version}").into_bytes(),
             };
             bulk.record_attempt(range.id, record, version);
-            let Some((_, host)) = world.leader(&range.group) else {
+            // Where the published map sends the range's user now (a range moved by a split is refused by
+            // its old group: not acknowledged, nothing applied).
+            let group = bulk.owner(&world, &range);
+            let Some((_, host)) = world.leader(&group) else {
                 continue;
             };
-            let outcome =
-                SimRuntime::timeout(Duration::from_secs(2), host.write(&range.group, command)).await;
+            let outcome = SimRuntime::timeout(Duration::from_secs(2), host.write(&group, command)).await;
             if let Ok(Ok(Response::Written { revision })) = outcome {
                 bulk.record_ack(range.id, record, version);
                 history.lock().expect("history lock").acked.push(AckedWrite {
-                    group: range.group.clone(),
+                    group,
                     key: u64::MAX - range.id,
                     write,
                     revision,

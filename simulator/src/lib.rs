@@ -12,6 +12,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod disk;
+pub mod growth;
 pub mod history;
 pub mod html;
 pub mod network;

@@ -47,12 +47,15 @@ pub async fn round(world: &World, gate: &(dyn Fn(&World, &Step) -> bool + Sync))
 }
 
 /// What plans a round: the planner ([`placement::plan`]) or the rebalancer ([`placement::rebalance`]).
-pub type Planner = fn(
+pub type Planner<'p> = &'p (
+        dyn Fn(
     &placement::Topology,
     &BTreeMap<GroupId, placement::GroupPolicy>,
     &Placement,
     &Health,
-) -> Result<placement::Plan, placement::PlanError>;
+) -> Result<placement::Plan, placement::PlanError>
+            + Sync
+    );
 
 /// One round; with `purge_after_removal`, a removal that took effect is followed at once by the purge
 /// the plan put after it (the next round no longer sees the removed node, so could not purge it).
@@ -61,7 +64,7 @@ pub async fn round_with(
     gate: &(dyn Fn(&World, &Step) -> bool + Sync),
     purge_after_removal: bool,
 ) -> Round {
-    round_by(world, gate, purge_after_removal, placement::plan).await
+    round_by(world, gate, purge_after_removal, &placement::plan).await
 }
 
 /// One round planned by `planner`.
@@ -69,7 +72,7 @@ pub async fn round_by(
     world: &World,
     gate: &(dyn Fn(&World, &Step) -> bool + Sync),
     purge_after_removal: bool,
-    planner: Planner,
+    planner: Planner<'_>,
 ) -> Round {
     let placement = observed_placement(world);
     let mut health = Health::all_up();
@@ -176,6 +179,19 @@ pub async fn execute(world: &World, step: &Step) -> bool {
     let group = step.group().clone();
     match step {
         Step::PurgeReplica { node, .. } => return purge(world, &group, *node).await,
+        Step::CreateGroup { voters, .. } => {
+            return match world.create_group(&group, voters).await {
+                Ok(()) => {
+                    world.log(format!("step {step:?}: done"));
+                    world.record(EventKind::Step(step.clone()));
+                    true
+                }
+                Err(error) => {
+                    world.log(format!("step {step:?}: {error}"));
+                    false
+                }
+            };
+        }
         Step::AddLearner { node, .. } => {
             if let Err(error) = world.add_replica(*node, &group).await {
                 world.log(format!("step {step:?}: {error}"));

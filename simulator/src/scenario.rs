@@ -36,12 +36,13 @@ use storage::{Command, RecordKey, WriteId};
 
 use crate::bulk;
 use crate::checkers::{self, Checker, Finding, Involved, Violations};
+use crate::growth;
 use crate::network::{LinkModel, NetFaults};
 use crate::orchestrator;
 use crate::prng::Prng;
 use crate::stores::SyncLatency;
 use crate::timeline::{EventKind, Fault, Timeline};
-use crate::workload::{Workload, tracked_keys};
+use crate::workload::{TrackedKey, Workload, tracked_keys};
 use crate::world::{Canary, GroupSpec, World, WorldSpec};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -124,6 +125,7 @@ fn eea_world() -> WorldSpec {
         links: LinkModel::new(),
         sync_latency: SyncLatency::default(),
         bulk: None,
+        first_map: None,
     }
 }
 
@@ -145,6 +147,7 @@ fn one_group_world() -> WorldSpec {
         links: LinkModel::new(),
         sync_latency: SyncLatency::default(),
         bulk: None,
+        first_map: None,
     }
 }
 
@@ -223,27 +226,7 @@ fn migrate_world() -> WorldSpec {
         links,
         sync_latency: SyncLatency::default(),
         bulk: Some((records_per_group, MIGRATE_RANGES_PER_GROUP)),
-    }
-}
-
-/// The growth world: the migration world's sites, its three EEA groups all on Dublin A, Dublin B and
-/// Hamar's first nodes (1, 3, 5), as they stood before nodes 2, 4, 6, 7 and 8 were added; no legacy.
-fn grow_world() -> WorldSpec {
-    let groups: Vec<GroupSpec> = ["users-eea-1", "users-eea-2", "users-eea-3"]
-        .iter()
-        .map(|name| GroupSpec {
-            group: GroupId((*name).into()),
-            voters: nodes(&[1, 3, 5]),
-            legacy: BTreeSet::new(),
-        })
-        .collect();
-    let records_per_group = MIGRATE_RECORDS / groups.len() as u64;
-    WorldSpec {
-        topology: MIGRATE_TOPOLOGY.to_string(),
-        groups,
-        links: LinkModel::new(),
-        sync_latency: SyncLatency::default(),
-        bulk: Some((records_per_group, MIGRATE_RANGES_PER_GROUP)),
+        first_map: None,
     }
 }
 
@@ -446,16 +429,29 @@ async fn simulate(config: &RunConfig) -> (World, Workload, f64) {
     let migrate = matches!(config.scenario, Scenario::Migrate | Scenario::Grow);
     let spec = match config.scenario {
         Scenario::Migrate => migrate_world(),
-        Scenario::Grow => grow_world(),
+        Scenario::Grow => growth::world(),
         Scenario::Writes => one_group_world(),
         _ => eea_world(),
     };
     let world = World::build(config.seed, &spec, config.canary, config.keep_trace)
         .await
         .expect("the world builds");
+    if config.scenario == Scenario::Grow {
+        growth::publish_first_map(&world)
+            .await
+            .expect("the first map is published");
+    }
     let router = Router::new(world.policies.values()).expect("group names do not collide");
     let keys = if migrate {
         tracked_keys(&router, &["EEA"], 6)
+            .into_iter()
+            .map(|tracked| TrackedKey {
+                group: world
+                    .route(&tracked.key.jurisdiction, &tracked.key.user_id)
+                    .unwrap_or(tracked.group.clone()),
+                ..tracked
+            })
+            .collect()
     } else if config.scenario == Scenario::Writes {
         tracked_keys(&router, &["EEA"], 3)
     } else {
@@ -486,7 +482,7 @@ async fn simulate(config: &RunConfig) -> (World, Workload, f64) {
     faults.heal_everything().await;
     match config.scenario {
         Scenario::Migrate => finish_migration(&world).await,
-        Scenario::Grow => finish_growth(&world).await,
+        Scenario::Grow => growth::finish(&world).await,
         _ => {}
     }
     liveness(&world).await;
@@ -617,7 +613,7 @@ impl Faults {
             return;
         }
         if self.scenario == Scenario::Grow {
-            growth_round(&self.world).await;
+            growth::round(&self.world).await;
             return;
         }
         let step = async {
@@ -973,7 +969,7 @@ async fn migration_round(world: &World) {
 }
 
 /// A new replica is promoted only once its bulk copy has arrived (the copy starts at the first ask).
-fn bulk_gate(world: &World, step: &Step) -> bool {
+pub(crate) fn bulk_gate(world: &World, step: &Step) -> bool {
     let (Step::PromoteVoter { group, node }, Some(bulk)) = (step, &world.bulk) else {
         return true;
     };
@@ -983,77 +979,6 @@ fn bulk_gate(world: &World, step: &Step) -> bool {
     bulk.start_transfer(world, group, *node);
     // The planted bug: promote (and so go on to remove the legacy voters) before the copy is durable.
     world.canary == Some(Canary::EarlyLegacyRemoval)
-}
-
-/// One round of growth, planned by the rebalancer: a half-done move finished, the planner's repairs (a
-/// node down, a member lost), or the next move. Promotions wait for the bulk copy, as in a migration.
-async fn growth_round(world: &World) {
-    let step = async {
-        orchestrator::purge_leftovers(world).await;
-        orchestrator::round_by(world, &bulk_gate, true, placement::rebalance).await;
-    };
-    let _ = SimRuntime::timeout(Duration::from_secs(10), step).await;
-}
-
-/// Has the growth finished: every group settled, nothing left to rebalance, and every bulk copy on a
-/// member (the copies moved off are purged)?
-fn grown(world: &World) -> bool {
-    let placement = orchestrator::observed_placement(world);
-    if placement.len() != world.policies.len() {
-        return false;
-    }
-    let health = placement::Health::all_up();
-    let moves_left = |planned: Result<placement::Plan, placement::PlanError>| {
-        planned.map_or(true, |plan| {
-            plan.steps
-                .iter()
-                .any(|step| !matches!(step, Step::TransferLeader { .. }))
-        })
-    };
-    if moves_left(placement::plan(
-        &world.topology,
-        &world.policies,
-        &placement,
-        &health,
-    )) || moves_left(placement::rebalance(
-        &world.topology,
-        &world.policies,
-        &placement,
-        &health,
-    )) {
-        return false;
-    }
-    placement.iter().all(|(group, state)| {
-        world.bulk.as_ref().is_none_or(|bulk| {
-            bulk.holders(group)
-                .into_iter()
-                .all(|holder| state.membership.contains(holder))
-        })
-    })
-}
-
-/// Faults over: growth rounds go on until the nodes inside are balanced and the moved copies purged
-/// (bounded, like a migration).
-async fn finish_growth(world: &World) {
-    let started = SimInstant::now();
-    for _ in 0..MIGRATION_BOUND.as_secs() {
-        if grown(world) {
-            world.log("growth complete");
-            return;
-        }
-        if SimInstant::now() - started > MIGRATION_BOUND {
-            break;
-        }
-        growth_round(world).await;
-        SimRuntime::sleep(Duration::from_secs(1)).await;
-    }
-    if !grown(world) {
-        world.checks.violation(
-            Checker::Liveness,
-            Involved::default(),
-            format!("the growth did not finish within {MIGRATION_BOUND:?} after faults stopped"),
-        );
-    }
 }
 
 /// Is every group's membership inside its jurisdiction, and every outside bulk copy purged?
@@ -1073,7 +998,7 @@ fn migrated(world: &World) -> bool {
 }
 
 /// Simulated time after the faults stop within which the migration must finish.
-const MIGRATION_BOUND: Duration = Duration::from_secs(900);
+pub(crate) const MIGRATION_BOUND: Duration = Duration::from_secs(900);
 
 /// Faults over: planning rounds go on until every group is inside and purged (bounded).
 async fn finish_migration(world: &World) {

@@ -127,21 +127,34 @@ impl Workload {
         }
     }
 
-    /// One call through the leader of `group`, retrying while leadership moves, until the deadline.
+    /// The group `tracked` is routed to now: by the published map where the run publishes one (its range
+    /// may have moved), else the group it started in.
+    fn route(&self, tracked: &TrackedKey) -> GroupId {
+        self.world
+            .route(&tracked.key.jurisdiction, &tracked.key.user_id)
+            .unwrap_or_else(|| tracked.group.clone())
+    }
+
+    /// One call through the leader of the key's group, retrying while leadership moves and, as a client
+    /// told `Moved` does, while the key's range is between groups (refused by a group that no longer owns
+    /// it: nothing applied), until the deadline. Also answers the group that answered.
     async fn call(
         &self,
-        group: &GroupId,
+        tracked: &TrackedKey,
         command: Command,
         read: Option<RecordKey>,
         rng: &mut Prng,
-    ) -> Outcome {
+    ) -> (Outcome, GroupId) {
         let deadline = SimInstant::now() + CALL_DEADLINE;
         let mut last = String::from("no leader");
+        let mut group = self.route(tracked);
         for _attempt in 0..1_000 {
             let now = SimInstant::now();
             if now >= deadline {
                 break;
             }
+            group = self.route(tracked);
+            let group = &group;
             let follower_read = read.is_some() && self.world.canary == Some(Canary::FollowerReads);
             let target = if follower_read {
                 let holders: Vec<_> = self
@@ -169,16 +182,20 @@ impl Workload {
                     let call = host.read(group, key.clone(), consistency);
                     match SimRuntime::timeout(remaining, call).await {
                         Ok(result) => result.map(|outcome| Response::Value(outcome.record)),
-                        Err(_) => return Outcome::Failed("read timed out".into()),
+                        Err(_) => return (Outcome::Failed("read timed out".into()), group.clone()),
                     }
                 }
                 None => match SimRuntime::timeout(remaining, host.write(group, command.clone())).await {
                     Ok(result) => result,
-                    Err(_) => return Outcome::Unknown("timed out".into()),
+                    Err(_) => return (Outcome::Unknown("timed out".into()), group.clone()),
                 },
             };
             match attempt {
-                Ok(response) => return Outcome::Ok(response),
+                Ok(Response::Rejected(refusal @ CommandError::NotOwned { .. })) => {
+                    last = refusal.to_string();
+                    SimRuntime::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(response) => return (Outcome::Ok(response), group.clone()),
                 Err(error @ HostError::NotLeader { .. }) => {
                     last = error.to_string();
                     SimRuntime::sleep(Duration::from_millis(10)).await;
@@ -189,19 +206,21 @@ impl Workload {
                 }
                 Err(error) => {
                     // A write that met an error other than "not the leader" may still have been proposed.
-                    return if read.is_some() {
+                    let outcome = if read.is_some() {
                         Outcome::Failed(error.to_string())
                     } else {
                         Outcome::Unknown(error.to_string())
                     };
+                    return (outcome, group.clone());
                 }
             }
         }
-        if read.is_some() {
+        let outcome = if read.is_some() {
             Outcome::Failed(last)
         } else {
             Outcome::Unknown(last)
-        }
+        };
+        (outcome, group)
     }
 
     async fn process(&self, process: u64, processes: u64, mut rng: Prng) {
@@ -242,9 +261,7 @@ impl Workload {
         let command = Command::Get {
             key: tracked.key.clone(),
         };
-        let outcome = self
-            .call(&tracked.group, command, Some(tracked.key.clone()), rng)
-            .await;
+        let (outcome, _) = self.call(tracked, command, Some(tracked.key.clone()), rng).await;
         let returned = self.nanos();
         let mut history = self.history.lock().expect("history lock");
         match outcome {
@@ -300,9 +317,8 @@ impl Workload {
             let read = Command::Get {
                 key: tracked.key.clone(),
             };
-            let Outcome::Ok(Response::Value(record)) = self
-                .call(&tracked.group, read, Some(tracked.key.clone()), rng)
-                .await
+            let (Outcome::Ok(Response::Value(record)), _) =
+                self.call(tracked, read, Some(tracked.key.clone()), rng).await
             else {
                 return false;
             };
@@ -334,7 +350,7 @@ impl Workload {
             history.written_values.insert(value.clone());
             history.line(logical, "invoke", f, tracked.index, shown.clone(), invoked);
         }
-        let outcome = self.call(&tracked.group, command, None, rng).await;
+        let (outcome, group) = self.call(tracked, command, None, rng).await;
         let returned = self.nanos();
         match &outcome {
             Outcome::Failed(reason) | Outcome::Unknown(reason) => {
@@ -347,7 +363,7 @@ impl Workload {
         let (kind, succeeded) = match &outcome {
             Outcome::Ok(Response::Written { revision }) => {
                 history.acked.push(AckedWrite {
-                    group: tracked.group.clone(),
+                    group,
                     key: tracked.index,
                     write,
                     revision: *revision,

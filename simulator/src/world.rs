@@ -87,6 +87,9 @@ pub struct WorldSpec {
     pub sync_latency: SyncLatency,
     /// Modelled bulk data held by the groups' initial voters: (records per group, ranges per group).
     pub bulk: Option<(u64, u64)>,
+    /// The shard map the run publishes first, if it publishes maps: each group's bulk ranges are then
+    /// those whose user the map routes to it.
+    pub first_map: Option<placement::shard_map::ShardMap>,
 }
 
 struct Running {
@@ -113,6 +116,10 @@ pub struct Inner {
     pub checks: Arc<Checks>,
     pub canary: Option<Canary>,
     pub bulk: Option<Arc<Bulk>>,
+    /// Each jurisdiction's shard map as last published, where the run publishes maps (`grow`): clients
+    /// route by it, as a client library routes by the map a node answers. Empty elsewhere: each tracked key
+    /// stays with the group it started in.
+    routes: Mutex<BTreeMap<String, Arc<placement::shard_map::ShardMap>>>,
     raft_config: Arc<openraft::Config>,
     /// The links' worst round trips, from which every group's Raft timing is stretched.
     round_trips: Arc<LinkModel>,
@@ -267,7 +274,7 @@ impl World {
                 .iter()
                 .map(|group| (group.group.clone(), group.voters.clone()))
                 .collect();
-            Arc::new(Bulk::new(&groups, records, ranges))
+            Arc::new(Bulk::new(&groups, records, ranges, spec.first_map.as_ref()))
         });
         // The planted egress bug lives in production code (`raft::residency`), behind its own feature.
         #[cfg(feature = "canaries")]
@@ -280,6 +287,7 @@ impl World {
             checks,
             canary,
             bulk,
+            routes: Mutex::new(BTreeMap::new()),
             raft_config: raft_config(),
             round_trips: Arc::new(spec.links.clone()),
             clock_drift_ppm,
@@ -561,6 +569,20 @@ impl World {
         }
     }
 
+    /// Creates `group` on `voters` during the run, as a node bootstraps a group its topology declares:
+    /// a replica opened on each voter, the group bootstrapped from the first through the fence.
+    pub async fn create_group(&self, group: &GroupId, voters: &BTreeSet<NodeId>) -> Result<(), String> {
+        for &voter in voters {
+            self.add_replica(voter, group).await?;
+        }
+        self.bootstrap(&GroupSpec {
+            group: group.clone(),
+            voters: voters.clone(),
+            legacy: BTreeSet::new(),
+        })
+        .await
+    }
+
     async fn bootstrap(&self, spec: &GroupSpec) -> Result<(), String> {
         let first = spec
             .voters
@@ -610,6 +632,32 @@ impl World {
             }
         }
         best.map(|(_, node, host)| (node, host))
+    }
+
+    /// The group the published map of `jurisdiction` routes `user_id` to, if the run publishes maps.
+    pub fn route(&self, jurisdiction: &str, user_id: &str) -> Option<GroupId> {
+        let routes = self.routes.lock().expect("routes lock");
+        let map = routes.get(jurisdiction)?;
+        Some(map.owner(wire::routing::range_position(user_id)).clone())
+    }
+
+    /// The map of `jurisdiction` clients route by from now on: one just published (never an older epoch).
+    pub fn set_route_map(&self, map: placement::shard_map::ShardMap) {
+        let mut routes = self.routes.lock().expect("routes lock");
+        let known = routes.get(map.jurisdiction()).map(|known| known.epoch());
+        if known.is_none_or(|epoch| map.epoch() > epoch) {
+            self.log(format!("routes: {} at epoch {}", map.jurisdiction(), map.epoch()));
+            routes.insert(map.jurisdiction().to_string(), Arc::new(map));
+        }
+    }
+
+    /// The published map of `jurisdiction` clients route by, if the run publishes maps.
+    pub fn route_map(&self, jurisdiction: &str) -> Option<Arc<placement::shard_map::ShardMap>> {
+        self.routes
+            .lock()
+            .expect("routes lock")
+            .get(jurisdiction)
+            .cloned()
     }
 
     pub fn status(&self, node: NodeId, group: &GroupId) -> Option<GroupStatus> {
