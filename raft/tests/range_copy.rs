@@ -3,7 +3,8 @@
 //! writing; every acknowledged write is readable at the new group afterwards, with its revision kept, so a
 //! compare-and-set against a revision read at the old group holds; the range is gone from every replica
 //! of the old group; and a change interrupted after any phase is found where it stands and finished by
-//! running it again (or, before its fence, aborted with nothing left behind).
+//! running it again, also after every node restarted from its disk (or, before its fence, aborted with
+//! nothing left behind).
 //!
 //! Waiting polls with a deadline on tokio's clock (real sockets); no assertion is on a duration.
 #![allow(clippy::disallowed_methods)]
@@ -386,7 +387,7 @@ async fn a_range_with_records_moves_while_a_writer_writes_and_every_acknowledged
 async fn an_interrupted_change_is_found_where_it_stands_and_finished_or_aborted_before_its_fence() {
     let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let cluster = start(dir.path());
+    let mut cluster = start(dir.path());
     cluster.create_groups().await.unwrap();
     let moving = users_in(QUARTER..HALF, "moving", 60);
     preload(&cluster, &moving, "before", 1).await;
@@ -394,33 +395,36 @@ async fn an_interrupted_change_is_found_where_it_stands_and_finished_or_aborted_
 
     // Copied, then aborted: the new group holds nothing of the range and receives nothing.
     let change = plan(&cluster).await.unwrap();
-    let leaders_now = leaders(&cluster);
     assert_eq!(
-        range_copy::observe(&leaders_now, &change).await.unwrap(),
+        range_copy::observe(&leaders(&cluster), &change).await.unwrap(),
         Phase::Prepare
     );
     let mut phase = Phase::Prepare;
     for expected in [Phase::Copy, Phase::Fence] {
-        phase = range_copy::step(&leaders_now, &change, phase, &mut ignore)
+        phase = range_copy::step(&leaders(&cluster), &change, phase, &mut ignore)
             .await
             .unwrap();
         assert_eq!(phase, expected);
     }
-    let held = leaders_now
+    let held = leaders(&cluster)
         .read_range(&group("users-eea-2"), "EEA", &change.moving, None)
         .await
         .unwrap();
     assert_eq!(held.records.len(), moving.len());
-    range_copy::abort(&leaders_now, &change, &mut ignore)
+    range_copy::abort(&leaders(&cluster), &change, &mut ignore)
         .await
         .unwrap();
-    let held = leaders_now
+    let held = leaders(&cluster)
         .read_range(&group("users-eea-2"), "EEA", &change.moving, None)
         .await
         .unwrap();
     assert!(held.records.is_empty(), "an aborted copy leaves nothing behind");
     assert_eq!(
-        leaders_now.range_state(&group("users-eea-2")).await.unwrap().1,
+        leaders(&cluster)
+            .range_state(&group("users-eea-2"))
+            .await
+            .unwrap()
+            .1,
         None
     );
     // Still served by the old group.
@@ -439,32 +443,40 @@ async fn an_interrupted_change_is_found_where_it_stands_and_finished_or_aborted_
     ];
     for (run, expected) in resumed_at {
         let change = plan(&cluster).await.unwrap();
-        let found = range_copy::observe(&leaders_now, &change).await.unwrap();
+        let found = range_copy::observe(&leaders(&cluster), &change).await.unwrap();
         let phase = if found < run { run } else { found };
-        range_copy::step(&leaders_now, &change, phase, &mut ignore)
+        range_copy::step(&leaders(&cluster), &change, phase, &mut ignore)
             .await
             .unwrap();
+        if run == Phase::Fence {
+            // Every node stops and starts again from its disk: the incoming and departing ranges are
+            // there, and so is where the change stands.
+            cluster.stop().await;
+            drop(cluster);
+            cluster = start(dir.path());
+            cluster.create_groups().await.unwrap();
+        }
         let change = plan(&cluster).await.unwrap();
         assert_eq!(
-            range_copy::observe(&leaders_now, &change).await.unwrap(),
+            range_copy::observe(&leaders(&cluster), &change).await.unwrap(),
             expected,
             "after {run:?}"
         );
         if run == Phase::Fence {
             assert!(matches!(
-                range_copy::abort(&leaders_now, &change, &mut ignore).await,
+                range_copy::abort(&leaders(&cluster), &change, &mut ignore).await,
                 Err(RangeCopyError::Fenced { .. })
             ));
         }
     }
     let change = plan(&cluster).await.unwrap();
-    range_copy::step(&leaders_now, &change, Phase::Publish, &mut ignore)
+    range_copy::step(&leaders(&cluster), &change, Phase::Publish, &mut ignore)
         .await
         .unwrap();
     // Published, then interrupted before the purge: the rerun finds the change published and purges.
     assert!(plan(&cluster).await.is_none());
     let groups: Vec<GroupId> = vec![group("users-eea-1"), group("users-eea-2")];
-    range_copy::finish_published(&leaders_now, &groups, "EEA", &mut ignore)
+    range_copy::finish_published(&leaders(&cluster), &groups, "EEA", &mut ignore)
         .await
         .unwrap();
     for user in &moving {
