@@ -148,34 +148,34 @@ pub enum RangeCopyError {
 
 /// Runs the protocol's operations on a group's leader (finding it, and retrying while leadership moves,
 /// is the implementation's job). Every operation is safe to repeat.
-pub trait Leaders {
+pub trait Leaders: Sync {
     fn write(
         &self,
         group: &GroupId,
         command: Command,
-    ) -> impl Future<Output = Result<Response, RangeCopyError>>;
+    ) -> impl Future<Output = Result<Response, RangeCopyError>> + Send;
     fn read_range(
         &self,
         group: &GroupId,
         jurisdiction: &str,
         ranges: &[(u64, u64)],
         after: Option<RecordKey>,
-    ) -> impl Future<Output = Result<RangeBatch, RangeCopyError>>;
+    ) -> impl Future<Output = Result<RangeBatch, RangeCopyError>> + Send;
     fn digest(
         &self,
         group: &GroupId,
         jurisdiction: &str,
         ranges: &[(u64, u64)],
-    ) -> impl Future<Output = Result<RangeDigest, RangeCopyError>>;
+    ) -> impl Future<Output = Result<RangeDigest, RangeCopyError>> + Send;
     /// The group's committed ranges and its incoming ones.
     fn range_state(
         &self,
         group: &GroupId,
-    ) -> impl Future<Output = Result<(Option<Ownership>, Option<Ownership>), RangeCopyError>>;
+    ) -> impl Future<Output = Result<(Option<Ownership>, Option<Ownership>), RangeCopyError>> + Send;
     /// The published map, read linearizably on the directory group's leader.
-    fn published(&self, jurisdiction: &str) -> impl Future<Output = Result<ShardMap, RangeCopyError>>;
+    fn published(&self, jurisdiction: &str) -> impl Future<Output = Result<ShardMap, RangeCopyError>> + Send;
     /// Publishes `next` over its previous epoch (done already: `Ok`).
-    fn publish(&self, next: &ShardMap) -> impl Future<Output = Result<(), RangeCopyError>>;
+    fn publish(&self, next: &ShardMap) -> impl Future<Output = Result<(), RangeCopyError>> + Send;
 }
 
 /// The change `change` makes to the published map `current`. `Ok(None)`: the map already shows it
