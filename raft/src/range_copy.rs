@@ -360,8 +360,11 @@ pub async fn abort(
             ));
         }
     }
+    // The gainer's unowned records are the abandoned copy's, unless it is itself fenced for a later
+    // change not yet published (then its departing records wait for that change's purge).
+    let published = leaders.published(&change.jurisdiction).await?.epoch();
     let (owned, _) = leaders.range_state(&change.gainer).await?;
-    if owned.is_some() {
+    if owned.is_some_and(|owned| owned.epoch <= published) {
         purge(leaders, &change.gainer, &change.jurisdiction, progress).await?;
     }
     Ok(())
