@@ -32,6 +32,7 @@ use openraft::{ChangeMembers, Raft, ReadPolicy, Snapshot};
 use placement::{FencedMembership, GroupId, GroupPolicy, Membership, NodeId, Refusal, Step, Topology};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use storage::record::Ownership;
 use storage::snapshot::{SnapshotData, SnapshotSpool};
 use storage::state_machine::StateMachine;
 use storage::{Command, CommandError, Record, RecordKey, Response, codec};
@@ -927,6 +928,82 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             .read_record(key)
             .await
             .map_err(|error| HostError::Store(error.to_string()))
+    }
+
+    /// A linearizable barrier on the group's leader: after it, this replica has applied every entry
+    /// committed before the call began (`NotLeader` on a follower).
+    async fn barrier(&self, group: &GroupId) -> Result<(), HostError> {
+        self.group(group)?
+            .raft
+            .ensure_linearizable(ReadPolicy::ReadIndex)
+            .await
+            .map(|_| ())
+            .map_err(|error| match error.forward_to_leader() {
+                Some(forward) => HostError::NotLeader {
+                    group: group.clone(),
+                    leader: forward.leader_id.map(NodeId),
+                },
+                None => HostError::Raft {
+                    group: group.clone(),
+                    reason: error.to_string(),
+                },
+            })
+    }
+
+    /// A bounded run of the records `group` holds of `jurisdiction` in `ranges` after `after`, read on
+    /// its leader after a linearizable barrier, owned, incoming or departing alike: the range copy's
+    /// read ([`crate::range_copy`]), never a client's.
+    pub async fn read_range(
+        &self,
+        group: &GroupId,
+        jurisdiction: &str,
+        ranges: &[(u64, u64)],
+        after: Option<RecordKey>,
+        records_max: usize,
+        bytes_max: usize,
+    ) -> Result<storage::apply::RangeBatch, HostError> {
+        self.barrier(group).await?;
+        self.group(group)?
+            .state_machine
+            .read_range(
+                jurisdiction.to_string(),
+                ranges.to_vec(),
+                after,
+                records_max,
+                bytes_max,
+            )
+            .await
+            .map_err(|error| HostError::Store(error.to_string()))
+    }
+
+    /// The digest of what `group` holds of `jurisdiction` in `ranges`, on its leader after a
+    /// linearizable barrier.
+    pub async fn range_digest(
+        &self,
+        group: &GroupId,
+        jurisdiction: &str,
+        ranges: &[(u64, u64)],
+    ) -> Result<storage::apply::RangeDigest, HostError> {
+        self.barrier(group).await?;
+        self.group(group)?
+            .state_machine
+            .range_digest(jurisdiction.to_string(), ranges.to_vec())
+            .await
+            .map_err(|error| HostError::Store(error.to_string()))
+    }
+
+    /// The ranges `group` has committed and those it is receiving, on its leader after a linearizable
+    /// barrier: what a resumed range copy reads to find where it stands.
+    pub async fn range_state(
+        &self,
+        group: &GroupId,
+    ) -> Result<(Option<Ownership>, Option<Ownership>), HostError> {
+        self.barrier(group).await?;
+        let replica = self.group(group)?;
+        let store = |error: storage::error::StateMachineError| HostError::Store(error.to_string());
+        let owned = replica.state_machine.ownership().await.map_err(store)?;
+        let incoming = replica.state_machine.incoming().await.map_err(store)?;
+        Ok((owned, incoming))
     }
 
     /// openraft's metrics of a hosted group, as of now.

@@ -30,6 +30,7 @@ pub mod network;
 pub mod pseudonym;
 pub mod purge;
 pub mod quic;
+pub mod range_copy;
 pub mod repair;
 pub mod residency;
 pub mod routing;

@@ -18,10 +18,10 @@
 //! an interrupted change is finished by running its plan again; a change planned from another epoch than
 //! the published one is refused (`EpochMoved`) rather than applied over it.
 //!
-//! **Not built yet** (the seam is between steps 1 and 2): copying a range's records from the group losing
-//! it to the group gaining it while writes continue, and deleting them from the loser once the gainer
-//! holds them on a quorum. Until then step 1 refuses to hand over a range that holds records, so a split
-//! or move is possible only of ranges no user has written to (a new jurisdiction's, or an emptied one's).
+//! These steps never strand records: the plain ranges change is refused while the group holds any record
+//! outside its new ranges, so a plan of `map_change` alone moves only ranges no user has written to. A
+//! range that holds records moves by [`crate::range_copy`], which copies it while writes continue, fences
+//! the loser with `Command::Depart`, and deletes the departing records once the gainer holds them.
 
 use placement::GroupId;
 use storage::record::Ownership;

@@ -37,6 +37,15 @@ pub const META_MEMBERSHIP: &[u8] = b"membership";
 pub const META_POLICY_VERSION: &[u8] = b"policy_version";
 /// Meta-table key of the ranges the group owns (an [`Ownership`]), absent until a map change set them.
 pub const META_OWNERSHIP: &[u8] = b"ownership";
+/// Meta-table key of the ranges the group is receiving (an [`Ownership`]), absent when none are.
+pub const META_INCOMING: &[u8] = b"incoming";
+/// Meta-table key of the revision offset (a u64, 0 when absent): a write's revision is its entry's
+/// index plus the offset, which copies of records from another group raise past the revisions they
+/// bring (see [`transfer`]).
+pub const META_REVISION_OFFSET: &[u8] = b"revision_offset";
+
+mod transfer;
+pub use transfer::{RangeBatch, RangeDigest, range_digest, read_incoming, read_range};
 
 /// What the dedup table remembers per client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,7 +152,13 @@ fn user_of(command: &Command) -> Option<(&str, &str)> {
             jurisdiction,
             user_id,
         } => Some((jurisdiction, user_id)),
-        Command::SetPolicyVersion { .. } | Command::SetOwnership(_) => None,
+        Command::SetPolicyVersion { .. }
+        | Command::SetOwnership(_)
+        | Command::Receive(_)
+        | Command::CopyIn { .. }
+        | Command::Depart(_)
+        | Command::Purge { .. }
+        | Command::CancelIncoming { .. } => None,
     }
 }
 
@@ -161,6 +176,8 @@ pub struct Applier<'v, V: BackendView> {
     batch: WriteBatch,
     /// The group's ranges, read once per batch on first need (`None`: not read yet).
     ownership: Option<Option<Ownership>>,
+    /// The revision offset, read once per batch on first need.
+    revision_offset: Option<u64>,
 }
 
 impl<'v, V: BackendView> Applier<'v, V> {
@@ -169,6 +186,7 @@ impl<'v, V: BackendView> Applier<'v, V> {
             view,
             batch: WriteBatch::default(),
             ownership: None,
+            revision_offset: None,
         }
     }
 
@@ -313,14 +331,32 @@ impl<'v, V: BackendView> Applier<'v, V> {
                     policy_version: *policy_version,
                 })
             }
-            Command::SetOwnership(proposed) => self.set_ownership(proposed),
+            Command::SetOwnership(proposed) => self.set_ownership(proposed, false),
+            Command::Depart(proposed) => self.set_ownership(proposed, true),
+            Command::Receive(incoming) => self.receive(incoming),
+            Command::CopyIn {
+                jurisdiction,
+                epoch,
+                records,
+            } => self.copy_in(index, jurisdiction, *epoch, records),
+            Command::Purge {
+                jurisdiction,
+                after,
+                limit,
+            } => self.purge(jurisdiction, after.as_ref(), *limit),
+            Command::CancelIncoming { jurisdiction, epoch } => self.cancel_incoming(jurisdiction, *epoch),
         }
     }
 
     /// Takes the ranges of a later epoch (the same epoch with the same ranges again is a retry: answered
-    /// alike, nothing changes). Refused if any record the group holds would fall outside them: a range is
-    /// handed over only once its records are elsewhere, and copying them is not built yet.
-    fn set_ownership(&mut self, proposed: &Ownership) -> Result<Response, StateMachineError> {
+    /// alike, nothing changes). Unless `departing` (the fence of a range copy, `Command::Depart`), refused
+    /// if any record the group holds would fall outside them: records are never stranded by a plain
+    /// change. Incoming ranges the new ones cover are the group's from now on.
+    fn set_ownership(
+        &mut self,
+        proposed: &Ownership,
+        departing: bool,
+    ) -> Result<Response, StateMachineError> {
         let refused = |reason: String| Ok(Response::Rejected(CommandError::OwnershipRefused { reason }));
         if let Some(reason) = proposed.malformed() {
             return refused(reason);
@@ -344,7 +380,7 @@ impl<'v, V: BackendView> Applier<'v, V> {
                 }));
             }
         }
-        if let Some((outside, count)) = self.records_outside(proposed)? {
+        if !departing && let Some((outside, count)) = self.records_outside(proposed)? {
             return refused(format!(
                 "{count} records the group holds lie outside the ranges of epoch {} (the first of user \
                  `{outside}`): their range can't be handed over before they are copied",
@@ -354,6 +390,7 @@ impl<'v, V: BackendView> Applier<'v, V> {
         let encoded = codec::encode(proposed).map_err(encode_error)?;
         self.set_meta(META_OWNERSHIP, &encoded)?;
         self.ownership = Some(Some(proposed.clone()));
+        self.admit_incoming(proposed)?;
         Ok(Response::OwnershipSet {
             epoch: proposed.epoch,
         })
@@ -406,14 +443,17 @@ impl<'v, V: BackendView> Applier<'v, V> {
     ) -> Result<Response, StateMachineError> {
         let encoded = record_key(key)?;
         let previous = self.read(&encoded)?.map_or(0, |r| r.revision);
-        // A revision is the index of the entry that wrote it, so a stored one at or past the entry being
-        // applied means the store is ahead of the log: damage (a value sealed under the wrong revision, a
-        // store from another replica), which stops the state machine rather than panicking the node.
-        if index <= previous {
+        // A revision is the index of the entry that wrote it plus the group's revision offset (which
+        // copies raise past every revision they bring), so a stored one at or past this entry's means the
+        // store is ahead of the log: damage (a value sealed under the wrong revision, a store from another
+        // replica), which stops the state machine rather than panicking the node.
+        let revision = index.saturating_add(self.revision_offset()?);
+        if revision <= previous {
             return Err(StateMachineError::Corrupt {
                 location: format!("table {} key {}", Table::Records.name(), hex(&encoded)),
                 reason: format!(
-                    "stored revision {previous} is not older than entry {index}, which writes it"
+                    "stored revision {previous} is not older than entry {index}, which writes it \
+                     (as revision {revision})"
                 ),
             });
         }
@@ -421,11 +461,11 @@ impl<'v, V: BackendView> Applier<'v, V> {
             &encoded,
             &Record {
                 value: value.to_vec(),
-                revision: index,
+                revision,
             },
         )?;
         self.put(Table::Records, encoded, sealed);
-        Ok(Response::Written { revision: index })
+        Ok(Response::Written { revision })
     }
 
     fn read(&self, encoded: &[u8]) -> Result<Option<Record>, StateMachineError> {
@@ -479,7 +519,13 @@ fn validate(command: &Command) -> Option<CommandError> {
             jurisdiction,
             user_id,
         } => Some((jurisdiction.as_str(), user_id.as_str(), "")),
-        Command::SetPolicyVersion { .. } | Command::SetOwnership(_) => None,
+        Command::SetPolicyVersion { .. }
+        | Command::SetOwnership(_)
+        | Command::Receive(_)
+        | Command::CopyIn { .. }
+        | Command::Depart(_)
+        | Command::Purge { .. }
+        | Command::CancelIncoming { .. } => None,
     };
     if let Some((a, b, c)) = key
         && let Some(bytes) = [a.len(), b.len(), c.len()]

@@ -6,6 +6,7 @@
 //! every backend stores the same bytes and the apply logic detects corruption the same way.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -57,6 +58,9 @@ pub type SyncJob = Box<dyn FnOnce() -> Result<(), StateMachineError> + Send>;
 /// Called with each (key, value) a scan finds.
 pub type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StateMachineError> + 'a;
 
+/// Called with each (key, value) a bounded scan finds; answers whether to go on.
+pub type VisitWhile<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, StateMachineError> + 'a;
+
 /// A consistent, read-only view of the tables.
 pub trait BackendView: Send + 'static {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StateMachineError>;
@@ -68,6 +72,25 @@ pub trait BackendView: Send + 'static {
         prefix: &[u8],
         visit: &mut Visit<'_>,
     ) -> Result<(), StateMachineError>;
+
+    /// Visits the keys starting with `prefix` and greater than `after` in key order, until `visit`
+    /// answers false: the bounded batches of a range copy. The default walks the prefix from its start;
+    /// a backend that can seek overrides it.
+    fn scan_after(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        visit: &mut VisitWhile<'_>,
+    ) -> Result<(), StateMachineError> {
+        let mut going = true;
+        self.scan_prefix(table, prefix, &mut |key, value| {
+            if going && after.is_none_or(|after| key > after) {
+                going = visit(key, value)?;
+            }
+            Ok(())
+        })
+    }
 }
 
 /// An ordered store with atomic batches, plus a place for the current snapshot.
@@ -134,6 +157,25 @@ impl BackendView for MemView {
                 break;
             }
             visit(key, value)?;
+        }
+        Ok(())
+    }
+
+    fn scan_after(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        visit: &mut VisitWhile<'_>,
+    ) -> Result<(), StateMachineError> {
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded((table, after.to_vec())),
+            _ => Bound::Included((table, prefix.to_vec())),
+        };
+        for ((found_table, key), value) in self.tables.range((start, Bound::Unbounded)) {
+            if *found_table != table || !key.starts_with(prefix) || !visit(key, value)? {
+                break;
+            }
         }
         Ok(())
     }

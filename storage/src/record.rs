@@ -76,6 +76,49 @@ pub enum Command {
     /// snapshots): from then on, a command on a user outside them is refused (`CommandError::NotOwned`).
     /// The epoch must not decrease, and the group may hold no record outside the new ranges.
     SetOwnership(Ownership),
+    /// Marks ranges the group is about to gain at `epoch` as **incoming** (carried by snapshots): their
+    /// users stay refused to clients, but [`Command::CopyIn`] may write their records. The group must have
+    /// its current ranges committed (so it refuses those users today), of an older epoch, and not
+    /// overlapping the incoming ones. The same again is a retry.
+    Receive(Ownership),
+    /// Records copied from the group losing an incoming range: written with their revisions kept (a
+    /// `None` record deletes the key: it was deleted at the source since an earlier copy). Refused unless
+    /// every key lies in the incoming ranges of `epoch`. At most [`COPY_RECORDS_MAX`] records.
+    CopyIn {
+        jurisdiction: String,
+        epoch: u64,
+        records: Vec<CopiedRecord>,
+    },
+    /// The fence of a group losing ranges: its ranges of a later epoch, like [`Command::SetOwnership`],
+    /// but the records it holds outside them are kept as **departing** — refused to clients, read only
+    /// by the copy, deleted by [`Command::Purge`] once the gaining group holds them.
+    Depart(Ownership),
+    /// Deletes up to `limit` (at most [`PURGE_RECORDS_MAX`]) records of `jurisdiction` the group neither
+    /// owns nor is receiving, in key order after `after`: a departed range's records once its new group
+    /// holds them, or an abandoned copy's.
+    Purge {
+        jurisdiction: String,
+        after: Option<RecordKey>,
+        limit: u32,
+    },
+    /// Drops the incoming mark of `epoch` (an aborted change, before its fence): the copied records are
+    /// then neither owned nor incoming, and [`Command::Purge`] removes them. Absent already is a retry.
+    CancelIncoming {
+        jurisdiction: String,
+        epoch: u64,
+    },
+}
+
+/// Bound on the records of one [`Command::CopyIn`].
+pub const COPY_RECORDS_MAX: usize = 4096;
+/// Bound on the records one [`Command::Purge`] deletes.
+pub const PURGE_RECORDS_MAX: u32 = 4096;
+
+/// One record as the group losing its range holds it; `record: None` when it holds none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopiedRecord {
+    pub key: RecordKey,
+    pub record: Option<Record>,
 }
 
 /// The ranges of routing positions (`wire::routing::range_position`) a group owns in its jurisdiction's
@@ -139,7 +182,14 @@ impl Command {
             | Command::CompareAndSet { write, .. }
             | Command::SetPolicyVersion { write, .. } => Some(*write),
             // Idempotent by its epoch: applying it again changes nothing.
-            Command::Get { .. } | Command::Scan { .. } | Command::SetOwnership(_) => None,
+            Command::Get { .. }
+            | Command::Scan { .. }
+            | Command::SetOwnership(_)
+            | Command::Receive(_)
+            | Command::CopyIn { .. }
+            | Command::Depart(_)
+            | Command::Purge { .. }
+            | Command::CancelIncoming { .. } => None,
         }
     }
 }
@@ -179,6 +229,35 @@ impl fmt::Display for Command {
                 ownership.jurisdiction,
                 ownership.epoch
             ),
+            Command::Receive(incoming) => write!(
+                f,
+                "receive {} ranges of {} at epoch {}",
+                incoming.ranges.len(),
+                incoming.jurisdiction,
+                incoming.epoch
+            ),
+            Command::CopyIn {
+                jurisdiction,
+                epoch,
+                records,
+            } => write!(
+                f,
+                "copy {} records of {jurisdiction} in for epoch {epoch}",
+                records.len()
+            ),
+            Command::Depart(ownership) => write!(
+                f,
+                "depart to {} ranges of {} at epoch {}",
+                ownership.ranges.len(),
+                ownership.jurisdiction,
+                ownership.epoch
+            ),
+            Command::Purge {
+                jurisdiction, limit, ..
+            } => write!(f, "purge up to {limit} unowned records of {jurisdiction}"),
+            Command::CancelIncoming { jurisdiction, epoch } => {
+                write!(f, "cancel the incoming ranges of {jurisdiction} at epoch {epoch}")
+            }
         }
     }
 }
@@ -205,6 +284,19 @@ pub enum Response {
     /// The group's ranges are those of `epoch` now.
     OwnershipSet {
         epoch: u64,
+    },
+    /// The ranges are incoming at `epoch` (or, after `CancelIncoming`, no longer).
+    IncomingSet {
+        epoch: u64,
+    },
+    /// A `CopyIn` wrote (or deleted) this many records.
+    Copied {
+        records: u64,
+    },
+    /// A `Purge` deleted `deleted` records; `next` is the cursor to continue after (`None`: done).
+    Purged {
+        deleted: u64,
+        next: Option<RecordKey>,
     },
 }
 

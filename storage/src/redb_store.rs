@@ -20,6 +20,7 @@
 //! worker thread, never from an async task.
 
 use std::fs;
+use std::ops::Bound;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::path::PathBuf;
@@ -37,6 +38,7 @@ use crate::backend::BackendView;
 use crate::backend::SyncJob;
 use crate::backend::Table;
 use crate::backend::Visit;
+use crate::backend::VisitWhile;
 use crate::backend::WriteBatch;
 use crate::error::StateMachineError;
 use crate::snapshot::SnapshotData;
@@ -194,6 +196,30 @@ impl BackendView for RedbView {
                 break;
             }
             visit(key.value(), value.value())?;
+        }
+        Ok(())
+    }
+
+    fn scan_after(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        visit: &mut VisitWhile<'_>,
+    ) -> Result<(), StateMachineError> {
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        let range = self
+            .table(table)
+            .range::<&[u8]>((start, Bound::Unbounded))
+            .map_err(|e| corrupt_or_backend(Path::new(table.name()), e))?;
+        for item in range {
+            let (key, value) = item.map_err(|e| corrupt_or_backend(Path::new(table.name()), e))?;
+            if !key.value().starts_with(prefix) || !visit(key.value(), value.value())? {
+                break;
+            }
         }
         Ok(())
     }

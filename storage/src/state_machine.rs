@@ -437,6 +437,45 @@ impl<C: StorageTypeConfig, B: Backend> StateMachine<C, B> {
         .await
     }
 
+    /// The ranges the group is receiving as of the last applied entry (`None`: none).
+    pub async fn incoming(&self) -> Result<Option<crate::record::Ownership>, StateMachineError> {
+        self.with_core(|core| apply::read_incoming(&core.backend.view()?))
+            .await
+    }
+
+    /// A bounded run of the records of `jurisdiction` in `ranges` after `after`, as of the last applied
+    /// entry, owned or not: the range copy's read (`apply::read_range`).
+    pub async fn read_range(
+        &self,
+        jurisdiction: String,
+        ranges: Vec<(u64, u64)>,
+        after: Option<RecordKey>,
+        records_max: usize,
+        bytes_max: usize,
+    ) -> Result<apply::RangeBatch, StateMachineError> {
+        self.with_core(move |core| {
+            apply::read_range(
+                &core.backend.view()?,
+                &jurisdiction,
+                &ranges,
+                after.as_ref(),
+                records_max,
+                bytes_max,
+            )
+        })
+        .await
+    }
+
+    /// The digest of what the replica holds of `jurisdiction` in `ranges` (`apply::range_digest`).
+    pub async fn range_digest(
+        &self,
+        jurisdiction: String,
+        ranges: Vec<(u64, u64)>,
+    ) -> Result<apply::RangeDigest, StateMachineError> {
+        self.with_core(move |core| apply::range_digest(&core.backend.view()?, &jurisdiction, &ranges))
+            .await
+    }
+
     /// The ranges the group owns as of the last applied entry (`None`: never set).
     pub async fn ownership(&self) -> Result<Option<crate::record::Ownership>, StateMachineError> {
         self.with_core(|core| apply::read_ownership(&core.backend.view()?))

@@ -186,6 +186,26 @@ impl<V: BackendView> BackendView for Overlaid<V> {
         self.base.get(table, key)
     }
 
+    fn scan_after(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        visit: &mut crate::backend::VisitWhile<'_>,
+    ) -> Result<(), StateMachineError> {
+        if self.pending.is_empty() {
+            return self.base.scan_after(table, prefix, after, visit);
+        }
+        // Rare (a copy reading while a batch is pending): the merged walk from the prefix's start.
+        let mut going = true;
+        self.scan_prefix(table, prefix, &mut |key, value| {
+            if going && after.is_none_or(|after| key > after) {
+                going = visit(key, value)?;
+            }
+            Ok(())
+        })
+    }
+
     fn scan_prefix(
         &self,
         table: Table,

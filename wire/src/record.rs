@@ -69,7 +69,8 @@ pub enum CommandError {
     #[error("ranges of epoch {proposed} refused: the group holds its ranges of epoch {current}")]
     OwnershipEpochRegressed { current: u64, proposed: u64 },
     /// A change of the group's ranges that is malformed, or would leave records the group holds outside
-    /// its ranges (a range is handed over only once its records are copied: not implemented yet).
+    /// its ranges (a range holding records moves by `raft::range_copy`), or a step of a range copy that
+    /// does not fit what the group holds.
     #[error("ranges refused: {reason}")]
     OwnershipRefused { reason: String },
 }
