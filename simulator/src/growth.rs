@@ -12,18 +12,27 @@
 //! onto the nodes holding fewest, one step per group, through the fence, bulk copies and all (a new
 //! replica is promoted only once its copy has arrived). US nodes stand beside them and are never used.
 //!
-//! Not built yet: splitting the existing groups' ranges into the new groups (issue 19's online copy of a
-//! range, which the simulator will drive with the same steps as `domicile shard split`); until then the
-//! new groups own no range of the map.
+//! Splits: while a created group owns no range of the map, the range holding the most modelled bytes is
+//! split at the median position of its users, the upper half given to that group, by the production
+//! protocol (`raft::range_copy`, the steps `domicile shard split` runs): prepare, copy while writes
+//! continue, fence, tail and digests, admit, publish, purge — one phase per round, resumed from what the
+//! groups hold after any fault. The modelled bytes of the moving ranges are copied to the new group's
+//! voters beside the real records, and the new group is admitted only once a quorum of its voters hold
+//! them; the old group's copies are deleted at the purge, checked by conservation first (the
+//! `early-range-purge` canary deletes them right after the fence instead).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::AsyncRuntime;
 use openraft::async_runtime::Instant as _;
 use openraft_rt_sim::{SimInstant, SimRuntime};
 use placement::{GroupId, Health, NodeId, Step};
-use raft::directory::{ShardMap, shard_map_key};
+use raft::directory::{Directory, ShardMap, shard_map_key};
+use raft::map_change::MapChange;
+use raft::range_copy::{self, HostLeaders, Phase, RangeChange};
+use raft::routing::Router;
 use storage::{Command, Response, WriteId};
 
 use crate::checkers::{Checker, Involved};
@@ -31,7 +40,8 @@ use crate::network::LinkModel;
 use crate::orchestrator;
 use crate::scenario::{MIGRATE_RECORDS, MIGRATION_BOUND, bulk_gate};
 use crate::stores::SyncLatency;
-use crate::world::{GroupSpec, World, WorldSpec};
+use crate::network::SimHost;
+use crate::world::{Canary, GroupSpec, World, WorldSpec};
 
 /// The jurisdiction that grows.
 pub const JURISDICTION: &str = "EEA";
@@ -216,12 +226,183 @@ async fn create_missing_groups(world: &World) {
     }
 }
 
-/// One round of growth: leftovers purged, missing groups created, then the rebalancer's next move of
-/// each group (a half-done move finished, the planner's repairs first).
+/// The next split the growth wants, planned from the published map: a created group that owns no range
+/// gets the upper half (by users' positions) of the range holding the most modelled bytes.
+fn next_split(world: &World, directory: &Directory) -> Option<RangeChange> {
+    let published = world.route_map(JURISDICTION)?;
+    let owning: BTreeSet<GroupId> = published.ranges().into_iter().map(|range| range.group).collect();
+    let empty = world
+        .policies
+        .keys()
+        .find(|group| !owning.contains(*group) && world.leader(group).is_some())?
+        .clone();
+    let bulk = world.bulk.as_ref()?;
+    let positions = |start: u64, end: u64| -> Vec<(u64, u64)> {
+        let mut found: Vec<(u64, u64)> = bulk
+            .current()
+            .into_iter()
+            .map(|range| (wire::routing::range_position(&range.user()), range.bytes))
+            .filter(|&(position, _)| start <= position && position <= end)
+            .collect();
+        found.sort_unstable();
+        found
+    };
+    let fullest = published
+        .ranges()
+        .into_iter()
+        .max_by_key(|range| (positions(range.start, range.end).iter().map(|&(_, bytes)| bytes).sum::<u64>(), std::cmp::Reverse(range.start)))?;
+    let users = positions(fullest.start, fullest.end);
+    // The median user's position starts the upper half (above the range's start, so both halves exist).
+    let at = users
+        .get(users.len() / 2)
+        .map(|&(position, _)| position)
+        .filter(|&position| position > fullest.start)
+        .unwrap_or(fullest.start + (fullest.end - fullest.start) / 2 + 1);
+    let change = MapChange::Split { at, to: empty };
+    let current = ShardMap::Ranged((*published).clone());
+    match range_copy::plan(directory, &current, &change) {
+        Ok(Some(change)) => Some(change),
+        Ok(None) => None,
+        Err(error) => {
+            world.log(format!("split {change:?}: {error}"));
+            None
+        }
+    }
+}
+
+/// Every running node's host, and a directory of shard maps for each.
+fn leaders_of(world: &World) -> Vec<(Arc<SimHost>, Directory)> {
+    world
+        .node_ids()
+        .into_iter()
+        .filter_map(|node| world.host(node).map(|host| (node, host)))
+        .map(|(node, host)| {
+            let router = Router::new(world.policies.values()).expect("group names do not collide");
+            (host, Directory::new(node, &world.topology, router))
+        })
+        .collect()
+}
+
+/// The bulk ranges whose users lie in `moving`.
+fn moving_bulk(world: &World, moving: &[(u64, u64)]) -> Vec<u64> {
+    let Some(bulk) = world.bulk.as_ref() else {
+        return Vec::new();
+    };
+    bulk.current()
+        .into_iter()
+        .filter(|range| {
+            let position = wire::routing::range_position(&range.user());
+            moving.iter().any(|&(start, end)| start <= position && position <= end)
+        })
+        .map(|range| range.id)
+        .collect()
+}
+
+/// The voters of `group`, as its leader sees them.
+fn voters_of(world: &World, group: &GroupId) -> Option<BTreeSet<NodeId>> {
+    let (_, host) = world.leader(group)?;
+    host.status(group).ok().map(|status| status.membership.voters)
+}
+
+/// Runs the next phase of the split under way, or plans the next split. One phase per round: a fault
+/// that cuts a phase short leaves the change where the groups hold it, and the next round observes it.
+async fn split_round(world: &World) {
+    let nodes = leaders_of(world);
+    let Some((_, directory)) = nodes.first() else {
+        return;
+    };
+    let under_way = world.split.lock().expect("split lock").clone();
+    let (change, known) = match under_way {
+        Some(under_way) => under_way,
+        None => {
+            let Some(change) = next_split(world, directory) else {
+                return;
+            };
+            world.log(format!(
+                "split: {:?} of {} to {} at epoch {}",
+                change.moving,
+                change.loser,
+                change.gainer,
+                change.next.epoch()
+            ));
+            if let Some(bulk) = &world.bulk {
+                bulk.begin_move(&moving_bulk(world, &change.moving), &change.gainer);
+            }
+            *world.split.lock().expect("split lock") = Some((change.clone(), None));
+            (change, None)
+        }
+    };
+    let leaders = HostLeaders {
+        nodes: nodes.iter().map(|(host, directory)| (host.as_ref(), directory)).collect(),
+    };
+    // The phase the last one answered; after a failure, where the groups say the change stands.
+    let phase = match known {
+        Some(phase) => phase,
+        None => match range_copy::observe(&leaders, &change).await {
+            Ok(phase) => phase,
+            Err(error) => {
+                world.log(format!("split: where it stands is not known now: {error}"));
+                return;
+            }
+        },
+    };
+    let ranges = moving_bulk(world, &change.moving);
+    if phase == Phase::Admit
+        && let (Some(bulk), Some(voters)) = (&world.bulk, voters_of(world, &change.gainer))
+        && !bulk.quorum_holds(&change.gainer, &voters, &ranges)
+    {
+        // The modelled bytes go with the records: admitted only once a quorum of its voters hold them.
+        for voter in voters {
+            bulk.start_transfer(world, &change.gainer, voter);
+        }
+        return;
+    }
+    if phase == Phase::Purge
+        && let (Some(bulk), Some(voters)) = (&world.bulk, voters_of(world, &change.gainer))
+    {
+        bulk.drop_departed(world, &change.loser, &change.gainer, &voters, &ranges);
+    }
+    let mut report = |progress: range_copy::Progress| world.log(format!("split: {progress:?}"));
+    match range_copy::step(&leaders, &change, phase, &mut report).await {
+        Ok(next) => {
+            if phase == Phase::Fence
+                && world.canary == Some(Canary::EarlyRangePurge)
+                && let (Some(bulk), Some(voters)) = (&world.bulk, voters_of(world, &change.gainer))
+            {
+                // The planted bug deleted the real records with the fence; the modelled ones go too.
+                bulk.drop_departed(world, &change.loser, &change.gainer, &voters, &ranges);
+            }
+            if phase == Phase::Publish {
+                if let Some(bulk) = &world.bulk {
+                    bulk.finish_move(&ranges, &change.gainer);
+                }
+                if let Ok(next_map) = change.next.ranged() {
+                    world.set_route_map(next_map);
+                }
+            }
+            let mut split = world.split.lock().expect("split lock");
+            if next == Phase::Done {
+                world.log(format!("split to {} done at epoch {}", change.gainer, change.next.epoch()));
+                *split = None;
+            } else {
+                *split = Some((change.clone(), Some(next)));
+            }
+        }
+        Err(error) => {
+            world.log(format!("split: {phase:?}: {error}"));
+            *world.split.lock().expect("split lock") = Some((change.clone(), None));
+        }
+    }
+}
+
+/// One round of growth: leftovers purged, missing groups created, the split under way advanced (or the
+/// next one begun), then the rebalancer's next move of each group (a half-done move finished, the
+/// planner's repairs first).
 pub async fn round(world: &World) {
     let step = async {
         orchestrator::purge_leftovers(world).await;
         create_missing_groups(world).await;
+        split_round(world).await;
         // The bytes a new replica of each group must be copied: groups created empty move first.
         let bytes: BTreeMap<GroupId, u64> = world
             .bulk
@@ -245,6 +426,14 @@ pub async fn round(world: &World) {
 fn grown(world: &World) -> bool {
     let placement = orchestrator::observed_placement(world);
     if placement.len() != world.policies.len() {
+        return false;
+    }
+    // Every group owns a range of the published map, and no split is under way.
+    let owning = world
+        .route_map(JURISDICTION)
+        .map(|map| map.ranges().into_iter().map(|range| range.group).collect::<BTreeSet<_>>())
+        .unwrap_or_default();
+    if world.policies.keys().any(|group| !owning.contains(group)) || world.split.lock().expect("split lock").is_some() {
         return false;
     }
     let health = Health::all_up();

@@ -45,14 +45,18 @@ pub enum Canary {
     EgressOff,
     /// The migration removes legacy voters before the new ones are durable.
     EarlyLegacyRemoval,
+    /// A split's old group deletes the moving range right after its fence, before the new group holds it
+    /// (`raft::range_copy::canary`, with the `canaries` feature).
+    EarlyRangePurge,
 }
 
 impl Canary {
-    pub const ALL: [Canary; 4] = [
+    pub const ALL: [Canary; 5] = [
         Canary::AckBeforeSync,
         Canary::FollowerReads,
         Canary::EgressOff,
         Canary::EarlyLegacyRemoval,
+        Canary::EarlyRangePurge,
     ];
 
     pub fn name(self) -> &'static str {
@@ -61,6 +65,7 @@ impl Canary {
             Canary::FollowerReads => "follower-reads",
             Canary::EgressOff => "egress-off",
             Canary::EarlyLegacyRemoval => "early-legacy-removal",
+            Canary::EarlyRangePurge => "early-range-purge",
         }
     }
 
@@ -120,6 +125,9 @@ pub struct Inner {
     /// route by it, as a client library routes by the map a node answers. Empty elsewhere: each tracked key
     /// stays with the group it started in.
     routes: Mutex<BTreeMap<String, Arc<placement::shard_map::ShardMap>>>,
+    /// The split under way, where the run splits ranges (`grow`), and its next phase if known (else it is
+    /// observed from the groups): kept across rounds until it is done.
+    pub split: Mutex<Option<(raft::range_copy::RangeChange, Option<raft::range_copy::Phase>)>>,
     raft_config: Arc<openraft::Config>,
     /// The links' worst round trips, from which every group's Raft timing is stretched.
     round_trips: Arc<LinkModel>,
@@ -279,6 +287,8 @@ impl World {
         // The planted egress bug lives in production code (`raft::residency`), behind its own feature.
         #[cfg(feature = "canaries")]
         raft::residency::canary::set_egress_off(canary == Some(Canary::EgressOff));
+        #[cfg(feature = "canaries")]
+        raft::range_copy::canary::set_early_purge(canary == Some(Canary::EarlyRangePurge));
         let world = World(Arc::new(Inner {
             topology,
             policies: file.policies.clone(),
@@ -288,6 +298,7 @@ impl World {
             canary,
             bulk,
             routes: Mutex::new(BTreeMap::new()),
+            split: Mutex::new(None),
             raft_config: raft_config(),
             round_trips: Arc::new(spec.links.clone()),
             clock_drift_ppm,
