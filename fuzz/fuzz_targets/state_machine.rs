@@ -62,7 +62,14 @@ fuzz_target!(|data: &[u8]| {
             | Command::Delete { key, .. }
             | Command::CompareAndSet { key, .. }
             | Command::Get { key } => keys.push(key.clone()),
-            Command::Scan { .. } | Command::SetPolicyVersion { .. } | Command::SetOwnership(_) => {}
+            Command::CopyIn { records, .. } => keys.extend(records.iter().map(|copied| copied.key.clone())),
+            Command::Scan { .. }
+            | Command::SetPolicyVersion { .. }
+            | Command::SetOwnership(_)
+            | Command::Receive(_)
+            | Command::Depart(_)
+            | Command::Purge { .. }
+            | Command::CancelIncoming { .. } => {}
         }
         match applier.apply(first_index.saturating_add(index as u64), &command) {
             Ok(response) => assert_round_trip::<Response>(&response),
@@ -75,6 +82,11 @@ fuzz_target!(|data: &[u8]| {
     // A group's ranges as stored (a sealed value the checksum-repair mode may have reached): read, and
     // judged against every key, never a panic.
     let _ = apply::read_ownership(&view);
+    let _ = apply::read_incoming(&view);
+    if let Some(key) = keys.first() {
+        let _ = apply::read_range(&view, &key.jurisdiction, &[(0, u64::MAX)], None, 16, 1 << 20);
+        let _ = apply::range_digest(&view, &key.jurisdiction, &[(0, u64::MAX)]);
+    }
     for key in &keys {
         let _ = apply::read_record(&view, key);
         let _ = apply::not_owned(&view, &key.jurisdiction, &key.user_id);
