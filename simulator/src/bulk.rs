@@ -323,7 +323,19 @@ impl Bulk {
         ));
     }
 
-    /// Does `node` hold a complete copy of every range of `group`?
+    /// Does `node` hold a complete copy of every range `group` owns (not those it is still receiving,
+    /// whose authoritative copy is the losing group's)?
+    fn complete_owned(&self, group: &GroupId, node: NodeId) -> bool {
+        let copies: BTreeSet<u64> = self
+            .lock()
+            .copies
+            .get(&(group.clone(), node))
+            .map(|copies| copies.keys().copied().collect())
+            .unwrap_or_default();
+        self.owned_by(group).iter().all(|range| copies.contains(range))
+    }
+
+    /// Does `node` hold a complete copy of every range of `group`, those it is receiving included?
     pub fn complete(&self, group: &GroupId, node: NodeId) -> bool {
         let state = self.lock();
         // A group that holds no range (created empty, waiting for a split) needs no copy.
@@ -471,7 +483,7 @@ impl Bulk {
             .filter(|&&voter| {
                 voter != node
                     && world.topology.is_inside(voter, &policy.jurisdiction)
-                    && self.complete(group, voter)
+                    && self.complete_owned(group, voter)
             })
             .count();
         if inside_complete < GroupPolicy::quorum(voters.len()) {

@@ -17,8 +17,8 @@
 //! protocol (`raft::range_copy`, the steps `domicile shard split` runs): prepare, copy while writes
 //! continue, fence, tail and digests, admit, publish, purge — one phase per round, resumed from what the
 //! groups hold after any fault. The modelled bytes of the moving ranges are copied to the new group's
-//! voters beside the real records, and the new group is admitted only once a quorum of its voters hold
-//! them; the old group's copies are deleted at the purge, checked by conservation first (the
+//! voters beside the real records' bulk copy, and the old group is fenced only once a quorum of the new
+//! group's voters hold them; the old group's copies are deleted at the purge, checked by conservation first (the
 //! `early-range-purge` canary deletes them right after the fence instead).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,10 +37,10 @@ use storage::{Command, Response, WriteId};
 
 use crate::checkers::{Checker, Involved};
 use crate::network::LinkModel;
+use crate::network::SimHost;
 use crate::orchestrator;
 use crate::scenario::{MIGRATE_RECORDS, MIGRATION_BOUND, bulk_gate};
 use crate::stores::SyncLatency;
-use crate::network::SimHost;
 use crate::world::{Canary, GroupSpec, World, WorldSpec};
 
 /// The jurisdiction that grows.
@@ -161,7 +161,7 @@ pub async fn publish_first_map(world: &World) -> Result<(), String> {
     let directory = groups[0].clone();
     let command = Command::CompareAndSet {
         write: WriteId {
-            client_id: 900_000,
+            client_id: 910_000,
             sequence: 1,
         },
         key: shard_map_key(JURISDICTION),
@@ -247,10 +247,15 @@ fn next_split(world: &World, directory: &Directory) -> Option<RangeChange> {
         found.sort_unstable();
         found
     };
-    let fullest = published
-        .ranges()
-        .into_iter()
-        .max_by_key(|range| (positions(range.start, range.end).iter().map(|&(_, bytes)| bytes).sum::<u64>(), std::cmp::Reverse(range.start)))?;
+    let fullest = published.ranges().into_iter().max_by_key(|range| {
+        (
+            positions(range.start, range.end)
+                .iter()
+                .map(|&(_, bytes)| bytes)
+                .sum::<u64>(),
+            std::cmp::Reverse(range.start),
+        )
+    })?;
     let users = positions(fullest.start, fullest.end);
     // The median user's position starts the upper half (above the range's start, so both halves exist).
     let at = users
@@ -292,7 +297,9 @@ fn moving_bulk(world: &World, moving: &[(u64, u64)]) -> Vec<u64> {
         .into_iter()
         .filter(|range| {
             let position = wire::routing::range_position(&range.user());
-            moving.iter().any(|&(start, end)| start <= position && position <= end)
+            moving
+                .iter()
+                .any(|&(start, end)| start <= position && position <= end)
         })
         .map(|range| range.id)
         .collect()
@@ -333,7 +340,10 @@ async fn split_round(world: &World) {
         }
     };
     let leaders = HostLeaders {
-        nodes: nodes.iter().map(|(host, directory)| (host.as_ref(), directory)).collect(),
+        nodes: nodes
+            .iter()
+            .map(|(host, directory)| (host.as_ref(), directory))
+            .collect(),
     };
     // The phase the last one answered; after a failure, where the groups say the change stands.
     let phase = match known {
@@ -347,15 +357,21 @@ async fn split_round(world: &World) {
         },
     };
     let ranges = moving_bulk(world, &change.moving);
-    if phase == Phase::Admit
-        && let (Some(bulk), Some(voters)) = (&world.bulk, voters_of(world, &change.gainer))
-        && !bulk.quorum_holds(&change.gainer, &voters, &ranges)
+    if phase == Phase::Fence
+        && let Some(bulk) = &world.bulk
     {
-        // The modelled bytes go with the records: admitted only once a quorum of its voters hold them.
-        for voter in voters {
-            bulk.start_transfer(world, &change.gainer, voter);
+        // The modelled bytes go with the bulk copy of the records, before the fence (the range stays
+        // writable meanwhile): fenced only once a quorum of the new group's voters (as its leader knows
+        // them; none known, no fence) hold them.
+        let Some(voters) = voters_of(world, &change.gainer) else {
+            return;
+        };
+        if !bulk.quorum_holds(&change.gainer, &voters, &ranges) {
+            for voter in voters {
+                bulk.start_transfer(world, &change.gainer, voter);
+            }
+            return;
         }
-        return;
     }
     if phase == Phase::Purge
         && let (Some(bulk), Some(voters)) = (&world.bulk, voters_of(world, &change.gainer))
@@ -382,7 +398,11 @@ async fn split_round(world: &World) {
             }
             let mut split = world.split.lock().expect("split lock");
             if next == Phase::Done {
-                world.log(format!("split to {} done at epoch {}", change.gainer, change.next.epoch()));
+                world.log(format!(
+                    "split to {} done at epoch {}",
+                    change.gainer,
+                    change.next.epoch()
+                ));
                 *split = None;
             } else {
                 *split = Some((change.clone(), Some(next)));
@@ -398,10 +418,25 @@ async fn split_round(world: &World) {
 /// One round of growth: leftovers purged, missing groups created, the split under way advanced (or the
 /// next one begun), then the rebalancer's next move of each group (a half-done move finished, the
 /// planner's repairs first).
+/// Every voter missing modelled bytes of its group's ranges gets them: a voter of a group that gained a
+/// range was admitted with a quorum holding it, and the rest follow (as Raft replicates the copied records
+/// to every member), also after a crash cut a copy short.
+fn catch_up(world: &World) {
+    let Some(bulk) = &world.bulk else { return };
+    for group in world.policies.keys() {
+        for voter in voters_of(world, group).unwrap_or_default() {
+            if world.is_up(voter) && !bulk.complete(group, voter) {
+                bulk.start_transfer(world, group, voter);
+            }
+        }
+    }
+}
+
 pub async fn round(world: &World) {
     let step = async {
         orchestrator::purge_leftovers(world).await;
         create_missing_groups(world).await;
+        catch_up(world);
         split_round(world).await;
         // The bytes a new replica of each group must be copied: groups created empty move first.
         let bytes: BTreeMap<GroupId, u64> = world
@@ -431,9 +466,16 @@ fn grown(world: &World) -> bool {
     // Every group owns a range of the published map, and no split is under way.
     let owning = world
         .route_map(JURISDICTION)
-        .map(|map| map.ranges().into_iter().map(|range| range.group).collect::<BTreeSet<_>>())
+        .map(|map| {
+            map.ranges()
+                .into_iter()
+                .map(|range| range.group)
+                .collect::<BTreeSet<_>>()
+        })
         .unwrap_or_default();
-    if world.policies.keys().any(|group| !owning.contains(group)) || world.split.lock().expect("split lock").is_some() {
+    if world.policies.keys().any(|group| !owning.contains(group))
+        || world.split.lock().expect("split lock").is_some()
+    {
         return false;
     }
     let health = Health::all_up();
@@ -462,6 +504,11 @@ fn grown(world: &World) -> bool {
             bulk.holders(group)
                 .into_iter()
                 .all(|holder| state.membership.contains(holder))
+                && state
+                    .membership
+                    .voters
+                    .iter()
+                    .all(|&voter| bulk.complete(group, voter))
         })
     })
 }

@@ -1026,6 +1026,24 @@ async fn finish_migration(world: &World) {
 /// Simulated time within which every group that can must elect a leader and serve a write and a read.
 const LIVENESS_BOUND: Duration = Duration::from_secs(30);
 
+/// The key a liveness probe writes in `group`: of a user the published map routes to it, where the run
+/// publishes maps (a group that owns ranges refuses every other user); else of a jurisdiction of its own.
+fn probe_key(world: &World, index: usize, group: &GroupId) -> RecordKey {
+    let owner_of = |jurisdiction: &str| {
+        let map = world.route_map(jurisdiction)?;
+        if !map.ranges().iter().any(|range| &range.group == group) {
+            return None;
+        }
+        // Bounded: a group owning an eighth of the positions is hit by one user in eight, on average.
+        (0..100_000u64)
+            .map(|n| format!("liveness-{index}-{n}"))
+            .find(|user| map.owner(wire::routing::range_position(user)) == group)
+            .map(|user| RecordKey::new(jurisdiction, user, "probe"))
+    };
+    let jurisdiction = world.policies[group].jurisdiction.name().to_string();
+    owner_of(&jurisdiction).unwrap_or_else(|| RecordKey::new("probe", format!("liveness-{index}"), "probe"))
+}
+
 async fn liveness(world: &World) {
     for (index, group) in world.policies.keys().enumerate() {
         let started = SimInstant::now();
@@ -1054,7 +1072,7 @@ async fn liveness(world: &World) {
             }
             continue;
         }
-        let key = RecordKey::new("probe", format!("liveness-{index}"), "probe");
+        let key = probe_key(world, index, group);
         let mut served = false;
         for attempt in 0..300u64 {
             if SimInstant::now() - started > LIVENESS_BOUND {

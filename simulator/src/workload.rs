@@ -76,6 +76,9 @@ enum Outcome {
     Failed(String),
     /// May or may not have happened.
     Unknown(String),
+    /// Refused every time it reached a leader, as a range between groups is (`NotOwned`): never applied,
+    /// and nothing observed.
+    Refused(String),
 }
 
 impl Workload {
@@ -148,6 +151,8 @@ impl Workload {
         let deadline = SimInstant::now() + CALL_DEADLINE;
         let mut last = String::from("no leader");
         let mut group = self.route(tracked);
+        // Whether every answer so far was a refusal of the range (or there was no leader to ask).
+        let mut refused_only = true;
         for _attempt in 0..1_000 {
             let now = SimInstant::now();
             if now >= deadline {
@@ -196,11 +201,14 @@ impl Workload {
                     SimRuntime::sleep(Duration::from_millis(20)).await;
                 }
                 Ok(response) => return (Outcome::Ok(response), group.clone()),
+                // Not definitive: a leader that loses its leadership with the entry in flight says so too.
                 Err(error @ HostError::NotLeader { .. }) => {
+                    refused_only = false;
                     last = error.to_string();
                     SimRuntime::sleep(Duration::from_millis(10)).await;
                 }
                 Err(error) if error.is_retryable() => {
+                    refused_only = false;
                     last = error.to_string();
                     SimRuntime::sleep(Duration::from_millis(20)).await;
                 }
@@ -217,6 +225,8 @@ impl Workload {
         }
         let outcome = if read.is_some() {
             Outcome::Failed(last)
+        } else if refused_only {
+            Outcome::Refused(last)
         } else {
             Outcome::Unknown(last)
         };
@@ -279,7 +289,7 @@ impl Workload {
                     metadata: None,
                 });
             }
-            Outcome::Failed(reason) | Outcome::Unknown(reason) => {
+            Outcome::Failed(reason) | Outcome::Unknown(reason) | Outcome::Refused(reason) => {
                 history.line(logical, "fail", "read", tracked.index, json!(null), returned);
                 drop(history);
                 self.world.log(format!(
@@ -353,7 +363,7 @@ impl Workload {
         let (outcome, group) = self.call(tracked, command, None, rng).await;
         let returned = self.nanos();
         match &outcome {
-            Outcome::Failed(reason) | Outcome::Unknown(reason) => {
+            Outcome::Failed(reason) | Outcome::Unknown(reason) | Outcome::Refused(reason) => {
                 self.world
                     .log(format!("p{logical} {f} {value}: unknown ({reason})"));
             }
@@ -372,6 +382,11 @@ impl Workload {
             }
             Outcome::Ok(Response::Rejected(CommandError::RevisionMismatch { .. })) => ("fail", Some(false)),
             Outcome::Failed(_) => ("fail", Some(false)),
+            // Never applied and nothing observed: not an operation, whether a write or a compare-and-set.
+            Outcome::Refused(_) => {
+                history.line(logical, "fail", f, tracked.index, shown, returned);
+                return false;
+            }
             Outcome::Ok(_) | Outcome::Unknown(_) => ("info", None),
         };
         history.line(logical, kind, f, tracked.index, shown, returned);

@@ -90,6 +90,7 @@ fn planted_bugs_are_caught_by_the_right_checker() {
         ("follower-reads", "failover", "linearizability"),
         ("early-legacy-removal", "migrate", "conservation"),
         ("egress-off", "chaos", "residency"),
+        ("early-range-purge", "grow", "conservation"),
     ] {
         let caught = (1..=32).any(|seed| {
             let seed = seed.to_string();
