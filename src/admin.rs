@@ -126,6 +126,8 @@ pub fn node_status(node: &Node) -> NodeStatus {
                 term: status.term,
                 last_applied: status.last_applied,
                 committed: status.committed,
+                snapshots_sent: status.snapshots_sent,
+                snapshots_installed: status.snapshots_installed,
                 voters: status
                     .membership
                     .voters

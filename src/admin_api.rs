@@ -72,6 +72,12 @@ pub struct GroupView {
     pub term: u64,
     pub last_applied: Option<u64>,
     pub committed: Option<u64>,
+    /// Whole snapshots this replica sent as leader, and installed, since it was opened (absent from
+    /// older nodes' answers).
+    #[serde(default)]
+    pub snapshots_sent: u64,
+    #[serde(default)]
+    pub snapshots_installed: u64,
     pub voters: Vec<Member>,
     pub learners: Vec<Member>,
 }

@@ -41,6 +41,8 @@ pub struct Metrics {
     is_leader: Family<GroupLabel, Gauge>,
     leader_changes: Family<GroupLabel, Counter>,
     applied_index: Family<GroupLabel, Gauge>,
+    snapshots_sent: Family<GroupLabel, Gauge>,
+    snapshots_installed: Family<GroupLabel, Gauge>,
     fence_refusals: Counter<u64, AtomicU64>,
     egress_blocked: Counter<u64, AtomicU64>,
     ingress_refused: Counter<u64, AtomicU64>,
@@ -113,6 +115,18 @@ impl Metrics {
             "raft_applied_index",
             "Last log index applied by this replica",
             applied_index.clone(),
+        );
+        let snapshots_sent = Family::<GroupLabel, Gauge>::default();
+        registry.register(
+            "raft_snapshots_sent",
+            "Whole snapshots this replica sent as leader since it was opened (each installed by its follower)",
+            snapshots_sent.clone(),
+        );
+        let snapshots_installed = Family::<GroupLabel, Gauge>::default();
+        registry.register(
+            "raft_snapshots_installed",
+            "Snapshots this replica installed since it was opened",
+            snapshots_installed.clone(),
         );
         let fence_refusals = Counter::default();
         registry.register(
@@ -290,6 +304,8 @@ impl Metrics {
             is_leader,
             leader_changes,
             applied_index,
+            snapshots_sent,
+            snapshots_installed,
             fence_refusals,
             egress_blocked,
             ingress_refused,
@@ -322,6 +338,12 @@ impl Metrics {
             self.applied_index
                 .get_or_create(&label)
                 .set(status.last_applied.unwrap_or(0) as i64);
+            self.snapshots_sent
+                .get_or_create(&label)
+                .set(status.snapshots_sent as i64);
+            self.snapshots_installed
+                .get_or_create(&label)
+                .set(status.snapshots_installed as i64);
             let previous = seen.0.insert(status.group.0.clone(), leader);
             if leader.is_some() && previous.is_some_and(|previous| previous != leader) {
                 self.leader_changes.get_or_create(&label).inc();

@@ -275,6 +275,8 @@ pub fn group_views(nodes: &[NodeStatus]) -> BTreeMap<String, GroupView> {
                 term: 0,
                 last_applied: None,
                 committed: None,
+                snapshots_sent: 0,
+                snapshots_installed: 0,
                 voters: declared.initial_voters.clone(),
                 learners: Vec::new(),
             });

@@ -2,8 +2,10 @@
 //! correctness only: a legacy group holding 6,000 records of 1 KiB, with two of its voters in Ashburn, is
 //! migrated into the EEA by `placement apply` on real node processes while a client keeps writing. Every
 //! record reads back as written (checksum over the keyspace equal before and after), no acknowledged write
-//! is lost, the US replicas are purged (attested, and gone from disk), and no status sample ever shows the
-//! group led from outside or a new member outside. Timings are printed, never asserted.
+//! is lost, the US replicas are purged (attested, and gone from disk), no status sample ever shows the
+//! group led from outside or a new member outside, and each new replica was brought up by a snapshot (its
+//! status counts one installed; the leader's, one sent), not entry by entry. Timings are printed, never
+//! asserted.
 //!
 //! The nodes take a snapshot every 2,000 applied entries and keep 4,000 behind it (production's defaults are
 //! 100,000 and 200,000), so with 6,000 records the new replicas receive a snapshot — streamed in chunks,
@@ -56,6 +58,20 @@ async fn a_legacy_group_of_6000_records_migrates_into_the_eea_with_every_write_k
     assert!(report.status_samples > 0);
     assert!(report.residency_violations.is_empty(), "{}", report.render());
     assert_eq!(report.final_voters, [1, 2, 3], "{}", report.render());
+    for new_replica in [2, 3] {
+        let snapshots = report.snapshots.iter().find(|s| s.node == new_replica);
+        assert!(
+            snapshots.is_some_and(|s| s.installed >= 1),
+            "n{new_replica} was not brought up by a snapshot: {}",
+            report.render()
+        );
+    }
+    let sent: u64 = report.snapshots.iter().map(|s| s.sent).sum();
+    assert!(
+        sent >= 2,
+        "the leaders sent {sent} snapshots: {}",
+        report.render()
+    );
     assert!(
         report.final_leader.is_some_and(|leader| leader <= 3),
         "{}",

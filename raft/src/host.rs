@@ -41,7 +41,7 @@ use crate::audit::{AuditSink, Event, NoAudit, Observation, change_event, describ
 use crate::config::{GroupConfig, RoundTrips, covering_round_trip, group_round_trip_ms};
 use crate::fault::Isolation;
 use crate::identity::NodeIdentity;
-use crate::message::{SNAPSHOT_CHUNKS_IN_FLIGHT, SnapshotChunk};
+use crate::message::{SNAPSHOT_CHUNKS_IN_FLIGHT, SnapshotChunk, SnapshotsSent};
 use crate::network::{GroupNetworkFactory, MetricsCell, PeerReachability, flatten, membership_of};
 use crate::purge::CommittedMembership;
 use crate::residency::{GroupFence, IncidentCounts, Incidents, NodeAsClient};
@@ -137,6 +137,9 @@ pub struct GroupStatus {
     pub term: u64,
     pub last_applied: Option<u64>,
     pub committed: Option<u64>,
+    /// Whole snapshots this replica sent as leader, and installed, since it was opened.
+    pub snapshots_sent: u64,
+    pub snapshots_installed: u64,
 }
 
 struct Group<C: GroupConfig, B: storage::backend::Backend> {
@@ -146,6 +149,8 @@ struct Group<C: GroupConfig, B: storage::backend::Backend> {
     state_machine: StateMachine<C, B>,
     /// The snapshot being received, chunk by chunk.
     incoming_snapshot: Mutex<Option<IncomingSnapshot<C>>>,
+    /// Snapshots sent as leader (counted by the group's network).
+    snapshots_sent: Arc<SnapshotsSent>,
     /// When a leader last reached this replica (or when it was opened): a replica that has not heard
     /// from one for long may have been removed while it was away ([`crate::purge`]).
     heard_from_leader: Mutex<InstantOf<C>>,
@@ -357,7 +362,9 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             .map_err(|error| HostError::Store(error.to_string()))?;
         let (log, state_machine) = (opened.log, opened.state_machine);
         let metrics: MetricsCell<C> = Arc::new(OnceLock::new());
+        let snapshots_sent = Arc::new(SnapshotsSent::default());
         let network = GroupNetworkFactory {
+            snapshots: snapshots_sent.clone(),
             fence: fence.clone(),
             transport: self.transport.clone(),
             metrics: metrics.clone(),
@@ -385,6 +392,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             raft,
             state_machine,
             incoming_snapshot: Mutex::new(None),
+            snapshots_sent,
             heard_from_leader: Mutex::new(C::now()),
         };
         self.groups
@@ -792,6 +800,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             metrics: cell,
             peers: self.peers.clone(),
             isolation: self.isolation.clone(),
+            snapshots: replica.snapshots_sent.clone(),
         };
         let mut network = factory.new_client(target.0, &()).await;
         let request = AppendEntriesRequest {
@@ -1025,6 +1034,8 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             term: metrics.vote.leader_id().term(),
             last_applied: metrics.last_applied.as_ref().map(|log_id| log_id.index),
             committed: metrics.local_committed.as_ref().map(|log_id| log_id.index),
+            snapshots_sent: replica.snapshots_sent.get(),
+            snapshots_installed: replica.state_machine.snapshots_installed(),
         })
     }
 

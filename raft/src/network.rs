@@ -39,7 +39,7 @@ use crate::append_pipeline;
 use crate::append_split;
 use crate::config::GroupConfig;
 use crate::fault::Isolation;
-use crate::message::{SNAPSHOT_CHUNKS_IN_FLIGHT, SnapshotChunk};
+use crate::message::{SNAPSHOT_CHUNKS_IN_FLIGHT, SnapshotChunk, SnapshotsSent};
 use crate::residency::GroupFence;
 use crate::transport::{PeerRequest, PeerResponse, RequestKind, Transport};
 
@@ -205,6 +205,8 @@ pub struct GroupNetworkFactory<C: GroupConfig, T> {
     pub peers: Arc<PeerReachability<InstantOf<C>>>,
     /// The node's isolation from its peers, if an operator asked for one ([`crate::fault`]).
     pub isolation: Arc<Isolation<InstantOf<C>>>,
+    /// The group's count of snapshots sent, shared with its host.
+    pub snapshots: Arc<SnapshotsSent>,
 }
 
 impl<C: GroupConfig, T: Transport> RaftNetworkFactory<C> for GroupNetworkFactory<C, T> {
@@ -218,6 +220,7 @@ impl<C: GroupConfig, T: Transport> RaftNetworkFactory<C> for GroupNetworkFactory
             metrics: self.metrics.clone(),
             peers: self.peers.clone(),
             isolation: self.isolation.clone(),
+            snapshots: self.snapshots.clone(),
         }
     }
 }
@@ -229,6 +232,7 @@ pub struct GroupNetwork<C: GroupConfig, T> {
     metrics: MetricsCell<C>,
     peers: Arc<PeerReachability<InstantOf<C>>>,
     isolation: Arc<Isolation<InstantOf<C>>>,
+    snapshots: Arc<SnapshotsSent>,
 }
 
 impl<C: GroupConfig, T: Transport> GroupNetwork<C, T> {
@@ -437,9 +441,11 @@ impl<C: GroupConfig, T: Transport> RaftNetworkV2<C> for GroupNetwork<C, T> {
             drop(middle);
             last = send(count - 1).await?;
         }
-        last.ok_or_else(|| {
+        let installed = last.ok_or_else(|| {
             StreamingError::Network(NetworkError::from_string("the snapshot was not installed"))
-        })
+        })?;
+        self.snapshots.count();
+        Ok(installed)
     }
 }
 

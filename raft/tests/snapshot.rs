@@ -1,8 +1,10 @@
 //! A new replica receives a group's data as a streamed snapshot: the leader's log before its snapshot is
 //! purged, so a learner can only be brought up by one. The snapshot is tens of chunks — more than the
 //! sender keeps in flight, so the receiver puts chunks that overtook each other on the QUIC streams back
-//! in order — written into a spool file beside the learner's store, checked, installed, and kept there as
-//! the learner's current snapshot; every record arrives intact.
+//! in order — written into a spool file beside the learner's store, checked, installed (the install
+//! following the transfer as it arrives), and kept there as the learner's current snapshot; every record
+//! arrives intact, and the counts in both replicas' status say one snapshot went over, so a regression to
+//! entry-by-entry copying fails here.
 //!
 //! Waits poll with deadlines on tokio's clock (real sockets); no assertion is on a duration.
 #![allow(clippy::disallowed_methods)]
@@ -101,4 +103,16 @@ async fn a_learner_receives_a_streamed_snapshot_of_many_chunks_and_every_record(
         "the learner holds a snapshot: {:?}",
         metrics.snapshot
     );
+    let received = learner.status(&eea).unwrap();
+    assert!(
+        received.snapshots_installed >= 1,
+        "the learner was brought up by a snapshot: {received:?}"
+    );
+    assert_eq!(received.snapshots_sent, 0, "a learner sends none: {received:?}");
+    let sent = host.status(&eea).unwrap();
+    assert!(
+        sent.snapshots_sent >= 1,
+        "the leader sent the learner a snapshot: {sent:?}"
+    );
+    assert_eq!(sent.snapshots_installed, 0, "the leader built its own: {sent:?}");
 }

@@ -110,6 +110,12 @@ pub trait Backend: Send + 'static {
     /// A new, empty place to build or receive a snapshot in (a file beside the store, or memory).
     fn snapshot_spool(&self) -> Result<SnapshotSpool, StateMachineError>;
 
+    /// A new place to receive a snapshot in. A store may follow it with its install as it fills
+    /// ([`crate::snapshot_feed`]); by default it is a plain spool, installed once complete.
+    fn snapshot_receive_spool(&self) -> Result<SnapshotSpool, StateMachineError> {
+        self.snapshot_spool()
+    }
+
     /// Replaces every table with the snapshot's items in one durable commit, reading the snapshot
     /// one chunk at a time; a damaged item aborts it with nothing changed.
     fn install_snapshot(&mut self, snapshot: &SnapshotData) -> Result<(), StateMachineError>;

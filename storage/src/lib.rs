@@ -37,6 +37,7 @@ pub mod record;
 pub mod redb_store;
 pub mod segment;
 pub mod snapshot;
+pub mod snapshot_feed;
 pub mod state_machine;
 pub mod write_behind;
 

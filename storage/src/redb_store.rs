@@ -25,6 +25,8 @@ use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::thread::JoinHandle;
 
 use redb::Builder;
 use redb::Database;
@@ -43,6 +45,9 @@ use crate::backend::WriteBatch;
 use crate::error::StateMachineError;
 use crate::snapshot::SnapshotData;
 use crate::snapshot::SnapshotSpool;
+use crate::snapshot_feed::FeedItem;
+use crate::snapshot_feed::FeedStopped;
+use crate::snapshot_feed::SpoolFeed;
 
 const DATABASE_FILE: &str = "state.redb";
 const SNAPSHOT_FILE: &str = "current.snap";
@@ -67,6 +72,84 @@ pub struct RedbBackend {
     dir: PathBuf,
     /// Names the next spool file.
     spools: std::sync::atomic::AtomicU64,
+    /// The install following a snapshot being received, if one runs: it holds redb's write
+    /// transaction, so every other writer stops it first ([`stop_install_ahead`]).
+    install_ahead: Arc<Mutex<Option<InstallAhead>>>,
+    /// Installs committed from an install ahead (the rest were filled from the file at the end).
+    installed_ahead: u64,
+}
+
+/// An install transaction fed from a receiving spool as it fills ([`crate::snapshot_feed`]).
+struct InstallAhead {
+    feed: Arc<SpoolFeed>,
+    thread: JoinHandle<Result<(), FeedStopped>>,
+}
+
+type InstallAheadSlot = Mutex<Option<InstallAhead>>;
+
+/// Cancels the install ahead, if one runs, and waits until it has let redb's write lock go: a
+/// writer calls this before `begin_write`, which would otherwise wait for a transfer to end.
+fn stop_install_ahead(slot: &InstallAheadSlot) {
+    let ahead = slot.lock().expect("install ahead lock").take();
+    if let Some(ahead) = ahead {
+        ahead.feed.cancel();
+        if ahead.thread.join().is_err() {
+            tracing::error!("the snapshot install-ahead thread panicked");
+        }
+    }
+}
+
+/// The install transaction's work: every table emptied, then every item `fill` produces inserted.
+fn fill_install<E>(
+    txn: &redb::WriteTransaction,
+    path: &Path,
+    fill: impl FnOnce(&mut FeedItem<'_>) -> Result<(), E>,
+) -> Result<(), E>
+where
+    E: From<StateMachineError>,
+{
+    let error = |e: &dyn std::fmt::Display| corrupt_or_backend(path, e);
+    for table in Table::ALL {
+        txn.delete_table(definition(table)).map_err(|e| error(&e))?;
+    }
+    let mut open = Vec::with_capacity(Table::ALL.len());
+    for table in Table::ALL {
+        open.push((table, txn.open_table(definition(table)).map_err(|e| error(&e))?));
+    }
+    fill(&mut |table, key, value| {
+        let (_, handle) = open
+            .iter_mut()
+            .find(|(t, _)| *t == table)
+            .expect("every table is opened");
+        handle.insert(key, value).map(|_| ()).map_err(|e| error(&e))
+    })
+}
+
+/// The install-ahead thread: one durable write transaction fed from the spool as it is written,
+/// committed only if the state machine installs this snapshot.
+fn run_install_ahead(
+    database: &Database,
+    path: &Path,
+    feed: &SpoolFeed,
+    file: &fs::File,
+) -> Result<(), FeedStopped> {
+    let error = |e: &dyn std::fmt::Display| FeedStopped::from(corrupt_or_backend(path, e));
+    let mut txn = database.begin_write().map_err(|e| error(&e))?;
+    txn.set_durability(Durability::Immediate).map_err(|e| error(&e))?;
+    // Synced along the way (see `SpoolFeed::feed`): redb writes the transaction's dirty pages past
+    // half its cache into its file uncommitted, and syncing them early changes nothing redb relies
+    // on (its commit syncs the pages, then the header naming them).
+    let store_file = fs::File::open(path).map_err(|e| error(&e))?;
+    let mut flush = || -> Result<(), StateMachineError> {
+        let sync = |file: &fs::File| file.sync_data().map_err(|e| backend_error(path, e));
+        sync(file)?;
+        sync(&store_file)
+    };
+    fill_install(&txn, path, |visit| feed.feed(file, visit, &mut flush))?;
+    if !feed.await_decision()? {
+        return Err(FeedStopped::Cancelled);
+    }
+    txn.commit().map_err(|e| error(&e))
 }
 
 impl RedbBackend {
@@ -103,10 +186,17 @@ impl RedbBackend {
             database: Arc::new(database),
             dir,
             spools: std::sync::atomic::AtomicU64::new(0),
+            install_ahead: Arc::default(),
+            installed_ahead: 0,
         };
         backend.create_tables()?;
         backend.remove_stale_spools()?;
         Ok(backend)
+    }
+
+    /// Snapshot installs that were filled while their snapshot arrived, not after.
+    pub fn installed_ahead(&self) -> u64 {
+        self.installed_ahead
     }
 
     /// Spool files a crash left behind: an unfinished build or transfer, useless now.
@@ -243,6 +333,7 @@ impl Backend for RedbBackend {
     }
 
     fn commit(&mut self, batch: WriteBatch) -> Result<(), StateMachineError> {
+        stop_install_ahead(&self.install_ahead);
         let path = self.dir.join(DATABASE_FILE);
         let error = |e: &dyn std::fmt::Display| corrupt_or_backend(&path, e);
         let mut txn = self.database.begin_write().map_err(|e| error(&e))?;
@@ -282,7 +373,9 @@ impl Backend for RedbBackend {
     fn sync_job(&mut self) -> Result<SyncJob, StateMachineError> {
         let database = self.database.clone();
         let path = self.dir.join(DATABASE_FILE);
+        let install_ahead = self.install_ahead.clone();
         Ok(Box::new(move || {
+            stop_install_ahead(&install_ahead);
             let error = |e: &dyn std::fmt::Display| corrupt_or_backend(&path, e);
             let mut txn = database.begin_write().map_err(|e| error(&e))?;
             txn.set_durability(Durability::Immediate).map_err(|e| error(&e))?;
@@ -296,30 +389,67 @@ impl Backend for RedbBackend {
         Ok(SnapshotSpool::create_file(&path, SNAPSHOT_FILE_BYTES_MAX)?)
     }
 
+    /// A spool whose install follows it on a thread of its own ([`crate::snapshot_feed`]),
+    /// replacing any earlier transfer's.
+    fn snapshot_receive_spool(&self) -> Result<SnapshotSpool, StateMachineError> {
+        stop_install_ahead(&self.install_ahead);
+        let number = self.spools.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.dir.join(format!("{SPOOL_PREFIX}{number}{SPOOL_SUFFIX}"));
+        let feed = Arc::new(SpoolFeed::default());
+        let spool = SnapshotSpool::create_fed_file(&path, SNAPSHOT_FILE_BYTES_MAX, feed.clone())?;
+        let Some(file) = spool.file_handle()? else {
+            return Ok(spool);
+        };
+        let (database, path) = (self.database.clone(), self.dir.join(DATABASE_FILE));
+        let thread_feed = feed.clone();
+        let started = std::thread::Builder::new()
+            .name("domicile-install-ahead".into())
+            .spawn(move || run_install_ahead(&database, &path, &thread_feed, &file));
+        match started {
+            Ok(thread) => {
+                *self.install_ahead.lock().expect("install ahead lock") = Some(InstallAhead { feed, thread })
+            }
+            // Without the thread the snapshot is installed from the file once complete, as before.
+            Err(error) => tracing::warn!(%error, "could not start a snapshot install-ahead thread"),
+        }
+        Ok(spool)
+    }
+
     /// One durable write transaction: the tables emptied, then every item of the snapshot
     /// inserted as it is read. redb keeps at most half its cache of dirty pages in memory (the
     /// rest goes to the file, uncommitted), and an error drops the transaction: nothing changes.
+    ///
+    /// A snapshot received through a feed usually has its transaction filled already, as it
+    /// arrived ([`crate::snapshot_feed`]): then it is only committed. Any other install, or one
+    /// whose install ahead stopped, fills the transaction from the file now.
     fn install_snapshot(&mut self, snapshot: &SnapshotData) -> Result<(), StateMachineError> {
+        let ahead = self.install_ahead.lock().expect("install ahead lock").take();
+        if let Some(ahead) = ahead {
+            let ours = snapshot.feed().is_some_and(|feed| Arc::ptr_eq(feed, &ahead.feed));
+            if ours {
+                ahead.feed.decide(true);
+            } else {
+                ahead.feed.cancel();
+            }
+            match ahead.thread.join() {
+                Ok(Ok(())) if ours => {
+                    self.installed_ahead += 1;
+                    return Ok(());
+                }
+                Ok(Ok(())) => {}
+                Ok(Err(stopped)) => {
+                    tracing::warn!(%stopped, "the snapshot's install ahead stopped; installing from the file")
+                }
+                Err(_) => {
+                    tracing::error!("the snapshot install-ahead thread panicked; installing from the file")
+                }
+            }
+        }
         let path = self.dir.join(DATABASE_FILE);
         let error = |e: &dyn std::fmt::Display| corrupt_or_backend(&path, e);
         let mut txn = self.database.begin_write().map_err(|e| error(&e))?;
         txn.set_durability(Durability::Immediate).map_err(|e| error(&e))?;
-        for table in Table::ALL {
-            txn.delete_table(definition(table)).map_err(|e| error(&e))?;
-        }
-        {
-            let mut open = Vec::with_capacity(Table::ALL.len());
-            for table in Table::ALL {
-                open.push((table, txn.open_table(definition(table)).map_err(|e| error(&e))?));
-            }
-            snapshot.for_each_item(&mut |table, key, value| {
-                let (_, handle) = open
-                    .iter_mut()
-                    .find(|(t, _)| *t == table)
-                    .expect("every table is opened");
-                handle.insert(key, value).map(|_| ()).map_err(|e| error(&e))
-            })?;
-        }
+        fill_install(&txn, &path, |visit| snapshot.for_each_item(visit))?;
         txn.commit().map_err(|e| error(&e))
     }
 
@@ -348,5 +478,104 @@ impl Drop for RedbBackend {
         if let Err(error) = result {
             tracing::warn!(%error, "could not make the state machine durable at shutdown");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::MemBackend;
+    use crate::codec;
+    use crate::snapshot;
+    use crate::snapshot::SnapshotHeader;
+
+    fn source(records: usize) -> SnapshotData {
+        let mut backend = MemBackend::new();
+        let mut batch = WriteBatch::default();
+        for i in 0..records {
+            let key = format!("key-{i:06}").into_bytes();
+            let value = codec::seal(&key, &vec![i as u8; 2000]).unwrap();
+            batch.changes.insert((Table::Records, key), Some(value));
+        }
+        backend.commit(batch).unwrap();
+        let header = SnapshotHeader {
+            last_log_id: vec![1],
+            membership: vec![2],
+            policy_version: 3,
+        };
+        snapshot::build(&backend.view().unwrap(), header).unwrap()
+    }
+
+    fn records(backend: &RedbBackend) -> usize {
+        let mut count = 0;
+        backend
+            .view()
+            .unwrap()
+            .scan_prefix(Table::Records, &[], &mut |_, _| {
+                count += 1;
+                Ok(())
+            })
+            .unwrap();
+        count
+    }
+
+    fn receive(backend: &RedbBackend, data: &SnapshotData, chunks: usize) -> SnapshotSpool {
+        let mut spool = backend.snapshot_receive_spool().unwrap();
+        for chunk in data.chunks().take(chunks) {
+            spool.push(&chunk.unwrap()).unwrap();
+        }
+        spool
+    }
+
+    #[test]
+    fn a_received_snapshot_is_installed_as_it_arrives_and_committed_only_when_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut backend = RedbBackend::open(dir.path()).unwrap();
+        let data = source(2000);
+        let received = receive(&backend, &data, data.chunk_count()).finish().unwrap();
+        assert_eq!(records(&backend), 0, "nothing is committed before the install");
+        backend.install_snapshot(&received).unwrap();
+        assert_eq!(backend.installed_ahead(), 1, "the install followed the transfer");
+        assert_eq!(records(&backend), 2000);
+    }
+
+    #[test]
+    fn a_writer_stops_the_install_ahead_and_the_install_reads_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut backend = RedbBackend::open(dir.path()).unwrap();
+        let data = source(2000);
+        let mut spool = receive(&backend, &data, 3);
+        // A commit while the transfer is under way (a follower's apply) must not wait for it.
+        let mut batch = WriteBatch::default();
+        let key = b"written-meanwhile".to_vec();
+        batch.changes.insert(
+            (Table::Dedup, key.clone()),
+            Some(codec::seal(&key, b"x").unwrap()),
+        );
+        backend.commit(batch).unwrap();
+        for chunk in data.chunks().skip(3) {
+            spool.push(&chunk.unwrap()).unwrap();
+        }
+        let received = spool.finish().unwrap();
+        backend.install_snapshot(&received).unwrap();
+        assert_eq!(backend.installed_ahead(), 0, "the install ahead was stopped");
+        assert_eq!(records(&backend), 2000, "installed from the file instead");
+        assert_eq!(backend.view().unwrap().get(Table::Dedup, &key).unwrap(), None);
+    }
+
+    #[test]
+    fn an_abandoned_or_replaced_transfer_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut backend = RedbBackend::open(dir.path()).unwrap();
+        let data = source(2000);
+        drop(receive(&backend, &data, 4));
+        let unused = receive(&backend, &data, data.chunk_count()).finish().unwrap();
+        // A second transfer replaces the first before it is installed.
+        let received = receive(&backend, &data, data.chunk_count()).finish().unwrap();
+        assert_eq!(records(&backend), 0);
+        drop(unused);
+        backend.install_snapshot(&received).unwrap();
+        assert_eq!(backend.installed_ahead(), 1);
+        assert_eq!(records(&backend), 2000);
     }
 }

@@ -41,12 +41,13 @@ use crate::codec::FRAME_HEADER_BYTES;
 use crate::codec::FrameHeader;
 use crate::error::SnapshotError;
 use crate::error::StateMachineError;
+use crate::snapshot_feed::SpoolFeed;
 
 /// Items are packed into a chunk until its payload would pass this size.
 pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1 << 20;
 
 /// Bound on any frame's payload when reading (a single large item may exceed the chunk target).
-const FRAME_PAYLOAD_BYTES_MAX: usize = 4 << 20;
+pub(crate) const FRAME_PAYLOAD_BYTES_MAX: usize = 4 << 20;
 
 /// Bound on a snapshot kept in memory (the simulator's and tests' stores).
 pub const MEMORY_SNAPSHOT_BYTES_MAX: u64 = 1 << 30;
@@ -78,7 +79,7 @@ enum SnapshotFrame {
 /// A frame as read: its items borrow their keys and values from the frame's bytes (the same
 /// encoding as [`SnapshotFrame`], decoded without a copy of each key and value).
 #[derive(Deserialize)]
-enum SnapshotFrameRef<'a> {
+pub(crate) enum SnapshotFrameRef<'a> {
     Header(SnapshotHeader),
     Chunk {
         sequence: u64,
@@ -92,12 +93,12 @@ enum SnapshotFrameRef<'a> {
 }
 
 #[derive(Deserialize)]
-struct SnapshotItemRef<'a> {
-    table: Table,
+pub(crate) struct SnapshotItemRef<'a> {
+    pub(crate) table: Table,
     #[serde(borrow)]
-    key: &'a [u8],
+    pub(crate) key: &'a [u8],
     #[serde(borrow)]
-    value: &'a [u8],
+    pub(crate) value: &'a [u8],
 }
 
 /// What the order and count checks need of a frame.
@@ -158,7 +159,7 @@ impl FrameOrder {
 }
 
 /// Checks one frame's length bound, checksum and version, and decodes it.
-fn open_one_frame(frame: &[u8]) -> Result<SnapshotFrameRef<'_>, String> {
+pub(crate) fn open_one_frame(frame: &[u8]) -> Result<SnapshotFrameRef<'_>, String> {
     let header_bytes: &[u8; FRAME_HEADER_BYTES] = frame
         .get(..FRAME_HEADER_BYTES)
         .and_then(|h| h.try_into().ok())
@@ -179,6 +180,8 @@ struct SpoolFile {
     path: Mutex<PathBuf>,
     /// Whether it is a store's current snapshot (then its store owns it).
     kept: Mutex<bool>,
+    /// A receiving spool's progress, followed by an install ahead ([`crate::snapshot_feed`]).
+    feed: Option<Arc<SpoolFeed>>,
 }
 
 impl SpoolFile {
@@ -213,6 +216,18 @@ enum Bytes {
     File(SpoolFile),
 }
 
+/// Tells a spool's feed that the spool was dropped unfinished, unless it finished.
+#[derive(Debug)]
+struct AbandonOnDrop(Option<Arc<SpoolFeed>>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if let Some(feed) = self.0.take() {
+            feed.abandoned();
+        }
+    }
+}
+
 /// Where a snapshot is being written: frames are appended, each checked, up to a byte bound.
 #[derive(Debug)]
 pub struct SnapshotSpool {
@@ -222,6 +237,8 @@ pub struct SnapshotSpool {
     len: u64,
     bytes_max: u64,
     order: FrameOrder,
+    /// A receiving file spool's feed: told of every frame written, and of the end.
+    feed: AbandonOnDrop,
 }
 
 impl SnapshotSpool {
@@ -232,6 +249,24 @@ impl SnapshotSpool {
 
     /// A spool in a new file at `path` (replacing any file there), of at most `bytes_max` bytes.
     pub fn create_file(path: &Path, bytes_max: u64) -> Result<SnapshotSpool, SnapshotError> {
+        SnapshotSpool::create(path, bytes_max, None)
+    }
+
+    /// A spool in a new file at `path` for a snapshot being received, which publishes its progress
+    /// to `feed` so the install can follow it ([`crate::snapshot_feed`]).
+    pub fn create_fed_file(
+        path: &Path,
+        bytes_max: u64,
+        feed: Arc<SpoolFeed>,
+    ) -> Result<SnapshotSpool, SnapshotError> {
+        SnapshotSpool::create(path, bytes_max, Some(feed))
+    }
+
+    fn create(
+        path: &Path,
+        bytes_max: u64,
+        feed: Option<Arc<SpoolFeed>>,
+    ) -> Result<SnapshotSpool, SnapshotError> {
         let file = fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -246,8 +281,11 @@ impl SnapshotSpool {
             file,
             path: Mutex::new(path.to_path_buf()),
             kept: Mutex::new(false),
+            feed: feed.clone(),
         };
-        Ok(SnapshotSpool::new(Bytes::File(file), bytes_max))
+        let mut spool = SnapshotSpool::new(Bytes::File(file), bytes_max);
+        spool.feed = AbandonOnDrop(feed);
+        Ok(spool)
     }
 
     fn new(bytes: Bytes, bytes_max: u64) -> SnapshotSpool {
@@ -257,6 +295,15 @@ impl SnapshotSpool {
             len: 0,
             bytes_max,
             order: FrameOrder::default(),
+            feed: AbandonOnDrop(None),
+        }
+    }
+
+    /// A second handle on a file spool's file, for a reader that follows the writes.
+    pub fn file_handle(&self) -> Result<Option<fs::File>, SnapshotError> {
+        match &self.bytes {
+            Bytes::Memory(_) => Ok(None),
+            Bytes::File(spool) => spool.file.try_clone().map(Some).map_err(|e| spool.io_error(e)),
         }
     }
 
@@ -305,16 +352,22 @@ impl SnapshotSpool {
         }
         self.frames.push((self.len, frame.len() as u32));
         self.len = end;
+        if let Some(feed) = &self.feed.0 {
+            feed.published(self.len);
+        }
         Ok(())
     }
 
     /// The finished snapshot: its trailer must have arrived. A file is not synced here (a receiver
     /// finishes on its network task): it is when it becomes a store's current snapshot
     /// ([`SnapshotData::persist_as`]), and installing it commits the store durably.
-    pub fn finish(self) -> Result<SnapshotData, SnapshotError> {
+    pub fn finish(mut self) -> Result<SnapshotData, SnapshotError> {
         let Some(header) = self.order.header.clone().filter(|_| self.order.complete) else {
             return Err(self.corrupt("snapshot ends without a trailer".into()));
         };
+        if let Some(feed) = self.feed.0.take() {
+            feed.finished();
+        }
         Ok(SnapshotData {
             inner: Arc::new(Inner {
                 header,
@@ -472,6 +525,7 @@ impl SnapshotData {
                     file,
                     path: Mutex::new(path.to_path_buf()),
                     kept: Mutex::new(true),
+                    feed: None,
                 }),
             }),
         })
@@ -520,6 +574,14 @@ impl SnapshotData {
 
     pub fn header(&self) -> &SnapshotHeader {
         &self.inner.header
+    }
+
+    /// The feed this snapshot was received through, if an install may have followed it.
+    pub fn feed(&self) -> Option<&Arc<SpoolFeed>> {
+        match &self.inner.bytes {
+            Bytes::File(spool) => spool.feed.as_ref(),
+            Bytes::Memory(_) => None,
+        }
     }
 
     /// The snapshot's size in bytes.

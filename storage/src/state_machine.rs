@@ -44,6 +44,8 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::TryLockError;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 
 use futures_util::Stream;
 use futures_util::TryStreamExt;
@@ -100,6 +102,9 @@ struct Core<B> {
 pub struct StateMachine<C, B: Backend> {
     core: Arc<Mutex<Core<B>>>,
     executor: Arc<Executor>,
+    /// Snapshots installed since the state machine was opened (openraft installs only those newer
+    /// than what it has committed).
+    snapshots_installed: Arc<AtomicU64>,
     _config: PhantomData<fn() -> C>,
 }
 
@@ -109,6 +114,7 @@ impl<C, B: Backend> Clone for StateMachine<C, B> {
         StateMachine {
             core: self.core.clone(),
             executor: self.executor.clone(),
+            snapshots_installed: self.snapshots_installed.clone(),
             _config: PhantomData,
         }
     }
@@ -376,6 +382,7 @@ impl<C: StorageTypeConfig, B: Backend> StateMachine<C, B> {
         Ok(StateMachine {
             core: Arc::new(Mutex::new(core)),
             executor: Arc::new(executor),
+            snapshots_installed: Arc::default(),
             _config: PhantomData,
         })
     }
@@ -482,9 +489,15 @@ impl<C: StorageTypeConfig, B: Backend> StateMachine<C, B> {
             .await
     }
 
-    /// A new place to receive a snapshot in (a file beside the store in production).
+    /// A new place to receive a snapshot in (a file beside the store in production, whose install
+    /// may follow it as it fills: [`crate::snapshot_feed`]).
     pub async fn snapshot_spool(&self) -> Result<SnapshotSpool, StateMachineError> {
-        self.with_core(|core| core.backend.snapshot_spool()).await
+        self.with_core(|core| core.backend.snapshot_receive_spool()).await
+    }
+
+    /// Snapshots installed since the state machine was opened.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.snapshots_installed.load(Ordering::Relaxed)
     }
 
     /// The group's policy version as of the last applied entry.
@@ -559,9 +572,10 @@ impl<C: StorageTypeConfig, B: Backend> RaftStateMachine<C> for StateMachine<C, B
                 format!("snapshot holds {last_log_id:?}/{last_membership}, openraft installs {meta}");
             return Err(StateMachineError::Snapshot(SnapshotError::MetaMismatch(reason)).into());
         }
-        Ok(self
-            .with_core_on_thread(move |core| core.install_snapshot(&snapshot))
-            .await?)
+        self.with_core_on_thread(move |core| core.install_snapshot(&snapshot))
+            .await?;
+        self.snapshots_installed.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, SnapshotData>>, io::Error> {

@@ -151,6 +151,11 @@ impl<B: Backend> Backend for WriteBehind<B> {
         self.inner.snapshot_spool()
     }
 
+    fn snapshot_receive_spool(&self) -> Result<SnapshotSpool, StateMachineError> {
+        self.check()?;
+        self.inner.snapshot_receive_spool()
+    }
+
     /// Everything pending is older than the snapshot, which replaces it.
     fn install_snapshot(&mut self, snapshot: &SnapshotData) -> Result<(), StateMachineError> {
         self.check()?;

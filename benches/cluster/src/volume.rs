@@ -130,6 +130,13 @@ pub struct CopyRate {
 }
 
 #[derive(Debug, Default, Serialize)]
+pub struct Snapshots {
+    pub node: u64,
+    pub installed: u64,
+    pub sent: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
 pub struct Memory {
     pub node: u64,
     /// The highest VmRSS sampled during the migration.
@@ -167,6 +174,9 @@ pub struct Report {
     pub residency_violations: Vec<String>,
     pub final_voters: Vec<u64>,
     pub final_leader: Option<u64>,
+    /// Per node: whole snapshots of the group its replica installed, and sent, since the node started
+    /// (from the status at the end). A new replica brought up entry by entry installed none.
+    pub snapshots: Vec<Snapshots>,
     pub load_average_start: f64,
     pub load_average_end: f64,
 }
@@ -262,6 +272,12 @@ impl Report {
                 copy.catch_up_s,
                 copy.mb_per_s,
                 mb(copy.on_disk_bytes)
+            ));
+        }
+        for snapshots in &self.snapshots {
+            text.push_str(&format!(
+                "n{}: snapshots installed {}, sent {}\n",
+                snapshots.node, snapshots.installed, snapshots.sent
             ));
         }
         for memory in &self.memory {
@@ -776,13 +792,18 @@ fn residency_problems(status: &Value) -> Vec<String> {
 
 /// The applied index of `node`'s replica of the group, from its own status.
 fn applied_on(status: &Value, node: u64) -> Option<u64> {
+    field_on(status, node, "last_applied")
+}
+
+/// A number from `node`'s own status of its replica of the group.
+fn field_on(status: &Value, node: u64, field: &str) -> Option<u64> {
     status["nodes"]
         .as_array()?
         .iter()
         .find(|entry| entry["node"].as_u64() == Some(node))?["groups"]
         .as_array()?
         .iter()
-        .find(|group| group["group"] == GROUP)?["last_applied"]
+        .find(|group| group["group"] == GROUP)?[field]
         .as_u64()
 }
 
@@ -1108,6 +1129,14 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
             voters.sort_unstable();
             report.final_voters = voters;
             report.final_leader = view["leader"].as_u64();
+            report.snapshots = INSIDE
+                .iter()
+                .map(|&node| Snapshots {
+                    node,
+                    installed: field_on(&status, node, "snapshots_installed").unwrap_or(0),
+                    sent: field_on(&status, node, "snapshots_sent").unwrap_or(0),
+                })
+                .collect();
             if report.final_voters == INSIDE && member_ids(&view["learners"]).is_empty() {
                 break;
             }
