@@ -325,12 +325,21 @@ async fn split_round(world: &World) {
             let Some(change) = next_split(world, directory) else {
                 return;
             };
+            let modelled = moving_bulk(world, &change.moving);
+            let bytes: u64 = world.bulk.as_ref().map_or(0, |bulk| {
+                bulk.current()
+                    .iter()
+                    .filter(|range| modelled.contains(&range.id))
+                    .map(|range| range.bytes)
+                    .sum()
+            });
             world.log(format!(
-                "split: {:?} of {} to {} at epoch {}",
+                "split: {:?} of {} to {} at epoch {}: {} modelled ranges, {bytes} bytes",
                 change.moving,
                 change.loser,
                 change.gainer,
-                change.next.epoch()
+                change.next.epoch(),
+                modelled.len()
             ));
             if let Some(bulk) = &world.bulk {
                 bulk.begin_move(&moving_bulk(world, &change.moving), &change.gainer);
