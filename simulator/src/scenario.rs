@@ -1167,13 +1167,16 @@ async fn final_checks(world: &World, workload: &Workload) {
             continue;
         };
         let first_held = log.first().map_or(committed + 1, |(index, ..)| *index);
-        let carried: BTreeMap<storage::WriteId, u64> = log
-            .iter()
-            .filter_map(|(index, _, payload)| match payload {
-                openraft::EntryPayload::Normal(command) => command.write_id().map(|write| (write, *index)),
-                _ => None,
-            })
-            .collect();
+        // The first entry carrying each write id: a client's retry of a write may be appended again, and
+        // the state machine answers it with the first one's revision (deduplication).
+        let mut carried: BTreeMap<storage::WriteId, u64> = BTreeMap::new();
+        for (index, _, payload) in &log {
+            if let openraft::EntryPayload::Normal(command) = payload
+                && let Some(write) = command.write_id()
+            {
+                carried.entry(write).or_insert(*index);
+            }
+        }
         for write in acked.iter().filter(|write| &write.group == group) {
             let problem = match carried.get(&write.write) {
                 Some(&index) if index <= write.revision => continue,
