@@ -320,7 +320,7 @@ impl Node {
             &tls,
             topology.clone(),
             addresses.clone(),
-            QuicConfig::loopback(),
+            link_tuning(config.listen, &addresses),
             handler.clone(),
         )
         .map_err(|error| anyhow!("can't listen on {}: {error} (is the port in use?)", config.listen))?;
@@ -531,9 +531,49 @@ impl Handler<Envelope, EnvelopeResponse> for Front {
     }
 }
 
+/// The QUIC tuning for this node's links: loopback's 1 ms first RTT estimate and 5 s request deadline
+/// would, between sites, retransmit spuriously before the first round trip is measured and give up on a
+/// large frame still in flight over a slow link, so any peer (or listening address) off loopback selects
+/// the cross-site tuning. Unresolved peers do not count: a node whose peers all sit on this machine is a
+/// same-machine deployment.
+fn link_tuning(listen: SocketAddr, peers: &BTreeMap<NodeId, SocketAddr>) -> QuicConfig {
+    let off_loopback = |addr: &SocketAddr| !addr.ip().is_loopback() && !addr.ip().is_unspecified();
+    if off_loopback(&listen) || peers.values().any(off_loopback) {
+        QuicConfig::cross_site()
+    } else {
+        QuicConfig::loopback()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peers_off_loopback_get_the_cross_site_link_tuning() {
+        let local: SocketAddr = "127.0.0.1:7100".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:7100".parse().unwrap();
+        let same_machine: BTreeMap<NodeId, SocketAddr> =
+            [(NodeId(2), "127.0.0.1:7102".parse().unwrap())].into();
+        let across: BTreeMap<NodeId, SocketAddr> = [
+            (NodeId(2), "127.0.0.1:7102".parse().unwrap()),
+            (NodeId(3), "10.0.0.3:7100".parse().unwrap()),
+        ]
+        .into();
+        let loopback = QuicConfig::loopback();
+        let cross = QuicConfig::cross_site();
+        assert_eq!(
+            link_tuning(local, &same_machine).initial_rtt,
+            loopback.initial_rtt
+        );
+        assert_eq!(link_tuning(any, &same_machine).initial_rtt, loopback.initial_rtt);
+        assert_eq!(link_tuning(local, &across).initial_rtt, cross.initial_rtt);
+        let site_address: SocketAddr = "10.0.0.1:7100".parse().unwrap();
+        assert_eq!(
+            link_tuning(site_address, &BTreeMap::new()).request_timeout,
+            cross.request_timeout
+        );
+    }
 
     #[test]
     fn a_peer_is_dialled_at_an_address_of_the_listening_family() {
