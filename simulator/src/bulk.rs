@@ -326,28 +326,26 @@ impl Bulk {
     /// Does `node` hold a complete copy of every range `group` owns (not those it is still receiving,
     /// whose authoritative copy is the losing group's)?
     fn complete_owned(&self, group: &GroupId, node: NodeId) -> bool {
-        let copies: BTreeSet<u64> = self
-            .lock()
-            .copies
-            .get(&(group.clone(), node))
-            .map(|copies| copies.keys().copied().collect())
-            .unwrap_or_default();
+        let copies = self.held(group, node);
         self.owned_by(group).iter().all(|range| copies.contains(range))
     }
 
-    /// Does `node` hold a complete copy of every range of `group`, those it is receiving included?
+    /// Does `node` hold a complete copy of every range of `group`, those it is receiving included? (A
+    /// group that holds no range, created empty and waiting for a split, needs no copy.)
     pub fn complete(&self, group: &GroupId, node: NodeId) -> bool {
-        let state = self.lock();
-        // A group that holds no range (created empty, waiting for a split) needs no copy.
-        let copies: BTreeSet<u64> = state
-            .copies
-            .get(&(group.clone(), node))
-            .map(|copies| copies.keys().copied().collect())
-            .unwrap_or_default();
-        drop(state);
+        let copies = self.held(group, node);
         self.ranges_of(group)
             .iter()
             .all(|range| copies.contains(&range.id))
+    }
+
+    /// The ranges `node`'s replica of `group` holds a copy of (none if it holds no replica).
+    fn held(&self, group: &GroupId, node: NodeId) -> BTreeSet<u64> {
+        self.lock()
+            .copies
+            .get(&(group.clone(), node))
+            .map(|copies| copies.keys().copied().collect())
+            .unwrap_or_default()
     }
 
     pub fn holders(&self, group: &GroupId) -> Vec<NodeId> {
@@ -383,12 +381,7 @@ impl Bulk {
     /// crashes (what was synced stays; the orchestrator starts the rest again).
     async fn transfer(&self, world: &World, group: &GroupId, node: NodeId) {
         let missing: Vec<Range> = {
-            let state = self.lock();
-            let held = state.copies.get(&(group.clone(), node));
-            let held: BTreeSet<u64> = held
-                .map(|copies| copies.keys().copied().collect())
-                .unwrap_or_default();
-            drop(state);
+            let held = self.held(group, node);
             self.ranges_of(group)
                 .into_iter()
                 .filter(|range| !held.contains(&range.id))
