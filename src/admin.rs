@@ -2,7 +2,9 @@
 //! default. `GET /status`, `GET /ready`, `GET /metrics` (Prometheus text), `GET /topology`,
 //! `POST /groups/{group}/learners`, `POST /groups/{group}/leader`, `POST /groups/{group}/steps` (a planner
 //! step), `POST /drain`, `POST /shard-map/{jurisdiction}/plan` and `POST /shard-map/steps` (a change of a
-//! jurisdiction's shard map, `crate::admin_shard_map`).
+//! jurisdiction's shard map, `crate::admin_shard_map`), and the range copy's operations on a group's
+//! leader (`/range-copy/{group}/...`, `GET /shard-map/{jurisdiction}/published`:
+//! `crate::admin_range_copy`).
 //!
 //! `GET /ready` is for an orchestrator's readiness probe: 200 once the node serves its groups — the
 //! endpoint only listens after the node has opened them, and every group it hosts knows a leader — and
@@ -26,7 +28,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use audit::event::OperatorAction;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -68,6 +70,29 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle<()
             post(crate::admin_shard_map::plan),
         )
         .route("/shard-map/steps", post(crate::admin_shard_map::execute_step))
+        .route(
+            "/shard-map/{jurisdiction}/published",
+            get(crate::admin_range_copy::published),
+        )
+        .route(
+            "/range-copy/{group}/command",
+            post(crate::admin_range_copy::command).layer(DefaultBodyLimit::max(
+                crate::admin_range_copy::COMMAND_BYTES_MAX,
+            )),
+        )
+        .route(
+            "/range-copy/{group}/read",
+            post(crate::admin_range_copy::read).layer(DefaultBodyLimit::max(
+                crate::admin_range_copy::REQUEST_BYTES_MAX,
+            )),
+        )
+        .route(
+            "/range-copy/{group}/digest",
+            post(crate::admin_range_copy::digest).layer(DefaultBodyLimit::max(
+                crate::admin_range_copy::REQUEST_BYTES_MAX,
+            )),
+        )
+        .route("/range-copy/{group}/state", get(crate::admin_range_copy::state))
         .with_state(node.clone());
     let observer = node.clone();
     tokio::spawn(async move {
@@ -348,7 +373,7 @@ pub(crate) async fn audit_outcome(node: &Node, action: OperatorAction, ok: bool,
     let _ = node.host.audit_durable().await;
 }
 
-fn error_response(error: HostError) -> Response {
+pub(crate) fn error_response(error: HostError) -> Response {
     let message = error.to_string();
     let (status, leader, refusal) = match &error {
         HostError::Residency(refusal) => (StatusCode::FORBIDDEN, None, serde_json::to_value(refusal).ok()),

@@ -229,3 +229,56 @@ pub struct MapPlan {
     pub next: wire::routing::RoutingMap,
     pub steps: Vec<MapStepRequest>,
 }
+
+/// `POST /range-copy/{group}/read`: a bounded run of the group's records of `jurisdiction` in `ranges`
+/// (routing positions, inclusive) after `after`, in the store's key order. The node bounds it by the
+/// range copy's batch limits whatever `records_max` and `bytes_max` ask.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadRangeRequest {
+    pub jurisdiction: String,
+    pub ranges: Vec<(u64, u64)>,
+    pub after: Option<storage::RecordKey>,
+    #[serde(default)]
+    pub records_max: Option<usize>,
+    #[serde(default)]
+    pub bytes_max: Option<usize>,
+}
+
+/// `POST /range-copy/{group}/digest`: the digest of what the group holds of `ranges`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestRequest {
+    pub jurisdiction: String,
+    pub ranges: Vec<(u64, u64)>,
+}
+
+/// `GET /range-copy/{group}/state`: the ranges the group has committed and those it is receiving.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeState {
+    pub owned: Option<storage::record::Ownership>,
+    pub incoming: Option<storage::record::Ownership>,
+}
+
+/// The content type of a body that is one `wire::codec` frame: `[length][crc32][version][postcard]`.
+pub const FRAME_CONTENT_TYPE: &str = "application/x-domicile-frame";
+
+/// The largest frame either side reads: above a range copy's command (`COMMAND_BYTES_MAX`) and batch.
+pub const FRAME_BYTES_MAX: usize = 16 << 20;
+
+/// `value` as one checksummed, versioned frame: the range copy's records travel so, since JSON would
+/// spell each value byte as a number (3.6 characters a byte for random bytes, and slow to parse).
+pub fn frame_body<T: Serialize>(value: &T) -> Result<Vec<u8>, wire::codec::CodecError> {
+    let mut out = Vec::new();
+    wire::codec::encode_frame(value, None::<&()>, FRAME_BYTES_MAX, &mut out)?;
+    Ok(out)
+}
+
+/// The value in a frame made by [`frame_body`]: its length, checksum and version checked first.
+pub fn open_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, wire::codec::CodecError> {
+    if bytes.len() > wire::codec::FRAME_HEADER_BYTES + FRAME_BYTES_MAX {
+        return Err(wire::codec::CodecError::TooLong {
+            length: bytes.len() as u64,
+            bound: FRAME_BYTES_MAX as u64,
+        });
+    }
+    wire::codec::decode(wire::codec::open_frame(bytes)?)
+}

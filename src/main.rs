@@ -15,6 +15,7 @@ macro_rules! outln {
 mod admin;
 mod admin_api;
 mod admin_faults;
+mod admin_range_copy;
 mod admin_shard_map;
 mod admin_tls;
 mod apply_cli;
