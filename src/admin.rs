@@ -76,21 +76,18 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle<()
         )
         .route(
             "/range-copy/{group}/command",
-            post(crate::admin_range_copy::command).layer(DefaultBodyLimit::max(
-                crate::admin_range_copy::COMMAND_BYTES_MAX,
-            )),
+            post(crate::admin_range_copy::command)
+                .layer(DefaultBodyLimit::max(crate::admin_range_copy::COMMAND_BYTES_MAX)),
         )
         .route(
             "/range-copy/{group}/read",
-            post(crate::admin_range_copy::read).layer(DefaultBodyLimit::max(
-                crate::admin_range_copy::REQUEST_BYTES_MAX,
-            )),
+            post(crate::admin_range_copy::read)
+                .layer(DefaultBodyLimit::max(crate::admin_range_copy::REQUEST_BYTES_MAX)),
         )
         .route(
             "/range-copy/{group}/digest",
-            post(crate::admin_range_copy::digest).layer(DefaultBodyLimit::max(
-                crate::admin_range_copy::REQUEST_BYTES_MAX,
-            )),
+            post(crate::admin_range_copy::digest)
+                .layer(DefaultBodyLimit::max(crate::admin_range_copy::REQUEST_BYTES_MAX)),
         )
         .route("/range-copy/{group}/state", get(crate::admin_range_copy::state))
         .with_state(node.clone());

@@ -224,7 +224,10 @@ fn check_command(node: &Node, group: &GroupId, command: &Command) -> Result<Stri
             records,
         } => {
             fenced_to(node, group, jurisdiction)?;
-            if let Some(key) = records.iter().find(|copied| copied.key.jurisdiction != *jurisdiction) {
+            if let Some(key) = records
+                .iter()
+                .find(|copied| copied.key.jurisdiction != *jurisdiction)
+            {
                 return Err(format!(
                     "a copied record of `{}` in a copy into `{jurisdiction}`",
                     key.key.jurisdiction
@@ -245,12 +248,11 @@ fn check_command(node: &Node, group: &GroupId, command: &Command) -> Result<Stri
                 "purge up to {limit} record(s) of {jurisdiction} it does not own, after {after:?}"
             ))
         }
-        Command::CancelIncoming {
-            jurisdiction,
-            epoch,
-        } => {
+        Command::CancelIncoming { jurisdiction, epoch } => {
             fenced_to(node, group, jurisdiction)?;
-            Ok(format!("cancel the incoming ranges of {jurisdiction} at epoch {epoch}"))
+            Ok(format!(
+                "cancel the incoming ranges of {jurisdiction} at epoch {epoch}"
+            ))
         }
         other => Err(format!(
             "only the range copy's commands run here, not {}",
@@ -270,10 +272,7 @@ fn check_ranges(
 ) -> Result<(), String> {
     fenced_to(node, group, jurisdiction)?;
     if ranges.is_empty() || ranges.len() > RANGES_MAX {
-        return Err(format!(
-            "{} ranges named: from 1 to {RANGES_MAX}",
-            ranges.len()
-        ));
+        return Err(format!("{} ranges named: from 1 to {RANGES_MAX}", ranges.len()));
     }
     match ranges.iter().find(|(start, end)| start > end) {
         Some((start, end)) => Err(format!("range {start}..={end} ends before it starts")),

@@ -35,6 +35,8 @@ mod pseudonym_keys;
 mod purge_log;
 mod record_cli;
 mod round_trip_watch;
+mod shard_cli;
+mod shard_leaders;
 
 use std::process::ExitCode;
 
@@ -117,6 +119,11 @@ enum Command {
     Drill {
         #[command(subcommand)]
         command: drill::DrillCommand,
+    },
+    /// Split or move a range of a jurisdiction's shard map, with its records, while it serves.
+    Shard {
+        #[command(subcommand)]
+        command: shard_cli::ShardCommand,
     },
     /// Leadership operations.
     Leader {
@@ -267,6 +274,7 @@ fn main() -> ExitCode {
             apply_cli::run_blocking(apply_cli::Scope::Rebalance { jurisdiction }, run)
         }
         Command::Audit { command } => audit_cli::run(command),
+        Command::Shard { command } => shard_cli::run_blocking(command),
         Command::Drill { command } => drill::run_blocking(command),
         Command::Record { command } => {
             let certs = cli.credentials.certs_dir.clone();
