@@ -61,7 +61,7 @@ pub use fence::{Fence, FencedLeader, FencedMembership, Refusal, RefusalReason};
 pub use jurisdiction::{Jurisdiction, JurisdictionError, Jurisdictions};
 pub use membership::Membership;
 pub use planner::{GroupReport, Plan, PlanError, Problem, Step, plan};
-pub use policy::{FailureDomains, GroupId, GroupPolicy, LeaderPreference, PolicyError};
+pub use policy::{FailureDomains, GroupId, GroupPolicy, LeaderPreference, PolicyError, ShardRole};
 pub use rebalance::{rebalance, rebalance_by_cost};
 pub use round_trips::{RoundTripError, RoundTripTable};
 pub use site::{NodeId, Site, SiteName};

@@ -54,6 +54,20 @@ pub struct GroupPolicy {
     pub learners: usize,
     pub failure_domains: FailureDomains,
     pub leader_preference: Vec<LeaderPreference>,
+    /// Whether the group takes part in its jurisdiction's first shard map (`Even`, the default) or is
+    /// created owning no range until a split or move gives it one (`Reserve`).
+    pub shard: ShardRole,
+}
+
+/// A group's part in its jurisdiction's first shard map (`shard = "even" | "reserve"` in the topology).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ShardRole {
+    /// One of the groups over which epoch 1's map spreads the positions evenly.
+    #[default]
+    Even,
+    /// Placed and bootstrapped like any group, but given no range at epoch 1: a split's or a move's
+    /// gainer, held ready.
+    Reserve,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -15,7 +15,7 @@ use crate::access::{Access, AccessPolicy};
 use crate::country::Country;
 use crate::jurisdiction::Jurisdictions;
 use crate::membership::Membership;
-use crate::policy::{FailureDomains, GroupId, GroupPolicy, LeaderPreference};
+use crate::policy::{FailureDomains, GroupId, GroupPolicy, LeaderPreference, ShardRole};
 use crate::round_trips::{RoundTripError, RoundTripTable};
 use crate::site::{NodeId, Site, SiteName};
 use crate::state::{GroupState, Health, Placement};
@@ -135,6 +135,9 @@ struct RawGroup {
     distinct_regions: Option<Spanned<usize>>,
     #[serde(default)]
     leader_preference: Vec<Spanned<String>>,
+    /// `"even"` (the default: the group takes part in epoch 1's shard map) or `"reserve"` (it owns no
+    /// range until a split or move gives it one).
+    shard: Option<Spanned<String>>,
     current: Option<RawMembership>,
 }
 
@@ -250,6 +253,26 @@ impl TopologyFile {
                 current.insert(policy.group.clone(), state);
             }
             policies.insert(policy.group.clone(), policy);
+        }
+        if let Some(group) = raw.group.iter().find(|group| {
+            let id = GroupId(group.name.get_ref().clone());
+            let jurisdiction = policies[&id].jurisdiction.name();
+            !policies
+                .values()
+                .any(|policy| policy.jurisdiction.name() == jurisdiction && policy.shard == ShardRole::Even)
+        }) {
+            let id = GroupId(group.name.get_ref().clone());
+            return Err(error(
+                group
+                    .shard
+                    .as_ref()
+                    .map_or(group.name.span(), |shard| shard.span()),
+                format!(
+                    "group `{id}`: every group of `{}` is a reserve: its first shard map needs a group that \
+                     is not (`shard = \"even\"`, the default)",
+                    policies[&id].jurisdiction.name()
+                ),
+            ));
         }
         let access = parse_access(text, &policies, &raw)?;
         let round_trips = parse_round_trips(text, &topology, &raw.round_trip)?;
@@ -449,6 +472,19 @@ fn parse_policy(text: &str, topology: &Topology, group: &RawGroup) -> Result<Gro
         };
         leader_preference.push(preference);
     }
+    let shard = match group
+        .shard
+        .as_ref()
+        .map(|shard| (shard.get_ref().as_str(), shard.span()))
+    {
+        None | Some(("even", _)) => ShardRole::Even,
+        Some(("reserve", _)) => ShardRole::Reserve,
+        Some((other, span)) => {
+            let message =
+                format!("group `{id}`: shard = `{other}` is neither \"even\" (the default) nor \"reserve\"");
+            return Err(ConfigError::at(text, span, message));
+        }
+    };
     let policy = GroupPolicy {
         group: id,
         jurisdiction,
@@ -465,6 +501,7 @@ fn parse_policy(text: &str, topology: &Topology, group: &RawGroup) -> Result<Gro
                 .map_or(0, |regions| *regions.get_ref()),
         },
         leader_preference,
+        shard,
     };
     policy.validate(topology).map_err(|reason| {
         use crate::policy::PolicyError::*;
@@ -779,5 +816,20 @@ fields = [\"phone\", \"ip\"]
             "{EU_GROUP}\n[[personal_data]]\njurisdiction = \"EU\"\nformat = \"xml\"\nfields = [\"phone\"]\n"
         );
         assert!(error_at(&personal, 18).contains("format `xml`"));
+    }
+
+    #[test]
+    fn a_reserve_group_is_declared_by_shard_and_a_bad_value_is_named_at_its_line() {
+        let groups = "[[group]]\nname = \"a\"\njurisdiction = \"EEA\"\nvoters = 1\n\
+                      [[group]]\nname = \"b\"\njurisdiction = \"EEA\"\nvoters = 1\nshard = \"reserve\"\n";
+        let file = TopologyFile::parse(&format!("{SITES}{groups}")).unwrap();
+        let role = |name: &str| file.policies[&GroupId(name.into())].shard;
+        assert_eq!((role("a"), role("b")), (ShardRole::Even, ShardRole::Reserve));
+        let message = error_at(&groups.replace("\"reserve\"", "\"spare\""), 18);
+        assert!(message.contains("`spare` is neither"), "{message}");
+        let only_reserves =
+            "[[group]]\nname = \"a\"\njurisdiction = \"EEA\"\nvoters = 1\nshard = \"reserve\"\n";
+        let message = error_at(only_reserves, 14);
+        assert!(message.contains("every group of `EEA` is a reserve"), "{message}");
     }
 }

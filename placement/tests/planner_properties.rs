@@ -160,6 +160,7 @@ fn build(raw_sites: Vec<RawSite>, raw_groups: Vec<RawGroup>, events: Vec<Event>)
                 distinct_regions_min: raw.distinct_regions.min(voters),
             },
             leader_preference,
+            shard: Default::default(),
         };
         policy.validate(&topology).expect("generated policies are valid");
         if let Some((voters, learners, leader)) = raw.existing {

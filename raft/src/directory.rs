@@ -471,11 +471,7 @@ impl Directory {
     }
 
     fn warn_if_not_proposed(&self, map: &ShardMap) {
-        let proposal = self
-            .proposals
-            .shards_of(map.jurisdiction())
-            .cloned()
-            .unwrap_or_default();
+        let proposal = self.proposals.first_map_groups(map.jurisdiction());
         if map.groups() != proposal {
             tracing::warn!(
                 jurisdiction = map.jurisdiction(),

@@ -42,7 +42,9 @@ pub struct DrillUser {
 /// `users_per_group` users for every group of every jurisdiction, named after the run.
 pub fn choose_users(router: &Router, run: &str, users_per_group: u32) -> anyhow::Result<Vec<DrillUser>> {
     let mut users = Vec::new();
-    for (jurisdiction, groups) in router.shards() {
+    for (jurisdiction, _) in router.shards() {
+        // Reserve groups own no range until a split gives them one: no user routes there at first.
+        let groups = router.first_map_groups(jurisdiction);
         let mut wanted: BTreeMap<&str, u32> = groups.iter().map(|group| (group.0.as_str(), 0)).collect();
         let limit = CANDIDATES_PER_USER * u64::from(users_per_group) * groups.len() as u64;
         for candidate in 0..limit {
