@@ -44,7 +44,9 @@ pub const META_INCOMING: &[u8] = b"incoming";
 /// bring (see [`transfer`]).
 pub const META_REVISION_OFFSET: &[u8] = b"revision_offset";
 
+mod sessions;
 mod transfer;
+pub use sessions::{SessionBatch, read_sessions};
 pub use transfer::{RangeBatch, RangeDigest, range_digest, read_incoming, read_range};
 
 /// What the dedup table remembers per client.
@@ -158,7 +160,8 @@ fn user_of(command: &Command) -> Option<(&str, &str)> {
         | Command::CopyIn { .. }
         | Command::Depart(_)
         | Command::Purge { .. }
-        | Command::CancelIncoming { .. } => None,
+        | Command::CancelIncoming { .. }
+        | Command::MergeSessions { .. } => None,
     }
 }
 
@@ -345,6 +348,11 @@ impl<'v, V: BackendView> Applier<'v, V> {
                 limit,
             } => self.purge(jurisdiction, after.as_ref(), *limit),
             Command::CancelIncoming { jurisdiction, epoch } => self.cancel_incoming(jurisdiction, *epoch),
+            Command::MergeSessions {
+                jurisdiction,
+                epoch,
+                sessions,
+            } => self.merge_sessions(jurisdiction, *epoch, sessions),
         }
     }
 
@@ -525,7 +533,8 @@ fn validate(command: &Command) -> Option<CommandError> {
         | Command::CopyIn { .. }
         | Command::Depart(_)
         | Command::Purge { .. }
-        | Command::CancelIncoming { .. } => None,
+        | Command::CancelIncoming { .. }
+        | Command::MergeSessions { .. } => None,
     };
     if let Some((a, b, c)) = key
         && let Some(bytes) = [a.len(), b.len(), c.len()]

@@ -473,6 +473,17 @@ impl<C: StorageTypeConfig, B: Backend> StateMachine<C, B> {
         .await
     }
 
+    /// The client sessions the replica holds after client `after`, at most `sessions_max`
+    /// (`apply::read_sessions`).
+    pub async fn read_sessions(
+        &self,
+        after: Option<u64>,
+        sessions_max: usize,
+    ) -> Result<apply::SessionBatch, StateMachineError> {
+        self.with_core(move |core| apply::read_sessions(&core.backend.view()?, after, sessions_max))
+            .await
+    }
+
     /// The digest of what the replica holds of `jurisdiction` in `ranges` (`apply::range_digest`).
     pub async fn range_digest(
         &self,
