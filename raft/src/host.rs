@@ -985,6 +985,16 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             .map_err(|error| HostError::Store(error.to_string()))
     }
 
+    /// How many records this replica of `group` holds, from the store's count (no barrier: a local
+    /// figure, as of its last applied entry).
+    pub async fn record_count(&self, group: &GroupId) -> Result<u64, HostError> {
+        self.group(group)?
+            .state_machine
+            .record_count()
+            .await
+            .map_err(|error| HostError::Store(error.to_string()))
+    }
+
     /// The client sessions `group` remembers after client `after` (at most `sessions_max`), on its leader
     /// after a linearizable barrier: what a range copy carries to the gaining group.
     pub async fn read_sessions(
