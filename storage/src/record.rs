@@ -74,7 +74,8 @@ pub enum Command {
     },
     /// Records the ranges of its jurisdiction's map the group owns from an epoch on (carried by
     /// snapshots): from then on, a command on a user outside them is refused (`CommandError::NotOwned`).
-    /// The epoch must not decrease, and the group may hold no record outside the new ranges.
+    /// The epoch must not decrease, and unless the ranges only grow (an admission) the group may hold
+    /// no record outside the new ones.
     SetOwnership(Ownership),
     /// Marks ranges the group is about to gain at `epoch` as **incoming** (carried by snapshots): their
     /// users stay refused to clients, but [`Command::CopyIn`] may write their records. The group must have
