@@ -78,6 +78,10 @@ pub struct GroupView {
     pub snapshots_sent: u64,
     #[serde(default)]
     pub snapshots_installed: u64,
+    /// The records this replica holds (absent from older nodes' answers, and where the store could not
+    /// be read).
+    #[serde(default)]
+    pub records: Option<u64>,
     pub voters: Vec<Member>,
     pub learners: Vec<Member>,
 }

@@ -277,6 +277,7 @@ pub fn group_views(nodes: &[NodeStatus]) -> BTreeMap<String, GroupView> {
                 committed: None,
                 snapshots_sent: 0,
                 snapshots_installed: 0,
+                records: None,
                 voters: declared.initial_voters.clone(),
                 learners: Vec::new(),
             });

@@ -69,7 +69,8 @@ fuzz_target!(|data: &[u8]| {
             | Command::Receive(_)
             | Command::Depart(_)
             | Command::Purge { .. }
-            | Command::CancelIncoming { .. } => {}
+            | Command::CancelIncoming { .. }
+            | Command::MergeSessions { .. } => {}
         }
         match applier.apply(first_index.saturating_add(index as u64), &command) {
             Ok(response) => assert_round_trip::<Response>(&response),

@@ -51,6 +51,7 @@ pub mod rebalance;
 pub mod round_trips;
 pub mod shard_map;
 pub mod site;
+pub mod split_trigger;
 pub mod state;
 pub mod topology;
 pub mod topology_file;

@@ -985,6 +985,32 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             .map_err(|error| HostError::Store(error.to_string()))
     }
 
+    /// How many records this replica of `group` holds, from the store's count (no barrier: a local
+    /// figure, as of its last applied entry).
+    pub async fn record_count(&self, group: &GroupId) -> Result<u64, HostError> {
+        self.group(group)?
+            .state_machine
+            .record_count()
+            .await
+            .map_err(|error| HostError::Store(error.to_string()))
+    }
+
+    /// The client sessions `group` remembers after client `after` (at most `sessions_max`), on its leader
+    /// after a linearizable barrier: what a range copy carries to the gaining group.
+    pub async fn read_sessions(
+        &self,
+        group: &GroupId,
+        after: Option<u64>,
+        sessions_max: usize,
+    ) -> Result<storage::apply::SessionBatch, HostError> {
+        self.barrier(group).await?;
+        self.group(group)?
+            .state_machine
+            .read_sessions(after, sessions_max)
+            .await
+            .map_err(|error| HostError::Store(error.to_string()))
+    }
+
     /// The digest of what `group` holds of `jurisdiction` in `ranges`, on its leader after a
     /// linearizable barrier.
     pub async fn range_digest(

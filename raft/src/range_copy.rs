@@ -20,7 +20,9 @@
 //! 3. [`Phase::Fence`]: the loser commits its ranges of N+1 with `Command::Depart`: from that entry on it
 //!    refuses the range's users, and keeps their records as *departing*.
 //! 4. [`Phase::Tail`]: a second pass copies what changed between the bulk copy and the fence, deletions
-//!    included; then each leader computes the range's digest after a barrier and the change stops
+//!    included, and the loser's client sessions are merged into the gainer's (`Command::MergeSessions`,
+//!    so a write the loser applied and its client retries at the gainer is answered, not applied twice);
+//!    then each leader computes the range's digest after a barrier and the change stops
 //!    (`DigestMismatch`) unless they are equal: the gainer is never admitted with other records.
 //! 5. [`Phase::Admit`]: the gainer commits its ranges of N+1; the incoming ranges are its own.
 //! 6. [`Phase::Publish`]: the directory group's map goes from N to N+1 by compare-and-set.
@@ -42,8 +44,8 @@ use std::time::Duration;
 
 use openraft::type_config::TypeConfigExt;
 use placement::GroupId;
-use storage::apply::{RangeBatch, RangeDigest};
-use storage::record::{COPY_RECORDS_MAX, CopiedRecord, Ownership, PURGE_RECORDS_MAX};
+use storage::apply::{RangeBatch, RangeDigest, SessionBatch};
+use storage::record::{COPY_RECORDS_MAX, COPY_SESSIONS_MAX, CopiedRecord, Ownership, PURGE_RECORDS_MAX};
 use storage::{Command, CommandError, Record, RecordKey, Response};
 
 use crate::config::GroupConfig;
@@ -59,8 +61,14 @@ pub const BATCH_RECORDS: usize = 1024;
 pub const BATCH_BYTES: usize = 4 << 20;
 /// Records deleted per `Purge` entry.
 pub const PURGE_BATCH: u32 = 1024;
+/// Client sessions read from the loser, and merged into the gainer, per batch.
+pub const BATCH_SESSIONS: usize = 1024;
 
-const _: () = assert!(BATCH_RECORDS <= COPY_RECORDS_MAX && PURGE_BATCH <= PURGE_RECORDS_MAX);
+const _: () = assert!(
+    BATCH_RECORDS <= COPY_RECORDS_MAX
+        && PURGE_BATCH <= PURGE_RECORDS_MAX
+        && BATCH_SESSIONS <= COPY_SESSIONS_MAX
+);
 
 /// A split or move of a range that may hold records, planned from the published map of epoch N.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,6 +118,9 @@ pub enum Progress {
     Verified { records: u64, value_bytes: u64 },
     /// A batch of departing records was deleted from the loser.
     Purged { records: u64 },
+    /// A batch of the loser's client sessions was merged into the gainer (`taken` of `carried` were
+    /// later than the gainer's).
+    Sessions { carried: u64, taken: u64 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +183,12 @@ pub trait Leaders: Sync {
         &self,
         group: &GroupId,
     ) -> impl Future<Output = Result<(Option<Ownership>, Option<Ownership>), RangeCopyError>> + Send;
+    /// The group's client sessions after client `after`, at most [`BATCH_SESSIONS`].
+    fn read_sessions(
+        &self,
+        group: &GroupId,
+        after: Option<u64>,
+    ) -> impl Future<Output = Result<SessionBatch, RangeCopyError>> + Send;
     /// The published map, read linearizably on the directory group's leader.
     fn published(&self, jurisdiction: &str) -> impl Future<Output = Result<ShardMap, RangeCopyError>> + Send;
     /// Publishes `next` over its previous epoch (done already: `Ok`).
@@ -273,6 +290,7 @@ pub async fn step(
         }
         Phase::Tail => {
             copy_pass(leaders, change, progress).await?;
+            sessions_pass(leaders, change, progress).await?;
             verify(leaders, change, progress).await?;
             Ok(Phase::Admit)
         }
@@ -476,6 +494,44 @@ async fn copy_pass(
     }
 }
 
+/// Carries the loser's client sessions into the gainer (`storage::apply::sessions`), after the fence:
+/// from then on the loser applies no write of the range, so the entries of the range's writes are
+/// final, and a write it applied is answered, not applied again, when its client retries it at the
+/// gainer. Every session is read: an entry does not say which user its write was for.
+async fn sessions_pass(
+    leaders: &impl Leaders,
+    change: &RangeChange,
+    progress: &mut impl FnMut(Progress),
+) -> Result<(), RangeCopyError> {
+    let mut after = None;
+    loop {
+        let batch = leaders.read_sessions(&change.loser, after).await?;
+        let Some(last) = batch.sessions.last() else {
+            return Ok(());
+        };
+        after = Some(last.client_id);
+        let carried = batch.sessions.len() as u64;
+        let command = Command::MergeSessions {
+            jurisdiction: change.jurisdiction.clone(),
+            epoch: change.next.epoch(),
+            sessions: batch.sessions,
+        };
+        match leaders.write(&change.gainer, command).await? {
+            Response::SessionsMerged { taken } => progress(Progress::Sessions { carried, taken }),
+            answer => {
+                return Err(refused_or_unexpected(
+                    &change.gainer,
+                    "the client sessions",
+                    answer,
+                ));
+            }
+        }
+        if !batch.more {
+            return Ok(());
+        }
+    }
+}
+
 /// A record key with its encoding, which orders keys as the store does.
 fn encoded(key: &RecordKey) -> Result<(Vec<u8>, RecordKey), RangeCopyError> {
     let bytes = storage::apply::record_key(key).map_err(|error| RangeCopyError::Host {
@@ -668,6 +724,15 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Leaders for HostLeaders<'_, C, 
         group: &GroupId,
     ) -> Result<(Option<Ownership>, Option<Ownership>), RangeCopyError> {
         self.on_leader(group, |host, _| host.range_state(group)).await
+    }
+
+    async fn read_sessions(
+        &self,
+        group: &GroupId,
+        after: Option<u64>,
+    ) -> Result<SessionBatch, RangeCopyError> {
+        self.on_leader(group, |host, _| host.read_sessions(group, after, BATCH_SESSIONS))
+            .await
     }
 
     async fn published(&self, jurisdiction: &str) -> Result<ShardMap, RangeCopyError> {

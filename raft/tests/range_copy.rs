@@ -238,6 +238,27 @@ async fn a_range_with_records_moves_while_a_writer_writes_and_every_acknowledged
     let staying = users_in(0..QUARTER, "staying", 20);
     let before = preload(&cluster, &moving, "before", 1).await;
     preload(&cluster, &staying, "before", 2).await;
+    // A compare-and-set the old group applies whose answer the client never gets: it retries the same
+    // write after the move, at the new group, and must be answered as the first time, not applied again
+    // (which would answer a conflict with its own revision).
+    let retried = users_in(QUARTER..HALF, "retried", 1).remove(0);
+    let create = Command::CompareAndSet {
+        write: WriteId {
+            client_id: 77,
+            sequence: 1,
+        },
+        key: key(&retried),
+        expected_revision: None,
+        value: b"once".to_vec(),
+    };
+    let first_answer = leaders(&cluster)
+        .write(&group("users-eea-1"), create.clone())
+        .await
+        .unwrap();
+    assert!(
+        matches!(first_answer, Response::Written { .. }),
+        "{first_answer:?}"
+    );
     let change = plan(&cluster).await.unwrap();
     assert_eq!(
         (&change.loser, &change.gainer, change.moving.as_slice()),
@@ -274,10 +295,15 @@ async fn a_range_with_records_moves_while_a_writer_writes_and_every_acknowledged
         moving.len()
     );
     assert!(events.contains(&Progress::Phase { phase: Phase::Tail }));
+    // The moving users' records and the retried one's.
+    assert!(events.iter().any(
+        |event| matches!(event, Progress::Verified { records, .. } if *records == moving.len() as u64 + 1)
+    ));
     assert!(
-        events.iter().any(
-            |event| matches!(event, Progress::Verified { records, .. } if *records == moving.len() as u64)
-        )
+        events
+            .iter()
+            .any(|event| matches!(event, Progress::Sessions { carried, .. } if *carried >= 3)),
+        "the sessions of clients 1, 2 and 77 carried: {events:?}"
     );
 
     // Every acknowledged write, and every record written before, at the new group; the staying ones at
@@ -297,7 +323,26 @@ async fn a_range_with_records_moves_while_a_writer_writes_and_every_acknowledged
             break;
         }
     }
-    assert_eq!(held.len(), moving.len());
+    assert_eq!(held.len(), moving.len() + 1);
+    let retry = leaders(&cluster)
+        .write(&group("users-eea-2"), create)
+        .await
+        .unwrap();
+    assert_eq!(
+        retry, first_answer,
+        "the retry at the new group is answered as the first time"
+    );
+    let Response::Written { revision } = first_answer else {
+        unreachable!()
+    };
+    assert_eq!(held[&retried].revision, revision);
+    let Response::Value(Some(record)) = read_at(&cluster, "users-eea-2", &retried).await else {
+        panic!("{retried} is not at the new group")
+    };
+    assert_eq!(
+        (record.revision, record.value.as_slice()),
+        (revision, &b"once"[..])
+    );
     for user in &moving {
         let expected = acknowledged
             .get(user)

@@ -44,7 +44,9 @@ pub const META_INCOMING: &[u8] = b"incoming";
 /// bring (see [`transfer`]).
 pub const META_REVISION_OFFSET: &[u8] = b"revision_offset";
 
+mod sessions;
 mod transfer;
+pub use sessions::{SessionBatch, read_sessions};
 pub use transfer::{RangeBatch, RangeDigest, range_digest, read_incoming, read_range};
 
 /// What the dedup table remembers per client.
@@ -141,6 +143,24 @@ fn refusal(ownership: &Ownership, jurisdiction: &str, user_id: &str) -> Option<C
     })
 }
 
+/// Whether `ranges` (in order, not overlapping) cover every position of `start..=end`.
+fn covered(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
+    let mut next = start; // the first position not yet known to be covered
+    for &(s, e) in ranges {
+        if e < next {
+            continue;
+        }
+        if s > next {
+            return false;
+        }
+        if e >= end {
+            return true;
+        }
+        next = e + 1; // e < end, so no overflow
+    }
+    false
+}
+
 /// The user a command reads or changes, if any.
 fn user_of(command: &Command) -> Option<(&str, &str)> {
     match command {
@@ -158,7 +178,8 @@ fn user_of(command: &Command) -> Option<(&str, &str)> {
         | Command::CopyIn { .. }
         | Command::Depart(_)
         | Command::Purge { .. }
-        | Command::CancelIncoming { .. } => None,
+        | Command::CancelIncoming { .. }
+        | Command::MergeSessions { .. } => None,
     }
 }
 
@@ -345,6 +366,11 @@ impl<'v, V: BackendView> Applier<'v, V> {
                 limit,
             } => self.purge(jurisdiction, after.as_ref(), *limit),
             Command::CancelIncoming { jurisdiction, epoch } => self.cancel_incoming(jurisdiction, *epoch),
+            Command::MergeSessions {
+                jurisdiction,
+                epoch,
+                sessions,
+            } => self.merge_sessions(jurisdiction, *epoch, sessions),
         }
     }
 
@@ -380,7 +406,21 @@ impl<'v, V: BackendView> Applier<'v, V> {
                 }));
             }
         }
-        if !departing && let Some((outside, count)) = self.records_outside(proposed)? {
+        // Ranges that only grow (an admission: the current ones and the incoming ones) leave outside
+        // them only what lay outside before, which is never stranded: each earlier change either found
+        // nothing outside (this scan) or only grew, and what lies outside is a fenced loser's departing
+        // records or an abandoned copy's, both purged in their turn. So only a change that gives up
+        // ranges, or a group's first ranges, reads every record key.
+        let growing = self.ownership()?.is_some_and(|current| {
+            current
+                .ranges
+                .iter()
+                .all(|&(start, end)| covered(&proposed.ranges, start, end))
+        });
+        if !departing
+            && !growing
+            && let Some((outside, count)) = self.records_outside(proposed)?
+        {
             return refused(format!(
                 "{count} records the group holds lie outside the ranges of epoch {} (the first of user \
                  `{outside}`): their range can't be handed over before they are copied",
@@ -525,7 +565,8 @@ fn validate(command: &Command) -> Option<CommandError> {
         | Command::CopyIn { .. }
         | Command::Depart(_)
         | Command::Purge { .. }
-        | Command::CancelIncoming { .. } => None,
+        | Command::CancelIncoming { .. }
+        | Command::MergeSessions { .. } => None,
     };
     if let Some((a, b, c)) = key
         && let Some(bytes) = [a.len(), b.len(), c.len()]
@@ -641,6 +682,62 @@ mod tests {
             }
         }
         (low.unwrap(), high.unwrap())
+    }
+
+    #[test]
+    fn ranges_cover_a_span_only_without_a_gap() {
+        let ranges = [(0, 9), (10, 19), (30, u64::MAX)];
+        assert!(covered(&ranges, 0, 19));
+        assert!(covered(&ranges, 5, 12));
+        assert!(covered(&ranges, 30, u64::MAX));
+        assert!(!covered(&ranges, 15, 30), "20..=29 is missing");
+        assert!(!covered(&ranges[..2], 0, 20));
+        assert!(!covered(&[], 0, 0));
+        assert!(covered(&[(0, u64::MAX)], 7, 7));
+    }
+
+    /// Growing ranges (an admission) never strand a record, so they are taken without reading every
+    /// record key, also while the group still holds records it departed; giving ranges up is checked.
+    #[test]
+    fn growing_ranges_are_taken_while_departing_records_wait_and_shrinking_ones_are_checked() {
+        let (low, high) = users_either_side();
+        let lower_half = vec![(0, (1 << 63) - 1)];
+        let mut backend = MemBackend::new();
+        let depart = |epoch: u64, ranges: Vec<(u64, u64)>| {
+            Command::Depart(Ownership {
+                jurisdiction: "eu".into(),
+                epoch,
+                ranges,
+            })
+        };
+        let responses = run(
+            &mut backend,
+            &[
+                put(1, &low),
+                put(2, &high),
+                owning(2, vec![(0, u64::MAX)]),
+                // `high` departs: its record stays, outside the ranges, until a purge.
+                depart(3, lower_half.clone()),
+                // Growing, but not over it (a later admission), is taken; the departing record is kept.
+                owning(4, vec![(0, wire::routing::range_position(&high) - 1)]),
+                // Shrinking is checked, and `low`'s record is in the way.
+                owning(5, vec![(1 << 63, u64::MAX)]),
+            ],
+        );
+        assert_eq!(responses[2], Response::OwnershipSet { epoch: 2 });
+        assert_eq!(responses[3], Response::OwnershipSet { epoch: 3 });
+        assert_eq!(responses[4], Response::OwnershipSet { epoch: 4 });
+        assert!(
+            matches!(&responses[5], Response::Rejected(CommandError::OwnershipRefused { reason }) if reason.contains(&low)),
+            "{:?}",
+            responses[5]
+        );
+        let view = backend.view().unwrap();
+        assert!(
+            read_record(&view, &RecordKey::new("eu", &high, "r"))
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]

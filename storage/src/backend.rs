@@ -65,6 +65,16 @@ pub type VisitWhile<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, StateMachineEr
 pub trait BackendView: Send + 'static {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StateMachineError>;
 
+    /// How many keys `table` holds, without reading them where the backend keeps the count (redb does).
+    fn len(&self, table: Table) -> Result<u64, StateMachineError> {
+        let mut count = 0;
+        self.scan_prefix(table, &[], &mut |_, _| {
+            count += 1;
+            Ok(())
+        })?;
+        Ok(count)
+    }
+
     /// Visits every key starting with `prefix` in key order (an empty prefix visits the table).
     fn scan_prefix(
         &self,

@@ -74,7 +74,8 @@ pub enum Command {
     },
     /// Records the ranges of its jurisdiction's map the group owns from an epoch on (carried by
     /// snapshots): from then on, a command on a user outside them is refused (`CommandError::NotOwned`).
-    /// The epoch must not decrease, and the group may hold no record outside the new ranges.
+    /// The epoch must not decrease, and unless the ranges only grow (an admission) the group may hold
+    /// no record outside the new ones.
     SetOwnership(Ownership),
     /// Marks ranges the group is about to gain at `epoch` as **incoming** (carried by snapshots): their
     /// users stay refused to clients, but [`Command::CopyIn`] may write their records. The group must have
@@ -107,10 +108,32 @@ pub enum Command {
         jurisdiction: String,
         epoch: u64,
     },
+    /// Client sessions' last writes, as the group losing an incoming range remembers them, merged into
+    /// this group's: a write the loser applied, retried here by its client after the move with the same
+    /// [`WriteId`], is answered as the first time rather than applied again. A session's entry is taken
+    /// when it is later than this group's (or of the same write, which this group only refused as not
+    /// its own). Refused unless a range of `jurisdiction` is incoming at `epoch`. At most
+    /// [`COPY_SESSIONS_MAX`] sessions.
+    MergeSessions {
+        jurisdiction: String,
+        epoch: u64,
+        sessions: Vec<CopiedSession>,
+    },
 }
 
 /// Bound on the records of one [`Command::CopyIn`].
 pub const COPY_RECORDS_MAX: usize = 4096;
+/// Bound on the sessions of one [`Command::MergeSessions`].
+pub const COPY_SESSIONS_MAX: usize = 4096;
+
+/// One client session's last write as a group remembers it (its dedup entry): the sequence and the
+/// response the write was answered with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopiedSession {
+    pub client_id: u64,
+    pub sequence: u64,
+    pub response: Response,
+}
 /// Bound on the records one [`Command::Purge`] deletes.
 pub const PURGE_RECORDS_MAX: u32 = 4096;
 
@@ -189,7 +212,8 @@ impl Command {
             | Command::CopyIn { .. }
             | Command::Depart(_)
             | Command::Purge { .. }
-            | Command::CancelIncoming { .. } => None,
+            | Command::CancelIncoming { .. }
+            | Command::MergeSessions { .. } => None,
         }
     }
 }
@@ -258,6 +282,15 @@ impl fmt::Display for Command {
             Command::CancelIncoming { jurisdiction, epoch } => {
                 write!(f, "cancel the incoming ranges of {jurisdiction} at epoch {epoch}")
             }
+            Command::MergeSessions {
+                jurisdiction,
+                epoch,
+                sessions,
+            } => write!(
+                f,
+                "merge {} client sessions of {jurisdiction}'s loser for epoch {epoch}",
+                sessions.len()
+            ),
         }
     }
 }
@@ -297,6 +330,11 @@ pub enum Response {
     Purged {
         deleted: u64,
         next: Option<RecordKey>,
+    },
+    /// A `MergeSessions` took `taken` of the sessions it carried (the others were not later than
+    /// this group's).
+    SessionsMerged {
+        taken: u64,
     },
 }
 

@@ -66,6 +66,8 @@ use crate::StorageTypeConfig;
 use crate::apply;
 use crate::apply::Applier;
 use crate::backend::Backend;
+use crate::backend::BackendView;
+use crate::backend::Table;
 use crate::backend::WriteBatch;
 pub use crate::blocking::Execution;
 use crate::blocking::Executor;
@@ -471,6 +473,24 @@ impl<C: StorageTypeConfig, B: Backend> StateMachine<C, B> {
             )
         })
         .await
+    }
+
+    /// How many records the replica holds (owned, incoming or departing, and the system's own): what
+    /// a split trigger compares with its threshold.
+    pub async fn record_count(&self) -> Result<u64, StateMachineError> {
+        self.with_core(|core| core.backend.view()?.len(Table::Records))
+            .await
+    }
+
+    /// The client sessions the replica holds after client `after`, at most `sessions_max`
+    /// (`apply::read_sessions`).
+    pub async fn read_sessions(
+        &self,
+        after: Option<u64>,
+        sessions_max: usize,
+    ) -> Result<apply::SessionBatch, StateMachineError> {
+        self.with_core(move |core| apply::read_sessions(&core.backend.view()?, after, sessions_max))
+            .await
     }
 
     /// The digest of what the replica holds of `jurisdiction` in `ranges` (`apply::range_digest`).

@@ -191,6 +191,22 @@ impl<V: BackendView> BackendView for Overlaid<V> {
         self.base.get(table, key)
     }
 
+    fn len(&self, table: Table) -> Result<u64, StateMachineError> {
+        let mut count = self.base.len(table)?;
+        // The pending batch's keys of the table (few): each one added or removed relative to the store.
+        for ((changed, key), change) in self.pending.iter() {
+            if *changed != table {
+                continue;
+            }
+            match (self.base.get(table, key)?.is_some(), change.is_some()) {
+                (false, true) => count += 1,
+                (true, false) => count = count.saturating_sub(1),
+                _ => {}
+            }
+        }
+        Ok(count)
+    }
+
     fn scan_after(
         &self,
         table: Table,
@@ -356,6 +372,11 @@ mod tests {
             direct.commit(copy).unwrap();
             let (through, expected) = (behind.view().unwrap(), direct.view().unwrap());
             for table in Table::ALL {
+                assert_eq!(
+                    through.len(table).unwrap(),
+                    expected.len(table).unwrap(),
+                    "step {step}: len {table:?}"
+                );
                 for n in 0..40 {
                     assert_eq!(
                         through.get(table, &key(n)).unwrap(),

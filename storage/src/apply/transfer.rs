@@ -154,7 +154,7 @@ fn refused(reason: String) -> Result<Response, StateMachineError> {
 
 impl<V: BackendView> Applier<'_, V> {
     /// The incoming ranges as of the batch so far.
-    fn incoming(&self) -> Result<Option<Ownership>, StateMachineError> {
+    pub(super) fn incoming(&self) -> Result<Option<Ownership>, StateMachineError> {
         self.get(Table::Meta, META_INCOMING)?
             .map(|sealed| decode_ownership(&unseal::<Vec<u8>>(Table::Meta, META_INCOMING, &sealed)?))
             .transpose()
