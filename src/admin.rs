@@ -89,6 +89,11 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<tokio::task::JoinHandle<()
             post(crate::admin_range_copy::digest)
                 .layer(DefaultBodyLimit::max(crate::admin_range_copy::REQUEST_BYTES_MAX)),
         )
+        .route(
+            "/range-copy/{group}/sessions",
+            post(crate::admin_range_copy::sessions)
+                .layer(DefaultBodyLimit::max(crate::admin_range_copy::REQUEST_BYTES_MAX)),
+        )
         .route("/range-copy/{group}/state", get(crate::admin_range_copy::state))
         .with_state(node.clone());
     let observer = node.clone();

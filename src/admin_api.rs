@@ -248,6 +248,13 @@ pub struct ReadRangeRequest {
     pub bytes_max: Option<usize>,
 }
 
+/// `POST /range-copy/{group}/sessions`: a bounded run of the group's client sessions after a client id,
+/// which a range copy carries to the gaining group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionsRequest {
+    pub after: Option<u64>,
+}
+
 /// `POST /range-copy/{group}/digest`: the digest of what the group holds of `ranges`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DigestRequest {

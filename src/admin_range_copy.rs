@@ -3,12 +3,15 @@
 //! leads the group it names, and answers 409 naming the leader on any other node, so the caller follows.
 //!
 //! * `POST /range-copy/{group}/command`: one of the protocol's commands — `SetOwnership`, `Receive`,
-//!   `CopyIn`, `Depart`, `Purge`, `CancelIncoming` — and nothing else (a client's put or delete is refused
+//!   `CopyIn`, `Depart`, `Purge`, `CancelIncoming`, `MergeSessions` — and nothing else (a client's put or delete is refused
 //!   400). The body is a frame (`application/x-domicile-frame`, see [`crate::admin_api::frame_body`]),
 //!   since a `CopyIn` carries up to 4 MiB of values; the answer is the command's `Response`, JSON.
 //! * `POST /range-copy/{group}/read` ([`ReadRangeRequest`], JSON): a bounded run of the group's records
 //!   in the ranges after a key, read after a linearizable barrier; answered as a frame of `RangeBatch`.
 //! * `POST /range-copy/{group}/digest` ([`DigestRequest`], JSON): the ranges' digest, after a barrier.
+//! * `POST /range-copy/{group}/sessions` ([`SessionsRequest`], JSON): a bounded run of the group's client
+//!   sessions (its deduplication entries) after a client id, after a barrier; answered as a frame of
+//!   `SessionBatch`. The copy merges them into the gainer (`Command::MergeSessions`).
 //! * `GET /range-copy/{group}/state`: the group's committed and incoming ranges, after a barrier.
 //! * `GET /shard-map/{jurisdiction}/published`: the published map, read linearizably on the directory
 //!   group's leader. (Publication is `POST /shard-map/steps`'s `publish` step, `crate::admin_shard_map`.)
@@ -29,13 +32,14 @@ use axum::response::{IntoResponse, Response};
 use placement::GroupId;
 use raft::directory::{ShardMap, shard_map_key};
 use raft::host::{HostError, ReadConsistency};
-use raft::range_copy::{BATCH_BYTES, BATCH_RECORDS};
+use raft::range_copy::{BATCH_BYTES, BATCH_RECORDS, BATCH_SESSIONS};
 use storage::Command;
 use storage::record::Ownership;
 
 use crate::admin::{audit_outcome, audit_request, error_response, operator_action};
 use crate::admin_api::{
-    AdminError, DigestRequest, FRAME_CONTENT_TYPE, RangeState, ReadRangeRequest, frame_body, open_body,
+    AdminError, DigestRequest, FRAME_CONTENT_TYPE, RangeState, ReadRangeRequest, SessionsRequest, frame_body,
+    open_body,
 };
 use crate::admin_tls::AuthorisedOperator;
 use crate::node::Node;
@@ -124,6 +128,39 @@ pub async fn read(
         Ok(batch) => match frame_body(&batch) {
             Ok(bytes) => ([("content-type", FRAME_CONTENT_TYPE)], bytes).into_response(),
             Err(error) => error_response(HostError::Store(format!("can't encode the batch: {error}"))),
+        },
+        Err(error) => error_response(error),
+    }
+}
+
+pub async fn sessions(
+    State(node): State<Arc<Node>>,
+    Extension(operator): Extension<AuthorisedOperator>,
+    Path(group): Path<String>,
+    Json(body): Json<SessionsRequest>,
+) -> Response {
+    let group = GroupId(group);
+    if !node.file.policies.contains_key(&group) {
+        return error_response(HostError::UnknownGroup(group.0));
+    }
+    let action = operator_action(
+        &operator,
+        "range-copy sessions",
+        format!("{group}: client sessions after {:?}", body.after),
+    );
+    if let Err(refused) = audit_request(&node, &action).await {
+        return refused;
+    }
+    let outcome = node.host.read_sessions(&group, body.after, BATCH_SESSIONS).await;
+    let detail = match &outcome {
+        Ok(batch) => format!("{} sessions, more: {}", batch.sessions.len(), batch.more),
+        Err(error) => error.to_string(),
+    };
+    audit_outcome(&node, action, outcome.is_ok(), detail).await;
+    match outcome {
+        Ok(batch) => match frame_body(&batch) {
+            Ok(bytes) => ([("content-type", FRAME_CONTENT_TYPE)], bytes).into_response(),
+            Err(error) => error_response(HostError::Store(format!("can't encode the sessions: {error}"))),
         },
         Err(error) => error_response(error),
     }
@@ -252,6 +289,17 @@ fn check_command(node: &Node, group: &GroupId, command: &Command) -> Result<Stri
             fenced_to(node, group, jurisdiction)?;
             Ok(format!(
                 "cancel the incoming ranges of {jurisdiction} at epoch {epoch}"
+            ))
+        }
+        Command::MergeSessions {
+            jurisdiction,
+            epoch,
+            sessions,
+        } => {
+            fenced_to(node, group, jurisdiction)?;
+            Ok(format!(
+                "merge {} client session(s) of {jurisdiction}'s loser at epoch {epoch}",
+                sessions.len()
             ))
         }
         other => Err(format!(

@@ -35,6 +35,7 @@ mod pseudonym_keys;
 mod purge_log;
 mod record_cli;
 mod round_trip_watch;
+mod shard_auto;
 mod shard_cli;
 mod shard_leaders;
 

@@ -63,6 +63,9 @@ pub enum ShardCommand {
         #[command(flatten)]
         run: ShardArgs,
     },
+    /// Split the group most over a size or load threshold into a spare group, as `split` does; off
+    /// unless run (a controller beside the cluster).
+    AutoSplit(crate::shard_auto::AutoSplitArgs),
     /// Undo a split or move that has not fenced its losing group: the gainer's copy is dropped.
     Abort {
         #[arg(long)]
@@ -109,16 +112,16 @@ pub fn run_blocking(command: ShardCommand) -> anyhow::Result<ExitCode> {
 
 /// What the cluster is, as a run needs it: the topology's groups of each jurisdiction, and a
 /// [`AdminLeaders`] over its admin endpoints.
-struct Context {
+pub(crate) struct Context {
     file: TopologyFile,
     /// Each jurisdiction's groups, in name order (the first is its directory group).
     groups: BTreeMap<String, Vec<GroupId>>,
     leaders: AdminLeaders,
-    report: Report,
+    pub(crate) report: Report,
 }
 
 impl Context {
-    async fn read(args: &ShardArgs) -> anyhow::Result<Context> {
+    pub(crate) async fn read(args: &ShardArgs) -> anyhow::Result<Context> {
         let cluster = Cluster::read(&args.admin).await?;
         let text = fetch_topology(&args.admin).await?;
         let file = TopologyFile::parse(&text).map_err(|error| {
@@ -145,7 +148,7 @@ impl Context {
         })
     }
 
-    fn groups_of(&self, jurisdiction: &str) -> anyhow::Result<&[GroupId]> {
+    pub(crate) fn groups_of(&self, jurisdiction: &str) -> anyhow::Result<&[GroupId]> {
         self.groups.get(jurisdiction).map(Vec::as_slice).ok_or_else(|| {
             anyhow!(
                 "no group is fenced to jurisdiction `{jurisdiction}` in the topology (its jurisdictions: {})",
@@ -170,7 +173,7 @@ impl Context {
 
     /// The published map, read on the directory group's leader: a cluster that does not answer is
     /// bad input here, before anything changed.
-    async fn published(&self, jurisdiction: &str) -> anyhow::Result<ShardMap> {
+    pub(crate) async fn published(&self, jurisdiction: &str) -> anyhow::Result<ShardMap> {
         self.leaders
             .published(jurisdiction)
             .await
@@ -269,6 +272,7 @@ pub async fn run(command: ShardCommand) -> anyhow::Result<ExitCode> {
             let change = MapChange::Move { start, to };
             execute(&context, &run, &jurisdiction, &current, &change).await
         }
+        ShardCommand::AutoSplit(args) => crate::shard_auto::run(args).await,
         ShardCommand::Abort {
             jurisdiction,
             group,
@@ -389,7 +393,7 @@ fn complement(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
     outside
 }
 
-async fn execute(
+pub(crate) async fn execute(
     context: &Context,
     args: &ShardArgs,
     jurisdiction: &str,
@@ -541,7 +545,7 @@ fn confirm(change: &RangeChange) -> anyhow::Result<bool> {
 }
 
 /// What a run tells the operator: lines for a person, or one JSON object a line with `-o json`.
-struct Report {
+pub(crate) struct Report {
     json: bool,
 }
 
@@ -552,7 +556,7 @@ impl Report {
         }
     }
 
-    fn note(&self, message: &str) {
+    pub(crate) fn note(&self, message: &str) {
         if self.json {
             outln!("{}", json!({"event": "note", "message": message}));
         } else {
@@ -607,7 +611,7 @@ impl Report {
         }
     }
 
-    fn end(&self, code: u8, message: &str) -> ExitCode {
+    pub(crate) fn end(&self, code: u8, message: &str) -> ExitCode {
         if self.json {
             outln!(
                 "{}",
@@ -661,6 +665,16 @@ impl ProgressReport {
             Progress::Purged { records } => {
                 self.purged += records;
                 self.line_at_most_each_second();
+            }
+            Progress::Sessions { carried, taken } => {
+                if self.json {
+                    outln!(
+                        "{}",
+                        json!({"event": "sessions", "carried": carried, "taken": taken})
+                    );
+                } else {
+                    outln!("  client sessions carried: {carried} ({taken} later than the new group's)");
+                }
             }
             Progress::Verified { records, value_bytes } => {
                 if self.json {

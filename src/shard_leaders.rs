@@ -18,13 +18,13 @@ use raft::host::HostError;
 use raft::range_copy::{Leaders, RangeCopyError};
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
-use storage::apply::{RangeBatch, RangeDigest};
+use storage::apply::{RangeBatch, RangeDigest, SessionBatch};
 use storage::record::Ownership;
 use storage::{Command, RecordKey, Response};
 
 use crate::admin_api::{
     AdminError, DigestRequest, FRAME_BYTES_MAX, FRAME_CONTENT_TYPE, MapStepRequest, RangeState,
-    ReadRangeRequest, frame_body, open_body,
+    ReadRangeRequest, SessionsRequest, frame_body, open_body,
 };
 use crate::cluster_view::Cluster;
 use crate::operator_cli::{admin_url, http_with_timeout};
@@ -284,6 +284,20 @@ impl Leaders for AdminLeaders {
             bytes_max: None,
         };
         let path = format!("/range-copy/{group}/read");
+        self.on_leader(group, |admin| {
+            let sent = self.http.post(admin_url(&admin, &path)).json(&request).send();
+            async move { frame_answer(sent.await).await }
+        })
+        .await
+    }
+
+    async fn read_sessions(
+        &self,
+        group: &GroupId,
+        after: Option<u64>,
+    ) -> Result<SessionBatch, RangeCopyError> {
+        let request = SessionsRequest { after };
+        let path = format!("/range-copy/{group}/sessions");
         self.on_leader(group, |admin| {
             let sent = self.http.post(admin_url(&admin, &path)).json(&request).send();
             async move { frame_answer(sent.await).await }
