@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 use raft::host::GroupStatus;
 use raft::residency::IncidentCounts;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct GroupLabel {
     pub group: String,
     pub jurisdiction: String,
@@ -83,8 +83,9 @@ pub struct Metrics {
     /// The groups whose round-trip gauges were last set: a group no longer hosted has them zeroed, so an
     /// alert on a replica since moved away does not fire for ever.
     round_trip_groups: Mutex<std::collections::BTreeSet<(String, String)>>,
-    /// Last seen leader per group and last exported incident counts, to turn snapshots into counters.
-    seen: Mutex<(BTreeMap<String, Option<u64>>, IncidentCounts)>,
+    /// Last seen leader per group (by its label) and last exported incident counts, to turn snapshots
+    /// into counters and to drop the gauges of a group no longer hosted.
+    seen: Mutex<(BTreeMap<GroupLabel, Option<u64>>, IncidentCounts)>,
     /// Last exported count of audit write failures.
     seen_audit_failures: AtomicU64,
 }
@@ -344,10 +345,22 @@ impl Metrics {
             self.snapshots_installed
                 .get_or_create(&label)
                 .set(status.snapshots_installed as i64);
-            let previous = seen.0.insert(status.group.0.clone(), leader);
+            let previous = seen.0.insert(label.clone(), leader);
             if leader.is_some() && previous.is_some_and(|previous| previous != leader) {
                 self.leader_changes.get_or_create(&label).inc();
             }
+        }
+        // A replica moved away (purged, retired) takes its gauges with it: a last value kept for ever would
+        // fire `DomicileGroupWithoutLeader` for a group this node no longer holds. Counters stay.
+        let gone: Vec<GroupLabel> = seen
+            .0
+            .keys()
+            .filter(|label| !groups.iter().any(|status| status.group.0 == label.group))
+            .cloned()
+            .collect();
+        for label in gone {
+            self.forget_group(&label);
+            seen.0.remove(&label);
         }
         let last = seen.1;
         self.fence_refusals.inc_by(
@@ -372,6 +385,20 @@ impl Metrics {
         self.outside_reads
             .inc_by(incidents.outside_reads.saturating_sub(last.outside_reads));
         seen.1 = incidents;
+    }
+
+    /// Drops the gauges of a group this node no longer hosts.
+    pub fn forget_group(&self, label: &GroupLabel) {
+        for family in [
+            &self.has_leader,
+            &self.is_leader,
+            &self.applied_index,
+            &self.snapshots_sent,
+            &self.snapshots_installed,
+            &self.under_replicated,
+        ] {
+            family.remove(label);
+        }
     }
 
     /// Folds the measured round trips, and each hosted group's covered round trip and members past it,
@@ -452,6 +479,53 @@ mod tests {
     use super::*;
     use crate::round_trip_watch::{Timed, Uncovered};
     use placement::{GroupId, Membership, NodeId};
+
+    fn status(group: &str, leader: Option<u64>) -> GroupStatus {
+        GroupStatus {
+            group: GroupId(group.into()),
+            jurisdiction: "EEA".into(),
+            membership: Membership::new([NodeId(1), NodeId(2), NodeId(3)], []),
+            leader: leader.map(NodeId),
+            term: 1,
+            last_applied: Some(7),
+            committed: Some(7),
+            snapshots_sent: 0,
+            snapshots_installed: 0,
+        }
+    }
+
+    #[test]
+    fn a_replica_moved_away_takes_its_group_gauges_with_it() {
+        let metrics = Metrics::new();
+        let incidents = IncidentCounts::default();
+        let label = GroupLabel {
+            group: "users-legacy".into(),
+            jurisdiction: "EEA".into(),
+        };
+        metrics.under_replicated.get_or_create(&label).set(1);
+        // The removed replica heard no leader before its purge.
+        metrics.observe(
+            5,
+            &[status("users-legacy", None), status("users-eea", Some(5))],
+            incidents,
+        );
+        let line = "domicile_raft_has_leader{group=\"users-legacy\",jurisdiction=\"EEA\"} 0";
+        assert!(metrics.render().contains(line), "{}", metrics.render());
+        metrics.observe(5, &[status("users-eea", Some(5))], incidents);
+        let rendered = metrics.render();
+        for gauge in [
+            "domicile_raft_has_leader{group=\"users-legacy\"",
+            "domicile_raft_is_leader{group=\"users-legacy\"",
+            "domicile_raft_applied_index{group=\"users-legacy\"",
+            "domicile_group_under_replicated{group=\"users-legacy\"",
+        ] {
+            assert!(!rendered.contains(gauge), "{gauge} kept:\n{rendered}");
+        }
+        assert!(
+            rendered.contains("domicile_raft_is_leader{group=\"users-eea\",jurisdiction=\"EEA\"} 1"),
+            "{rendered}"
+        );
+    }
 
     #[test]
     fn a_group_no_longer_hosted_has_its_uncovered_gauge_zeroed() {
