@@ -124,13 +124,7 @@ pub async fn read(
         Err(error) => error.to_string(),
     };
     audit_outcome(&node, action, outcome.is_ok(), detail).await;
-    match outcome {
-        Ok(batch) => match frame_body(&batch) {
-            Ok(bytes) => ([("content-type", FRAME_CONTENT_TYPE)], bytes).into_response(),
-            Err(error) => error_response(HostError::Store(format!("can't encode the batch: {error}"))),
-        },
-        Err(error) => error_response(error),
-    }
+    framed(outcome)
 }
 
 pub async fn sessions(
@@ -157,13 +151,7 @@ pub async fn sessions(
         Err(error) => error.to_string(),
     };
     audit_outcome(&node, action, outcome.is_ok(), detail).await;
-    match outcome {
-        Ok(batch) => match frame_body(&batch) {
-            Ok(bytes) => ([("content-type", FRAME_CONTENT_TYPE)], bytes).into_response(),
-            Err(error) => error_response(HostError::Store(format!("can't encode the sessions: {error}"))),
-        },
-        Err(error) => error_response(error),
-    }
+    framed(outcome)
 }
 
 pub async fn digest(
@@ -336,6 +324,16 @@ fn fenced_to(node: &Node, group: &GroupId, jurisdiction: &str) -> Result<(), Str
             policy.jurisdiction.name()
         )),
         None => Err(format!("no group `{group}` in the topology")),
+    }
+}
+
+/// A read's answer as a frame (its records may be binary and megabytes long), or its error.
+fn framed<T: serde::Serialize>(outcome: Result<T, HostError>) -> Response {
+    match outcome.and_then(|answer| {
+        frame_body(&answer).map_err(|error| HostError::Store(format!("can't encode the answer: {error}")))
+    }) {
+        Ok(bytes) => ([("content-type", FRAME_CONTENT_TYPE)], bytes).into_response(),
+        Err(error) => error_response(error),
     }
 }
 
