@@ -441,19 +441,41 @@ async fn execute(
     let mut progress = context.report.progress();
     let outcome = range_copy::run(leaders, &range_change, &mut |event| progress.event(event)).await;
     progress.finish();
-    Ok(match outcome {
-        Ok(()) => context.report.end(
-            0,
-            &format!(
-                "done: epoch {} published, `{}` holds the range and `{}` no longer does",
-                range_change.next.epoch(),
-                range_change.gainer,
-                range_change.loser
-            ),
-        ),
-        Err(error) => context.report.end(
+    if let Err(error) = outcome {
+        return Ok(context.report.end(
             1,
             &format!("stopped: {error}; run the same command again to finish"),
+        ));
+    }
+    // What the loser still holds of the moved ranges, read on its leader: none, after the purge.
+    let left = leaders
+        .digest(&range_change.loser, jurisdiction, &range_change.moving)
+        .await;
+    let epoch = range_change.next.epoch();
+    Ok(match left {
+        Ok(left) if left.records == 0 => {
+            context.report.gone(&range_change.loser, 0);
+            context.report.end(
+                0,
+                &format!(
+                    "done: epoch {epoch} published, `{}` holds the range and `{}` no longer does",
+                    range_change.gainer, range_change.loser
+                ),
+            )
+        }
+        Ok(left) => {
+            context.report.gone(&range_change.loser, left.records);
+            context.report.end(
+                1,
+                &format!(
+                    "epoch {epoch} is published, but `{}` still holds {} record(s) of the moved range",
+                    range_change.loser, left.records
+                ),
+            )
+        }
+        Err(error) => context.report.end(
+            1,
+            &format!("epoch {epoch} is published; the purge could not be checked: {error}"),
         ),
     })
 }
@@ -591,6 +613,18 @@ impl Report {
                 change.gainer,
                 phase
             );
+        }
+    }
+
+    /// What the losing group holds of the moved ranges after the purge, read on its leader.
+    fn gone(&self, loser: &GroupId, records_left: u64) {
+        if self.json {
+            outln!(
+                "{}",
+                json!({"event": "purge-checked", "group": loser.0, "records_left": records_left})
+            );
+        } else {
+            outln!("  `{loser}` holds {records_left} record(s) of the moved range");
         }
     }
 
