@@ -761,3 +761,32 @@ impl ProgressReport {
         self.phase = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_parse_in_decimal_or_hex_and_nothing_else() {
+        assert_eq!(parse_position("9223372036854775808"), Ok(1 << 63));
+        assert_eq!(parse_position("0x8000_0000_0000_0000"), Ok(1 << 63));
+        assert!(parse_position("-1").is_err());
+        assert!(parse_position("0x1_0000_0000_0000_0000").is_err());
+        assert!(
+            parse_position("half")
+                .unwrap_err()
+                .contains("not a routing position")
+        );
+    }
+
+    #[test]
+    fn the_complement_of_ranges_covers_every_other_position() {
+        assert_eq!(complement(&[(0, u64::MAX)]), []);
+        assert_eq!(complement(&[]), [(0, u64::MAX)]);
+        assert_eq!(
+            complement(&[(10, 19), (0, 4), (30, u64::MAX)]),
+            [(5, 9), (20, 29)]
+        );
+        assert_eq!(complement(&[(5, 9)]), [(0, 4), (10, u64::MAX)]);
+    }
+}
