@@ -5,7 +5,8 @@
 //! begins (after the fence), and run again each time; it finishes. Afterwards every record reads back
 //! with its value and revision (the keyspace's checksum is equal), every acknowledged write is readable,
 //! the moved range is gone from the old group (its leader's digest), the groups' voters are unchanged and
-//! inside, epoch 2 is published; bad input exits 2 and changes nothing. Timings are printed, never
+//! inside, epoch 2 is published; bad input exits 2 and changes nothing. Then `domicile shard move` gives
+//! the range back (epoch 3), and run again finds it published and exits 0. Timings are printed, never
 //! asserted.
 
 // Real processes on the wall clock.
@@ -30,6 +31,7 @@ async fn a_group_of_3000_records_splits_while_written_through_two_killed_runs() 
         live_writers: 2,
         baseline_s: 1.0,
         interrupt: true,
+        move_back: true,
         time_limit: Duration::from_secs(300),
         verbose: std::env::var_os("SPLIT_VERBOSE").is_some(),
     };
@@ -61,5 +63,18 @@ async fn a_group_of_3000_records_splits_while_written_through_two_killed_runs() 
     assert_eq!(report.published_epoch_after, 2);
     assert!(report.members_outside.is_empty(), "{}", report.render());
     assert_eq!(report.voters_before, report.voters_after, "{}", report.render());
+    // `shard move` gives the range back; run again, it finds the change published and does nothing.
+    assert_eq!(
+        report.move_back_exit_codes,
+        [Some(0), Some(0)],
+        "{}",
+        report.render()
+    );
+    assert_eq!(
+        report.checksum_after_move_back.as_ref(),
+        Some(&report.checksum_before)
+    );
+    assert_eq!(report.gainer_left_after_move_back, Some(0), "{}", report.render());
+    assert_eq!(report.published_epoch_after_move_back, Some(3));
     assert!(report.failures().is_empty(), "{:?}", report.failures());
 }

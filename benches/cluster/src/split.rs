@@ -90,6 +90,9 @@ pub struct Config {
     pub baseline_s: f64,
     /// Kill the CLI mid-copy and after the fence, and run it again each time.
     pub interrupt: bool,
+    /// After the checks, move the range back with `domicile shard move`, run it again (a change
+    /// published already: exit 0, nothing to do) and check the keyspace once more.
+    pub move_back: bool,
     pub time_limit: Duration,
     pub verbose: bool,
 }
@@ -147,6 +150,12 @@ pub struct Report {
     pub members_outside: Vec<String>,
     pub residency_incidents: u64,
     pub published_epoch_after: u64,
+    /// With `move_back`: the exit codes of `shard move` and of its second run, the checksum after, and
+    /// what the gainer still holds of the range it gave back.
+    pub move_back_exit_codes: Vec<Option<i32>>,
+    pub checksum_after_move_back: Option<String>,
+    pub gainer_left_after_move_back: Option<u64>,
+    pub published_epoch_after_move_back: Option<u64>,
 }
 
 impl Report {
@@ -183,6 +192,24 @@ impl Report {
         check(self.members_outside.is_empty(), "a member outside the EU");
         check(self.residency_incidents == 0, "residency incidents counted");
         check(self.published_epoch_after == 2, "epoch 2 not published");
+        if !self.move_back_exit_codes.is_empty() {
+            check(
+                self.move_back_exit_codes == [Some(0), Some(0)],
+                "shard move did not exit 0 twice",
+            );
+            check(
+                self.checksum_after_move_back.as_ref() == Some(&self.checksum_before),
+                "checksum differs after the move back",
+            );
+            check(
+                self.gainer_left_after_move_back == Some(0),
+                "the range is still at the gainer",
+            );
+            check(
+                self.published_epoch_after_move_back == Some(3),
+                "epoch 3 not published",
+            );
+        }
         failures
     }
 }
@@ -975,6 +1002,32 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     if let Some(status) = cluster.status() {
         (report.voters_after, report.members_outside) = voters(&status);
         report.residency_incidents = incidents(&status);
+    }
+    if config.move_back {
+        log(&config, "shard move, back");
+        let start = format!("{:#x}", moving[0].0);
+        for _ in 0..2 {
+            let output = cluster.domicile(&[
+                "shard",
+                "move",
+                "--jurisdiction",
+                "EU",
+                "--start",
+                &start,
+                "--to",
+                LOSER,
+                "--admin",
+                &admin,
+                "--yes",
+            ])?;
+            log(&config, &String::from_utf8_lossy(&output.stdout));
+            report.move_back_exit_codes.push(output.status.code());
+        }
+        let (after, _) = read_keyspace(&clients, &config, deadline).await?;
+        report.checksum_after_move_back = Some(format!("{after:016x}"));
+        report.gainer_left_after_move_back = Some(cluster.held(GAINER, &moving).await?);
+        let published = cluster.on_leader(LOSER, "/shard-map/EU/published", None).await?;
+        report.published_epoch_after_move_back = published["epoch"].as_u64();
     }
     drop(nodes);
     Ok(report)

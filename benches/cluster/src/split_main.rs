@@ -58,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
         live_writers: cli.live_writers,
         baseline_s: cli.baseline_s,
         interrupt: cli.interrupt,
+        move_back: false,
         time_limit: Duration::from_secs(cli.time_limit_s),
         verbose: true,
     };
