@@ -67,10 +67,13 @@ pub async fn command(
         Err(reason) => return bad_request(reason),
     };
     let action = operator_action(&operator, "range-copy command", format!("{group}: {what}"));
+    let started = std::time::Instant::now();
     if let Err(refused) = audit_request(&node, &action).await {
         return refused;
     }
+    let audited = started.elapsed();
     let outcome = node.host.write(&group, command).await;
+    tracing::debug!(%group, %what, audit_ms = audited.as_millis() as u64, total_ms = started.elapsed().as_millis() as u64, "range-copy command");
     let detail = match &outcome {
         Ok(answer) => format!("{answer:?}").chars().take(200).collect(),
         Err(error) => error.to_string(),
@@ -105,6 +108,7 @@ pub async fn read(
     if let Err(refused) = audit_request(&node, &action).await {
         return refused;
     }
+    let started = std::time::Instant::now();
     let records_max = body.records_max.unwrap_or(BATCH_RECORDS).clamp(1, BATCH_RECORDS);
     let bytes_max = body.bytes_max.unwrap_or(BATCH_BYTES).clamp(1, BATCH_BYTES);
     let outcome = node
@@ -118,6 +122,7 @@ pub async fn read(
             bytes_max,
         )
         .await;
+    tracing::debug!(%group, read_ms = started.elapsed().as_millis() as u64, "range-copy read");
     let detail = match &outcome {
         Ok(batch) => format!("{} records, more: {}", batch.records.len(), batch.more),
         Err(error) => error.to_string(),
