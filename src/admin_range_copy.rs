@@ -49,6 +49,9 @@ use crate::node::Node;
 pub const COMMAND_BYTES_MAX: usize = 8 << 20;
 /// The largest JSON request (a read or a digest: a jurisdiction, ranges and a key).
 pub const REQUEST_BYTES_MAX: usize = 1 << 20;
+/// The topology's groups, whose policies name the jurisdiction each is fenced to.
+type Policies = std::collections::BTreeMap<GroupId, placement::GroupPolicy>;
+
 /// Ranges one read or digest may name (a map holds at most 4,096).
 const RANGES_MAX: usize = 4096;
 
@@ -63,15 +66,18 @@ pub async fn command(
         Ok(command) => command,
         Err(error) => return bad_request(format!("the command's frame: {error}")),
     };
-    let what = match check_command(&node, &group, &command) {
+    let what = match check_command(&node.file.policies, &group, &command) {
         Ok(what) => what,
         Err(reason) => return bad_request(reason),
     };
     let action = operator_action(&operator, "range-copy command", format!("{group}: {what}"));
+    let started = std::time::Instant::now();
     if let Err(refused) = audit_request(&node, &action).await {
         return refused;
     }
+    let audited = started.elapsed();
     let outcome = node.host.write(&group, command).await;
+    tracing::debug!(%group, %what, audit_ms = audited.as_millis() as u64, total_ms = started.elapsed().as_millis() as u64, "range-copy command");
     let detail = match &outcome {
         Ok(answer) => format!("{answer:?}").chars().take(200).collect(),
         Err(error) => error.to_string(),
@@ -90,7 +96,7 @@ pub async fn read(
     Json(body): Json<ReadRangeRequest>,
 ) -> Response {
     let group = GroupId(group);
-    if let Err(reason) = check_ranges(&node, &group, &body.jurisdiction, &body.ranges) {
+    if let Err(reason) = check_ranges(&node.file.policies, &group, &body.jurisdiction, &body.ranges) {
         return bad_request(reason);
     }
     let action = operator_action(
@@ -106,6 +112,7 @@ pub async fn read(
     if let Err(refused) = audit_request(&node, &action).await {
         return refused;
     }
+    let started = std::time::Instant::now();
     let records_max = body.records_max.unwrap_or(BATCH_RECORDS).clamp(1, BATCH_RECORDS);
     let bytes_max = body.bytes_max.unwrap_or(BATCH_BYTES).clamp(1, BATCH_BYTES);
     let outcome = node
@@ -119,6 +126,7 @@ pub async fn read(
             bytes_max,
         )
         .await;
+    tracing::debug!(%group, read_ms = started.elapsed().as_millis() as u64, "range-copy read");
     let detail = match &outcome {
         Ok(batch) => format!("{} records, more: {}", batch.records.len(), batch.more),
         Err(error) => error.to_string(),
@@ -161,7 +169,7 @@ pub async fn digest(
     Json(body): Json<DigestRequest>,
 ) -> Response {
     let group = GroupId(group);
-    if let Err(reason) = check_ranges(&node, &group, &body.jurisdiction, &body.ranges) {
+    if let Err(reason) = check_ranges(&node.file.policies, &group, &body.jurisdiction, &body.ranges) {
         return bad_request(reason);
     }
     let action = operator_action(
@@ -226,9 +234,9 @@ pub async fn published(State(node): State<Arc<Node>>, Path(jurisdiction): Path<S
 
 /// A command the range copy may send, on the ranges of the group's own jurisdiction; described for the
 /// audit trail.
-fn check_command(node: &Node, group: &GroupId, command: &Command) -> Result<String, String> {
+fn check_command(policies: &Policies, group: &GroupId, command: &Command) -> Result<String, String> {
     let ownership = |ownership: &Ownership, what: &str| -> Result<String, String> {
-        fenced_to(node, group, &ownership.jurisdiction)?;
+        fenced_to(policies, group, &ownership.jurisdiction)?;
         if let Some(reason) = ownership.malformed() {
             return Err(reason);
         }
@@ -248,7 +256,7 @@ fn check_command(node: &Node, group: &GroupId, command: &Command) -> Result<Stri
             epoch,
             records,
         } => {
-            fenced_to(node, group, jurisdiction)?;
+            fenced_to(policies, group, jurisdiction)?;
             if let Some(key) = records
                 .iter()
                 .find(|copied| copied.key.jurisdiction != *jurisdiction)
@@ -268,13 +276,13 @@ fn check_command(node: &Node, group: &GroupId, command: &Command) -> Result<Stri
             after,
             limit,
         } => {
-            fenced_to(node, group, jurisdiction)?;
+            fenced_to(policies, group, jurisdiction)?;
             Ok(format!(
                 "purge up to {limit} record(s) of {jurisdiction} it does not own, after {after:?}"
             ))
         }
         Command::CancelIncoming { jurisdiction, epoch } => {
-            fenced_to(node, group, jurisdiction)?;
+            fenced_to(policies, group, jurisdiction)?;
             Ok(format!(
                 "cancel the incoming ranges of {jurisdiction} at epoch {epoch}"
             ))
@@ -301,12 +309,12 @@ fn check_command(node: &Node, group: &GroupId, command: &Command) -> Result<Stri
 }
 
 fn check_ranges(
-    node: &Node,
+    policies: &Policies,
     group: &GroupId,
     jurisdiction: &str,
     ranges: &[(u64, u64)],
 ) -> Result<(), String> {
-    fenced_to(node, group, jurisdiction)?;
+    fenced_to(policies, group, jurisdiction)?;
     if ranges.is_empty() || ranges.len() > RANGES_MAX {
         return Err(format!("{} ranges named: from 1 to {RANGES_MAX}", ranges.len()));
     }
@@ -316,8 +324,8 @@ fn check_ranges(
     }
 }
 
-fn fenced_to(node: &Node, group: &GroupId, jurisdiction: &str) -> Result<(), String> {
-    match node.file.policies.get(group) {
+fn fenced_to(policies: &Policies, group: &GroupId, jurisdiction: &str) -> Result<(), String> {
+    match policies.get(group) {
         Some(policy) if policy.jurisdiction.name() == jurisdiction => Ok(()),
         Some(policy) => Err(format!(
             "group `{group}` is fenced to `{}`, not to `{jurisdiction}`",
@@ -353,4 +361,105 @@ fn unavailable(reason: String) -> Response {
         refusal: None,
     };
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use placement::TopologyFile;
+    use storage::record::CopiedRecord;
+    use storage::{Record, RecordKey, WriteId};
+
+    use super::*;
+
+    const TOPOLOGY: &str = r#"
+[[site]]
+name = "dublin"
+country = "IE"
+nodes = [1]
+[[site]]
+name = "ashburn"
+country = "US"
+nodes = [2]
+[[group]]
+name = "eu"
+jurisdiction = "EU"
+voters = 1
+[[group]]
+name = "us"
+jurisdiction = "US"
+voters = 1
+"#;
+
+    fn policies() -> Policies {
+        TopologyFile::parse(TOPOLOGY).unwrap().policies
+    }
+
+    fn copy_in(jurisdiction: &str, record_jurisdiction: &str) -> Command {
+        Command::CopyIn {
+            jurisdiction: jurisdiction.into(),
+            epoch: 2,
+            records: vec![CopiedRecord {
+                key: RecordKey::new(record_jurisdiction, "alice", "profile"),
+                record: Some(Record {
+                    value: b"v".to_vec(),
+                    revision: 7,
+                }),
+            }],
+        }
+    }
+
+    #[test]
+    fn only_the_range_copys_commands_on_the_groups_own_jurisdiction_pass() {
+        let policies = policies();
+        let eu = GroupId("eu".into());
+        assert!(check_command(&policies, &eu, &copy_in("EU", "EU")).is_ok());
+        let refused = check_command(&policies, &GroupId("us".into()), &copy_in("EU", "EU")).unwrap_err();
+        assert!(refused.contains("fenced to `US`, not to `EU`"), "{refused}");
+        let smuggled = check_command(&policies, &eu, &copy_in("EU", "US")).unwrap_err();
+        assert!(smuggled.contains("a copied record of `US`"), "{smuggled}");
+        let put = Command::Put {
+            write: WriteId {
+                client_id: 1,
+                sequence: 1,
+            },
+            key: RecordKey::new("EU", "alice", "profile"),
+            value: b"v".to_vec(),
+        };
+        let refused = check_command(&policies, &eu, &put).unwrap_err();
+        assert!(
+            refused.contains("only the range copy's commands run here, not Put"),
+            "{refused}"
+        );
+        let unknown = check_command(&policies, &GroupId("nowhere".into()), &copy_in("EU", "EU")).unwrap_err();
+        assert!(unknown.contains("no group `nowhere`"), "{unknown}");
+    }
+
+    #[test]
+    fn reads_and_digests_name_bounded_well_formed_ranges() {
+        let policies = policies();
+        let eu = GroupId("eu".into());
+        assert!(check_ranges(&policies, &eu, "EU", &[(0, 5), (9, u64::MAX)]).is_ok());
+        assert!(check_ranges(&policies, &eu, "EU", &[]).is_err());
+        assert!(
+            check_ranges(&policies, &eu, "EU", &[(5, 4)])
+                .unwrap_err()
+                .contains("ends before it starts")
+        );
+        assert!(check_ranges(&policies, &eu, "EU", &vec![(0, 1); RANGES_MAX + 1]).is_err());
+        assert!(check_ranges(&policies, &eu, "US", &[(0, 1)]).is_err());
+    }
+
+    #[test]
+    fn a_frame_body_round_trips_and_a_damaged_one_is_refused() {
+        let command = copy_in("EU", "EU");
+        let mut body = frame_body(&command).unwrap();
+        assert_eq!(open_body::<Command>(&body).unwrap(), command);
+        let last = body.len() - 1;
+        body[last] ^= 1;
+        assert!(matches!(
+            open_body::<Command>(&body),
+            Err(wire::codec::CodecError::Checksum { .. })
+        ));
+        assert!(open_body::<Command>(&body[..5]).is_err());
+    }
 }

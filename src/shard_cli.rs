@@ -445,19 +445,41 @@ pub(crate) async fn execute(
     let mut progress = context.report.progress();
     let outcome = range_copy::run(leaders, &range_change, &mut |event| progress.event(event)).await;
     progress.finish();
-    Ok(match outcome {
-        Ok(()) => context.report.end(
-            0,
-            &format!(
-                "done: epoch {} published, `{}` holds the range and `{}` no longer does",
-                range_change.next.epoch(),
-                range_change.gainer,
-                range_change.loser
-            ),
-        ),
-        Err(error) => context.report.end(
+    if let Err(error) = outcome {
+        return Ok(context.report.end(
             1,
             &format!("stopped: {error}; run the same command again to finish"),
+        ));
+    }
+    // What the loser still holds of the moved ranges, read on its leader: none, after the purge.
+    let left = leaders
+        .digest(&range_change.loser, jurisdiction, &range_change.moving)
+        .await;
+    let epoch = range_change.next.epoch();
+    Ok(match left {
+        Ok(left) if left.records == 0 => {
+            context.report.gone(&range_change.loser, 0);
+            context.report.end(
+                0,
+                &format!(
+                    "done: epoch {epoch} published, `{}` holds the range and `{}` no longer does",
+                    range_change.gainer, range_change.loser
+                ),
+            )
+        }
+        Ok(left) => {
+            context.report.gone(&range_change.loser, left.records);
+            context.report.end(
+                1,
+                &format!(
+                    "epoch {epoch} is published, but `{}` still holds {} record(s) of the moved range",
+                    range_change.loser, left.records
+                ),
+            )
+        }
+        Err(error) => context.report.end(
+            1,
+            &format!("epoch {epoch} is published; the purge could not be checked: {error}"),
         ),
     })
 }
@@ -595,6 +617,18 @@ impl Report {
                 change.gainer,
                 phase
             );
+        }
+    }
+
+    /// What the losing group holds of the moved ranges after the purge, read on its leader.
+    fn gone(&self, loser: &GroupId, records_left: u64) {
+        if self.json {
+            outln!(
+                "{}",
+                json!({"event": "purge-checked", "group": loser.0, "records_left": records_left})
+            );
+        } else {
+            outln!("  `{loser}` holds {records_left} record(s) of the moved range");
         }
     }
 
@@ -739,5 +773,34 @@ impl ProgressReport {
     fn finish(&mut self) {
         self.close_phase();
         self.phase = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_parse_in_decimal_or_hex_and_nothing_else() {
+        assert_eq!(parse_position("9223372036854775808"), Ok(1 << 63));
+        assert_eq!(parse_position("0x8000_0000_0000_0000"), Ok(1 << 63));
+        assert!(parse_position("-1").is_err());
+        assert!(parse_position("0x1_0000_0000_0000_0000").is_err());
+        assert!(
+            parse_position("half")
+                .unwrap_err()
+                .contains("not a routing position")
+        );
+    }
+
+    #[test]
+    fn the_complement_of_ranges_covers_every_other_position() {
+        assert_eq!(complement(&[(0, u64::MAX)]), []);
+        assert_eq!(complement(&[]), [(0, u64::MAX)]);
+        assert_eq!(
+            complement(&[(10, 19), (0, 4), (30, u64::MAX)]),
+            [(5, 9), (20, 29)]
+        );
+        assert_eq!(complement(&[(5, 9)]), [(0, 4), (10, u64::MAX)]);
     }
 }

@@ -187,9 +187,10 @@ impl AdminLeaders {
 
 /// The error of an answer that is final: the group and the node's reason.
 fn final_error(group: &GroupId, reason: String) -> RangeCopyError {
-    RangeCopyError::Host {
+    RangeCopyError::Unexpected {
         group: group.clone(),
-        error: HostError::Store(reason),
+        what: "its admin endpoint's request".into(),
+        answer: reason,
     }
 }
 

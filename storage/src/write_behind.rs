@@ -23,6 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::iter::Peekable;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::backend::Backend;
@@ -217,14 +218,46 @@ impl<V: BackendView> BackendView for Overlaid<V> {
         if self.pending.is_empty() {
             return self.base.scan_after(table, prefix, after, visit);
         }
-        // Rare (a copy reading while a batch is pending): the merged walk from the prefix's start.
+        // A merge from `after` on, as `scan_prefix`'s from the prefix's start: a range copy reads its
+        // batches so while clients write, and a walk from the start would make each batch cost the
+        // whole range before it (quadratic in the range's size).
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded((table, after.to_vec())),
+            _ => Bound::Included((table, prefix.to_vec())),
+        };
+        let mut pending = self
+            .pending
+            .range((start, Bound::Unbounded))
+            .take_while(|((found, key), _)| *found == table && key.starts_with(prefix))
+            .map(|((_, key), change)| (key.as_slice(), change.as_deref()))
+            .peekable();
         let mut going = true;
-        self.scan_prefix(table, prefix, &mut |key, value| {
-            if going && after.is_none_or(|after| key > after) {
-                going = visit(key, value)?;
+        self.base.scan_after(table, prefix, after, &mut |key, value| {
+            while let Some((pending_key, change)) = pending.next_if(|(pending_key, _)| *pending_key < key) {
+                if let Some(changed) = change
+                    && !visit(pending_key, changed)?
+                {
+                    going = false;
+                    return Ok(false);
+                }
             }
-            Ok(())
-        })
+            going = match pending.next_if(|(pending_key, _)| *pending_key == key) {
+                Some((_, Some(changed))) => visit(key, changed)?,
+                Some((_, None)) => true,
+                None => visit(key, value)?,
+            };
+            Ok(going)
+        })?;
+        if going {
+            for (pending_key, change) in pending {
+                if let Some(changed) = change
+                    && !visit(pending_key, changed)?
+                {
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn scan_prefix(
@@ -340,6 +373,23 @@ mod tests {
         found
     }
 
+    /// Up to `limit` items of a scan after `after`, as `scan_after` visits them.
+    fn scan_from(
+        view: &impl BackendView,
+        table: Table,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut found = Vec::new();
+        view.scan_after(table, prefix, after, &mut |key, value| {
+            found.push((key.to_vec(), value.to_vec()));
+            Ok(found.len() < limit)
+        })
+        .unwrap();
+        found
+    }
+
     /// The same random batches (puts, deletes, durable commits, clears) through a `WriteBehind`
     /// and straight into a `MemBackend`: every get and every prefix scan agree after each batch.
     #[test]
@@ -390,6 +440,15 @@ mod tests {
                         scan(&expected, table, prefix),
                         "step {step}: scan {table:?} {prefix:?}"
                     );
+                    for after in [None, Some(&b"k"[..]), Some(b"k17"), Some(b"k2"), Some(b"k9")] {
+                        for limit in [1, 3, 100] {
+                            assert_eq!(
+                                scan_from(&through, table, prefix, after, limit),
+                                scan_from(&expected, table, prefix, after, limit),
+                                "step {step}: scan {table:?} {prefix:?} after {after:?}, {limit} items"
+                            );
+                        }
+                    }
                 }
             }
         }
