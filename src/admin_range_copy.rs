@@ -292,7 +292,7 @@ fn check_command(policies: &Policies, group: &GroupId, command: &Command) -> Res
             epoch,
             sessions,
         } => {
-            fenced_to(node, group, jurisdiction)?;
+            fenced_to(policies, group, jurisdiction)?;
             Ok(format!(
                 "merge {} client session(s) of {jurisdiction}'s loser at epoch {epoch}",
                 sessions.len()
