@@ -1,8 +1,9 @@
 //! `domicile shard split` at a small scale, for correctness (the benchmark `benches/split.sh` runs the
 //! same program, `benches/cluster/src/split.rs`, at a million records): three real node processes, a
 //! group of 3,000 records of 1 KiB split into a reserve group by the CLI, as a process, while clients
-//! write. The CLI is SIGKILLed once the gainer holds part of the range (mid-copy) and again as the tail
-//! begins (after the fence), and run again each time; it finishes. Afterwards every record reads back
+//! write. The CLI is SIGKILLed once the gainer holds part of the range (mid-copy), the change is
+//! aborted (`shard abort`: the gainer's copy purged), run again and SIGKILLed as the tail begins (after
+//! the fence), and run again; it finishes. Afterwards every record reads back
 //! with its value and revision (the keyspace's checksum is equal), every acknowledged write is readable,
 //! the moved range is gone from the old group (its leader's digest), the groups' voters are unchanged and
 //! inside, epoch 2 is published; bad input exits 2 and changes nothing. Then `domicile shard move` gives
@@ -52,8 +53,17 @@ async fn a_group_of_3000_records_splits_while_written_through_two_killed_runs() 
         "{}",
         report.render()
     );
-    // Killed mid-copy, the change resumes at the copy; killed after the fence, at the tail.
-    assert_eq!(report.phases_after_kills, ["copy", "tail"], "{}", report.render());
+    // Killed mid-copy, the change stands at the copy; aborted, it starts over (the gainer holds none
+    // of the range); killed after the fence, it resumes at the tail.
+    assert_eq!(
+        report.phases_after_kills,
+        ["copy", "prepare", "tail"],
+        "{}",
+        report.render()
+    );
+    assert_eq!(report.abort_exit_code, Some(0), "{}", report.render());
+    assert_eq!(report.gainer_held_after_abort, Some(0), "{}", report.render());
+    assert_eq!(report.abort_after_fence_exit_code, Some(1), "{}", report.render());
     let (held, total) = report.killed_mid_copy_at.unwrap();
     assert!(held > 0 && total > 1000, "{}", report.render());
     assert!(report.during.writes > 0, "{}", report.render());

@@ -15,9 +15,9 @@
 //! 3. measures write latency for `baseline_s` with `live_writers` closed-loop writers of new keys;
 //! 4. runs `domicile shard split --jurisdiction EU --group users-eu-1 --yes -o json` while the writers
 //!    write, sampling each node's VmRSS every 200 ms. With `interrupt`, the CLI is SIGKILLed (by pid)
-//!    once the gainer holds some of the range's records (mid-copy), run again and SIGKILLed as the tail
-//!    phase begins (after the fence), each time checked to stand where it was killed, then run again to
-//!    the end;
+//!    once the gainer holds some of the range's records (mid-copy), the change is aborted (`shard
+//!    abort`: the gainer's copy dropped), run again and SIGKILLed as the tail phase begins (after the
+//!    fence), each time checked to stand where it was left, then run again to the end;
 //! 5. reads every record back (same checksum), every acknowledged live write (same value), and checks on
 //!    the groups' leaders (the admin digest) that the moved range is gone from `users-eu-1` and that the
 //!    two groups together hold every record; the groups' voters are unchanged and inside the EU, and no
@@ -124,7 +124,12 @@ pub struct Report {
     pub split_exit_codes: Vec<Option<i32>>,
     /// Records the gainer held of the range when the CLI was killed mid-copy, and the range's records.
     pub killed_mid_copy_at: Option<(u64, u64)>,
-    /// The phase `shard split --dry-run` reported after each kill.
+    /// With `interrupt`: `shard abort` after the mid-copy kill, and what the gainer held of the range then.
+    pub abort_exit_code: Option<i32>,
+    pub gainer_held_after_abort: Option<u64>,
+    /// `shard abort` once the loser is fenced (refused: exit 1).
+    pub abort_after_fence_exit_code: Option<i32>,
+    /// The phase `shard split --dry-run` reported after each kill (and after the abort).
     pub phases_after_kills: Vec<String>,
     pub split_s: f64,
     /// The copy phase of the last run that copied: records, value bytes, seconds.
@@ -1059,6 +1064,25 @@ async fn split(
         let total = cluster.held(LOSER, moving).await?;
         report.killed_mid_copy_at = Some((held, total));
         report.phases_after_kills.push(dry_run(cluster)?.0);
+        // Before the fence the change may be undone: the gainer's copy is dropped, and the next run
+        // starts over from `prepare`.
+        let aborted = cluster.domicile(&[
+            "shard",
+            "abort",
+            "--jurisdiction",
+            "EU",
+            "--group",
+            LOSER,
+            "--to",
+            GAINER,
+            "--admin",
+            &cluster.admin[&1],
+            "--yes",
+        ])?;
+        log(config, &String::from_utf8_lossy(&aborted.stdout));
+        report.abort_exit_code = aborted.status.code();
+        report.gainer_held_after_abort = Some(cluster.held(GAINER, moving).await?);
+        report.phases_after_kills.push(dry_run(cluster)?.0);
         // After the fence: as the tail phase begins.
         let run = SplitRun::start(cluster, index)?;
         index += 1;
@@ -1084,6 +1108,21 @@ async fn split(
             state["owned"]["epoch"] == 2,
             "the loser is not fenced after the kill: {state}"
         );
+        // After the fence the change only rolls forward: `abort` refuses (exit 1).
+        let refused = cluster.domicile(&[
+            "shard",
+            "abort",
+            "--jurisdiction",
+            "EU",
+            "--group",
+            LOSER,
+            "--to",
+            GAINER,
+            "--admin",
+            &cluster.admin[&1],
+            "--yes",
+        ])?;
+        report.abort_after_fence_exit_code = refused.status.code();
     }
     let mut run = SplitRun::start(cluster, index)?;
     let mut events = Vec::new();
