@@ -684,3 +684,70 @@ pub struct Tally {
     /// When the growth was found complete, since the world was built.
     pub done_at: Option<Duration>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use placement::{GroupState, Membership, TopologyFile};
+
+    /// Both growth worlds declare their groups inside the EEA over the same 24 nodes, and the planner
+    /// places every group `grow-wide` creates on three distinct sites: 72 voters on 24 nodes of four
+    /// sites need no more nodes than `grow` has.
+    #[test]
+    fn the_wide_world_creates_its_groups_on_distinct_sites() {
+        for shape in [&GROW, &GROW_WIDE] {
+            let file = TopologyFile::parse(&shape.topology()).expect("the growth topology parses");
+            assert_eq!(
+                file.policies.len(),
+                shape.groups_to(),
+                "every declared group is in the topology"
+            );
+            for spec in first_groups(shape) {
+                assert!(
+                    file.policies.contains_key(&spec.group),
+                    "{} is declared",
+                    spec.group
+                );
+            }
+        }
+        let file = TopologyFile::parse(&GROW_WIDE.topology()).expect("the growth topology parses");
+        let placement: placement::Placement = first_groups(&GROW_WIDE)
+            .into_iter()
+            .map(|spec| {
+                let leader = spec.voters.iter().next().copied();
+                let state = GroupState {
+                    membership: Membership::new(spec.voters, []),
+                    leader,
+                };
+                (spec.group, state)
+            })
+            .collect();
+        let plan = placement::plan(&file.topology, &file.policies, &placement, &Health::all_up())
+            .expect("the planner plans the growth");
+        let created: Vec<&BTreeSet<NodeId>> = plan
+            .steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::CreateGroup { voters, .. } => Some(voters),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(created.len(), 21, "the 21 missing groups are created");
+        let eea = &file.policies[&GroupId("users-eea-1".into())].jurisdiction;
+        for voters in created {
+            let sites: BTreeSet<&str> = voters
+                .iter()
+                .map(|&node| {
+                    assert!(file.topology.is_inside(node, eea), "{node} is inside the EEA");
+                    file.topology
+                        .site_of(node)
+                        .expect("a node of the topology")
+                        .name
+                        .0
+                        .as_str()
+                })
+                .collect();
+            assert_eq!(sites.len(), 3, "voters {voters:?} stand on three sites");
+        }
+    }
+}
