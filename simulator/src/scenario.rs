@@ -12,11 +12,11 @@
 //!   bulk writer run and nodes crash and links partition; a new replica is promoted only once its bulk
 //!   copy has arrived, and after cutover the US replicas are purged ([`crate::bulk`]). Its US–EU links
 //!   run at the true 70–90 ms, which the groups' Raft timing covers (`raft::config::covering_round_trip`).
-//! * `grow`: three EEA groups holding 150 million modelled records all on three of the eight EEA nodes
-//!   (the other five just added); `placement::rebalance` moves replicas onto the new nodes, bulk copies and
-//!   all, until the EEA nodes hold within one replica of each other, while clients and a bulk writer run
-//!   and nodes crash and links partition; the planner repairs first, the rebalancer moves only settled
-//!   groups, and the US nodes beside them are never used (issue 19; range splits are not modelled yet).
+//! * `grow` and `grow-wide` ([`crate::growth`]): an EEA jurisdiction holding 150 million modelled records
+//!   grows from 2 groups on 6 nodes to 8 groups on 24 (`grow`), or from 3 groups on 9 nodes to 24 groups
+//!   on 24 (`grow-wide`), while clients and a bulk writer run and nodes crash and links partition: groups
+//!   created where the planner places them, ranges split by `raft::range_copy`, replicas moved by
+//!   `placement::rebalance_by_cost`; the US nodes beside them are never used (issue 19).
 //! * `chaos` also points stale routes at nodes outside a group's jurisdiction: a leader replicating where
 //!   only its egress fence stops it (the `egress-off` canary's catch).
 //! * `writes`: one 3-node group under client writes and no faults, the speed benchmark's baseline.
@@ -53,6 +53,8 @@ pub enum Scenario {
     Chaos,
     Migrate,
     Grow,
+    /// `grow` at the issue's scale: 3 → 24 groups on 24 nodes, splits three at a time.
+    GrowWide,
     /// One 3-node group under client writes, no faults: the speed benchmark's baseline.
     Writes,
 }
@@ -65,6 +67,7 @@ impl Scenario {
             Scenario::Chaos => "chaos",
             Scenario::Migrate => "migrate",
             Scenario::Grow => "grow",
+            Scenario::GrowWide => "grow-wide",
             Scenario::Writes => "writes",
         }
     }
@@ -263,6 +266,9 @@ pub struct Report {
     /// `migrate` only: modelled bytes copied to new replicas.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_moved: Option<u64>,
+    /// `grow` and `grow-wide` only: what the growth took.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub growth: Option<GrowthReport>,
     pub violations: Violations,
     /// How often each fault point in production code (`raft::sim::maybe`) fired.
     pub fault_points: BTreeMap<&'static str, u64>,
@@ -273,6 +279,81 @@ pub struct Report {
     /// The earliest violation in simulated time, and how to replay it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_violation: Option<FirstViolation>,
+}
+
+/// What a growth run took: its time, its copying against the least it could be, its splits and moves.
+#[derive(Clone, Debug, Serialize)]
+pub struct GrowthReport {
+    pub groups_from: usize,
+    pub groups_to: usize,
+    /// Splits allowed under way at once (on disjoint groups).
+    pub splits_at_once: usize,
+    /// Splits run to their end.
+    pub splits: u64,
+    /// Simulated seconds from the world's start to the growth found complete (every group owning a
+    /// range, nodes balanced, moved copies purged); `None` if it never was.
+    pub done_sim_seconds: Option<f64>,
+    /// The modelled bytes the splits moved from group to group.
+    pub split_bytes: u64,
+    /// Modelled bytes copied to replicas: splits, repairs, rebalancing moves.
+    pub bytes_moved: u64,
+    /// The least copying that ends with every range where it ended: each record whose group changed,
+    /// copied once per voter of its final group.
+    pub bytes_moved_min: u64,
+    /// `bytes_moved / bytes_moved_min`.
+    pub bytes_moved_ratio: f64,
+    /// Replicas added to groups (`AddLearner` steps: repairs and rebalancing moves).
+    pub replicas_added: u64,
+    /// Leaderships handed over (`TransferLeader` steps).
+    pub leaderships_moved: u64,
+    /// Nodes holding a replica at the end.
+    pub nodes_used: usize,
+}
+
+impl GrowthReport {
+    fn of(world: &World, shape: &growth::Shape, timeline: &Timeline) -> GrowthReport {
+        let tally = world.growth.lock().expect("growth lock").clone();
+        let bytes_moved = world.bulk.as_ref().map_or(0, |bulk| bulk.bytes_moved());
+        let bytes_moved_min: u64 = world.bulk.as_ref().map_or(0, |bulk| {
+            bulk.ranges
+                .iter()
+                .zip(bulk.current())
+                .filter(|(first, now)| first.group != now.group)
+                .map(|(_, now)| now.bytes * world.policies[&now.group].voters as u64)
+                .sum()
+        });
+        let steps = |wanted: fn(&Step) -> bool| {
+            timeline
+                .events()
+                .iter()
+                .filter(|event| matches!(&event.kind, EventKind::Step(step) if wanted(step)))
+                .count() as u64
+        };
+        let nodes_used = world
+            .policies
+            .keys()
+            .flat_map(|group| world.holders(group))
+            .collect::<BTreeSet<_>>()
+            .len();
+        GrowthReport {
+            groups_from: shape.groups_from(),
+            groups_to: shape.groups_to(),
+            splits_at_once: shape.splits_at_once(),
+            splits: tally.splits,
+            done_sim_seconds: tally.done_at.map(|at| at.as_secs_f64()),
+            split_bytes: tally.split_bytes,
+            bytes_moved,
+            bytes_moved_min,
+            bytes_moved_ratio: if bytes_moved_min == 0 {
+                0.0
+            } else {
+                bytes_moved as f64 / bytes_moved_min as f64
+            },
+            replicas_added: steps(|step| matches!(step, Step::AddLearner { .. })),
+            leaderships_moved: steps(|step| matches!(step, Step::TransferLeader { .. })),
+            nodes_used,
+        }
+    }
 }
 
 /// The first violation of a failing seed, for `--json`.
@@ -404,6 +485,7 @@ pub fn run(config: &RunConfig) -> Outcome {
         bytes_modeled: world.bulk.as_ref().map_or(0, |bulk| bulk.bytes()),
         migration_sim_seconds: world.bulk.as_ref().map(|bulk| bulk.migration_seconds()),
         bytes_moved: world.bulk.as_ref().map(|bulk| bulk.bytes_moved()),
+        growth: growth::Shape::of(config.scenario).map(|shape| GrowthReport::of(&world, shape, &timeline)),
         violations,
         fault_points,
         faults: timeline.fault_counts(),
@@ -426,18 +508,19 @@ pub fn run(config: &RunConfig) -> Outcome {
 
 async fn simulate(config: &RunConfig) -> (World, Workload, f64) {
     let start = SimInstant::now();
-    let migrate = matches!(config.scenario, Scenario::Migrate | Scenario::Grow);
+    let growth = growth::Shape::of(config.scenario);
+    let migrate = config.scenario == Scenario::Migrate || growth.is_some();
     let spec = match config.scenario {
         Scenario::Migrate => migrate_world(),
-        Scenario::Grow => growth::world(),
+        Scenario::Grow | Scenario::GrowWide => growth::world(growth.expect("a growth scenario has a shape")),
         Scenario::Writes => one_group_world(),
         _ => eea_world(),
     };
     let world = World::build(config.seed, &spec, config.canary, config.keep_trace)
         .await
         .expect("the world builds");
-    if config.scenario == Scenario::Grow {
-        growth::publish_first_map(&world)
+    if let Some(shape) = growth {
+        growth::publish_first_map(&world, shape)
             .await
             .expect("the first map is published");
     }
@@ -474,7 +557,7 @@ async fn simulate(config: &RunConfig) -> (World, Workload, f64) {
         Scenario::Failover => 20,
         Scenario::SiteOutage => 30,
         Scenario::Chaos => 30,
-        Scenario::Migrate | Scenario::Grow => 30,
+        Scenario::Migrate | Scenario::Grow | Scenario::GrowWide => 30,
         Scenario::Writes => 60,
     });
     let mut faults = Faults::new(world.clone(), world.fork_rng(0xfa017), config.scenario);
@@ -482,7 +565,9 @@ async fn simulate(config: &RunConfig) -> (World, Workload, f64) {
     faults.heal_everything().await;
     match config.scenario {
         Scenario::Migrate => finish_migration(&world).await,
-        Scenario::Grow => growth::finish(&world).await,
+        Scenario::Grow | Scenario::GrowWide => {
+            growth::finish(&world, growth.expect("a growth scenario has a shape")).await
+        }
         _ => {}
     }
     liveness(&world).await;
@@ -594,7 +679,9 @@ impl Faults {
                 self.world.record(EventKind::Healed);
             }
             match self.scenario {
-                Scenario::Failover | Scenario::Migrate | Scenario::Grow => self.failover_tick().await,
+                Scenario::Failover | Scenario::Migrate | Scenario::Grow | Scenario::GrowWide => {
+                    self.failover_tick().await
+                }
                 Scenario::SiteOutage => self.site_outage_tick().await,
                 Scenario::Chaos => self.chaos_tick().await,
                 Scenario::Writes => {}
@@ -612,8 +699,8 @@ impl Faults {
             migration_round(&self.world).await;
             return;
         }
-        if self.scenario == Scenario::Grow {
-            growth::round(&self.world).await;
+        if let Some(shape) = growth::Shape::of(self.scenario) {
+            growth::round(&self.world, shape).await;
             return;
         }
         let step = async {

@@ -27,7 +27,10 @@ pub fn render(outcome: &Outcome, config: &RunConfig) -> String {
     header(&mut text, outcome);
     faults(&mut text, outcome);
     leaders(&mut text, &outcome.timeline);
-    if matches!(config.scenario, Scenario::Migrate | Scenario::Grow) {
+    if matches!(
+        config.scenario,
+        Scenario::Migrate | Scenario::Grow | Scenario::GrowWide
+    ) {
         migration(&mut text, outcome);
     } else {
         steps(&mut text, &outcome.timeline);
@@ -261,6 +264,28 @@ fn migration(text: &mut String, outcome: &Outcome) {
         bytes(report.bytes_moved.unwrap_or(0)),
         report.migration_sim_seconds.unwrap_or(0.0)
     );
+    if let Some(growth) = &report.growth {
+        let done = growth
+            .done_sim_seconds
+            .map_or("never".to_string(), |at| format!("at {at:.1} simulated s"));
+        let _ = writeln!(
+            text,
+            "growth: {} → {} groups on {} nodes, done {done}; {} splits ({} at a time) moved {} between \
+             groups; {} copied to replicas against a least of {} (×{:.2}); {} replicas added, {} leaderships \
+             moved",
+            growth.groups_from,
+            growth.groups_to,
+            growth.nodes_used,
+            growth.splits,
+            growth.splits_at_once,
+            bytes(growth.split_bytes),
+            bytes(growth.bytes_moved),
+            bytes(growth.bytes_moved_min),
+            growth.bytes_moved_ratio,
+            growth.replicas_added,
+            growth.leaderships_moved
+        );
+    }
     let mut lines: BTreeMap<GroupId, Vec<(Duration, String)>> = BTreeMap::new();
     // Bytes copied to each new replica so far, for the line that says its copy is complete.
     let mut copied: BTreeMap<(GroupId, NodeId), (u64, u64)> = BTreeMap::new();

@@ -125,9 +125,11 @@ pub struct Inner {
     /// route by it, as a client library routes by the map a node answers. Empty elsewhere: each tracked key
     /// stays with the group it started in.
     routes: Mutex<BTreeMap<String, Arc<placement::shard_map::ShardMap>>>,
-    /// The split under way, where the run splits ranges (`grow`), and its next phase if known (else it is
-    /// observed from the groups): kept across rounds until it is done.
-    pub split: Mutex<Option<(raft::range_copy::RangeChange, Option<raft::range_copy::Phase>)>>,
+    /// The splits under way, where the run splits ranges (`grow`, `grow-wide`), in epoch order, each with
+    /// its next phase if known (else it is observed from the groups): kept across rounds until done.
+    pub splits: Mutex<Vec<(raft::range_copy::RangeChange, Option<raft::range_copy::Phase>)>>,
+    /// What the growth did so far, for the report (never in the trace).
+    pub growth: Mutex<crate::growth::Tally>,
     raft_config: Arc<openraft::Config>,
     /// The links' worst round trips, from which every group's Raft timing is stretched.
     round_trips: Arc<LinkModel>,
@@ -298,7 +300,8 @@ impl World {
             canary,
             bulk,
             routes: Mutex::new(BTreeMap::new()),
-            split: Mutex::new(None),
+            splits: Mutex::new(Vec::new()),
+            growth: Mutex::new(crate::growth::Tally::default()),
             raft_config: raft_config(),
             round_trips: Arc::new(spec.links.clone()),
             clock_drift_ppm,
