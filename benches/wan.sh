@@ -13,7 +13,8 @@
 # WAN_CALL_TIMEOUT_MS, default 2000). PROFILE=debug runs the debug build instead.
 #
 # Needs root, iproute2, iptables and /dev/net/tun. Everything it starts (namespaces, node processes, by
-# pid) is removed when the run ends; the run is bounded by 15 minutes.
+# pid) is removed when the run ends; the run is bounded by 15 minutes. MULTIHOST_LOGS=DIR keeps the
+# nodes' logs there (their RUST_LOG: the caller's).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 profile=()

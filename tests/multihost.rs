@@ -600,6 +600,14 @@ impl Drop for Cluster {
         }
         let _ = Command::new(SCRIPT).args(["down", &self.prefix]).output();
         self.wan.take();
+        // MULTIHOST_LOGS=DIR keeps every node's log there (DIR/PREFIX-node-ID.log), to read after a run.
+        if let Some(keep) = std::env::var_os("MULTIHOST_LOGS") {
+            for host in &self.hosts {
+                let name = format!("node-{}.log", host.id);
+                let kept = std::path::Path::new(&keep).join(format!("{}-{name}", self.prefix));
+                let _ = std::fs::copy(self.path().join(&name), kept);
+            }
+        }
     }
 }
 

@@ -121,6 +121,7 @@ impl Dialer {
     {
         let exchange = async {
             let connection = self.connection(to).await?;
+            let mut unanswered = Unanswered::new(self, to, &connection);
             let stream_error = |reason: String| QuicError::Stream { node: to, reason };
             let frame_error = |error: FrameError| match error {
                 FrameError::Transport(error) => error,
@@ -131,13 +132,17 @@ impl Dialer {
                 self.forget(to, &connection);
                 stream_error(error.to_string())
             })?;
-            write_frame(&mut send, request, self.config.message_bytes_max)
+            let written = write_frame(&mut send, request, self.config.message_bytes_max).await;
+            if written.is_err() {
+                // Not sent (too large to frame, or the connection reports itself broken).
+                unanswered.settled();
+            }
+            written.map_err(frame_error)?;
+            let reply = read_frame::<Reply<Response>>(&mut recv, self.config.message_bytes_max)
                 .await
-                .map_err(frame_error)?;
-            let reply: Reply<Response> = read_frame(&mut recv, self.config.message_bytes_max)
-                .await
-                .map_err(frame_error)?;
-            reply.map_err(|reason| QuicError::Remote { node: to, reason })
+                .map_err(frame_error);
+            unanswered.settled();
+            reply?.map_err(|reason| QuicError::Remote { node: to, reason })
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
@@ -227,6 +232,52 @@ impl Dialer {
 
     pub fn close(&self) {
         self.endpoint.close(VarInt::from_u32(0), b"shutdown");
+    }
+}
+
+/// A request on a connection, from when it is sent until its answer is read. Dropped unanswered (its
+/// deadline passed, or its caller gave up on it: openraft drops a vote request after the election
+/// timeout) while the peer sent nothing at all on the connection — no answer, not even an
+/// acknowledgement of the request's packets — the connection is dead: it is dropped from the table, so
+/// the next request dials afresh.
+///
+/// A peer whose process was killed and restarted at the same address is exactly that: it knows nothing
+/// of the old connection, its stateless resets carry a key the dialler can't match, and the connection
+/// looks open until its idle timeout (30 s between sites). Before, every request to the restarted peer
+/// went into that connection and was lost, and a group whose only other survivor had restarted could
+/// elect no one for 30 s (docs/performance.md, "Failover"). A live peer acknowledges a request's packets
+/// within a round trip, and every caller's deadline is longer than that; a request given up sooner on
+/// a live connection costs one handshake. Requests still running on the old connection finish on it.
+struct Unanswered<'a> {
+    dialer: &'a Dialer,
+    to: u64,
+    connection: Connection,
+    received: u64,
+    settled: bool,
+}
+
+impl<'a> Unanswered<'a> {
+    fn new(dialer: &'a Dialer, to: u64, connection: &Connection) -> Unanswered<'a> {
+        Unanswered {
+            dialer,
+            to,
+            connection: connection.clone(),
+            received: connection.stats().udp_rx.datagrams,
+            settled: false,
+        }
+    }
+
+    /// The peer answered (or the stream failed, which the connection reports itself).
+    fn settled(&mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if !self.settled && self.connection.stats().udp_rx.datagrams == self.received {
+            self.dialer.forget(self.to, &self.connection);
+        }
     }
 }
 

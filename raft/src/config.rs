@@ -33,6 +33,14 @@ openraft::declare_raft_types!(
 /// back with a shorter log than a quorum committed — restored without an election, it would serve reads
 /// from before an acknowledged write (the simulator found exactly that). An election makes it learn.
 ///
+/// `enable_pre_vote` is on (openraft's default is off): a follower whose election timeout passes first asks
+/// whether a quorum would vote for it, and only then raises its term. Without it, a follower that cannot
+/// win — one whose log is behind (it was restarted, or cut off, while the others went on) — raises its term
+/// anyway each time its timeout passes, votes for itself, and so refuses the vote of the one that can win
+/// in that term: after its leader died, a group on loopback with a lagging survivor elected its next leader
+/// one election timeout later, in the term after (4.4 s instead of 2.6–3.1 s; docs/performance.md,
+/// "Failover"). A follower cut off for a while likewise came back with a term that deposed a live leader.
+///
 /// Snapshots are taken every [`SNAPSHOT_EVERY_ENTRIES`] applied entries and the log keeps
 /// [`LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES`] behind the last one ([`with_snapshot_policy`] sets others).
 pub fn group_raft_config(
@@ -47,6 +55,7 @@ pub fn group_raft_config(
         election_timeout_min: election_timeout_min_ms,
         election_timeout_max: election_timeout_max_ms,
         enable_leader_restore: Some(false),
+        enable_pre_vote: Some(true),
         ..Default::default()
     };
     with_snapshot_policy(&config, SNAPSHOT_EVERY_ENTRIES, LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES)
@@ -99,10 +108,29 @@ pub fn with_snapshot_policy(
 /// room for jitter and a queue in front of the reply.
 pub const HEARTBEAT_ROUND_TRIPS: u64 = 2;
 
+/// The fewest heartbeat intervals a group's shortest election timeout spans.
+///
+/// A follower of openraft calls an election only once its leader's lease (`election_timeout_max` after the
+/// last heartbeat it received) has run out *and* then its election timeout (drawn from
+/// `election_timeout_min..election_timeout_max`) has passed too: at least `election_timeout_max +
+/// election_timeout_min` without a heartbeat. Three heartbeats in the shorter of the two is plenty for a
+/// heartbeat or two to be lost or late without an election, and openraft needs more than one (plus a
+/// tick, a fifth of one).
+pub const ELECTION_TIMEOUT_HEARTBEATS: u64 = 3;
+
 /// `base`, stretched to work between voters up to `round_trip_ms` apart: the heartbeat interval covers
-/// [`HEARTBEAT_ROUND_TRIPS`] round trips, and the election timeouts keep their ratio to it (so the lease,
-/// `election_timeout_max`, still spans the same number of heartbeats). A base that already covers the
-/// round trip is returned unchanged.
+/// [`HEARTBEAT_ROUND_TRIPS`] round trips, and the election timeouts, which bound how long a dead leader is
+/// waited for, are stretched only as far as they must to span [`ELECTION_TIMEOUT_HEARTBEATS`] of the
+/// longer heartbeats, keeping their ratio to each other. A base that already covers the round trip is
+/// returned unchanged.
+///
+/// The leader's lease, `election_timeout_max`, then spans fewer heartbeats than the base's, but still
+/// more than [`ELECTION_TIMEOUT_HEARTBEATS`] of them, each of which renews it if a quorum answers it
+/// within the interval. Stretching the election timeouts in proportion to the heartbeat, as this did
+/// before, made a group across two European countries (the estimate's 80 ms round trip: 160 ms
+/// heartbeats) wait out 0.8–1.6 s timeouts instead of the configured 0.5–1 s, and its failover, at least
+/// `election_timeout_max + election_timeout_min` after the last heartbeat, never shorter than 2.4 s
+/// (docs/performance.md, "Failover").
 pub fn covering_round_trip(
     base: &openraft::Config,
     round_trip_ms: u64,
@@ -111,13 +139,16 @@ pub fn covering_round_trip(
     if heartbeat_interval_ms == base.heartbeat_interval {
         return Ok(base.clone());
     }
+    let election_timeout_min_ms = base
+        .election_timeout_min
+        .max(heartbeat_interval_ms.saturating_mul(ELECTION_TIMEOUT_HEARTBEATS));
     let stretch = |ms: u64| {
-        ms.saturating_mul(heartbeat_interval_ms)
-            .div_ceil(base.heartbeat_interval.max(1))
+        ms.saturating_mul(election_timeout_min_ms)
+            .div_ceil(base.election_timeout_min.max(1))
     };
     openraft::Config {
         heartbeat_interval: heartbeat_interval_ms,
-        election_timeout_min: stretch(base.election_timeout_min),
+        election_timeout_min: election_timeout_min_ms,
         election_timeout_max: stretch(base.election_timeout_max),
         ..base.clone()
     }
@@ -236,12 +267,29 @@ mod tests {
     }
 
     #[test]
-    fn a_transatlantic_round_trip_stretches_heartbeat_and_elections_alike() {
+    fn a_european_round_trip_stretches_the_heartbeat_but_keeps_the_election_timeouts() {
+        // The estimate for two European countries (an EEA group across Dublin and Hamar): 160 ms
+        // heartbeats, of which 500 ms already spans three. Stretched like the heartbeat, the timeouts were
+        // 800-1,600 ms, and a failover never took less than 2.4 s.
+        let config = covering_round_trip(&base(), CountryRoundTrips::EUROPE_MS).expect("valid");
+        assert_eq!(
+            (
+                config.heartbeat_interval,
+                config.election_timeout_min,
+                config.election_timeout_max
+            ),
+            (160, 500, 1_000)
+        );
+    }
+
+    #[test]
+    fn a_transatlantic_round_trip_stretches_the_election_timeouts_to_three_heartbeats() {
         let config = covering_round_trip(&base(), 180).expect("valid");
         assert_eq!(config.heartbeat_interval, 360, "two round trips");
         assert_eq!(
             (config.election_timeout_min, config.election_timeout_max),
-            (1_800, 3_600)
+            (1_080, 2_160),
+            "three heartbeats, and the base's ratio of max to min"
         );
         assert_eq!(
             config.enable_leader_restore,

@@ -418,3 +418,73 @@ async fn a_follower_behind_by_large_values_catches_up() {
     }
     cluster.stop().await;
 }
+
+/// After its leader dies, a group with a survivor whose log is behind (it was cut off while the others
+/// went on) elects the up-to-date survivor in the very next term. The lagging one, which can't win, must
+/// not have raised its term meanwhile (nor in the election): it would vote for itself in the term the
+/// other needs and refuse it, and the group waits out another election timeout for a later term. With
+/// openraft's default (no pre-vote), the cut-off follower raised its term at each of its election
+/// timeouts, so the survivor could win only terms later. Asserts terms, not durations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_survivor_does_not_delay_the_next_leader_by_a_term() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = cluster().await;
+    let eea = group("users-eea");
+    cluster.create("users-eea", &[1, 2, 3]).await;
+    for sequence in 1..=5 {
+        cluster
+            .write("users-eea", &[1, 2, 3], put(sequence))
+            .await
+            .unwrap();
+    }
+    let leader = cluster
+        .leader("users-eea", &[1, 2, 3], Duration::from_secs(10))
+        .await
+        .expect("a leader")
+        .0;
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != leader).collect();
+    let (lagging, current) = (followers[0], followers[1]);
+
+    // The lagging follower is cut off for ten of its longest election timeouts (600 ms) while the group
+    // commits more.
+    cluster.partition(&[lagging], &[leader, current]);
+    for sequence in 6..=10 {
+        cluster
+            .write("users-eea", &[leader], put(sequence))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let term = cluster.node(current).host.status(&eea).unwrap().term;
+    assert_eq!(
+        cluster.node(leader).host.status(&eea).unwrap().term,
+        term,
+        "the leader kept its term while a follower was cut off"
+    );
+    let cut_off_term = cluster.node(lagging).host.status(&eea).unwrap().term;
+    assert_eq!(
+        cut_off_term, term,
+        "a follower cut off from every peer raised its term: it campaigned without asking first"
+    );
+
+    // The leader dies; the two survivors reach each other again.
+    cluster.stop_node(NodeId(leader)).await;
+    cluster.node(lagging).faults.heal_all();
+    cluster.node(current).faults.heal(NodeId(lagging));
+    let next = cluster
+        .leader("users-eea", &[lagging, current], Duration::from_secs(20))
+        .await
+        .expect("a new leader");
+    assert_eq!(
+        next,
+        NodeId(current),
+        "only the survivor with every entry can win"
+    );
+    assert_eq!(
+        cluster.node(current).host.status(&eea).unwrap().term,
+        term + 1,
+        "elected in the first term after its dead leader's"
+    );
+    cluster.write("users-eea", &[current], put(11)).await.unwrap();
+    cluster.stop().await;
+}

@@ -301,3 +301,105 @@ async fn a_peer_that_moved_is_dialled_at_its_new_address() {
     before.close();
     after.close();
 }
+
+/// A UDP relay on loopback standing where a node listens, for one client: the client's datagrams go to
+/// the current target, and the target's (only the current one's) back to the client. Pointing it at
+/// another server is a node killed and restarted at the same address: the new process knows nothing of
+/// the old one's connections, and the old one is heard from no more.
+struct Relay {
+    addr: SocketAddr,
+    target: Arc<std::sync::Mutex<SocketAddr>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    #[allow(clippy::disallowed_methods)]
+    async fn start(target: SocketAddr) -> Relay {
+        let front = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
+        let back = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let target = Arc::new(std::sync::Mutex::new(target));
+        let current = target.clone();
+        let task = tokio::spawn(async move {
+            let (mut to_server, mut to_client) = (vec![0u8; 65_536], vec![0u8; 65_536]);
+            let mut client = None;
+            loop {
+                tokio::select! {
+                    Ok((length, from)) = front.recv_from(&mut to_server) => {
+                        client = Some(from);
+                        let target = *current.lock().unwrap();
+                        let _ = back.send_to(&to_server[..length], target).await;
+                    }
+                    Ok((length, from)) = back.recv_from(&mut to_client) => {
+                        if let Some(client) = client.filter(|_| from == *current.lock().unwrap()) {
+                            let _ = front.send_to(&to_client[..length], client).await;
+                        }
+                    }
+                }
+            }
+        });
+        Relay { addr, target, task }
+    }
+
+    fn point_at(&self, target: SocketAddr) {
+        *self.target.lock().unwrap() = target;
+    }
+}
+
+/// A peer killed and restarted at the same address is reached again at the next request after one goes
+/// unanswered, not only once the old connection's idle timeout (here a minute) has passed: a request
+/// dropped while the peer sent nothing at all on the connection drops the connection. Before, every
+/// request went into the dead connection: between sites, a group whose other survivor had restarted
+/// elected no one for 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_restarted_at_the_same_address_is_dialled_afresh_after_an_unanswered_request() {
+    let ca = ClusterCa::generate("test", validity()).unwrap();
+    let (dublin, hamar) = (identity(1, "dublin-a", "IE"), identity(7, "hamar", "NO"));
+    let patient = QuicConfig {
+        idle_timeout: std::time::Duration::from_secs(60),
+        keep_alive: std::time::Duration::from_secs(20),
+        request_timeout: std::time::Duration::from_secs(2),
+        ..QuicConfig::loopback()
+    };
+    let serve = |name: &'static str| {
+        QuicNode::bind(
+            hamar.clone(),
+            loopback(),
+            &tls(&ca, &hamar),
+            topology(),
+            BTreeMap::new(),
+            patient.clone(),
+            Arc::new(Named(name)),
+        )
+        .unwrap()
+    };
+    let killed = serve("the killed process");
+    let relay = Relay::start(killed.local_addr().unwrap()).await;
+    let peers = BTreeMap::from([(NodeId(7), relay.addr)]);
+    let client = node(dublin.clone(), &tls(&ca, &dublin), peers, patient.clone());
+    let reply: String = client.request(NodeId(7), "hello").await.unwrap();
+    assert_eq!(reply, "the killed process");
+
+    let restarted = serve("the restarted process");
+    relay.point_at(restarted.local_addr().unwrap());
+    // Five requests of 2 s each, well inside the old connection's idle timeout of a minute.
+    let mut replies = Vec::new();
+    for _ in 0..5 {
+        match client.request::<_, String>(NodeId(7), "hello").await {
+            Ok(reply) => {
+                replies.push(reply);
+                break;
+            }
+            Err(error) => assert!(matches!(error, QuicError::Timeout(_)), "{error}"),
+        }
+    }
+    assert_eq!(
+        replies,
+        ["the restarted process"],
+        "the restarted peer was never dialled: every request went into the dead connection"
+    );
+    relay.task.abort();
+    for node in [client, killed, restarted] {
+        node.close();
+    }
+}
