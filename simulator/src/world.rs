@@ -204,6 +204,9 @@ pub fn raft_config() -> Arc<openraft::Config> {
         // finds it (a stale read) with this set to `true`. Production sets it through
         // `raft::config::group_raft_config`.
         enable_leader_restore: Some(false),
+        // As production (`raft::config::group_raft_config`): a follower asks for votes without raising its
+        // term first, so one whose log is behind does not cost the group a term.
+        enable_pre_vote: Some(true),
         ..Default::default()
     };
     Arc::new(config.validate().expect("a valid raft config"))
