@@ -12,7 +12,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{AdminHttps, NodeFiles, cluster_files, domicile, domicile_as_operator, http};
+use common::{AdminHttps, NodeFiles, cluster_files, domicile, domicile_as_operator, http, wait_ready};
 use serde_json::{Value, json};
 
 const TOPOLOGY: &str = "[[site]]\nname = \"dublin\"\ncountry = \"IE\"\nnodes = [1]\n\n[[site]]\nname = \"frankfurt\"\ncountry = \"DE\"\nnodes = [2]\n\n[[site]]\nname = \"paris\"\ncountry = \"FR\"\nnodes = [3]\n\n[[group]]\nname = \"users-eu\"\njurisdiction = \"EU\"\nvoters = 3\n";
@@ -52,19 +52,6 @@ fn changes() -> Vec<(reqwest::Method, &'static str, Value)> {
         (reqwest::Method::POST, "/a/route/added/later", json!({})),
         (reqwest::Method::DELETE, "/status", json!({})),
     ]
-}
-
-async fn wait_ready(node: &NodeFiles) {
-    let url = format!("http://{}/ready", node.admin);
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let answer = http().get(&url).send().await;
-        if answer.is_ok_and(|answer| answer.status().is_success()) {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < give_up, "n{} is not ready", node.id);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The leader of `users-eu` as node 1 reports it, once it reports `wanted` (any leader if `None`).

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{NodeFiles, cluster_files, domicile_as_operator, http};
+use common::{NodeFiles, cluster_files, domicile_as_operator, wait_ready};
 use serde_json::Value;
 
 const TOPOLOGY: &str = r#"
@@ -38,23 +38,6 @@ jurisdiction = "EU"
 voters = 3
 shard = "reserve"
 "#;
-
-async fn wait_ready(node: &NodeFiles) {
-    let url = format!("http://{}/ready", node.admin);
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if http()
-            .get(&url)
-            .send()
-            .await
-            .is_ok_and(|answer| answer.status().is_success())
-        {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < give_up, "n{} is not ready", node.id);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// Runs `domicile shard auto-split` with `args` (JSON lines out) off the async runtime.
 async fn auto_split(dir: &std::path::Path, admin: &str, args: &[&str]) -> (Option<i32>, Vec<Value>, String) {

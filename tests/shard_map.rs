@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{AdminHttps, NodeFiles, cluster_files, http};
+use common::{AdminHttps, NodeFiles, cluster_files, http, wait_ready};
 use serde_json::{Value, json};
 use wire::routing::range_position;
 
@@ -41,19 +41,6 @@ voters = 3
 
 const QUARTER: u64 = 1 << 62;
 const HALF: u64 = 1 << 63;
-
-async fn wait_ready(node: &NodeFiles) {
-    let url = format!("http://{}/ready", node.admin);
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let answer = http().get(&url).send().await;
-        if answer.is_ok_and(|answer| answer.status().is_success()) {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < give_up, "n{} is not ready", node.id);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// The leader of `group` as `node` reports it.
 async fn leader(node: &NodeFiles, group: &str) -> u64 {

@@ -40,6 +40,20 @@ pub fn http() -> reqwest::Client {
         .unwrap()
 }
 
+/// Waits until `node` answers its readiness probe (it serves its groups), for up to 30 s.
+pub async fn wait_ready(node: &NodeFiles) {
+    let url = format!("http://{}/ready", node.admin);
+    let give_up = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let answer = http().get(&url).send().await;
+        if answer.is_ok_and(|answer| answer.status().is_success()) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < give_up, "n{} is not ready", node.id);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// An HTTPS client for one node's admin endpoint, trusting the cluster CA in `dir/certs` and presenting
 /// `dir/certs/{cert}.pem` (e.g. `operator-tests`, `client-tests`, `node-2`) if given. The node's
 /// certificate names `node-ID.domicile.internal`, so that is the host of [`AdminHttps::url`], resolved
