@@ -1,8 +1,9 @@
 //! `domicile demo`: a local cluster of five nodes in five sites — Dublin A, Dublin B, Hamar, Frankfurt and
 //! Ashburn — with real QUIC, mutual TLS and disks under a temporary directory, shown working end to end:
 //! EEA, EU and US groups; user records written through the client library; a legacy group with a voter in
-//! Ashburn moved into the EEA by `placement apply`, its US replica purged; the failover when the Dublin A
-//! node is killed (no acknowledged write lost); the fence refusing the Ashburn node in an EU group; and a
+//! Ashburn moved into the EEA by `placement apply`, its US replica purged; users-eea split online into a
+//! spare group by `shard split`; the failover when the Dublin A node is killed (no acknowledged write
+//! lost); the fence refusing the Ashburn node in an EU group; and a
 //! residency report, ending with `audit verify` on every node's audit trail. Every process it starts is
 //! stopped when it ends, also on Ctrl-C.
 
@@ -76,6 +77,14 @@ leader_preference = ["dublin-b"]
 [group.current]
 voters = [2, 3, 5]
 leader = 2
+
+# A spare EEA group: placed and created like the others, it owns no range of the EEA's map until the demo
+# splits users-eea into it with `shard split`.
+[[group]]
+name = "users-eea-2"
+jurisdiction = "EEA"
+voters = 3
+shard = "reserve"
 
 # US users' data stays in the US.
 [[group]]
@@ -574,6 +583,7 @@ async fn show(layout: &Layout, nodes: &mut Nodes, records: u64) -> anyhow::Resul
     print!("{}", render_groups(&group_views(&nodes_now), &nodes_now));
 
     let migrated = show_legacy_migration(layout).await?;
+    let split = show_split(layout).await?;
 
     let victim = 1;
     let led: Vec<String> = leaders
@@ -742,7 +752,7 @@ async fn show(layout: &Layout, nodes: &mut Nodes, records: u64) -> anyhow::Resul
     }
     let audited = verify_audit_trails(layout).await;
     Ok(
-        if lost == 0 && breaches == 0 && refused && purged && audited && migrated {
+        if lost == 0 && breaches == 0 && refused && purged && audited && migrated && split {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(1)
@@ -800,6 +810,32 @@ async fn show_legacy_migration(layout: &Layout) -> anyhow::Result<bool> {
         }
     );
     Ok(inside)
+}
+
+/// Growing a jurisdiction while it serves: half of users-eea's range, with its records, moved online into
+/// the spare users-eea-2 by `shard split` — the same code as the command, through the same admin calls.
+/// The records written above are read back, wherever they now live, after the failover below. Returns
+/// whether the split was done.
+async fn show_split(layout: &Layout) -> anyhow::Result<bool> {
+    println!("\n== Splitting users-eea online: half of its users move to the spare users-eea-2");
+    println!(
+        "   $ domicile shard split --jurisdiction EEA --group users-eea --yes --admin {}",
+        admin(layout, 1)
+    );
+    let code = crate::shard_cli::run(crate::shard_cli::ShardCommand::Split {
+        jurisdiction: "EEA".into(),
+        group: "users-eea".into(),
+        at: None,
+        to: None,
+        run: crate::shard_cli::ShardArgs {
+            admin: admin(layout, 1),
+            dry_run: false,
+            yes: true,
+            output: crate::operator_cli::Output::Table,
+        },
+    })
+    .await?;
+    Ok(code == ExitCode::SUCCESS)
 }
 
 /// What a service outside the EU, granted read access to EU records, sees of them: personal fields

@@ -183,7 +183,7 @@ fn demo_write_rate(text: &str) -> f64 {
 }
 
 /// The README's main command, shorter: five nodes in five sites as real processes, records written through
-/// the client library, the legacy group moved out of Ashburn, the Dublin A node SIGKILLed, the fence's refusal, its return (and purge), the
+/// the client library, the legacy group moved out of Ashburn, users-eea split online, the Dublin A node SIGKILLed, the fence's refusal, its return (and purge), the
 /// residency report.
 #[test]
 fn demo_runs_a_five_site_cluster_end_to_end() {
@@ -209,6 +209,13 @@ fn demo_runs_a_five_site_cluster_end_to_end() {
     // The legacy group is moved out of Ashburn by `placement apply`, and its US replica purged.
     assert!(
         text.contains("users-legacy voters now:") && text.contains("(all inside the EEA)"),
+        "{text}"
+    );
+    // users-eea is split online into the spare users-eea-2, and the reads above found every record.
+    assert!(
+        text.contains(
+            "done: epoch 2 published, `users-eea-2` holds the range and `users-eea` no longer does"
+        ),
         "{text}"
     );
     assert!(text.contains("HTTP 403 Forbidden"), "{text}");

@@ -29,6 +29,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use placement::shard_map::{self, ShardMapError};
 use placement::{GroupId, NodeId, Topology};
 use serde::{Deserialize, Serialize};
@@ -662,15 +664,25 @@ impl Directory {
             .get(jurisdiction)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        for &peer in peers.iter().filter(|&&peer| peer != self.me) {
-            let request = PeerRequest {
-                group: group_number(directory),
-                kind: RequestKind::DirectoryRead,
-                carries_data: false,
-                body: body.clone(),
-            };
-            self.peer_asks.fetch_add(1, Ordering::Relaxed);
-            match host.ask_peer(peer, request).await {
+        // Every peer inside at once, the first answer with the wanted epoch taken: asked one after the
+        // other, a dead peer's request (until its timeout) held up the answer of every peer after it, and
+        // with it the client call that wanted the map, which its client then took for a dead node.
+        let mut asks: FuturesUnordered<_> = peers
+            .iter()
+            .filter(|&&peer| peer != self.me)
+            .map(|&peer| {
+                let request = PeerRequest {
+                    group: group_number(directory),
+                    kind: RequestKind::DirectoryRead,
+                    carries_data: false,
+                    body: body.clone(),
+                };
+                self.peer_asks.fetch_add(1, Ordering::Relaxed);
+                async move { (peer, host.ask_peer(peer, request).await) }
+            })
+            .collect();
+        while let Some((peer, answer)) = asks.next().await {
+            match answer {
                 Ok(PeerResponse::Ok(bytes)) => match codec::decode::<Option<Vec<u8>>>(&bytes) {
                     Ok(Some(stored)) => {
                         let map = ShardMap::decode(jurisdiction, &stored)?;
@@ -690,6 +702,8 @@ impl Directory {
                 Err(error) => reasons.push(error.to_string()),
             }
         }
+        // In peer order, whatever order they answered in.
+        reasons.sort();
         latest.ok_or_else(|| DirectoryError::Unavailable {
             jurisdiction: jurisdiction.to_string(),
             directory: directory.clone(),
