@@ -347,12 +347,10 @@ async fn drain(
 async fn execute(node: &Node, operator: &AuthorisedOperator, action: &str, step: Step) -> Response {
     let target = format!("{}: {}", step.group(), describe_step(&step));
     let action = operator_action(operator, action, target);
-    if let Err(refused) = audit_request(node, &action).await {
-        return refused;
-    }
-    let outcome = node.host.execute(&step).await;
-    let detail = outcome.as_ref().err().map_or(String::new(), ToString::to_string);
-    audit_outcome(node, action, outcome.is_ok(), detail).await;
+    let outcome = match audited(node, action, node.host.execute(&step), |()| String::new()).await {
+        Ok(outcome) => outcome,
+        Err(refused) => return refused,
+    };
     match outcome {
         Ok(()) => (
             StatusCode::OK,
@@ -378,6 +376,25 @@ pub(crate) fn operator_action(operator: &AuthorisedOperator, action: &str, targe
 pub(crate) async fn audit_request(node: &Node, action: &OperatorAction) -> Result<(), Response> {
     node.host.record(Event::OperatorRequest(action.clone()));
     node.host.audit_durable().await.map_err(error_response)
+}
+
+/// Runs `operation` between the audit trail's two entries: the request, on disk before anything runs (a
+/// request the trail can't record is refused and not run: the `Err`), and the outcome, `describe`d when
+/// it succeeded and named by its error when not.
+pub(crate) async fn audited<T, E: std::fmt::Display>(
+    node: &Node,
+    action: OperatorAction,
+    operation: impl std::future::Future<Output = Result<T, E>>,
+    describe: impl FnOnce(&T) -> String,
+) -> Result<Result<T, E>, Response> {
+    audit_request(node, &action).await?;
+    let outcome = operation.await;
+    let detail = match &outcome {
+        Ok(done) => describe(done),
+        Err(error) => error.to_string(),
+    };
+    audit_outcome(node, action, outcome.is_ok(), detail).await;
+    Ok(outcome)
 }
 
 pub(crate) async fn audit_outcome(node: &Node, action: OperatorAction, ok: bool, detail: String) {

@@ -36,7 +36,7 @@ use raft::range_copy::{BATCH_BYTES, BATCH_RECORDS, BATCH_SESSIONS};
 use storage::Command;
 use storage::record::Ownership;
 
-use crate::admin::{audit_outcome, audit_request, error_response, operator_action};
+use crate::admin::{audited, error_response, operator_action};
 use crate::admin_api::{
     AdminError, DigestRequest, FRAME_CONTENT_TYPE, RangeState, ReadRangeRequest, SessionsRequest, frame_body,
     open_body,
@@ -71,18 +71,15 @@ pub async fn command(
         Err(reason) => return bad_request(reason),
     };
     let action = operator_action(&operator, "range-copy command", format!("{group}: {what}"));
-    let started = std::time::Instant::now();
-    if let Err(refused) = audit_request(&node, &action).await {
-        return refused;
-    }
-    let audited = started.elapsed();
-    let outcome = node.host.write(&group, command).await;
-    tracing::debug!(%group, %what, audit_ms = audited.as_millis() as u64, total_ms = started.elapsed().as_millis() as u64, "range-copy command");
-    let detail = match &outcome {
-        Ok(answer) => format!("{answer:?}").chars().take(200).collect(),
-        Err(error) => error.to_string(),
+    let write = node.host.write(&group, command);
+    let outcome = match audited(&node, action, write, |answer| {
+        format!("{answer:?}").chars().take(200).collect()
+    })
+    .await
+    {
+        Ok(outcome) => outcome,
+        Err(refused) => return refused,
     };
-    audit_outcome(&node, action, outcome.is_ok(), detail).await;
     match outcome {
         Ok(answer) => Json(answer).into_response(),
         Err(error) => error_response(error),
@@ -109,30 +106,21 @@ pub async fn read(
             body.after
         ),
     );
-    if let Err(refused) = audit_request(&node, &action).await {
-        return refused;
-    }
-    let started = std::time::Instant::now();
     let records_max = body.records_max.unwrap_or(BATCH_RECORDS).clamp(1, BATCH_RECORDS);
     let bytes_max = body.bytes_max.unwrap_or(BATCH_BYTES).clamp(1, BATCH_BYTES);
-    let outcome = node
-        .host
-        .read_range(
-            &group,
-            &body.jurisdiction,
-            &body.ranges,
-            body.after,
-            records_max,
-            bytes_max,
-        )
-        .await;
-    tracing::debug!(%group, read_ms = started.elapsed().as_millis() as u64, "range-copy read");
-    let detail = match &outcome {
-        Ok(batch) => format!("{} records, more: {}", batch.records.len(), batch.more),
-        Err(error) => error.to_string(),
-    };
-    audit_outcome(&node, action, outcome.is_ok(), detail).await;
-    framed(outcome)
+    let read = node.host.read_range(
+        &group,
+        &body.jurisdiction,
+        &body.ranges,
+        body.after,
+        records_max,
+        bytes_max,
+    );
+    let describe =
+        |batch: &storage::apply::RangeBatch| format!("{} records, more: {}", batch.records.len(), batch.more);
+    audited(&node, action, read, describe)
+        .await
+        .map_or_else(|refused| refused, framed)
 }
 
 pub async fn sessions(
@@ -150,16 +138,13 @@ pub async fn sessions(
         "range-copy sessions",
         format!("{group}: client sessions after {:?}", body.after),
     );
-    if let Err(refused) = audit_request(&node, &action).await {
-        return refused;
-    }
-    let outcome = node.host.read_sessions(&group, body.after, BATCH_SESSIONS).await;
-    let detail = match &outcome {
-        Ok(batch) => format!("{} sessions, more: {}", batch.sessions.len(), batch.more),
-        Err(error) => error.to_string(),
+    let read = node.host.read_sessions(&group, body.after, BATCH_SESSIONS);
+    let describe = |batch: &storage::apply::SessionBatch| {
+        format!("{} sessions, more: {}", batch.sessions.len(), batch.more)
     };
-    audit_outcome(&node, action, outcome.is_ok(), detail).await;
-    framed(outcome)
+    audited(&node, action, read, describe)
+        .await
+        .map_or_else(|refused| refused, framed)
 }
 
 pub async fn digest(
@@ -177,17 +162,11 @@ pub async fn digest(
         "range-copy digest",
         format!("{group}: {} range(s) of {}", body.ranges.len(), body.jurisdiction),
     );
-    if let Err(refused) = audit_request(&node, &action).await {
-        return refused;
-    }
-    let outcome = node
-        .host
-        .range_digest(&group, &body.jurisdiction, &body.ranges)
-        .await;
-    let detail = outcome
-        .as_ref()
-        .map_or_else(ToString::to_string, |digest| format!("{digest:?}"));
-    audit_outcome(&node, action, outcome.is_ok(), detail).await;
+    let digest = node.host.range_digest(&group, &body.jurisdiction, &body.ranges);
+    let outcome = match audited(&node, action, digest, |digest| format!("{digest:?}")).await {
+        Ok(outcome) => outcome,
+        Err(refused) => return refused,
+    };
     match outcome {
         Ok(digest) => Json(digest).into_response(),
         Err(error) => error_response(error),

@@ -21,7 +21,7 @@ use raft::directory::{DirectoryError, ShardMap};
 use raft::map_change::{self, MapChange, MapStep};
 use storage::record::Ownership;
 
-use crate::admin::{audit_outcome, audit_request, operator_action};
+use crate::admin::{audited, operator_action};
 use crate::admin_api::{AdminError, MapChangeRequest, MapPlan, MapStepRequest};
 use crate::admin_tls::AuthorisedOperator;
 use crate::node::Node;
@@ -69,12 +69,11 @@ pub async fn execute_step(
         Err(reason) => return bad_request(reason),
     };
     let action = operator_action(&operator, "shard-map step", describe(&step));
-    if let Err(refused) = audit_request(&node, &action).await {
-        return refused;
-    }
-    let outcome = map_change::execute(node.service.directory(), &node.host, &step).await;
-    let detail = outcome.as_ref().err().map_or(String::new(), ToString::to_string);
-    audit_outcome(&node, action, outcome.is_ok(), detail).await;
+    let execution = map_change::execute(node.service.directory(), &node.host, &step);
+    let outcome = match audited(&node, action, execution, |()| String::new()).await {
+        Ok(outcome) => outcome,
+        Err(refused) => return refused,
+    };
     match outcome {
         Ok(()) => Json(serde_json::json!({"ok": true, "step": request_of(&step)})).into_response(),
         Err(error) => directory_error(error),

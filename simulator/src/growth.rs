@@ -503,8 +503,15 @@ async fn advance_split(
         return;
     }
     if phase == Phase::Purge
-        && let (Some(bulk), Some(voters)) = (&world.bulk, voters_of(world, &change.gainer))
+        && let Some(bulk) = &world.bulk
     {
+        // The modelled copies leave the old group with its real records, and only for new voters that
+        // hold them: with no leader of the new group to name its voters this round, nothing is purged
+        // (purging the real records while the modelled ones stayed broke conservation: grow-wide seeds
+        // 21, 41 and 50).
+        let Some(voters) = voters_of(world, &change.gainer) else {
+            return;
+        };
         bulk.drop_departed(world, &change.loser, &change.gainer, &voters, &ranges);
     }
     let mut report = |progress: range_copy::Progress| world.log(format!("split: {progress:?}"));
