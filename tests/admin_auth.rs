@@ -12,10 +12,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{AdminHttps, NodeFiles, cluster_files, domicile, domicile_as_operator, http, wait_ready};
+use common::{
+    AdminHttps, NodeFiles, THREE_EU_SITES, cluster_files, domicile, domicile_as_operator, http,
+    three_eu_sites, wait_ready,
+};
 use serde_json::{Value, json};
 
-const TOPOLOGY: &str = "[[site]]\nname = \"dublin\"\ncountry = \"IE\"\nnodes = [1]\n\n[[site]]\nname = \"frankfurt\"\ncountry = \"DE\"\nnodes = [2]\n\n[[site]]\nname = \"paris\"\ncountry = \"FR\"\nnodes = [3]\n\n[[group]]\nname = \"users-eu\"\njurisdiction = \"EU\"\nvoters = 3\n";
+/// On [`common::three_eu_sites`].
+const GROUPS: &str = "[[group]]\nname = \"users-eu\"\njurisdiction = \"EU\"\nvoters = 3\n";
 
 /// Every kind of state-changing request, with a body the route would accept from an operator.
 fn changes() -> Vec<(reqwest::Method, &'static str, Value)> {
@@ -91,12 +95,7 @@ fn text(bytes: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_an_operator_certificate_changes_a_cluster_and_the_trail_names_who_asked() {
     let dir = tempfile::tempdir().unwrap();
-    let files = cluster_files(
-        dir.path(),
-        "guarded",
-        TOPOLOGY,
-        &[(1, "dublin"), (2, "frankfurt"), (3, "paris")],
-    );
+    let files = three_eu_sites(dir.path(), "guarded", GROUPS);
     let mut processes: Vec<_> = files.iter().map(NodeFiles::start).collect();
     for node in &files {
         wait_ready(node).await;
@@ -294,7 +293,8 @@ async fn only_an_operator_certificate_changes_a_cluster_and_the_trail_names_who_
 #[test]
 fn a_plain_http_admin_endpoint_beyond_loopback_is_refused_before_binding() {
     let dir = tempfile::tempdir().unwrap();
-    let files = cluster_files(dir.path(), "guarded", TOPOLOGY, &[(1, "dublin")]);
+    let topology = format!("{THREE_EU_SITES}\n{GROUPS}");
+    let files = cluster_files(dir.path(), "guarded", &topology, &[(1, "dublin")]);
     // Hold the port on loopback: a node that bound 0.0.0.0 on it before checking would fail on the port
     // in use, with another message.
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -328,12 +328,7 @@ fn a_plain_http_admin_endpoint_beyond_loopback_is_refused_before_binding() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_http_admin_endpoint_on_loopback_answers_reads_and_refuses_changes() {
     let dir = tempfile::tempdir().unwrap();
-    let files = cluster_files(
-        dir.path(),
-        "plain",
-        TOPOLOGY,
-        &[(1, "dublin"), (2, "frankfurt"), (3, "paris")],
-    );
+    let files = three_eu_sites(dir.path(), "plain", GROUPS);
     let node = &files[0];
     let config = std::fs::read_to_string(&node.config).unwrap();
     let plain = config.replace(

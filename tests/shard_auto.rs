@@ -8,25 +8,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{NodeFiles, cluster_files, domicile_as_operator, wait_ready};
+use common::{NodeFiles, domicile_as_operator, three_eu_sites, wait_ready};
 use serde_json::Value;
 
-const TOPOLOGY: &str = r#"
-[[site]]
-name = "dublin"
-country = "IE"
-nodes = [1]
-
-[[site]]
-name = "frankfurt"
-country = "DE"
-nodes = [2]
-
-[[site]]
-name = "paris"
-country = "FR"
-nodes = [3]
-
+/// On [`common::three_eu_sites`]: one group, and a spare one for splits.
+const GROUPS: &str = r#"
 [[group]]
 name = "users-eu-1"
 jurisdiction = "EU"
@@ -86,12 +72,7 @@ fn end_of(lines: &[Value]) -> &Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_over_its_record_threshold_is_split_into_the_spare_group() {
     let dir = tempfile::tempdir().unwrap();
-    let files = cluster_files(
-        dir.path(),
-        "autosplit",
-        TOPOLOGY,
-        &[(1, "dublin"), (2, "frankfurt"), (3, "paris")],
-    );
+    let files = three_eu_sites(dir.path(), "autosplit", GROUPS);
     let _processes: Vec<_> = files.iter().map(NodeFiles::start).collect();
     for node in &files {
         wait_ready(node).await;

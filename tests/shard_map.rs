@@ -8,26 +8,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{AdminHttps, NodeFiles, cluster_files, http, wait_ready};
+use common::{AdminHttps, NodeFiles, http, three_eu_sites, wait_ready};
 use serde_json::{Value, json};
 use wire::routing::range_position;
 
-const TOPOLOGY: &str = r#"
-[[site]]
-name = "dublin"
-country = "IE"
-nodes = [1]
-
-[[site]]
-name = "frankfurt"
-country = "DE"
-nodes = [2]
-
-[[site]]
-name = "paris"
-country = "FR"
-nodes = [3]
-
+/// On [`common::three_eu_sites`].
+const GROUPS: &str = r#"
 [[group]]
 name = "users-eu-1"
 jurisdiction = "EU"
@@ -117,12 +103,7 @@ fn connect(dir: &std::path::Path, files: &[NodeFiles]) -> impl Future<Output = c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_splits_a_range_through_the_admin_endpoints_and_a_stale_client_follows() {
     let dir = tempfile::tempdir().unwrap();
-    let files = cluster_files(
-        dir.path(),
-        "sharded",
-        TOPOLOGY,
-        &[(1, "dublin"), (2, "frankfurt"), (3, "paris")],
-    );
+    let files = three_eu_sites(dir.path(), "sharded", GROUPS);
     let mut processes: Vec<_> = files.iter().map(NodeFiles::start).collect();
     for node in &files {
         wait_ready(node).await;

@@ -545,14 +545,14 @@ async fn simulate(config: &RunConfig) -> (World, Workload, f64) {
     world.sleep(Duration::from_secs(1)).await;
     workload.start(4);
     let writer_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    if let Some(bulk) = &world.bulk {
+    let writer = world.bulk.as_ref().map(|bulk| {
         bulk::spawn_writer(
             world.clone(),
             bulk.clone(),
             workload.history.clone(),
             writer_stop.clone(),
-        );
-    }
+        )
+    });
     let fault_seconds = config.fault_seconds.unwrap_or(match config.scenario {
         Scenario::Failover => 20,
         Scenario::SiteOutage => 30,
@@ -572,6 +572,10 @@ async fn simulate(config: &RunConfig) -> (World, Workload, f64) {
     }
     liveness(&world).await;
     writer_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(writer) = writer {
+        // Bounded: its last sleep, then at most one write's 2-s deadline.
+        let _ = writer.await;
+    }
     workload.stop().await;
     final_checks(&world, &workload).await;
     if let Some(bulk) = &world.bulk {

@@ -154,6 +154,25 @@ pub fn with_test_grants(topology: &str) -> String {
     text
 }
 
+/// Three EU sites of one node each (Dublin, Frankfurt, Paris): the smallest cluster a group of three EU
+/// voters fits, with a site to spare for none.
+pub const THREE_EU_SITES: &str = "[[site]]\nname = \"dublin\"\ncountry = \"IE\"\nnodes = [1]\n\n\
+[[site]]\nname = \"frankfurt\"\ncountry = \"DE\"\nnodes = [2]\n\n\
+[[site]]\nname = \"paris\"\ncountry = \"FR\"\nnodes = [3]\n";
+
+/// The nodes of [`three_eu_sites`], by id and site.
+pub const THREE_EU_NODES: [(u64, &str); 3] = [(1, "dublin"), (2, "frankfurt"), (3, "paris")];
+
+/// [`cluster_files`] for the three EU sites of [`THREE_EU_NODES`], with `groups` (`[[group]]` tables) on them.
+pub fn three_eu_sites(dir: &Path, cluster: &str, groups: &str) -> Vec<NodeFiles> {
+    cluster_files(
+        dir,
+        cluster,
+        &format!("{THREE_EU_SITES}\n{groups}"),
+        &THREE_EU_NODES,
+    )
+}
+
 /// Writes, in `dir`, `topology.toml`, a CA with a certificate for each of `nodes` (id, site), one for
 /// a client named `tests` and one for an operator named `tests` under `certs/`, and `node-ID.toml` for
 /// each node (its data in `data-ID/`), on free loopback ports. The CLI writes the certificates, as an operator would.
