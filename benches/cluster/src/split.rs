@@ -29,7 +29,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,8 +38,15 @@ use anyhow::{Context, bail, ensure};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+#[path = "at_volume.rs"]
+mod at_volume;
+
+use at_volume::{
+    Guard, Latency, Nodes, bulk_key, for_each, get, latency_of, live_key, live_writers, memory_kib, put,
+    read_keyspace, value_of,
+};
+
 const SERVICE: &str = "split";
-const RECORD: &str = "v";
 pub const LOSER: &str = "users-eu-1";
 pub const GAINER: &str = "users-eu-2";
 const NODES: [(u64, &str); 3] = [(1, "dublin"), (2, "frankfurt"), (3, "paris")];
@@ -95,16 +102,6 @@ pub struct Config {
     pub move_back: bool,
     pub time_limit: Duration,
     pub verbose: bool,
-}
-
-#[derive(Debug, Default, Serialize)]
-pub struct Latency {
-    pub writes: usize,
-    pub failed: usize,
-    pub p50_us: u32,
-    pub p99_us: u32,
-    pub max_us: u32,
-    pub writes_per_s: f64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -216,36 +213,6 @@ impl Report {
             );
         }
         failures
-    }
-}
-
-/// The node processes, stopped by pid when dropped.
-struct Nodes(Vec<(u64, Child)>);
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.0 {
-            // SAFETY: kill(2) on the pid of a child this process spawned and has not reaped.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        for (_, child) in &mut self.0 {
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A child killed by pid when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -475,235 +442,6 @@ fn write_files(config: &Config, deadline: Instant) -> anyhow::Result<Cluster> {
     })
 }
 
-fn start_nodes(cluster: &Cluster) -> anyhow::Result<Nodes> {
-    let mut nodes = Nodes(Vec::new());
-    for (id, _) in NODES {
-        let log = std::fs::File::create(cluster.config.dir.join(format!("node-{id}.log")))?;
-        let child = Command::new(&cluster.config.domicile)
-            .args(["node", "--config", &format!("node-{id}.toml")])
-            .current_dir(&cluster.config.dir)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting a node")?;
-        nodes.0.push((id, child));
-    }
-    Ok(nodes)
-}
-
-/// splitmix64 bytes for record `index` of `generation` (0 the bulk load, 1 the live writes).
-pub fn value_of(generation: u64, index: u64, bytes: usize) -> Vec<u8> {
-    let mut state = index
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(generation.wrapping_mul(0xD1B5_4A32_D192_ED03));
-    let mut value = Vec::with_capacity(bytes + 8);
-    while value.len() < bytes {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        value.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    value.truncate(bytes);
-    value
-}
-
-/// FNV-1a over a key, its value and its revision.
-fn record_hash(key: &str, value: &[u8], revision: u64) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in key
-        .bytes()
-        .chain([0])
-        .chain(value.iter().copied())
-        .chain(revision.to_le_bytes())
-    {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
-
-fn bulk_key(index: u64) -> String {
-    format!("user-{index}")
-}
-
-fn live_key(index: u64) -> String {
-    format!("live-{index}")
-}
-
-/// Runs `op` on indexes 0..count, `in_flight` at a time; the first error stops the run.
-async fn for_each<F, Fut>(
-    clients: &[Arc<client::Client>],
-    count: u64,
-    in_flight: usize,
-    deadline: Instant,
-    op: F,
-) -> anyhow::Result<()>
-where
-    F: Fn(Arc<client::Client>, u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
-{
-    let next = Arc::new(AtomicU64::new(0));
-    let op = Arc::new(op);
-    let mut tasks = tokio::task::JoinSet::new();
-    for worker in 0..in_flight.max(1) {
-        let client = clients[worker % clients.len()].clone();
-        let (next, op) = (next.clone(), op.clone());
-        tasks.spawn(async move {
-            loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                if index >= count {
-                    return Ok(());
-                }
-                ensure!(
-                    Instant::now() < deadline,
-                    "the run's time limit passed at {index} of {count}"
-                );
-                op(client.clone(), index).await?;
-            }
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done??;
-    }
-    Ok(())
-}
-
-async fn put(client: &client::Client, key: &str, value: Vec<u8>) -> anyhow::Result<()> {
-    for attempt in 0.. {
-        match client.put(key, RECORD, value.clone()).await {
-            Ok(_) => return Ok(()),
-            Err(error) if error.is_retryable() && attempt < 20 => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            Err(error) => bail!("put {key}: {error}"),
-        }
-    }
-    unreachable!()
-}
-
-async fn get(client: &client::Client, key: &str) -> anyhow::Result<Option<(Vec<u8>, u64)>> {
-    for attempt in 0.. {
-        match client.get(key, RECORD).await {
-            Ok(record) => return Ok(record.map(|record| (record.value, record.revision))),
-            Err(error) if error.is_retryable() && attempt < 20 => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            Err(error) => bail!("get {key}: {error}"),
-        }
-    }
-    unreachable!()
-}
-
-/// Every bulk record read: (the keyspace's checksum, records missing or not as written).
-async fn read_keyspace(
-    clients: &[Arc<client::Client>],
-    config: &Config,
-    deadline: Instant,
-) -> anyhow::Result<(u64, u64)> {
-    let sum = Arc::new(AtomicU64::new(0));
-    let wrong = Arc::new(AtomicU64::new(0));
-    let value_bytes = config.value_bytes;
-    let (sum_in, wrong_in) = (sum.clone(), wrong.clone());
-    for_each(
-        clients,
-        config.records,
-        config.in_flight,
-        deadline,
-        move |client, index| {
-            let (sum, wrong) = (sum_in.clone(), wrong_in.clone());
-            async move {
-                let key = bulk_key(index);
-                match get(&client, &key).await? {
-                    Some((value, revision)) => {
-                        sum.fetch_add(record_hash(&key, &value, revision), Ordering::Relaxed);
-                        if value != value_of(0, index, value_bytes) {
-                            wrong.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    None => {
-                        wrong.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Ok(())
-            }
-        },
-    )
-    .await?;
-    Ok((sum.load(Ordering::Relaxed), wrong.load(Ordering::Relaxed)))
-}
-
-#[derive(Default)]
-struct Live {
-    latencies: Mutex<Vec<u32>>,
-    acknowledged: Mutex<Vec<u64>>,
-    failed: AtomicU64,
-}
-
-fn live_writers(
-    clients: &[Arc<client::Client>],
-    writers: usize,
-    value_bytes: usize,
-    next: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    deadline: Instant,
-) -> (Arc<Live>, tokio::task::JoinSet<()>) {
-    let live = Arc::new(Live::default());
-    let mut tasks = tokio::task::JoinSet::new();
-    for writer in 0..writers {
-        let client = clients[writer % clients.len()].clone();
-        let (live, next, stop) = (live.clone(), next.clone(), stop.clone());
-        tasks.spawn(async move {
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                let started = Instant::now();
-                match client
-                    .put(&live_key(index), RECORD, value_of(1, index, value_bytes))
-                    .await
-                {
-                    Ok(_) => {
-                        let micros = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
-                        live.latencies.lock().unwrap().push(micros);
-                        live.acknowledged.lock().unwrap().push(index);
-                    }
-                    Err(_) => {
-                        live.failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        });
-    }
-    (live, tasks)
-}
-
-fn latency_of(live: &Live, seconds: f64) -> Latency {
-    let mut latencies = live.latencies.lock().unwrap().clone();
-    latencies.sort_unstable();
-    let quantile = |q: f64| {
-        if latencies.is_empty() {
-            return 0;
-        }
-        let rank = ((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
-        latencies[rank - 1]
-    };
-    Latency {
-        writes: latencies.len(),
-        failed: live.failed.load(Ordering::Relaxed) as usize,
-        p50_us: quantile(0.5),
-        p99_us: quantile(0.99),
-        max_us: latencies.last().copied().unwrap_or(0),
-        writes_per_s: latencies.len() as f64 / seconds.max(1e-9),
-    }
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 fn log(config: &Config, message: &str) {
     if config.verbose {
         eprintln!("[split] {message}");
@@ -840,8 +578,12 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         ..Report::default()
     };
     let cluster = write_files(&config, deadline)?;
-    let nodes = start_nodes(&cluster)?;
-    let pids: Vec<(u64, u32)> = nodes.0.iter().map(|(id, child)| (*id, child.id())).collect();
+    let nodes = Nodes::start(
+        &cluster.config.domicile,
+        &cluster.config.dir,
+        NODES.iter().map(|(id, _)| *id),
+    )?;
+    let pids = nodes.pids();
     loop {
         cluster.check_time("waiting for the cluster")?;
         if let Some(status) = cluster.status()
@@ -869,7 +611,14 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     })
     .await?;
     report.load_s = load_started.elapsed().as_secs_f64();
-    let (before, wrong_before) = read_keyspace(&clients, &config, deadline).await?;
+    let (before, wrong_before) = read_keyspace(
+        &clients,
+        config.records,
+        config.value_bytes,
+        config.in_flight,
+        deadline,
+    )
+    .await?;
     ensure!(
         wrong_before == 0,
         "{wrong_before} records read back wrong before the split"
@@ -940,7 +689,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         std::thread::spawn(move || {
             while sampling.load(Ordering::Relaxed) {
                 for (id, pid) in &pids {
-                    if let Some(rss) = rss_kib(*pid) {
+                    if let Some((rss, _)) = memory_kib(*pid) {
                         let mut peaks = peak_rss.lock().unwrap();
                         let peak = peaks.entry(*id).or_default();
                         *peak = (*peak).max(rss);
@@ -969,7 +718,14 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
 
     // 5. Every record, every acknowledged write, and where the records are.
     log(&config, "reading everything back");
-    let (after, wrong_after) = read_keyspace(&clients, &config, deadline).await?;
+    let (after, wrong_after) = read_keyspace(
+        &clients,
+        config.records,
+        config.value_bytes,
+        config.in_flight,
+        deadline,
+    )
+    .await?;
     report.checksum_after = format!("{after:016x}");
     report.records_wrong_after = wrong_after;
     let mut acknowledged = baseline.acknowledged.lock().unwrap().clone();
@@ -1028,7 +784,14 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
             log(&config, &String::from_utf8_lossy(&output.stdout));
             report.move_back_exit_codes.push(output.status.code());
         }
-        let (after, _) = read_keyspace(&clients, &config, deadline).await?;
+        let (after, _) = read_keyspace(
+            &clients,
+            config.records,
+            config.value_bytes,
+            config.in_flight,
+            deadline,
+        )
+        .await?;
         report.checksum_after_move_back = Some(format!("{after:016x}"));
         report.gainer_left_after_move_back = Some(cluster.held(GAINER, &moving).await?);
         let published = cluster.on_leader(LOSER, "/shard-map/EU/published", None).await?;

@@ -8,7 +8,7 @@
 //! 1. bulk-loads `records` records of `value_bytes` bytes each (`user-I`, record `v`, a value derived from
 //!    I) through the client library, `in_flight` puts at a time;
 //! 2. reads every one back: each must equal what was written, and their checksum (an order-independent sum
-//!    of a 64-bit FNV-1a hash of each key and value) is the "before";
+//!    of a 64-bit FNV-1a hash of each key, value and revision: `at_volume.rs`) is the "before";
 //! 3. measures write latency for `baseline_s` seconds with `live_writers` closed-loop writers of new keys
 //!    (`live-N`), no migration running;
 //! 4. runs `domicile placement apply --yes -o json` while the same writers keep writing, sampling every
@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,8 +35,15 @@ use serde_json::Value;
 
 pub const GROUP: &str = "users-legacy";
 /// The client service and operator the run certifies (the topology grants the service the EEA).
+#[path = "at_volume.rs"]
+mod at_volume;
+
+use at_volume::{
+    Guard, Latency, Nodes, bulk_key, for_each, get, latency_of, live_key, live_writers, memory_kib, put,
+    read_keyspace, value_of,
+};
+
 const SERVICE: &str = "volume";
-const RECORD: &str = "v";
 const INSIDE: [u64; 3] = [1, 2, 3];
 const OUTSIDE: [u64; 2] = [4, 5];
 const NODES: [(u64, &str); 5] = [
@@ -104,16 +111,6 @@ pub struct Config {
     /// The nodes' snapshot policy, (every N applied entries, entries kept behind the last), instead of
     /// their defaults (`[raft] snapshot_every_entries`, `log_kept_behind_snapshot_entries`).
     pub snapshot_policy: Option<(u64, u64)>,
-}
-
-#[derive(Debug, Default, Serialize)]
-pub struct Latency {
-    pub writes: usize,
-    pub failed: usize,
-    pub p50_us: u32,
-    pub p99_us: u32,
-    pub max_us: u32,
-    pub writes_per_s: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -304,38 +301,6 @@ impl Report {
     }
 }
 
-/// The node processes, stopped by pid when dropped.
-struct Nodes {
-    children: Vec<(u64, Child)>,
-}
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            // SAFETY: kill(2) on the pid of a child this process spawned and has not reaped.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        for (_, child) in &mut self.children {
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A child stopped by pid when dropped (the apply, if the run fails while it runs).
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 struct Cluster {
     config: Config,
     admin: BTreeMap<u64, String>,
@@ -482,239 +447,6 @@ fn write_files(config: &Config, deadline: Instant) -> anyhow::Result<Cluster> {
     Ok(cluster)
 }
 
-fn start_nodes(cluster: &Cluster) -> anyhow::Result<Nodes> {
-    let mut nodes = Nodes { children: Vec::new() };
-    for (id, _) in NODES {
-        let log = std::fs::File::create(cluster.config.dir.join(format!("node-{id}.log")))?;
-        let child = Command::new(&cluster.config.domicile)
-            .args(["node", "--config", &format!("node-{id}.toml")])
-            .current_dir(&cluster.config.dir)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting a node")?;
-        nodes.children.push((id, child));
-    }
-    Ok(nodes)
-}
-
-/// The value of bulk record `index` (`generation` 0) or live write `index` (1): splitmix64 bytes.
-pub fn value_of(generation: u64, index: u64, bytes: usize) -> Vec<u8> {
-    let mut state = index
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(generation.wrapping_mul(0xD1B5_4A32_D192_ED03));
-    let mut value = Vec::with_capacity(bytes + 8);
-    while value.len() < bytes {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        value.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    value.truncate(bytes);
-    value
-}
-
-/// 64-bit FNV-1a of a key and its value (a zero byte between them).
-fn record_hash(key: &str, value: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in key.bytes().chain([0]).chain(value.iter().copied()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
-
-fn bulk_key(index: u64) -> String {
-    format!("user-{index}")
-}
-
-fn live_key(index: u64) -> String {
-    format!("live-{index}")
-}
-
-/// Runs `op` on indexes 0..count, `in_flight` at a time, over `clients`; the first error stops the run.
-async fn for_each<F, Fut>(
-    clients: &[Arc<client::Client>],
-    count: u64,
-    in_flight: usize,
-    deadline: Instant,
-    op: F,
-) -> anyhow::Result<()>
-where
-    F: Fn(Arc<client::Client>, u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
-{
-    let next = Arc::new(AtomicU64::new(0));
-    let op = Arc::new(op);
-    let mut tasks = tokio::task::JoinSet::new();
-    for worker in 0..in_flight.max(1) {
-        let client = clients[worker % clients.len()].clone();
-        let next = next.clone();
-        let op = op.clone();
-        tasks.spawn(async move {
-            loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                if index >= count {
-                    return Ok(());
-                }
-                ensure!(
-                    Instant::now() < deadline,
-                    "the run's time limit passed at {index} of {count}"
-                );
-                op(client.clone(), index).await?;
-            }
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done??;
-    }
-    Ok(())
-}
-
-/// A put, retried while the error is retryable (at most 20 times).
-async fn put(client: &client::Client, key: &str, value: Vec<u8>) -> anyhow::Result<()> {
-    for attempt in 0.. {
-        match client.put(key, RECORD, value.clone()).await {
-            Ok(_) => return Ok(()),
-            Err(error) if error.is_retryable() && attempt < 20 => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            Err(error) => bail!("put {key}: {error}"),
-        }
-    }
-    unreachable!()
-}
-
-async fn get(client: &client::Client, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
-    for attempt in 0.. {
-        match client.get(key, RECORD).await {
-            Ok(record) => return Ok(record.map(|record| record.value)),
-            Err(error) if error.is_retryable() && attempt < 20 => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            Err(error) => bail!("get {key}: {error}"),
-        }
-    }
-    unreachable!()
-}
-
-/// Reads every bulk record: (the keyspace's checksum, records missing or not as written).
-async fn read_keyspace(
-    clients: &[Arc<client::Client>],
-    config: &Config,
-    deadline: Instant,
-) -> anyhow::Result<(u64, u64)> {
-    let sum = Arc::new(AtomicU64::new(0));
-    let wrong = Arc::new(AtomicU64::new(0));
-    let value_bytes = config.value_bytes;
-    let (sum_in, wrong_in) = (sum.clone(), wrong.clone());
-    for_each(
-        clients,
-        config.records,
-        config.in_flight,
-        deadline,
-        move |client, index| {
-            let (sum, wrong) = (sum_in.clone(), wrong_in.clone());
-            async move {
-                let key = bulk_key(index);
-                let value = get(&client, &key).await?;
-                match &value {
-                    Some(value) => {
-                        sum.fetch_add(record_hash(&key, value), Ordering::Relaxed);
-                        if *value != value_of(0, index, value_bytes) {
-                            wrong.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    None => {
-                        wrong.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Ok(())
-            }
-        },
-    )
-    .await?;
-    Ok((sum.load(Ordering::Relaxed), wrong.load(Ordering::Relaxed)))
-}
-
-/// Closed-loop writers of `live-N` keys until `stop`: each write's latency (µs) and the acknowledged
-/// indexes; a failed write (not acknowledged) is counted, not retried.
-#[derive(Default)]
-struct Live {
-    latencies: Mutex<Vec<u32>>,
-    acknowledged: Mutex<Vec<u64>>,
-    failed: AtomicU64,
-}
-
-fn live_writers(
-    clients: &[Arc<client::Client>],
-    writers: usize,
-    value_bytes: usize,
-    next: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    deadline: Instant,
-) -> (Arc<Live>, tokio::task::JoinSet<()>) {
-    let live = Arc::new(Live::default());
-    let mut tasks = tokio::task::JoinSet::new();
-    for writer in 0..writers {
-        let client = clients[writer % clients.len()].clone();
-        let (live, next, stop) = (live.clone(), next.clone(), stop.clone());
-        tasks.spawn(async move {
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                let started = Instant::now();
-                match client
-                    .put(&live_key(index), RECORD, value_of(1, index, value_bytes))
-                    .await
-                {
-                    Ok(_) => {
-                        let micros = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
-                        live.latencies.lock().unwrap().push(micros);
-                        live.acknowledged.lock().unwrap().push(index);
-                    }
-                    Err(_) => {
-                        live.failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        });
-    }
-    (live, tasks)
-}
-
-fn latency_of(live: &Live, seconds: f64) -> Latency {
-    let mut latencies = live.latencies.lock().unwrap().clone();
-    latencies.sort_unstable();
-    let quantile = |q: f64| {
-        if latencies.is_empty() {
-            return 0;
-        }
-        let rank = ((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
-        latencies[rank - 1]
-    };
-    Latency {
-        writes: latencies.len(),
-        failed: live.failed.load(Ordering::Relaxed) as usize,
-        p50_us: quantile(0.5),
-        p99_us: quantile(0.99),
-        max_us: latencies.last().copied().unwrap_or(0),
-        writes_per_s: latencies.len() as f64 / seconds.max(1e-9),
-    }
-}
-
-/// VmRSS and VmHWM of a process, in KiB.
-fn memory_kib(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
-}
-
 fn load_average() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
@@ -839,12 +571,12 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         ..Report::default()
     };
     let cluster = write_files(&config, deadline)?;
-    let nodes = start_nodes(&cluster)?;
-    let pids: Vec<(u64, u32)> = nodes
-        .children
-        .iter()
-        .map(|(id, child)| (*id, child.id()))
-        .collect();
+    let nodes = Nodes::start(
+        &cluster.config.domicile,
+        &cluster.config.dir,
+        NODES.iter().map(|(id, _)| *id),
+    )?;
+    let pids = nodes.pids();
 
     // Every node answers and the group has a leader (a legacy group's first election takes seconds).
     loop {
@@ -911,7 +643,14 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
 
     // 2. The checksum before.
     let read_started = Instant::now();
-    let (before, wrong_before) = read_keyspace(&clients, &config, deadline).await?;
+    let (before, wrong_before) = read_keyspace(
+        &clients,
+        config.records,
+        config.value_bytes,
+        config.in_flight,
+        deadline,
+    )
+    .await?;
     report.read_back_s = read_started.elapsed().as_secs_f64();
     ensure!(
         wrong_before == 0,
@@ -1151,7 +890,14 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         .filter(|node| cluster.group_dir(*node).exists())
         .collect();
     log(&config, "reading everything back");
-    let (after, wrong_after) = read_keyspace(&clients, &config, deadline).await?;
+    let (after, wrong_after) = read_keyspace(
+        &clients,
+        config.records,
+        config.value_bytes,
+        config.in_flight,
+        deadline,
+    )
+    .await?;
     report.checksum_after = format!("{after:016x}");
     report.checksum_equal = after == before;
     report.records_wrong_after = wrong_after;
@@ -1171,7 +917,9 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
                 let (lost, acknowledged) = (lost.clone(), acknowledged.clone());
                 async move {
                     let index = acknowledged[at as usize];
-                    if get(&client, &live_key(index)).await? != Some(value_of(1, index, value_bytes)) {
+                    if get(&client, &live_key(index)).await?.map(|(value, _)| value)
+                        != Some(value_of(1, index, value_bytes))
+                    {
                         lost.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(())

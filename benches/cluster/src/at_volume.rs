@@ -1,0 +1,311 @@
+//! What the benchmarks at volume (`volume.rs`: a migration; `split.rs`: a shard split) share: the node
+//! processes they run, the bulk keyspace they load and check, and the closed-loop writers beside it.
+//!
+//! The keyspace is `records` records `user-I`, record `v`, whose values are derived from I
+//! ([`value_of`]); its checksum is an order-independent sum of a 64-bit FNV-1a hash of each key, value
+//! and revision (a moved or copied record keeps its revision, so the sum must be equal after the move).
+//! Both benchmarks include this file as a module of their own (`#[path]`), as the tests that run them at
+//! a small size include theirs.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use serde::Serialize;
+
+/// The record every bulk and live key is written under.
+pub const RECORD: &str = "v";
+
+/// Write latency over a phase of a run.
+#[derive(Debug, Default, Serialize)]
+pub struct Latency {
+    pub writes: usize,
+    pub failed: usize,
+    pub p50_us: u32,
+    pub p99_us: u32,
+    pub max_us: u32,
+    pub writes_per_s: f64,
+}
+
+/// The node processes, stopped by pid when dropped (SIGTERM, then SIGKILL after 5 s).
+pub struct Nodes {
+    pub children: Vec<(u64, Child)>,
+}
+
+impl Nodes {
+    /// Starts `domicile node --config node-ID.toml` in `dir` for each of `ids`, each logging to
+    /// `dir/node-ID.log`.
+    pub fn start(domicile: &Path, dir: &Path, ids: impl IntoIterator<Item = u64>) -> anyhow::Result<Nodes> {
+        let mut nodes = Nodes { children: Vec::new() };
+        for id in ids {
+            let log = std::fs::File::create(dir.join(format!("node-{id}.log")))?;
+            let child = Command::new(domicile)
+                .args(["node", "--config", &format!("node-{id}.toml")])
+                .current_dir(dir)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .context("starting a node")?;
+            nodes.children.push((id, child));
+        }
+        Ok(nodes)
+    }
+
+    /// Each node's id and pid.
+    pub fn pids(&self) -> Vec<(u64, u32)> {
+        self.children
+            .iter()
+            .map(|(id, child)| (*id, child.id()))
+            .collect()
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            // SAFETY: kill(2) on the pid of a child this process spawned and has not reaped.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (_, child) in &mut self.children {
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A child killed by pid when dropped (the CLI a run drives, if the run fails while it runs).
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The value of bulk record `index` (`generation` 0) or live write `index` (1): splitmix64 bytes.
+pub fn value_of(generation: u64, index: u64, bytes: usize) -> Vec<u8> {
+    let mut state = index
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(generation.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    let mut value = Vec::with_capacity(bytes + 8);
+    while value.len() < bytes {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        value.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    value.truncate(bytes);
+    value
+}
+
+/// 64-bit FNV-1a over a key, its value and its revision (a zero byte after the key).
+fn record_hash(key: &str, value: &[u8], revision: u64) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key
+        .bytes()
+        .chain([0])
+        .chain(value.iter().copied())
+        .chain(revision.to_le_bytes())
+    {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+pub fn bulk_key(index: u64) -> String {
+    format!("user-{index}")
+}
+
+pub fn live_key(index: u64) -> String {
+    format!("live-{index}")
+}
+
+/// Runs `op` on indexes 0..count, `in_flight` at a time, over `clients`; the first error stops the run.
+pub async fn for_each<F, Fut>(
+    clients: &[Arc<client::Client>],
+    count: u64,
+    in_flight: usize,
+    deadline: Instant,
+    op: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(Arc<client::Client>, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let next = Arc::new(AtomicU64::new(0));
+    let op = Arc::new(op);
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..in_flight.max(1) {
+        let client = clients[worker % clients.len()].clone();
+        let (next, op) = (next.clone(), op.clone());
+        tasks.spawn(async move {
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= count {
+                    return Ok(());
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "the run's time limit passed at {index} of {count}"
+                );
+                op(client.clone(), index).await?;
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+/// A put, retried while the error is retryable (at most 20 times).
+pub async fn put(client: &client::Client, key: &str, value: Vec<u8>) -> anyhow::Result<()> {
+    for attempt in 0.. {
+        match client.put(key, RECORD, value.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(error) if error.is_retryable() && attempt < 20 => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(error) => bail!("put {key}: {error}"),
+        }
+    }
+    unreachable!()
+}
+
+/// A read of `key`'s record: its value and revision, retried while the error is retryable (at most 20
+/// times).
+pub async fn get(client: &client::Client, key: &str) -> anyhow::Result<Option<(Vec<u8>, u64)>> {
+    for attempt in 0.. {
+        match client.get(key, RECORD).await {
+            Ok(record) => return Ok(record.map(|record| (record.value, record.revision))),
+            Err(error) if error.is_retryable() && attempt < 20 => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(error) => bail!("get {key}: {error}"),
+        }
+    }
+    unreachable!()
+}
+
+/// Reads every one of the `records` bulk records, `in_flight` at a time: (the keyspace's checksum,
+/// records missing or not as written).
+pub async fn read_keyspace(
+    clients: &[Arc<client::Client>],
+    records: u64,
+    value_bytes: usize,
+    in_flight: usize,
+    deadline: Instant,
+) -> anyhow::Result<(u64, u64)> {
+    let sum = Arc::new(AtomicU64::new(0));
+    let wrong = Arc::new(AtomicU64::new(0));
+    let (sum_in, wrong_in) = (sum.clone(), wrong.clone());
+    for_each(clients, records, in_flight, deadline, move |client, index| {
+        let (sum, wrong) = (sum_in.clone(), wrong_in.clone());
+        async move {
+            let key = bulk_key(index);
+            match get(&client, &key).await? {
+                Some((value, revision)) => {
+                    sum.fetch_add(record_hash(&key, &value, revision), Ordering::Relaxed);
+                    if value != value_of(0, index, value_bytes) {
+                        wrong.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                None => {
+                    wrong.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    Ok((sum.load(Ordering::Relaxed), wrong.load(Ordering::Relaxed)))
+}
+
+/// What closed-loop writers of `live-N` keys saw: each write's latency (µs) and the acknowledged
+/// indexes; a failed write (not acknowledged) is counted, not retried.
+#[derive(Default)]
+pub struct Live {
+    pub latencies: Mutex<Vec<u32>>,
+    pub acknowledged: Mutex<Vec<u64>>,
+    pub failed: AtomicU64,
+}
+
+/// Starts `writers` closed-loop writers of new `live-N` keys (N from `next`) until `stop` or `deadline`.
+pub fn live_writers(
+    clients: &[Arc<client::Client>],
+    writers: usize,
+    value_bytes: usize,
+    next: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    deadline: Instant,
+) -> (Arc<Live>, tokio::task::JoinSet<()>) {
+    let live = Arc::new(Live::default());
+    let mut tasks = tokio::task::JoinSet::new();
+    for writer in 0..writers {
+        let client = clients[writer % clients.len()].clone();
+        let (live, next, stop) = (live.clone(), next.clone(), stop.clone());
+        tasks.spawn(async move {
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let started = Instant::now();
+                match client
+                    .put(&live_key(index), RECORD, value_of(1, index, value_bytes))
+                    .await
+                {
+                    Ok(_) => {
+                        let micros = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                        live.latencies.lock().unwrap().push(micros);
+                        live.acknowledged.lock().unwrap().push(index);
+                    }
+                    Err(_) => {
+                        live.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    }
+    (live, tasks)
+}
+
+/// The writers' latency over a phase `seconds` long.
+pub fn latency_of(live: &Live, seconds: f64) -> Latency {
+    let mut latencies = live.latencies.lock().unwrap().clone();
+    latencies.sort_unstable();
+    let quantile = |q: f64| {
+        if latencies.is_empty() {
+            return 0;
+        }
+        let rank = ((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
+        latencies[rank - 1]
+    };
+    Latency {
+        writes: latencies.len(),
+        failed: live.failed.load(Ordering::Relaxed) as usize,
+        p50_us: quantile(0.5),
+        p99_us: quantile(0.99),
+        max_us: latencies.last().copied().unwrap_or(0),
+        writes_per_s: latencies.len() as f64 / seconds.max(1e-9),
+    }
+}
+
+/// VmRSS and VmHWM of a process, in KiB.
+pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
