@@ -1386,7 +1386,7 @@ fn wan_put_latency_and_failover() {
         let certs = cluster.path().join("certs");
         let pid = cluster.pid(leader);
         assert!(pid > 0, "n{leader} is not running");
-        let took = in_namespace(&client_ns, move || {
+        let (took, calls) = in_namespace(&client_ns, move || {
             Box::pin(async move {
                 let client = bench_client(certs, "EEA", call_timeout).await;
                 put_latencies(&client, 5, 1).await;
@@ -1394,18 +1394,29 @@ fn wan_put_latency_and_failover() {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
                 let killed = Instant::now();
                 let key = format!("failover-{round}");
+                // Each failed call, as the client saw it: when it began and ended, and why.
+                let mut calls = Vec::new();
                 while killed.elapsed() < Duration::from_secs(120) {
-                    if client.put(&key, "value", b"{\"v\":2}".to_vec()).await.is_ok() {
-                        return killed.elapsed();
+                    let began = killed.elapsed();
+                    match client.put(&key, "value", b"{\"v\":2}".to_vec()).await {
+                        Ok(_) => return (killed.elapsed(), calls),
+                        Err(error) => calls.push(format!(
+                            "{}-{} ms: {error}",
+                            began.as_millis(),
+                            killed.elapsed().as_millis()
+                        )),
                     }
                 }
-                panic!("no put acknowledged within 120 s of the SIGKILL");
+                panic!("no put acknowledged within 120 s of the SIGKILL: {calls:?}");
             })
         });
         println!(
             "failover round {round}: n{leader} SIGKILLed, next put acknowledged after {} ms",
             took.as_millis()
         );
+        for call in calls {
+            println!("failover round {round}: a call failed, {call}");
+        }
         failovers.push(took);
         run_checked(Command::new("sh").arg(cluster.path().join(format!("start-{leader}.sh"))));
     }
