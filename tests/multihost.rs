@@ -1393,6 +1393,14 @@ fn wan_put_latency_and_failover() {
                 // SAFETY: kill(2) of a node process this test started.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
                 let killed = Instant::now();
+                // The kill's wall-clock time, to set against the nodes' logs (an election's time).
+                let wall = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                println!(
+                    "failover round {round}: SIGKILL at {:.3} s since the epoch",
+                    wall.as_secs_f64()
+                );
                 let key = format!("failover-{round}");
                 // Each failed call, as the client saw it: when it began and ended, and why.
                 let mut calls = Vec::new();
