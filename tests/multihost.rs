@@ -1386,26 +1386,45 @@ fn wan_put_latency_and_failover() {
         let certs = cluster.path().join("certs");
         let pid = cluster.pid(leader);
         assert!(pid > 0, "n{leader} is not running");
-        let took = in_namespace(&client_ns, move || {
+        let (took, calls) = in_namespace(&client_ns, move || {
             Box::pin(async move {
                 let client = bench_client(certs, "EEA", call_timeout).await;
                 put_latencies(&client, 5, 1).await;
                 // SAFETY: kill(2) of a node process this test started.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
                 let killed = Instant::now();
+                // The kill's wall-clock time, to set against the nodes' logs (an election's time).
+                let wall = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                println!(
+                    "failover round {round}: SIGKILL at {:.3} s since the epoch",
+                    wall.as_secs_f64()
+                );
                 let key = format!("failover-{round}");
+                // Each failed call, as the client saw it: when it began and ended, and why.
+                let mut calls = Vec::new();
                 while killed.elapsed() < Duration::from_secs(120) {
-                    if client.put(&key, "value", b"{\"v\":2}".to_vec()).await.is_ok() {
-                        return killed.elapsed();
+                    let began = killed.elapsed();
+                    match client.put(&key, "value", b"{\"v\":2}".to_vec()).await {
+                        Ok(_) => return (killed.elapsed(), calls),
+                        Err(error) => calls.push(format!(
+                            "{}-{} ms: {error}",
+                            began.as_millis(),
+                            killed.elapsed().as_millis()
+                        )),
                     }
                 }
-                panic!("no put acknowledged within 120 s of the SIGKILL");
+                panic!("no put acknowledged within 120 s of the SIGKILL: {calls:?}");
             })
         });
         println!(
             "failover round {round}: n{leader} SIGKILLed, next put acknowledged after {} ms",
             took.as_millis()
         );
+        for call in calls {
+            println!("failover round {round}: a call failed, {call}");
+        }
         failovers.push(took);
         run_checked(Command::new("sh").arg(cluster.path().join(format!("start-{leader}.sh"))));
     }

@@ -237,7 +237,7 @@ impl Client {
                     self.dialer.request::<_, EnvelopeResponse>(node, &request),
                 )
                 .await;
-                self.note_reply(node, &reply);
+                self.note_reply(node, &reply, attempt_limit < self.attempt_bound());
                 match reply {
                     Ok(Ok(EnvelopeResponse::Client(ClientResponse::Map(map)))) => {
                         match self.learn(jurisdiction, map) {
@@ -310,12 +310,13 @@ impl Client {
                 op: op.clone(),
             });
             let attempt_limit = self.attempt_limit(remaining);
+            let cut_short = attempt_limit < self.attempt_bound();
             let reply = tokio::time::timeout(
                 attempt_limit,
                 self.dialer.request::<_, EnvelopeResponse>(node, &request),
             )
             .await;
-            self.note_reply(node, &reply);
+            self.note_reply(node, &reply, cut_short);
             match reply {
                 Ok(Ok(EnvelopeResponse::Client(response))) => match response {
                     ClientResponse::Done { result, .. } => {
@@ -410,6 +411,9 @@ impl Client {
                     self.forget_leader_if(&group, node);
                     last_error = error.to_string();
                 }
+                // Only the call's deadline ended the attempt: the node may be the leader, just elected,
+                // that the next call should ask first.
+                Err(_) if cut_short => last_error = format!("n{node} did not answer before the deadline"),
                 Err(_) => {
                     self.forget_leader_if(&group, node);
                     last_error = format!("n{node} did not answer in time");
@@ -461,25 +465,37 @@ impl Client {
     /// How long one attempt may take: a share of the deadline, not all of it, so a dead node leaves time to
     /// ask another.
     fn attempt_limit(&self, remaining: Duration) -> Duration {
-        remaining.min((self.timeout / 4).max(Duration::from_millis(250)))
+        remaining.min(self.attempt_bound())
+    }
+
+    /// The share of the deadline one attempt gets when the deadline is not about to end.
+    fn attempt_bound(&self) -> Duration {
+        (self.timeout / 4).max(Duration::from_millis(250))
     }
 
     fn is_down(&self, node: u64) -> bool {
         self.down.lock().expect("down list lock").contains_key(&node)
     }
 
-    /// What an attempt's outcome says of its node: an answer (even a refusal) proves it up; a lost
-    /// connection, a failed dial or no answer within the attempt's bound marks it down.
-    fn note_reply<T>(&self, node: u64, reply: &Result<Result<T, QuicError>, tokio::time::error::Elapsed>) {
-        let answered = matches!(reply, Ok(Ok(_)) | Ok(Err(QuicError::Remote { .. })));
+    /// Notes what an attempt's outcome says of its node ([`verdict`]).
+    fn note_reply<T>(
+        &self,
+        node: u64,
+        reply: &Result<Result<T, QuicError>, tokio::time::error::Elapsed>,
+        cut_short: bool,
+    ) {
         let mut down = self.down.lock().expect("down list lock");
-        if answered {
-            down.remove(&node);
-        } else {
-            down.entry(node).or_insert(Down {
-                probed: Instant::now(),
-                probing: false,
-            });
+        match verdict(reply, cut_short) {
+            Verdict::Up => {
+                down.remove(&node);
+            }
+            Verdict::Down => {
+                down.entry(node).or_insert(Down {
+                    probed: Instant::now(),
+                    probing: false,
+                });
+            }
+            Verdict::Unknown => {}
         }
     }
 
@@ -544,6 +560,27 @@ impl Client {
 
     fn forget_leader(&self, group: &str) {
         self.leaders.lock().expect("leader cache lock").remove(group);
+    }
+}
+
+/// What an attempt's outcome says of the node asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    Up,
+    Down,
+    Unknown,
+}
+
+/// An answer (even a refusal) proves the node up; a lost connection, a failed dial or no answer within
+/// the attempt's bound marks it down. No answer within an attempt the call's deadline `cut_short` says
+/// nothing: a node found down is left alone until a probe reaches it (at least [`PROBE_EVERY`]), and the
+/// node a call's last moments were spent on is often the leader just elected. Marked down, it cost the
+/// next call 0.3-0.5 s after a failover on the WAN bench (docs/performance.md).
+fn verdict<T>(reply: &Result<Result<T, QuicError>, tokio::time::error::Elapsed>, cut_short: bool) -> Verdict {
+    match reply {
+        Ok(Ok(_)) | Ok(Err(QuicError::Remote { .. })) => Verdict::Up,
+        Err(_) if cut_short => Verdict::Unknown,
+        _ => Verdict::Down,
     }
 }
 
@@ -678,5 +715,44 @@ impl<'a> IntoFuture for Get<'a> {
                 other => Err(unexpected(other)),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn elapsed() -> tokio::time::error::Elapsed {
+        tokio::time::timeout(Duration::ZERO, std::future::pending::<()>())
+            .await
+            .unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn an_attempt_only_the_calls_deadline_cut_short_marks_no_node_down() {
+        let timed_out: Result<Result<(), QuicError>, _> = Err(elapsed().await);
+        assert_eq!(verdict(&timed_out, true), Verdict::Unknown);
+        // Given its whole bound and silent, the node is taken for down, as before.
+        assert_eq!(verdict(&timed_out, false), Verdict::Down);
+    }
+
+    #[test]
+    fn answers_prove_a_node_up_and_lost_connections_mark_it_down_either_way() {
+        for cut_short in [false, true] {
+            let answered: Result<Result<(), QuicError>, tokio::time::error::Elapsed> = Ok(Ok(()));
+            assert_eq!(verdict(&answered, cut_short), Verdict::Up);
+            let refused: Result<Result<(), QuicError>, tokio::time::error::Elapsed> =
+                Ok(Err(QuicError::Remote {
+                    node: 2,
+                    reason: "busy".into(),
+                }));
+            assert_eq!(verdict(&refused, cut_short), Verdict::Up);
+            let lost: Result<Result<(), QuicError>, tokio::time::error::Elapsed> =
+                Ok(Err(QuicError::Stream {
+                    node: 2,
+                    reason: "connection lost".into(),
+                }));
+            assert_eq!(verdict(&lost, cut_short), Verdict::Down);
+        }
     }
 }

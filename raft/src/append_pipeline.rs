@@ -16,7 +16,13 @@
 //!
 //! Only a notice is held: an entry-less request whose `prev_log_id` the follower has just confirmed in
 //! this stream. The first request of a stream (a heartbeat, a probe) always leaves at once. As with
-//! openraft's default, one request is on the wire at a time and answers come back in request order.
+//! openraft's default, one request is on the wire at a time and answers come back in request order,
+//! with one exception: entries appended right after a notice that left alone (its hold ended) go out
+//! at once, without waiting for the notice's answer. Otherwise a put arriving just after the hold waited
+//! a whole round trip to the follower for an answer that tells the leader nothing it needs, and on a
+//! WAN that round trip is the largest part of the put's latency. The follower may take the two in
+//! either order: the notice appends nothing, so it truncates nothing, and it asks only that the follower
+//! holds `prev_log_id`, which the entries after it also ask.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -24,9 +30,9 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures_util::future::{Either, select};
-use futures_util::stream::{Stream, StreamExt};
+use futures_util::stream::{FuturesOrdered, Stream, StreamExt};
 use openraft::RaftTypeConfig;
-use openraft::alias::{InstantOf, LogIdOf};
+use openraft::alias::{InstantOf, LogIdOf, VoteOf};
 use openraft::entry::RaftEntry;
 use openraft::error::{NetworkError, RPCError};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, StreamAppendResult};
@@ -37,7 +43,6 @@ use openraft::type_config::TypeConfigExt;
 pub const NOTICE_HOLD: Duration = Duration::from_millis(2);
 
 type Answer<C> = Result<StreamAppendResult<C>, RPCError<C>>;
-type Sent<'s, C> = Pin<Box<dyn Future<Output = Result<AppendEntriesResponse<C>, RPCError<C>>> + Send + 's>>;
 
 /// The log range a request covers: `(prev_log_id, last]`.
 struct Range<C: RaftTypeConfig> {
@@ -57,13 +62,16 @@ impl<C: RaftTypeConfig> Range<C> {
     }
 }
 
-/// The request on the wire: its answer, its range, and the notices riding on it (in request order,
-/// all before it).
-struct OnTheWire<'s, C: RaftTypeConfig> {
-    answer: Sent<'s, C>,
-    range: Range<C>,
-    riders: Vec<Range<C>>,
-}
+/// A request's range, the ranges of the notices that rode on it (in request order, all before it), and
+/// the follower's response.
+type Landed<C> = (
+    Range<C>,
+    Vec<Range<C>>,
+    Result<AppendEntriesResponse<C>, RPCError<C>>,
+);
+
+/// A request on the wire, until its response lands.
+type OnTheWire<'s, C> = Pin<Box<dyn Future<Output = Landed<C>> + Send + 's>>;
 
 /// The answers to `input`'s requests, in request order, sending each with `send`. The stream ends
 /// after the first error, refusal or partial success (openraft restarts replication from what the
@@ -78,7 +86,8 @@ where
     let pipeline = Pipeline::<'s, C, S, F> {
         input: Some(input),
         send,
-        wire: None,
+        wire: FuturesOrdered::new(),
+        lone_notice: None,
         held: Vec::new(),
         hold_until: None,
         next_up: None,
@@ -96,7 +105,12 @@ struct Pipeline<'s, C: RaftTypeConfig, S, F> {
     /// `None` once openraft's stream has ended.
     input: Option<S>,
     send: F,
-    wire: Option<OnTheWire<'s, C>>,
+    /// Requests sent and not answered yet, oldest first: at most one, or a notice sent alone and the
+    /// entries appended right after it.
+    wire: FuturesOrdered<OnTheWire<'s, C>>,
+    /// While the only request on the wire is a commit notice sent alone: its vote and `prev_log_id`,
+    /// which entries may follow at once.
+    lone_notice: Option<(VoteOf<C>, Option<LogIdOf<C>>)>,
     /// Commit notices held back, oldest first, all naming the same `prev_log_id`.
     held: Vec<AppendEntriesRequest<C>>,
     hold_until: Option<InstantOf<C>>,
@@ -123,9 +137,27 @@ where
             if self.stopped {
                 return None;
             }
-            if let Some(wire) = self.wire.take() {
-                let response = wire.answer.await;
-                self.interpret(wire.range, wire.riders, response);
+            if !self.wire.is_empty() {
+                let landed = match self.input.as_mut() {
+                    // A notice alone on the wire: the next entries need not wait for its answer.
+                    Some(input) if self.lone_notice.is_some() && self.next_up.is_none() => {
+                        match select(self.wire.next(), input.next()).await {
+                            Either::Left((landed, _)) => landed,
+                            Either::Right((Some(request), _)) => {
+                                self.overtake(request);
+                                continue;
+                            }
+                            Either::Right((None, _)) => {
+                                self.input = None;
+                                continue;
+                            }
+                        }
+                    }
+                    _ => self.wire.next().await,
+                };
+                let (range, riders, response) = landed.expect("the wire is not empty");
+                self.lone_notice = None;
+                self.interpret(range, riders, response);
                 continue;
             }
             if let Some(request) = self.next_up.take() {
@@ -159,7 +191,7 @@ where
     /// Holds `request` if it is a commit notice, sends it with the held notices riding on it if it
     /// can carry them, or sends the held notices first and keeps it for next.
     fn accept(&mut self, request: AppendEntriesRequest<C>) {
-        debug_assert!(self.wire.is_none(), "one request on the wire at a time");
+        debug_assert!(self.wire.is_empty(), "one request on the wire at a time");
         let is_notice = request.entries.is_empty()
             && self.confirmed.as_ref() == Some(&request.prev_log_id)
             && self.held.last().is_none_or(|held| carries(&request, held));
@@ -187,7 +219,26 @@ where
     fn send_held(&mut self) {
         let mut held = self.take_held();
         let Some(newest) = held.pop() else { return };
+        if self.wire.is_empty() {
+            tracing::debug!("a commit notice leaves alone");
+            self.lone_notice = Some((newest.vote.clone(), newest.prev_log_id.clone()));
+        }
         self.put_on_wire(newest, held);
+    }
+
+    /// Sends `request` while the notice sent alone is still on the wire, if it appends entries right
+    /// after the notice's `prev_log_id` for the same leader; keeps it for after the answer otherwise.
+    fn overtake(&mut self, request: AppendEntriesRequest<C>) {
+        let follows = self.lone_notice.as_ref().is_some_and(|(vote, prev)| {
+            !request.entries.is_empty() && &request.vote == vote && &request.prev_log_id == prev
+        });
+        if follows {
+            tracing::debug!("entries leave beside a commit notice on the wire");
+            self.lone_notice = None;
+            self.put_on_wire(request, Vec::new());
+        } else {
+            self.next_up = Some(request);
+        }
     }
 
     fn take_held(&mut self) -> Vec<AppendEntriesRequest<C>> {
@@ -198,12 +249,9 @@ where
     fn put_on_wire(&mut self, request: AppendEntriesRequest<C>, riders: Vec<AppendEntriesRequest<C>>) {
         let range = Range::of(&request);
         let riders = riders.iter().map(Range::of).collect();
-        let answer: Sent<'s, C> = Box::pin((self.send)(request));
-        self.wire = Some(OnTheWire {
-            answer,
-            range,
-            riders,
-        });
+        let answer = (self.send)(request);
+        self.wire
+            .push_back(Box::pin(async move { (range, riders, answer.await) }));
     }
 
     /// Queues the answers for the riders and the request sent, stopping at the first that ends the
@@ -378,6 +426,89 @@ mod tests {
         assert_eq!(matched(&[answers.next().await.unwrap()]), [Some(7)]);
         assert!(answers.next().await.is_none());
         assert_eq!(sent.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_after_a_notice_sent_alone_leave_before_its_answer() {
+        // A follower a WAN round trip away, and the next entry appended just after the notice's hold
+        // ended: the entry goes out at once, not a round trip later when the notice is answered.
+        const ROUND_TRIP: Duration = Duration::from_millis(40);
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let log = events.clone();
+        let send = move |request: AppendEntriesRequest<C>| {
+            let log = log.clone();
+            let what = (
+                request.prev_log_id.as_ref().map_or(0, |id| id.index()),
+                request.entries.len(),
+            );
+            log.lock().unwrap().push(("sent", what));
+            async move {
+                C::sleep(ROUND_TRIP).await;
+                log.lock().unwrap().push(("answered", what));
+                Ok::<_, RPCError<C>>(AppendEntriesResponse::Success)
+            }
+        };
+        let later = async {
+            C::sleep(NOTICE_HOLD * 2).await;
+            request(6, &[7], 6)
+        };
+        let input = stream::iter([request(5, &[6], 5), request(6, &[], 6)])
+            .chain(stream::once(later))
+            .boxed();
+        let answers: Vec<_> = answers(input, send).collect().await;
+
+        assert_eq!(matched(&answers), [Some(6), Some(6), Some(7)]);
+        assert_eq!(
+            *events.lock().unwrap(),
+            [
+                ("sent", (5, 1)),
+                ("answered", (5, 1)),
+                ("sent", (6, 0)),
+                ("sent", (6, 1)),
+                ("answered", (6, 0)),
+                ("answered", (6, 1)),
+            ],
+            "the notice left alone when its hold ended, and entry 7 did not wait for its answer"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_not_following_a_notice_sent_alone_waits_for_its_answer() {
+        // A probe from elsewhere in the log (as after a conflict) is not sent beside the notice.
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let log = events.clone();
+        let send = move |request: AppendEntriesRequest<C>| {
+            let log = log.clone();
+            let what = (
+                request.prev_log_id.as_ref().map_or(0, |id| id.index()),
+                request.entries.len(),
+            );
+            log.lock().unwrap().push(("sent", what));
+            async move {
+                C::sleep(Duration::from_millis(40)).await;
+                log.lock().unwrap().push(("answered", what));
+                Ok::<_, RPCError<C>>(AppendEntriesResponse::Success)
+            }
+        };
+        let later = async {
+            C::sleep(NOTICE_HOLD * 2).await;
+            request(4, &[5, 6], 6)
+        };
+        let input = stream::iter([request(5, &[6], 5), request(6, &[], 6)])
+            .chain(stream::once(later))
+            .boxed();
+        let answers: Vec<_> = answers(input, send).collect().await;
+
+        assert_eq!(matched(&answers), [Some(6), Some(6), Some(6)]);
+        assert_eq!(
+            events.lock().unwrap()[2..],
+            [
+                ("sent", (6, 0)),
+                ("answered", (6, 0)),
+                ("sent", (4, 2)),
+                ("answered", (4, 2)),
+            ]
+        );
     }
 
     #[tokio::test(start_paused = true)]

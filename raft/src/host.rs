@@ -854,7 +854,14 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
         if let Some(delay_ms) = crate::sim::maybe_delay_ms("host.write.late", 300) {
             C::sleep(Duration::from_millis(delay_ms)).await;
         }
-        match replica.raft.client_write(command).await {
+        let proposed = C::now();
+        let written = replica.raft.client_write(command).await;
+        // Proposal to applied, on the leader (docs/performance.md, the WAN breakdown).
+        tracing::debug!(
+            %group, took_us = (C::now() - proposed).as_micros() as u64,
+            "write committed and applied"
+        );
+        match written {
             Ok(written) => Ok(written.data),
             Err(error) => Err(match error.forward_to_leader() {
                 Some(forward) => HostError::NotLeader {
@@ -1275,7 +1282,15 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
                 if let Some(delay_ms) = crate::sim::maybe_delay_ms("host.append.slow", 400) {
                     C::sleep(Duration::from_millis(delay_ms)).await;
                 }
-                encode(&raft.append_entries(rpc).await.map_err(failed)?)
+                let (entries, received) = (rpc.entries.len(), C::now());
+                let response = raft.append_entries(rpc).await.map_err(failed)?;
+                // The follower's part of a replication round trip: its Raft core, append and sync.
+                tracing::debug!(
+                    group = %group.fence.policy.group, entries,
+                    took_us = (C::now() - received).as_micros() as u64,
+                    "append served"
+                );
+                encode(&response)
             }
             RequestKind::Vote | RequestKind::PreVote => {
                 let rpc: VoteRequest<C> = decode(&request.body)?;

@@ -268,9 +268,17 @@ impl<C: GroupConfig, T: Transport> GroupNetwork<C, T> {
         let body =
             codec::encode(&rpc).map_err(|error| RPCError::Network(NetworkError::from_string(error)))?;
         if body.len() <= append_split::APPEND_BYTES_MAX {
-            return self
+            let (entries, sent) = (rpc.entries.len(), C::now());
+            let answer = self
                 .send_body(RequestKind::AppendEntries, carries_data, body)
                 .await;
+            // The leader's view of one replication round trip (docs/performance.md, the WAN breakdown).
+            tracing::debug!(
+                group = %self.fence.policy.group, peer = %self.target, entries,
+                took_us = (C::now() - sent).as_micros() as u64,
+                "append answered"
+            );
+            return answer;
         }
         drop(body);
         // An entry that does not encode fails the part that carries it, as it would the whole.
