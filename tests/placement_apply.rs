@@ -397,7 +397,8 @@ fn n2_caught_up(events: &[Value]) -> Option<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_replicas_are_copied_one_at_a_time_when_asked_side_by_side_by_default() {
     let run = apply_with_n2_cut_off(&["--copies", "one-at-a-time"]).await;
-    let added_n2 = position_of(&run, "add_learner", 2, "done").expect("n2 added");
+    // The wait is part of the add step: n2 catches up after its step starts, before n3's starts.
+    let added_n2 = position_of(&run, "add_learner", 2, "started").expect("n2 added");
     let added_n3 = position_of(&run, "add_learner", 3, "started").expect("n3 added");
     let caught_up = n2_caught_up(&run).expect("n2 was waited for");
     assert!(
