@@ -92,11 +92,15 @@ impl QuicConfig {
     }
 
     /// quinn's endpoint settings: the largest UDP payload accepted from peers (what a peer's MTU
-    /// discovery may grow to, [`QuicConfig::udp_payload_bytes_max`]).
+    /// discovery may grow to, [`QuicConfig::udp_payload_bytes_max`]), never less than quinn's own
+    /// default (1,472 bytes), so a link tuned for Ethernet accepts what it accepted before.
     pub fn endpoint(&self) -> Result<EndpointConfig, QuicError> {
         let mut endpoint = EndpointConfig::default();
+        let accepted = self
+            .udp_payload_bytes_max
+            .max(u16::try_from(endpoint.get_max_udp_payload_size()).unwrap_or(UDP_PAYLOAD_BYTES_MAX));
         endpoint
-            .max_udp_payload_size(self.udp_payload_bytes_max.max(UDP_PAYLOAD_BYTES_ETHERNET))
+            .max_udp_payload_size(accepted)
             .map_err(|error| QuicError::Config(format!("UDP payload bound: {error}")))?;
         Ok(endpoint)
     }
