@@ -11,7 +11,8 @@
 # Knobs (environment): RECORDS (1000000), VALUE_BYTES (1024), IN_FLIGHT (128 puts at a time during the
 # load), LIVE_WRITERS (8 closed-loop writers before and during the migration), BASELINE_S (20),
 # BENCH_DIR (where the cluster's data goes; must not be tmpfs), RESULTS (target/volume-bench), TIME_LIMIT
-# (seconds for the whole run, 7200). Every process is stopped by pid on exit (the program's own guards),
+# (seconds for the whole run, 7200), COPIES (`placement apply --copies`: one-at-a-time or side-by-side;
+# apply's default unless set), KEEP_LOGS (1: the nodes' and apply's logs are kept beside the report). Every process is stopped by pid on exit (the program's own guards),
 # and the whole run by timeout(1).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,8 +26,15 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
 mkdir -p "$RESULTS" "${BENCH_DIR:-$ROOT/target}"
 WORK=$(mktemp -d "${BENCH_DIR:-$ROOT/target}/volume.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+keep_logs() {
+    if [ "${KEEP_LOGS:-0}" = 1 ]; then
+        mkdir -p "$RESULTS/volume-$STAMP-logs"
+        cp "$WORK"/cluster/*.log "$WORK"/cluster/apply.stderr "$RESULTS/volume-$STAMP-logs/" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+}
+trap keep_logs EXIT
 echo "== $(date -u '+%F %T UTC'), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 echo "== records $RECORDS x $VALUE_BYTES B, data in $WORK" >&2
 timeout --kill-after=30 "$TIME_LIMIT" "$TARGET_DIR/release/volume-bench" \
@@ -38,5 +46,6 @@ timeout --kill-after=30 "$TIME_LIMIT" "$TARGET_DIR/release/volume-bench" \
     --live-writers "${LIVE_WRITERS:-8}" \
     --baseline-s "${BASELINE_S:-20}" \
     --time-limit-s "$TIME_LIMIT" \
+    ${COPIES:+--copies "$COPIES"} \
     --out "$RESULTS/volume-$STAMP.json" | tee "$RESULTS/volume-$STAMP.txt"
 echo "== done $(date -u '+%F %T UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg); $RESULTS/volume-$STAMP.json" >&2

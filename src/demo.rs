@@ -781,6 +781,7 @@ async fn show_legacy_migration(layout: &Layout) -> anyhow::Result<bool> {
             output: crate::operator_cli::Output::Table,
             purge_timeout_s: 30,
             catch_up_timeout_s: 120,
+            copies: crate::apply_cli::Copies::SideBySide,
         },
     )
     .await?;

@@ -345,6 +345,77 @@ async fn apply_migrates_the_legacy_group_into_the_eea_and_attests_the_us_purges(
     assert_us_purges_attested(&again);
 }
 
+/// Where step `kind` on `node` reported `state` among a run's events.
+fn position_of(events: &[Value], kind: &str, node: u64, state: &str) -> Option<usize> {
+    events.iter().position(|event| {
+        event["event"] == "step"
+            && event["state"] == state
+            && event["step"]["step"] == kind
+            && event["step"]["node"] == node
+    })
+}
+
+/// `placement apply` (with `extra` arguments) on a fresh legacy cluster whose first new replica, n2, is cut
+/// off from Raft traffic for three seconds just before: it cannot catch up at once. Returns the run's
+/// events, once the migration is checked.
+async fn apply_with_n2_cut_off(extra: &[&str]) -> Vec<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_cluster(dir.path(), "legacy", LEGACY, LEGACY_NODES);
+    let admin = cluster.admin();
+    cluster.all_answer().await;
+    write_records(&cluster, 40).await;
+    let hamar = cluster.files.iter().find(|node| node.id == 2).unwrap();
+    let operator = common::AdminHttps::new(dir.path(), hamar, Some("operator-tests"));
+    let response = operator
+        .client
+        .post(operator.url("/faults/isolate"))
+        .json(&serde_json::json!({"peers": "all", "duration_ms": 3_000}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{}",
+        response.text().await.unwrap()
+    );
+    let (code, run, stderr) = apply(dir.path(), &admin, extra);
+    assert_eq!(code, Some(0), "{}\n{stderr}", show(&run));
+    assert_migrated(&cluster).await;
+    read_back(&cluster, 40).await;
+    run
+}
+
+/// Where a run's events first say n2 caught up.
+fn n2_caught_up(events: &[Value]) -> Option<usize> {
+    events
+        .iter()
+        .position(|event| event["event"] == "catch_up" && event["node"] == 2 && event["caught_up"] == true)
+}
+
+/// `--copies one-at-a-time` adds a group's second learner only once the first has caught up; by default
+/// (side by side) n3 is added while n2 is still cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_replicas_are_copied_one_at_a_time_when_asked_side_by_side_by_default() {
+    let run = apply_with_n2_cut_off(&["--copies", "one-at-a-time"]).await;
+    // The wait is part of the add step: n2 catches up after its step starts, before n3's starts.
+    let added_n2 = position_of(&run, "add_learner", 2, "started").expect("n2 added");
+    let added_n3 = position_of(&run, "add_learner", 3, "started").expect("n3 added");
+    let caught_up = n2_caught_up(&run).expect("n2 was waited for");
+    assert!(
+        added_n2 < caught_up && caught_up < added_n3,
+        "one at a time, n3 is added once n2 has caught up:\n{}",
+        show(&run)
+    );
+
+    let run = apply_with_n2_cut_off(&[]).await;
+    let added_n3 = position_of(&run, "add_learner", 3, "started").expect("n3 added");
+    assert!(
+        n2_caught_up(&run).is_some_and(|at| at > added_n3),
+        "side by side, n3 is added while n2 is still cut off:\n{}",
+        show(&run)
+    );
+}
+
 /// Where a run of `placement apply` is killed.
 #[derive(Clone, Copy, Debug)]
 enum KillAt {

@@ -45,11 +45,23 @@ pub async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream, bytes_max: u
         .await
         .map_err(|error| FrameError::Io(error.to_string()))?;
     let parsed = bounded_header(&header, bytes_max)?;
-    let mut frame = vec![0u8; parsed.frame_len() as usize];
-    frame[..FRAME_HEADER_BYTES].copy_from_slice(&header);
-    recv.read_exact(&mut frame[FRAME_HEADER_BYTES..])
-        .await
-        .map_err(|error| FrameError::Io(error.to_string()))?;
+    // The frame's bytes appended as quinn hands them over, into a buffer of the frame's (bounded) length:
+    // not zeroed first only to be overwritten (a snapshot chunk is a mebibyte).
+    let frame_len = parsed.frame_len() as usize;
+    let mut frame = Vec::with_capacity(frame_len);
+    frame.extend_from_slice(&header);
+    while frame.len() < frame_len {
+        match recv.read_chunk(frame_len - frame.len(), true).await {
+            Ok(Some(chunk)) => frame.extend_from_slice(&chunk.bytes),
+            Ok(None) => {
+                return Err(FrameError::Io(format!(
+                    "the stream ended after {} bytes, inside a frame of {frame_len}",
+                    frame.len()
+                )));
+            }
+            Err(error) => return Err(FrameError::Io(error.to_string())),
+        }
+    }
     // One frame per stream: read the stream's end too. A stream dropped before its end was read makes
     // quinn send a STOP_SENDING, one extra packet each way per request (measured: a third of the
     // cluster's packets under single-client puts).

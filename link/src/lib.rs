@@ -24,7 +24,7 @@ mod error;
 pub mod frame;
 mod tls;
 
-pub use config::QuicConfig;
+pub use config::{QuicConfig, UDP_PAYLOAD_BYTES_ETHERNET, UDP_PAYLOAD_BYTES_MAX};
 pub use dialer::{Dialer, PeerCheck};
 pub use error::QuicError;
 pub use tls::{CertifiedKey, TlsConfigs, TlsError, server_name, tls_configs};

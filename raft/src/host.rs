@@ -41,7 +41,7 @@ use crate::audit::{AuditSink, Event, NoAudit, Observation, change_event, describ
 use crate::config::{GroupConfig, RoundTrips, covering_round_trip, group_round_trip_ms};
 use crate::fault::Isolation;
 use crate::identity::NodeIdentity;
-use crate::message::{SNAPSHOT_CHUNKS_IN_FLIGHT, SnapshotChunk, SnapshotsSent};
+use crate::message::{SNAPSHOT_CHUNKS_IN_FLIGHT, SnapshotChunkRef, SnapshotsSent};
 use crate::network::{GroupNetworkFactory, MetricsCell, PeerReachability, flatten, membership_of};
 use crate::purge::CommittedMembership;
 use crate::residency::{GroupFence, IncidentCounts, Incidents, NodeAsClient};
@@ -1313,7 +1313,8 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
                 "served apart from the group's Raft traffic".into(),
             )),
             RequestKind::SnapshotChunk => {
-                let chunk: SnapshotChunk<C> = decode(&request.body)?;
+                let chunk: SnapshotChunkRef<'_, C> = codec::decode_borrowed(&request.body)
+                    .map_err(|error| Served::Refused(format!("undecodable message: {error}")))?;
                 self.check_sender(group, peer, *chunk.vote.leader_id().node_id())?;
                 // The first chunk opens a transfer: a new spool for it (a file, made off this lock).
                 let spool = match chunk.sequence {
@@ -1358,7 +1359,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
     fn receive_chunk(
         &self,
         group: &Group<C, S::Backend>,
-        chunk: SnapshotChunk<C>,
+        chunk: SnapshotChunkRef<'_, C>,
         spool: Option<SnapshotSpool>,
     ) -> Result<Option<(SnapshotMetaOf<C>, SnapshotData)>, Served> {
         let mut incoming = group.incoming_snapshot.lock().expect("snapshot lock");
@@ -1405,18 +1406,19 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
                 *incoming = None;
                 return Err(Served::Refused(reason));
             }
-            assembly.early.insert(chunk.sequence, chunk.bytes);
+            assembly.early.insert(chunk.sequence, chunk.bytes.to_vec());
             return Ok(None);
         }
-        let mut bytes = chunk.bytes;
+        let mut early = None;
         loop {
-            if let Err(error) = assembly.spool.push(&bytes) {
+            let bytes = early.as_deref().unwrap_or(chunk.bytes);
+            if let Err(error) = assembly.spool.push(bytes) {
                 *incoming = None;
                 return Err(Served::Refused(format!("snapshot refused: {error}")));
             }
             assembly.next += 1;
             match assembly.early.remove(&assembly.next) {
-                Some(early) => bytes = early,
+                Some(next) => early = Some(next),
                 None => break,
             }
         }

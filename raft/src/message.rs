@@ -42,3 +42,58 @@ pub struct SnapshotChunk<C: GroupConfig> {
     #[serde(with = "wire::record::value_bytes")]
     pub bytes: Vec<u8>,
 }
+
+/// A [`SnapshotChunk`] as received: the same encoding, its bytes borrowed from the request's body
+/// rather than copied out of it (a chunk is a mebibyte; the receiver writes it to its spool and keeps
+/// a copy only of a chunk that arrived ahead of its turn).
+#[derive(Debug, Deserialize)]
+#[serde(bound = "")]
+pub struct SnapshotChunkRef<'a, C: GroupConfig> {
+    pub vote: VoteOf<C>,
+    pub meta: SnapshotMetaOf<C>,
+    pub sequence: u64,
+    pub count: u64,
+    #[serde(borrow)]
+    pub bytes: &'a [u8],
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::alias::{LogIdOf, StoredMembershipOf};
+    use storage::codec;
+
+    use super::*;
+    use crate::config::TokioConfig as C;
+
+    #[test]
+    fn a_chunk_is_read_back_borrowed_exactly_as_it_was_sent() {
+        let chunk = SnapshotChunk::<C> {
+            vote: VoteOf::<C>::new_committed(3, 1),
+            meta: SnapshotMetaOf::<C> {
+                last_log_id: Some(LogIdOf::<C>::new_term_index(3, 1_000)),
+                last_membership: StoredMembershipOf::<C>::default(),
+            },
+            sequence: 7,
+            count: 9,
+            bytes: (0..=255u8).cycle().take(3_000).collect(),
+        };
+        let body = codec::encode(&chunk).unwrap();
+        let read: SnapshotChunkRef<'_, C> = codec::decode_borrowed(&body).unwrap();
+        assert_eq!(read.vote, chunk.vote);
+        assert_eq!(read.meta, chunk.meta);
+        assert_eq!((read.sequence, read.count), (7, 9));
+        assert_eq!(read.bytes, &chunk.bytes[..]);
+        let inside = body.as_ptr_range();
+        assert!(
+            inside.contains(&read.bytes.as_ptr()),
+            "the bytes are the body's, not a copy"
+        );
+        for cut in [0, 1, body.len() / 2, body.len() - 1] {
+            assert!(
+                codec::decode_borrowed::<SnapshotChunkRef<'_, C>>(&body[..cut]).is_err(),
+                "a chunk cut at {cut} of {} bytes is refused",
+                body.len()
+            );
+        }
+    }
+}

@@ -90,7 +90,12 @@ impl QuicNode {
             .map_err(|error| QuicError::Config(error.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
         server.transport_config(Arc::new(config.transport()?));
-        let endpoint = Endpoint::server(server, addr).map_err(|source| QuicError::Bind { addr, source })?;
+        // quinn's `Endpoint::server`, with our endpoint settings (the UDP payload bound).
+        let bind = |source| QuicError::Bind { addr, source };
+        let socket = std::net::UdpSocket::bind(addr).map_err(bind)?;
+        let runtime =
+            quinn::default_runtime().ok_or_else(|| bind(std::io::Error::other("no async runtime found")))?;
+        let endpoint = Endpoint::new(config.endpoint()?, Some(server), socket, runtime).map_err(bind)?;
         let check = Arc::new(AttestedNode(topology.clone()));
         let addresses = addresses.into_iter().map(|(node, addr)| (node.0, addr)).collect();
         let dialer = Dialer::over(endpoint, tls, Some(check), addresses, config)?;

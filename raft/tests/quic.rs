@@ -220,6 +220,42 @@ async fn a_request_costs_no_stop_sending_either_way() {
     }
 }
 
+/// On loopback, MTU discovery takes a connection's packets past anything Ethernet carries (quinn's default
+/// bound is 1,452 bytes; its endpoints accept 1,472 unless told more): each packet costs its own encryption and bookkeeping, so a snapshot sent in
+/// Ethernet-sized packets paid that 45 times more often than the path needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::disallowed_methods)] // the QUIC transport runs on tokio; so does this test's pause
+async fn loopback_packets_grow_past_ethernet_size() {
+    const ETHERNET_FRAME: u16 = 1_500;
+    let (server, client) = dublin_and_hamar();
+    let large = "x".repeat(256 << 10);
+    let mut mtu = 0;
+    for _ in 0..100 {
+        let reply: String = client.request(NodeId(7), &large).await.unwrap();
+        assert_eq!(reply.len(), large.len() + " from n1 at dublin-a (IE)".len());
+        mtu = client
+            .dialer()
+            .connection_stats(7)
+            .expect("a live connection")
+            .path
+            .current_mtu;
+        if mtu > ETHERNET_FRAME {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(mtu > ETHERNET_FRAME, "the client's packets stayed at {mtu} bytes");
+    let cross_site = QuicConfig::cross_site();
+    assert_eq!(
+        cross_site.udp_payload_bytes_max,
+        link::UDP_PAYLOAD_BYTES_ETHERNET,
+        "between sites, quinn's Ethernet-sized bound stays"
+    );
+    for node in [server, client] {
+        node.close();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_frames_are_refused_before_allocation() {
     let ca = ClusterCa::generate("test", validity()).unwrap();

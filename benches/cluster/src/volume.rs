@@ -111,6 +111,8 @@ pub struct Config {
     /// The nodes' snapshot policy, (every N applied entries, entries kept behind the last), instead of
     /// their defaults (`[raft] snapshot_every_entries`, `log_kept_behind_snapshot_entries`).
     pub snapshot_policy: Option<(u64, u64)>,
+    /// `placement apply --copies`: `one-at-a-time` or `side-by-side` (its default unless given).
+    pub copies: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -742,6 +744,12 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
             "--purge-timeout-s",
             "120",
         ])
+        .args(
+            config
+                .copies
+                .iter()
+                .flat_map(|copies| ["--copies", copies.as_str()]),
+        )
         .current_dir(&config.dir)
         .env("DOMICILE_CERTS", &certs)
         .env("DOMICILE_OPERATOR", SERVICE)

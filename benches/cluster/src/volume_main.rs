@@ -38,6 +38,10 @@ struct Cli {
     /// Entries kept in the log behind the last snapshot (with --snapshot-every-entries).
     #[arg(long, requires = "snapshot_every_entries")]
     log_kept_behind_snapshot_entries: Option<u64>,
+    /// How `placement apply` copies the new replicas: one-at-a-time or side-by-side (its default unless
+    /// given).
+    #[arg(long)]
+    copies: Option<String>,
     /// The report as JSON.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -64,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         snapshot_policy: cli
             .snapshot_every_entries
             .zip(cli.log_kept_behind_snapshot_entries),
+        copies: cli.copies,
     };
     let report = volume::run(config).await?;
     print!("{}", report.render());
