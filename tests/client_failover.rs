@@ -128,19 +128,7 @@ async fn a_call_in_flight_to_a_leader_that_dies_is_answered_by_the_next_leader_w
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let isolated = files.iter().find(|node| node.id != first).unwrap();
-    let operator = common::AdminHttps::new(dir.path(), isolated, Some("operator-tests"));
-    let response = operator
-        .client
-        .post(operator.url("/faults/isolate"))
-        .json(&serde_json::json!({"peers": "all", "duration_ms": ISOLATION_MS}))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "{}",
-        response.text().await.unwrap()
-    );
+    common::isolate_from_all(dir.path(), isolated, ISOLATION_MS).await;
     processes.get_mut(&first).unwrap().sigkill();
     let (client, result) = call.await.unwrap();
     eprintln!(

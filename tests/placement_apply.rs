@@ -365,19 +365,7 @@ async fn apply_with_n2_cut_off(extra: &[&str]) -> Vec<Value> {
     cluster.all_answer().await;
     write_records(&cluster, 40).await;
     let hamar = cluster.files.iter().find(|node| node.id == 2).unwrap();
-    let operator = common::AdminHttps::new(dir.path(), hamar, Some("operator-tests"));
-    let response = operator
-        .client
-        .post(operator.url("/faults/isolate"))
-        .json(&serde_json::json!({"peers": "all", "duration_ms": 3_000}))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "{}",
-        response.text().await.unwrap()
-    );
+    common::isolate_from_all(dir.path(), hamar, 3_000).await;
     let (code, run, stderr) = apply(dir.path(), &admin, extra);
     assert_eq!(code, Some(0), "{}\n{stderr}", show(&run));
     assert_migrated(&cluster).await;

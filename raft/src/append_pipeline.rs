@@ -375,6 +375,33 @@ mod tests {
         (sent, send)
     }
 
+    /// What a distant test follower saw, in order: ("sent" or "answered", (prev_log_id index, entry count)).
+    type Events = Arc<Mutex<Vec<(&'static str, (u64, usize))>>>;
+    type DistantReply = Pin<Box<dyn Future<Output = Result<AppendEntriesResponse<C>, RPCError<C>>> + Send>>;
+
+    /// A follower `round_trip` away that answers every request with success, recording when each
+    /// request was sent and when it was answered.
+    fn distant_follower(
+        round_trip: Duration,
+    ) -> (Events, impl Fn(AppendEntriesRequest<C>) -> DistantReply + Send) {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let log = events.clone();
+        let send = move |request: AppendEntriesRequest<C>| -> DistantReply {
+            let log = log.clone();
+            let what = (
+                request.prev_log_id.as_ref().map_or(0, |id| id.index()),
+                request.entries.len(),
+            );
+            log.lock().unwrap().push(("sent", what));
+            Box::pin(async move {
+                C::sleep(round_trip).await;
+                log.lock().unwrap().push(("answered", what));
+                Ok(AppendEntriesResponse::Success)
+            })
+        };
+        (events, send)
+    }
+
     fn matched(answers: &[Answer<C>]) -> Vec<Option<u64>> {
         answers
             .iter()
@@ -432,22 +459,7 @@ mod tests {
     async fn entries_after_a_notice_sent_alone_leave_before_its_answer() {
         // A follower a WAN round trip away, and the next entry appended just after the notice's hold
         // ended: the entry goes out at once, not a round trip later when the notice is answered.
-        const ROUND_TRIP: Duration = Duration::from_millis(40);
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let log = events.clone();
-        let send = move |request: AppendEntriesRequest<C>| {
-            let log = log.clone();
-            let what = (
-                request.prev_log_id.as_ref().map_or(0, |id| id.index()),
-                request.entries.len(),
-            );
-            log.lock().unwrap().push(("sent", what));
-            async move {
-                C::sleep(ROUND_TRIP).await;
-                log.lock().unwrap().push(("answered", what));
-                Ok::<_, RPCError<C>>(AppendEntriesResponse::Success)
-            }
-        };
+        let (events, send) = distant_follower(Duration::from_millis(40));
         let later = async {
             C::sleep(NOTICE_HOLD * 2).await;
             request(6, &[7], 6)
@@ -475,21 +487,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_request_not_following_a_notice_sent_alone_waits_for_its_answer() {
         // A probe from elsewhere in the log (as after a conflict) is not sent beside the notice.
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let log = events.clone();
-        let send = move |request: AppendEntriesRequest<C>| {
-            let log = log.clone();
-            let what = (
-                request.prev_log_id.as_ref().map_or(0, |id| id.index()),
-                request.entries.len(),
-            );
-            log.lock().unwrap().push(("sent", what));
-            async move {
-                C::sleep(Duration::from_millis(40)).await;
-                log.lock().unwrap().push(("answered", what));
-                Ok::<_, RPCError<C>>(AppendEntriesResponse::Success)
-            }
-        };
+        let (events, send) = distant_follower(Duration::from_millis(40));
         let later = async {
             C::sleep(NOTICE_HOLD * 2).await;
             request(4, &[5, 6], 6)

@@ -106,6 +106,24 @@ impl AdminHttps {
     }
 }
 
+/// Has `node` stop exchanging Raft traffic with every peer for `duration_ms` (`POST /faults/isolate`, as
+/// the operator `operator-tests` of the cluster in `dir`); it heals by itself at the deadline.
+pub async fn isolate_from_all(dir: &Path, node: &NodeFiles, duration_ms: u64) {
+    let operator = AdminHttps::new(dir, node, Some("operator-tests"));
+    let response = operator
+        .client
+        .post(operator.url("/faults/isolate"))
+        .json(&serde_json::json!({"peers": "all", "duration_ms": duration_ms}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{}",
+        response.text().await.unwrap()
+    );
+}
+
 /// One node's files and addresses.
 pub struct NodeFiles {
     pub id: u64,

@@ -197,15 +197,27 @@ pub async fn get(client: &client::Client, key: &str) -> anyhow::Result<Option<(V
     unreachable!()
 }
 
-/// Reads every one of the `records` bulk records, `in_flight` at a time: (the keyspace's checksum,
-/// records missing or not as written).
+/// The bulk keyspace a run loads: how many records, their values' size, and how many requests it keeps
+/// in flight reading or writing them.
+#[derive(Clone, Copy, Debug)]
+pub struct Keyspace {
+    pub records: u64,
+    pub value_bytes: usize,
+    pub in_flight: usize,
+}
+
+/// Reads every bulk record, `in_flight` at a time: (the keyspace's checksum, records missing or not as
+/// written).
 pub async fn read_keyspace(
     clients: &[Arc<client::Client>],
-    records: u64,
-    value_bytes: usize,
-    in_flight: usize,
+    keyspace: Keyspace,
     deadline: Instant,
 ) -> anyhow::Result<(u64, u64)> {
+    let Keyspace {
+        records,
+        value_bytes,
+        in_flight,
+    } = keyspace;
     let sum = Arc::new(AtomicU64::new(0));
     let wrong = Arc::new(AtomicU64::new(0));
     let (sum_in, wrong_in) = (sum.clone(), wrong.clone());
@@ -238,6 +250,44 @@ pub struct Live {
     pub latencies: Mutex<Vec<u32>>,
     pub acknowledged: Mutex<Vec<u64>>,
     pub failed: AtomicU64,
+}
+
+/// Reads back every live write the writers of `phases` saw acknowledged, `keyspace.in_flight` at a time:
+/// (how many were acknowledged, how many of them read back missing or different).
+pub async fn read_live(
+    clients: &[Arc<client::Client>],
+    phases: &[&Live],
+    keyspace: Keyspace,
+    deadline: Instant,
+) -> anyhow::Result<(usize, usize)> {
+    let acknowledged: Vec<u64> = phases
+        .iter()
+        .flat_map(|live| live.acknowledged.lock().unwrap().clone())
+        .collect();
+    let count = acknowledged.len();
+    let lost = Arc::new(AtomicU64::new(0));
+    let acknowledged = Arc::new(acknowledged);
+    let lost_in = lost.clone();
+    let value_bytes = keyspace.value_bytes;
+    for_each(
+        clients,
+        count as u64,
+        keyspace.in_flight,
+        deadline,
+        move |client, at| {
+            let (lost, acknowledged) = (lost_in.clone(), acknowledged.clone());
+            async move {
+                let index = acknowledged[at as usize];
+                let read = get(&client, &live_key(index)).await?;
+                if read.map(|(value, _)| value) != Some(value_of(1, index, value_bytes)) {
+                    lost.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+        },
+    )
+    .await?;
+    Ok((count, lost.load(Ordering::Relaxed) as usize))
 }
 
 /// Starts `writers` closed-loop writers of new `live-N` keys (N from `next`) until `stop` or `deadline`.

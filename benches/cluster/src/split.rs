@@ -42,8 +42,8 @@ use serde_json::{Value, json};
 mod at_volume;
 
 use at_volume::{
-    Guard, Latency, Nodes, bulk_key, for_each, get, latency_of, live_key, live_writers, memory_kib, put,
-    read_keyspace, value_of,
+    Guard, Keyspace, Latency, Nodes, bulk_key, for_each, latency_of, live_writers, memory_kib, put,
+    read_keyspace, read_live, value_of,
 };
 
 const SERVICE: &str = "split";
@@ -102,6 +102,16 @@ pub struct Config {
     pub move_back: bool,
     pub time_limit: Duration,
     pub verbose: bool,
+}
+
+impl Config {
+    fn keyspace(&self) -> Keyspace {
+        Keyspace {
+            records: self.records,
+            value_bytes: self.value_bytes,
+            in_flight: self.in_flight,
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -611,14 +621,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     })
     .await?;
     report.load_s = load_started.elapsed().as_secs_f64();
-    let (before, wrong_before) = read_keyspace(
-        &clients,
-        config.records,
-        config.value_bytes,
-        config.in_flight,
-        deadline,
-    )
-    .await?;
+    let (before, wrong_before) = read_keyspace(&clients, config.keyspace(), deadline).await?;
     ensure!(
         wrong_before == 0,
         "{wrong_before} records read back wrong before the split"
@@ -718,43 +721,11 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
 
     // 5. Every record, every acknowledged write, and where the records are.
     log(&config, "reading everything back");
-    let (after, wrong_after) = read_keyspace(
-        &clients,
-        config.records,
-        config.value_bytes,
-        config.in_flight,
-        deadline,
-    )
-    .await?;
+    let (after, wrong_after) = read_keyspace(&clients, config.keyspace(), deadline).await?;
     report.checksum_after = format!("{after:016x}");
     report.records_wrong_after = wrong_after;
-    let mut acknowledged = baseline.acknowledged.lock().unwrap().clone();
-    acknowledged.extend(during.acknowledged.lock().unwrap().iter());
-    report.live_acknowledged = acknowledged.len();
-    let lost = Arc::new(AtomicU64::new(0));
-    let acknowledged = Arc::new(acknowledged);
-    {
-        let (lost, acknowledged) = (lost.clone(), acknowledged.clone());
-        for_each(
-            &clients,
-            acknowledged.len() as u64,
-            config.in_flight,
-            deadline,
-            move |client, at| {
-                let (lost, acknowledged) = (lost.clone(), acknowledged.clone());
-                async move {
-                    let index = acknowledged[at as usize];
-                    let read = get(&client, &live_key(index)).await?;
-                    if read.map(|(value, _)| value) != Some(value_of(1, index, value_bytes)) {
-                        lost.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(())
-                }
-            },
-        )
-        .await?;
-    }
-    report.live_lost = lost.load(Ordering::Relaxed) as usize;
+    (report.live_acknowledged, report.live_lost) =
+        read_live(&clients, &[&baseline, &during], config.keyspace(), deadline).await?;
     report.loser_left_in_moved_range = cluster.held(LOSER, &moving).await?;
     report.loser_records = cluster.held(LOSER, &[(0, (1 << 63) - 1)]).await?;
     report.gainer_records = cluster.held(GAINER, &moving).await?;
@@ -784,14 +755,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
             log(&config, &String::from_utf8_lossy(&output.stdout));
             report.move_back_exit_codes.push(output.status.code());
         }
-        let (after, _) = read_keyspace(
-            &clients,
-            config.records,
-            config.value_bytes,
-            config.in_flight,
-            deadline,
-        )
-        .await?;
+        let (after, _) = read_keyspace(&clients, config.keyspace(), deadline).await?;
         report.checksum_after_move_back = Some(format!("{after:016x}"));
         report.gainer_left_after_move_back = Some(cluster.held(GAINER, &moving).await?);
         let published = cluster.on_leader(LOSER, "/shard-map/EU/published", None).await?;

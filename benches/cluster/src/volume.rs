@@ -39,8 +39,8 @@ pub const GROUP: &str = "users-legacy";
 mod at_volume;
 
 use at_volume::{
-    Guard, Latency, Nodes, bulk_key, for_each, get, latency_of, live_key, live_writers, memory_kib, put,
-    read_keyspace, value_of,
+    Guard, Keyspace, Latency, Nodes, bulk_key, for_each, latency_of, live_writers, memory_kib, put,
+    read_keyspace, read_live, value_of,
 };
 
 const SERVICE: &str = "volume";
@@ -113,6 +113,16 @@ pub struct Config {
     pub snapshot_policy: Option<(u64, u64)>,
     /// `placement apply --copies`: `one-at-a-time` or `side-by-side` (its default unless given).
     pub copies: Option<String>,
+}
+
+impl Config {
+    fn keyspace(&self) -> Keyspace {
+        Keyspace {
+            records: self.records,
+            value_bytes: self.value_bytes,
+            in_flight: self.in_flight,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -645,14 +655,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
 
     // 2. The checksum before.
     let read_started = Instant::now();
-    let (before, wrong_before) = read_keyspace(
-        &clients,
-        config.records,
-        config.value_bytes,
-        config.in_flight,
-        deadline,
-    )
-    .await?;
+    let (before, wrong_before) = read_keyspace(&clients, config.keyspace(), deadline).await?;
     report.read_back_s = read_started.elapsed().as_secs_f64();
     ensure!(
         wrong_before == 0,
@@ -898,45 +901,12 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         .filter(|node| cluster.group_dir(*node).exists())
         .collect();
     log(&config, "reading everything back");
-    let (after, wrong_after) = read_keyspace(
-        &clients,
-        config.records,
-        config.value_bytes,
-        config.in_flight,
-        deadline,
-    )
-    .await?;
+    let (after, wrong_after) = read_keyspace(&clients, config.keyspace(), deadline).await?;
     report.checksum_after = format!("{after:016x}");
     report.checksum_equal = after == before;
     report.records_wrong_after = wrong_after;
-    let mut acknowledged = baseline.acknowledged.lock().unwrap().clone();
-    acknowledged.extend(during.acknowledged.lock().unwrap().iter());
-    report.live_acknowledged = acknowledged.len();
-    let lost = Arc::new(AtomicU64::new(0));
-    let acknowledged = Arc::new(acknowledged);
-    {
-        let (lost, acknowledged) = (lost.clone(), acknowledged.clone());
-        for_each(
-            &clients,
-            acknowledged.len() as u64,
-            config.in_flight,
-            deadline,
-            move |client, at| {
-                let (lost, acknowledged) = (lost.clone(), acknowledged.clone());
-                async move {
-                    let index = acknowledged[at as usize];
-                    if get(&client, &live_key(index)).await?.map(|(value, _)| value)
-                        != Some(value_of(1, index, value_bytes))
-                    {
-                        lost.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(())
-                }
-            },
-        )
-        .await?;
-    }
-    report.live_lost = lost.load(Ordering::Relaxed) as usize;
+    (report.live_acknowledged, report.live_lost) =
+        read_live(&clients, &[&baseline, &during], config.keyspace(), deadline).await?;
     report.load_average_end = load_average();
     drop(apply);
     drop(nodes);
