@@ -593,7 +593,9 @@ async fn site_evacuate_moves_replicas_off_a_site_inside_each_jurisdiction() {
     assert_eq!(attested.len(), 1, "{attested:?}");
     assert_eq!(attested[0]["group"], "users-eea");
     assert_eq!(attested[0]["node"], 1);
-    assert_eq!(attested[0]["state"], "purged");
+    // The attestation's reason and the run's events say why, if the purge was not confirmed (it was not,
+    // now and then under load, after the whole purge wait: not explained yet).
+    assert_eq!(attested[0]["state"], "purged", "{attested:?}\n{}", show(&run));
     assert!(!cluster.holds_on_disk(1, "users-eea"));
     assert!(cluster.holds_on_disk(1, "users-eu"));
 
