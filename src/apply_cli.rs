@@ -726,9 +726,9 @@ impl Run<'_> {
     /// its status as the deletion starts, before it marks it retired and records the proof, so a replica
     /// this run removed that is neither held nor proven is still on its way out, not lost to the record.
     /// So is one this run removed from a node that answered when the run began and misses this read:
-    /// taken for the end of the wait, its silence reported a purge that may have taken a moment longer
-    /// as unconfirmed (the likeliest cause of `tests/placement_apply.rs`' evacuation failing twice under
-    /// a load of 7 to 10 with a purge unconfirmed; not reproduced).
+    /// taken for the end of the wait, its silence would report a purge that took a moment longer as
+    /// unconfirmed. (It is not what fails the evacuation test under load: there the node still holds its
+    /// replica after the whole wait; docs/testing.md.)
     fn pending_purges(&self, cluster: &Cluster, removed: &[(GroupId, NodeId)]) -> Vec<(String, NodeId)> {
         let mut pending = Vec::new();
         for group in &self.groups {
