@@ -25,7 +25,7 @@ use storage::codec;
 
 use crate::audit::{Event, Members, PurgeProof};
 use crate::config::GroupConfig;
-use crate::host::{Host, HostError};
+use crate::host::{GroupStatus, Host, HostError};
 use crate::routing::group_number;
 use crate::stores::Stores;
 use crate::transport::{PeerRequest, PeerResponse, RequestKind, Transport};
@@ -70,6 +70,17 @@ pub enum Purged {
     AlreadyPurged,
 }
 
+/// Whether this node's replica leads the group, with nothing to ask: a leader leads a membership it
+/// belongs to. A leader that removed itself does not, though it still names itself leader: once its removal
+/// commits, openraft hands leadership to a remaining voter and makes it a learner, but keeps its vote, which
+/// names it — and nothing will correct that, as the group sends a replica outside its membership nothing
+/// more. Taken for a leader, that replica was never asked about, and so never purged (an evacuation whose
+/// leaving node was handed leadership back before its removal kept its data for ever). It asks like any
+/// removed replica; only another node's committed membership is proof.
+fn leads_its_membership(status: &GroupStatus, me: NodeId) -> bool {
+    status.leader == Some(me) && status.membership.contains(me)
+}
+
 /// Deletes this node's replica of `group` if, and only if, the group's leader shows a committed membership
 /// without this node. Asks the members this replica knows, then every other node inside the group's
 /// jurisdiction (the whole membership may have been replaced while this node was away), in id order.
@@ -83,9 +94,7 @@ pub async fn purge_replica<C: GroupConfig, T: Transport, S: Stores<C>>(
         Err(HostError::UnknownGroup(_)) if host.is_retired(group) => return Ok(Purged::AlreadyPurged),
         Err(error) => return Err(error),
     };
-    if status.leader == Some(me) {
-        // A leader leads a membership it belongs to (openraft steps a leader down once its own
-        // removal commits), so there is nothing to ask.
+    if leads_its_membership(&status, me) {
         return Err(HostError::StillMember {
             group: group.clone(),
             node: me,
@@ -204,7 +213,7 @@ pub async fn purge_removed_replicas<C: GroupConfig, T: Transport, S: Stores<C>>(
             continue;
         };
         let suspect = !status.membership.contains(me) || status.leader.is_none() || quiet >= silence;
-        if status.leader == Some(me) || !suspect {
+        if leads_its_membership(&status, me) || !suspect {
             continue;
         }
         let outcome = purge_replica(host, &group).await;

@@ -296,3 +296,82 @@ async fn a_replica_cut_off_while_it_was_removed_purges_itself_once_it_can_ask() 
     cluster.write("users-eea", &[1, 2, 4], put(2)).await.unwrap();
     cluster.stop().await;
 }
+
+/// A leader asked to remove itself (an evacuation's removal reaching a leaving node that was handed
+/// leadership back) commits its removal and steps down, but still names itself leader: nothing tells a
+/// replica outside the membership otherwise. It must still ask, and be purged once another leader answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_removed_itself_is_purged_once_another_node_leads() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = cluster_of(EEA_SITES_WITH_A_SPARE).await;
+    let eea = group("users-eea");
+    cluster.create("users-eea", &[1, 2, 3]).await;
+    cluster.write("users-eea", &[1, 2, 3], put(1)).await.unwrap();
+    let removed = cluster
+        .leader("users-eea", &[1, 2, 3], Duration::from_secs(10))
+        .await
+        .unwrap();
+    let remaining: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|&id| id != removed.0).collect();
+    execute(
+        &cluster,
+        &[1, 2, 3],
+        Step::AddLearner {
+            group: eea.clone(),
+            node: NodeId(4),
+        },
+    )
+    .await;
+    wait_for_record(&cluster, 4, 1).await;
+    execute(
+        &cluster,
+        &[1, 2, 3],
+        Step::PromoteVoter {
+            group: eea.clone(),
+            node: NodeId(4),
+        },
+    )
+    .await;
+
+    // The leader removes itself: no transfer first.
+    let host = cluster.node(removed.0).host.clone();
+    host.execute(&Step::RemoveMember {
+        group: eea.clone(),
+        node: removed,
+    })
+    .await
+    .unwrap();
+    let successor = cluster
+        .leader("users-eea", &remaining, Duration::from_secs(20))
+        .await
+        .expect("the remaining voters elect a leader");
+    assert_ne!(successor, removed);
+    let view = host.status(&eea).unwrap();
+    assert!(!view.membership.contains(removed), "{view:?}");
+
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
+    let silence = Duration::from_millis(500);
+    loop {
+        let outcomes = purge_removed_replicas(host.as_ref(), silence).await;
+        match outcomes.get(&eea) {
+            Some(Ok(Purged::Deleted {
+                leader, membership, ..
+            })) => {
+                assert_ne!(*leader, removed, "only another node's word is proof");
+                assert!(!membership.contains(removed), "{membership:?}");
+                break;
+            }
+            other => {
+                assert!(
+                    tokio::time::Instant::now() < give_up,
+                    "the removed leader kept its replica: {other:?} (its view: {:?})",
+                    host.status(&eea)
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    assert!(host.is_retired(&eea));
+    assert!(!state_machine_dir(&cluster, removed.0, &eea).exists());
+    cluster.write("users-eea", &remaining, put(2)).await.unwrap();
+    cluster.stop().await;
+}
