@@ -38,6 +38,7 @@ use placement::{GroupId, GroupReport, NodeId, Plan, Step, TopologyFile};
 use crate::admin_api::{AdminError, NodeStatus, PurgeRecord, StepRequest};
 use crate::apply_report::{Attestation, Outcome, PurgeState, Reporter};
 use crate::cluster_view::{Cluster, fetch_topology, topologies_disagreeing};
+use crate::node::Handover;
 use crate::operator_cli::{Output, fetch_status};
 use crate::placement_cli::render_problem;
 
@@ -179,6 +180,9 @@ pub async fn run(scope: Scope, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if !first.steps.is_empty() && !args.yes && !confirm(first.steps.len())? {
         return Ok(run.end(Outcome::Stopped, "not confirmed: nothing was changed"));
+    }
+    if !run.apply && !run.rebalance {
+        run.drain_leaving(&cluster).await;
     }
     match run.execute(first.steps.len(), silent).await {
         Ok(executed) => Ok(run.finish(executed).await),
@@ -547,10 +551,10 @@ impl Run<'_> {
                     .map_err(|message| stop(Outcome::Stopped, message, &removed))?;
                 continue;
             }
-            // A leadership move is made once in an evacuation: the nodes' own leader preference knows nothing
-            // of the evacuation and may bring it back to a preferred node that is leaving; that node then
-            // executes the group's next steps itself, its own removal included, and a group left in place
-            // keeps it.
+            // A leadership move is made once in an evacuation: a leaving node that was not drained (it did
+            // not answer at the start) takes offers, so the nodes' leader preference may bring leadership back
+            // to it if the policy prefers it; it then executes the group's next steps itself, its own removal
+            // included, and a group left in place keeps it.
             let next = planned.steps.iter().find(|step| {
                 let moved = !self.apply && matches!(step, Step::TransferLeader { .. });
                 !(moved && executed.contains(step))
@@ -603,6 +607,56 @@ impl Run<'_> {
                         .await
                         .map_err(|message| stop(Outcome::Stopped, message, &removed))?;
                 }
+            }
+        }
+    }
+
+    /// Drains each leaving node that answers (`POST /drain`): it hands its leaderships to the voters it
+    /// prefers inside each jurisdiction, and declines leadership until it restarts. Without it, the other
+    /// nodes' leader preference handed a group straight back to a leaving node that the policy prefers, and
+    /// that node then executed the group's next steps, its own removal included. A node that does not
+    /// answer leads nothing anyway; a drain that fails is noted, and the plan's own leadership moves remain.
+    async fn drain_leaving(&self, cluster: &Cluster) {
+        for &node in &self.draining {
+            let Some(admin) = cluster.admin(node) else {
+                continue;
+            };
+            if !cluster.nodes.iter().any(|status| status.node == node.0) {
+                continue;
+            }
+            let url = crate::operator_cli::admin_url(&admin, "/drain");
+            let response = crate::operator_cli::http_with_timeout(Duration::from_secs(30))
+                .post(&url)
+                .send()
+                .await;
+            let handovers = match response {
+                Ok(response) if response.status().is_success() => response.json::<Vec<Handover>>().await,
+                Ok(response) => {
+                    let refusal = crate::operator_cli::refusal_of(response).await;
+                    self.reporter.note(&format!("{node} not drained: {refusal}"));
+                    continue;
+                }
+                Err(error) => {
+                    self.reporter
+                        .note(&format!("{node} not drained: POST {url}: {error}"));
+                    continue;
+                }
+            };
+            match handovers {
+                Ok(handovers) => {
+                    for handover in handovers {
+                        let moved = match (handover.to, handover.error) {
+                            (Some(to), None) => format!("leadership moved to n{to}"),
+                            (_, Some(error)) => format!("leadership not moved: {error}"),
+                            (None, None) => continue,
+                        };
+                        self.reporter
+                            .note(&format!("{node} drained: group {}: {moved}", handover.group));
+                    }
+                }
+                Err(error) => self
+                    .reporter
+                    .note(&format!("{node} drained; its answer did not parse: {error}")),
             }
         }
     }

@@ -382,9 +382,11 @@ impl Node {
         })
     }
 
-    /// Hands each leadership this node holds to the most preferred other voter inside the jurisdiction.
+    /// Hands each leadership this node holds to the most preferred other voter inside the jurisdiction
+    /// that takes it (not one that drains too), and declines leadership from now until a restart.
     pub async fn drain(&self) -> Vec<Handover> {
         let me = self.config.node;
+        self.host.start_draining();
         let mut handovers = Vec::new();
         for group in self.host.hosted_groups() {
             let Ok(status) = self.host.status(&group) else {
@@ -405,15 +407,23 @@ impl Node {
                     continue;
                 }
             };
-            let target = status
+            let mut candidates: Vec<NodeId> = status
                 .membership
                 .voters
                 .iter()
                 .copied()
                 .filter(|&node| node != me && fence.admit_leader(&status.membership, node).is_ok())
-                .min_by_key(|&node| (policy.leader_rank(&self.file.topology, node), node));
+                .collect();
+            candidates.sort_by_key(|&node| (policy.leader_rank(&self.file.topology, node), node));
+            let mut target = None;
+            for node in candidates {
+                if self.host.takes_leadership(&group, node).await {
+                    target = Some(node);
+                    break;
+                }
+            }
             let Some(to) = target else {
-                let error = "no other voter inside the jurisdiction to hand over to".to_string();
+                let error = "no other voter inside the jurisdiction takes leadership (they drain too, or do not answer)".to_string();
                 handovers.push(Handover {
                     group: group.0.clone(),
                     to: None,

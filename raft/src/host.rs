@@ -19,6 +19,7 @@
 //! the simulator runs exactly this code.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -189,6 +190,9 @@ pub struct Host<C: GroupConfig, T: Transport, S: Stores<C>> {
     peers: Arc<PeerReachability<InstantOf<C>>>,
     /// An operator's isolation of this node from its peers, for a drill ([`crate::fault`]).
     isolation: Arc<Isolation<InstantOf<C>>>,
+    /// Set once an operator drains this node ([`Host::start_draining`]): it declines leadership offers
+    /// until it restarts, so the other nodes' leader preference does not hand back what the drain moved.
+    draining: AtomicBool,
     groups: RwLock<GroupTable<C, S::Backend>>,
     /// Groups being opened right now: a second open of the same group (on demand, while start-up opens it)
     /// must not race the first for its files.
@@ -229,6 +233,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             observed: Mutex::default(),
             peers,
             isolation: Arc::default(),
+            draining: AtomicBool::new(false),
             groups,
             opening: Mutex::default(),
         }
@@ -753,12 +758,41 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             .filter(|&node| self.topology.is_inside(node, &policy.jurisdiction) && caught_up(node))
             .min_by_key(|&node| (rank(node), node));
         let Some(to) = preferred else { return Ok(None) };
+        if !self.takes_leadership(group, to).await {
+            return Ok(None);
+        }
         self.execute(&Step::TransferLeader {
             group: group.clone(),
             to,
         })
         .await?;
         Ok(Some(to))
+    }
+
+    /// From now until this node restarts, it declines leadership offers ([`Host::takes_leadership`]):
+    /// an operator drained it, and the leader preference of the groups it is a voter of must not hand
+    /// leadership straight back (it did, within two seconds, to an evacuated site's preferred node).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Whether `to` takes leadership of `group` now, by its own answer: a node that drains, holds no
+    /// replica, or does not answer does not. Asked before a handover that is a preference, not a need.
+    pub async fn takes_leadership(&self, group: &GroupId, to: NodeId) -> bool {
+        let request = PeerRequest {
+            group: group_number(group),
+            kind: RequestKind::LeadershipOffer,
+            carries_data: false,
+            body: Vec::new(),
+        };
+        match self.ask_peer(to, request).await {
+            Ok(PeerResponse::Ok(bytes)) => codec::decode::<bool>(&bytes).unwrap_or(false),
+            Ok(_) | Err(_) => false,
+        }
     }
 
     /// Asks this node to campaign for leadership of `group` now (failover drills). It still needs a quorum
@@ -1160,6 +1194,16 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
         if request.kind == RequestKind::CommittedMembership {
             return self.serve_committed_membership(request.group).await;
         }
+        if request.kind == RequestKind::LeadershipOffer {
+            let takes = !self.is_draining() && self.hosted(request.group).is_some();
+            return match codec::encode(&takes) {
+                Ok(bytes) => PeerResponse::Ok(bytes),
+                Err(error) => PeerResponse::Failed {
+                    group: request.group,
+                    reason: error.to_string(),
+                },
+            };
+        }
         if request.kind == RequestKind::DirectoryRead {
             // Without a service on this endpoint, answer with what the replica holds.
             let (group, jurisdiction) = match self.admit_directory_read(peer, &request) {
@@ -1309,9 +1353,11 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
                 group.fence.check_leader_peer(self.me.node).map_err(refused)?;
                 encode(&raft.handle_transfer_leader(transfer).await.map_err(failed)?)
             }
-            RequestKind::DirectoryRead | RequestKind::CommittedMembership => Err(Served::Failed(
-                "served apart from the group's Raft traffic".into(),
-            )),
+            RequestKind::DirectoryRead | RequestKind::CommittedMembership | RequestKind::LeadershipOffer => {
+                Err(Served::Failed(
+                    "served apart from the group's Raft traffic".into(),
+                ))
+            }
             RequestKind::SnapshotChunk => {
                 let chunk: SnapshotChunkRef<'_, C> = codec::decode_borrowed(&request.body)
                     .map_err(|error| Served::Refused(format!("undecodable message: {error}")))?;

@@ -334,6 +334,63 @@ async fn the_preferred_leader_takes_over_once_caught_up_and_never_one_outside() 
     cluster.stop().await;
 }
 
+/// A drained node declines leadership offers: the leader preference of the groups it is a voter of does
+/// not hand back what the drain moved, even to the node the policy prefers (an evacuation's leaving node
+/// got leadership back within two seconds, and executed its own removal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_is_not_handed_leadership_back_by_preference() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = cluster().await;
+    let eu = group("users-eu");
+    cluster.create("users-eu", &[1, 2]).await;
+    cluster.write("users-eu", &[1, 2], put(1)).await.unwrap();
+    assert!(cluster.node(1).host.takes_leadership(&eu, NodeId(2)).await);
+
+    // The policy prefers n2. It drains: leadership moves to n1, and stays there.
+    cluster.node(2).host.start_draining();
+    assert!(!cluster.node(1).host.takes_leadership(&eu, NodeId(2)).await);
+    assert!(cluster.node(2).host.takes_leadership(&eu, NodeId(1)).await);
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let leader = cluster
+            .leader("users-eu", &[1, 2], Duration::from_secs(10))
+            .await
+            .expect("a leader");
+        if leader == NodeId(1) {
+            break;
+        }
+        let transfer = Step::TransferLeader {
+            group: eu.clone(),
+            to: NodeId(1),
+        };
+        if let Err(error) = cluster.nodes[&leader].host.execute(&transfer).await {
+            eprintln!("transfer to n1: {error}; trying again");
+        }
+        assert!(tokio::time::Instant::now() < give_up, "leadership never left n2");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..5 {
+        assert_eq!(
+            cluster.node(1).host.honour_leader_preference(&eu).await.unwrap(),
+            None,
+            "leadership offered to the drained node"
+        );
+    }
+    assert_eq!(
+        cluster.leader("users-eu", &[1, 2], Duration::from_secs(10)).await,
+        Some(NodeId(1))
+    );
+    // A node that holds no replica of the group takes no leadership of it either.
+    assert!(
+        !cluster
+            .node(1)
+            .host
+            .takes_leadership(&group("users-eea"), NodeId(2))
+            .await
+    );
+    cluster.stop().await;
+}
+
 /// A follower that fell behind by more than one request of large values catches up: openraft sends up to
 /// 300 entries per request, and 300 values of 200 KiB are some 60 MB, nearly four times what one peer
 /// message may carry (16 MiB). Sent whole, the request is refused by the link every time and the

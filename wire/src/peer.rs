@@ -23,6 +23,10 @@ pub enum RequestKind {
     /// A node asks the group's leader which membership the group has committed, to learn whether it may
     /// purge its replica (`raft::purge`). The body is empty; the answer names nodes, never data.
     CommittedMembership,
+    /// A leader asks whether this node takes leadership of the group now, before handing it over for the
+    /// group's leader preference. The body is empty; the answer is a bool, false while this node drains
+    /// (an operator moved its leaderships away, e.g. to evacuate its site) or when it holds no replica.
+    LeadershipOffer,
 }
 
 impl RequestKind {
@@ -35,6 +39,7 @@ impl RequestKind {
             RequestKind::TransferLeader => "transfer_leader",
             RequestKind::DirectoryRead => "directory_read",
             RequestKind::CommittedMembership => "committed_membership",
+            RequestKind::LeadershipOffer => "leadership_offer",
         }
     }
 }
