@@ -643,8 +643,8 @@ impl Directory {
         }
     }
 
-    /// Asks the nodes inside the jurisdiction, in id order, for the map their replica holds, until one
-    /// holds epoch `at_least`; else the latest any holds. Each answers only after its egress fence
+    /// Asks the nodes inside the jurisdiction, all at once, for the map their replica holds, and takes the
+    /// first answer with epoch `at_least`; else, once all have answered, the latest any holds. Each answers only after its egress fence
     /// admitted this node's attested site.
     async fn ask_peers<C: GroupConfig, T: Transport, S: Stores<C>>(
         &self,

@@ -32,10 +32,13 @@ pub trait Transport: Send + Sync + 'static {
 }
 
 /// A switchable fault layer over a transport, for tests: messages to a cut peer fail as unreachable
-/// without being sent. Cut both directions (on both nodes' layers) for a symmetric partition.
+/// without being sent. Cut both directions (on both nodes' layers) for a symmetric partition. Messages to
+/// a stalled peer neither fail nor arrive until the link heals, as those to a host that stopped without
+/// closing its connection wait for its timeout.
 pub struct Faulty<T> {
     inner: std::sync::Arc<T>,
     cut: std::sync::RwLock<std::collections::BTreeSet<NodeId>>,
+    stalled: tokio::sync::watch::Sender<std::collections::BTreeSet<NodeId>>,
 }
 
 impl<T> Faulty<T> {
@@ -43,6 +46,7 @@ impl<T> Faulty<T> {
         Faulty {
             inner,
             cut: Default::default(),
+            stalled: tokio::sync::watch::Sender::new(Default::default()),
         }
     }
 
@@ -54,17 +58,37 @@ impl<T> Faulty<T> {
         self.cut.write().expect("fault layer lock").insert(peer);
     }
 
+    /// Messages to `peer` wait, unanswered, until it is healed.
+    pub fn stall(&self, peer: NodeId) {
+        self.stalled.send_modify(|stalled| {
+            stalled.insert(peer);
+        });
+    }
+
     pub fn heal(&self, peer: NodeId) {
         self.cut.write().expect("fault layer lock").remove(&peer);
+        self.stalled.send_if_modified(|stalled| stalled.remove(&peer));
     }
 
     pub fn heal_all(&self) {
         self.cut.write().expect("fault layer lock").clear();
+        self.stalled.send_if_modified(|stalled| {
+            let any = !stalled.is_empty();
+            stalled.clear();
+            any
+        });
     }
 }
 
 impl<T: Transport> Transport for Faulty<T> {
     async fn send(&self, to: NodeId, request: PeerRequest) -> Result<PeerResponse, TransportError> {
+        if self.stalled.borrow().contains(&to) {
+            let mut stalled = self.stalled.subscribe();
+            while stalled.borrow_and_update().contains(&to) {
+                // The sender lives as long as this layer, which outlives the call.
+                let _ = stalled.changed().await;
+            }
+        }
         if self.cut.read().expect("fault layer lock").contains(&to) {
             return Err(TransportError::Unreachable(
                 to,

@@ -232,3 +232,53 @@ async fn calls_routed_by_an_epoch_no_node_has_cost_bounded_peer_requests() {
     assert_eq!(directory.peer_asks() - before, PEERS_INSIDE);
     cluster.stop().await;
 }
+
+/// A node that must learn a map asks every node inside at once and takes the first answer that has it:
+/// one peer that neither answers nor fails (a host stopped without closing its connection) does not hold
+/// the answer up. Asked one after the other, the stalled peer, first in id order, held up the others until
+/// its request timed out, and the client's call with it (the demo's read-back after a kill failed so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_map_is_learnt_from_the_peer_that_answers_while_another_stalls() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = cluster().await;
+    // The directory group on nodes 1 and 2 only: node 3, inside the EEA, holds no replica and must ask.
+    cluster.create("users-eea", &[1, 2]).await;
+    cluster
+        .leader("users-eea", &[1, 2], Duration::from_secs(10))
+        .await
+        .expect("the directory group elects a leader");
+    let host = &cluster.node(3).host;
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(15);
+    // Both replicas hold the first map before node 1 stalls.
+    for id in [1, 2] {
+        let directory = cluster.node(id).service.directory();
+        loop {
+            let own = cluster
+                .node(id)
+                .host
+                .read(&group("users-eea"), shard_map_key("EEA"), ReadConsistency::Stale)
+                .await;
+            if matches!(&own, Ok(read) if read.record.is_some()) {
+                break;
+            }
+            let _ = directory.shard_map(cluster.node(id).host.as_ref(), "EEA").await;
+            assert!(
+                tokio::time::Instant::now() < give_up,
+                "n{id} holds no map: {own:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    cluster.node(3).faults.stall(NodeId(1));
+    let directory = cluster.node(3).service.directory();
+    assert!(directory.known("EEA").is_none());
+    // Generous: a bound on liveness, not a timing (a sequential ask would wait on node 1 for ever).
+    let learnt = tokio::time::timeout(Duration::from_secs(60), directory.shard_map(host.as_ref(), "EEA"))
+        .await
+        .expect("the map was not learnt while node 1 stalled")
+        .expect("node 2 holds the map");
+    assert_eq!(learnt.epoch(), 1);
+    cluster.node(3).faults.heal_all();
+    cluster.stop().await;
+}

@@ -264,8 +264,16 @@ async fn a_replica_cut_off_while_it_was_removed_purges_itself_once_it_can_ask() 
     // Node 3 is cut off; the others replace it with node 4. It never hears of its removal.
     cluster.partition(&[3], &[1, 2, 4]);
     let silence = Duration::from_secs(2);
-    // Unreachable leaders prove nothing: the replica is kept.
-    tokio::time::sleep(silence).await;
+    // Unreachable leaders prove nothing: the replica is kept. (Waited for on the replica's own stamp: a
+    // heartbeat already on the wire when the link was cut still lands, later under load.)
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
+    while cluster.node(3).host.leader_silence(&eea).unwrap() < silence {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "node 3 still hears a leader"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let outcomes = purge_removed_replicas(cluster.node(3).host.as_ref(), silence).await;
     assert!(
         matches!(outcomes.get(&eea), Some(Err(HostError::NoRemovalProof { .. }))),
