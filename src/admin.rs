@@ -205,6 +205,7 @@ pub fn node_status(node: &Node) -> NodeStatus {
             .filter_map(|(id, peer)| peer.admin.as_ref().map(|admin| (id.0, admin.to_string())))
             .collect::<BTreeMap<_, _>>(),
         groups,
+        draining: node.host.is_draining(),
         incidents: Incidents {
             membership_refused: incidents.membership_refused,
             egress_blocked: incidents.egress_blocked,

@@ -35,6 +35,9 @@ pub struct NodeStatus {
     /// Members of hosted groups whose measured round trip is longer than the group's timing covers.
     #[serde(default)]
     pub round_trips_uncovered: Vec<crate::round_trip_watch::Uncovered>,
+    /// Drained by an operator (`POST /drain`, or an evacuation): declines leadership until it restarts.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// A replica a node purged: the committed membership that left it out, as the group's leader showed it,

@@ -390,11 +390,12 @@ pub async fn status(admin: &str, output: Output) -> anyhow::Result<ExitCode> {
             for node in &nodes {
                 let incidents = node.incidents;
                 outln!(
-                    "n{} {} ({}): fence refusals {}, egress blocked {}, ingress refused {}, \
+                    "n{} {} ({}){}: fence refusals {}, egress blocked {}, ingress refused {}, \
                      client calls refused {}, not granted {}, outside reads {}",
                     node.node,
                     node.site,
                     node.country,
+                    if node.draining { ", drained" } else { "" },
                     incidents.membership_refused,
                     incidents.egress_blocked,
                     incidents.ingress_refused,

@@ -598,6 +598,16 @@ async fn site_evacuate_moves_replicas_off_a_site_inside_each_jurisdiction() {
             view["leader"].as_u64().is_some_and(|leader| leader != 1)
         })
         .await;
+    let output = domicile(&["status", "--admin", &admin, "-o", "json"]);
+    let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let drained: BTreeSet<u64> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|node| node["draining"] == true)
+        .map(|node| node["node"].as_u64().unwrap())
+        .collect();
+    assert_eq!(drained, BTreeSet::from([1]), "{status}");
     let eu = cluster.group("users-eu");
     assert_eq!(
         ids(&eu["voters"]),
