@@ -423,7 +423,7 @@ impl Node {
                 }
             }
             let Some(to) = target else {
-                let error = "no other voter inside the jurisdiction takes leadership (they drain too, or do not answer)".to_string();
+                let error = "no other voter inside the jurisdiction takes leadership".to_string();
                 handovers.push(Handover {
                     group: group.0.clone(),
                     to: None,

@@ -644,8 +644,8 @@ impl Directory {
     }
 
     /// Asks the nodes inside the jurisdiction, all at once, for the map their replica holds, and takes the
-    /// first answer with epoch `at_least`; else, once all have answered, the latest any holds. Each answers only after its egress fence
-    /// admitted this node's attested site.
+    /// first answer with epoch `at_least`; else, once all have answered, the latest any holds. Each
+    /// answers only after its egress fence admitted this node's attested site.
     async fn ask_peers<C: GroupConfig, T: Transport, S: Stores<C>>(
         &self,
         host: &Host<C, T, S>,
