@@ -302,22 +302,36 @@ fn members_down(view: &GroupView, nodes: &[NodeStatus]) -> Vec<u64> {
         .collect()
 }
 
+/// Per group, the most authoritative view a node reported: its leader's own (of the highest term, should
+/// two claim it), else the view of the highest term that knows a leader and has applied the most. The
+/// leader's view used to tie with a follower's of the same term that merely knew the leader, and the first
+/// node asked won: a follower that had not applied the last membership change yet showed a replica the
+/// group had just removed (a rebalance test, under load, counted one replica too many).
 fn hosted_group_views(nodes: &[NodeStatus]) -> BTreeMap<String, GroupView> {
-    let mut groups: BTreeMap<String, GroupView> = BTreeMap::new();
+    let authority = |view: &GroupView, reporter: u64| {
+        (
+            view.leader == Some(reporter),
+            view.term,
+            view.leader.is_some(),
+            view.last_applied,
+        )
+    };
+    let mut groups: BTreeMap<String, (u64, GroupView)> = BTreeMap::new();
     for node in nodes {
         for view in &node.groups {
             let better = match groups.get(&view.group) {
                 None => true,
-                Some(current) => {
-                    (view.leader == Some(node.node), view.term) > (current.leader.is_some(), current.term)
-                }
+                Some((reporter, current)) => authority(view, node.node) > authority(current, *reporter),
             };
             if better {
-                groups.insert(view.group.clone(), view.clone());
+                groups.insert(view.group.clone(), (node.node, view.clone()));
             }
         }
     }
     groups
+        .into_iter()
+        .map(|(group, (_, view))| (group, view))
+        .collect()
 }
 
 pub fn render_groups(groups: &BTreeMap<String, GroupView>, nodes: &[NodeStatus]) -> String {
@@ -485,4 +499,78 @@ pub async fn drain(admin: &str, node: NodeId) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin_api::{GroupView, Incidents, Member};
+
+    fn member(node: u64) -> Member {
+        Member {
+            node,
+            site: format!("site-{node}"),
+            country: "IE".into(),
+            inside: true,
+        }
+    }
+
+    fn view(leader: Option<u64>, term: u64, applied: u64, voters: &[u64]) -> GroupView {
+        GroupView {
+            group: "users-eea".into(),
+            jurisdiction: "EEA".into(),
+            leader,
+            term,
+            last_applied: Some(applied),
+            committed: Some(applied),
+            snapshots_sent: 0,
+            snapshots_installed: 0,
+            records: None,
+            voters: voters.iter().copied().map(member).collect(),
+            learners: Vec::new(),
+        }
+    }
+
+    fn node(id: u64, groups: Vec<GroupView>) -> NodeStatus {
+        NodeStatus {
+            cluster: "test".into(),
+            node: id,
+            site: format!("site-{id}"),
+            country: "IE".into(),
+            listen: "127.0.0.1:1".into(),
+            peer_admins: BTreeMap::new(),
+            groups,
+            incidents: Incidents::default(),
+            topology_groups: Vec::new(),
+            purged: Vec::new(),
+            retired: Vec::new(),
+            fault: None,
+            round_trips: Vec::new(),
+            round_trips_uncovered: Vec::new(),
+            draining: false,
+        }
+    }
+
+    #[test]
+    fn the_leaders_own_view_is_shown_whichever_node_answered_first() {
+        // n1 follows in term 3 and has not applied the removal of n4 yet; n2 leads and has.
+        let follower = node(1, vec![view(Some(2), 3, 10, &[1, 2, 3, 4])]);
+        let leader = node(2, vec![view(Some(2), 3, 11, &[1, 2, 3])]);
+        for nodes in [
+            vec![follower.clone(), leader.clone()],
+            vec![leader.clone(), follower.clone()],
+        ] {
+            let shown = &group_views(&nodes)["users-eea"];
+            let voters: Vec<u64> = shown.voters.iter().map(|member| member.node).collect();
+            assert_eq!(voters, [1, 2, 3]);
+        }
+        // Without the leader's answer: the follower that applied the most.
+        let behind = node(3, vec![view(Some(2), 3, 9, &[1, 2, 3, 4, 5])]);
+        let shown = &group_views(&[behind, follower])["users-eea"];
+        assert_eq!(shown.last_applied, Some(10));
+        // A leader of an older term (removed, still naming itself) loses to the newer one.
+        let old = node(4, vec![view(Some(4), 2, 12, &[1, 2, 3])]);
+        let shown = &group_views(&[old, leader])["users-eea"];
+        assert_eq!(shown.leader, Some(2));
+    }
 }
