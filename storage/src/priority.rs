@@ -4,7 +4,7 @@
 //! (every item inserted into redb as it arrives, [`crate::snapshot_feed`]) are seconds of CPU each at
 //! volume, and no client waits for them; the applies and appends of the same node, and of the other
 //! nodes on the machine, are on every write's path. On a node with few cores they compete for the
-//! same ones: with two cores, a migration's copy raised the write p99 four- to sixfold. So these
+//! same ones: with two cores, a migration's copy raised the write p99 4.3-fold on a quiet machine. So these
 //! threads lower their own priority ([`lower_this_thread`], Linux's per-thread nice value): the
 //! scheduler then gives them what the foreground leaves, which on an idle node is everything.
 //!
