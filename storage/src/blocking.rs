@@ -30,6 +30,25 @@ pub enum Execution {
     DedicatedThread,
 }
 
+/// Where a [`Executor::run_apart`] job runs: on a thread of its own, or inline on the caller's (the
+/// simulator's one thread, whose priority is not the job's to change).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Apart {
+    own_thread: bool,
+}
+
+impl Apart {
+    /// Lowers the job's thread's CPU priority ([`crate::priority`]), if it has a thread of its own.
+    /// Returns the thread's nice value afterwards (`None` inline).
+    pub(crate) fn lower_priority(self, nice: i32, what: &str) -> Option<i32> {
+        if !self.own_thread {
+            return None;
+        }
+        crate::priority::lower_this_thread_or_warn(nice, what);
+        crate::priority::this_thread_nice().ok()
+    }
+}
+
 pub(crate) struct Executor {
     jobs: Option<mpsc::Sender<Job>>,
     thread: Option<JoinHandle<()>>,
@@ -83,23 +102,24 @@ impl Executor {
     /// Runs `job` on a thread of its own, started for it (inline without a dedicated thread, as in the
     /// simulator): for a long job — a snapshot build, seconds at volume — that must not hold up the store
     /// calls queued on the dedicated thread behind it (large applies, reads that found the store busy).
+    /// The job is told where it runs ([`Apart`]), so it may lower its thread's priority.
     pub(crate) async fn run_apart<C, T>(
         &self,
         name: &str,
-        job: impl FnOnce() -> T + Send + 'static,
+        job: impl FnOnce(Apart) -> T + Send + 'static,
     ) -> Result<T, StateMachineError>
     where
         C: StorageTypeConfig,
         T: Send + 'static,
     {
         if self.jobs.is_none() {
-            return Ok(job());
+            return Ok(job(Apart { own_thread: false }));
         }
         let (tx, rx) = C::oneshot();
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                let _ = tx.send(job());
+                let _ = tx.send(job(Apart { own_thread: true }));
             })
             .map_err(|e| StateMachineError::Backend(format!("cannot start the {name} thread: {e}")))?;
         rx.await.map_err(|_| StateMachineError::WorkerStopped)

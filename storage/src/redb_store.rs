@@ -44,6 +44,8 @@ use crate::backend::Visit;
 use crate::backend::VisitWhile;
 use crate::backend::WriteBatch;
 use crate::error::StateMachineError;
+use crate::priority;
+use crate::priority::SNAPSHOT_THREAD_NICE;
 use crate::snapshot::SnapshotData;
 use crate::snapshot::SnapshotSpool;
 use crate::snapshot_feed::FeedItem;
@@ -78,12 +80,15 @@ pub struct RedbBackend {
     install_ahead: Arc<Mutex<Option<InstallAhead>>>,
     /// Installs committed from an install ahead (the rest were filled from the file at the end).
     installed_ahead: u64,
+    /// The nice value the last committed install ahead ran at.
+    install_ahead_nice: Option<i32>,
 }
 
 /// An install transaction fed from a receiving spool as it fills ([`crate::snapshot_feed`]).
 struct InstallAhead {
     feed: Arc<SpoolFeed>,
-    thread: JoinHandle<Result<(), FeedStopped>>,
+    /// Ends with the thread's nice value, once the install is committed.
+    thread: JoinHandle<Result<Option<i32>, FeedStopped>>,
 }
 
 type InstallAheadSlot = Mutex<Option<InstallAhead>>;
@@ -150,6 +155,7 @@ fn run_install_ahead(
     let syncer = std::thread::Builder::new()
         .name("domicile-install-sync".into())
         .spawn(move || -> Result<(), StateMachineError> {
+            priority::lower_this_thread_or_warn(SNAPSHOT_THREAD_NICE, "snapshot install sync");
             let sync = |file: &fs::File| file.sync_data().map_err(|e| backend_error(&sync_path, e));
             while pending.recv().is_ok() {
                 sync(&spool_file)?;
@@ -175,10 +181,14 @@ fn run_install_ahead(
     };
     filled?;
     synced?;
+    // Logged so a copy's time can be split: the transfer, this install's lag behind it, the commit.
+    tracing::info!(store = %path.display(), "snapshot install ahead: every item inserted; waiting for the install");
     if !feed.await_decision()? {
         return Err(FeedStopped::Cancelled);
     }
-    txn.commit().map_err(|e| error(&e))
+    txn.commit().map_err(|e| error(&e))?;
+    tracing::info!(store = %path.display(), "snapshot install ahead: committed");
+    Ok(())
 }
 
 impl RedbBackend {
@@ -217,6 +227,7 @@ impl RedbBackend {
             spools: std::sync::atomic::AtomicU64::new(0),
             install_ahead: Arc::default(),
             installed_ahead: 0,
+            install_ahead_nice: None,
         };
         backend.create_tables()?;
         backend.remove_stale_spools()?;
@@ -226,6 +237,11 @@ impl RedbBackend {
     /// Snapshot installs that were filled while their snapshot arrived, not after.
     pub fn installed_ahead(&self) -> u64 {
         self.installed_ahead
+    }
+
+    /// The nice value the last install ahead ran at ([`crate::priority`]).
+    pub fn install_ahead_nice(&self) -> Option<i32> {
+        self.install_ahead_nice
     }
 
     /// Spool files a crash left behind: an unfinished build or transfer, useless now.
@@ -440,7 +456,13 @@ impl Backend for RedbBackend {
         let thread_feed = feed.clone();
         let started = std::thread::Builder::new()
             .name("domicile-install-ahead".into())
-            .spawn(move || run_install_ahead(&database, &path, &thread_feed, &file));
+            .spawn(move || {
+                // Behind the foreground (`crate::priority`): a node's applies and appends, and the
+                // other nodes' on the machine, are on a write's path; this install is not.
+                priority::lower_this_thread_or_warn(SNAPSHOT_THREAD_NICE, "snapshot install");
+                let nice = priority::this_thread_nice().ok();
+                run_install_ahead(&database, &path, &thread_feed, &file).map(|()| nice)
+            });
         match started {
             Ok(thread) => {
                 *self.install_ahead.lock().expect("install ahead lock") = Some(InstallAhead { feed, thread })
@@ -468,11 +490,12 @@ impl Backend for RedbBackend {
                 ahead.feed.cancel();
             }
             match ahead.thread.join() {
-                Ok(Ok(())) if ours => {
+                Ok(Ok(nice)) if ours => {
                     self.installed_ahead += 1;
+                    self.install_ahead_nice = nice;
                     return Ok(());
                 }
-                Ok(Ok(())) => {}
+                Ok(Ok(_)) => {}
                 Ok(Err(stopped)) => {
                     tracing::warn!(%stopped, "the snapshot's install ahead stopped; installing from the file")
                 }
@@ -572,6 +595,11 @@ mod tests {
         assert_eq!(records(&backend), 0, "nothing is committed before the install");
         backend.install_snapshot(&received).unwrap();
         assert_eq!(backend.installed_ahead(), 1, "the install followed the transfer");
+        assert_eq!(
+            backend.install_ahead_nice(),
+            Some(SNAPSHOT_THREAD_NICE.max(priority::this_thread_nice().unwrap())),
+            "the install ran behind the foreground"
+        );
         assert_eq!(records(&backend), 2000);
     }
 

@@ -535,6 +535,15 @@ impl SnapshotData {
         })
     }
 
+    /// Writes a file spool's bytes to the disk (memory: nothing to do), so that a later
+    /// [`SnapshotData::persist_as`] — under a lock, say — finds little or nothing left to sync.
+    pub fn sync_data(&self) -> Result<(), SnapshotError> {
+        match &self.inner.bytes {
+            Bytes::File(spool) => spool.file.sync_data().map_err(|e| spool.io_error(e)),
+            Bytes::Memory(_) => Ok(()),
+        }
+    }
+
     /// Durably makes this snapshot the file at `target` (a store's current snapshot): a spool file
     /// not yet kept anywhere is synced and renamed there; anything else (memory, another store's
     /// file) is copied to `temp` frame by frame, synced and renamed. Then the directory is synced.

@@ -74,6 +74,7 @@ use crate::blocking::Executor;
 use crate::codec;
 use crate::error::SnapshotError;
 use crate::error::StateMachineError;
+use crate::priority::SNAPSHOT_THREAD_NICE;
 use crate::record::Record;
 use crate::record::RecordKey;
 use crate::record::Response;
@@ -619,11 +620,17 @@ impl<C: StorageTypeConfig, B: Backend> RaftSnapshotBuilder<C> for SnapshotBuilde
             .executor
             .run_apart::<C, _>(
                 "domicile-snapshot",
-                move || -> Result<SnapshotData, StateMachineError> {
+                move |apart| -> Result<SnapshotData, StateMachineError> {
                     let (view, header, spool) = lock(&core).start_snapshot()?;
-                    // Without the lock: applies go on while the view is scanned.
+                    // Without the lock, and behind the foreground (`crate::priority`): applies go on
+                    // while the view is scanned, and take the CPU first.
+                    apart.lower_priority(SNAPSHOT_THREAD_NICE, "snapshot build");
                     let data = snapshot::build_into(&view, header, spool)?;
                     drop(view);
+                    // The spool's bytes reach the disk before the lock is taken: keeping the
+                    // snapshot syncs it again under the lock, which then finds nothing to write
+                    // (it found the whole snapshot, a gigabyte at volume, while applies waited).
+                    data.sync_data()?;
                     lock(&core).keep_built_snapshot::<C>(&data)?;
                     Ok(data)
                 },
@@ -662,6 +669,8 @@ mod tests {
         views_elsewhere: Arc<AtomicU32>,
         /// The next sync job says it started on the first channel, then waits on the second.
         hold_next_sync: Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>,
+        /// The nice value of the thread that last kept a snapshot (`i32::MIN`: none yet).
+        saved_at_nice: Arc<std::sync::atomic::AtomicI32>,
     }
 
     fn on_thread() -> bool {
@@ -679,6 +688,7 @@ mod tests {
                 views_on_thread: Arc::default(),
                 views_elsewhere: Arc::default(),
                 hold_next_sync: None,
+                saved_at_nice: Arc::new(std::sync::atomic::AtomicI32::new(i32::MIN)),
             }
         }
     }
@@ -731,6 +741,8 @@ mod tests {
         }
 
         fn save_snapshot(&mut self, snapshot: &SnapshotData) -> Result<(), StateMachineError> {
+            let nice = crate::priority::this_thread_nice().unwrap();
+            self.saved_at_nice.store(nice, Ordering::SeqCst);
             self.inner.save_snapshot(snapshot)
         }
 
@@ -852,6 +864,37 @@ mod tests {
         assert_eq!(synced.load(Ordering::SeqCst), 1);
         let (applied, _) = state_machine.applied_state().await.unwrap();
         assert_eq!(applied.map(|log_id| log_id.index), Some(batches + 3));
+    }
+
+    /// A snapshot is built on a thread of its own behind the foreground (`crate::priority`): the
+    /// thread that keeps it runs at the background nice value, the caller's keeps its own.
+    #[tokio::test]
+    async fn a_snapshot_is_built_at_the_background_priority() {
+        let backend = Watched::new();
+        let saved_at_nice = backend.saved_at_nice.clone();
+        let mut state_machine =
+            StateMachine::<TestConfig, _>::open(backend, Execution::DedicatedThread).unwrap();
+        for index in 1..=5 {
+            apply_one(&mut state_machine, index).await;
+        }
+        let ours = crate::priority::this_thread_nice().unwrap();
+        let snapshot = state_machine
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(snapshot.meta.last_log_id.map(|log_id| log_id.index), Some(5));
+        assert_eq!(
+            saved_at_nice.load(Ordering::SeqCst),
+            SNAPSHOT_THREAD_NICE.max(ours),
+            "the build ran at the background nice value"
+        );
+        assert_eq!(
+            crate::priority::this_thread_nice().unwrap(),
+            ours,
+            "the caller's priority is its own"
+        );
     }
 
     /// A follower's apply (no caller waits for its responses) first lets the tasks already woken
