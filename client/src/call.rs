@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::{Future, IntoFuture};
 use std::hash::BuildHasher;
 use std::pin::Pin;
@@ -38,6 +38,11 @@ pub struct Client {
     shard_maps: Mutex<BTreeMap<String, Arc<RoutingMap>>>,
     /// The last known leader of each group.
     leaders: Mutex<BTreeMap<String, u64>>,
+    /// Nodes that answered that they hold no replica of a group, by group: a call without a known leader
+    /// asks the others first, so it does not spend a round trip per such node on every rotation (two
+    /// Frankfurt nodes, 40 ms each, on the WAN bench's EEA failover). Taken back when the node answers
+    /// for the group as a replica (served, or named a leader).
+    not_hosting: Mutex<BTreeMap<String, BTreeSet<u64>>>,
     /// Round-robin start for calls without a known leader.
     next_node: AtomicU64,
     /// Nodes found down, until a probe reaches them again: skipped while others remain.
@@ -129,6 +134,7 @@ impl Client {
             sessions: Mutex::new(Vec::new()),
             shard_maps: Mutex::new(BTreeMap::new()),
             leaders: Mutex::new(BTreeMap::new()),
+            not_hosting: Mutex::new(BTreeMap::new()),
             next_node: AtomicU64::new(0),
             down: Arc::new(Mutex::new(BTreeMap::new())),
         };
@@ -320,6 +326,7 @@ impl Client {
             match reply {
                 Ok(Ok(EnvelopeResponse::Client(response))) => match response {
                     ClientResponse::Done { result, .. } => {
+                        self.note_hosting(&group, node, true);
                         // A node that served a write or a linearizable read led the group just now: ask
                         // it first next time. Without this, a group whose only replica leads (no
                         // follower ever names it in a hint) is looked for afresh on every call.
@@ -336,6 +343,7 @@ impl Client {
                     ClientResponse::NotLeader {
                         leader: Some(leader), ..
                     } if self.nodes.contains(&leader) && !self.is_down(leader) => {
+                        self.note_hosting(&group, node, true);
                         self.leaders
                             .lock()
                             .expect("leader cache lock")
@@ -347,6 +355,7 @@ impl Client {
                         }
                     }
                     ClientResponse::NotLeader { leader, .. } => {
+                        self.note_hosting(&group, node, true);
                         self.forget_leader(&group);
                         // Say why the hint was not followed: a leader this client was never given an
                         // endpoint for is a configuration to fix, not a group without a leader.
@@ -363,6 +372,7 @@ impl Client {
                     }
                     // Ask another node: this one holds no replica (or is still opening it).
                     ClientResponse::NotHosted { .. } => {
+                        self.note_hosting(&group, node, false);
                         self.forget_leader(&group);
                         last_error = format!("n{node} holds no replica of {group}");
                         misses += 1;
@@ -535,19 +545,35 @@ impl Client {
             return leader;
         }
         let down = self.down.lock().expect("down list lock");
-        for _ in 0..self.nodes.len() {
-            let next = self.next_node.fetch_add(1, Ordering::Relaxed) as usize;
-            let node = self.nodes[next % self.nodes.len()];
-            if !down.contains_key(&node) {
-                return node;
-            }
+        let not_hosting = self.not_hosting.lock().expect("not-hosting lock");
+        let missing = not_hosting.get(group);
+        let start = self.next_node.load(Ordering::Relaxed) as usize;
+        let chosen = pick(&self.nodes, start, |node| down.contains_key(&node), missing);
+        if let Some(index) = chosen {
+            // The next call without a leader starts after this node, not at a node skipped just now.
+            self.next_node.store(index as u64 + 1, Ordering::Relaxed);
+            return self.nodes[index];
         }
         // Every node is down: ask the one probed longest ago (a probe may be slower than a request).
-        self.nodes
-            .iter()
-            .copied()
-            .min_by_key(|node| down.get(node).map(|state| state.probed))
-            .expect("a client has at least one node")
+        {
+            self.nodes
+                .iter()
+                .copied()
+                .min_by_key(|node| down.get(node).map(|state| state.probed))
+                .expect("a client has at least one node")
+        }
+    }
+
+    /// Notes whether `node` answered as a replica of `group` (see `not_hosting`).
+    fn note_hosting(&self, group: &str, node: u64, hosts: bool) {
+        let mut not_hosting = self.not_hosting.lock().expect("not-hosting lock");
+        if hosts {
+            if let Some(missing) = not_hosting.get_mut(group) {
+                missing.remove(&node);
+            }
+        } else {
+            not_hosting.entry(group.to_string()).or_default().insert(node);
+        }
     }
 
     /// Forgets `node` as `group`'s leader, if it was: it failed to answer.
@@ -582,6 +608,27 @@ fn verdict<T>(reply: &Result<Result<T, QuicError>, tokio::time::error::Elapsed>,
         Err(_) if cut_short => Verdict::Unknown,
         _ => Verdict::Down,
     }
+}
+
+/// Which node a call without a known leader asks, by index in `nodes`, taking turns from `start`: a node up
+/// that did not say it holds no replica of the group (`missing`), else any node up; `None` if all are down.
+fn pick(
+    nodes: &[u64],
+    start: usize,
+    is_down: impl Fn(u64) -> bool,
+    missing: Option<&BTreeSet<u64>>,
+) -> Option<usize> {
+    rotate(nodes, start, |node| {
+        is_down(node) || missing.is_some_and(|missing| missing.contains(&node))
+    })
+    .or_else(|| rotate(nodes, start, &is_down))
+}
+
+/// The index of the first of `nodes`, in turn from `start`, that `skip` does not rule out.
+fn rotate(nodes: &[u64], start: usize, skip: impl Fn(u64) -> bool) -> Option<usize> {
+    (0..nodes.len())
+        .map(|offset| (start + offset) % nodes.len())
+        .find(|&index| !skip(nodes[index]))
 }
 
 /// Exponential backoff from 10 ms, capped at 200 ms and at the deadline.
@@ -734,6 +781,39 @@ mod tests {
         assert_eq!(verdict(&timed_out, true), Verdict::Unknown);
         // Given its whole bound and silent, the node is taken for down, as before.
         assert_eq!(verdict(&timed_out, false), Verdict::Down);
+    }
+
+    /// The WAN bench's EEA failover (docs/performance.md): the client knows n1..n6, n1 (the leader) is
+    /// dead, and the Frankfurt nodes n4 and n6 answered "not hosted". Each turn asks a replica, not a
+    /// Frankfurt node 40 ms away; were every node up to answer "not hosted", turns would go on over all.
+    #[test]
+    fn a_call_without_a_leader_asks_nodes_that_host_the_group_first() {
+        let nodes = [1, 2, 3, 4, 6];
+        let down = |node| node == 1;
+        let missing = BTreeSet::from([4, 6]);
+        let mut asked = Vec::new();
+        let mut start = 0;
+        for _ in 0..6 {
+            let index = pick(&nodes, start, down, Some(&missing)).expect("nodes are up");
+            asked.push(nodes[index]);
+            start = index + 1;
+        }
+        assert_eq!(asked, [2, 3, 2, 3, 2, 3]);
+        // Nothing known of the group yet: every node up, in turn.
+        let index = pick(&nodes, 3, down, None).expect("nodes are up");
+        assert_eq!(nodes[index], 4);
+        // Every node up said "not hosted" (the group moved): ask them all again rather than none.
+        let everyone = BTreeSet::from([2, 3, 4, 6]);
+        let mut asked = Vec::new();
+        let mut start = 0;
+        for _ in 0..4 {
+            let index = pick(&nodes, start, down, Some(&everyone)).expect("nodes are up");
+            asked.push(nodes[index]);
+            start = index + 1;
+        }
+        assert_eq!(asked, [2, 3, 4, 6]);
+        // All down: no pick (the caller asks the node probed longest ago).
+        assert_eq!(pick(&nodes, 0, |_| true, Some(&missing)), None);
     }
 
     #[test]
