@@ -555,13 +555,11 @@ impl Client {
             return self.nodes[index];
         }
         // Every node is down: ask the one probed longest ago (a probe may be slower than a request).
-        {
-            self.nodes
-                .iter()
-                .copied()
-                .min_by_key(|node| down.get(node).map(|state| state.probed))
-                .expect("a client has at least one node")
-        }
+        self.nodes
+            .iter()
+            .copied()
+            .min_by_key(|node| down.get(node).map(|state| state.probed))
+            .expect("a client has at least one node")
     }
 
     /// Notes whether `node` answered as a replica of `group` (see `not_hosting`).
