@@ -317,6 +317,7 @@ fn peer_requests() -> Vec<PeerRequest> {
         request(RequestKind::SnapshotChunk, true, encode(&snapshot_chunk())),
         request(RequestKind::DirectoryRead, false, encode("EU")),
         request(RequestKind::CommittedMembership, false, Vec::new()),
+        request(RequestKind::LeadershipOffer, false, Vec::new()),
     ]
 }
 
@@ -450,7 +451,7 @@ fn wire_seeds(root: &Path) {
             RequestKind::SnapshotChunk => Some(2),
             RequestKind::TransferLeader => Some(3),
             RequestKind::DirectoryRead => Some(4),
-            RequestKind::CommittedMembership => None,
+            RequestKind::CommittedMembership | RequestKind::LeadershipOffer => None,
         };
         if let Some(kind) = kind_choice {
             peer.seed(

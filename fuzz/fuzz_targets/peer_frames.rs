@@ -1,7 +1,8 @@
 //! Peer frames' payloads: what a node decodes from another node — the `PeerRequest` envelope and the
 //! openraft message in its body, by kind (`raft::host`), and the answers a node decodes (`PeerResponse`,
-//! the Raft responses `raft::network` reads, the committed membership `raft::purge` asks for, the
-//! sealed shard map `raft::directory` reads). The production type config (`raft::config::TokioConfig`).
+//! the Raft responses `raft::network` reads, the committed membership `raft::purge` asks for, a
+//! leadership offer's answer, the sealed shard map `raft::directory` reads). The production type config
+//! (`raft::config::TokioConfig`).
 //! A value that decodes must encode back to bytes that decode to the same value.
 #![no_main]
 
@@ -47,7 +48,8 @@ fn body(kind: RequestKind, bytes: &[u8]) {
         RequestKind::DirectoryRead => {
             stable::<String>(bytes);
         }
-        RequestKind::CommittedMembership => {}
+        // Empty bodies: nothing is decoded from them.
+        RequestKind::CommittedMembership | RequestKind::LeadershipOffer => {}
     }
 }
 
@@ -75,6 +77,8 @@ fn answer(choice: u8, bytes: &[u8]) {
         }
         _ => {
             stable::<()>(bytes);
+            // A leadership offer's answer.
+            stable::<bool>(bytes);
         }
     }
 }
