@@ -38,7 +38,6 @@ use placement::{GroupId, GroupReport, NodeId, Plan, Step, TopologyFile};
 use crate::admin_api::{AdminError, NodeStatus, PurgeRecord, StepRequest};
 use crate::apply_report::{Attestation, Outcome, PurgeState, Reporter};
 use crate::cluster_view::{Cluster, fetch_topology, topologies_disagreeing};
-use crate::node::Handover;
 use crate::operator_cli::{Output, fetch_status};
 use crate::placement_cli::render_problem;
 
@@ -624,39 +623,26 @@ impl Run<'_> {
             if !cluster.nodes.iter().any(|status| status.node == node.0) {
                 continue;
             }
-            let url = crate::operator_cli::admin_url(&admin, "/drain");
-            let response = crate::operator_cli::http_with_timeout(Duration::from_secs(30))
-                .post(&url)
-                .send()
-                .await;
-            let handovers = match response {
-                Ok(response) if response.status().is_success() => response.json::<Vec<Handover>>().await,
-                Ok(response) => {
-                    let refusal = crate::operator_cli::refusal_of(response).await;
+            let handovers = match crate::operator_cli::post_drain(&admin).await {
+                Ok(Ok(handovers)) => handovers,
+                Ok(Err(refusal)) => {
                     self.reporter.note(&format!("{node} not drained: {refusal}"));
                     continue;
                 }
                 Err(error) => {
-                    self.reporter
-                        .note(&format!("{node} not drained: POST {url}: {error}"));
+                    // Unreachable, or drained with an answer that did not parse.
+                    self.reporter.note(&format!("{node}: drain: {error:#}"));
                     continue;
                 }
             };
-            match handovers {
-                Ok(handovers) => {
-                    for handover in handovers {
-                        let moved = match (handover.to, handover.error) {
-                            (Some(to), None) => format!("leadership moved to n{to}"),
-                            (_, Some(error)) => format!("leadership not moved: {error}"),
-                            (None, None) => continue,
-                        };
-                        self.reporter
-                            .note(&format!("{node} drained: group {}: {moved}", handover.group));
-                    }
-                }
-                Err(error) => self
-                    .reporter
-                    .note(&format!("{node} drained; its answer did not parse: {error}")),
+            for handover in handovers {
+                let moved = match (handover.to, handover.error) {
+                    (Some(to), None) => format!("leadership moved to n{to}"),
+                    (_, Some(error)) => format!("leadership not moved: {error}"),
+                    (None, None) => continue,
+                };
+                self.reporter
+                    .note(&format!("{node} drained: group {}: {moved}", handover.group));
             }
         }
     }

@@ -464,11 +464,9 @@ pub async fn move_leader(admin: &str, group: &str, to: NodeId) -> anyhow::Result
     Ok(ExitCode::from(1))
 }
 
-pub async fn drain(admin: &str, node: NodeId) -> anyhow::Result<ExitCode> {
-    let (nodes, _) = cluster_status(admin).await?;
-    let target =
-        admin_of(&nodes, admin, node.0).ok_or_else(|| anyhow!("the admin address of {node} is unknown"))?;
-    let url = admin_url(&target, "/drain");
+/// `POST /drain` on the node whose admin endpoint is `admin`: its handovers, or the node's refusal.
+pub async fn post_drain(admin: &str) -> anyhow::Result<Result<Vec<Handover>, String>> {
+    let url = admin_url(admin, "/drain");
     // A drain waits for every handover, each for its new leader's election.
     let response = http_with_timeout(Duration::from_secs(30))
         .post(&url)
@@ -476,10 +474,26 @@ pub async fn drain(admin: &str, node: NodeId) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("POST {url}"))?;
     if !response.status().is_success() {
-        outln!("refused: {}", refusal_of(response).await);
-        return Ok(ExitCode::from(1));
+        return Ok(Err(refusal_of(response).await));
     }
-    let handovers: Vec<Handover> = response.json().await?;
+    let handovers = response
+        .json()
+        .await
+        .with_context(|| format!("the answer to POST {url}"))?;
+    Ok(Ok(handovers))
+}
+
+pub async fn drain(admin: &str, node: NodeId) -> anyhow::Result<ExitCode> {
+    let (nodes, _) = cluster_status(admin).await?;
+    let target =
+        admin_of(&nodes, admin, node.0).ok_or_else(|| anyhow!("the admin address of {node} is unknown"))?;
+    let handovers = match post_drain(&target).await? {
+        Ok(handovers) => handovers,
+        Err(refusal) => {
+            outln!("refused: {refusal}");
+            return Ok(ExitCode::from(1));
+        }
+    };
     let mut failed = false;
     for handover in &handovers {
         match (&handover.to, &handover.error) {
