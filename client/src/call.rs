@@ -788,28 +788,24 @@ mod tests {
     fn a_call_without_a_leader_asks_nodes_that_host_the_group_first() {
         let nodes = [1, 2, 3, 4, 6];
         let down = |node| node == 1;
+        // The nodes `count` calls in a row ask, each starting after the last one asked.
+        let turns = |missing: &BTreeSet<u64>, count: usize| {
+            let mut start = 0;
+            (0..count)
+                .map(|_| {
+                    let index = pick(&nodes, start, down, Some(missing)).expect("nodes are up");
+                    start = index + 1;
+                    nodes[index]
+                })
+                .collect::<Vec<u64>>()
+        };
         let missing = BTreeSet::from([4, 6]);
-        let mut asked = Vec::new();
-        let mut start = 0;
-        for _ in 0..6 {
-            let index = pick(&nodes, start, down, Some(&missing)).expect("nodes are up");
-            asked.push(nodes[index]);
-            start = index + 1;
-        }
-        assert_eq!(asked, [2, 3, 2, 3, 2, 3]);
+        assert_eq!(turns(&missing, 6), [2, 3, 2, 3, 2, 3]);
         // Nothing known of the group yet: every node up, in turn.
         let index = pick(&nodes, 3, down, None).expect("nodes are up");
         assert_eq!(nodes[index], 4);
         // Every node up said "not hosted" (the group moved): ask them all again rather than none.
-        let everyone = BTreeSet::from([2, 3, 4, 6]);
-        let mut asked = Vec::new();
-        let mut start = 0;
-        for _ in 0..4 {
-            let index = pick(&nodes, start, down, Some(&everyone)).expect("nodes are up");
-            asked.push(nodes[index]);
-            start = index + 1;
-        }
-        assert_eq!(asked, [2, 3, 4, 6]);
+        assert_eq!(turns(&BTreeSet::from([2, 3, 4, 6]), 4), [2, 3, 4, 6]);
         // All down: no pick (the caller asks the node probed longest ago).
         assert_eq!(pick(&nodes, 0, |_| true, Some(&missing)), None);
     }
