@@ -184,7 +184,9 @@ fn an_outside_reader_gets_stable_pseudonyms_and_no_write() {
     );
     let seen = get_profile(dir.path(), dublin, "support-us");
     assert!(
-        !seen.contains("555"),
+        // "555 0142" holds a space, which a pseudonym's hex never does: a digest that
+        // happens to contain "555" cannot fail this.
+        !seen.contains("555 0142"),
         "the phone number reached the US in clear: {seen}"
     );
     let object: serde_json::Value = serde_json::from_str(&seen).unwrap();
