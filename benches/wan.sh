@@ -10,7 +10,8 @@
 # to the nearest quorum member plus the median of 200 4-KiB fdatasyncs in the run's directory (TMPDIR:
 # put it on the disk the nodes would use, not tmpfs). Then the EEA leader's process is SIGKILLed three
 # times and the time to the client's next acknowledged put printed (each call's deadline
-# WAN_CALL_TIMEOUT_MS, default 2000). PROFILE=debug runs the debug build instead.
+# WAN_CALL_TIMEOUT_MS, default 2000; WAN_FAILOVER_ROUNDS rounds, default 3; WAN_PROMPT_ELECTIONS=0 runs the
+# nodes without election prompts, for a before/after in one sitting). PROFILE=debug runs the debug build.
 #
 # Needs root, iproute2, iptables and /dev/net/tun. Everything it starts (namespaces, node processes, by
 # pid) is removed when the run ends; the run is bounded by 15 minutes. MULTIHOST_LOGS=DIR keeps the

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub repair_steps: Family<GroupLabel, Counter>,
     /// Replicas this node deleted after their group committed a membership without it.
     pub replicas_purged: Family<GroupLabel, Counter>,
+    /// Elections this node started because its leader fell silent past its lease (`raft::prompt_election`).
+    pub elections_prompted: Family<GroupLabel, Counter>,
     /// 1 while a group this node leads has members down and no replacement inside its jurisdiction.
     pub under_replicated: Family<GroupLabel, Gauge>,
     /// Admin requests the endpoint refused (`crate::admin_tls`): a change with no operator certificate
@@ -203,6 +205,12 @@ impl Metrics {
             "Replicas this node deleted once their group's leader showed a committed membership without it",
             replicas_purged.clone(),
         );
+        let elections_prompted = Family::<GroupLabel, Counter>::default();
+        registry.register(
+            "elections_prompted",
+            "Pre-votes this node started because its group's leader fell silent past its lease",
+            elections_prompted.clone(),
+        );
         let under_replicated = Family::<GroupLabel, Gauge>::default();
         registry.register(
             "group_under_replicated",
@@ -300,6 +308,7 @@ impl Metrics {
             repair_steps,
             admin_requests_refused,
             replicas_purged,
+            elections_prompted,
             under_replicated,
             has_leader,
             is_leader,

@@ -29,6 +29,7 @@ use raft::config::{DeclaredRoundTrips, TokioConfig, group_raft_config, with_snap
 use raft::directory::Directory;
 use raft::host::{Host, HostError};
 use raft::identity::{CertifiedKey, Peer, check_against_topology, node_identity_of_pem, tls_configs};
+use raft::prompt_election::ElectionPrompter;
 use raft::purge::Purged;
 use raft::quic::{Handler, LateHandler, QuicConfig, QuicNode};
 use raft::repair::{Repair, Repairer};
@@ -70,6 +71,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<ExitCode> {
     let preference = tokio::spawn(honour_leader_preferences(node.clone()));
     let repair = tokio::spawn(repair_groups(node.clone()));
     let purge = tokio::spawn(purge_removed_replicas(node.clone()));
+    let prompts = tokio::spawn(prompt_elections(node.clone()));
     let names = tokio::spawn(follow_peer_names(node.clone()));
     let round_trips = tokio::spawn(crate::round_trip_watch::watch(node.clone()));
     let incidents = crate::incident_sink::spawn(&node);
@@ -82,6 +84,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<ExitCode> {
     preference.abort();
     repair.abort();
     purge.abort();
+    prompts.abort();
     names.abort();
     round_trips.abort();
     if let Some(incidents) = incidents {
@@ -113,6 +116,29 @@ async fn honour_leader_preferences(node: Arc<Node>) {
                 Ok(Some(to)) => tracing::info!(%group, %to, "leadership moved to the preferred voter"),
                 Ok(None) => {}
                 Err(error) => tracing::debug!(%group, %error, "leader preference not applied"),
+            }
+        }
+    }
+}
+
+/// Every few milliseconds, each group whose leader has been silent past the leader's lease and this node's
+/// turn is prompted to campaign (`raft::prompt_election`): a failover takes the lease, not the lease and a
+/// random election timeout more.
+async fn prompt_elections(node: Arc<Node>) {
+    if !node.config.raft.prompt_elections {
+        return;
+    }
+    let prompter = ElectionPrompter::<TokioConfig>::default();
+    loop {
+        tokio::time::sleep(raft::prompt_election::PROMPT_EVERY).await;
+        for (group, leader) in prompter.round(&node.host).await {
+            tracing::info!(%group, silent = %leader, "leader silent past its lease: campaigning");
+            if let Some(policy) = node.file.policies.get(&group) {
+                let label = GroupLabel {
+                    group: group.0.clone(),
+                    jurisdiction: policy.jurisdiction.name().to_string(),
+                };
+                node.metrics.elections_prompted.get_or_create(&label).inc();
             }
         }
     }

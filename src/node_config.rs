@@ -145,6 +145,9 @@ pub struct RaftTuning {
     /// no leader or have not heard from one for this long), and purges those the group's leader shows a
     /// committed membership leaves out (0: never; see `raft::purge`).
     pub purge_check_ms: u64,
+    /// Whether a follower whose leader fell silent campaigns once the leader's lease has run out, in an
+    /// order the voters share, rather than after a random election timeout more (`raft::prompt_election`).
+    pub prompt_elections: bool,
     /// A snapshot is built every this many applied entries (`raft::config::SNAPSHOT_EVERY_ENTRIES`).
     pub snapshot_every_entries: u64,
     /// Entries kept in the log behind the last snapshot, for replicas catching up after one
@@ -160,6 +163,7 @@ impl Default for RaftTuning {
             election_timeout_max_ms: 1000,
             repair_down_after_ms: 5000,
             purge_check_ms: 10_000,
+            prompt_elections: true,
             snapshot_every_entries: raft::config::SNAPSHOT_EVERY_ENTRIES,
             log_kept_behind_snapshot_entries: raft::config::LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES,
         }

@@ -1336,7 +1336,13 @@ fn wan_put_latency_and_failover() {
             place: Place::Frankfurt,
         },
     ];
-    let cluster = Cluster::start("b", BENCH, &hosts, RAFT);
+    // WAN_PROMPT_ELECTIONS=0 runs the nodes without election prompts (`raft::prompt_election`), to
+    // compare failovers with and without them in one sitting.
+    let raft = match std::env::var("WAN_PROMPT_ELECTIONS").as_deref() {
+        Ok("0") => format!("{RAFT}\nprompt_elections = false"),
+        _ => RAFT.to_string(),
+    };
+    let cluster = Cluster::start("b", BENCH, &hosts, &raft);
     let status = cluster.wait_until_led(&["near-eea", "far-eu"]);
     for group in ["near-eea", "far-eu"] {
         assert_eq!(status["groups"][group]["leader"], 1, "{status}");
@@ -1378,8 +1384,13 @@ fn wan_put_latency_and_failover() {
             .and_then(|ms| ms.parse().ok())
             .unwrap_or(2000),
     );
+    let rounds: usize = std::env::var("WAN_FAILOVER_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(3);
     let mut failovers = Vec::new();
-    for round in 0..3 {
+    for round in 0..rounds {
         cluster.wait_until_led(&["near-eea", "far-eu"]);
         let status = cluster.status();
         let leader = status["groups"]["near-eea"]["leader"].as_u64().unwrap();
@@ -1430,9 +1441,9 @@ fn wan_put_latency_and_failover() {
     }
     failovers.sort_unstable();
     println!(
-        "failover (3 rounds, calls' deadline {} ms): median {} ms, max {} ms; 2 x election timeout max = 2000 ms",
+        "failover ({rounds} rounds, calls' deadline {} ms): median {} ms, max {} ms; 2 x election timeout max = 2000 ms",
         call_timeout.as_millis(),
-        failovers[1].as_millis(),
-        failovers[2].as_millis()
+        failovers[rounds / 2].as_millis(),
+        failovers[rounds - 1].as_millis()
     );
 }

@@ -44,6 +44,7 @@ use crate::fault::Isolation;
 use crate::identity::NodeIdentity;
 use crate::message::{SNAPSHOT_CHUNKS_IN_FLIGHT, SnapshotChunkRef, SnapshotsSent};
 use crate::network::{GroupNetworkFactory, MetricsCell, PeerReachability, flatten, membership_of};
+use crate::prompt_election::Silence;
 use crate::purge::CommittedMembership;
 use crate::residency::{GroupFence, IncidentCounts, Incidents, NodeAsClient};
 use crate::routing::group_number;
@@ -417,6 +418,67 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
         let replica = self.group(group)?;
         let heard = *replica.heard_from_leader.lock().expect("leader contact lock");
         Ok(C::now().saturating_duration_since(heard))
+    }
+
+    /// What [`crate::prompt_election`] needs of this node's replica of `group`: its leader, how long that
+    /// leader has been silent, the group's timing and whose turn it is to campaign. `None` if this node
+    /// follows no leader, leads, is no voter, or drains (it declines leadership: [`Host::start_draining`]).
+    pub fn silence(&self, group: &GroupId) -> Result<Option<Silence<InstantOf<C>>>, HostError> {
+        let replica = self.group(group)?;
+        let me = self.me.node;
+        if self.is_draining() {
+            return Ok(None);
+        }
+        let heard = *replica.heard_from_leader.lock().expect("leader contact lock");
+        let receiver = replica.raft.metrics();
+        let metrics = receiver.borrow_watched();
+        let voters = membership_of::<C>(&metrics).voters;
+        let Some(leader) = metrics.current_leader.map(NodeId) else {
+            return Ok(None);
+        };
+        if leader == me || !voters.contains(&me) {
+            return Ok(None);
+        }
+        let policy = &replica.fence.policy;
+        // Only nodes inside the jurisdiction take a turn: the others never campaign (and peers refuse
+        // their votes), so a turn given to one would be a turn lost.
+        let mut turns: Vec<NodeId> = voters
+            .into_iter()
+            .filter(|&node| node != leader && self.topology.is_inside(node, &policy.jurisdiction))
+            .collect();
+        turns.sort_by_key(|&node| (policy.leader_rank(&self.topology, node), node));
+        let config = replica.raft.config();
+        Ok(Some(Silence {
+            leader,
+            heard,
+            silent_for: C::now().saturating_duration_since(heard),
+            turns,
+            lease: Duration::from_millis(config.election_timeout_max),
+            heartbeat: Duration::from_millis(config.heartbeat_interval),
+        }))
+    }
+
+    /// Starts a pre-vote for `group` now, as [`crate::prompt_election`] decided: openraft does not start
+    /// it while its leader's lease is valid, and the peers grant it only when theirs has expired too.
+    pub(crate) async fn campaign_after_silence(&self, group: &GroupId) -> Result<(), HostError> {
+        let replica = self.group(group)?;
+        if !self
+            .topology
+            .is_inside(self.me.node, &replica.fence.policy.jurisdiction)
+        {
+            // Checked again here, where the campaign starts: openraft's trigger ignores the election timer
+            // that is off for a replica outside the jurisdiction.
+            return Ok(());
+        }
+        replica
+            .raft
+            .trigger()
+            .elect(true)
+            .await
+            .map_err(|error| HostError::Raft {
+                group: group.clone(),
+                reason: error.to_string(),
+            })
     }
 
     pub fn topology(&self) -> &Topology {
@@ -1328,6 +1390,9 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
                 }
                 let (entries, received) = (rpc.entries.len(), C::now());
                 let response = raft.append_entries(rpc).await.map_err(failed)?;
+                // Again once openraft has taken it: the leader's lease runs from no later than this, which
+                // an election prompt counts from ([`crate::prompt_election`]).
+                *group.heard_from_leader.lock().expect("leader contact lock") = C::now();
                 // The follower's part of a replication round trip: its Raft core, append and sync.
                 tracing::debug!(
                     group = %group.fence.policy.group, entries,

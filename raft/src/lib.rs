@@ -27,6 +27,7 @@ pub mod local_cluster;
 pub mod map_change;
 pub mod message;
 pub mod network;
+pub mod prompt_election;
 pub mod pseudonym;
 pub mod purge;
 pub mod quic;

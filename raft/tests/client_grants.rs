@@ -283,8 +283,9 @@ async fn an_outside_reader_sees_personal_fields_only_pseudonymised() {
             for field in ["phone", "ip"] {
                 let digest = object[field].as_str().unwrap().strip_prefix("psn:1:");
                 assert!(
-                    digest.is_some_and(|hex| hex.len() == 32
-                        && hex.bytes().all(|byte| byte.is_ascii_hexdigit())),
+                    digest.is_some_and(
+                        |hex| hex.len() == 32 && hex.bytes().all(|byte| byte.is_ascii_hexdigit())
+                    ),
                     "{field} is not a pseudonym: {value}"
                 );
             }

@@ -11,10 +11,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{ONE_CLUSTER_AT_A_TIME, cluster, group, put};
-use placement::{Membership, NodeId, RefusalReason, SiteName, Step};
+use placement::{GroupId, Membership, NodeId, RefusalReason, SiteName, Step};
 use raft::client_protocol::{Envelope, EnvelopeResponse};
 use raft::config::TokioConfig;
 use raft::host::{HostError, ReadConsistency};
+use raft::prompt_election::{ElectionPrompter, PROMPT_EVERY};
 use raft::routing::group_number;
 use raft::transport::{PeerRequest, PeerResponse, RequestKind};
 
@@ -267,6 +268,16 @@ async fn a_group_cut_off_from_its_inside_voters_elects_no_one_outside() {
 
     // Cut the only inside voter away. Ashburn's two voters are a majority of three, but may not lead.
     cluster.partition(&[1], &[4, 5]);
+    // Their leader silent for over three of its leases (600 ms), neither is ever prompted to campaign.
+    let prompters = [ElectionPrompter::default(), ElectionPrompter::default()];
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < give_up {
+        for (prompter, id) in prompters.iter().zip([4, 5]) {
+            let prompted = prompter.round(&cluster.node(id).host).await;
+            assert!(prompted.is_empty(), "n{id}, outside, was prompted: {prompted:?}");
+        }
+        tokio::time::sleep(PROMPT_EVERY).await;
+    }
     // Even forced to campaign, a US node gets no vote: its peers refuse candidates outside the jurisdiction.
     cluster.node(4).host.campaign(&legacy).await.unwrap();
     let elected = cluster
@@ -543,5 +554,90 @@ async fn a_lagging_survivor_does_not_delay_the_next_leader_by_a_term() {
         "elected in the first term after its dead leader's"
     );
     cluster.write("users-eea", &[current], put(11)).await.unwrap();
+    cluster.stop().await;
+}
+
+/// Runs election prompts on `nodes` every [`PROMPT_EVERY`] until `stop` is set; what each prompted.
+async fn prompting(
+    cluster: &common::Cluster,
+    nodes: &[u64],
+    stop: &std::sync::atomic::AtomicBool,
+) -> Vec<(u64, GroupId, NodeId)> {
+    let prompters: Vec<_> = nodes.iter().map(|_| ElectionPrompter::default()).collect();
+    let mut prompted = Vec::new();
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        for (prompter, &id) in prompters.iter().zip(nodes) {
+            for (group, silent) in prompter.round(&cluster.node(id).host).await {
+                prompted.push((id, group, silent));
+            }
+        }
+        tokio::time::sleep(PROMPT_EVERY).await;
+    }
+    prompted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_is_prompted_to_campaign_once_its_dead_leaders_lease_has_run_out() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    // openraft's own election timer off: only a prompt can elect the next leader.
+    let config = openraft::Config {
+        enable_elect: false,
+        ..(*common::raft_config()).clone()
+    };
+    let cluster = common::cluster_with(common::TOPOLOGY, std::sync::Arc::new(config)).await;
+    let eea = group("users-eea");
+    cluster.create("users-eea", &[1, 2, 3]).await;
+    cluster.node(1).host.campaign(&eea).await.unwrap();
+    cluster.write("users-eea", &[1], put(1)).await.unwrap();
+    let term = cluster.node(1).host.status(&eea).unwrap().term;
+
+    cluster.stop_node(NodeId(1)).await;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (prompted, next) = tokio::join!(prompting(&cluster, &[2, 3], &stop), async {
+        let next = cluster
+            .leader("users-eea", &[2, 3], Duration::from_secs(20))
+            .await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        next
+    });
+    let next = next.expect("no leader after the leader died: no survivor was prompted");
+    assert!(
+        prompted.contains(&(next.0, eea.clone(), NodeId(1))),
+        "the new leader {next} was not prompted about silent n1: {prompted:?}"
+    );
+    assert!(cluster.node(next.0).host.status(&eea).unwrap().term > term);
+    cluster.write("users-eea", &[2, 3], put(2)).await.unwrap();
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_is_heard_is_never_challenged_by_a_prompt() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = cluster().await;
+    let eea = group("users-eea");
+    cluster.create("users-eea", &[1, 2, 3]).await;
+    let leader = cluster.write("users-eea", &[1, 2, 3], put(1)).await.unwrap();
+    let term = cluster.node(leader.0).host.status(&eea).unwrap().term;
+
+    // Five of the leader's leases (600 ms) of prompting on every node, with writes going on.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (prompted, ()) = tokio::join!(prompting(&cluster, &[1, 2, 3], &stop), async {
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(3);
+        let mut sequence = 2;
+        while tokio::time::Instant::now() < give_up {
+            cluster
+                .write("users-eea", &[leader.0], put(sequence))
+                .await
+                .unwrap();
+            sequence += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    assert_eq!(prompted, Vec::new(), "a prompt while the leader was heard");
+    for id in [1, 2, 3] {
+        let status = cluster.node(id).host.status(&eea).unwrap();
+        assert_eq!((status.leader, status.term), (Some(leader), term), "n{id}");
+    }
     cluster.stop().await;
 }

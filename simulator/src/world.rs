@@ -10,6 +10,7 @@
 //! Nothing here holds a lock across an `.await`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use openraft_rt_sim::SimInstant;
 use placement::{GroupId, GroupPolicy, Membership, NodeId, Topology, TopologyFile};
 use raft::host::{GroupStatus, Host};
 use raft::identity::NodeIdentity;
+use raft::prompt_election::{ElectionPrompter, PROMPT_EVERY};
 use raft::routing::group_number;
 
 use crate::bulk::Bulk;
@@ -146,6 +148,8 @@ pub struct Inner {
     /// What the trace last showed of each replica's status, by node.
     last_seen: Mutex<BTreeMap<NodeId, BTreeMap<GroupId, SeenStatus>>>,
     observations: Mutex<u64>,
+    /// Set when the run ends: the nodes' background tasks (election prompts) stop.
+    ended: AtomicBool,
 }
 
 /// What the trace shows of a replica's status: a line is logged when it changes.
@@ -317,6 +321,7 @@ impl World {
             observer: Mutex::new(Observer::default()),
             last_seen: Mutex::new(BTreeMap::new()),
             observations: Mutex::new(0),
+            ended: AtomicBool::new(false),
         }));
         world.log(format!("world seed={seed} canary={:?}", canary.map(Canary::name)));
         for node in world.node_ids() {
@@ -507,6 +512,7 @@ impl World {
                 .map_err(|error| format!("{node} opening {group}: {error}"))?;
         }
         self.network.attach(node, host.clone());
+        self.spawn_election_prompts(node, &host);
         if let Some(slot) = self.nodes().get_mut(&node) {
             slot.running = Some(Running { host, stores: handle });
         }
@@ -516,6 +522,35 @@ impl World {
         ));
         self.record(EventKind::NodeUp { node });
         Ok(())
+    }
+
+    /// The election prompts `node`'s incarnation `host` runs, as the node binary does
+    /// (`raft::prompt_election`), on the node's clock, until the incarnation stops or the run ends.
+    fn spawn_election_prompts(&self, node: NodeId, host: &Arc<SimHost>) {
+        let world = self.clone();
+        let incarnation = Arc::downgrade(host);
+        drop(<openraft_rt_sim::SimRuntime as openraft::AsyncRuntime>::spawn(
+            crate::clock::on_node(node.0, async move {
+                let prompter = ElectionPrompter::<SimConfig>::default();
+                loop {
+                    <crate::clock::NodeClockRuntime as openraft::AsyncRuntime>::sleep(PROMPT_EVERY).await;
+                    let Some(host) = incarnation.upgrade() else {
+                        return;
+                    };
+                    let current = world
+                        .host(node)
+                        .is_some_and(|running| Arc::ptr_eq(&running, &host));
+                    if !current || world.ended.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    for (group, silent) in prompter.round(&host).await {
+                        world.log(format!(
+                            "{node} campaigns for {group}: leader {silent} silent past its lease"
+                        ));
+                    }
+                }
+            }),
+        ));
     }
 
     /// Power loss at a node: its incarnation stops and its unsynced writes are dropped (or torn).
@@ -808,6 +843,7 @@ impl World {
 
     /// Stops every running host (end of the run).
     pub async fn shutdown(&self) {
+        self.ended.store(true, Ordering::SeqCst);
         let hosts: Vec<Arc<SimHost>> = self
             .nodes()
             .values()
