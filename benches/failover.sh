@@ -10,7 +10,8 @@
 #
 # Knobs: FAILOVER_ROUNDS (5, at most 50), FAILOVER_CALL_TIMEOUT_MS (each call's deadline, 2000),
 # DOMICILE_BIN (the node binary; default the one cargo builds), FAILOVER_LOG_DIR (append each node's log to
-# node-ID.log there, filtered by RUST_LOG), TIME_LIMIT (seconds, 900). Loopback
+# node-ID.log there, filtered by RUST_LOG), FAILOVER_PROMPT_ELECTIONS=0 (nodes without election prompts),
+# TIME_LIMIT (seconds, 900). Loopback
 # only; every node is stopped by pid when the test ends (its guards), and the whole run by timeout(1).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -245,9 +245,15 @@ async fn failover_time_after_the_leader_is_killed() {
         TOPOLOGY,
         &[(1, "dublin-a"), (2, "dublin-b"), (3, "hamar")],
     );
+    // FAILOVER_PROMPT_ELECTIONS=0: the nodes without election prompts (`raft::prompt_election`), for a
+    // before/after in one sitting.
+    let tuning = match std::env::var("FAILOVER_PROMPT_ELECTIONS").as_deref() {
+        Ok("0") => format!("{RAFT}prompt_elections = false\n"),
+        _ => RAFT.to_string(),
+    };
     for node in &files {
         let mut config = std::fs::read_to_string(&node.config).unwrap();
-        config.push_str(RAFT);
+        config.push_str(&tuning);
         std::fs::write(&node.config, config).unwrap();
     }
     let mut processes: BTreeMap<u64, common::KillOnDrop> =
@@ -264,7 +270,7 @@ async fn failover_time_after_the_leader_is_killed() {
     println!(
         "failover on loopback: {} ({}), {rounds} rounds, calls' deadline {} ms",
         binary.display(),
-        RAFT.trim().replace('\n', " "),
+        tuning.trim().replace('\n', " "),
         call_timeout.as_millis()
     );
     let (mut to_leader, mut to_write) = (Vec::new(), Vec::new());

@@ -1,5 +1,6 @@
 //! Tuning of a QUIC link, for one kind of path (same machine, or between sites).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{EndpointConfig, MtuDiscoveryConfig, TransportConfig, VarInt};
@@ -93,9 +94,27 @@ impl QuicConfig {
 
     /// quinn's endpoint settings: the largest UDP payload accepted from peers (what a peer's MTU
     /// discovery may grow to, [`QuicConfig::udp_payload_bytes_max`]), never less than quinn's own
-    /// default (1,472 bytes), so a link tuned for Ethernet accepts what it accepted before.
-    pub fn endpoint(&self) -> Result<EndpointConfig, QuicError> {
-        let mut endpoint = EndpointConfig::default();
+    /// default (1,472 bytes), so a link tuned for Ethernet accepts what it accepted before; and the
+    /// stateless-reset and connection-id keys, from `secret` (the holder's [`TlsConfigs::endpoint_secret`]).
+    ///
+    /// **Why keys that outlive a restart.** A peer that dialled this node before it restarted still holds
+    /// a connection to the old process. quinn's default keys are random per process, so the new one
+    /// neither recognises the old connection ids as its own nor can sign a reset the peer would believe:
+    /// it drops the packets, and the peer's requests vanish into the old connection until it is given up
+    /// (a lost pre-vote cost a failover an election round, docs/performance.md). With the same keys, the
+    /// restarted node answers the first packet with a stateless reset the peer accepts, the connection
+    /// ends at once, and the request is sent again on a new one ([`crate::Dialer::request_within`]).
+    ///
+    /// [`TlsConfigs::endpoint_secret`]: crate::tls::TlsConfigs::endpoint_secret
+    pub fn endpoint(&self, secret: &[u8; 32]) -> Result<EndpointConfig, QuicError> {
+        let derive =
+            |label: &[u8]| ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret), label);
+        let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derive(b"stateless reset").as_ref());
+        let mut cid_key = [0; 8];
+        cid_key.copy_from_slice(&derive(b"connection id").as_ref()[..8]);
+        let cid_key = u64::from_le_bytes(cid_key);
+        let mut endpoint = EndpointConfig::new(Arc::new(reset_key));
+        endpoint.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
         let accepted = self
             .udp_payload_bytes_max
             .max(u16::try_from(endpoint.get_max_udp_payload_size()).unwrap_or(UDP_PAYLOAD_BYTES_MAX));

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use quinn::crypto::rustls::QuicClientConfig;
-use quinn::{Connection, Endpoint, VarInt};
+use quinn::{Connection, ConnectionError, Endpoint, VarInt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -120,29 +120,23 @@ impl Dialer {
         Response: DeserializeOwned,
     {
         let exchange = async {
-            let connection = self.connection(to).await?;
-            let mut unanswered = Unanswered::new(self, to, &connection);
-            let stream_error = |reason: String| QuicError::Stream { node: to, reason };
-            let frame_error = |error: FrameError| match error {
-                FrameError::Transport(error) => error,
-                FrameError::Io(reason) => stream_error(reason),
-            };
-            let (mut send, mut recv) = connection.open_bi().await.map_err(|error| {
-                // A broken connection is dropped so the next request dials afresh.
-                self.forget(to, &connection);
-                stream_error(error.to_string())
-            })?;
-            let written = write_frame(&mut send, request, self.config.message_bytes_max).await;
-            if written.is_err() {
-                // Not sent (too large to frame, or the connection reports itself broken).
-                unanswered.settled();
+            let mut resent = false;
+            loop {
+                let connection = self.connection(to).await?;
+                match self.exchange(to, &connection, request).await {
+                    // The peer reset the connection statelessly: it is a new process that knows nothing
+                    // of it ([`QuicConfig::endpoint`]). Once more, on a new connection. Requests on a link
+                    // may be sent twice (Raft's messages are idempotent, a client's writes carry their
+                    // write id), and this one may have reached the old process before it died.
+                    Err(_)
+                        if !resent && matches!(connection.close_reason(), Some(ConnectionError::Reset)) =>
+                    {
+                        self.forget(to, &connection);
+                        resent = true;
+                    }
+                    outcome => return outcome,
+                }
             }
-            written.map_err(frame_error)?;
-            let reply = read_frame::<Reply<Response>>(&mut recv, self.config.message_bytes_max)
-                .await
-                .map_err(frame_error);
-            unanswered.settled();
-            reply?.map_err(|reason| QuicError::Remote { node: to, reason })
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
@@ -154,6 +148,41 @@ impl Dialer {
     pub fn connection_stats(&self, to: u64) -> Option<quinn::ConnectionStats> {
         let connections = self.connections.lock().expect("connection table lock");
         connections.get(&to).map(Connection::stats)
+    }
+
+    /// One request and its answer on `connection`.
+    async fn exchange<Request, Response>(
+        &self,
+        to: u64,
+        connection: &Connection,
+        request: &Request,
+    ) -> Result<Response, QuicError>
+    where
+        Request: Serialize + ?Sized,
+        Response: DeserializeOwned,
+    {
+        let mut unanswered = Unanswered::new(self, to, connection);
+        let stream_error = |reason: String| QuicError::Stream { node: to, reason };
+        let frame_error = |error: FrameError| match error {
+            FrameError::Transport(error) => error,
+            FrameError::Io(reason) => stream_error(reason),
+        };
+        let (mut send, mut recv) = connection.open_bi().await.map_err(|error| {
+            // A broken connection is dropped so the next request dials afresh.
+            self.forget(to, connection);
+            stream_error(error.to_string())
+        })?;
+        let written = write_frame(&mut send, request, self.config.message_bytes_max).await;
+        if written.is_err() {
+            // Not sent (too large to frame, or the connection reports itself broken).
+            unanswered.settled();
+        }
+        written.map_err(frame_error)?;
+        let reply = read_frame::<Reply<Response>>(&mut recv, self.config.message_bytes_max)
+            .await
+            .map_err(frame_error);
+        unanswered.settled();
+        reply?.map_err(|reason| QuicError::Remote { node: to, reason })
     }
 
     fn forget(&self, to: u64, broken: &Connection) {

@@ -40,7 +40,13 @@ pub struct CertifiedKey {
 pub struct TlsConfigs {
     pub server: Arc<ServerConfig>,
     pub client: Arc<ClientConfig>,
+    /// A secret of the holder's that outlives its restarts, derived from its private key: the QUIC
+    /// endpoint's stateless-reset and connection-id keys come from it ([`crate::QuicConfig::endpoint`]).
+    pub endpoint_secret: [u8; 32],
 }
+
+/// What [`TlsConfigs::endpoint_secret`] is derived with: a label, so the key is never used as is.
+const ENDPOINT_SECRET_LABEL: &[u8] = b"domicile/quic-endpoint-secret/v1";
 
 pub fn tls_configs(ca_cert_pem: &str, node: &CertifiedKey) -> Result<TlsConfigs, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -79,8 +85,12 @@ pub fn tls_configs(ca_cert_pem: &str, node: &CertifiedKey) -> Result<TlsConfigs,
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain()?, key()?)?;
+    let label = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, ENDPOINT_SECRET_LABEL);
+    let mut endpoint_secret = [0; 32];
+    endpoint_secret.copy_from_slice(ring::hmac::sign(&label, key()?.secret_der()).as_ref());
     Ok(TlsConfigs {
         server: Arc::new(server),
         client: Arc::new(client),
+        endpoint_secret,
     })
 }

@@ -95,7 +95,13 @@ impl QuicNode {
         let socket = std::net::UdpSocket::bind(addr).map_err(bind)?;
         let runtime =
             quinn::default_runtime().ok_or_else(|| bind(std::io::Error::other("no async runtime found")))?;
-        let endpoint = Endpoint::new(config.endpoint()?, Some(server), socket, runtime).map_err(bind)?;
+        let endpoint = Endpoint::new(
+            config.endpoint(&tls.endpoint_secret)?,
+            Some(server),
+            socket,
+            runtime,
+        )
+        .map_err(bind)?;
         let check = Arc::new(AttestedNode(topology.clone()));
         let addresses = addresses.into_iter().map(|(node, addr)| (node.0, addr)).collect();
         let dialer = Dialer::over(endpoint, tls, Some(check), addresses, config)?;
