@@ -421,15 +421,20 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
     }
 
     /// What [`crate::prompt_election`] needs of this node's replica of `group`: its leader, how long that
-    /// leader has been silent, the group's timing and whose turn it is to campaign. `None` if this node
-    /// follows no leader, leads, is no voter, or drains (it declines leadership: [`Host::start_draining`]).
+    /// leader has been silent, the group's timing and whose turn it is to campaign. `None` if the leader
+    /// was heard within its lease, or this node follows no leader, leads, is no voter, or drains (it
+    /// declines leadership: [`Host::start_draining`]).
     pub fn silence(&self, group: &GroupId) -> Result<Option<Silence<InstantOf<C>>>, HostError> {
         let replica = self.group(group)?;
         let me = self.me.node;
-        if self.is_draining() {
+        let config = replica.raft.config();
+        let lease = Duration::from_millis(config.election_timeout_max);
+        let heard = *replica.heard_from_leader.lock().expect("leader contact lock");
+        let silent_for = C::now().saturating_duration_since(heard);
+        // Asked every few milliseconds of every group: the common answer, a leader heard, costs no more.
+        if silent_for < lease || self.is_draining() {
             return Ok(None);
         }
-        let heard = *replica.heard_from_leader.lock().expect("leader contact lock");
         let receiver = replica.raft.metrics();
         let metrics = receiver.borrow_watched();
         let voters = membership_of::<C>(&metrics).voters;
@@ -447,13 +452,12 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             .filter(|&node| node != leader && self.topology.is_inside(node, &policy.jurisdiction))
             .collect();
         turns.sort_by_key(|&node| (policy.leader_rank(&self.topology, node), node));
-        let config = replica.raft.config();
         Ok(Some(Silence {
             leader,
             heard,
-            silent_for: C::now().saturating_duration_since(heard),
+            silent_for,
             turns,
-            lease: Duration::from_millis(config.election_timeout_max),
+            lease,
             heartbeat: Duration::from_millis(config.heartbeat_interval),
         }))
     }

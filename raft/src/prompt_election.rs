@@ -79,9 +79,10 @@ impl<C: GroupConfig> ElectionPrompter<C> {
     /// is prompted to campaign. Returns the groups prompted, with the leader that fell silent.
     pub async fn round<T: Transport, S: Stores<C>>(&self, host: &Host<C, T, S>) -> Vec<(GroupId, NodeId)> {
         let me = host.identity().node;
+        let held = host.hosted_groups();
         let mut prompted = Vec::new();
-        for group in host.hosted_groups() {
-            let Ok(Some(silence)) = host.silence(&group) else {
+        for group in &held {
+            let Ok(Some(silence)) = host.silence(group) else {
                 continue;
             };
             let Some(turn) = turn_after(&silence.turns, me, silence.lease, silence.heartbeat) else {
@@ -92,18 +93,17 @@ impl<C: GroupConfig> ElectionPrompter<C> {
             }
             {
                 let mut memo = self.prompted.lock().expect("prompted groups lock");
-                if memo.get(&group) == Some(&silence.heard) {
+                if memo.get(group) == Some(&silence.heard) {
                     continue;
                 }
                 memo.insert(group.clone(), silence.heard);
             }
-            match host.campaign_after_silence(&group).await {
-                Ok(()) => prompted.push((group, silence.leader)),
+            match host.campaign_after_silence(group).await {
+                Ok(()) => prompted.push((group.clone(), silence.leader)),
                 Err(error) => tracing::debug!(%group, %error, "election prompt not delivered"),
             }
         }
         // Forget groups no longer held (purged, closed): the memo stays as small as the group table.
-        let held = host.hosted_groups();
         self.prompted
             .lock()
             .expect("prompted groups lock")
