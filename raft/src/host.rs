@@ -474,15 +474,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             // that is off for a replica outside the jurisdiction.
             return Ok(());
         }
-        replica
-            .raft
-            .trigger()
-            .elect(true)
-            .await
-            .map_err(|error| HostError::Raft {
-                group: group.clone(),
-                reason: error.to_string(),
-            })
+        trigger_election(&replica.raft, group, true).await
     }
 
     pub fn topology(&self) -> &Topology {
@@ -865,15 +857,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
     /// of votes, and its peers refuse to vote for a candidate outside the jurisdiction.
     pub async fn campaign(&self, group: &GroupId) -> Result<(), HostError> {
         let replica = self.group(group)?;
-        replica
-            .raft
-            .trigger()
-            .elect(false)
-            .await
-            .map_err(|error| HostError::Raft {
-                group: group.clone(),
-                reason: error.to_string(),
-            })
+        trigger_election(&replica.raft, group, false).await
     }
 
     /// An injected fault (simulation only): this node's network for `group` is asked to replicate an
@@ -1552,6 +1536,21 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
 enum Served {
     Refused(String),
     Failed(String),
+}
+
+/// Asks openraft to campaign for `group` now, with a pre-vote first or straight to a vote.
+async fn trigger_election<C: GroupConfig, B: storage::backend::Backend>(
+    raft: &Raft<C, StateMachine<C, B>>,
+    group: &GroupId,
+    pre_vote: bool,
+) -> Result<(), HostError> {
+    raft.trigger()
+        .elect(pre_vote)
+        .await
+        .map_err(|error| HostError::Raft {
+            group: group.clone(),
+            reason: error.to_string(),
+        })
 }
 
 fn refused(refusal: Refusal) -> Served {

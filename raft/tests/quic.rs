@@ -382,26 +382,28 @@ impl Relay {
     }
 }
 
-/// A peer killed and restarted at the same address, under the same certificate (so the same endpoint
-/// keys), answers the dialler's first request: its stateless reset ends the old connection at once and
-/// the request is sent again on a new one. Before, that request went into the old connection and was lost
-/// (a pre-vote, in a failover: an election round).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_restarted_at_the_same_address_resets_the_old_connection_and_answers_the_next_request() {
+/// Dublin dialling Hamar behind a [`Relay`], answered once by "the killed process"; then another Hamar
+/// process ("the restarted process") at the relay's address, under the same certificate (so the same
+/// endpoint keys) or a new one. Both keep the old connection open for a minute. `(client, killed,
+/// restarted, relay)`.
+async fn a_restarted_peer(
+    same_certificate: bool,
+    request_timeout: std::time::Duration,
+) -> (Arc<QuicNode>, Arc<QuicNode>, Arc<QuicNode>, Relay) {
     let ca = ClusterCa::generate("test", validity()).unwrap();
     let (dublin, hamar) = (identity(1, "dublin-a", "IE"), identity(7, "hamar", "NO"));
     let patient = QuicConfig {
         idle_timeout: std::time::Duration::from_secs(60),
         keep_alive: std::time::Duration::from_secs(20),
-        request_timeout: std::time::Duration::from_secs(5),
+        request_timeout,
         ..QuicConfig::loopback()
     };
-    let hamar_tls = tls(&ca, &hamar);
-    let serve = |name: &'static str| {
+    let first_tls = tls(&ca, &hamar);
+    let serve = |name: &'static str, tls: &TlsConfigs| {
         QuicNode::bind(
             hamar.clone(),
             loopback(),
-            &hamar_tls,
+            tls,
             topology(),
             BTreeMap::new(),
             patient.clone(),
@@ -409,16 +411,30 @@ async fn a_peer_restarted_at_the_same_address_resets_the_old_connection_and_answ
         )
         .unwrap()
     };
-    let killed = serve("the killed process");
+    let killed = serve("the killed process", &first_tls);
     let relay = Relay::start(killed.local_addr().unwrap()).await;
     let peers = BTreeMap::from([(NodeId(7), relay.addr)]);
     let client = node(dublin.clone(), &tls(&ca, &dublin), peers, patient.clone());
     let reply: String = client.request(NodeId(7), "hello").await.unwrap();
     assert_eq!(reply, "the killed process");
-    let old = client.dialer().connection_stats(7).expect("a connection");
 
-    let restarted = serve("the restarted process");
+    let restarted = if same_certificate {
+        serve("the restarted process", &first_tls)
+    } else {
+        serve("the restarted process", &tls(&ca, &hamar))
+    };
     relay.point_at(restarted.local_addr().unwrap());
+    (client, killed, restarted, relay)
+}
+
+/// A peer killed and restarted at the same address, under the same certificate (so the same endpoint
+/// keys), answers the dialler's first request: its stateless reset ends the old connection at once and
+/// the request is sent again on a new one. Before, that request went into the old connection and was lost
+/// (a pre-vote, in a failover: an election round).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_restarted_at_the_same_address_resets_the_old_connection_and_answers_the_next_request() {
+    let (client, killed, restarted, relay) = a_restarted_peer(true, std::time::Duration::from_secs(5)).await;
+    let old = client.dialer().connection_stats(7).expect("a connection");
     let reply = client.request::<_, String>(NodeId(7), "hello").await;
     assert_eq!(
         reply.expect("the first request after the restart was lost"),
@@ -443,35 +459,7 @@ async fn a_peer_restarted_at_the_same_address_resets_the_old_connection_and_answ
 /// elected no one for 30 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_restarted_at_the_same_address_is_dialled_afresh_after_an_unanswered_request() {
-    let ca = ClusterCa::generate("test", validity()).unwrap();
-    let (dublin, hamar) = (identity(1, "dublin-a", "IE"), identity(7, "hamar", "NO"));
-    let patient = QuicConfig {
-        idle_timeout: std::time::Duration::from_secs(60),
-        keep_alive: std::time::Duration::from_secs(20),
-        request_timeout: std::time::Duration::from_secs(2),
-        ..QuicConfig::loopback()
-    };
-    let serve = |name: &'static str| {
-        QuicNode::bind(
-            hamar.clone(),
-            loopback(),
-            &tls(&ca, &hamar),
-            topology(),
-            BTreeMap::new(),
-            patient.clone(),
-            Arc::new(Named(name)),
-        )
-        .unwrap()
-    };
-    let killed = serve("the killed process");
-    let relay = Relay::start(killed.local_addr().unwrap()).await;
-    let peers = BTreeMap::from([(NodeId(7), relay.addr)]);
-    let client = node(dublin.clone(), &tls(&ca, &dublin), peers, patient.clone());
-    let reply: String = client.request(NodeId(7), "hello").await.unwrap();
-    assert_eq!(reply, "the killed process");
-
-    let restarted = serve("the restarted process");
-    relay.point_at(restarted.local_addr().unwrap());
+    let (client, killed, restarted, relay) = a_restarted_peer(false, std::time::Duration::from_secs(2)).await;
     // Five requests of 2 s each, well inside the old connection's idle timeout of a minute.
     let mut replies = Vec::new();
     for _ in 0..5 {
