@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use client::ClientError;
-use common::{client_of, cluster};
+use common::{ONE_CLUSTER_AT_A_TIME, client_of, cluster};
 use placement::NodeId;
 use raft::local_cluster::LocalCluster;
 
@@ -31,6 +31,7 @@ async fn leader(cluster: &LocalCluster, stopped: &[NodeId]) -> NodeId {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_failover_during_a_write_loop_loses_nothing_and_applies_nothing_twice() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path()).await;
     let client = Arc::new(client_of(&cluster, Duration::from_secs(8)).await);
@@ -88,6 +89,7 @@ async fn a_leader_failover_during_a_write_loop_loses_nothing_and_applies_nothing
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_to_a_dead_cluster_fail_with_a_timeout_inside_their_deadline() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path()).await;
     let deadline = Duration::from_secs(2);
@@ -120,6 +122,7 @@ async fn calls_to_a_dead_cluster_fail_with_a_timeout_inside_their_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nodes_certificate_used_as_a_clients_is_forbidden_for_good() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path()).await;
     // Node 2's own certificate (Dublin B, inside the EEA) in a service's client: nodes talk Raft,
@@ -165,6 +168,7 @@ async fn a_nodes_certificate_used_as_a_clients_is_forbidden_for_good() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_may_name_nodes_by_host_name() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path()).await;
     let (ca, certificate) = cluster.client_certificate("tests").unwrap();

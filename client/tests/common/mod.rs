@@ -32,6 +32,10 @@ jurisdiction = "EEA"
 access = "read-write"
 "#;
 
+/// The cluster tests of one binary run one at a time: four clusters of three nodes at once on two shared
+/// cores starved the one whose calls have a 2-s deadline (its client's first call timed out).
+pub static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub async fn cluster(dir: &std::path::Path) -> LocalCluster {
     let now = time::OffsetDateTime::now_utc();
     let validity = Validity {
@@ -41,6 +45,22 @@ pub async fn cluster(dir: &std::path::Path) -> LocalCluster {
     let config = raft::config::group_raft_config("client-test", 50, 300, 600).unwrap();
     let cluster = LocalCluster::start(TOPOLOGY, dir, validity, Arc::new(config)).unwrap();
     cluster.create_groups().await.unwrap();
+    // The group elects its first leader after start-up. A client built before that waits on the election
+    // in its first call (the shard map), which on a loaded machine (four clusters in this binary at once,
+    // others' builds) outlasted the tests' 2-s deadline: the tests are about calls, not start-up.
+    let group = placement::GroupId("users-eea".into());
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !cluster.nodes.values().any(|node| {
+        node.host
+            .status(&group)
+            .is_ok_and(|status| status.leader == Some(node.id))
+    }) {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "no leader of {group} after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     cluster
 }
 
