@@ -115,10 +115,18 @@ async fn a_client_routing_by_an_older_epoch_is_moved_and_succeeds() {
     };
     let (next, steps) = map_change::plan(first.service.directory(), &current, &change).unwrap();
     for step in &steps {
+        // A step is idempotent and run on its group's leader: repeated, as an operator's tool would, while
+        // leadership moves or the leader can't reach a quorum for a moment (a loaded machine), for at most
+        // 30 s.
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let node = &cluster.nodes[&leader_of(&cluster, &step.group().0).await];
             match map_change::execute(node.service.directory(), &node.host, step).await {
-                Err(DirectoryError::NotLeader { .. }) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(DirectoryError::NotLeader { .. } | DirectoryError::Unavailable { .. })
+                    if tokio::time::Instant::now() < give_up =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
                 outcome => break outcome.unwrap(),
             }
         }
