@@ -9,25 +9,8 @@ use std::time::{Duration, Instant};
 mod common;
 
 use client::ClientError;
-use common::{ONE_CLUSTER_AT_A_TIME, client_of, cluster};
+use common::{ONE_CLUSTER_AT_A_TIME, client_of, cluster, leader};
 use placement::NodeId;
-use raft::local_cluster::LocalCluster;
-
-/// The node that reports itself leader, ignoring `stopped` nodes (their last metrics stay frozen).
-async fn leader(cluster: &LocalCluster, stopped: &[NodeId]) -> NodeId {
-    let group = placement::GroupId("users-eea".into());
-    for _ in 0..200 {
-        for node in cluster.nodes.values().filter(|node| !stopped.contains(&node.id)) {
-            if let Ok(status) = node.host.status(&group)
-                && status.leader == Some(node.id)
-            {
-                return node.id;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("no leader");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_failover_during_a_write_loop_loses_nothing_and_applies_nothing_twice() {

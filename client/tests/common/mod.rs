@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use client::{Client, ClientTls};
+use placement::NodeId;
 use raft::identity::Validity;
 use raft::local_cluster::LocalCluster;
 
@@ -48,20 +49,24 @@ pub async fn cluster(dir: &std::path::Path) -> LocalCluster {
     // The group elects its first leader after start-up. A client built before that waits on the election
     // in its first call (the shard map), which on a loaded machine (four clusters in this binary at once,
     // others' builds) outlasted the tests' 2-s deadline: the tests are about calls, not start-up.
-    let group = placement::GroupId("users-eea".into());
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !cluster.nodes.values().any(|node| {
-        node.host
-            .status(&group)
-            .is_ok_and(|status| status.leader == Some(node.id))
-    }) {
-        assert!(
-            tokio::time::Instant::now() < give_up,
-            "no leader of {group} after 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    leader(&cluster, &[]).await;
     cluster
+}
+
+/// The node that reports itself leader, ignoring `stopped` nodes (their last metrics stay frozen).
+pub async fn leader(cluster: &LocalCluster, stopped: &[NodeId]) -> NodeId {
+    let group = placement::GroupId("users-eea".into());
+    for _ in 0..200 {
+        for node in cluster.nodes.values().filter(|node| !stopped.contains(&node.id)) {
+            if let Ok(status) = node.host.status(&group)
+                && status.leader == Some(node.id)
+            {
+                return node.id;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no leader");
 }
 
 pub async fn client_of(cluster: &LocalCluster, timeout: Duration) -> Client {
