@@ -64,7 +64,7 @@ impl Phase {
         let cpu = cpu_seconds() - self.cpu;
         let gb = bytes as f64 / 1e9;
         println!(
-            "{:<34} wall {wall:7.2} s  {:7.1} MB/s   cpu {cpu:7.2} s  {:6.2} cpu-s/GB",
+            "{:<62} wall {wall:7.2} s  {:7.1} MB/s   cpu {cpu:7.2} s  {:6.2} cpu-s/GB",
             self.name,
             bytes as f64 / 1e6 / wall,
             cpu / gb
@@ -127,14 +127,19 @@ fn main() {
     phase.end(bytes);
 
     let mut receiver = RedbBackend::open(dir.path().join("receiver")).expect("receiver store");
-    let phase = Phase::start("receive (push, install ahead)");
+    let whole = Phase::start("receive and install (push every chunk, install ahead, take)");
+    let phase = Phase::start("  of which: every chunk pushed");
     let mut spool = receiver.snapshot_receive_spool().expect("receive spool");
     for chunk in built.chunks() {
         spool.push(&chunk.expect("chunk")).expect("push");
     }
     let received: SnapshotData = spool.finish().expect("finish");
+    phase.end(bytes);
+    // What a new replica waits for after its last chunk: the install ahead's lag, its last commit, the take.
+    let phase = Phase::start("  of which: the install after the last chunk");
     receiver.install_snapshot(&received).expect("install");
     phase.end(bytes);
+    whole.end(bytes);
     assert_eq!(receiver.installed_ahead(), 1, "the install followed the transfer");
 
     let phase = Phase::start("rebuild on the receiver (redb → spool)");

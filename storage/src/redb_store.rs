@@ -4,8 +4,8 @@
 //! (`current.snap`) replaced atomically (write, fsync, rename, fsync the directory). Snapshots are
 //! built and received into spool files beside it (`spool-N.tmp`, see [`crate::snapshot`]): a built
 //! or installed one is renamed into place, an abandoned one deleted (and any left by a crash are
-//! deleted at the next open). A snapshot is installed in one durable write transaction, streamed
-//! into it item by item.
+//! deleted at the next open). A snapshot is installed into a fresh file beside the store, which is
+//! renamed over it once filled and synced ([`fresh_install`]).
 //!
 //! Memory: redb caches pages (reads, and a write transaction's dirty pages, flushed to the file
 //! past half the cache) up to a bound per database, 1 GiB unless told; a node holds a database per
@@ -28,6 +28,10 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 
+mod fresh_install;
+
+use fresh_install::Finished;
+use fresh_install::FreshInstall;
 use redb::Builder;
 use redb::Database;
 use redb::Durability;
@@ -48,7 +52,6 @@ use crate::priority;
 use crate::priority::SNAPSHOT_THREAD_NICE;
 use crate::snapshot::SnapshotData;
 use crate::snapshot::SnapshotSpool;
-use crate::snapshot_feed::FeedItem;
 use crate::snapshot_feed::FeedStopped;
 use crate::snapshot_feed::SpoolFeed;
 
@@ -75,8 +78,8 @@ pub struct RedbBackend {
     dir: PathBuf,
     /// Names the next spool file.
     spools: std::sync::atomic::AtomicU64,
-    /// The install following a snapshot being received, if one runs: it holds redb's write
-    /// transaction, so every other writer stops it first ([`stop_install_ahead`]).
+    /// The install following a snapshot being received, if one runs, into a file of its own
+    /// ([`fresh_install`]): writers to the store go on beside it.
     install_ahead: Arc<Mutex<Option<InstallAhead>>>,
     /// Installs committed from an install ahead (the rest were filled from the file at the end).
     installed_ahead: u64,
@@ -87,14 +90,14 @@ pub struct RedbBackend {
 /// An install transaction fed from a receiving spool as it fills ([`crate::snapshot_feed`]).
 struct InstallAhead {
     feed: Arc<SpoolFeed>,
-    /// Ends with the thread's nice value, once the install is committed.
-    thread: JoinHandle<Result<Option<i32>, FeedStopped>>,
+    /// Ends with the filled, durable install and the thread's nice value, once told to take it.
+    thread: JoinHandle<Result<(Finished, Option<i32>), FeedStopped>>,
 }
 
 type InstallAheadSlot = Mutex<Option<InstallAhead>>;
 
-/// Cancels the install ahead, if one runs, and waits until it has let redb's write lock go: a
-/// writer calls this before `begin_write`, which would otherwise wait for a transfer to end.
+/// Cancels the install ahead, if one runs, and waits until it has deleted its file: a new transfer
+/// replaces it, and a store that closes ends it.
 fn stop_install_ahead(slot: &InstallAheadSlot) {
     let ahead = slot.lock().expect("install ahead lock").take();
     if let Some(ahead) = ahead {
@@ -105,93 +108,93 @@ fn stop_install_ahead(slot: &InstallAheadSlot) {
     }
 }
 
-/// The install transaction's work: every table emptied, then every item `fill` produces inserted.
-fn fill_install<E>(
-    txn: &redb::WriteTransaction,
-    path: &Path,
-    fill: impl FnOnce(&mut FeedItem<'_>) -> Result<(), E>,
-) -> Result<(), E>
-where
-    E: From<StateMachineError>,
-{
-    let error = |e: &dyn std::fmt::Display| corrupt_or_backend(path, e);
-    for table in Table::ALL {
-        txn.delete_table(definition(table)).map_err(|e| error(&e))?;
-    }
-    let mut open = Vec::with_capacity(Table::ALL.len());
-    for table in Table::ALL {
-        open.push((table, txn.open_table(definition(table)).map_err(|e| error(&e))?));
-    }
-    fill(&mut |table, key, value| {
-        let (_, handle) = open
-            .iter_mut()
-            .find(|(t, _)| *t == table)
-            .expect("every table is opened");
-        handle.insert(key, value).map(|_| ()).map_err(|e| error(&e))
-    })
-}
-
-/// The install-ahead thread: one durable write transaction fed from the spool as it is written,
-/// committed only if the state machine installs this snapshot.
-fn run_install_ahead(
-    database: &Database,
-    path: &Path,
-    feed: &SpoolFeed,
-    file: &fs::File,
-) -> Result<(), FeedStopped> {
-    let error = |e: &dyn std::fmt::Display| FeedStopped::from(corrupt_or_backend(path, e));
-    let mut txn = database.begin_write().map_err(|e| error(&e))?;
-    txn.set_durability(Durability::Immediate).map_err(|e| error(&e))?;
-    // Synced along the way (see `SpoolFeed::feed`): redb writes the transaction's dirty pages past
-    // half its cache into its file uncommitted, and syncing them early changes nothing redb relies
-    // on (its commit syncs the pages, then the header naming them). The syncs run on a thread of
-    // their own, so the inserts go on while the disk writes (on this thread they were two thirds of
-    // a receive's wall time, `cargo bench -p storage --bench snapshot_copy`); a request while one is
-    // queued is folded into it.
-    let store_file = fs::File::open(path).map_err(|e| error(&e))?;
-    let spool_file = file.try_clone().map_err(|e| error(&e))?;
-    let (requests, pending) = std::sync::mpsc::sync_channel::<()>(1);
-    let sync_path = path.to_path_buf();
-    let syncer = std::thread::Builder::new()
-        .name("domicile-install-sync".into())
-        .spawn(move || -> Result<(), StateMachineError> {
-            priority::lower_this_thread_or_warn(SNAPSHOT_THREAD_NICE, "snapshot install sync");
-            let sync = |file: &fs::File| file.sync_data().map_err(|e| backend_error(&sync_path, e));
-            while pending.recv().is_ok() {
-                sync(&spool_file)?;
-                sync(&store_file)?;
+/// The install-ahead thread: a fresh store filled from the spool as it is written
+/// ([`fresh_install`]), made durable, then kept for the state machine's decision; taken only if it
+/// installs this snapshot, deleted otherwise.
+fn run_install_ahead(dir: &Path, feed: &SpoolFeed, file: &fs::File) -> Result<Finished, FeedStopped> {
+    let mut install = FreshInstall::create(dir)?;
+    let path = install.path().to_path_buf();
+    let filled = (|| -> Result<Finished, FeedStopped> {
+        let error = |e: &dyn std::fmt::Display| FeedStopped::from(backend_error(&path, e));
+        // Synced along the way (see `SpoolFeed::feed`), so the install's last commit and the spool's
+        // sync before it becomes the current snapshot find little left to write. The syncs run on a
+        // thread of their own, so the inserts go on while the disk writes (on this thread they were
+        // two thirds of a receive's wall time, `cargo bench -p storage --bench snapshot_copy`); a
+        // request while one is queued is folded into it.
+        let store_file = fs::File::open(&path).map_err(|e| error(&e))?;
+        let spool_file = file.try_clone().map_err(|e| error(&e))?;
+        let (requests, pending) = std::sync::mpsc::sync_channel::<()>(1);
+        let sync_path = path.clone();
+        let syncer = std::thread::Builder::new()
+            .name("domicile-install-sync".into())
+            .spawn(move || -> Result<(), StateMachineError> {
+                priority::lower_this_thread_or_warn(SNAPSHOT_THREAD_NICE, "snapshot install sync");
+                let sync = |file: &fs::File| file.sync_data().map_err(|e| backend_error(&sync_path, e));
+                while pending.recv().is_ok() {
+                    sync(&spool_file)?;
+                    sync(&store_file)?;
+                }
+                Ok(())
+            })
+            .map_err(|e| error(&e))?;
+        let mut flush = || -> Result<(), StateMachineError> {
+            match requests.try_send(()) {
+                Ok(()) | Err(std::sync::mpsc::TrySendError::Full(())) => Ok(()),
+                // The thread ended: a sync failed (its error is returned when it is joined).
+                Err(std::sync::mpsc::TrySendError::Disconnected(())) => {
+                    Err(backend_error(&path, "the install's sync thread stopped"))
+                }
             }
-            Ok(())
-        })
-        .map_err(|e| error(&e))?;
-    let mut flush = || -> Result<(), StateMachineError> {
-        match requests.try_send(()) {
-            Ok(()) | Err(std::sync::mpsc::TrySendError::Full(())) => Ok(()),
-            // The thread ended: a sync failed (its error is returned when it is joined).
-            Err(std::sync::mpsc::TrySendError::Disconnected(())) => {
-                Err(backend_error(path, "the install's sync thread stopped"))
+        };
+        let fed = feed.feed(
+            file,
+            &mut |table, key, value| install.insert(table, key, value),
+            &mut flush,
+        );
+        drop(requests);
+        let synced = match syncer.join() {
+            Ok(result) => result,
+            Err(_) => Err(backend_error(&path, "the install's sync thread panicked")),
+        };
+        fed?;
+        synced?;
+        // Durable before the decision: nobody reads this file until it is taken, and the commit is
+        // then off the path from the last chunk to the install.
+        Ok(install.finish()?)
+    })();
+    let finished = match filled {
+        Ok(finished) => finished,
+        Err(stopped) => {
+            if let Err(error) = fresh_install::remove_if_present(&path) {
+                tracing::warn!(%error, "could not delete an install ahead that stopped");
             }
+            return Err(stopped);
         }
     };
-    let filled = fill_install(&txn, path, |visit| feed.feed(file, visit, &mut flush));
-    drop(requests);
-    let synced = match syncer.join() {
-        Ok(result) => result,
-        Err(_) => Err(backend_error(path, "the install's sync thread panicked")),
-    };
-    filled?;
-    synced?;
-    // Logged so a copy's time can be split: the transfer, this install's lag behind it, the commit.
-    tracing::info!(store = %path.display(), "snapshot install ahead: every item inserted; waiting for the install");
-    if !feed.await_decision()? {
-        return Err(FeedStopped::Cancelled);
+    // Logged so a copy's time can be split: the transfer, this install's lag behind it, the decision.
+    tracing::info!(store = %path.display(), items = finished.items, "snapshot install ahead: every item written and synced; waiting for the install");
+    match feed.await_decision() {
+        Ok(true) => Ok(finished),
+        Ok(false) => {
+            finished.discard();
+            Err(FeedStopped::Cancelled)
+        }
+        Err(stopped) => {
+            finished.discard();
+            Err(stopped)
+        }
     }
-    txn.commit().map_err(|e| error(&e))?;
-    tracing::info!(store = %path.display(), "snapshot install ahead: committed");
-    Ok(())
 }
 
 impl RedbBackend {
+    /// Makes a filled install the store: later views and writes are its; views already taken keep
+    /// reading the store they were taken from.
+    fn take_install(&mut self, finished: Finished) -> Result<(), StateMachineError> {
+        let database = finished.take_as(&self.dir.join(DATABASE_FILE))?;
+        self.database = Arc::new(database);
+        Ok(())
+    }
+
     /// Opens or creates the store in `dir`, refusing a file that fails redb's integrity check.
     pub fn open(dir: impl AsRef<Path>) -> Result<RedbBackend, StateMachineError> {
         let dir = dir.as_ref().to_path_buf();
@@ -244,7 +247,8 @@ impl RedbBackend {
         self.install_ahead_nice
     }
 
-    /// Spool files a crash left behind: an unfinished build or transfer, useless now.
+    /// Spool files a crash left behind (an unfinished build or transfer) and an install that was
+    /// not taken: useless now.
     fn remove_stale_spools(&self) -> Result<(), StateMachineError> {
         let entries = fs::read_dir(&self.dir).map_err(|e| backend_error(&self.dir, e))?;
         for entry in entries {
@@ -252,7 +256,8 @@ impl RedbBackend {
             let name = entry.file_name();
             let name = name.to_string_lossy();
             let stale = (name.starts_with(SPOOL_PREFIX) && name.ends_with(SPOOL_SUFFIX))
-                || name == SNAPSHOT_TEMP_FILE;
+                || name == SNAPSHOT_TEMP_FILE
+                || name == fresh_install::INSTALL_FILE;
             if stale {
                 fs::remove_file(entry.path()).map_err(|e| backend_error(&entry.path(), e))?;
             }
@@ -385,7 +390,6 @@ impl Backend for RedbBackend {
     }
 
     fn commit(&mut self, batch: WriteBatch) -> Result<(), StateMachineError> {
-        stop_install_ahead(&self.install_ahead);
         let path = self.dir.join(DATABASE_FILE);
         let error = |e: &dyn std::fmt::Display| corrupt_or_backend(&path, e);
         let mut txn = self.database.begin_write().map_err(|e| error(&e))?;
@@ -425,9 +429,7 @@ impl Backend for RedbBackend {
     fn sync_job(&mut self) -> Result<SyncJob, StateMachineError> {
         let database = self.database.clone();
         let path = self.dir.join(DATABASE_FILE);
-        let install_ahead = self.install_ahead.clone();
         Ok(Box::new(move || {
-            stop_install_ahead(&install_ahead);
             let error = |e: &dyn std::fmt::Display| corrupt_or_backend(&path, e);
             let mut txn = database.begin_write().map_err(|e| error(&e))?;
             txn.set_durability(Durability::Immediate).map_err(|e| error(&e))?;
@@ -452,7 +454,7 @@ impl Backend for RedbBackend {
         let Some(file) = spool.file_handle()? else {
             return Ok(spool);
         };
-        let (database, path) = (self.database.clone(), self.dir.join(DATABASE_FILE));
+        let dir = self.dir.clone();
         let thread_feed = feed.clone();
         let started = std::thread::Builder::new()
             .name("domicile-install-ahead".into())
@@ -461,7 +463,7 @@ impl Backend for RedbBackend {
                 // other nodes' on the machine, are on a write's path; this install is not.
                 priority::lower_this_thread_or_warn(SNAPSHOT_THREAD_NICE, "snapshot install");
                 let nice = priority::this_thread_nice().ok();
-                run_install_ahead(&database, &path, &thread_feed, &file).map(|()| nice)
+                run_install_ahead(&dir, &thread_feed, &file).map(|finished| (finished, nice))
             });
         match started {
             Ok(thread) => {
@@ -473,13 +475,13 @@ impl Backend for RedbBackend {
         Ok(spool)
     }
 
-    /// One durable write transaction: the tables emptied, then every item of the snapshot
-    /// inserted as it is read. redb keeps at most half its cache of dirty pages in memory (the
-    /// rest goes to the file, uncommitted), and an error drops the transaction: nothing changes.
+    /// The snapshot's items written into a fresh store ([`fresh_install`]), which then replaces this
+    /// one: a rename, after which the directory is synced. Until the rename, nothing changes here,
+    /// and an error leaves the store as it was.
     ///
-    /// A snapshot received through a feed usually has its transaction filled already, as it
-    /// arrived ([`crate::snapshot_feed`]): then it is only committed. Any other install, or one
-    /// whose install ahead stopped, fills the transaction from the file now.
+    /// A snapshot received through a feed usually has its fresh store filled already, as it arrived
+    /// ([`crate::snapshot_feed`]): then it is only renamed. Any other install, or one whose install
+    /// ahead stopped, fills one from the file now.
     fn install_snapshot(&mut self, snapshot: &SnapshotData) -> Result<(), StateMachineError> {
         let ahead = self.install_ahead.lock().expect("install ahead lock").take();
         if let Some(ahead) = ahead {
@@ -490,12 +492,13 @@ impl Backend for RedbBackend {
                 ahead.feed.cancel();
             }
             match ahead.thread.join() {
-                Ok(Ok(nice)) if ours => {
+                Ok(Ok((finished, nice))) if ours => {
+                    self.take_install(finished)?;
                     self.installed_ahead += 1;
                     self.install_ahead_nice = nice;
                     return Ok(());
                 }
-                Ok(Ok(_)) => {}
+                Ok(Ok((finished, _))) => finished.discard(),
                 Ok(Err(stopped)) => {
                     tracing::warn!(%stopped, "the snapshot's install ahead stopped; installing from the file")
                 }
@@ -504,12 +507,20 @@ impl Backend for RedbBackend {
                 }
             }
         }
-        let path = self.dir.join(DATABASE_FILE);
-        let error = |e: &dyn std::fmt::Display| corrupt_or_backend(&path, e);
-        let mut txn = self.database.begin_write().map_err(|e| error(&e))?;
-        txn.set_durability(Durability::Immediate).map_err(|e| error(&e))?;
-        fill_install(&txn, &path, |visit| snapshot.for_each_item(visit))?;
-        txn.commit().map_err(|e| error(&e))
+        let mut install = FreshInstall::create(&self.dir)?;
+        let path = install.path().to_path_buf();
+        let filled = snapshot
+            .for_each_item(&mut |table, key, value| install.insert(table, key, value))
+            .and_then(|()| install.finish());
+        match filled {
+            Ok(finished) => self.take_install(finished),
+            Err(error) => {
+                if let Err(removing) = fresh_install::remove_if_present(&path) {
+                    tracing::warn!(error = %removing, "could not delete an install that failed");
+                }
+                Err(error)
+            }
+        }
     }
 
     fn save_snapshot(&mut self, snapshot: &SnapshotData) -> Result<(), StateMachineError> {
@@ -529,6 +540,7 @@ impl Backend for RedbBackend {
 
 impl Drop for RedbBackend {
     fn drop(&mut self) {
+        stop_install_ahead(&self.install_ahead);
         // Make non-durable applies durable on a clean shutdown, so a restart replays less.
         let result = self.commit(WriteBatch {
             durable: true,
@@ -604,12 +616,12 @@ mod tests {
     }
 
     #[test]
-    fn a_writer_stops_the_install_ahead_and_the_install_reads_the_file() {
+    fn a_writer_goes_on_beside_the_install_ahead_and_the_install_replaces_what_it_wrote() {
         let dir = tempfile::tempdir().unwrap();
         let mut backend = RedbBackend::open(dir.path()).unwrap();
         let data = source(2000);
         let mut spool = receive(&backend, &data, 3);
-        // A commit while the transfer is under way (a follower's apply) must not wait for it.
+        // A commit while the transfer is under way (a follower's apply) neither waits for it nor stops it.
         let mut batch = WriteBatch::default();
         let key = b"written-meanwhile".to_vec();
         batch.changes.insert(
@@ -617,14 +629,108 @@ mod tests {
             Some(codec::seal(&key, b"x").unwrap()),
         );
         backend.commit(batch).unwrap();
+        assert!(backend.view().unwrap().get(Table::Dedup, &key).unwrap().is_some());
         for chunk in data.chunks().skip(3) {
             spool.push(&chunk.unwrap()).unwrap();
         }
         let received = spool.finish().unwrap();
+        let before_install = backend.view().unwrap();
         backend.install_snapshot(&received).unwrap();
-        assert_eq!(backend.installed_ahead(), 0, "the install ahead was stopped");
-        assert_eq!(records(&backend), 2000, "installed from the file instead");
-        assert_eq!(backend.view().unwrap().get(Table::Dedup, &key).unwrap(), None);
+        assert_eq!(backend.installed_ahead(), 1, "the install ahead went on");
+        assert_eq!(records(&backend), 2000);
+        assert_eq!(
+            backend.view().unwrap().get(Table::Dedup, &key).unwrap(),
+            None,
+            "the install replaced it"
+        );
+        assert!(
+            before_install.get(Table::Dedup, &key).unwrap().is_some(),
+            "a view taken before the install still reads the store it was taken from"
+        );
+        assert!(
+            !dir.path().join(fresh_install::INSTALL_FILE).exists(),
+            "renamed into place"
+        );
+    }
+
+    #[test]
+    // Waits, on a plain thread, for the install-ahead thread's file to appear.
+    #[allow(clippy::disallowed_methods)]
+    fn an_install_survives_a_reopen_and_one_left_unfinished_is_deleted_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = source(3000);
+        {
+            let mut backend = RedbBackend::open(dir.path()).unwrap();
+            let received = receive(&backend, &data, data.chunk_count()).finish().unwrap();
+            backend.install_snapshot(&received).unwrap();
+            // A second transfer, cut off: its install ahead fills a file of its own.
+            let unfinished = receive(&backend, &data, 5);
+            let install = dir.path().join(fresh_install::INSTALL_FILE);
+            for _ in 0..2000 {
+                if install.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            assert!(
+                install.exists(),
+                "the install ahead fills a file beside the store"
+            );
+            drop(unfinished);
+            drop(backend);
+            assert!(!install.exists(), "an install ahead that ends deletes its file");
+        }
+        // What a crash mid-transfer leaves behind.
+        let stale = dir.path().join(fresh_install::INSTALL_FILE);
+        std::fs::write(&stale, b"left by a crash").unwrap();
+        let reopened = RedbBackend::open(dir.path()).unwrap();
+        assert_eq!(records(&reopened), 3000, "the installed snapshot is the store");
+        assert!(!stale.exists(), "an install never taken is deleted at open");
+    }
+
+    #[test]
+    fn a_snapshot_not_received_here_is_installed_from_its_file_in_many_transactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut backend = RedbBackend::open(dir.path()).unwrap();
+        let mut batch = WriteBatch::default();
+        batch.changes.insert(
+            (Table::Records, b"old".to_vec()),
+            Some(codec::seal(b"old", b"gone after the install").unwrap()),
+        );
+        backend.commit(batch).unwrap();
+        // 20,000 values of 2,000 bytes: about 40 MB, several of the install's transactions.
+        let data = source(20_000);
+        backend.install_snapshot(&data).unwrap();
+        assert_eq!(backend.installed_ahead(), 0, "no transfer, no install ahead");
+        assert_eq!(records(&backend), 20_000);
+        assert_eq!(backend.view().unwrap().get(Table::Records, b"old").unwrap(), None);
+        let view = backend.view().unwrap();
+        let mut checked = 0;
+        data.for_each_item(&mut |table, key, value| {
+            assert_eq!(
+                view.get(table, key).unwrap().as_deref(),
+                Some(value),
+                "item {checked}"
+            );
+            checked += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(checked, 20_000);
+    }
+
+    #[test]
+    fn a_cancelled_install_ahead_deletes_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = RedbBackend::open(dir.path()).unwrap();
+        let data = source(2000);
+        let received = receive(&backend, &data, data.chunk_count()).finish().unwrap();
+        drop(backend);
+        assert!(
+            !dir.path().join(fresh_install::INSTALL_FILE).exists(),
+            "closing the store ended it"
+        );
+        drop(received);
     }
 
     #[test]

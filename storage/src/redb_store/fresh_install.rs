@@ -1,0 +1,213 @@
+//! A snapshot installed into a fresh redb file beside the store, in transactions of bounded size,
+//! which becomes the store only when the state machine takes the install (a rename).
+//!
+//! **Why not one transaction on the store itself**, as before. redb finalises the checksums of every
+//! page a transaction wrote when it commits, reading each one back through its write buffer. A
+//! gigabyte-sized install transaction had long since spilled most of its pages to the file (redb
+//! keeps half its cache of dirty pages), so its commit read the whole gigabyte back, dirtied it
+//! again and synced it again: 3–6 s after the last chunk, and the disk writing the store twice
+//! (docs/performance.md). Small transactions are finalised while their pages are still in the
+//! write buffer, and the file is written once.
+//!
+//! Small transactions on the live store would let readers see half an install. A fresh file is seen
+//! by nobody until it replaces the store, whole and synced: the rename is the install's commit
+//! point. Its transactions are non-durable (a crash before the rename leaves a file that is deleted
+//! at the next open), the last one durable, and the directory is synced after the rename.
+
+use std::fs;
+use std::path::Path;
+use std::path::PathBuf;
+
+use redb::Builder;
+use redb::Database;
+use redb::Durability;
+use redb::WriteTransaction;
+
+use super::CACHE_BYTES;
+use super::backend_error;
+use super::corrupt_or_backend;
+use super::definition;
+use crate::backend::Table;
+use crate::error::StateMachineError;
+
+type BytesTableMut<'txn> = redb::Table<'txn, &'static [u8], &'static [u8]>;
+
+/// The file an install is built in, next to `state.redb`.
+pub(super) const INSTALL_FILE: &str = "state.redb.install";
+
+/// Keys and values gathered before they are written, so a batch opens each table once, not once
+/// per item.
+const BATCH_BYTES: usize = 1 << 20;
+
+/// Keys and values per transaction: with redb's page overhead, well inside the half of
+/// [`CACHE_BYTES`] that a transaction keeps in memory, so its commit finds its pages there.
+const TRANSACTION_BYTES: usize = 8 << 20;
+
+const _: () = assert!(TRANSACTION_BYTES * 4 <= CACHE_BYTES && BATCH_BYTES <= TRANSACTION_BYTES);
+
+/// A fresh store being filled with a snapshot's items, in the order the snapshot holds them.
+pub(super) struct FreshInstall {
+    database: Database,
+    path: PathBuf,
+    txn: Option<WriteTransaction>,
+    /// Item bytes written by the open transaction.
+    txn_bytes: usize,
+    /// Items not written yet: their keys and values back to back in `bytes`, and for each its
+    /// table, where it starts, where its key ends and where its value ends.
+    bytes: Vec<u8>,
+    items: Vec<(Table, usize, usize, usize)>,
+    /// Items taken in all (checked against nothing here; logged by the caller).
+    count: u64,
+}
+
+impl FreshInstall {
+    /// Creates the install file in `dir`, replacing any earlier one (an install abandoned by a crash
+    /// or a cancelled one), with every table, empty.
+    pub(super) fn create(dir: &Path) -> Result<FreshInstall, StateMachineError> {
+        let path = dir.join(INSTALL_FILE);
+        remove_if_present(&path)?;
+        let database = Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| backend_error(&path, e))?;
+        let mut install = FreshInstall {
+            database,
+            path,
+            txn: None,
+            txn_bytes: 0,
+            bytes: Vec::with_capacity(BATCH_BYTES + (64 << 10)),
+            items: Vec::new(),
+            count: 0,
+        };
+        let path = install.path.clone();
+        let txn = install.txn()?;
+        for table in Table::ALL {
+            txn.open_table(definition(table))
+                .map_err(|e| backend_error(&path, e))?;
+        }
+        Ok(install)
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Takes one item (a key and its sealed value, already verified).
+    pub(super) fn insert(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StateMachineError> {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(key);
+        let key_end = self.bytes.len();
+        self.bytes.extend_from_slice(value);
+        self.items.push((table, start, key_end, self.bytes.len()));
+        self.count += 1;
+        if self.bytes.len() >= BATCH_BYTES {
+            self.write_batch()?;
+        }
+        Ok(())
+    }
+
+    /// Writes every item taken, commits durably, and returns the finished store, still under the
+    /// install file's name: nothing reads it until [`Finished::take_as`].
+    pub(super) fn finish(mut self) -> Result<Finished, StateMachineError> {
+        self.write_batch()?;
+        let path = self.path.clone();
+        self.txn()?
+            .set_durability(Durability::Immediate)
+            .map_err(|e| backend_error(&path, e))?;
+        let txn = self.txn.take().expect("a transaction is open");
+        txn.commit().map_err(|e| corrupt_or_backend(&path, e))?;
+        Ok(Finished {
+            database: self.database,
+            path: self.path,
+            items: self.count,
+        })
+    }
+
+    /// The open transaction, begun if none is.
+    fn txn(&mut self) -> Result<&mut WriteTransaction, StateMachineError> {
+        if self.txn.is_none() {
+            let mut txn = self
+                .database
+                .begin_write()
+                .map_err(|e| backend_error(&self.path, e))?;
+            txn.set_durability(Durability::None)
+                .map_err(|e| backend_error(&self.path, e))?;
+            self.txn = Some(txn);
+            self.txn_bytes = 0;
+        }
+        Ok(self.txn.as_mut().expect("just begun"))
+    }
+
+    /// Inserts the gathered items, opening a table where the table changes (a snapshot holds its
+    /// tables one after another), and commits (non-durably) once the transaction is large enough.
+    fn write_batch(&mut self) -> Result<(), StateMachineError> {
+        if self.items.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let error = |e: &dyn std::fmt::Display| corrupt_or_backend(&path, e);
+        let batch_bytes = self.bytes.len();
+        let (bytes, items) = (std::mem::take(&mut self.bytes), std::mem::take(&mut self.items));
+        {
+            let txn = self.txn()?;
+            let mut open: Option<(Table, BytesTableMut<'_>)> = None;
+            for &(table, start, key_end, end) in &items {
+                if open.as_ref().is_none_or(|(t, _)| *t != table) {
+                    drop(open.take());
+                    open = Some((table, txn.open_table(definition(table)).map_err(|e| error(&e))?));
+                }
+                let (_, handle) = open.as_mut().expect("opened above");
+                handle
+                    .insert(&bytes[start..key_end], &bytes[key_end..end])
+                    .map_err(|e| error(&e))?;
+            }
+        }
+        self.bytes = bytes;
+        self.bytes.clear();
+        self.items = items;
+        self.items.clear();
+        self.txn_bytes += batch_bytes;
+        if self.txn_bytes >= TRANSACTION_BYTES {
+            let txn = self.txn.take().expect("a transaction is open");
+            txn.commit().map_err(|e| error(&e))?;
+        }
+        Ok(())
+    }
+}
+
+/// A filled, durable install file, not yet the store.
+pub(super) struct Finished {
+    database: Database,
+    path: PathBuf,
+    pub(super) items: u64,
+}
+
+impl Finished {
+    /// Makes this file the store at `target`: renamed over it, then the directory synced, so the
+    /// install survives a crash from here on (before the rename, the old store is whole).
+    pub(super) fn take_as(self, target: &Path) -> Result<Database, StateMachineError> {
+        fs::rename(&self.path, target).map_err(|e| backend_error(&self.path, e))?;
+        let dir = target.parent().unwrap_or(Path::new("."));
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| backend_error(dir, e))?;
+        Ok(self.database)
+    }
+
+    /// Drops the file: the install was not taken.
+    pub(super) fn discard(self) {
+        let path = self.path.clone();
+        drop(self.database);
+        if let Err(error) = remove_if_present(&path) {
+            tracing::warn!(%error, "could not delete an install that was not taken");
+        }
+    }
+}
+
+pub(super) fn remove_if_present(path: &Path) -> Result<(), StateMachineError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(backend_error(path, e)),
+    }
+}
