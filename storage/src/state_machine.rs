@@ -46,10 +46,12 @@ use std::sync::Mutex;
 use std::sync::TryLockError;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use futures_util::Stream;
 use futures_util::TryStreamExt;
 use openraft::EntryPayload;
+use openraft::Instant as _;
 use openraft::OptionalSend;
 use openraft::RaftSnapshotBuilder;
 use openraft::Snapshot;
@@ -61,6 +63,7 @@ use openraft::alias::StoredMembershipOf;
 use openraft::storage::ApplyResponder;
 use openraft::storage::EntryResponder;
 use openraft::storage::RaftStateMachine;
+use openraft::type_config::TypeConfigExt;
 
 use crate::StorageTypeConfig;
 use crate::apply;
@@ -89,6 +92,24 @@ pub const DURABLE_EVERY_BATCHES: u32 = 64;
 
 /// Apply batches of at most this many entries run on the caller's task (when the store is free).
 pub const INLINE_APPLY_ENTRIES_MAX: usize = 8;
+
+/// How long a snapshot build waits, at most, while the group's membership is changing
+/// ([`membership_is_changing`]).
+///
+/// **Why wait.** A build copies the whole keyspace (a gigabyte at a million records, 8–30 s at the
+/// background priority) to bound the log, which can wait a minute; a membership change is usually a
+/// migration, an evacuation or a rebalance, and then every replica of the group is busy with the copy
+/// the operator is waiting for: the leader sends it, a new replica receives it. Builds that fell
+/// inside a migration (on the leader, on the old voters, and on each new replica as soon as it had
+/// caught up, while the next was still copying) took the cores and the disk from both the copy and
+/// the group's writes (docs/performance.md, "Migrating a legacy group at volume"). Deferred, the
+/// build runs once the membership has settled, or after this bound whatever happens (a group whose
+/// policy keeps learners for good builds this much later than it would have); meanwhile the log is
+/// only purged later, which is safe.
+pub const BUILD_DEFERRED_MAX: Duration = Duration::from_secs(60);
+
+/// How often a deferred build looks at the membership again.
+const BUILD_DEFERRAL_POLL: Duration = Duration::from_millis(250);
 
 struct Core<B> {
     backend: WriteBehind<B>,
@@ -163,6 +184,12 @@ fn applied_state_of<C: StorageTypeConfig>(
     let applied = decode_optional("applied log id", &header.last_log_id)?;
     let membership = decode_optional("membership", &header.membership)?.unwrap_or_default();
     Ok((applied, membership))
+}
+
+/// A joint configuration (voters being replaced), or learners (replicas being brought up).
+fn membership_is_changing<C: StorageTypeConfig>(membership: &StoredMembershipOf<C>) -> bool {
+    let membership = membership.membership();
+    membership.get_joint_config().len() > 1 || membership.learner_ids().next().is_some()
 }
 
 impl<B: Backend> Core<B> {
@@ -609,10 +636,46 @@ impl<C: StorageTypeConfig, B: Backend> RaftStateMachine<C> for StateMachine<C, B
     }
 }
 
+impl<C: StorageTypeConfig, B: Backend> SnapshotBuilder<C, B> {
+    /// Waits, at most [`BUILD_DEFERRED_MAX`], while the applied membership is changing. Reads the
+    /// membership only when the store is free, never waiting for its lock on this task.
+    async fn wait_while_membership_changes(&self) -> Result<(), StateMachineError> {
+        let started = C::now();
+        let mut deferred = false;
+        loop {
+            let changing = match self.core.try_lock() {
+                Ok(core) => {
+                    let (_, membership) = applied_state_of::<C>(&core.header()?)?;
+                    Some(membership_is_changing::<C>(&membership))
+                }
+                // Held by a durable commit or an install: look again at the next poll.
+                Err(_) => None,
+            };
+            let waited = C::now().saturating_duration_since(started);
+            if changing == Some(false) || waited >= BUILD_DEFERRED_MAX {
+                if deferred {
+                    tracing::info!(
+                        waited_ms = waited.as_millis() as u64,
+                        settled = changing == Some(false),
+                        "snapshot build resumed after the membership change"
+                    );
+                }
+                return Ok(());
+            }
+            if !deferred && changing == Some(true) {
+                tracing::info!("snapshot build deferred while the membership changes");
+            }
+            deferred |= changing == Some(true);
+            C::sleep(BUILD_DEFERRAL_POLL).await;
+        }
+    }
+}
+
 impl<C: StorageTypeConfig, B: Backend> RaftSnapshotBuilder<C> for SnapshotBuilder<C, B> {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, SnapshotData>, io::Error> {
+        self.wait_while_membership_changes().await?;
         let core = self.core.clone();
         // On a thread of its own: the scan takes seconds at volume, and large applies (and calls that
         // found the store busy) queue on the state machine's thread; they would wait behind it.
@@ -894,6 +957,102 @@ mod tests {
             crate::priority::this_thread_nice().unwrap(),
             ours,
             "the caller's priority is its own"
+        );
+    }
+
+    /// Applies a membership entry at `index`: `voters`, and the other `nodes` as learners.
+    async fn apply_membership(
+        state_machine: &mut StateMachine<TestConfig, Watched>,
+        index: u64,
+        voters: &[u64],
+        nodes: &[u64],
+    ) {
+        let membership = openraft::Membership::new_with_defaults(
+            vec![voters.iter().copied().collect()],
+            nodes.iter().copied(),
+        );
+        let entry = openraft::Entry {
+            log_id: openraft::testing::log_id::<TestConfig>(1, 1, index),
+            payload: EntryPayload::Membership(membership),
+        };
+        let stream = futures_util::stream::iter([Ok((entry, None))]);
+        state_machine.apply(stream).await.unwrap();
+    }
+
+    /// While learners are being brought up a build waits, and it runs once they are voters, from a
+    /// view taken then.
+    #[tokio::test(start_paused = true)]
+    async fn a_build_waits_while_the_membership_changes_and_runs_once_it_settles() {
+        let mut state_machine =
+            StateMachine::<TestConfig, _>::open(Watched::new(), Execution::DedicatedThread).unwrap();
+        for index in 1..=3 {
+            apply_one(&mut state_machine, index).await;
+        }
+        apply_membership(&mut state_machine, 4, &[1, 2, 3], &[1, 2, 3, 4]).await;
+        let mut builder = state_machine.get_snapshot_builder().await;
+        let mut build = std::pin::pin!(builder.build_snapshot());
+        let early = tokio::time::timeout(BUILD_DEFERRED_MAX / 2, &mut build).await;
+        assert!(early.is_err(), "no build while a learner is being brought up");
+        apply_membership(&mut state_machine, 5, &[1, 2, 3, 4], &[1, 2, 3, 4]).await;
+        // Awaited without a timeout: with the clock paused, tokio would move it to the timeout's
+        // deadline while the build's thread scans.
+        let settled = TestConfig::now();
+        let snapshot = build.await.unwrap();
+        assert!(
+            settled.elapsed() <= BUILD_DEFERRAL_POLL,
+            "the build ran at its next look at the membership, {:?} after it settled",
+            settled.elapsed()
+        );
+        assert_eq!(
+            snapshot.meta.last_log_id.map(|log_id| log_id.index),
+            Some(5),
+            "its view was taken after the wait"
+        );
+        assert_eq!(
+            snapshot.meta.last_membership.membership().learner_ids().count(),
+            0
+        );
+    }
+
+    /// A build waits no longer than its bound, whatever the membership.
+    #[tokio::test(start_paused = true)]
+    async fn a_deferred_build_runs_after_its_bound_even_while_the_membership_changes() {
+        let mut state_machine =
+            StateMachine::<TestConfig, _>::open(Watched::new(), Execution::DedicatedThread).unwrap();
+        apply_one(&mut state_machine, 1).await;
+        apply_membership(&mut state_machine, 2, &[1, 2, 3], &[1, 2, 3, 4]).await;
+        let started = TestConfig::now();
+        let snapshot = state_machine
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let waited = started.elapsed();
+        assert!(
+            waited >= BUILD_DEFERRED_MAX && waited < BUILD_DEFERRED_MAX + 2 * BUILD_DEFERRAL_POLL,
+            "waited {waited:?}"
+        );
+        assert_eq!(snapshot.meta.last_log_id.map(|log_id| log_id.index), Some(2));
+    }
+
+    /// With a settled membership a build does not wait at all.
+    #[tokio::test(start_paused = true)]
+    async fn a_build_with_a_settled_membership_starts_at_once() {
+        let mut state_machine =
+            StateMachine::<TestConfig, _>::open(Watched::new(), Execution::DedicatedThread).unwrap();
+        apply_membership(&mut state_machine, 1, &[1, 2, 3], &[1, 2, 3]).await;
+        let started = TestConfig::now();
+        state_machine
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < BUILD_DEFERRAL_POLL,
+            "waited {:?}",
+            started.elapsed()
         );
     }
 
