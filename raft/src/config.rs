@@ -56,10 +56,22 @@ pub fn group_raft_config(
         election_timeout_max: election_timeout_max_ms,
         enable_leader_restore: Some(false),
         enable_pre_vote: Some(true),
+        max_payload_entries: APPEND_ENTRIES_MAX,
         ..Default::default()
     };
     with_snapshot_policy(&config, SNAPSHOT_EVERY_ENTRIES, LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES)
 }
+
+/// Entries one AppendEntries may carry (openraft's default is 300); requests larger than
+/// [`crate::append_split::APPEND_BYTES_MAX`] in bytes are cut into parts whatever the count.
+///
+/// A steady stream of writes never fills even 300: a request carries what was proposed since the last.
+/// The count matters to a replica that is behind, above all a new one catching up from the log after
+/// the snapshot it installed (which is up to [`SNAPSHOT_EVERY_ENTRIES`] behind the leader's log: a
+/// million-record migration's learners replayed 70,000 entries). One request is on the wire per
+/// follower at a time, and each waits for the follower's append and fsync: at 300 entries a round trip
+/// that replay took 4–5 s of a 19-s copy (docs/performance.md, "Migrating a legacy group at volume").
+pub const APPEND_ENTRIES_MAX: u64 = 2_048;
 
 /// A snapshot is built once this many entries were applied since the last one.
 ///
@@ -292,8 +304,8 @@ mod tests {
             "three heartbeats, and the base's ratio of max to min"
         );
         assert_eq!(
-            config.enable_leader_restore,
-            Some(false),
+            (config.enable_leader_restore, config.max_payload_entries),
+            (Some(false), APPEND_ENTRIES_MAX),
             "the rest of the base is kept"
         );
         assert_eq!(
