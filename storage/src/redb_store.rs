@@ -48,6 +48,7 @@ use crate::backend::Visit;
 use crate::backend::VisitWhile;
 use crate::backend::WriteBatch;
 use crate::error::StateMachineError;
+use crate::page_cache;
 use crate::priority;
 use crate::priority::SNAPSHOT_THREAD_NICE;
 use crate::snapshot::SnapshotData;
@@ -123,25 +124,27 @@ fn run_install_ahead(dir: &Path, feed: &SpoolFeed, file: &fs::File) -> Result<Fi
         // request while one is queued is folded into it.
         let store_file = fs::File::open(&path).map_err(|e| error(&e))?;
         let spool_file = file.try_clone().map_err(|e| error(&e))?;
-        let (requests, pending) = std::sync::mpsc::sync_channel::<()>(1);
+        let (requests, pending) = std::sync::mpsc::sync_channel::<u64>(1);
         let sync_path = path.clone();
         let syncer = std::thread::Builder::new()
             .name("domicile-install-sync".into())
             .spawn(move || -> Result<(), StateMachineError> {
                 priority::lower_this_thread_or_warn(SNAPSHOT_THREAD_NICE, "snapshot install sync");
                 let sync = |file: &fs::File| file.sync_data().map_err(|e| backend_error(&sync_path, e));
-                while pending.recv().is_ok() {
+                while let Ok(read) = pending.recv() {
                     sync(&spool_file)?;
+                    // Read by the install and now on the disk: its pages are dropped (`crate::page_cache`).
+                    page_cache::drop_cached(&spool_file, read);
                     sync(&store_file)?;
                 }
                 Ok(())
             })
             .map_err(|e| error(&e))?;
-        let mut flush = || -> Result<(), StateMachineError> {
-            match requests.try_send(()) {
-                Ok(()) | Err(std::sync::mpsc::TrySendError::Full(())) => Ok(()),
+        let mut flush = |read: u64| -> Result<(), StateMachineError> {
+            match requests.try_send(read) {
+                Ok(()) | Err(std::sync::mpsc::TrySendError::Full(_)) => Ok(()),
                 // The thread ended: a sync failed (its error is returned when it is joined).
-                Err(std::sync::mpsc::TrySendError::Disconnected(())) => {
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
                     Err(backend_error(&path, "the install's sync thread stopped"))
                 }
             }

@@ -135,7 +135,7 @@ impl SpoolFeed {
     /// item to `visit`, its sealed value verified against its key first. Returns once the trailer
     /// was read; stops at a cancellation, an abandoned transfer or any damage.
     ///
-    /// Every [`FEED_FLUSH_BYTES`] it calls `flush`: the spool and the store's file are synced as the
+    /// Every [`FEED_FLUSH_BYTES`] it calls `flush` with the bytes read so far: the spool and the store's file are synced as the
     /// transfer goes, on this thread, so the syncs that make the snapshot durable once it is
     /// installed (the store's commit, the spool's before it becomes the current snapshot) find
     /// little left to write, where they found a gigabyte or two of dirty pages each.
@@ -143,7 +143,7 @@ impl SpoolFeed {
         &self,
         file: &fs::File,
         visit: &mut FeedItem<'_>,
-        flush: &mut dyn FnMut() -> Result<(), StateMachineError>,
+        flush: &mut dyn FnMut(u64) -> Result<(), StateMachineError>,
     ) -> Result<(), FeedStopped> {
         let mut flushed = 0u64;
         let mut read = 0u64;
@@ -176,7 +176,7 @@ impl SpoolFeed {
                 read += frame.len() as u64;
                 frame_number += 1;
                 if read - flushed >= FEED_FLUSH_BYTES {
-                    flush()?;
+                    flush(read)?;
                     flushed = read;
                 }
             }

@@ -1,0 +1,76 @@
+//! Advice to the kernel about file pages a node will not read again soon.
+//!
+//! A received snapshot's spool is written once, read back once by the install ahead, synced, and then
+//! kept only as the current snapshot (read again only if this replica sends it to another). Left in
+//! the page cache, its gigabyte pushes out pages that are read (the state machine's, the log's), and
+//! each new page the transfer writes is a page the kernel must find and, on a virtual machine, that the
+//! host may have to back again. Dropped once synced and read, its pages are reused by the rest of the
+//! transfer instead (docs/performance.md, "Migrating a legacy group at volume").
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+
+/// Asks the kernel to drop the cached pages of `file`'s first `len` bytes. They must be clean (synced)
+/// to be dropped; dirty ones are left alone. Advice only: a refusal is logged, never an error.
+pub fn drop_cached(file: &File, len: u64) {
+    let Ok(len) = libc::off_t::try_from(len) else {
+        return;
+    };
+    // SAFETY: posix_fadvise reads no memory of ours; the descriptor is open for the call's duration.
+    let result = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, len, libc::POSIX_FADV_DONTNEED) };
+    if result != 0 {
+        tracing::debug!(error = %std::io::Error::from_raw_os_error(result), "posix_fadvise(DONTNEED) refused");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Pages of `file`'s first `len` bytes in the page cache (`mincore` on a mapping never touched).
+    fn resident_pages(file: &File, len: usize) -> usize {
+        let page = 4096;
+        // SAFETY: a read-only shared mapping of an open file, never dereferenced, unmapped below.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED);
+        let mut residency = vec![0u8; len.div_ceil(page)];
+        // SAFETY: `residency` has one byte per page of the mapping.
+        let result = unsafe { libc::mincore(map, len, residency.as_mut_ptr()) };
+        // SAFETY: the mapping made above, of `len` bytes.
+        unsafe { libc::munmap(map, len) };
+        assert_eq!(result, 0);
+        residency.iter().filter(|byte| **byte & 1 == 1).count()
+    }
+
+    #[test]
+    fn synced_pages_are_dropped_from_the_cache_and_read_back_unchanged() {
+        use std::io::{Read, Seek};
+        let len = 1 << 20;
+        // Beside the sources, not in a temporary directory that may be tmpfs (whose pages are the file).
+        // An unnamed file: nothing is left behind.
+        let mut file = tempfile::tempfile_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        file.write_all(&vec![7u8; len]).unwrap();
+        file.sync_data().unwrap();
+        assert!(
+            resident_pages(&file, len) > 0,
+            "just written, the pages are cached"
+        );
+        drop_cached(&file, len as u64);
+        assert_eq!(resident_pages(&file, len), 0, "synced, they were dropped");
+        drop_cached(&file, u64::MAX); // beyond `off_t`: ignored
+        file.rewind().unwrap();
+        let mut back = Vec::new();
+        file.read_to_end(&mut back).unwrap();
+        assert_eq!(back, vec![7u8; len]);
+    }
+}
