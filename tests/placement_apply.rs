@@ -380,11 +380,11 @@ fn n2_caught_up(events: &[Value]) -> Option<usize> {
         .position(|event| event["event"] == "catch_up" && event["node"] == 2 && event["caught_up"] == true)
 }
 
-/// `--copies one-at-a-time` adds a group's second learner only once the first has caught up; by default
-/// (side by side) n3 is added while n2 is still cut off.
+/// By default (`--copies one-at-a-time`) a group's second learner is added only once the first has caught
+/// up; `--copies side-by-side` adds n3 while n2 is still cut off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_replicas_are_copied_one_at_a_time_when_asked_side_by_side_by_default() {
-    let run = apply_with_n2_cut_off(&["--copies", "one-at-a-time"]).await;
+async fn new_replicas_are_copied_one_at_a_time_by_default_side_by_side_when_asked() {
+    let run = apply_with_n2_cut_off(&[]).await;
     // The wait is part of the add step: n2 catches up after its step starts, before n3's starts.
     let added_n2 = position_of(&run, "add_learner", 2, "started").expect("n2 added");
     let added_n3 = position_of(&run, "add_learner", 3, "started").expect("n3 added");
@@ -395,7 +395,7 @@ async fn new_replicas_are_copied_one_at_a_time_when_asked_side_by_side_by_defaul
         show(&run)
     );
 
-    let run = apply_with_n2_cut_off(&[]).await;
+    let run = apply_with_n2_cut_off(&["--copies", "side-by-side"]).await;
     let added_n3 = position_of(&run, "add_learner", 3, "started").expect("n3 added");
     assert!(
         n2_caught_up(&run).is_some_and(|at| at > added_n3),

@@ -941,12 +941,7 @@ mod tests {
             apply_one(&mut state_machine, index).await;
         }
         let ours = crate::priority::this_thread_nice().unwrap();
-        let snapshot = state_machine
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let snapshot = build(&mut state_machine).await;
         assert_eq!(snapshot.meta.last_log_id.map(|log_id| log_id.index), Some(5));
         assert_eq!(
             saved_at_nice.load(Ordering::SeqCst),
@@ -958,6 +953,18 @@ mod tests {
             ours,
             "the caller's priority is its own"
         );
+    }
+
+    /// Builds a snapshot of `state_machine` as openraft would.
+    async fn build(
+        state_machine: &mut StateMachine<TestConfig, Watched>,
+    ) -> SnapshotOf<TestConfig, SnapshotData> {
+        state_machine
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap()
     }
 
     /// Applies a membership entry at `index`: `voters`, and the other `nodes` as learners.
@@ -1022,12 +1029,7 @@ mod tests {
         apply_one(&mut state_machine, 1).await;
         apply_membership(&mut state_machine, 2, &[1, 2, 3], &[1, 2, 3, 4]).await;
         let started = TestConfig::now();
-        let snapshot = state_machine
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let snapshot = build(&mut state_machine).await;
         let waited = started.elapsed();
         assert!(
             waited >= BUILD_DEFERRED_MAX && waited < BUILD_DEFERRED_MAX + 2 * BUILD_DEFERRAL_POLL,
@@ -1043,12 +1045,7 @@ mod tests {
             StateMachine::<TestConfig, _>::open(Watched::new(), Execution::DedicatedThread).unwrap();
         apply_membership(&mut state_machine, 1, &[1, 2, 3], &[1, 2, 3]).await;
         let started = TestConfig::now();
-        state_machine
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        build(&mut state_machine).await;
         assert!(
             started.elapsed() < BUILD_DEFERRAL_POLL,
             "waited {:?}",
