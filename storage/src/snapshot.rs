@@ -673,6 +673,17 @@ pub fn build_into(
     header: SnapshotHeader,
     spool: SnapshotSpool,
 ) -> Result<SnapshotData, StateMachineError> {
+    build_pausing(view, header, spool, &mut || {})
+}
+
+/// [`build_into`], calling `between_chunks` after each chunk is written: where a build on a thread of
+/// its own may wait for a while (the state machine's builds pause while the membership changes).
+pub fn build_pausing(
+    view: &impl BackendView,
+    header: SnapshotHeader,
+    spool: SnapshotSpool,
+    between_chunks: &mut dyn FnMut(),
+) -> Result<SnapshotData, StateMachineError> {
     let mut writer = Writer {
         spool,
         frame: Vec::new(),
@@ -680,6 +691,7 @@ pub fn build_into(
         pending_bytes: 0,
         chunks: 0,
         items: 0,
+        between_chunks,
     };
     writer.frame(
         &SnapshotFrame::Header(header.clone()),
@@ -706,7 +718,7 @@ pub fn header_from_view(view: &impl BackendView) -> Result<SnapshotHeader, State
     })
 }
 
-struct Writer {
+struct Writer<'a> {
     spool: SnapshotSpool,
     /// The frame being encoded (reused).
     frame: Vec<u8>,
@@ -714,9 +726,10 @@ struct Writer {
     pending_bytes: usize,
     chunks: u64,
     items: u64,
+    between_chunks: &'a mut dyn FnMut(),
 }
 
-impl Writer {
+impl Writer<'_> {
     fn frame(&mut self, frame: &SnapshotFrame, summary: FrameSummary) -> Result<(), StateMachineError> {
         self.frame.clear();
         codec::encode_frame(frame, None::<&()>, FRAME_PAYLOAD_BYTES_MAX, &mut self.frame)
@@ -755,6 +768,7 @@ impl Writer {
             },
         )?;
         self.chunks += 1;
+        (self.between_chunks)();
         Ok(())
     }
 }

@@ -44,6 +44,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::TryLockError;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -72,6 +73,7 @@ use crate::backend::Backend;
 use crate::backend::BackendView;
 use crate::backend::Table;
 use crate::backend::WriteBatch;
+use crate::blocking::Apart;
 pub use crate::blocking::Execution;
 use crate::blocking::Executor;
 use crate::codec;
@@ -120,6 +122,9 @@ struct Core<B> {
     durable_commit_failed: Option<String>,
     /// The last snapshot built or installed (or found at open).
     current_snapshot: Option<SnapshotData>,
+    /// Whether the applied membership is changing ([`membership_is_changing`]): set as membership
+    /// entries are applied and snapshots installed, read by a build in progress between its chunks.
+    membership_changing: Arc<AtomicBool>,
 }
 
 /// The state machine of one group.
@@ -129,6 +134,8 @@ pub struct StateMachine<C, B: Backend> {
     /// Snapshots installed since the state machine was opened (openraft installs only those newer
     /// than what it has committed).
     snapshots_installed: Arc<AtomicU64>,
+    /// The core's [`Core::membership_changing`], read without its lock.
+    membership_changing: Arc<AtomicBool>,
     _config: PhantomData<fn() -> C>,
 }
 
@@ -139,6 +146,7 @@ impl<C, B: Backend> Clone for StateMachine<C, B> {
             core: self.core.clone(),
             executor: self.executor.clone(),
             snapshots_installed: self.snapshots_installed.clone(),
+            membership_changing: self.membership_changing.clone(),
             _config: PhantomData,
         }
     }
@@ -147,6 +155,7 @@ impl<C, B: Backend> Clone for StateMachine<C, B> {
 /// Builds snapshots while the state machine keeps applying.
 pub struct SnapshotBuilder<C, B: Backend> {
     core: Arc<Mutex<Core<B>>>,
+    membership_changing: Arc<AtomicBool>,
     executor: Arc<Executor>,
     _config: PhantomData<fn() -> C>,
 }
@@ -229,6 +238,9 @@ impl<B: Backend> Core<B> {
                 EntryPayload::Membership(membership) => {
                     let stored = StoredMembership::new(Some(entry.log_id.clone()), membership.clone());
                     applier.set_meta(apply::META_MEMBERSHIP, &encode(&stored)?)?;
+                    // Advisory (it only pauses builds), so it may run ahead of the commit.
+                    self.membership_changing
+                        .store(membership_is_changing::<C>(&stored), Ordering::Relaxed);
                     Response::Empty
                 }
             };
@@ -298,8 +310,14 @@ impl<B: Backend> Core<B> {
         Ok(())
     }
 
-    fn install_snapshot(&mut self, data: &SnapshotData) -> Result<(), StateMachineError> {
+    fn install_snapshot<C: StorageTypeConfig>(
+        &mut self,
+        data: &SnapshotData,
+    ) -> Result<(), StateMachineError> {
+        let (_, membership) = applied_state_of::<C>(data.header())?;
         self.backend.install_snapshot(data)?;
+        self.membership_changing
+            .store(membership_is_changing::<C>(&membership), Ordering::Relaxed);
         self.batches_since_durable = 0;
         self.backend.save_snapshot(data)?;
         self.current_snapshot = Some(data.clone());
@@ -402,14 +420,18 @@ impl<C: StorageTypeConfig, B: Backend> StateMachine<C, B> {
             durable_commit_queued: false,
             durable_commit_failed: None,
             current_snapshot: None,
+            membership_changing: Arc::default(),
         };
-        applied_state_of::<C>(&core.header()?)?;
+        let (_, membership) = applied_state_of::<C>(&core.header()?)?;
+        core.membership_changing
+            .store(membership_is_changing::<C>(&membership), Ordering::Relaxed);
         if let Some(data) = core.backend.load_snapshot()? {
             applied_state_of::<C>(data.header())?;
             core.current_snapshot = Some(data);
         }
         let executor = Executor::new(execution, "domicile-state-machine".into())?;
         Ok(StateMachine {
+            membership_changing: core.membership_changing.clone(),
             core: Arc::new(Mutex::new(core)),
             executor: Arc::new(executor),
             snapshots_installed: Arc::default(),
@@ -604,6 +626,7 @@ impl<C: StorageTypeConfig, B: Backend> RaftStateMachine<C> for StateMachine<C, B
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
             core: self.core.clone(),
+            membership_changing: self.membership_changing.clone(),
             executor: self.executor.clone(),
             _config: PhantomData,
         }
@@ -620,7 +643,7 @@ impl<C: StorageTypeConfig, B: Backend> RaftStateMachine<C> for StateMachine<C, B
                 format!("snapshot holds {last_log_id:?}/{last_membership}, openraft installs {meta}");
             return Err(StateMachineError::Snapshot(SnapshotError::MetaMismatch(reason)).into());
         }
-        self.with_core_on_thread(move |core| core.install_snapshot(&snapshot))
+        self.with_core_on_thread(move |core| core.install_snapshot::<C>(&snapshot))
             .await?;
         self.snapshots_installed.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -637,36 +660,83 @@ impl<C: StorageTypeConfig, B: Backend> RaftStateMachine<C> for StateMachine<C, B
 }
 
 impl<C: StorageTypeConfig, B: Backend> SnapshotBuilder<C, B> {
-    /// Waits, at most [`BUILD_DEFERRED_MAX`], while the applied membership is changing. Reads the
-    /// membership only when the store is free, never waiting for its lock on this task.
-    async fn wait_while_membership_changes(&self) -> Result<(), StateMachineError> {
+    /// Waits, at most [`BUILD_DEFERRED_MAX`], while the applied membership is changing; returns how
+    /// long it waited.
+    async fn wait_while_membership_changes(&self) -> Duration {
         let started = C::now();
         let mut deferred = false;
         loop {
-            let changing = match self.core.try_lock() {
-                Ok(core) => {
-                    let (_, membership) = applied_state_of::<C>(&core.header()?)?;
-                    Some(membership_is_changing::<C>(&membership))
-                }
-                // Held by a durable commit or an install: look again at the next poll.
-                Err(_) => None,
-            };
+            let changing = self.membership_changing.load(Ordering::Relaxed);
             let waited = C::now().saturating_duration_since(started);
-            if changing == Some(false) || waited >= BUILD_DEFERRED_MAX {
+            if !changing || waited >= BUILD_DEFERRED_MAX {
                 if deferred {
                     tracing::info!(
                         waited_ms = waited.as_millis() as u64,
-                        settled = changing == Some(false),
+                        settled = !changing,
                         "snapshot build resumed after the membership change"
                     );
                 }
-                return Ok(());
+                return waited;
             }
-            if !deferred && changing == Some(true) {
+            if !deferred {
                 tracing::info!("snapshot build deferred while the membership changes");
+                deferred = true;
             }
-            deferred |= changing == Some(true);
             C::sleep(BUILD_DEFERRAL_POLL).await;
+        }
+    }
+}
+
+/// A build in progress that pauses between its chunks while the membership changes: one that started
+/// just before a learner was added (the log reached its snapshot point a moment earlier) would
+/// otherwise copy the keyspace beside the new replica's copy, and a new replica that installed an
+/// older snapshot reaches its next snapshot point while it catches up, before it has applied the
+/// membership that adds it. Both were seen in the migrations of docs/performance.md. The pauses and the
+/// wait before the build share [`BUILD_DEFERRED_MAX`]; the build holds its read view meanwhile, which
+/// only keeps the store from reusing the pages freed during the pause.
+struct BuildPause {
+    changing: Arc<AtomicBool>,
+    apart: Apart,
+    /// Polls left before the build goes on whatever the membership does.
+    polls_left: u32,
+    chunks: u64,
+}
+
+impl BuildPause {
+    fn new(changing: Arc<AtomicBool>, apart: Apart, waited: Duration) -> BuildPause {
+        let left = BUILD_DEFERRED_MAX.saturating_sub(waited);
+        BuildPause {
+            changing,
+            apart,
+            polls_left: (left.as_millis() / BUILD_DEFERRAL_POLL.as_millis()) as u32,
+            chunks: 0,
+        }
+    }
+
+    /// Called after each chunk: waits (on the build's own thread only) while the membership changes.
+    fn between_chunks(&mut self) {
+        self.chunks += 1;
+        let mut polls = 0u32;
+        while self.polls_left > 0 && self.changing.load(Ordering::Relaxed) {
+            if !self.apart.sleep(BUILD_DEFERRAL_POLL) {
+                self.polls_left = 0; // inline (the simulator): a build there never waits
+                return;
+            }
+            if polls == 0 {
+                tracing::info!(
+                    chunks = self.chunks,
+                    "snapshot build paused while the membership changes"
+                );
+            }
+            polls += 1;
+            self.polls_left -= 1;
+        }
+        if polls > 0 {
+            tracing::info!(
+                paused_ms = u64::from(polls) * BUILD_DEFERRAL_POLL.as_millis() as u64,
+                settled = !self.changing.load(Ordering::Relaxed),
+                "snapshot build resumed after the membership change"
+            );
         }
     }
 }
@@ -675,8 +745,9 @@ impl<C: StorageTypeConfig, B: Backend> RaftSnapshotBuilder<C> for SnapshotBuilde
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, SnapshotData>, io::Error> {
-        self.wait_while_membership_changes().await?;
+        let waited = self.wait_while_membership_changes().await;
         let core = self.core.clone();
+        let changing = self.membership_changing.clone();
         // On a thread of its own: the scan takes seconds at volume, and large applies (and calls that
         // found the store busy) queue on the state machine's thread; they would wait behind it.
         let data = self
@@ -688,7 +759,8 @@ impl<C: StorageTypeConfig, B: Backend> RaftSnapshotBuilder<C> for SnapshotBuilde
                     // Without the lock, and behind the foreground (`crate::priority`): applies go on
                     // while the view is scanned, and take the CPU first.
                     apart.lower_priority(SNAPSHOT_THREAD_NICE, "snapshot build");
-                    let data = snapshot::build_into(&view, header, spool)?;
+                    let mut pause = BuildPause::new(changing, apart, waited);
+                    let data = snapshot::build_pausing(&view, header, spool, &mut || pause.between_chunks())?;
                     drop(view);
                     // The spool's bytes reach the disk before the lock is taken: keeping the
                     // snapshot syncs it again under the lock, which then finds nothing to write
@@ -1050,6 +1122,52 @@ mod tests {
             started.elapsed() < BUILD_DEFERRAL_POLL,
             "waited {:?}",
             started.elapsed()
+        );
+    }
+
+    /// A build that had started when a learner was added (its view taken, the membership settled then)
+    /// pauses between its chunks until the membership settles, then finishes from the view it took.
+    #[tokio::test]
+    async fn a_build_in_progress_pauses_between_its_chunks_while_the_membership_changes() {
+        let mut backend = Watched::new();
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        backend.hold_next_sync = Some((started_tx, release_rx));
+        let mut state_machine =
+            StateMachine::<TestConfig, _>::open(backend, Execution::DedicatedThread).unwrap();
+        // Four mebibytes in one batch (so no periodic durable commit takes the held sync): four chunks.
+        let entries = (1..=64u64).map(|index| {
+            let mut entry = put(index);
+            if let EntryPayload::Normal(Command::Put { key, value, .. }) = &mut entry.payload {
+                *key = RecordKey::new("eu", "alice", format!("r{index}"));
+                *value = vec![index as u8; 64 << 10];
+            }
+            Ok((entry, None))
+        });
+        state_machine
+            .apply(futures_util::stream::iter(entries))
+            .await
+            .unwrap();
+        let changing = state_machine.membership_changing.clone();
+        let mut builder = state_machine.get_snapshot_builder().await;
+        let mut build = std::pin::pin!(builder.build_snapshot());
+        let polled = tokio::time::timeout(Duration::from_millis(1), &mut build).await;
+        assert!(polled.is_err(), "the build waits for its held sync");
+        started.recv().unwrap(); // the build is making the store durable, before it takes its view
+        changing.store(true, Ordering::Relaxed); // a learner is added meanwhile
+        release.send(()).unwrap();
+        let paused = tokio::time::timeout(Duration::from_secs(1), &mut build).await;
+        assert!(
+            paused.is_err(),
+            "the build finished while the membership was changing"
+        );
+        changing.store(false, Ordering::Relaxed);
+        let snapshot = build.await.unwrap();
+        assert_eq!(snapshot.meta.last_log_id.map(|log_id| log_id.index), Some(64));
+        assert!(
+            snapshot.snapshot.chunk_count() >= 4,
+            "{} chunks",
+            snapshot.snapshot.chunk_count()
         );
     }
 
