@@ -47,19 +47,6 @@ impl Apart {
         crate::priority::lower_this_thread_or_warn(nice, what);
         crate::priority::this_thread_nice().ok()
     }
-
-    /// Sleeps for `duration` if the job has a thread of its own, and says whether it did. Inline (the
-    /// simulator) it returns `false` at once: the deterministic runtime's one thread is never blocked,
-    /// and a job there does not wait.
-    pub(crate) fn sleep(self, duration: std::time::Duration) -> bool {
-        if !self.own_thread {
-            return false;
-        }
-        // A thread started for this job alone, never a runtime's: blocking it blocks nothing else.
-        #[allow(clippy::disallowed_methods)]
-        std::thread::sleep(duration);
-        true
-    }
 }
 
 pub(crate) struct Executor {

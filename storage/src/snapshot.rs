@@ -673,17 +673,18 @@ pub fn build_into(
     header: SnapshotHeader,
     spool: SnapshotSpool,
 ) -> Result<SnapshotData, StateMachineError> {
-    build_pausing(view, header, spool, &mut || {})
+    let built = build_unless_given_up(view, header, spool, &mut || true)?;
+    Ok(built.expect("a build that is never given up finishes"))
 }
 
-/// [`build_into`], calling `between_chunks` after each chunk is written: where a build on a thread of
-/// its own may wait for a while (the state machine's builds pause while the membership changes).
-pub fn build_pausing(
+/// [`build_into`], asking `go_on` after each chunk is written whether to finish: `None` when it said
+/// no, the spool dropped unfinished (a file is deleted with whatever it held, written or not).
+pub fn build_unless_given_up(
     view: &impl BackendView,
     header: SnapshotHeader,
     spool: SnapshotSpool,
-    between_chunks: &mut dyn FnMut(),
-) -> Result<SnapshotData, StateMachineError> {
+    go_on: &mut dyn FnMut() -> bool,
+) -> Result<Option<SnapshotData>, StateMachineError> {
     let mut writer = Writer {
         spool,
         frame: Vec::new(),
@@ -691,22 +692,32 @@ pub fn build_pausing(
         pending_bytes: 0,
         chunks: 0,
         items: 0,
-        between_chunks,
+        go_on,
+        given_up: false,
     };
     writer.frame(
         &SnapshotFrame::Header(header.clone()),
         FrameSummary::Header(header),
     )?;
     for table in Table::ALL {
-        view.scan_prefix(table, &[], &mut |key, value| writer.item(table, key, value))?;
+        view.scan_after(table, &[], None, &mut |key, value| {
+            writer.item(table, key, value)?;
+            Ok(!writer.given_up)
+        })?;
+        if writer.given_up {
+            return Ok(None);
+        }
     }
     writer.flush_chunk()?;
+    if writer.given_up {
+        return Ok(None);
+    }
     let (chunks, items) = (writer.chunks, writer.items);
     writer.frame(
         &SnapshotFrame::Trailer { chunks, items },
         FrameSummary::Trailer { chunks, items },
     )?;
-    Ok(writer.spool.finish()?)
+    Ok(Some(writer.spool.finish()?))
 }
 
 /// Reads the header fields a snapshot needs from the view it is built from.
@@ -726,7 +737,9 @@ struct Writer<'a> {
     pending_bytes: usize,
     chunks: u64,
     items: u64,
-    between_chunks: &'a mut dyn FnMut(),
+    go_on: &'a mut dyn FnMut() -> bool,
+    /// `go_on` said no: nothing more is written.
+    given_up: bool,
 }
 
 impl Writer<'_> {
@@ -768,7 +781,7 @@ impl Writer<'_> {
             },
         )?;
         self.chunks += 1;
-        (self.between_chunks)();
+        self.given_up = !(self.go_on)();
         Ok(())
     }
 }
@@ -818,6 +831,37 @@ mod tests {
             rebuilt.to_bytes().unwrap(),
             data.to_bytes().unwrap(),
             "install then rebuild gives identical bytes"
+        );
+    }
+
+    /// A build given up stops at the chunk it was told at, and its spool file goes with it.
+    #[test]
+    fn a_build_given_up_stops_there_and_leaves_no_spool_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = filled_backend(2000); // about 6 MB: six chunks and more
+        let spool_path = dir.path().join("building.tmp");
+        let spool = SnapshotSpool::create_file(&spool_path, 1 << 30).unwrap();
+        let mut asked = 0;
+        let built = build_unless_given_up(&source.view().unwrap(), header(), spool, &mut || {
+            asked += 1;
+            asked < 2
+        })
+        .unwrap();
+        assert!(built.is_none(), "given up after its second chunk");
+        assert_eq!(asked, 2, "asked once per chunk, and no more once told no");
+        assert!(!spool_path.exists(), "the unfinished spool is deleted");
+        let spool = SnapshotSpool::create_file(&spool_path, 1 << 30).unwrap();
+        let mut asked = 0;
+        let built = build_unless_given_up(&source.view().unwrap(), header(), spool, &mut || {
+            asked += 1;
+            true
+        })
+        .unwrap()
+        .expect("a build never told to stop finishes");
+        assert_eq!(
+            asked,
+            built.chunk_count() - 2,
+            "once per chunk of items (header and trailer aside)"
         );
     }
 

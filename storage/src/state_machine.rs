@@ -73,7 +73,6 @@ use crate::backend::Backend;
 use crate::backend::BackendView;
 use crate::backend::Table;
 use crate::backend::WriteBatch;
-use crate::blocking::Apart;
 pub use crate::blocking::Execution;
 use crate::blocking::Executor;
 use crate::codec;
@@ -660,9 +659,8 @@ impl<C: StorageTypeConfig, B: Backend> RaftStateMachine<C> for StateMachine<C, B
 }
 
 impl<C: StorageTypeConfig, B: Backend> SnapshotBuilder<C, B> {
-    /// Waits, at most [`BUILD_DEFERRED_MAX`], while the applied membership is changing; returns how
-    /// long it waited.
-    async fn wait_while_membership_changes(&self) -> Duration {
+    /// Waits, at most [`BUILD_DEFERRED_MAX`], while the applied membership is changing.
+    async fn wait_while_membership_changes(&self) {
         let started = C::now();
         let mut deferred = false;
         loop {
@@ -676,7 +674,7 @@ impl<C: StorageTypeConfig, B: Backend> SnapshotBuilder<C, B> {
                         "snapshot build resumed after the membership change"
                     );
                 }
-                return waited;
+                return;
             }
             if !deferred {
                 tracing::info!("snapshot build deferred while the membership changes");
@@ -687,65 +685,11 @@ impl<C: StorageTypeConfig, B: Backend> SnapshotBuilder<C, B> {
     }
 }
 
-/// A build in progress that pauses between its chunks while the membership changes: one that started
-/// just before a learner was added (the log reached its snapshot point a moment earlier) would
-/// otherwise copy the keyspace beside the new replica's copy, and a new replica that installed an
-/// older snapshot reaches its next snapshot point while it catches up, before it has applied the
-/// membership that adds it. Both were seen in the migrations of docs/performance.md. The pauses and the
-/// wait before the build share [`BUILD_DEFERRED_MAX`]; the build holds its read view meanwhile, which
-/// only keeps the store from reusing the pages freed during the pause.
-struct BuildPause {
-    changing: Arc<AtomicBool>,
-    apart: Apart,
-    /// Polls left before the build goes on whatever the membership does.
-    polls_left: u32,
-    chunks: u64,
-}
-
-impl BuildPause {
-    fn new(changing: Arc<AtomicBool>, apart: Apart, waited: Duration) -> BuildPause {
-        let left = BUILD_DEFERRED_MAX.saturating_sub(waited);
-        BuildPause {
-            changing,
-            apart,
-            polls_left: (left.as_millis() / BUILD_DEFERRAL_POLL.as_millis()) as u32,
-            chunks: 0,
-        }
-    }
-
-    /// Called after each chunk: waits (on the build's own thread only) while the membership changes.
-    fn between_chunks(&mut self) {
-        self.chunks += 1;
-        let mut polls = 0u32;
-        while self.polls_left > 0 && self.changing.load(Ordering::Relaxed) {
-            if !self.apart.sleep(BUILD_DEFERRAL_POLL) {
-                self.polls_left = 0; // inline (the simulator): a build there never waits
-                return;
-            }
-            if polls == 0 {
-                tracing::info!(
-                    chunks = self.chunks,
-                    "snapshot build paused while the membership changes"
-                );
-            }
-            polls += 1;
-            self.polls_left -= 1;
-        }
-        if polls > 0 {
-            tracing::info!(
-                paused_ms = u64::from(polls) * BUILD_DEFERRAL_POLL.as_millis() as u64,
-                settled = !self.changing.load(Ordering::Relaxed),
-                "snapshot build resumed after the membership change"
-            );
-        }
-    }
-}
-
 impl<C: StorageTypeConfig, B: Backend> RaftSnapshotBuilder<C> for SnapshotBuilder<C, B> {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, SnapshotData>, io::Error> {
-        let waited = self.wait_while_membership_changes().await;
+        self.wait_while_membership_changes().await;
         let core = self.core.clone();
         let changing = self.membership_changing.clone();
         // On a thread of its own: the scan takes seconds at volume, and large applies (and calls that
@@ -755,13 +699,30 @@ impl<C: StorageTypeConfig, B: Backend> RaftSnapshotBuilder<C> for SnapshotBuilde
             .run_apart::<C, _>(
                 "domicile-snapshot",
                 move |apart| -> Result<SnapshotData, StateMachineError> {
-                    let (view, header, spool) = lock(&core).start_snapshot()?;
+                    let (view, header, spool, current) = {
+                        let mut core = lock(&core);
+                        let (view, header, spool) = core.start_snapshot()?;
+                        (view, header, spool, core.current_snapshot.clone())
+                    };
                     // Without the lock, and behind the foreground (`crate::priority`): applies go on
                     // while the view is scanned, and take the CPU first.
                     apart.lower_priority(SNAPSHOT_THREAD_NICE, "snapshot build");
-                    let mut pause = BuildPause::new(changing, apart, waited);
-                    let data = snapshot::build_pausing(&view, header, spool, &mut || pause.between_chunks())?;
+                    let mut chunks = 0u64;
+                    let mut go_on = || {
+                        chunks += 1;
+                        current.is_none() || !changing.load(Ordering::Relaxed)
+                    };
+                    let built = snapshot::build_unless_given_up(&view, header, spool, &mut go_on)?;
                     drop(view);
+                    let Some(data) = built else {
+                        let current = current.expect("only a replica with a snapshot gives a build up");
+                        tracing::info!(
+                            chunks,
+                            "snapshot build given up: the membership began to change; the current \
+                             snapshot stays, and the log until the next build"
+                        );
+                        return Ok(current);
+                    };
                     // The spool's bytes reach the disk before the lock is taken: keeping the
                     // snapshot syncs it again under the lock, which then finds nothing to write
                     // (it found the whole snapshot, a gigabyte at volume, while applies waited).
@@ -1125,18 +1086,9 @@ mod tests {
         );
     }
 
-    /// A build that had started when a learner was added (its view taken, the membership settled then)
-    /// pauses between its chunks until the membership settles, then finishes from the view it took.
-    #[tokio::test]
-    async fn a_build_in_progress_pauses_between_its_chunks_while_the_membership_changes() {
-        let mut backend = Watched::new();
-        let (started_tx, started) = std::sync::mpsc::channel();
-        let (release, release_rx) = std::sync::mpsc::channel();
-        backend.hold_next_sync = Some((started_tx, release_rx));
-        let mut state_machine =
-            StateMachine::<TestConfig, _>::open(backend, Execution::DedicatedThread).unwrap();
-        // Four mebibytes in one batch (so no periodic durable commit takes the held sync): four chunks.
-        let entries = (1..=64u64).map(|index| {
+    /// Applies `count` entries of 64 KiB from `first` on, in one batch (four make a snapshot chunk).
+    async fn apply_large(state_machine: &mut StateMachine<TestConfig, Watched>, first: u64, count: u64) {
+        let entries = (first..first + count).map(|index| {
             let mut entry = put(index);
             if let EntryPayload::Normal(Command::Put { key, value, .. }) = &mut entry.payload {
                 *key = RecordKey::new("eu", "alice", format!("r{index}"));
@@ -1148,21 +1100,42 @@ mod tests {
             .apply(futures_util::stream::iter(entries))
             .await
             .unwrap();
-        let changing = state_machine.membership_changing.clone();
-        let mut builder = state_machine.get_snapshot_builder().await;
-        let mut build = std::pin::pin!(builder.build_snapshot());
-        let polled = tokio::time::timeout(Duration::from_millis(1), &mut build).await;
-        assert!(polled.is_err(), "the build waits for its held sync");
-        started.recv().unwrap(); // the build is making the store durable, before it takes its view
-        changing.store(true, Ordering::Relaxed); // a learner is added meanwhile
-        release.send(()).unwrap();
-        let paused = tokio::time::timeout(Duration::from_secs(1), &mut build).await;
-        assert!(
-            paused.is_err(),
-            "the build finished while the membership was changing"
+    }
+
+    /// A build that finds the membership changing while it writes (one that began just before a learner
+    /// was added) gives up and answers with the current snapshot, which stays; the next build, once
+    /// the membership has settled, is of everything applied.
+    #[tokio::test(start_paused = true)]
+    async fn a_build_gives_up_when_the_membership_begins_to_change_and_the_current_snapshot_stays() {
+        let mut state_machine =
+            StateMachine::<TestConfig, _>::open(Watched::new(), Execution::DedicatedThread).unwrap();
+        apply_large(&mut state_machine, 1, 64).await;
+        let first = build(&mut state_machine).await;
+        assert_eq!(first.meta.last_log_id.map(|log_id| log_id.index), Some(64));
+        apply_large(&mut state_machine, 65, 64).await;
+        // As if a learner's entry were applied once the build had begun: it waits first (the clock
+        // is paused, so its minute passes at once), then begins while the membership still changes.
+        state_machine.membership_changing.store(true, Ordering::Relaxed);
+        let given_up = build(&mut state_machine).await;
+        assert_eq!(
+            given_up.meta, first.meta,
+            "the answer is the snapshot already held"
         );
-        changing.store(false, Ordering::Relaxed);
-        let snapshot = build.await.unwrap();
+        let current = state_machine.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, first.meta, "and it is still the current one");
+        state_machine.membership_changing.store(false, Ordering::Relaxed);
+        let settled = build(&mut state_machine).await;
+        assert_eq!(settled.meta.last_log_id.map(|log_id| log_id.index), Some(128));
+    }
+
+    /// A replica with no snapshot yet never gives its build up: the log can be purged only after one.
+    #[tokio::test(start_paused = true)]
+    async fn a_first_build_is_never_given_up() {
+        let mut state_machine =
+            StateMachine::<TestConfig, _>::open(Watched::new(), Execution::DedicatedThread).unwrap();
+        apply_large(&mut state_machine, 1, 64).await;
+        state_machine.membership_changing.store(true, Ordering::Relaxed);
+        let snapshot = build(&mut state_machine).await;
         assert_eq!(snapshot.meta.last_log_id.map(|log_id| log_id.index), Some(64));
         assert!(
             snapshot.snapshot.chunk_count() >= 4,
