@@ -124,6 +124,9 @@ struct Core<B> {
     /// Whether the applied membership is changing ([`membership_is_changing`]): set as membership
     /// entries are applied and snapshots installed, read by a build in progress between its chunks.
     membership_changing: Arc<AtomicBool>,
+    /// The last build was given up (the membership began to change while it ran): the next one is not,
+    /// so the log is kept at most one snapshot interval longer.
+    last_build_given_up: bool,
 }
 
 /// The state machine of one group.
@@ -420,6 +423,7 @@ impl<C: StorageTypeConfig, B: Backend> StateMachine<C, B> {
             durable_commit_failed: None,
             current_snapshot: None,
             membership_changing: Arc::default(),
+            last_build_given_up: false,
         };
         let (_, membership) = applied_state_of::<C>(&core.header()?)?;
         core.membership_changing
@@ -659,8 +663,9 @@ impl<C: StorageTypeConfig, B: Backend> RaftStateMachine<C> for StateMachine<C, B
 }
 
 impl<C: StorageTypeConfig, B: Backend> SnapshotBuilder<C, B> {
-    /// Waits, at most [`BUILD_DEFERRED_MAX`], while the applied membership is changing.
-    async fn wait_while_membership_changes(&self) {
+    /// Waits, at most [`BUILD_DEFERRED_MAX`], while the applied membership is changing; says whether
+    /// it settled (not whether the bound ran out).
+    async fn wait_while_membership_changes(&self) -> bool {
         let started = C::now();
         let mut deferred = false;
         loop {
@@ -674,7 +679,7 @@ impl<C: StorageTypeConfig, B: Backend> SnapshotBuilder<C, B> {
                         "snapshot build resumed after the membership change"
                     );
                 }
-                return;
+                return !changing;
             }
             if !deferred {
                 tracing::info!("snapshot build deferred while the membership changes");
@@ -689,7 +694,7 @@ impl<C: StorageTypeConfig, B: Backend> RaftSnapshotBuilder<C> for SnapshotBuilde
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, SnapshotData>, io::Error> {
-        self.wait_while_membership_changes().await;
+        let settled = self.wait_while_membership_changes().await;
         let core = self.core.clone();
         let changing = self.membership_changing.clone();
         // On a thread of its own: the scan takes seconds at volume, and large applies (and calls that
@@ -699,10 +704,19 @@ impl<C: StorageTypeConfig, B: Backend> RaftSnapshotBuilder<C> for SnapshotBuilde
             .run_apart::<C, _>(
                 "domicile-snapshot",
                 move |apart| -> Result<SnapshotData, StateMachineError> {
+                    // Given up only by a replica that has a snapshot to answer with, whose membership had
+                    // settled (a change longer than the wait, or learners kept for good, would otherwise
+                    // stop every build), and not twice in a row: the log stays bounded.
                     let (view, header, spool, current) = {
                         let mut core = lock(&core);
                         let (view, header, spool) = core.start_snapshot()?;
-                        (view, header, spool, core.current_snapshot.clone())
+                        let may_give_up = settled && !core.last_build_given_up;
+                        (
+                            view,
+                            header,
+                            spool,
+                            core.current_snapshot.clone().filter(|_| may_give_up),
+                        )
                     };
                     // Without the lock, and behind the foreground (`crate::priority`): applies go on
                     // while the view is scanned, and take the CPU first.
@@ -716,6 +730,7 @@ impl<C: StorageTypeConfig, B: Backend> RaftSnapshotBuilder<C> for SnapshotBuilde
                     drop(view);
                     let Some(data) = built else {
                         let current = current.expect("only a replica with a snapshot gives a build up");
+                        lock(&core).last_build_given_up = true;
                         tracing::info!(
                             chunks,
                             "snapshot build given up: the membership began to change; the current \
@@ -727,7 +742,9 @@ impl<C: StorageTypeConfig, B: Backend> RaftSnapshotBuilder<C> for SnapshotBuilde
                     // snapshot syncs it again under the lock, which then finds nothing to write
                     // (it found the whole snapshot, a gigabyte at volume, while applies waited).
                     data.sync_data()?;
-                    lock(&core).keep_built_snapshot::<C>(&data)?;
+                    let mut core = lock(&core);
+                    core.last_build_given_up = false;
+                    core.keep_built_snapshot::<C>(&data)?;
                     Ok(data)
                 },
             )
@@ -764,10 +781,12 @@ mod tests {
         views_on_thread: Arc<AtomicU32>,
         views_elsewhere: Arc<AtomicU32>,
         /// The next sync job says it started on the first channel, then waits on the second.
-        hold_next_sync: Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>,
+        hold_next_sync: Arc<Mutex<Option<HeldSync>>>,
         /// The nice value of the thread that last kept a snapshot (`i32::MIN`: none yet).
         saved_at_nice: Arc<std::sync::atomic::AtomicI32>,
     }
+
+    type HeldSync = (std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>);
 
     fn on_thread() -> bool {
         std::thread::current().name() == Some(THREAD_NAME)
@@ -783,7 +802,7 @@ mod tests {
                 applies_elsewhere: Arc::default(),
                 views_on_thread: Arc::default(),
                 views_elsewhere: Arc::default(),
-                hold_next_sync: None,
+                hold_next_sync: Arc::default(),
                 saved_at_nice: Arc::new(std::sync::atomic::AtomicI32::new(i32::MIN)),
             }
         }
@@ -815,7 +834,7 @@ mod tests {
 
         fn sync_job(&mut self) -> Result<crate::backend::SyncJob, StateMachineError> {
             let (on, elsewhere) = (self.durable_on_thread.clone(), self.durable_elsewhere.clone());
-            let hold = self.hold_next_sync.take();
+            let hold = self.hold_next_sync.lock().unwrap().take();
             let inner = self.inner.sync_job()?;
             Ok(Box::new(move || {
                 if let Some((started, release)) = hold {
@@ -935,7 +954,7 @@ mod tests {
         let mut backend = Watched::new();
         let (started_tx, started) = std::sync::mpsc::channel();
         let (release, release_rx) = std::sync::mpsc::channel();
-        backend.hold_next_sync = Some((started_tx, release_rx));
+        *backend.hold_next_sync.lock().unwrap() = Some((started_tx, release_rx));
         let synced = backend.durable_on_thread.clone();
         let mut state_machine =
             StateMachine::<TestConfig, _>::open(backend, Execution::DedicatedThread).unwrap();
@@ -1102,46 +1121,83 @@ mod tests {
             .unwrap();
     }
 
-    /// A build that finds the membership changing while it writes (one that began just before a learner
-    /// was added) gives up and answers with the current snapshot, which stays; the next build, once
-    /// the membership has settled, is of everything applied.
-    #[tokio::test(start_paused = true)]
-    async fn a_build_gives_up_when_the_membership_begins_to_change_and_the_current_snapshot_stays() {
+    /// Starts a build that stops in its first durable commit, lets the membership begin to change
+    /// there (as if a learner's entry were applied once the build had begun), and returns its result.
+    async fn build_while_the_membership_begins_to_change(
+        state_machine: &mut StateMachine<TestConfig, Watched>,
+        hold: &Mutex<Option<HeldSync>>,
+    ) -> SnapshotOf<TestConfig, SnapshotData> {
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        *hold.lock().unwrap() = Some((started_tx, release_rx));
+        state_machine.membership_changing.store(false, Ordering::Relaxed);
+        let changing = state_machine.membership_changing.clone();
+        let mut builder = state_machine.get_snapshot_builder().await;
+        let mut build = std::pin::pin!(builder.build_snapshot());
+        let polled = tokio::time::timeout(Duration::from_millis(1), &mut build).await;
+        assert!(polled.is_err(), "the build waits for its held sync");
+        started.recv().unwrap(); // making the store durable, before it takes its view
+        changing.store(true, Ordering::Relaxed);
+        release.send(()).unwrap();
+        build.await.unwrap()
+    }
+
+    /// A build that finds the membership changing while it writes gives up and answers with the
+    /// current snapshot, which stays; the next one is not given up, so the log stays bounded.
+    #[tokio::test]
+    async fn a_build_gives_up_when_the_membership_begins_to_change_but_not_twice_in_a_row() {
+        let backend = Watched::new();
+        let hold = backend.hold_next_sync.clone();
         let mut state_machine =
-            StateMachine::<TestConfig, _>::open(Watched::new(), Execution::DedicatedThread).unwrap();
+            StateMachine::<TestConfig, _>::open(backend, Execution::DedicatedThread).unwrap();
         apply_large(&mut state_machine, 1, 64).await;
         let first = build(&mut state_machine).await;
         assert_eq!(first.meta.last_log_id.map(|log_id| log_id.index), Some(64));
         apply_large(&mut state_machine, 65, 64).await;
-        // As if a learner's entry were applied once the build had begun: it waits first (the clock
-        // is paused, so its minute passes at once), then begins while the membership still changes.
-        state_machine.membership_changing.store(true, Ordering::Relaxed);
-        let given_up = build(&mut state_machine).await;
+        let given_up = build_while_the_membership_begins_to_change(&mut state_machine, &hold).await;
         assert_eq!(
             given_up.meta, first.meta,
             "the answer is the snapshot already held"
         );
         let current = state_machine.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta, first.meta, "and it is still the current one");
-        state_machine.membership_changing.store(false, Ordering::Relaxed);
-        let settled = build(&mut state_machine).await;
-        assert_eq!(settled.meta.last_log_id.map(|log_id| log_id.index), Some(128));
+        let next = build_while_the_membership_begins_to_change(&mut state_machine, &hold).await;
+        assert_eq!(
+            next.meta.last_log_id.map(|log_id| log_id.index),
+            Some(128),
+            "the build after one given up goes on"
+        );
     }
 
-    /// A replica with no snapshot yet never gives its build up: the log can be purged only after one.
-    #[tokio::test(start_paused = true)]
+    /// A replica with no snapshot yet never gives its build up: its log can be purged only after one.
+    #[tokio::test]
     async fn a_first_build_is_never_given_up() {
+        let backend = Watched::new();
+        let hold = backend.hold_next_sync.clone();
         let mut state_machine =
-            StateMachine::<TestConfig, _>::open(Watched::new(), Execution::DedicatedThread).unwrap();
+            StateMachine::<TestConfig, _>::open(backend, Execution::DedicatedThread).unwrap();
         apply_large(&mut state_machine, 1, 64).await;
-        state_machine.membership_changing.store(true, Ordering::Relaxed);
-        let snapshot = build(&mut state_machine).await;
+        let snapshot = build_while_the_membership_begins_to_change(&mut state_machine, &hold).await;
         assert_eq!(snapshot.meta.last_log_id.map(|log_id| log_id.index), Some(64));
         assert!(
             snapshot.snapshot.chunk_count() >= 4,
             "{} chunks",
             snapshot.snapshot.chunk_count()
         );
+    }
+
+    /// A build that began only because its wait ran out (a long change, or learners kept for good) is
+    /// not given up: otherwise such a group would never build again.
+    #[tokio::test(start_paused = true)]
+    async fn a_build_that_waited_its_bound_is_not_given_up() {
+        let mut state_machine =
+            StateMachine::<TestConfig, _>::open(Watched::new(), Execution::DedicatedThread).unwrap();
+        apply_large(&mut state_machine, 1, 64).await;
+        build(&mut state_machine).await;
+        apply_large(&mut state_machine, 65, 64).await;
+        state_machine.membership_changing.store(true, Ordering::Relaxed);
+        let snapshot = build(&mut state_machine).await; // the clock is paused: its minute passes at once
+        assert_eq!(snapshot.meta.last_log_id.map(|log_id| log_id.index), Some(128));
     }
 
     /// A follower's apply (no caller waits for its responses) first lets the tasks already woken
