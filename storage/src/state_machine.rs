@@ -951,7 +951,7 @@ mod tests {
     /// holds no lock they need.
     #[tokio::test]
     async fn applies_go_on_while_the_durable_commit_waits_for_the_disk() {
-        let mut backend = Watched::new();
+        let backend = Watched::new();
         let (started_tx, started) = std::sync::mpsc::channel();
         let (release, release_rx) = std::sync::mpsc::channel();
         *backend.hold_next_sync.lock().unwrap() = Some((started_tx, release_rx));
