@@ -240,7 +240,7 @@ impl<B: Backend> Core<B> {
                 EntryPayload::Membership(membership) => {
                     let stored = StoredMembership::new(Some(entry.log_id.clone()), membership.clone());
                     applier.set_meta(apply::META_MEMBERSHIP, &encode(&stored)?)?;
-                    // Advisory (it only pauses builds), so it may run ahead of the commit.
+                    // Advisory (it only defers or gives up builds), so it may run ahead of the commit.
                     self.membership_changing
                         .store(membership_is_changing::<C>(&stored), Ordering::Relaxed);
                     Response::Empty
