@@ -204,6 +204,12 @@ fn membership_is_changing<C: StorageTypeConfig>(membership: &StoredMembershipOf<
 }
 
 impl<B: Backend> Core<B> {
+    /// Records whether `membership`, now the applied one, is changing ([`Core::membership_changing`]).
+    fn note_membership<C: StorageTypeConfig>(&self, membership: &StoredMembershipOf<C>) {
+        self.membership_changing
+            .store(membership_is_changing::<C>(membership), Ordering::Relaxed);
+    }
+
     fn header(&self) -> Result<SnapshotHeader, StateMachineError> {
         snapshot::header_from_view(&self.backend.view()?)
     }
@@ -241,8 +247,7 @@ impl<B: Backend> Core<B> {
                     let stored = StoredMembership::new(Some(entry.log_id.clone()), membership.clone());
                     applier.set_meta(apply::META_MEMBERSHIP, &encode(&stored)?)?;
                     // Advisory (it only defers or gives up builds), so it may run ahead of the commit.
-                    self.membership_changing
-                        .store(membership_is_changing::<C>(&stored), Ordering::Relaxed);
+                    self.note_membership::<C>(&stored);
                     Response::Empty
                 }
             };
@@ -318,8 +323,7 @@ impl<B: Backend> Core<B> {
     ) -> Result<(), StateMachineError> {
         let (_, membership) = applied_state_of::<C>(data.header())?;
         self.backend.install_snapshot(data)?;
-        self.membership_changing
-            .store(membership_is_changing::<C>(&membership), Ordering::Relaxed);
+        self.note_membership::<C>(&membership);
         self.batches_since_durable = 0;
         self.backend.save_snapshot(data)?;
         self.current_snapshot = Some(data.clone());
@@ -426,8 +430,7 @@ impl<C: StorageTypeConfig, B: Backend> StateMachine<C, B> {
             last_build_given_up: false,
         };
         let (_, membership) = applied_state_of::<C>(&core.header()?)?;
-        core.membership_changing
-            .store(membership_is_changing::<C>(&membership), Ordering::Relaxed);
+        core.note_membership::<C>(&membership);
         if let Some(data) = core.backend.load_snapshot()? {
             applied_state_of::<C>(data.header())?;
             core.current_snapshot = Some(data);
@@ -1121,6 +1124,14 @@ mod tests {
             .unwrap();
     }
 
+    /// A state machine on its own thread, and the handle that holds its next sync.
+    fn open_with_held_sync() -> (StateMachine<TestConfig, Watched>, Arc<Mutex<Option<HeldSync>>>) {
+        let backend = Watched::new();
+        let hold = backend.hold_next_sync.clone();
+        let state_machine = StateMachine::open(backend, Execution::DedicatedThread).unwrap();
+        (state_machine, hold)
+    }
+
     /// Starts a build that stops in its first durable commit, lets the membership begin to change
     /// there (as if a learner's entry were applied once the build had begun), and returns its result.
     async fn build_while_the_membership_begins_to_change(
@@ -1146,10 +1157,7 @@ mod tests {
     /// current snapshot, which stays; the next one is not given up, so the log stays bounded.
     #[tokio::test]
     async fn a_build_gives_up_when_the_membership_begins_to_change_but_not_twice_in_a_row() {
-        let backend = Watched::new();
-        let hold = backend.hold_next_sync.clone();
-        let mut state_machine =
-            StateMachine::<TestConfig, _>::open(backend, Execution::DedicatedThread).unwrap();
+        let (mut state_machine, hold) = open_with_held_sync();
         apply_large(&mut state_machine, 1, 64).await;
         let first = build(&mut state_machine).await;
         assert_eq!(first.meta.last_log_id.map(|log_id| log_id.index), Some(64));
@@ -1172,10 +1180,7 @@ mod tests {
     /// A replica with no snapshot yet never gives its build up: its log can be purged only after one.
     #[tokio::test]
     async fn a_first_build_is_never_given_up() {
-        let backend = Watched::new();
-        let hold = backend.hold_next_sync.clone();
-        let mut state_machine =
-            StateMachine::<TestConfig, _>::open(backend, Execution::DedicatedThread).unwrap();
+        let (mut state_machine, hold) = open_with_held_sync();
         apply_large(&mut state_machine, 1, 64).await;
         let snapshot = build_while_the_membership_begins_to_change(&mut state_machine, &hold).await;
         assert_eq!(snapshot.meta.last_log_id.map(|log_id| log_id.index), Some(64));
