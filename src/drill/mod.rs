@@ -176,6 +176,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// How long the drill waits after its `after` phase for every group to have a leader again.
 const RECOVERY_MAX: Duration = Duration::from_secs(30);
 
+/// How long the fault may wait, after the `before` phase, for every group to have been seen led. Past it
+/// the fault is injected anyway and the report fails the group that was not led before it.
+const LEADERS_BEFORE_MAX: Duration = Duration::from_secs(30);
+
 /// How long a `--fault-command` or `--heal-command` may run.
 const COMMAND_MAX: Duration = Duration::from_secs(120);
 
@@ -577,7 +581,12 @@ async fn drill(goal: Goal, args: DrillArgs) -> anyhow::Result<ExitCode> {
     };
     let running = tokio::spawn(workload.clone().run(shape, stop.clone()));
 
-    let fault = if sleep_or_interrupted(args.before).await {
+    // A group whose leadership is still moving when the fault is due (just after the cluster starts, or
+    // after a handover) has no leader to lose: the fault waits, a bounded time, until every group has
+    // been seen led, so the drill measures a recovery rather than a start-up.
+    let fault = if sleep_or_interrupted(args.before).await
+        || until_all_led(&file, &observer, LEADERS_BEFORE_MAX).await
+    {
         FaultOutcome::interrupted(observer.since_start())
     } else {
         fault(&goal, &args, &file, &admins, &observer, &run).await
@@ -710,7 +719,13 @@ async fn recover(file: &TopologyFile, observer: &Observer, after: Duration) -> b
     if sleep_or_interrupted(after).await {
         return true;
     }
-    let deadline = Instant::now() + RECOVERY_MAX;
+    until_all_led(file, observer, RECOVERY_MAX).await
+}
+
+/// Waits until every group has a leader, as the latest answers show, or `bound` has passed; true if
+/// interrupted.
+async fn until_all_led(file: &TopologyFile, observer: &Observer, bound: Duration) -> bool {
+    let deadline = Instant::now() + bound;
     while Instant::now() < deadline && !all_led(file, &observer.answers(), observer.since_start()) {
         if sleep_or_interrupted(observe::POLL_EVERY).await {
             return true;
