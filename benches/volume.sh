@@ -9,7 +9,8 @@
 #   RECORDS=100000 VALUE_BYTES=1024 bash benches/volume.sh   # a smaller run
 #
 # Knobs (environment): RECORDS (1000000), VALUE_BYTES (1024), IN_FLIGHT (128 puts at a time during the
-# load), LIVE_WRITERS (8 closed-loop writers before and during the migration), BASELINE_S (20),
+# load), LIVE_WRITERS (8 closed-loop writers before and during the migration) or LIVE_RATE (instead,
+# this many writes a second on a fixed schedule, latency counted from when each was due), BASELINE_S (20),
 # BENCH_DIR (where the cluster's data goes; must not be tmpfs), RESULTS (target/volume-bench), TIME_LIMIT
 # (seconds for the whole run, 7200), COPIES (`placement apply --copies`: one-at-a-time or side-by-side;
 # apply's default unless set), KEEP_LOGS (1: the nodes' and apply's logs are kept beside the report). Every process is stopped by pid on exit (the program's own guards),
@@ -37,13 +38,14 @@ keep_logs() {
 trap keep_logs EXIT
 echo "== $(date -u '+%F %T UTC'), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 echo "== records $RECORDS x $VALUE_BYTES B, data in $WORK" >&2
+if [ -n "${LIVE_RATE:-}" ]; then LIVE=(--live-rate "$LIVE_RATE"); else LIVE=(--live-writers "${LIVE_WRITERS:-8}"); fi
 timeout --kill-after=30 "$TIME_LIMIT" "$TARGET_DIR/release/volume-bench" \
     --domicile "$TARGET_DIR/release/domicile" \
     --dir "$WORK/cluster" \
     --records "$RECORDS" \
     --value-bytes "$VALUE_BYTES" \
     --in-flight "${IN_FLIGHT:-128}" \
-    --live-writers "${LIVE_WRITERS:-8}" \
+    "${LIVE[@]}" \
     --baseline-s "${BASELINE_S:-20}" \
     --time-limit-s "$TIME_LIMIT" \
     ${COPIES:+--copies "$COPIES"} \

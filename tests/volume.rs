@@ -31,6 +31,7 @@ async fn a_legacy_group_of_6000_records_migrates_into_the_eea_with_every_write_k
         value_bytes: 1024,
         in_flight: 64,
         live_writers: 4,
+        live_rate: None,
         baseline_s: 1.0,
         time_limit: Duration::from_secs(600),
         verbose: std::env::var_os("VOLUME_VERBOSE").is_some(),

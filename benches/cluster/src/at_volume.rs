@@ -28,6 +28,17 @@ pub struct Latency {
     pub p99_us: u32,
     pub max_us: u32,
     pub writes_per_s: f64,
+    /// Each whole second of the phase (by when the write began): its writes and their p99, so that a
+    /// phase's p99 can be laid beside what happened when (a migration's steps, a build).
+    pub by_second: Vec<SecondOfWrites>,
+}
+
+/// The writes that began in one second of a phase.
+#[derive(Debug, Default, Serialize)]
+pub struct SecondOfWrites {
+    pub second: u32,
+    pub writes: usize,
+    pub p99_us: u32,
 }
 
 /// The node processes, stopped by pid when dropped (SIGTERM, then SIGKILL after 5 s).
@@ -243,11 +254,12 @@ pub async fn read_keyspace(
     Ok((sum.load(Ordering::Relaxed), wrong.load(Ordering::Relaxed)))
 }
 
-/// What closed-loop writers of `live-N` keys saw: each write's latency (µs) and the acknowledged
-/// indexes; a failed write (not acknowledged) is counted, not retried.
+/// What writers of `live-N` keys saw: each acknowledged write's second of the phase (when it began)
+/// and latency (µs), and the acknowledged indexes; a failed write (not acknowledged) is counted, not
+/// retried.
 #[derive(Default)]
 pub struct Live {
-    pub latencies: Mutex<Vec<u32>>,
+    pub latencies: Mutex<Vec<(u32, u32)>>,
     pub acknowledged: Mutex<Vec<u64>>,
     pub failed: AtomicU64,
 }
@@ -300,6 +312,7 @@ pub fn live_writers(
     deadline: Instant,
 ) -> (Arc<Live>, tokio::task::JoinSet<()>) {
     let live = Arc::new(Live::default());
+    let phase_began = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for writer in 0..writers {
         let client = clients[writer % clients.len()].clone();
@@ -308,44 +321,124 @@ pub fn live_writers(
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 let started = Instant::now();
-                match client
+                let written = client
                     .put(&live_key(index), RECORD, value_of(1, index, value_bytes))
-                    .await
-                {
-                    Ok(_) => {
-                        let micros = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
-                        live.latencies.lock().unwrap().push(micros);
-                        live.acknowledged.lock().unwrap().push(index);
-                    }
-                    Err(_) => {
-                        live.failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                    .await;
+                live.record(index, phase_began, started, written.is_ok());
             }
         });
     }
     (live, tasks)
 }
 
+// Only `volume.rs` paces its writes at a fixed rate; `split.rs` includes this file too.
+#[allow(dead_code)]
+/// Writes outstanding at most, at a fixed rate: a cluster that stops answering holds this many, and
+/// the schedule waits (each write's latency still counts from when it was due).
+const AT_RATE_OUTSTANDING_MAX: usize = 4096;
+
+/// Starts writes of new `live-N` keys at `per_s` a second, on a fixed schedule whatever the cluster
+/// answers (an open loop, as a service's users write), until `stop` or `deadline`. Each write's latency
+/// is counted from when it was due, not from when it left: a stall delays the writes behind it, and
+/// that wait is theirs too (closed-loop writers would not send them, and their p99 would not show it).
+#[allow(dead_code)]
+pub fn live_at_rate(
+    clients: &[Arc<client::Client>],
+    per_s: f64,
+    value_bytes: usize,
+    next: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    deadline: Instant,
+) -> (Arc<Live>, tokio::task::JoinSet<()>) {
+    assert!(per_s > 0.0, "a rate of writes must be positive");
+    let live = Arc::new(Live::default());
+    let phase_began = Instant::now();
+    let clients = clients.to_vec();
+    let mut tasks = tokio::task::JoinSet::new();
+    let scheduled = live.clone();
+    tasks.spawn(async move {
+        let outstanding = Arc::new(tokio::sync::Semaphore::new(AT_RATE_OUTSTANDING_MAX));
+        let mut writes = tokio::task::JoinSet::new();
+        let mut sent = 0u64;
+        loop {
+            let due = phase_began + Duration::from_secs_f64(sent as f64 / per_s);
+            if stop.load(Ordering::Relaxed) || due >= deadline {
+                break;
+            }
+            tokio::time::sleep_until(due.into()).await;
+            let Ok(permit) = outstanding.clone().acquire_owned().await else {
+                break;
+            };
+            let index = next.fetch_add(1, Ordering::Relaxed);
+            let client = clients[sent as usize % clients.len()].clone();
+            let live = scheduled.clone();
+            writes.spawn(async move {
+                let written = client
+                    .put(&live_key(index), RECORD, value_of(1, index, value_bytes))
+                    .await;
+                live.record(index, phase_began, due, written.is_ok());
+                drop(permit);
+            });
+            sent += 1;
+            while writes.try_join_next().is_some() {}
+        }
+        while writes.join_next().await.is_some() {}
+    });
+    (live, tasks)
+}
+
+impl Live {
+    /// One write's outcome: `index` began (or was due) at `started`.
+    fn record(&self, index: u64, phase_began: Instant, started: Instant, acknowledged: bool) {
+        if !acknowledged {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let micros = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        let second = started.saturating_duration_since(phase_began).as_secs() as u32;
+        self.latencies.lock().unwrap().push((second, micros));
+        self.acknowledged.lock().unwrap().push(index);
+    }
+}
+
 /// The writers' latency over a phase `seconds` long.
 pub fn latency_of(live: &Live, seconds: f64) -> Latency {
-    let mut latencies = live.latencies.lock().unwrap().clone();
+    let samples = live.latencies.lock().unwrap().clone();
+    let mut seconds_of: std::collections::BTreeMap<u32, Vec<u32>> = Default::default();
+    for &(second, micros) in &samples {
+        seconds_of.entry(second).or_default().push(micros);
+    }
+    let by_second = seconds_of
+        .into_iter()
+        .map(|(second, mut latencies)| {
+            latencies.sort_unstable();
+            SecondOfWrites {
+                second,
+                writes: latencies.len(),
+                p99_us: nearest_rank(&latencies, 0.99),
+            }
+        })
+        .collect();
+    let mut latencies: Vec<u32> = samples.iter().map(|&(_, micros)| micros).collect();
     latencies.sort_unstable();
-    let quantile = |q: f64| {
-        if latencies.is_empty() {
-            return 0;
-        }
-        let rank = ((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
-        latencies[rank - 1]
-    };
     Latency {
         writes: latencies.len(),
         failed: live.failed.load(Ordering::Relaxed) as usize,
-        p50_us: quantile(0.5),
-        p99_us: quantile(0.99),
+        p50_us: nearest_rank(&latencies, 0.5),
+        p99_us: nearest_rank(&latencies, 0.99),
         max_us: latencies.last().copied().unwrap_or(0),
         writes_per_s: latencies.len() as f64 / seconds.max(1e-9),
+        by_second,
     }
+}
+
+/// The `q` quantile of sorted latencies (nearest rank); 0 for none.
+fn nearest_rank(sorted: &[u32], q: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
 }
 
 /// VmRSS and VmHWM of a process, in KiB.

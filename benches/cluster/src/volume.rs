@@ -39,8 +39,8 @@ pub const GROUP: &str = "users-legacy";
 mod at_volume;
 
 use at_volume::{
-    Guard, Keyspace, Latency, Nodes, bulk_key, for_each, latency_of, live_writers, memory_kib, put,
-    read_keyspace, read_live, value_of,
+    Guard, Keyspace, Latency, Live, Nodes, bulk_key, for_each, latency_of, live_at_rate, live_writers,
+    memory_kib, put, read_keyspace, read_live, value_of,
 };
 
 const SERVICE: &str = "volume";
@@ -101,8 +101,11 @@ pub struct Config {
     pub value_bytes: usize,
     /// Puts (and gets) in flight during the bulk load and the read-backs.
     pub in_flight: usize,
-    /// Closed-loop writers of new keys before and during the migration.
+    /// Closed-loop writers of new keys before and during the migration...
     pub live_writers: usize,
+    /// ... or, when given, writes of new keys at this many a second, on a fixed schedule (latency
+    /// counted from when each was due).
+    pub live_rate: Option<f64>,
     pub baseline_s: f64,
     /// The whole run, from the first node started; past it the run stops with an error.
     pub time_limit: Duration,
@@ -116,6 +119,21 @@ pub struct Config {
 }
 
 impl Config {
+    /// The live writes of a phase, as configured: closed-loop writers, or writes at a fixed rate.
+    fn start_live(
+        &self,
+        clients: &[Arc<client::Client>],
+        value_bytes: usize,
+        next: Arc<AtomicU64>,
+        stop: Arc<AtomicBool>,
+        deadline: Instant,
+    ) -> (Arc<Live>, tokio::task::JoinSet<()>) {
+        match self.live_rate {
+            Some(per_s) => live_at_rate(clients, per_s, value_bytes, next, stop, deadline),
+            None => live_writers(clients, self.live_writers, value_bytes, next, stop, deadline),
+        }
+    }
+
     fn keyspace(&self) -> Keyspace {
         Keyspace {
             records: self.records,
@@ -160,6 +178,8 @@ pub struct Report {
     pub value_bytes: usize,
     pub in_flight: usize,
     pub live_writers: usize,
+    /// Live writes a second on a fixed schedule, when they were paced so (`live_writers` unused).
+    pub live_rate: Option<f64>,
     pub load_s: f64,
     pub load_mb_per_s: f64,
     pub read_back_s: f64,
@@ -245,7 +265,7 @@ impl Report {
             "records {} x {} B ({:.0} MB of values), {} in flight\n\
              load: {:.1} s, {:.1} MB/s; read back: {:.1} s\n\
              checksum before {} after {}: {}\n\
-             write latency, {} closed-loop writers: before p50 {} us p99 {} us ({} writes, {:.0}/s); \
+             write latency, {}: before p50 {} us p99 {} us ({} writes, {:.0}/s); \
              during p50 {} us p99 {} us ({} writes, {:.0}/s, {} failed); p99 ratio {:.2}\n\
              migration: {:.1} s, apply exit {:?}, steps {:?}\n",
             self.records,
@@ -258,7 +278,10 @@ impl Report {
             self.checksum_before,
             self.checksum_after,
             if self.checksum_equal { "equal" } else { "DIFFERENT" },
-            self.live_writers,
+            match self.live_rate {
+                Some(per_s) => format!("{per_s:.0} writes/s on a fixed schedule"),
+                None => format!("{} closed-loop writers", self.live_writers),
+            },
             self.baseline.p50_us,
             self.baseline.p99_us,
             self.baseline.writes,
@@ -273,6 +296,13 @@ impl Report {
             self.apply_exit_code,
             self.steps_done,
         );
+        let seconds: Vec<String> = (self.during.by_second.iter())
+            .map(|second| format!("{}:{:.1}", second.second, second.p99_us as f64 / 1000.0))
+            .collect();
+        text.push_str(&format!(
+            "write p99 (ms) by second of the migration: {}\n",
+            seconds.join(" ")
+        ));
         for copy in &self.copy {
             text.push_str(&format!(
                 "copy to n{}: {:.1} MB in {:.1} s = {:.1} MB/s ({:.1} MB on its disk)\n",
@@ -579,6 +609,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         value_bytes: config.value_bytes,
         in_flight: config.in_flight,
         live_writers: config.live_writers,
+        live_rate: config.live_rate,
         load_average_start: load_average(),
         ..Report::default()
     };
@@ -667,14 +698,8 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     log(&config, "baseline writes");
     let next_live = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let (baseline, mut tasks) = live_writers(
-        &clients,
-        config.live_writers,
-        value_bytes,
-        next_live.clone(),
-        stop.clone(),
-        deadline,
-    );
+    let (baseline, mut tasks) =
+        config.start_live(&clients, value_bytes, next_live.clone(), stop.clone(), deadline);
     let baseline_started = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(config.baseline_s)).await;
     stop.store(true, Ordering::Relaxed);
@@ -684,14 +709,8 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     // 4. The migration, with the writers writing, memory and status sampled.
     log(&config, "placement apply");
     let stop = Arc::new(AtomicBool::new(false));
-    let (during, mut tasks) = live_writers(
-        &clients,
-        config.live_writers,
-        value_bytes,
-        next_live.clone(),
-        stop.clone(),
-        deadline,
-    );
+    let (during, mut tasks) =
+        config.start_live(&clients, value_bytes, next_live.clone(), stop.clone(), deadline);
     let sampling = Arc::new(AtomicBool::new(true));
     let peak_rss: Arc<Mutex<BTreeMap<u64, u64>>> = Arc::default();
     let memory_sampler = {

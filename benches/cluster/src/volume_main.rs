@@ -26,8 +26,13 @@ struct Cli {
     value_bytes: usize,
     #[arg(long, default_value_t = 128)]
     in_flight: usize,
+    /// Closed-loop writers of new keys before and during the migration.
     #[arg(long, default_value_t = 8)]
     live_writers: usize,
+    /// Instead of closed-loop writers: this many writes of new keys a second, on a fixed schedule
+    /// (each write's latency counted from when it was due).
+    #[arg(long, conflicts_with = "live_writers")]
+    live_rate: Option<f64>,
     #[arg(long, default_value_t = 20.0)]
     baseline_s: f64,
     #[arg(long, default_value_t = 3600)]
@@ -62,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
         value_bytes: cli.value_bytes,
         in_flight: cli.in_flight,
         live_writers: cli.live_writers,
+        live_rate: cli.live_rate.filter(|per_s| *per_s > 0.0),
         baseline_s: cli.baseline_s,
         time_limit: Duration::from_secs(cli.time_limit_s),
         verbose: true,
