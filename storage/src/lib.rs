@@ -42,6 +42,7 @@ pub mod snapshot;
 pub mod snapshot_feed;
 pub mod state_machine;
 pub mod write_behind;
+pub mod writeback;
 
 /// The byte format of everything this crate writes: `wire`'s, the one module that imports postcard.
 pub use wire::codec;

@@ -23,34 +23,35 @@ pub fn drop_cached(file: &File, len: u64) {
     }
 }
 
+/// Pages of `file`'s first `len` bytes in the page cache: tests' witness of what was dropped.
+#[cfg(test)]
+pub(crate) fn resident_pages(file: &File, len: usize) -> usize {
+    let page = 4096;
+    // SAFETY: a read-only shared mapping of an open file, never dereferenced, unmapped below.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED);
+    let mut residency = vec![0u8; len.div_ceil(page)];
+    // SAFETY: `residency` has one byte per page of the mapping.
+    let result = unsafe { libc::mincore(map, len, residency.as_mut_ptr()) };
+    // SAFETY: the mapping made above, of `len` bytes.
+    unsafe { libc::munmap(map, len) };
+    assert_eq!(result, 0);
+    residency.iter().filter(|byte| **byte & 1 == 1).count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
-
-    /// Pages of `file`'s first `len` bytes in the page cache (`mincore` on a mapping never touched).
-    fn resident_pages(file: &File, len: usize) -> usize {
-        let page = 4096;
-        // SAFETY: a read-only shared mapping of an open file, never dereferenced, unmapped below.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(map, libc::MAP_FAILED);
-        let mut residency = vec![0u8; len.div_ceil(page)];
-        // SAFETY: `residency` has one byte per page of the mapping.
-        let result = unsafe { libc::mincore(map, len, residency.as_mut_ptr()) };
-        // SAFETY: the mapping made above, of `len` bytes.
-        unsafe { libc::munmap(map, len) };
-        assert_eq!(result, 0);
-        residency.iter().filter(|byte| **byte & 1 == 1).count()
-    }
 
     #[test]
     fn synced_pages_are_dropped_from_the_cache_and_read_back_unchanged() {

@@ -55,6 +55,7 @@ use crate::snapshot::SnapshotData;
 use crate::snapshot::SnapshotSpool;
 use crate::snapshot_feed::FeedStopped;
 use crate::snapshot_feed::SpoolFeed;
+use crate::writeback;
 
 const DATABASE_FILE: &str = "state.redb";
 const SNAPSHOT_FILE: &str = "current.snap";
@@ -117,11 +118,13 @@ fn run_install_ahead(dir: &Path, feed: &SpoolFeed, file: &fs::File) -> Result<Fi
     let path = install.path().to_path_buf();
     let filled = (|| -> Result<Finished, FeedStopped> {
         let error = |e: &dyn std::fmt::Display| FeedStopped::from(backend_error(&path, e));
-        // Synced along the way (see `SpoolFeed::feed`), so the install's last commit and the spool's
-        // sync before it becomes the current snapshot find little left to write. The syncs run on a
-        // thread of their own, so the inserts go on while the disk writes (on this thread they were
-        // two thirds of a receive's wall time, `cargo bench -p storage --bench snapshot_copy`); a
-        // request while one is queued is folded into it.
+        // Written back along the way (see `SpoolFeed::feed`), so the install's last commit and the
+        // spool's sync before it becomes the current snapshot find little left to write. Written
+        // back, not synced: a sync commits the filesystem's journal, which makes every other fsync
+        // on the disk (the logs' of every group) wait for this data too (`crate::writeback`). The
+        // waits run on a thread of their own, so the inserts go on while the disk writes (on this
+        // thread they were two thirds of a receive's wall time, `cargo bench -p storage --bench
+        // snapshot_copy`); a request while one is queued is folded into it.
         let store_file = fs::File::open(&path).map_err(|e| error(&e))?;
         let spool_file = file.try_clone().map_err(|e| error(&e))?;
         let (requests, pending) = std::sync::mpsc::sync_channel::<u64>(1);
@@ -130,12 +133,13 @@ fn run_install_ahead(dir: &Path, feed: &SpoolFeed, file: &fs::File) -> Result<Fi
             .name("domicile-install-sync".into())
             .spawn(move || -> Result<(), StateMachineError> {
                 priority::lower_this_thread_or_warn(SNAPSHOT_THREAD_NICE, "snapshot install sync");
-                let sync = |file: &fs::File| file.sync_data().map_err(|e| backend_error(&sync_path, e));
+                let written =
+                    |file: &fs::File| writeback::wait_written(file).map_err(|e| backend_error(&sync_path, e));
                 while let Ok(read) = pending.recv() {
-                    sync(&spool_file)?;
+                    written(&spool_file)?;
                     // Read by the install and now on the disk: its pages are dropped (`crate::page_cache`).
                     page_cache::drop_cached(&spool_file, read);
-                    sync(&store_file)?;
+                    written(&store_file)?;
                 }
                 Ok(())
             })

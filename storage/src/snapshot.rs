@@ -42,6 +42,7 @@ use crate::codec::FrameHeader;
 use crate::error::SnapshotError;
 use crate::error::StateMachineError;
 use crate::snapshot_feed::SpoolFeed;
+use crate::writeback::Writeback;
 
 /// Items are packed into a chunk until its payload would pass this size.
 pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1 << 20;
@@ -186,6 +187,8 @@ struct SpoolFile {
     kept: Mutex<bool>,
     /// A receiving spool's progress, followed by an install ahead ([`crate::snapshot_feed`]).
     feed: Option<Arc<SpoolFeed>>,
+    /// Its pages are sent to the disk as they are written, not all at its sync ([`crate::writeback`]).
+    writeback: Writeback,
 }
 
 impl SpoolFile {
@@ -286,6 +289,7 @@ impl SnapshotSpool {
             path: Mutex::new(path.to_path_buf()),
             kept: Mutex::new(false),
             feed: feed.clone(),
+            writeback: Writeback::default(),
         };
         let mut spool = SnapshotSpool::new(Bytes::File(file), bytes_max);
         spool.feed = AbandonOnDrop(feed);
@@ -349,10 +353,13 @@ impl SnapshotSpool {
             .map_err(|reason| self.corrupt(reason))?;
         match &mut self.bytes {
             Bytes::Memory(bytes) => bytes.extend_from_slice(frame),
-            Bytes::File(spool) => spool
-                .file
-                .write_all_at(frame, self.len)
-                .map_err(|e| spool.io_error(e))?,
+            Bytes::File(spool) => {
+                spool
+                    .file
+                    .write_all_at(frame, self.len)
+                    .map_err(|e| spool.io_error(e))?;
+                spool.writeback.written(&spool.file, end);
+            }
         }
         self.frames.push((self.len, frame.len() as u32));
         self.len = end;
@@ -530,6 +537,7 @@ impl SnapshotData {
                     path: Mutex::new(path.to_path_buf()),
                     kept: Mutex::new(true),
                     feed: None,
+                    writeback: Writeback::default(),
                 }),
             }),
         })

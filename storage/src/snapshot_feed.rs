@@ -73,8 +73,8 @@ impl From<SnapshotError> for FeedStopped {
 pub type FeedItem<'a> = dyn FnMut(Table, &[u8], &[u8]) -> Result<(), StateMachineError> + 'a;
 
 /// Every this many bytes read, the install ahead asks the disk to take what was written so far
-/// (see [`SpoolFeed::feed`]).
-pub const FEED_FLUSH_BYTES: u64 = 64 << 20;
+/// (see [`SpoolFeed::feed`]): a writeback window, so that little is ever waiting to be written.
+pub const FEED_FLUSH_BYTES: u64 = crate::writeback::WRITEBACK_WINDOW_BYTES;
 
 impl SpoolFeed {
     fn update(&self, change: impl FnOnce(&mut FeedState)) {
@@ -135,10 +135,10 @@ impl SpoolFeed {
     /// item to `visit`, its sealed value verified against its key first. Returns once the trailer
     /// was read; stops at a cancellation, an abandoned transfer or any damage.
     ///
-    /// Every [`FEED_FLUSH_BYTES`] it calls `flush` with the bytes read so far: the spool and the store's file are synced as the
-    /// transfer goes, on this thread, so the syncs that make the snapshot durable once it is
-    /// installed (the store's commit, the spool's before it becomes the current snapshot) find
-    /// little left to write, where they found a gigabyte or two of dirty pages each.
+    /// Every [`FEED_FLUSH_BYTES`] it calls `flush` with the bytes read so far: the spool and the
+    /// store's file are written back as the transfer goes, so the syncs that make the snapshot
+    /// durable once it is installed (the store's commit, the spool's before it becomes the current
+    /// snapshot) find little left to write, where they found a gigabyte or two of dirty pages each.
     pub fn feed(
         &self,
         file: &fs::File,
