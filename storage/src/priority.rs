@@ -13,9 +13,11 @@
 //! view, and syncs its spool before it takes the state machine's lock to keep the snapshot.
 
 /// The nice value of a snapshot's build and install threads (0 is the default, 19 the lowest).
-/// Linux weighs a nice-10 thread at about a tenth of a nice-0 one: it runs at full speed on an idle
-/// core and yields most of a busy one.
-pub const SNAPSHOT_THREAD_NICE: i32 = 10;
+/// Linux weighs a nice-19 thread at about 1/70 of a nice-0 one: it runs at full speed on an idle core
+/// and yields nearly all of a busy one, and a foreground thread that wakes takes the core from it
+/// at once. Nice 10 (a tenth) was not enough: three busy nice-10 threads on two cores raised the write
+/// p99 of an idle cluster beside them 2–5-fold, three nice-19 ones 1.5–2-fold (docs/performance.md).
+pub const SNAPSHOT_THREAD_NICE: i32 = 19;
 
 /// Lowers the calling thread's CPU priority to `nice`, unless it is lower already. Only this
 /// thread, not its process: Linux keeps a nice value per thread. Elsewhere a no-op.
