@@ -28,7 +28,8 @@ pub struct Writeback {
 
 impl Writeback {
     /// After `file` was written up to `end`: starts the writeback of what was written since the last
-    /// start, once that is a whole window. Never waits for the disk (it may run on an async worker).
+    /// start, once that is a whole window. Does not wait for the pages to be written (it may run on
+    /// an async worker), only, when the device's request queue is full, for room in it.
     pub fn written(&mut self, file: &File, end: u64) {
         if end < self.started_to.saturating_add(WRITEBACK_WINDOW_BYTES) {
             return;
@@ -43,7 +44,8 @@ impl Writeback {
     }
 }
 
-/// Starts sending `file`'s dirty pages in `from..to` to the disk, without waiting. Advice: where the
+/// Starts sending `file`'s dirty pages in `from..to` to the disk, without waiting for them to be
+/// written. Advice: where the
 /// system has no such call, or refuses, nothing happens (the data is written when it is synced).
 pub fn start(file: &File, from: u64, to: u64) {
     #[cfg(target_os = "linux")]
