@@ -6,9 +6,9 @@
 //! file's sync sends them, hundreds of megabytes at once. Meanwhile every write of every group on
 //! the machine waits for an fsync of its log, and on ext4 (data=ordered) an fsync commits the
 //! filesystem's journal, which first waits for the data of every block allocated since the last
-//! commit, whichever file it belongs to. Measured: a build's closing sync of its 1.1-GB spool stalled
-//! the writes of the leader next to it for 650 ms (docs/performance.md, "Migrating a legacy group at
-//! volume").
+//! commit, whichever file it belongs to. Measured: three builds' 1.1-GB spools, written and synced
+//! at once, stalled the writes of the cluster beside them for 0.4–1 s (docs/performance.md,
+//! "Migrating a legacy group at volume").
 //!
 //! So a bulk writer starts the writeback of each window it fills ([`Writeback::written`]), without
 //! waiting for it, as RocksDB's `bytes_per_sync` does; a thread that may wait can also wait for a
@@ -45,9 +45,9 @@ impl Writeback {
 }
 
 /// Starts sending `file`'s dirty pages in `from..to` to the disk, without waiting for them to be
-/// written. Advice: where the
-/// system has no such call, or refuses, nothing happens (the data is written when it is synced).
-pub fn start(file: &File, from: u64, to: u64) {
+/// written. Advice: where the system has no such call, or refuses, nothing happens (the data is
+/// written when it is synced).
+fn start(file: &File, from: u64, to: u64) {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;

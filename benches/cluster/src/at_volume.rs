@@ -331,10 +331,10 @@ pub fn live_writers(
     (live, tasks)
 }
 
-// Only `volume.rs` paces its writes at a fixed rate; `split.rs` includes this file too.
-#[allow(dead_code)]
 /// Writes outstanding at most, at a fixed rate: a cluster that stops answering holds this many, and
 /// the schedule waits (each write's latency still counts from when it was due).
+// Only `volume.rs` paces its writes at a fixed rate; `split.rs` includes this file too.
+#[allow(dead_code)]
 const AT_RATE_OUTSTANDING_MAX: usize = 4096;
 
 /// Starts writes of new `live-N` keys at `per_s` a second, on a fixed schedule whatever the cluster
