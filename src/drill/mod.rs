@@ -593,6 +593,7 @@ async fn drill(goal: Goal, args: DrillArgs) -> anyhow::Result<ExitCode> {
     };
     let FaultOutcome {
         target,
+        began,
         injected,
         healed,
         mut interrupted,
@@ -626,6 +627,7 @@ async fn drill(goal: Goal, args: DrillArgs) -> anyhow::Result<ExitCode> {
         answers: &answers,
         record: &record,
         read_back: &read_back,
+        began,
         injected,
         healed,
         ended,
@@ -650,6 +652,7 @@ async fn drill(goal: Goal, args: DrillArgs) -> anyhow::Result<ExitCode> {
 /// What became of the fault: on whom, when it began and ended, and whether it could be injected at all.
 struct FaultOutcome {
     target: Option<Target>,
+    began: Duration,
     injected: Duration,
     healed: Duration,
     interrupted: bool,
@@ -660,6 +663,7 @@ impl FaultOutcome {
     fn interrupted(now: Duration) -> FaultOutcome {
         FaultOutcome {
             target: None,
+            began: now,
             injected: now,
             healed: now,
             interrupted: true,
@@ -706,6 +710,7 @@ async fn fault(
     eprintln!("drill {run}: fault healed");
     FaultOutcome {
         target: Some(target),
+        began: now,
         injected,
         healed,
         interrupted,
@@ -971,6 +976,10 @@ struct Judged<'a> {
     answers: &'a [Answer],
     record: &'a workload::Record,
     read_back: &'a BTreeMap<String, workload::ReadBack>,
+    /// When the fault's injection began: the cluster as it stood before the fault is read here. An
+    /// injection takes time (a fault command that kills a node, say), and a status poll answered
+    /// during it already sees the fault.
+    began: Duration,
     injected: Duration,
     healed: Duration,
     ended: Duration,
@@ -988,6 +997,7 @@ fn judge(judged: Judged<'_>) -> Report {
         answers,
         record,
         read_back,
+        began,
         injected,
         healed,
         ended,
@@ -1000,9 +1010,9 @@ fn judge(judged: Judged<'_>) -> Report {
     let mut groups = Vec::new();
     let mut checks: Vec<Check> = Vec::new();
     for (group, policy) in &file.policies {
-        let before = observe::leader_at(answers, &group.0, injected);
+        let before = observe::leader_at(answers, &group.0, began);
         // The voters as the leader (or the freshest replica) saw them when the fault began.
-        let voters: BTreeSet<u64> = latest_view(answers, &group.0, injected)
+        let voters: BTreeSet<u64> = latest_view(answers, &group.0, began)
             .map(|view| membership_of(&view).voters.iter().map(|node| node.0).collect())
             .unwrap_or_default();
         let majority = |side: &BTreeSet<u64>| voters.intersection(side).count() * 2 > voters.len();
