@@ -155,6 +155,7 @@ pub fn node_status(node: &Node) -> NodeStatus {
                 committed: status.committed,
                 snapshots_sent: status.snapshots_sent,
                 snapshots_installed: status.snapshots_installed,
+                snapshot_index: status.snapshot_index,
                 records: None,
                 voters: status
                     .membership

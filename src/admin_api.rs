@@ -81,6 +81,9 @@ pub struct GroupView {
     pub snapshots_sent: u64,
     #[serde(default)]
     pub snapshots_installed: u64,
+    /// The last log index this replica's current snapshot covers (absent: none yet, or an older node).
+    #[serde(default)]
+    pub snapshot_index: Option<u64>,
     /// The records this replica holds (absent from older nodes' answers, and where the store could not
     /// be read).
     #[serde(default)]

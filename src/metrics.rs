@@ -43,6 +43,7 @@ pub struct Metrics {
     applied_index: Family<GroupLabel, Gauge>,
     snapshots_sent: Family<GroupLabel, Gauge>,
     snapshots_installed: Family<GroupLabel, Gauge>,
+    snapshot_index: Family<GroupLabel, Gauge>,
     fence_refusals: Counter<u64, AtomicU64>,
     egress_blocked: Counter<u64, AtomicU64>,
     ingress_refused: Counter<u64, AtomicU64>,
@@ -130,6 +131,12 @@ impl Metrics {
             "raft_snapshots_installed",
             "Snapshots this replica installed since it was opened",
             snapshots_installed.clone(),
+        );
+        let snapshot_index = Family::<GroupLabel, Gauge>::default();
+        registry.register(
+            "raft_snapshot_index",
+            "Last log index this replica's current snapshot covers (0: none yet)",
+            snapshot_index.clone(),
         );
         let fence_refusals = Counter::default();
         registry.register(
@@ -316,6 +323,7 @@ impl Metrics {
             applied_index,
             snapshots_sent,
             snapshots_installed,
+            snapshot_index,
             fence_refusals,
             egress_blocked,
             ingress_refused,
@@ -354,6 +362,9 @@ impl Metrics {
             self.snapshots_installed
                 .get_or_create(&label)
                 .set(status.snapshots_installed as i64);
+            self.snapshot_index
+                .get_or_create(&label)
+                .set(status.snapshot_index.unwrap_or(0) as i64);
             let previous = seen.0.insert(label.clone(), leader);
             if leader.is_some() && previous.is_some_and(|previous| previous != leader) {
                 self.leader_changes.get_or_create(&label).inc();
@@ -404,6 +415,7 @@ impl Metrics {
             &self.applied_index,
             &self.snapshots_sent,
             &self.snapshots_installed,
+            &self.snapshot_index,
             &self.under_replicated,
         ] {
             family.remove(label);
@@ -500,6 +512,7 @@ mod tests {
             committed: Some(7),
             snapshots_sent: 0,
             snapshots_installed: 0,
+            snapshot_index: Some(5),
         }
     }
 
@@ -520,12 +533,15 @@ mod tests {
         );
         let line = "domicile_raft_has_leader{group=\"users-legacy\",jurisdiction=\"EEA\"} 0";
         assert!(metrics.render().contains(line), "{}", metrics.render());
+        let line = "domicile_raft_snapshot_index{group=\"users-legacy\",jurisdiction=\"EEA\"} 5";
+        assert!(metrics.render().contains(line), "{}", metrics.render());
         metrics.observe(5, &[status("users-eea", Some(5))], incidents);
         let rendered = metrics.render();
         for gauge in [
             "domicile_raft_has_leader{group=\"users-legacy\"",
             "domicile_raft_is_leader{group=\"users-legacy\"",
             "domicile_raft_applied_index{group=\"users-legacy\"",
+            "domicile_raft_snapshot_index{group=\"users-legacy\"",
             "domicile_group_under_replicated{group=\"users-legacy\"",
         ] {
             assert!(!rendered.contains(gauge), "{gauge} kept:\n{rendered}");

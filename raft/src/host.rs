@@ -142,6 +142,9 @@ pub struct GroupStatus {
     /// Whole snapshots this replica sent as leader, and installed, since it was opened.
     pub snapshots_sent: u64,
     pub snapshots_installed: u64,
+    /// The last log index the replica's current snapshot covers (none yet: `None`). A replica whose
+    /// applied index is a snapshot interval or more past it has a build running or due.
+    pub snapshot_index: Option<u64>,
 }
 
 struct Group<C: GroupConfig, B: storage::backend::Backend> {
@@ -1153,6 +1156,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
             committed: metrics.local_committed.as_ref().map(|log_id| log_id.index),
             snapshots_sent: replica.snapshots_sent.get(),
             snapshots_installed: replica.state_machine.snapshots_installed(),
+            snapshot_index: metrics.snapshot.as_ref().map(|log_id| log_id.index),
         })
     }
 
