@@ -11,12 +11,12 @@
 //! waits for, leaves before the apply's CPU.
 //!
 //! **Durability choice.** Applies are not fsynced one by one. A batch commits non-durably (into
-//! the write-behind map); after every [`DURABLE_EVERY_BATCHES`]th batch one durable commit is
-//! queued on the state machine's thread, *after* the batch's responses are sent, so no client
-//! waits for it. It writes everything pending to the store under the lock, then waits for the disk
-//! (a [`crate::backend::SyncJob`], a millisecond or more) without it, so small applies go on
-//! meanwhile instead of queuing behind an `fdatasync`. Every snapshot build
-//! and every snapshot install commit durably.
+//! the write-behind map); after every [`DURABLE_EVERY_BATCHES`]th batch, or sooner once
+//! [`DURABLE_EVERY_BYTES`] were applied, one durable commit is queued on the state machine's
+//! thread, *after* the batch's responses are sent, so no client waits for it. It writes everything
+//! pending to the store under the lock, then waits for the disk (a [`crate::backend::SyncJob`], a
+//! millisecond or more) without it, so small applies go on meanwhile instead of queuing behind an
+//! `fdatasync`. Every snapshot build and every snapshot install commit durably.
 //!
 //! **Snapshots.** A build makes the state durable and takes a read view under the lock, then
 //! releases it: the scan into the spool (see [`crate::snapshot`]) runs on a thread of its own
@@ -91,6 +91,14 @@ use crate::write_behind::WriteBehind;
 /// After this many apply batches, a durable commit is queued (bounds the re-apply after a crash).
 pub const DURABLE_EVERY_BATCHES: u32 = 64;
 
+/// After this many bytes of applied changes (keys and values), a durable commit is queued even if
+/// fewer than [`DURABLE_EVERY_BATCHES`] batches were applied. It bounds what one durable commit sends
+/// to the disk at once: a replica catching up on its log after a snapshot install applies batches of
+/// thousands of entries, and 64 of them left the store over 100 MB of dirty pages for one sync, which
+/// held every log fsync on the disk behind it: the write p99 of the cluster beside it rose to
+/// 100–400 ms in that second (docs/performance.md). A group's steady writes reach the batch bound first.
+pub const DURABLE_EVERY_BYTES: u64 = 4 << 20;
+
 /// Apply batches of at most this many entries run on the caller's task (when the store is free).
 pub const INLINE_APPLY_ENTRIES_MAX: usize = 8;
 
@@ -112,9 +120,44 @@ pub const BUILD_DEFERRED_MAX: Duration = Duration::from_secs(60);
 /// How often a deferred build looks at the membership again.
 const BUILD_DEFERRAL_POLL: Duration = Duration::from_millis(250);
 
+/// What was applied since the last durable commit, against the two bounds that queue the next one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct SinceDurable {
+    batches: u32,
+    bytes: u64,
+}
+
+impl SinceDurable {
+    fn add(&mut self, batch: &WriteBatch) {
+        let bytes: usize = batch
+            .changes
+            .iter()
+            .map(|((_, key), value)| key.len() + value.as_ref().map_or(0, Vec::len))
+            .sum();
+        self.batches += 1;
+        self.bytes = self.bytes.saturating_add(bytes as u64);
+    }
+
+    fn due(&self) -> bool {
+        self.batches >= DURABLE_EVERY_BATCHES || self.bytes >= DURABLE_EVERY_BYTES
+    }
+
+    fn is_empty(&self) -> bool {
+        self.batches == 0
+    }
+
+    /// What is left once a durable commit covered `covered` (applies made while it ran are not).
+    fn without(self, covered: SinceDurable) -> SinceDurable {
+        SinceDurable {
+            batches: self.batches.saturating_sub(covered.batches),
+            bytes: self.bytes.saturating_sub(covered.bytes),
+        }
+    }
+}
+
 struct Core<B> {
     backend: WriteBehind<B>,
-    batches_since_durable: u32,
+    since_durable: SinceDurable,
     /// A durable commit is queued on the dedicated thread and has not run yet.
     durable_commit_queued: bool,
     /// Why a background durable commit failed: the store is no longer trusted to reach the disk.
@@ -264,10 +307,9 @@ impl<B: Backend> Core<B> {
     /// marks it queued: the caller must queue it).
     fn commit_apply(&mut self, batch: WriteBatch) -> Result<bool, StateMachineError> {
         assert!(!batch.durable, "an apply batch commits non-durably");
+        self.since_durable.add(&batch);
         self.backend.commit(batch)?;
-        self.batches_since_durable += 1;
-        let durable_commit_due =
-            self.batches_since_durable >= DURABLE_EVERY_BATCHES && !self.durable_commit_queued;
+        let durable_commit_due = self.since_durable.due() && !self.durable_commit_queued;
         if durable_commit_due {
             self.durable_commit_queued = true;
         }
@@ -276,7 +318,7 @@ impl<B: Backend> Core<B> {
 
     fn make_durable(&mut self) -> Result<(), StateMachineError> {
         self.backend.sync_job()?()?;
-        self.batches_since_durable = 0;
+        self.since_durable = SinceDurable::default();
         Ok(())
     }
 
@@ -324,7 +366,7 @@ impl<B: Backend> Core<B> {
         let (_, membership) = applied_state_of::<C>(data.header())?;
         self.backend.install_snapshot(data)?;
         self.note_membership::<C>(&membership);
-        self.batches_since_durable = 0;
+        self.since_durable = SinceDurable::default();
         self.backend.save_snapshot(data)?;
         self.current_snapshot = Some(data.clone());
         Ok(())
@@ -341,13 +383,13 @@ fn run_queued_durable_commit<B: Backend>(core: &Mutex<Core<B>>) {
     let (job, covered) = {
         let mut core = lock(core);
         assert!(core.durable_commit_queued, "only a queued durable commit runs");
-        if core.batches_since_durable == 0 || core.durable_commit_failed.is_some() {
+        if core.since_durable.is_empty() || core.durable_commit_failed.is_some() {
             // A snapshot made the state durable meanwhile, or the store already failed.
             core.durable_commit_queued = false;
             return;
         }
         match core.backend.sync_job() {
-            Ok(job) => (job, core.batches_since_durable),
+            Ok(job) => (job, core.since_durable),
             Err(error) => {
                 core.durable_commit_queued = false;
                 return core.durable_commit_failed(error);
@@ -360,7 +402,7 @@ fn run_queued_durable_commit<B: Backend>(core: &Mutex<Core<B>>) {
     core.durable_commit_queued = false;
     match synced {
         // Batches applied while the job ran are not covered: they count toward the next one.
-        Ok(()) => core.batches_since_durable = core.batches_since_durable.saturating_sub(covered),
+        Ok(()) => core.since_durable = core.since_durable.without(covered),
         Err(error) => core.durable_commit_failed(error),
     }
 }
@@ -422,7 +464,7 @@ impl<C: StorageTypeConfig, B: Backend> StateMachine<C, B> {
     pub fn open(backend: B, execution: Execution) -> Result<Self, StateMachineError> {
         let mut core = Core {
             backend: WriteBehind::new(backend),
-            batches_since_durable: 0,
+            since_durable: SinceDurable::default(),
             durable_commit_queued: false,
             durable_commit_failed: None,
             current_snapshot: None,
@@ -948,6 +990,47 @@ mod tests {
         let (applied, _) = state_machine.applied_state().await.unwrap();
         let last = batches + 1 + INLINE_APPLY_ENTRIES_MAX as u64;
         assert_eq!(applied.map(|log_id| log_id.index), Some(last));
+    }
+
+    /// Large applies queue the durable commit by their bytes, before [`DURABLE_EVERY_BATCHES`]
+    /// batches: a replica catching up must not leave one sync a hundred megabytes to write.
+    #[tokio::test]
+    async fn large_applies_queue_the_durable_commit_by_their_bytes() {
+        let backend = Watched::new();
+        let durable_on_thread = backend.durable_on_thread.clone();
+        let mut state_machine =
+            StateMachine::<TestConfig, _>::open(backend, Execution::DedicatedThread).unwrap();
+        // Each batch holds a little over half the bound, in entries of distinct keys.
+        let value_bytes = 64 << 10;
+        let per_batch = (DURABLE_EVERY_BYTES as usize / 2).div_ceil(value_bytes) as u64 + 1;
+        let big = |index: u64| openraft::Entry {
+            log_id: openraft::testing::log_id::<TestConfig>(1, 1, index),
+            payload: EntryPayload::Normal(Command::Put {
+                write: WriteId {
+                    client_id: 2,
+                    sequence: index,
+                },
+                key: RecordKey::new("eu", "bob", format!("r{index}")),
+                value: vec![index as u8; value_bytes],
+            }),
+        };
+        for batch in 0..2u64 {
+            let entries =
+                (batch * per_batch + 1..=(batch + 1) * per_batch).map(|index| Ok((big(index), None)));
+            state_machine
+                .apply(futures_util::stream::iter(entries))
+                .await
+                .unwrap();
+            // Runs on the thread, behind any durable commit queued before it.
+            state_machine.get_current_snapshot().await.unwrap();
+            assert_eq!(
+                durable_on_thread.load(Ordering::SeqCst),
+                u32::from(batch == 1),
+                "after batch {batch}: a durable commit once {DURABLE_EVERY_BYTES} bytes are applied, not before"
+            );
+        }
+        // Two batches are below the batch bound: the bytes queued the commit.
+        const { assert!(2 < DURABLE_EVERY_BATCHES) };
     }
 
     /// While the periodic durable commit waits for the disk, applies go on and answer: the wait
