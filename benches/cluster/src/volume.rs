@@ -9,8 +9,11 @@
 //!    I) through the client library, `in_flight` puts at a time;
 //! 2. reads every one back: each must equal what was written, and their checksum (an order-independent sum
 //!    of a 64-bit FNV-1a hash of each key, value and revision: `at_volume.rs`) is the "before";
-//! 3. measures write latency for `baseline_s` seconds with `live_writers` closed-loop writers of new keys
-//!    (`live-N`), no migration running;
+//! 3. readies the baseline: waits until no replica has a snapshot build running or due and, where one
+//!    has less than half a snapshot interval to go, writes small `filler-N` records past every replica's
+//!    next point and waits for those builds (a baseline holding three whole-keyspace scans measures
+//!    them); then measures write latency for `baseline_s` seconds with `live_writers` closed-loop writers
+//!    of new keys (`live-N`), no migration running;
 //! 4. runs `domicile placement apply --yes -o json` while the same writers keep writing, sampling every
 //!    node's `/proc/PID/status` (VmRSS, VmHWM) every 200 ms and the cluster's status (`domicile status -o
 //!    json`) as often as it answers: the group's leader and members at every sample, and each new replica's
@@ -183,6 +186,13 @@ pub struct Report {
     pub load_s: f64,
     pub load_mb_per_s: f64,
     pub read_back_s: f64,
+    /// Small writes made after the read-back to carry every replica's log past its next snapshot
+    /// point, and the seconds they and the builds they started took: the baseline then has a snapshot
+    /// interval of entries before the next build.
+    pub filler_writes: u64,
+    pub builds_waited_s: f64,
+    /// Replicas whose snapshot moved during the baseline (a build held in it, on a fast machine).
+    pub builds_in_baseline: Vec<u64>,
     pub checksum_before: String,
     pub checksum_after: String,
     pub checksum_equal: bool,
@@ -263,7 +273,8 @@ impl Report {
         let mb = |bytes: u64| bytes as f64 / 1e6;
         let mut text = format!(
             "records {} x {} B ({:.0} MB of values), {} in flight\n\
-             load: {:.1} s, {:.1} MB/s; read back: {:.1} s\n\
+             load: {:.1} s, {:.1} MB/s; read back: {:.1} s; {} filler writes and their builds: {:.1} s\n\
+             builds in the baseline: {:?}\n\
              checksum before {} after {}: {}\n\
              write latency, {}: before p50 {} us p99 {} us ({} writes, {:.0}/s); \
              during p50 {} us p99 {} us ({} writes, {:.0}/s, {} failed); p99 ratio {:.2}\n\
@@ -275,6 +286,9 @@ impl Report {
             self.load_s,
             self.load_mb_per_s,
             self.read_back_s,
+            self.filler_writes,
+            self.builds_waited_s,
+            self.builds_in_baseline,
             self.checksum_before,
             self.checksum_after,
             if self.checksum_equal { "equal" } else { "DIFFERENT" },
@@ -564,6 +578,91 @@ fn residency_problems(status: &Value) -> Vec<String> {
     problems
 }
 
+/// Readies the group for the baseline: no replica has a snapshot build running or due, and each has at
+/// least half a snapshot interval of entries before its next one. Where one is nearer, small records
+/// (`filler-N`, outside the checked keyspace) carry every replica past its next point, and the builds
+/// that starts are waited for. Returns how many were written.
+async fn settle_snapshots(
+    cluster: &Cluster,
+    config: &Config,
+    clients: &[Arc<client::Client>],
+    deadline: Instant,
+) -> anyhow::Result<u64> {
+    let every = snapshot_every(config);
+    let mut written = 0;
+    // Filler is written twice at most: after a round of it every replica is just past the point it crossed.
+    for _ in 0..3 {
+        let status = settled_status(cluster, every).await?;
+        let remaining: Vec<u64> = snapshot_indexes(&status)
+            .iter()
+            .map(|(&node, &snapshot)| {
+                (snapshot + every).saturating_sub(applied_on(&status, node).unwrap_or(0))
+            })
+            .collect();
+        if remaining.iter().all(|&left| left >= every / 2) {
+            return Ok(written);
+        }
+        let count = remaining.iter().copied().max().unwrap_or(0) + 1;
+        for_each(
+            clients,
+            count,
+            config.in_flight,
+            deadline,
+            |client, index| async move {
+                put(
+                    &client,
+                    &format!("filler-{}", index % 1024),
+                    index.to_le_bytes().to_vec(),
+                )
+                .await
+            },
+        )
+        .await?;
+        written += count;
+    }
+    bail!("the replicas' snapshot points could not be left half an interval behind")
+}
+
+/// The cluster's status once every replica has applied what the leader had applied when it was first
+/// read, and none has a snapshot build running or due (its applied index a snapshot interval or more
+/// past its current snapshot's: openraft builds once it is that far).
+async fn settled_status(cluster: &Cluster, every: u64) -> anyhow::Result<Value> {
+    let mut target = None;
+    loop {
+        cluster.check_time("waiting for snapshot builds")?;
+        if let Some(status) = cluster.status()
+            && let Some(leader) = group_view(&status)["leader"].as_u64()
+        {
+            let target = *target.get_or_insert(applied_on(&status, leader).unwrap_or(0));
+            let indexes = snapshot_indexes(&status);
+            let applied = |node: u64| applied_on(&status, node).unwrap_or(0);
+            let behind = |node: &u64| applied(*node) < target;
+            let due = |(&node, &snapshot): (&u64, &u64)| applied(node).saturating_sub(snapshot) >= every;
+            if !indexes.is_empty() && !indexes.keys().any(behind) && !indexes.iter().any(due) {
+                return Ok(status);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Each replica's current snapshot index (0: none yet).
+fn snapshot_indexes(status: &Value) -> BTreeMap<u64, u64> {
+    NODES
+        .iter()
+        .map(|(node, _)| *node)
+        .filter(|&node| applied_on(status, node).is_some())
+        .map(|node| (node, field_on(status, node, "snapshot_index").unwrap_or(0)))
+        .collect()
+}
+
+/// The replicas' snapshot interval: the run's, or the nodes' default.
+fn snapshot_every(config: &Config) -> u64 {
+    config
+        .snapshot_policy
+        .map_or(raft::config::SNAPSHOT_EVERY_ENTRIES, |(every, _)| every)
+}
+
 /// The applied index of `node`'s replica of the group, from its own status.
 fn applied_on(status: &Value, node: u64) -> Option<u64> {
     field_on(status, node, "last_applied")
@@ -694,8 +793,21 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     );
     report.checksum_before = format!("{before:016x}");
 
-    // 3. Write latency without a migration.
-    log(&config, "baseline writes");
+    // 3. Write latency without a migration, and without snapshot builds: a baseline that holds the three
+    // replicas' whole-keyspace scans (at 1,000,000 records the load ends near a snapshot point) measures
+    // them, not the steady writes a migration is compared against (while the membership changes, builds
+    // are deferred: storage's `BUILD_DEFERRED_MAX`).
+    let waited = Instant::now();
+    report.filler_writes = settle_snapshots(&cluster, &config, &clients, deadline).await?;
+    report.builds_waited_s = waited.elapsed().as_secs_f64();
+    log(
+        &config,
+        &format!(
+            "{} filler writes and the builds they started took {:.1} s; baseline writes",
+            report.filler_writes, report.builds_waited_s
+        ),
+    );
+    let snapshots_before = cluster.status().map(|status| snapshot_indexes(&status));
     let next_live = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let (baseline, mut tasks) =
@@ -705,6 +817,16 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     stop.store(true, Ordering::Relaxed);
     while tasks.join_next().await.is_some() {}
     report.baseline = latency_of(&baseline, baseline_started.elapsed().as_secs_f64());
+    if let (Some(before), Some(after)) = (
+        snapshots_before,
+        cluster.status().map(|status| snapshot_indexes(&status)),
+    ) {
+        report.builds_in_baseline = after
+            .iter()
+            .filter(|(node, index)| before.get(node) != Some(index))
+            .map(|(node, _)| *node)
+            .collect();
+    }
 
     // 4. The migration, with the writers writing, memory and status sampled.
     log(&config, "placement apply");
