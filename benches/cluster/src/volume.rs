@@ -578,10 +578,10 @@ fn residency_problems(status: &Value) -> Vec<String> {
     problems
 }
 
-/// Readies the group for the baseline: no replica has a snapshot build running or due, and each has at
-/// least half a snapshot interval of entries before its next one. Where one is nearer, small records
-/// (`filler-N`, outside the checked keyspace) carry every replica past its next point, and the builds
-/// that starts are waited for. Returns how many were written.
+/// Readies the group for the baseline: no replica has a snapshot build running or due, and each has, if
+/// two rounds can make it so, at least half a snapshot interval of entries before its next one. Where one
+/// is nearer, small records (`filler-N`, outside the checked keyspace) carry every replica past its next
+/// point, and the builds that starts are waited for. Returns how many were written.
 async fn settle_snapshots(
     cluster: &Cluster,
     config: &Config,
@@ -599,11 +599,11 @@ async fn settle_snapshots(
                 (snapshot + every).saturating_sub(applied_on(&status, node).unwrap_or(0))
             })
             .collect();
-        if remaining.iter().all(|&left| left >= every / 2) {
+        // After two rounds the baseline starts anyway, with no build running: replicas whose points
+        // are spread over the interval (a small one, in tests) can't all be left half of it behind, and
+        // the report says whose snapshot moved during the baseline.
+        if round == 2 || remaining.iter().all(|&left| left >= every / 2) {
             return Ok(written);
-        }
-        if round == 2 {
-            break;
         }
         let count = remaining.iter().copied().max().unwrap_or(0) + 1;
         for_each(
@@ -623,7 +623,7 @@ async fn settle_snapshots(
         .await?;
         written += count;
     }
-    bail!("the replicas' snapshot points could not be left half an interval behind")
+    unreachable!("the third look returns")
 }
 
 /// The cluster's status once every replica has applied what the leader had applied when it was first
