@@ -7,11 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::storage::RaftLogStorage;
+use openraft::type_config::OneshotSender;
+use openraft::type_config::TypeConfigExt;
 use placement::NodeId;
 use storage::backend::Backend;
 use storage::disk::FsDisk;
 use storage::group_commit::SyncThread;
 use storage::log::LogConfig;
+use storage::paced_removal;
 use storage::raft_log::{GroupLog, LogEngine};
 use storage::redb_store::RedbBackend;
 use storage::state_machine::{Execution, StateMachine};
@@ -81,8 +84,7 @@ impl DiskStores {
         };
         // A purge cut short after its log was retired: finish it.
         for group in stores.engine.retired_groups() {
-            stores
-                .remove_state_machine(group)
+            DiskStores::remove_state_machine(&stores.state_machine_dir(group))
                 .map_err(|e| error("finishing an interrupted purge", e.to_string()))?;
         }
         Ok(stores)
@@ -92,16 +94,14 @@ impl DiskStores {
         self.dir.join("groups").join(group.to_string())
     }
 
-    /// Removes a group's redb directory, if any, and makes the removal durable.
-    fn remove_state_machine(&self, group: u64) -> std::io::Result<()> {
-        let path = self.state_machine_dir(group);
-        match std::fs::remove_dir_all(&path) {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(error) => return Err(error),
+    /// Removes a group's redb directory, if any, and makes the removal durable. Paced
+    /// ([`paced_removal`]): a replica at volume is gigabytes (its store and its snapshot), and freed at
+    /// once they stall every fsync on the disk, the logs of the groups this node keeps.
+    fn remove_state_machine(dir: &Path) -> std::io::Result<()> {
+        let removed = paced_removal::remove_dir_all(dir)?;
+        if removed.files > 0 {
+            tracing::info!(path = %dir.display(), bytes = removed.bytes, commits = removed.commits, "removed a purged replica's state machine");
         }
-        std::fs::File::open(self.dir.join("groups"))?.sync_all()?;
-        tracing::info!(group, path = %path.display(), "removed a purged replica's state machine");
         Ok(())
     }
 }
@@ -144,7 +144,17 @@ impl<C: GroupConfig> Stores<C> for DiskStores {
         log.retire()
             .await
             .map_err(|e| error("retiring its log", e.to_string()))?;
-        self.remove_state_machine(group)
+        // On a thread of its own: the paced removal waits between its cuts, seconds at volume.
+        let dir = self.state_machine_dir(group);
+        let (tx, rx) = C::oneshot();
+        std::thread::Builder::new()
+            .name("domicile-purge".into())
+            .spawn(move || {
+                let _ = tx.send(DiskStores::remove_state_machine(&dir));
+            })
+            .map_err(|e| error("starting its removal thread", e.to_string()))?;
+        rx.await
+            .map_err(|_| error("removing its state machine", "the removal thread stopped".into()))?
             .map_err(|e| error("removing its state machine", e.to_string()))
     }
 }

@@ -32,6 +32,7 @@ mod entry_index;
 pub mod error;
 pub mod group_commit;
 pub mod log;
+pub mod paced_removal;
 pub mod page_cache;
 pub mod priority;
 pub mod raft_log;

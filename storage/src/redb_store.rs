@@ -48,6 +48,7 @@ use crate::backend::Visit;
 use crate::backend::VisitWhile;
 use crate::backend::WriteBatch;
 use crate::error::StateMachineError;
+use crate::paced_removal;
 use crate::page_cache;
 use crate::priority;
 use crate::priority::SNAPSHOT_THREAD_NICE;
@@ -62,6 +63,9 @@ const SNAPSHOT_FILE: &str = "current.snap";
 const SNAPSHOT_TEMP_FILE: &str = "current.snap.tmp";
 const SPOOL_PREFIX: &str = "spool-";
 const SPOOL_SUFFIX: &str = ".tmp";
+/// A replaced snapshot's second name, until its last reader is done ([`RedbBackend::save_snapshot`]).
+const RETIRED_PREFIX: &str = "retired-";
+const RETIRED_SUFFIX: &str = ".snap";
 
 /// Bound on a snapshot file, written or read back.
 pub const SNAPSHOT_FILE_BYTES_MAX: u64 = 64 << 30;
@@ -87,6 +91,9 @@ pub struct RedbBackend {
     installed_ahead: u64,
     /// The nice value the last committed install ahead ran at.
     install_ahead_nice: Option<i32>,
+    /// A handle on the snapshot kept at `current.snap` (saved, or loaded at open), so the one that
+    /// replaces it can retire it ([`SnapshotData::retire_as`]).
+    current_snapshot: Mutex<Option<SnapshotData>>,
 }
 
 /// An install transaction fed from a receiving spool as it fills ([`crate::snapshot_feed`]).
@@ -238,6 +245,7 @@ impl RedbBackend {
             install_ahead: Arc::default(),
             installed_ahead: 0,
             install_ahead_nice: None,
+            current_snapshot: Mutex::default(),
         };
         backend.create_tables()?;
         backend.remove_stale_spools()?;
@@ -254,8 +262,9 @@ impl RedbBackend {
         self.install_ahead_nice
     }
 
-    /// Spool files a crash left behind (an unfinished build or transfer) and an install that was
-    /// not taken: useless now.
+    /// Spool files a crash left behind (an unfinished build or transfer), an install that was not
+    /// taken, and replaced snapshots not yet removed: useless now. Removed paced
+    /// ([`paced_removal`]): each can be a gigabyte.
     fn remove_stale_spools(&self) -> Result<(), StateMachineError> {
         let entries = fs::read_dir(&self.dir).map_err(|e| backend_error(&self.dir, e))?;
         for entry in entries {
@@ -264,9 +273,10 @@ impl RedbBackend {
             let name = name.to_string_lossy();
             let stale = (name.starts_with(SPOOL_PREFIX) && name.ends_with(SPOOL_SUFFIX))
                 || name == SNAPSHOT_TEMP_FILE
-                || name == fresh_install::INSTALL_FILE;
+                || name == fresh_install::INSTALL_FILE
+                || (name.starts_with(RETIRED_PREFIX) && name.ends_with(RETIRED_SUFFIX));
             if stale {
-                fs::remove_file(entry.path()).map_err(|e| backend_error(&entry.path(), e))?;
+                paced_removal::remove_file(&entry.path()).map_err(|e| backend_error(&entry.path(), e))?;
             }
         }
         Ok(())
@@ -530,8 +540,53 @@ impl Backend for RedbBackend {
         }
     }
 
+    /// Makes `snapshot` the kept one. The snapshot it replaces is first linked aside (`retired-N.snap`),
+    /// so the rename frees nothing: freed at once, a gigabyte stalls every fsync on the disk
+    /// (`crate::paced_removal`), and the rename and directory sync here run under the state machine's
+    /// lock. The aside file is removed, paced, when the replaced snapshot's last handle is dropped
+    /// (a transfer may still be reading it); one that a crash left is removed at the next open.
     fn save_snapshot(&mut self, snapshot: &SnapshotData) -> Result<(), StateMachineError> {
-        Ok(snapshot.persist_as(&self.dir.join(SNAPSHOT_FILE), &self.dir.join(SNAPSHOT_TEMP_FILE))?)
+        let target = self.dir.join(SNAPSHOT_FILE);
+        let current = self.current_snapshot.get_mut().expect("current snapshot lock");
+        if snapshot.kept_path().as_deref() == Some(target.as_path()) {
+            *current = Some(snapshot.clone());
+            return Ok(());
+        }
+        let replaced = current
+            .take()
+            .filter(|old| old.kept_path().as_deref() == Some(target.as_path()));
+        let aside = match &replaced {
+            Some(_) => {
+                let number = self.spools.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let aside = self.dir.join(format!("{RETIRED_PREFIX}{number}{RETIRED_SUFFIX}"));
+                match fs::hard_link(&target, &aside) {
+                    Ok(()) => Some(aside),
+                    // Only the pacing is lost: the rename frees the old file at once, as it used to.
+                    Err(error) => {
+                        tracing::warn!(file = %aside.display(), %error, "could not link the replaced snapshot aside");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let persisted = snapshot.persist_as(&target, &self.dir.join(SNAPSHOT_TEMP_FILE));
+        match (&persisted, replaced, aside) {
+            (Ok(()), Some(old), Some(aside)) => old.retire_as(&aside),
+            (Ok(()), _, _) => {}
+            // Not replaced: the aside name is a second name of the kept file, and unlinking it frees nothing.
+            (Err(_), old, aside) => {
+                if let Some(aside) = aside
+                    && let Err(error) = fs::remove_file(&aside)
+                {
+                    tracing::warn!(file = %aside.display(), %error, "could not remove a snapshot's second name");
+                }
+                *current = old;
+            }
+        }
+        persisted?;
+        *current = Some(snapshot.clone());
+        Ok(())
     }
 
     fn load_snapshot(&self) -> Result<Option<SnapshotData>, StateMachineError> {
@@ -541,7 +596,9 @@ impl Backend for RedbBackend {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(backend_error(&path, e)),
         }
-        Ok(Some(SnapshotData::open_file(&path, SNAPSHOT_FILE_BYTES_MAX)?))
+        let snapshot = SnapshotData::open_file(&path, SNAPSHOT_FILE_BYTES_MAX)?;
+        *self.current_snapshot.lock().expect("current snapshot lock") = Some(snapshot.clone());
+        Ok(Some(snapshot))
     }
 }
 
@@ -603,6 +660,58 @@ mod tests {
             spool.push(&chunk.unwrap()).unwrap();
         }
         spool
+    }
+
+    fn retired_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with(RETIRED_PREFIX))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A replaced snapshot is not freed by the rename (which runs under the state machine's lock): it
+    /// keeps a second name, whole for a transfer still reading it, until its last handle is dropped.
+    #[test]
+    fn a_replaced_snapshot_stays_whole_for_its_readers_and_is_removed_after_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut backend = RedbBackend::open(dir.path()).unwrap();
+        let (first, second) = (source(300), source(200));
+        backend.save_snapshot(&first).unwrap();
+        // As at a restart: the kept file, opened; a transfer takes a handle on it.
+        let kept = backend.load_snapshot().unwrap().unwrap();
+        let reading = kept.clone();
+        backend.save_snapshot(&second).unwrap();
+        assert_eq!(retired_files(dir.path()), vec!["retired-0.snap".to_string()]);
+        assert_eq!(
+            reading.to_bytes().unwrap(),
+            first.to_bytes().unwrap(),
+            "the reader's snapshot is whole"
+        );
+        assert_eq!(
+            backend.load_snapshot().unwrap().unwrap().to_bytes().unwrap(),
+            second.to_bytes().unwrap(),
+            "the new one is kept"
+        );
+        drop(kept);
+        assert_eq!(retired_files(dir.path()).len(), 1, "a reader still holds it");
+        drop(reading);
+        assert!(
+            retired_files(dir.path()).is_empty(),
+            "removed with its last handle"
+        );
+        // One a crash left is removed at the next open, and the kept snapshot with it is untouched.
+        let current = dir.path().join(SNAPSHOT_FILE);
+        fs::hard_link(&current, dir.path().join("retired-9.snap")).unwrap();
+        drop(backend);
+        let backend = RedbBackend::open(dir.path()).unwrap();
+        assert!(retired_files(dir.path()).is_empty());
+        assert_eq!(
+            backend.load_snapshot().unwrap().unwrap().to_bytes().unwrap(),
+            second.to_bytes().unwrap()
+        );
     }
 
     #[test]

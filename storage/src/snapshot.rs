@@ -41,6 +41,7 @@ use crate::codec::FRAME_HEADER_BYTES;
 use crate::codec::FrameHeader;
 use crate::error::SnapshotError;
 use crate::error::StateMachineError;
+use crate::paced_removal;
 use crate::snapshot_feed::SpoolFeed;
 use crate::writeback::Writeback;
 
@@ -208,7 +209,14 @@ impl Drop for SpoolFile {
     fn drop(&mut self) {
         if !*self.kept.get_mut().expect("spool kept lock") {
             let path = self.path.get_mut().expect("spool path lock");
-            if let Err(error) = fs::remove_file(&*path)
+            // A gigabyte freed at once stalls every fsync on the disk (`crate::paced_removal`).
+            let large = self
+                .file
+                .metadata()
+                .is_ok_and(|m| m.len() > paced_removal::REMOVAL_SLICE_BYTES);
+            if large {
+                paced_removal::remove_file_behind(path.clone());
+            } else if let Err(error) = fs::remove_file(&*path)
                 && error.kind() != std::io::ErrorKind::NotFound
             {
                 tracing::warn!(file = %path.display(), %error, "could not remove an unused snapshot spool file");
@@ -595,6 +603,27 @@ impl SnapshotData {
 
     pub fn header(&self) -> &SnapshotHeader {
         &self.inner.header
+    }
+
+    /// A kept file that another snapshot replaced, and which is now also linked at `aside`: it is
+    /// no longer kept, and when its last handle is dropped (a transfer reading it may still hold
+    /// one) the file at `aside` is removed, paced. Without a kept file, nothing changes.
+    pub fn retire_as(&self, aside: &Path) {
+        if let Bytes::File(spool) = &self.inner.bytes {
+            let mut kept = spool.kept.lock().expect("spool kept lock");
+            if *kept {
+                *spool.path.lock().expect("spool path lock") = aside.to_path_buf();
+                *kept = false;
+            }
+        }
+    }
+
+    /// Where a file snapshot is kept now, if it is.
+    pub fn kept_path(&self) -> Option<PathBuf> {
+        match &self.inner.bytes {
+            Bytes::File(spool) if *spool.kept.lock().expect("spool kept lock") => Some(spool.path()),
+            _ => None,
+        }
     }
 
     /// The feed this snapshot was received through, if an install may have followed it.

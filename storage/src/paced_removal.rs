@@ -1,0 +1,267 @@
+//! Large files deleted a slice at a time, so that freeing them does not stall every fsync on the disk.
+//!
+//! **Why.** Deleting a file frees its blocks in the filesystem's next journal commit, and on a
+//! filesystem mounted with `discard` (ext4 `-o discard`, common on cloud and virtual disks: this
+//! project's machines have it) that commit also sends the device a discard for every freed extent and
+//! waits for it. Every fsync on the disk waits for that commit: the Raft log's of every group on the
+//! machine, so every write. Measured (docs/storage.md, "Deleting large files"): unlinking a 2-GiB
+//! file stalled a 4-KiB `O_DSYNC` writer beside it for up to 387 ms, and a migration's purge of two
+//! replicas (3.3 GB each) gave 2.5 s of 50–80 % iowait.
+//!
+//! **How.** A file larger than a slice is cut from its end, [`REMOVAL_SLICE_BYTES`] at a time, each
+//! cut made durable (`fdatasync` commits the journal, so each commit frees and discards one slice);
+//! after each cut the remover waits as long as the cut took, so the journal is busy with the removal
+//! at most half the time (RocksDB's `DeleteScheduler` truncates large files the same way, by
+//! `bytes_max_delete_chunk`). Small files are unlinked, and the directory synced once a slice's worth
+//! was unlinked. Then the file or tree is gone, and its parent directory synced: the removal is durable.
+//!
+//! The waits are on the remover's own thread; callers on an async runtime run it on a thread of its
+//! own. A removal cut short by a crash leaves shorter files that are still the caller's to finish
+//! (the data it held is already beyond reading where it was cut).
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+/// How much of a file one durable cut frees.
+pub const REMOVAL_SLICE_BYTES: u64 = 8 << 20;
+
+/// The longest wait after one cut, however long the cut took: a disk that takes a second to free a
+/// slice still loses the file at half its pace, not slower.
+pub const REMOVAL_PAUSE_MAX: Duration = Duration::from_millis(250);
+
+/// What a removal deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub files: u64,
+    pub bytes: u64,
+    /// Durable cuts and directory syncs made on the way: each one journal commit.
+    pub commits: u64,
+}
+
+/// Removes the file at `path`, paced. A file that is not there was removed already.
+pub fn remove_file(path: &Path) -> io::Result<Removed> {
+    let mut removed = Removed::default();
+    let mut remover = Remover::default();
+    match remover.file(path, &mut removed) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(removed),
+        result => result?,
+    }
+    remover.settle(parent_of(path), &mut removed)?;
+    sync_dir(parent_of(path))?;
+    Ok(removed)
+}
+
+/// Removes the file at `path` paced, on a thread of its own, without waiting: for a file dropped
+/// where nobody may wait (a snapshot replaced or abandoned). One left by a crash is the owner's to
+/// find and remove at its next start.
+pub fn remove_file_behind(path: std::path::PathBuf) {
+    let spawned = std::thread::Builder::new()
+        .name("domicile-remove".into())
+        .spawn(move || {
+            if let Err(error) = remove_file(&path) {
+                tracing::warn!(file = %path.display(), %error, "could not remove a file no longer used");
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "could not start a removal thread; removing at once");
+    }
+}
+
+/// Removes the directory at `path` and everything under it, paced. A directory that is not there
+/// was removed already.
+pub fn remove_dir_all(path: &Path) -> io::Result<Removed> {
+    let mut removed = Removed::default();
+    match fs::symlink_metadata(path) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(removed),
+        Err(error) => return Err(error),
+        Ok(_) => {}
+    }
+    Remover::default().tree(path, &mut removed)?;
+    sync_dir(parent_of(path))?;
+    Ok(removed)
+}
+
+/// Bytes unlinked since the last journal commit this removal made.
+#[derive(Default)]
+struct Remover {
+    unsynced_bytes: u64,
+}
+
+impl Remover {
+    fn tree(&mut self, dir: &Path, removed: &mut Removed) -> io::Result<()> {
+        // Sorted: the same tree is removed in the same order every time.
+        let mut entries = fs::read_dir(dir)?
+            .map(|entry| entry.map(|e| e.path()))
+            .collect::<io::Result<Vec<_>>>()?;
+        entries.sort();
+        for entry in entries {
+            if fs::symlink_metadata(&entry)?.is_dir() {
+                self.tree(&entry, removed)?;
+            } else {
+                self.file(&entry, removed)?;
+            }
+        }
+        self.settle(dir, removed)?;
+        fs::remove_dir(dir)
+    }
+
+    /// Cuts a large regular file down to a slice, then unlinks it.
+    fn file(&mut self, path: &Path, removed: &mut Removed) -> io::Result<()> {
+        let metadata = fs::symlink_metadata(path)?;
+        let mut len = metadata.len();
+        removed.bytes += len;
+        // A file with another name is not cut: its data is still that name's (a snapshot linked aside
+        // before it was replaced, where a crash came before the replacement). Unlinking this name
+        // frees nothing.
+        if metadata.is_file() && metadata.nlink() == 1 && len > REMOVAL_SLICE_BYTES {
+            let file = fs::OpenOptions::new().write(true).open(path)?;
+            while len > REMOVAL_SLICE_BYTES {
+                len -= REMOVAL_SLICE_BYTES;
+                let took = timed(|| {
+                    file.set_len(len)?;
+                    file.sync_data()
+                })?;
+                removed.commits += 1;
+                pause(took);
+            }
+        }
+        fs::remove_file(path)?;
+        removed.files += 1;
+        self.unsynced_bytes += len;
+        if self.unsynced_bytes >= REMOVAL_SLICE_BYTES {
+            self.settle(parent_of(path), removed)?;
+        }
+        Ok(())
+    }
+
+    /// Commits the unlinks made since the last commit (a directory sync), then pauses.
+    fn settle(&mut self, dir: &Path, removed: &mut Removed) -> io::Result<()> {
+        if self.unsynced_bytes == 0 {
+            return Ok(());
+        }
+        let took = timed(|| sync_dir(dir))?;
+        removed.commits += 1;
+        self.unsynced_bytes = 0;
+        pause(took);
+        Ok(())
+    }
+}
+
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+// The remover's own thread measures and waits in real time: the simulator never removes files (its
+// stores are in memory), so this is not time it needs to control.
+#[allow(clippy::disallowed_methods)]
+fn timed(cut: impl FnOnce() -> io::Result<()>) -> io::Result<Duration> {
+    let started = std::time::Instant::now();
+    cut()?;
+    Ok(started.elapsed())
+}
+
+#[allow(clippy::disallowed_methods)]
+fn pause(took: Duration) {
+    std::thread::sleep(took.min(REMOVAL_PAUSE_MAX));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, bytes: u64) {
+        let file = fs::File::create(path).unwrap();
+        // Allocated, not sparse: the cuts must free real blocks.
+        let chunk = vec![7u8; 1 << 20];
+        let mut left = bytes;
+        use std::io::Write;
+        let mut writer = io::BufWriter::new(&file);
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            writer.write_all(&chunk[..n]).unwrap();
+            left -= n as u64;
+        }
+        writer.flush().unwrap();
+    }
+
+    #[test]
+    fn a_large_file_is_cut_a_slice_at_a_time_then_unlinked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        let bytes = 3 * REMOVAL_SLICE_BYTES + 12_345;
+        write(&path, bytes);
+        let removed = remove_file(&path).unwrap();
+        assert!(!path.exists());
+        assert_eq!(removed.files, 1);
+        assert_eq!(removed.bytes, bytes);
+        // Three cuts leave 12,345 bytes, unlinked and committed by the directory sync.
+        assert_eq!(removed.commits, 4);
+        assert_eq!(remove_file(&path).unwrap(), Removed::default(), "gone already");
+    }
+
+    #[test]
+    fn a_tree_is_removed_whole_and_its_small_files_share_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("groups").join("7");
+        fs::create_dir_all(root.join("nested")).unwrap();
+        write(&root.join("store.redb"), REMOVAL_SLICE_BYTES + 1);
+        for n in 0..5 {
+            write(&root.join("nested").join(format!("small-{n}")), 1000);
+        }
+        let removed = remove_dir_all(&root).unwrap();
+        assert!(!root.exists());
+        assert!(
+            dir.path().join("groups").exists(),
+            "only the tree named is removed"
+        );
+        assert_eq!(removed.files, 6);
+        assert_eq!(removed.bytes, REMOVAL_SLICE_BYTES + 1 + 5000);
+        // One cut of the large file; then, per directory, one sync for what it unlinked.
+        assert_eq!(removed.commits, 3);
+        assert_eq!(remove_dir_all(&root).unwrap(), Removed::default(), "gone already");
+    }
+
+    #[test]
+    fn a_file_with_another_name_is_unlinked_not_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kept, aside) = (dir.path().join("current.snap"), dir.path().join("aside"));
+        write(&kept, 2 * REMOVAL_SLICE_BYTES);
+        fs::hard_link(&kept, &aside).unwrap();
+        let removed = remove_file(&aside).unwrap();
+        assert!(!aside.exists());
+        assert_eq!(removed.commits, 1, "no cut, one directory sync");
+        assert_eq!(
+            fs::metadata(&kept).unwrap().len(),
+            2 * REMOVAL_SLICE_BYTES,
+            "the other name's data is whole"
+        );
+    }
+
+    #[test]
+    fn a_removal_cut_short_is_finished_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("7");
+        fs::create_dir_all(&root).unwrap();
+        write(&root.join("a"), 2 * REMOVAL_SLICE_BYTES);
+        // As a crash would leave it: cut to one slice, not unlinked.
+        fs::OpenOptions::new()
+            .write(true)
+            .open(root.join("a"))
+            .unwrap()
+            .set_len(REMOVAL_SLICE_BYTES)
+            .unwrap();
+        let removed = remove_dir_all(&root).unwrap();
+        assert!(!root.exists());
+        assert_eq!((removed.files, removed.bytes), (1, REMOVAL_SLICE_BYTES));
+    }
+}
