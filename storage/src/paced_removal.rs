@@ -58,15 +58,21 @@ pub fn remove_file(path: &Path) -> io::Result<Removed> {
 /// where nobody may wait (a snapshot replaced or abandoned). One left by a crash is the owner's to
 /// find and remove at its next start.
 pub fn remove_file_behind(path: std::path::PathBuf) {
+    let on_thread = path.clone();
     let spawned = std::thread::Builder::new()
         .name("domicile-remove".into())
         .spawn(move || {
-            if let Err(error) = remove_file(&path) {
-                tracing::warn!(file = %path.display(), %error, "could not remove a file no longer used");
+            if let Err(error) = remove_file(&on_thread) {
+                tracing::warn!(file = %on_thread.display(), %error, "could not remove a file no longer used");
             }
         });
     if let Err(error) = spawned {
         tracing::warn!(%error, "could not start a removal thread; removing at once");
+        if let Err(error) = fs::remove_file(&path)
+            && error.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(file = %path.display(), %error, "could not remove a file no longer used");
+        }
     }
 }
 
