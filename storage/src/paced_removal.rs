@@ -45,18 +45,53 @@ pub struct Removed {
 pub fn remove_file(path: &Path) -> io::Result<Removed> {
     let mut removed = Removed::default();
     let mut remover = Remover::default();
-    match remover.file(path, &mut removed) {
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(removed),
+    remover.file(path, &mut removed)?;
+    remover.settle(parent_of(path), &mut removed)?;
+    match sync_dir(parent_of(path)) {
+        // Its directory went too (a purged replica's, removed whole meanwhile).
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
         result => result?,
     }
-    remover.settle(parent_of(path), &mut removed)?;
-    sync_dir(parent_of(path))?;
     Ok(removed)
 }
 
-/// Removes the file at `path` paced, on a thread of its own, without waiting: for a file dropped
-/// where nobody may wait (a snapshot replaced or abandoned). One left by a crash is the owner's to
-/// find and remove at its next start.
+/// Names of files being removed begin so: whoever owns a directory removes those a crash left there
+/// at its next start.
+pub const ASIDE_PREFIX: &str = "removing-";
+
+/// A new name beside `path` for a file to be removed, unique in this process ([`ASIDE_PREFIX`], a
+/// number, the file's name): moved or linked there first, a file can be removed at leisure while its
+/// own name is used again at once.
+pub fn aside_name(path: &Path) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let number = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    parent_of(path).join(format!("{ASIDE_PREFIX}{number}-{name}"))
+}
+
+/// Moves the file at `path` aside ([`aside_name`]) and removes it paced, on a thread of its own,
+/// without waiting: for a file dropped where nobody may wait (a spool abandoned, an install not
+/// taken). If it cannot be moved it is removed at once.
+pub fn move_aside_and_remove_behind(path: &Path) {
+    let aside = aside_name(path);
+    match fs::rename(path, &aside) {
+        Ok(()) => remove_file_behind(aside),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => {
+            tracing::warn!(file = %path.display(), %error, "could not move a file aside to remove it; removing it at once");
+            if let Err(error) = fs::remove_file(path) {
+                tracing::warn!(file = %path.display(), %error, "could not remove a file no longer used");
+            }
+        }
+    }
+}
+
+/// Removes the file at `path` paced, on a thread of its own, without waiting. `path` must be a name
+/// nobody uses again ([`aside_name`]). One left by a crash is the owner's to find and remove at its
+/// next start.
 pub fn remove_file_behind(path: std::path::PathBuf) {
     let on_thread = path.clone();
     let spawned = std::thread::Builder::new()
@@ -104,7 +139,13 @@ impl Remover {
             .collect::<io::Result<Vec<_>>>()?;
         entries.sort();
         for entry in entries {
-            if fs::symlink_metadata(&entry)?.is_dir() {
+            let is_dir = match fs::symlink_metadata(&entry) {
+                Ok(metadata) => metadata.is_dir(),
+                // Removed meanwhile by another remover (a file moved aside and removed behind).
+                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(error),
+            };
+            if is_dir {
                 self.tree(&entry, removed)?;
             } else {
                 self.file(&entry, removed)?;
@@ -114,8 +155,16 @@ impl Remover {
         fs::remove_dir(dir)
     }
 
-    /// Cuts a large regular file down to a slice, then unlinks it.
+    /// Cuts a large regular file down to a slice, then unlinks it. A file that another remover
+    /// removed meanwhile is gone, as asked.
     fn file(&mut self, path: &Path, removed: &mut Removed) -> io::Result<()> {
+        match self.cut_and_unlink(path, removed) {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            result => result,
+        }
+    }
+
+    fn cut_and_unlink(&mut self, path: &Path, removed: &mut Removed) -> io::Result<()> {
         let metadata = fs::symlink_metadata(path)?;
         let mut len = metadata.len();
         removed.bytes += len;
@@ -148,7 +197,15 @@ impl Remover {
         if self.unsynced_bytes == 0 {
             return Ok(());
         }
-        let took = timed(|| sync_dir(dir))?;
+        let took = match timed(|| sync_dir(dir)) {
+            Ok(took) => took,
+            // The directory went too: nothing left to commit here.
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                self.unsynced_bytes = 0;
+                return Ok(());
+            }
+            Err(error) => return Err(error),
+        };
         removed.commits += 1;
         self.unsynced_bytes = 0;
         pause(took);

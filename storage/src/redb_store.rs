@@ -63,9 +63,6 @@ const SNAPSHOT_FILE: &str = "current.snap";
 const SNAPSHOT_TEMP_FILE: &str = "current.snap.tmp";
 const SPOOL_PREFIX: &str = "spool-";
 const SPOOL_SUFFIX: &str = ".tmp";
-/// A replaced snapshot's second name, until its last reader is done ([`RedbBackend::save_snapshot`]).
-const RETIRED_PREFIX: &str = "retired-";
-const RETIRED_SUFFIX: &str = ".snap";
 
 /// Bound on a snapshot file, written or read back.
 pub const SNAPSHOT_FILE_BYTES_MAX: u64 = 64 << 30;
@@ -80,7 +77,7 @@ fn definition(table: Table) -> TableDefinition<'static, &'static [u8], &'static 
 /// A state machine store in one directory.
 pub struct RedbBackend {
     /// Shared with the sync jobs, which commit (empty, durably) without borrowing the backend.
-    database: Arc<Database>,
+    database: Arc<Store>,
     dir: PathBuf,
     /// Names the next spool file.
     spools: std::sync::atomic::AtomicU64,
@@ -200,12 +197,76 @@ fn run_install_ahead(dir: &Path, feed: &SpoolFeed, file: &fs::File) -> Result<Fi
     }
 }
 
+/// An open redb file, shared by the backend, its views and its queued sync jobs: the last of them
+/// to let it go closes it.
+struct Store {
+    /// `Some` until dropped.
+    database: Option<Database>,
+    /// Where the file is linked aside once an install replaced it ([`RedbBackend::take_install`]):
+    /// removed, paced, once nothing reads it.
+    retired_as: Mutex<Option<PathBuf>>,
+}
+
+impl Store {
+    fn new(database: Database) -> Arc<Store> {
+        Arc::new(Store {
+            database: Some(database),
+            retired_as: Mutex::default(),
+        })
+    }
+}
+
+impl std::ops::Deref for Store {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        self.database
+            .as_ref()
+            .expect("a store's database is open until the store is dropped")
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Closed first: nothing of redb's may touch the file once its removal begins.
+        drop(self.database.take());
+        if let Some(aside) = self.retired_as.get_mut().expect("retired store lock").take() {
+            paced_removal::remove_file_behind(aside);
+        }
+    }
+}
+
 impl RedbBackend {
     /// Makes a filled install the store: later views and writes are its; views already taken keep
-    /// reading the store they were taken from.
+    /// reading the store they were taken from. The replaced store is linked aside first
+    /// (`removing-N-state.redb`), so the rename frees nothing: a store at volume is gigabytes, and freed at
+    /// once they stall every fsync on the disk (`crate::paced_removal`). The aside file is removed,
+    /// paced, when the replaced store's last view or sync job is done with it.
     fn take_install(&mut self, finished: Finished) -> Result<(), StateMachineError> {
-        let database = finished.take_as(&self.dir.join(DATABASE_FILE))?;
-        self.database = Arc::new(database);
+        let target = self.dir.join(DATABASE_FILE);
+        let aside = paced_removal::aside_name(&target);
+        let linked = match fs::hard_link(&target, &aside) {
+            Ok(()) => true,
+            // Only the pacing is lost: the rename frees the old store at once, as it used to.
+            Err(error) => {
+                tracing::warn!(file = %aside.display(), %error, "could not link the replaced store aside");
+                false
+            }
+        };
+        let database = match finished.take_as(&target) {
+            Ok(database) => database,
+            Err(error) => {
+                // Not replaced: the aside name is a second name of the store, and unlinking it frees nothing.
+                if linked && let Err(removing) = fs::remove_file(&aside) {
+                    tracing::warn!(file = %aside.display(), error = %removing, "could not remove the store's second name");
+                }
+                return Err(error);
+            }
+        };
+        if linked {
+            *self.database.retired_as.lock().expect("retired store lock") = Some(aside);
+        }
+        self.database = Store::new(database);
         Ok(())
     }
 
@@ -239,7 +300,7 @@ impl RedbBackend {
             }
         };
         let backend = RedbBackend {
-            database: Arc::new(database),
+            database: Store::new(database),
             dir,
             spools: std::sync::atomic::AtomicU64::new(0),
             install_ahead: Arc::default(),
@@ -274,7 +335,7 @@ impl RedbBackend {
             let stale = (name.starts_with(SPOOL_PREFIX) && name.ends_with(SPOOL_SUFFIX))
                 || name == SNAPSHOT_TEMP_FILE
                 || name == fresh_install::INSTALL_FILE
-                || (name.starts_with(RETIRED_PREFIX) && name.ends_with(RETIRED_SUFFIX));
+                || name.starts_with(paced_removal::ASIDE_PREFIX);
             if stale {
                 paced_removal::remove_file(&entry.path()).map_err(|e| backend_error(&entry.path(), e))?;
             }
@@ -315,6 +376,8 @@ type BytesTable = ReadOnlyTable<&'static [u8], &'static [u8]>;
 /// A consistent read view: one redb read transaction's tables.
 pub struct RedbView {
     tables: Vec<(Table, BytesTable)>,
+    /// The store read: kept open (and, once an install replaced it, on disk) while this view lives.
+    _store: Arc<Store>,
 }
 
 impl RedbView {
@@ -403,7 +466,10 @@ impl Backend for RedbBackend {
                     .map_err(|e| corrupt_or_backend(&path, e))?,
             ));
         }
-        Ok(RedbView { tables })
+        Ok(RedbView {
+            tables,
+            _store: self.database.clone(),
+        })
     }
 
     fn commit(&mut self, batch: WriteBatch) -> Result<(), StateMachineError> {
@@ -540,7 +606,7 @@ impl Backend for RedbBackend {
         }
     }
 
-    /// Makes `snapshot` the kept one. The snapshot it replaces is first linked aside (`retired-N.snap`),
+    /// Makes `snapshot` the kept one. The snapshot it replaces is first linked aside (`removing-N-current.snap`),
     /// so the rename frees nothing: freed at once, a gigabyte stalls every fsync on the disk
     /// (`crate::paced_removal`), and the rename and directory sync here run under the state machine's
     /// lock. The aside file is removed, paced, when the replaced snapshot's last handle is dropped
@@ -557,8 +623,7 @@ impl Backend for RedbBackend {
             .filter(|old| old.kept_path().as_deref() == Some(target.as_path()));
         let aside = match &replaced {
             Some(_) => {
-                let number = self.spools.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let aside = self.dir.join(format!("{RETIRED_PREFIX}{number}{RETIRED_SUFFIX}"));
+                let aside = paced_removal::aside_name(&target);
                 match fs::hard_link(&target, &aside) {
                     Ok(()) => Some(aside),
                     // Only the pacing is lost: the rename frees the old file at once, as it used to.
@@ -662,11 +727,11 @@ mod tests {
         spool
     }
 
-    fn retired_files(dir: &Path) -> Vec<String> {
+    fn aside_files(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|name| name.starts_with(RETIRED_PREFIX))
+            .filter(|name| name.starts_with(paced_removal::ASIDE_PREFIX))
             .collect();
         names.sort();
         names
@@ -684,7 +749,7 @@ mod tests {
         let kept = backend.load_snapshot().unwrap().unwrap();
         let reading = kept.clone();
         backend.save_snapshot(&second).unwrap();
-        assert_eq!(retired_files(dir.path()), vec!["retired-0.snap".to_string()]);
+        assert_eq!(aside_files(dir.path()).len(), 1);
         assert_eq!(
             reading.to_bytes().unwrap(),
             first.to_bytes().unwrap(),
@@ -696,18 +761,15 @@ mod tests {
             "the new one is kept"
         );
         drop(kept);
-        assert_eq!(retired_files(dir.path()).len(), 1, "a reader still holds it");
+        assert_eq!(aside_files(dir.path()).len(), 1, "a reader still holds it");
         drop(reading);
-        assert!(
-            retired_files(dir.path()).is_empty(),
-            "removed with its last handle"
-        );
+        assert!(aside_files(dir.path()).is_empty(), "removed with its last handle");
         // One a crash left is removed at the next open, and the kept snapshot with it is untouched.
         let current = dir.path().join(SNAPSHOT_FILE);
-        fs::hard_link(&current, dir.path().join("retired-9.snap")).unwrap();
+        fs::hard_link(&current, dir.path().join("removing-9-current.snap")).unwrap();
         drop(backend);
         let backend = RedbBackend::open(dir.path()).unwrap();
-        assert!(retired_files(dir.path()).is_empty());
+        assert!(aside_files(dir.path()).is_empty());
         assert_eq!(
             backend.load_snapshot().unwrap().unwrap().to_bytes().unwrap(),
             second.to_bytes().unwrap()
@@ -766,6 +828,25 @@ mod tests {
         assert!(
             !dir.path().join(fresh_install::INSTALL_FILE).exists(),
             "renamed into place"
+        );
+        // The replaced store was not freed by the rename: linked aside while the view reads it, then
+        // removed (paced, on a thread of its own) once the view is gone.
+        assert_eq!(
+            aside_files(dir.path()).len(),
+            1,
+            "the replaced store, linked aside"
+        );
+        drop(before_install);
+        for _ in 0..2000 {
+            if aside_files(dir.path()).is_empty() {
+                break;
+            }
+            #[allow(clippy::disallowed_methods)] // a plain thread, waiting for the removal's
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(
+            aside_files(dir.path()).is_empty(),
+            "removed once nothing reads it"
         );
     }
 

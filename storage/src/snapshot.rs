@@ -215,7 +215,7 @@ impl Drop for SpoolFile {
                 .metadata()
                 .is_ok_and(|m| m.len() > paced_removal::REMOVAL_SLICE_BYTES);
             if large {
-                paced_removal::remove_file_behind(path.clone());
+                paced_removal::move_aside_and_remove_behind(path);
             } else if let Err(error) = fs::remove_file(&*path)
                 && error.kind() != std::io::ErrorKind::NotFound
             {

@@ -194,13 +194,12 @@ impl Finished {
         Ok(self.database)
     }
 
-    /// Drops the file: the install was not taken.
+    /// Drops the file: the install was not taken. Removed paced, behind (`crate::paced_removal`): a
+    /// filled install is as large as the store.
     pub(super) fn discard(self) {
         let path = self.path.clone();
         drop(self.database);
-        if let Err(error) = remove_if_present(&path) {
-            tracing::warn!(%error, "could not delete an install that was not taken");
-        }
+        crate::paced_removal::move_aside_and_remove_behind(&path);
     }
 }
 
