@@ -125,6 +125,9 @@ pub fn remove_dir_all(path: &Path) -> io::Result<Removed> {
     Ok(removed)
 }
 
+/// How many times a directory is listed and emptied before its removal gives up.
+const TREE_LISTINGS_MAX: usize = 3;
+
 /// Bytes unlinked since the last journal commit this removal made.
 #[derive(Default)]
 struct Remover {
@@ -133,6 +136,21 @@ struct Remover {
 
 impl Remover {
     fn tree(&mut self, dir: &Path, removed: &mut Removed) -> io::Result<()> {
+        // A file moved aside in this directory while it was listed (a spool dropped late, renamed before
+        // its removal behind) is found by the next listing.
+        for _ in 1..TREE_LISTINGS_MAX {
+            self.entries(dir, removed)?;
+            match fs::remove_dir(dir) {
+                Err(error) if error.kind() == io::ErrorKind::DirectoryNotEmpty => continue,
+                result => return result,
+            }
+        }
+        self.entries(dir, removed)?;
+        fs::remove_dir(dir)
+    }
+
+    /// Removes what `dir` holds, then commits the unlinks.
+    fn entries(&mut self, dir: &Path, removed: &mut Removed) -> io::Result<()> {
         // Sorted: the same tree is removed in the same order every time.
         let mut entries = fs::read_dir(dir)?
             .map(|entry| entry.map(|e| e.path()))
@@ -151,8 +169,7 @@ impl Remover {
                 self.file(&entry, removed)?;
             }
         }
-        self.settle(dir, removed)?;
-        fs::remove_dir(dir)
+        self.settle(dir, removed)
     }
 
     /// Cuts a large regular file down to a slice, then unlinks it. A file that another remover
