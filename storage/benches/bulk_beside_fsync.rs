@@ -18,7 +18,6 @@
 
 use std::fs;
 use std::os::unix::fs::FileExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,27 +28,8 @@ use std::time::Instant;
 
 use storage::writeback::Writeback;
 
-/// Latencies in ms of 4-KiB `O_DSYNC` writes to one file, until stopped.
-fn small_writer(dir: &Path, stop: &AtomicBool) -> Vec<f64> {
-    let file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_DSYNC)
-        .open(dir.join("log"))
-        .expect("open the small writer's file");
-    let block = [0x5au8; 4096];
-    let mut offset = 0u64;
-    let mut latencies = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
-        let started = Instant::now();
-        file.write_all_at(&block, offset)
-            .expect("the small writer's write");
-        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
-        offset = (offset + 4096) % (64 << 20);
-    }
-    latencies
-}
+#[path = "common/log_writer.rs"]
+mod log_writer;
 
 /// Writes `rate` MB a second into a new file, 1 MiB at a time on a fixed schedule, until stopped;
 /// returns the bytes written.
@@ -112,11 +92,13 @@ fn main() {
         });
         let small = {
             let (dir, stop) = (dir.clone(), stop.clone());
-            std::thread::spawn(move || small_writer(&dir, &stop))
+            std::thread::spawn(move || log_writer::log_writer(&dir, &stop))
         };
         std::thread::sleep(Duration::from_secs(seconds));
         stop.store(true, Ordering::Relaxed);
-        let mut latencies = small.join().expect("the small writer");
+        let mut latencies: Vec<f64> = (small.join().expect("the small writer").iter())
+            .map(|(_, took)| took.as_secs_f64() * 1000.0)
+            .collect();
         let written = bulk.map_or(0, |bulk| bulk.join().expect("the bulk writer"));
         let _ = fs::remove_file(dir.join("bulk"));
         latencies.sort_by(f64::total_cmp);

@@ -18,18 +18,18 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 
 use storage::paced_removal;
+
+#[path = "common/log_writer.rs"]
+mod log_writer;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -47,25 +47,6 @@ fn write_file(path: &Path, mib: u64) {
         file.write_all(&chunk).expect("write the large file");
     }
     file.sync_all().expect("sync the large file");
-}
-
-/// Latencies (and when each write started) of 4-KiB `O_DSYNC` writes to one file, until stopped.
-fn writer(dir: &Path, stop: Arc<AtomicBool>, samples: Arc<Mutex<Vec<(Instant, Duration)>>>) {
-    let file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_DSYNC)
-        .open(dir.join("log"))
-        .expect("open the writer's file");
-    let block = [0x5au8; 4096];
-    let mut offset = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let started = Instant::now();
-        file.write_all_at(&block, offset).expect("the writer's write");
-        samples.lock().unwrap().push((started, started.elapsed()));
-        offset = (offset + 4096) % (64 << 20);
-    }
 }
 
 struct Phase {
@@ -121,10 +102,9 @@ fn main() {
             write_file(&big, mib);
             std::thread::sleep(Duration::from_secs(2));
             let stop = Arc::new(AtomicBool::new(false));
-            let samples = Arc::new(Mutex::new(Vec::new()));
             let thread = {
-                let (dir, stop, samples) = (dir.clone(), stop.clone(), samples.clone());
-                std::thread::spawn(move || writer(&dir, stop, samples))
+                let (dir, stop) = (dir.clone(), stop.clone());
+                std::thread::spawn(move || log_writer::log_writer(&dir, &stop))
             };
             let before = Instant::now();
             std::thread::sleep(Duration::from_secs(1));
@@ -140,8 +120,7 @@ fn main() {
             let removed = Instant::now();
             std::thread::sleep(Duration::from_secs(1));
             stop.store(true, Ordering::Relaxed);
-            thread.join().expect("the writer");
-            let samples = samples.lock().unwrap();
+            let samples = thread.join().expect("the writer");
             let (b, d) = (
                 phase(&samples, before, removing),
                 phase(&samples, removing, removed),

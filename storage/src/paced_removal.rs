@@ -72,19 +72,70 @@ pub fn aside_name(path: &Path) -> std::path::PathBuf {
     parent_of(path).join(format!("{ASIDE_PREFIX}{number}-{name}"))
 }
 
-/// Moves the file at `path` aside ([`aside_name`]) and removes it paced, on a thread of its own,
-/// without waiting: for a file dropped where nobody may wait (a spool abandoned, an install not
-/// taken). If it cannot be moved it is removed at once.
-pub fn move_aside_and_remove_behind(path: &Path) {
+/// Removes the file at `path` without waiting, where nobody may wait (a spool abandoned, an install
+/// not taken): one larger than a slice is moved aside ([`aside_name`]) and removed paced on a thread
+/// of its own; a smaller one frees little and is unlinked at once. If it cannot be moved it is removed
+/// at once.
+pub fn remove_unused(path: &Path) {
+    let small = fs::metadata(path).is_ok_and(|m| m.len() <= REMOVAL_SLICE_BYTES);
+    if small {
+        unlink_unused(path);
+        return;
+    }
     let aside = aside_name(path);
     match fs::rename(path, &aside) {
         Ok(()) => remove_file_behind(aside),
         Err(error) if error.kind() == io::ErrorKind::NotFound => {}
         Err(error) => {
             tracing::warn!(file = %path.display(), %error, "could not move a file aside to remove it; removing it at once");
-            if let Err(error) = fs::remove_file(path) {
-                tracing::warn!(file = %path.display(), %error, "could not remove a file no longer used");
-            }
+            unlink_unused(path);
+        }
+    }
+}
+
+/// Unlinks a file no longer used; one already gone is no error, another failure only a warning.
+fn unlink_unused(path: &Path) {
+    if let Err(error) = fs::remove_file(path)
+        && error.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(file = %path.display(), %error, "could not remove a file no longer used");
+    }
+}
+
+/// A second name for the file at `path`, unique in this process ([`aside_name`]), given before the
+/// file is replaced by a rename: the rename then frees nothing, and the file can be removed paced
+/// once its last reader is done (its [`LinkedAside::keep`]). `None` (with a warning) if the link
+/// failed: only the pacing is lost, the rename frees the file at once.
+pub fn link_aside(path: &Path) -> Option<LinkedAside> {
+    let aside = aside_name(path);
+    match fs::hard_link(path, &aside) {
+        Ok(()) => Some(LinkedAside { aside: Some(aside) }),
+        Err(error) => {
+            tracing::warn!(file = %aside.display(), %error, "could not link a file aside before replacing it");
+            None
+        }
+    }
+}
+
+/// A second name given by [`link_aside`]. Dropped without [`LinkedAside::keep`] (the replacement
+/// failed, the file is still in use under its own name), the second name is unlinked, which frees
+/// nothing.
+#[derive(Debug)]
+pub struct LinkedAside {
+    aside: Option<std::path::PathBuf>,
+}
+
+impl LinkedAside {
+    /// The file was replaced: its second name is now its only one, for the caller to remove.
+    pub fn keep(mut self) -> std::path::PathBuf {
+        self.aside.take().expect("an aside name is kept once")
+    }
+}
+
+impl Drop for LinkedAside {
+    fn drop(&mut self) {
+        if let Some(aside) = self.aside.take() {
+            unlink_unused(&aside);
         }
     }
 }
@@ -103,11 +154,7 @@ pub fn remove_file_behind(path: std::path::PathBuf) {
         });
     if let Err(error) = spawned {
         tracing::warn!(%error, "could not start a removal thread; removing at once");
-        if let Err(error) = fs::remove_file(&path)
-            && error.kind() != io::ErrorKind::NotFound
-        {
-            tracing::warn!(file = %path.display(), %error, "could not remove a file no longer used");
-        }
+        unlink_unused(&path);
     }
 }
 

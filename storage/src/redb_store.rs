@@ -118,6 +118,8 @@ fn stop_install_ahead(slot: &InstallAheadSlot) {
 /// ([`fresh_install`]), made durable, then kept for the state machine's decision; taken only if it
 /// installs this snapshot, deleted otherwise.
 fn run_install_ahead(dir: &Path, feed: &SpoolFeed, file: &fs::File) -> Result<Finished, FeedStopped> {
+    // Whatever stops this install, the frames queued for it reach the spool file.
+    let _leave = feed.leave_on_drop(file);
     let mut install = FreshInstall::create(dir)?;
     let path = install.path().to_path_buf();
     let filled = (|| -> Result<Finished, FeedStopped> {
@@ -183,7 +185,8 @@ fn run_install_ahead(dir: &Path, feed: &SpoolFeed, file: &fs::File) -> Result<Fi
         }
     };
     // Logged so a copy's time can be split: the transfer, this install's lag behind it, the decision.
-    tracing::info!(store = %path.display(), items = finished.items, "snapshot install ahead: every item written and synced; waiting for the install");
+    let (in_memory, from_file) = feed.frame_counts();
+    tracing::info!(store = %path.display(), items = finished.items, frames_in_memory = in_memory, frames_from_file = from_file, "snapshot install ahead: every item written and synced; waiting for the install");
     match feed.await_decision() {
         Ok(true) => Ok(finished),
         Ok(false) => {
@@ -244,27 +247,12 @@ impl RedbBackend {
     /// paced, when the replaced store's last view or sync job is done with it.
     fn take_install(&mut self, finished: Finished) -> Result<(), StateMachineError> {
         let target = self.dir.join(DATABASE_FILE);
-        let aside = paced_removal::aside_name(&target);
-        let linked = match fs::hard_link(&target, &aside) {
-            Ok(()) => true,
-            // Only the pacing is lost: the rename frees the old store at once, as it used to.
-            Err(error) => {
-                tracing::warn!(file = %aside.display(), %error, "could not link the replaced store aside");
-                false
-            }
-        };
-        let database = match finished.take_as(&target) {
-            Ok(database) => database,
-            Err(error) => {
-                // Not replaced: the aside name is a second name of the store, and unlinking it frees nothing.
-                if linked && let Err(removing) = fs::remove_file(&aside) {
-                    tracing::warn!(file = %aside.display(), error = %removing, "could not remove the store's second name");
-                }
-                return Err(error);
-            }
-        };
-        if linked {
-            *self.database.retired_as.lock().expect("retired store lock") = Some(aside);
+        // Dropped unkept if the rename fails: then the aside name is a second name of the store, and
+        // unlinking it frees nothing.
+        let aside = paced_removal::link_aside(&target);
+        let database = finished.take_as(&target)?;
+        if let Some(aside) = aside {
+            *self.database.retired_as.lock().expect("retired store lock") = Some(aside.keep());
         }
         self.database = Store::new(database);
         Ok(())
@@ -535,6 +523,7 @@ impl Backend for RedbBackend {
         let feed = Arc::new(SpoolFeed::default());
         let spool = SnapshotSpool::create_fed_file(&path, SNAPSHOT_FILE_BYTES_MAX, feed.clone())?;
         let Some(file) = spool.file_handle()? else {
+            feed.refuse_frames();
             return Ok(spool);
         };
         let dir = self.dir.clone();
@@ -552,8 +541,12 @@ impl Backend for RedbBackend {
             Ok(thread) => {
                 *self.install_ahead.lock().expect("install ahead lock") = Some(InstallAhead { feed, thread })
             }
-            // Without the thread the snapshot is installed from the file once complete, as before.
-            Err(error) => tracing::warn!(%error, "could not start a snapshot install-ahead thread"),
+            // Without the thread the receiver writes every frame to the file, and the snapshot is
+            // installed from it once complete, as before.
+            Err(error) => {
+                feed.refuse_frames();
+                tracing::warn!(%error, "could not start a snapshot install-ahead thread");
+            }
         }
         Ok(spool)
     }
@@ -621,33 +614,13 @@ impl Backend for RedbBackend {
         let replaced = current
             .take()
             .filter(|old| old.kept_path().as_deref() == Some(target.as_path()));
-        let aside = match &replaced {
-            Some(_) => {
-                let aside = paced_removal::aside_name(&target);
-                match fs::hard_link(&target, &aside) {
-                    Ok(()) => Some(aside),
-                    // Only the pacing is lost: the rename frees the old file at once, as it used to.
-                    Err(error) => {
-                        tracing::warn!(file = %aside.display(), %error, "could not link the replaced snapshot aside");
-                        None
-                    }
-                }
-            }
-            None => None,
-        };
+        let aside = replaced.as_ref().and_then(|_| paced_removal::link_aside(&target));
         let persisted = snapshot.persist_as(&target, &self.dir.join(SNAPSHOT_TEMP_FILE));
         match (&persisted, replaced, aside) {
-            (Ok(()), Some(old), Some(aside)) => old.retire_as(&aside),
+            (Ok(()), Some(old), Some(aside)) => old.retire_as(&aside.keep()),
             (Ok(()), _, _) => {}
-            // Not replaced: the aside name is a second name of the kept file, and unlinking it frees nothing.
-            (Err(_), old, aside) => {
-                if let Some(aside) = aside
-                    && let Err(error) = fs::remove_file(&aside)
-                {
-                    tracing::warn!(file = %aside.display(), %error, "could not remove a snapshot's second name");
-                }
-                *current = old;
-            }
+            // Not replaced: the old snapshot stays current (the aside name, dropped, is unlinked).
+            (Err(_), old, _) => *current = old,
         }
         persisted?;
         *current = Some(snapshot.clone());

@@ -208,19 +208,8 @@ impl SpoolFile {
 impl Drop for SpoolFile {
     fn drop(&mut self) {
         if !*self.kept.get_mut().expect("spool kept lock") {
-            let path = self.path.get_mut().expect("spool path lock");
             // A gigabyte freed at once stalls every fsync on the disk (`crate::paced_removal`).
-            let large = self
-                .file
-                .metadata()
-                .is_ok_and(|m| m.len() > paced_removal::REMOVAL_SLICE_BYTES);
-            if large {
-                paced_removal::move_aside_and_remove_behind(path);
-            } else if let Err(error) = fs::remove_file(&*path)
-                && error.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(file = %path.display(), %error, "could not remove an unused snapshot spool file");
-            }
+            paced_removal::remove_unused(self.path.get_mut().expect("spool path lock"));
         }
     }
 }
@@ -362,11 +351,21 @@ impl SnapshotSpool {
         match &mut self.bytes {
             Bytes::Memory(bytes) => bytes.extend_from_slice(frame),
             Bytes::File(spool) => {
-                spool
-                    .file
-                    .write_all_at(frame, self.len)
-                    .map_err(|e| spool.io_error(e))?;
-                spool.writeback.written(&spool.file, end);
+                // A receiving spool's frames pass in memory to the install following it, which writes
+                // them here at the background's priority (`crate::snapshot_feed`), unless it lags a
+                // queue's worth behind or has stopped.
+                let queued = self
+                    .feed
+                    .0
+                    .as_ref()
+                    .is_some_and(|feed| feed.offer(self.len, frame));
+                if !queued {
+                    spool
+                        .file
+                        .write_all_at(frame, self.len)
+                        .map_err(|e| spool.io_error(e))?;
+                    spool.writeback.written(&spool.file, end);
+                }
             }
         }
         self.frames.push((self.len, frame.len() as u32));

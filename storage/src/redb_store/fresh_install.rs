@@ -199,7 +199,7 @@ impl Finished {
     pub(super) fn discard(self) {
         let path = self.path.clone();
         drop(self.database);
-        crate::paced_removal::move_aside_and_remove_behind(&path);
+        crate::paced_removal::remove_unused(&path);
     }
 }
 
