@@ -391,4 +391,59 @@ mod tests {
         assert!(!root.exists());
         assert_eq!((removed.files, removed.bytes), (1, REMOVAL_SLICE_BYTES));
     }
+
+    #[test]
+    fn a_second_name_is_unlinked_unless_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("current.snap");
+        write(&file, 4096);
+        let aside = link_aside(&file).expect("a link beside the file");
+        drop(aside);
+        let names = || fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(
+            names(),
+            1,
+            "the replacement failed: the second name goes, the file stays"
+        );
+        assert_eq!(fs::read(&file).unwrap().len(), 4096);
+
+        let kept = link_aside(&file).expect("a link beside the file").keep();
+        fs::remove_file(&file).unwrap(); // as the rename over the file's name does
+        assert!(
+            kept.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(ASIDE_PREFIX)
+        );
+        assert_eq!(
+            fs::read(&kept).unwrap().len(),
+            4096,
+            "kept: the data is there under its second name"
+        );
+    }
+
+    #[test]
+    fn an_unused_file_is_gone_from_its_name_at_once_and_a_large_one_is_removed_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (small, large) = (dir.path().join("small"), dir.path().join("large"));
+        write(&small, 4096);
+        write(&large, 2 * REMOVAL_SLICE_BYTES);
+        remove_unused(&small);
+        remove_unused(&large);
+        remove_unused(&dir.path().join("never-there"));
+        assert!(!small.exists() && !large.exists(), "both names are free at once");
+        // The large one went aside and is removed on a thread of its own: wait for it, boundedly.
+        for _ in 0..2000 {
+            if fs::read_dir(dir.path()).unwrap().count() == 0 {
+                return;
+            }
+            #[allow(clippy::disallowed_methods)] // a plain thread, waiting for the removal's
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        panic!("the large file was never removed: {left:?}");
+    }
 }

@@ -118,8 +118,6 @@ fn stop_install_ahead(slot: &InstallAheadSlot) {
 /// ([`fresh_install`]), made durable, then kept for the state machine's decision; taken only if it
 /// installs this snapshot, deleted otherwise.
 fn run_install_ahead(dir: &Path, feed: &SpoolFeed, file: &fs::File) -> Result<Finished, FeedStopped> {
-    // Whatever stops this install, the frames queued for it reach the spool file.
-    let _leave = feed.leave_on_drop(file);
     let mut install = FreshInstall::create(dir)?;
     let path = install.path().to_path_buf();
     let filled = (|| -> Result<Finished, FeedStopped> {
@@ -185,8 +183,7 @@ fn run_install_ahead(dir: &Path, feed: &SpoolFeed, file: &fs::File) -> Result<Fi
         }
     };
     // Logged so a copy's time can be split: the transfer, this install's lag behind it, the decision.
-    let (in_memory, from_file) = feed.frame_counts();
-    tracing::info!(store = %path.display(), items = finished.items, frames_in_memory = in_memory, frames_from_file = from_file, "snapshot install ahead: every item written and synced; waiting for the install");
+    tracing::info!(store = %path.display(), items = finished.items, "snapshot install ahead: every item written and synced; waiting for the install");
     match feed.await_decision() {
         Ok(true) => Ok(finished),
         Ok(false) => {
@@ -523,7 +520,6 @@ impl Backend for RedbBackend {
         let feed = Arc::new(SpoolFeed::default());
         let spool = SnapshotSpool::create_fed_file(&path, SNAPSHOT_FILE_BYTES_MAX, feed.clone())?;
         let Some(file) = spool.file_handle()? else {
-            feed.refuse_frames();
             return Ok(spool);
         };
         let dir = self.dir.clone();
@@ -541,12 +537,8 @@ impl Backend for RedbBackend {
             Ok(thread) => {
                 *self.install_ahead.lock().expect("install ahead lock") = Some(InstallAhead { feed, thread })
             }
-            // Without the thread the receiver writes every frame to the file, and the snapshot is
-            // installed from it once complete, as before.
-            Err(error) => {
-                feed.refuse_frames();
-                tracing::warn!(%error, "could not start a snapshot install-ahead thread");
-            }
+            // Without the thread the snapshot is installed from the file once complete, as before.
+            Err(error) => tracing::warn!(%error, "could not start a snapshot install-ahead thread"),
         }
         Ok(spool)
     }

@@ -351,21 +351,11 @@ impl SnapshotSpool {
         match &mut self.bytes {
             Bytes::Memory(bytes) => bytes.extend_from_slice(frame),
             Bytes::File(spool) => {
-                // A receiving spool's frames pass in memory to the install following it, which writes
-                // them here at the background's priority (`crate::snapshot_feed`), unless it lags a
-                // queue's worth behind or has stopped.
-                let queued = self
-                    .feed
-                    .0
-                    .as_ref()
-                    .is_some_and(|feed| feed.offer(self.len, frame));
-                if !queued {
-                    spool
-                        .file
-                        .write_all_at(frame, self.len)
-                        .map_err(|e| spool.io_error(e))?;
-                    spool.writeback.written(&spool.file, end);
-                }
+                spool
+                    .file
+                    .write_all_at(frame, self.len)
+                    .map_err(|e| spool.io_error(e))?;
+                spool.writeback.written(&spool.file, end);
             }
         }
         self.frames.push((self.len, frame.len() as u32));
