@@ -2,6 +2,8 @@
 //! files (topology, CA, certificates, configurations) a test writes into its own temporary directory.
 #![allow(dead_code)]
 
+pub mod failover;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
