@@ -73,13 +73,20 @@ pub fn aside_name(path: &Path) -> std::path::PathBuf {
 }
 
 /// Removes the file at `path` without waiting, where nobody may wait (a spool abandoned, an install
-/// not taken): one larger than a slice is moved aside ([`aside_name`]) and removed paced on a thread
-/// of its own; a smaller one frees little and is unlinked at once. If it cannot be moved it is removed
-/// at once.
+/// not taken, a replaced snapshot's last handle dropped): one larger than a slice is moved aside
+/// ([`aside_name`]), unless its name is an aside name already, and removed paced on a thread of its
+/// own ([`remove_file_behind`]); a smaller one frees little and is unlinked at once. If it cannot be
+/// moved it is removed at once.
 pub fn remove_unused(path: &Path) {
-    let small = fs::metadata(path).is_ok_and(|m| m.len() <= REMOVAL_SLICE_BYTES);
-    if small {
+    if is_small(path) {
         unlink_unused(path);
+        return;
+    }
+    let aside_already = path
+        .file_name()
+        .is_some_and(|name| name.to_string_lossy().starts_with(ASIDE_PREFIX));
+    if aside_already {
+        remove_file_behind(path.to_path_buf());
         return;
     }
     let aside = aside_name(path);
@@ -91,6 +98,12 @@ pub fn remove_unused(path: &Path) {
             unlink_unused(path);
         }
     }
+}
+
+/// A file of at most a slice: freed at once, it stalls nothing much. A file that is not there (or
+/// cannot be looked at) is not small: the caller's rename or removal then says why.
+fn is_small(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.len() <= REMOVAL_SLICE_BYTES)
 }
 
 /// Unlinks a file no longer used; one already gone is no error, another failure only a warning.
@@ -140,10 +153,14 @@ impl Drop for LinkedAside {
     }
 }
 
-/// Removes the file at `path` paced, on a thread of its own, without waiting. `path` must be a name
-/// nobody uses again ([`aside_name`]). One left by a crash is the owner's to find and remove at its
-/// next start.
+/// Removes the file at `path` paced, on a thread of its own, without waiting; one of at most a slice
+/// is unlinked at once. `path` must be a name nobody uses again ([`aside_name`]). One left by a crash
+/// is the owner's to find and remove at its next start.
 pub fn remove_file_behind(path: std::path::PathBuf) {
+    if is_small(&path) {
+        unlink_unused(&path);
+        return;
+    }
     let on_thread = path.clone();
     let spawned = std::thread::Builder::new()
         .name("domicile-remove".into())
@@ -185,15 +202,18 @@ impl Remover {
     fn tree(&mut self, dir: &Path, removed: &mut Removed) -> io::Result<()> {
         // A file moved aside in this directory while it was listed (a spool dropped late, renamed before
         // its removal behind) is found by the next listing.
-        for _ in 1..TREE_LISTINGS_MAX {
+        let mut listings = 1;
+        loop {
             self.entries(dir, removed)?;
             match fs::remove_dir(dir) {
-                Err(error) if error.kind() == io::ErrorKind::DirectoryNotEmpty => continue,
+                Err(error)
+                    if error.kind() == io::ErrorKind::DirectoryNotEmpty && listings < TREE_LISTINGS_MAX =>
+                {
+                    listings += 1;
+                }
                 result => return result,
             }
         }
-        self.entries(dir, removed)?;
-        fs::remove_dir(dir)
     }
 
     /// Removes what `dir` holds, then commits the unlinks.
@@ -423,7 +443,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unused_file_is_gone_from_its_name_at_once_and_a_large_one_is_removed_behind() {
+    fn an_unused_file_is_gone_from_its_name_at_once_and_a_large_one_is_removed_behind_once_aside() {
         let dir = tempfile::tempdir().unwrap();
         let (small, large) = (dir.path().join("small"), dir.path().join("large"));
         write(&small, 4096);
@@ -432,6 +452,21 @@ mod tests {
         remove_unused(&large);
         remove_unused(&dir.path().join("never-there"));
         assert!(!small.exists() && !large.exists(), "both names are free at once");
+        // A replaced snapshot's last handle dropped: its aside name is kept, not moved aside again.
+        let retired = dir.path().join(format!("{ASIDE_PREFIX}7-current.snap"));
+        write(&retired, 2 * REMOVAL_SLICE_BYTES);
+        remove_unused(&retired);
+        let snapshots: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with("current.snap"))
+            .collect();
+        assert!(
+            snapshots
+                .iter()
+                .all(|name| *name == format!("{ASIDE_PREFIX}7-current.snap")),
+            "{snapshots:?}"
+        );
         // The large one went aside and is removed on a thread of its own: wait for it, boundedly.
         for _ in 0..2000 {
             if fs::read_dir(dir.path()).unwrap().count() == 0 {
