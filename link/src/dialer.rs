@@ -34,6 +34,8 @@ pub struct Dialer {
     addresses: std::sync::RwLock<BTreeMap<u64, SocketAddr>>,
     connections: std::sync::Mutex<BTreeMap<u64, Connection>>,
     config: QuicConfig,
+    /// Set by [`Dialer::close`]: whoever keeps connections warm stops.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Dialer {
@@ -68,6 +70,7 @@ impl Dialer {
             addresses: std::sync::RwLock::new(addresses),
             connections: Default::default(),
             config,
+            closed: Default::default(),
         })
     }
 
@@ -206,6 +209,31 @@ impl Dialer {
         Ok(())
     }
 
+    /// The nodes whose addresses this dialler knows, in id order.
+    pub fn peers(&self) -> Vec<u64> {
+        self.addresses
+            .read()
+            .expect("address book lock")
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// Whether the table holds a connection to `to` that has not closed.
+    pub fn is_connected(&self, to: u64) -> bool {
+        self.connections
+            .lock()
+            .expect("connection table lock")
+            .get(&to)
+            .is_some_and(|connection| connection.close_reason().is_none())
+    }
+
+    /// Makes sure a checked connection to `to` is open, dialling it if none is, and sends nothing on it:
+    /// the next request to `to` then pays no handshake (see `raft::quic`'s connection warmer).
+    pub async fn warm(&self, to: u64) -> Result<(), QuicError> {
+        self.connection(to).await.map(|_| ())
+    }
+
     /// The live connection to `to`, dialling (and checking the peer's attested identity) if needed. The
     /// table lock is never held while dialling: a dead peer must not hold up requests to live ones.
     async fn connection(&self, to: u64) -> Result<Connection, QuicError> {
@@ -260,7 +288,13 @@ impl Dialer {
     }
 
     pub fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::Release);
         self.endpoint.close(VarInt::from_u32(0), b"shutdown");
+    }
+
+    /// Whether [`Dialer::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

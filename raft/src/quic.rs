@@ -19,6 +19,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use link::frame::{Reply, read_frame, write_frame};
 use link::{PeerCheck, TlsConfigs};
@@ -107,6 +108,7 @@ impl QuicNode {
         let dialer = Dialer::over(endpoint, tls, Some(check), addresses, config)?;
         let node = Arc::new(QuicNode { me, dialer, topology });
         spawn_accept_loop(node.clone(), handler);
+        spawn_connection_warmer(Arc::downgrade(&node));
         Ok(node)
     }
 
@@ -146,6 +148,73 @@ impl QuicNode {
     /// Closes every connection and the endpoint.
     pub fn close(&self) {
         self.dialer.close();
+    }
+}
+
+/// Longest wait between two dials of a peer that does not answer (the wait doubles from the keep-alive
+/// interval after each failed dial).
+const WARM_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Keeps a connection open to every peer in the address book, dialled ahead of need and dialled again
+/// when it closes (the peer restarted, or was down).
+///
+/// **Why.** A follower sends nothing to another follower until its leader dies; then its first pre-vote
+/// to that follower waited for a handshake before the request itself, a round trip more of the failover
+/// (60 ms between Dublin and Hamar, docs/performance.md). A warm connection carries no data (quinn's
+/// keep-alives hold it open; every request on it still passes the fences), and the peer was checked
+/// against the topology when it was dialled, as on any dial.
+///
+/// Every peer the address book names, also one learned later, gets a loop of its own, which holds the node
+/// only weakly while it sleeps, so dropping or closing the node ends it; a dial in progress ends when
+/// the node's endpoint closes.
+// quinn's connections live on tokio: like the accept loop, this is the tokio-bound part of `raft/`.
+#[allow(clippy::disallowed_methods)]
+fn spawn_connection_warmer(node: std::sync::Weak<QuicNode>) {
+    tokio::spawn(async move {
+        let mut warming = std::collections::BTreeSet::new();
+        loop {
+            let Some(live) = node.upgrade() else { return };
+            if live.dialer.is_closed() {
+                return;
+            }
+            for peer in live.dialer.peers() {
+                if peer != live.me.node.0 && warming.insert(peer) {
+                    tokio::spawn(keep_warm(node.clone(), peer));
+                }
+            }
+            let interval = live.dialer.config().keep_alive;
+            drop(live);
+            tokio::time::sleep(interval).await;
+        }
+    });
+}
+
+/// One peer's loop of [`spawn_connection_warmer`].
+#[allow(clippy::disallowed_methods)]
+async fn keep_warm(node: std::sync::Weak<QuicNode>, peer: u64) {
+    let mut failed = 0u32;
+    loop {
+        let Some(live) = node.upgrade() else { return };
+        if live.dialer.is_closed() {
+            return;
+        }
+        let interval = live.dialer.config().keep_alive;
+        if live.dialer.is_connected(peer) {
+            failed = 0;
+        } else {
+            match live.dialer.warm(peer).await {
+                Ok(()) => failed = 0,
+                Err(error) => {
+                    failed = failed.saturating_add(1);
+                    tracing::debug!(peer, %error, failed, "a peer's connection could not be opened ahead of need");
+                }
+            }
+        }
+        drop(live);
+        let wait = interval
+            .saturating_mul(1 << failed.min(6))
+            .min(WARM_RETRY_MAX.max(interval));
+        tokio::time::sleep(wait).await;
     }
 }
 

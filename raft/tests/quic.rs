@@ -481,3 +481,51 @@ async fn a_peer_restarted_at_the_same_address_is_dialled_afresh_after_an_unanswe
         node.close();
     }
 }
+
+/// Polls `done` every 20 ms for up to 10 s; whether it became true.
+#[allow(clippy::disallowed_methods)]
+async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..500 {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    done()
+}
+
+/// A node opens a connection to each peer it knows before it has anything to send (a follower's first
+/// pre-vote then pays no handshake), and opens another when that one ends: here, because the peer moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_keeps_a_connection_open_to_each_peer_ahead_of_need() {
+    let ca = ClusterCa::generate("test", validity()).unwrap();
+    let (dublin, hamar) = (identity(1, "dublin-a", "IE"), identity(7, "hamar", "NO"));
+    let serve = || {
+        node(
+            hamar.clone(),
+            &tls(&ca, &hamar),
+            BTreeMap::new(),
+            QuicConfig::loopback(),
+        )
+    };
+    let (before, after) = (serve(), serve());
+    let peers = BTreeMap::from([(NodeId(7), before.local_addr().unwrap())]);
+    let client = node(dublin.clone(), &tls(&ca, &dublin), peers, QuicConfig::loopback());
+    assert!(
+        eventually(|| client.dialer().is_connected(7)).await,
+        "no connection to n7 opened ahead of need"
+    );
+    assert!(!client.dialer().is_connected(1), "a node does not dial itself");
+    // The peer stops and is found at a new address: the connection to where it was is dropped, and one
+    // to where it is now is opened without a request.
+    before.close();
+    client.learn_address(NodeId(7), after.local_addr().unwrap());
+    assert!(
+        eventually(|| client.dialer().is_connected(7)).await,
+        "no connection to n7's new address opened ahead of need"
+    );
+    let reply: String = client.request(NodeId(7), "hello").await.unwrap();
+    assert_eq!(reply, "hello from n1 at dublin-a (IE)");
+    client.close();
+    after.close();
+}

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod failover;
+pub mod netns;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
