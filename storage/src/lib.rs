@@ -45,6 +45,20 @@ pub mod state_machine;
 pub mod write_behind;
 pub mod writeback;
 
+/// Polls `done` every 5 ms for up to 10 s; whether it became true. For unit tests that wait, on a plain
+/// thread, for one of the store's own threads (a removal behind, an install ahead).
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // a plain thread's sleep, in tests only
+pub(crate) fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..2000 {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    done()
+}
+
 /// The byte format of everything this crate writes: `wire`'s, the one module that imports postcard.
 pub use wire::codec;
 

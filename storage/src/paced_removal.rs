@@ -47,6 +47,10 @@ pub fn remove_file(path: &Path) -> io::Result<Removed> {
     let mut remover = Remover::default();
     remover.file(path, &mut removed)?;
     remover.settle(parent_of(path), &mut removed)?;
+    // A directory sync after the unlink (the last slice's commit) made the unlink durable already.
+    if remover.synced_since_unlink {
+        return Ok(removed);
+    }
     match sync_dir(parent_of(path)) {
         // Its directory went too (a purged replica's, removed whole meanwhile).
         Err(error) if error.kind() == io::ErrorKind::NotFound => {}
@@ -192,10 +196,12 @@ pub fn remove_dir_all(path: &Path) -> io::Result<Removed> {
 /// How many times a directory is listed and emptied before its removal gives up.
 const TREE_LISTINGS_MAX: usize = 3;
 
-/// Bytes unlinked since the last journal commit this removal made.
+/// Bytes unlinked since the last journal commit this removal made, and whether its directory was synced
+/// since its last unlink.
 #[derive(Default)]
 struct Remover {
     unsynced_bytes: u64,
+    synced_since_unlink: bool,
 }
 
 impl Remover {
@@ -269,6 +275,7 @@ impl Remover {
         }
         fs::remove_file(path)?;
         removed.files += 1;
+        self.synced_since_unlink = false;
         self.unsynced_bytes += len;
         if self.unsynced_bytes >= REMOVAL_SLICE_BYTES {
             self.settle(parent_of(path), removed)?;
@@ -292,6 +299,7 @@ impl Remover {
         };
         removed.commits += 1;
         self.unsynced_bytes = 0;
+        self.synced_since_unlink = true;
         pause(took);
         Ok(())
     }
@@ -468,17 +476,11 @@ mod tests {
             "{snapshots:?}"
         );
         // The large one went aside and is removed on a thread of its own: wait for it, boundedly.
-        for _ in 0..2000 {
-            if fs::read_dir(dir.path()).unwrap().count() == 0 {
-                return;
-            }
-            #[allow(clippy::disallowed_methods)] // a plain thread, waiting for the removal's
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        let gone = crate::eventually(|| fs::read_dir(dir.path()).unwrap().count() == 0);
         let left: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        panic!("the large file was never removed: {left:?}");
+        assert!(gone, "the large file was never removed: {left:?}");
     }
 }

@@ -802,22 +802,13 @@ mod tests {
             "the replaced store, linked aside"
         );
         drop(before_install);
-        for _ in 0..2000 {
-            if aside_files(dir.path()).is_empty() {
-                break;
-            }
-            #[allow(clippy::disallowed_methods)] // a plain thread, waiting for the removal's
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
         assert!(
-            aside_files(dir.path()).is_empty(),
+            crate::eventually(|| aside_files(dir.path()).is_empty()),
             "removed once nothing reads it"
         );
     }
 
     #[test]
-    // Waits, on a plain thread, for the install-ahead thread's file to appear.
-    #[allow(clippy::disallowed_methods)]
     fn an_install_survives_a_reopen_and_one_left_unfinished_is_deleted_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let data = source(3000);
@@ -828,14 +819,8 @@ mod tests {
             // A second transfer, cut off: its install ahead fills a file of its own.
             let unfinished = receive(&backend, &data, 5);
             let install = dir.path().join(fresh_install::INSTALL_FILE);
-            for _ in 0..2000 {
-                if install.exists() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
             assert!(
-                install.exists(),
+                crate::eventually(|| install.exists()),
                 "the install ahead fills a file beside the store"
             );
             drop(unfinished);
