@@ -304,6 +304,8 @@ impl Client {
         let mut pauses = 0;
         for _ in 0..self.attempts_max {
             let following = std::mem::take(&mut redirected);
+            // Whether this attempt found the group electing: a replica named no leader, or one found down.
+            let mut electing = false;
             let node = self.target(&group);
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -357,6 +359,7 @@ impl Client {
                     ClientResponse::NotLeader { leader, .. } => {
                         self.note_hosting(&group, node, true);
                         self.forget_leader(&group);
+                        electing = true;
                         // Say why the hint was not followed: a leader this client was never given an
                         // endpoint for is a configuration to fix, not a group without a leader.
                         last_error = match leader {
@@ -429,8 +432,12 @@ impl Client {
                     last_error = format!("n{node} did not answer in time");
                 }
             }
-            backoff(pauses, deadline).await;
-            pauses += 1;
+            if electing {
+                poll_election(deadline).await;
+            } else {
+                backoff(pauses, deadline).await;
+                pauses += 1;
+            }
         }
         if Instant::now() >= deadline {
             return Err(ClientError::Timeout {
@@ -627,6 +634,18 @@ fn rotate(nodes: &[u64], start: usize, skip: impl Fn(u64) -> bool) -> Option<usi
     (0..nodes.len())
         .map(|offset| (start + offset) % nodes.len())
         .find(|&index| !skip(nodes[index]))
+}
+
+/// How often a call asks again while its group elects a leader (as etcd's client retries, every 25 ms).
+///
+/// An election ends at a moment the client can't know; with the backoff's growing pauses (up to 200 ms) a
+/// call learned of the new leader up to a whole pause after it was elected. Asking a replica costs it a
+/// lookup of its leader, no Raft work, and only while the group has none.
+const ELECTION_POLL: Duration = Duration::from_millis(25);
+
+/// One [`ELECTION_POLL`], or less if the deadline comes first.
+async fn poll_election(deadline: Instant) {
+    tokio::time::sleep_until((Instant::now() + ELECTION_POLL).min(deadline)).await;
 }
 
 /// Exponential backoff from 10 ms, capped at 200 ms and at the deadline.
