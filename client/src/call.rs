@@ -359,7 +359,9 @@ impl Client {
                     ClientResponse::NotLeader { leader, .. } => {
                         self.note_hosting(&group, node, true);
                         self.forget_leader(&group);
-                        electing = true;
+                        // No leader, or one found down: the group is electing (a leader with no endpoint
+                        // here is not an election, see below: the backoff's pace).
+                        electing = leader.is_none_or(|leader| self.nodes.contains(&leader));
                         // Say why the hint was not followed: a leader this client was never given an
                         // endpoint for is a configuration to fix, not a group without a leader.
                         last_error = match leader {
