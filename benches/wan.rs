@@ -16,8 +16,8 @@
 //! sudo bash benches/wan.sh      # cargo bench --bench wan, bounded by timeout(1)
 //! ```
 //!
-//! Needs root, iproute2, iptables and /dev/net/tun (DOMICILE_MULTIHOST=1, which the script sets); exits 2
-//! saying why when it can't run. Everything it starts (namespaces, node processes by pid, the router's
+//! Needs root, iproute2, iptables and /dev/net/tun (DOMICILE_MULTIHOST=1, which the script sets); says why
+//! and skips when it can't run. Everything it starts (namespaces, node processes by pid, the router's
 //! threads) is removed when the run ends. Wall-clock time is what a benchmark measures, so this file
 //! allows `Instant::now` and `sleep`.
 #![allow(clippy::disallowed_methods)]
@@ -164,9 +164,10 @@ async fn put_latencies(client: &client::Client, warmup: usize, count: usize) -> 
 }
 
 fn main() {
+    // Skipped, not failed, so `cargo bench` over the workspace still runs the others.
     if !enabled() {
-        eprintln!("wan bench: not run (see above); it needs root: sudo bash benches/wan.sh");
-        std::process::exit(2);
+        eprintln!("wan bench: skipped (see above); run it as root with: sudo bash benches/wan.sh");
+        return;
     }
     let count: usize = std::env::var("WAN_PUTS")
         .ok()
