@@ -174,31 +174,11 @@ fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(300);
     let hosts = vec![
-        Host {
-            id: 1,
-            site: "dublin-a",
-            place: Place::DublinA,
-        },
-        Host {
-            id: 2,
-            site: "dublin-b",
-            place: Place::DublinB,
-        },
-        Host {
-            id: 3,
-            site: "hamar",
-            place: Place::Hamar,
-        },
-        Host {
-            id: 4,
-            site: "frankfurt",
-            place: Place::Frankfurt,
-        },
-        Host {
-            id: 6,
-            site: "frankfurt",
-            place: Place::Frankfurt,
-        },
+        Host::at(1, "dublin-a", Place::DublinA),
+        Host::at(2, "dublin-b", Place::DublinB),
+        Host::at(3, "hamar", Place::Hamar),
+        Host::at(4, "frankfurt", Place::Frankfurt),
+        Host::at(6, "frankfurt", Place::Frankfurt),
     ];
     // WAN_PROMPT_ELECTIONS=0 runs the nodes without election prompts (`raft::prompt_election`), to
     // compare failovers with and without them in one sitting.

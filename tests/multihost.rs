@@ -137,31 +137,11 @@ leader_preference = ["dublin-a"]
 
 fn five_sites() -> Vec<Host> {
     vec![
-        Host {
-            id: 1,
-            site: "dublin-a",
-            place: Place::DublinA,
-        },
-        Host {
-            id: 2,
-            site: "dublin-b",
-            place: Place::DublinB,
-        },
-        Host {
-            id: 3,
-            site: "hamar",
-            place: Place::Hamar,
-        },
-        Host {
-            id: 4,
-            site: "frankfurt",
-            place: Place::Frankfurt,
-        },
-        Host {
-            id: 5,
-            site: "ashburn",
-            place: Place::Ashburn,
-        },
+        Host::at(1, "dublin-a", Place::DublinA),
+        Host::at(2, "dublin-b", Place::DublinB),
+        Host::at(3, "hamar", Place::Hamar),
+        Host::at(4, "frankfurt", Place::Frankfurt),
+        Host::at(5, "ashburn", Place::Ashburn),
     ]
 }
 
@@ -336,31 +316,11 @@ leader = 1
 
 fn legacy_sites() -> Vec<Host> {
     vec![
-        Host {
-            id: 1,
-            site: "dublin",
-            place: Place::DublinA,
-        },
-        Host {
-            id: 2,
-            site: "hamar",
-            place: Place::Hamar,
-        },
-        Host {
-            id: 3,
-            site: "frankfurt",
-            place: Place::Frankfurt,
-        },
-        Host {
-            id: 4,
-            site: "ashburn",
-            place: Place::Ashburn,
-        },
-        Host {
-            id: 5,
-            site: "ashburn",
-            place: Place::Ashburn,
-        },
+        Host::at(1, "dublin", Place::DublinA),
+        Host::at(2, "hamar", Place::Hamar),
+        Host::at(3, "frankfurt", Place::Frankfurt),
+        Host::at(4, "ashburn", Place::Ashburn),
+        Host::at(5, "ashburn", Place::Ashburn),
     ]
 }
 

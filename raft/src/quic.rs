@@ -199,15 +199,12 @@ async fn keep_warm(node: std::sync::Weak<QuicNode>, peer: u64) {
             return;
         }
         let interval = live.dialer.config().keep_alive;
-        if live.dialer.is_connected(peer) {
-            failed = 0;
-        } else {
-            match live.dialer.warm(peer).await {
-                Ok(()) => failed = 0,
-                Err(error) => {
-                    failed = failed.saturating_add(1);
-                    tracing::debug!(peer, %error, failed, "a peer's connection could not be opened ahead of need");
-                }
+        // Dials only if the open connection is gone.
+        match live.dialer.warm(peer).await {
+            Ok(()) => failed = 0,
+            Err(error) => {
+                failed = failed.saturating_add(1);
+                tracing::debug!(peer, %error, failed, "a peer's connection could not be opened ahead of need");
             }
         }
         drop(live);

@@ -258,6 +258,10 @@ pub struct Host {
 }
 
 impl Host {
+    pub fn at(id: u64, site: &'static str, place: Place) -> Host {
+        Host { id, site, place }
+    }
+
     pub fn address(&self) -> String {
         format!("10.77.0.{}", self.id)
     }
