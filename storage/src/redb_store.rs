@@ -866,6 +866,83 @@ mod tests {
         assert_eq!(checked, 20_000);
     }
 
+    /// A view that visits its records in the order given, sorted or not: what a damaged or foreign
+    /// snapshot would hold.
+    struct InOrderGiven(Vec<(Vec<u8>, Vec<u8>)>);
+
+    impl BackendView for InOrderGiven {
+        fn get(&self, _: Table, _: &[u8]) -> Result<Option<Vec<u8>>, StateMachineError> {
+            Ok(None)
+        }
+
+        fn scan_prefix(
+            &self,
+            table: Table,
+            _: &[u8],
+            visit: &mut Visit<'_>,
+        ) -> Result<(), StateMachineError> {
+            if table == Table::Records {
+                for (key, value) in &self.0 {
+                    visit(key, value)?;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_snapshot_whose_keys_are_out_of_order_is_refused_by_name_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut backend = RedbBackend::open(dir.path()).unwrap();
+        let mut batch = WriteBatch::default();
+        batch.changes.insert(
+            (Table::Records, b"old".to_vec()),
+            Some(codec::seal(b"old", b"still here after the refusal").unwrap()),
+        );
+        backend.commit(batch).unwrap();
+        // In order for 9,000 items (past the first transaction), then one key that goes back.
+        let mut items: Vec<(Vec<u8>, Vec<u8>)> = (0..9_000)
+            .map(|i| {
+                let key = format!("key-{i:06}").into_bytes();
+                let value = codec::seal(&key, &vec![7u8; 1000]).unwrap();
+                (key, value)
+            })
+            .collect();
+        let back = b"key-000100".to_vec();
+        items.push((back.clone(), codec::seal(&back, b"again").unwrap()));
+        let header = SnapshotHeader {
+            last_log_id: vec![1],
+            membership: vec![2],
+            policy_version: 3,
+        };
+        let data = snapshot::build(&InOrderGiven(items), header).unwrap();
+        let error = backend.install_snapshot(&data).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            matches!(error, StateMachineError::Corrupt { .. })
+                && message.contains("records table")
+                && message.contains(&hex_of(&back)),
+            "{message}"
+        );
+        assert_eq!(records(&backend), 1, "the store is as it was");
+        assert!(
+            backend
+                .view()
+                .unwrap()
+                .get(Table::Records, b"old")
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            !dir.path().join(fresh_install::INSTALL_FILE).exists(),
+            "the refused install's file is deleted"
+        );
+    }
+
+    fn hex_of(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     #[test]
     fn a_cancelled_install_ahead_deletes_its_file() {
         let dir = tempfile::tempdir().unwrap();

@@ -150,16 +150,30 @@ impl FreshInstall {
         let (bytes, items) = (std::mem::take(&mut self.bytes), std::mem::take(&mut self.items));
         {
             let txn = self.txn()?;
-            let mut open: Option<(Table, BytesTableMut<'_>)> = None;
-            for &(table, start, key_end, end) in &items {
-                if open.as_ref().is_none_or(|(t, _)| *t != table) {
-                    drop(open.take());
-                    open = Some((table, txn.open_table(definition(table)).map_err(|e| error(&e))?));
-                }
-                let (_, handle) = open.as_mut().expect("opened above");
-                handle
-                    .insert(&bytes[start..key_end], &bytes[key_end..end])
-                    .map_err(|e| error(&e))?;
+            let mut start_of_run = 0;
+            while start_of_run < items.len() {
+                // The items of one table, which a snapshot holds one after another.
+                let table = items[start_of_run].0;
+                let run_length = items[start_of_run..]
+                    .iter()
+                    .take_while(|(t, ..)| *t == table)
+                    .count();
+                let run = &items[start_of_run..start_of_run + run_length];
+                let mut handle: BytesTableMut<'_> =
+                    txn.open_table(definition(table)).map_err(|e| error(&e))?;
+                append_in_order(&mut handle, table, &bytes, run).map_err(|e| match e {
+                    Appended::OutOfOrder { table, key } => StateMachineError::Corrupt {
+                        location: path.display().to_string(),
+                        reason: format!(
+                            "the snapshot's {} table holds key {} out of order (not greater than \
+                             the key before it)",
+                            table.name(),
+                            hex_prefix(key)
+                        ),
+                    },
+                    Appended::Backend(message) => corrupt_or_backend(&path, message),
+                })?;
+                start_of_run += run_length;
             }
         }
         self.bytes = bytes;
@@ -172,6 +186,60 @@ impl FreshInstall {
             txn.commit().map_err(|e| error(&e))?;
         }
         Ok(())
+    }
+}
+
+/// Why a run of items could not be appended.
+enum Appended<'a> {
+    /// A key not strictly greater than the one before it in its table (this run's or an earlier
+    /// transaction's): a snapshot is written in key order, so this one is damaged or not ours.
+    OutOfOrder {
+        table: Table,
+        key: &'a [u8],
+    },
+    Backend(String),
+}
+
+/// Appends `run` (items of `table` in ascending key order, all greater than the table's keys so far)
+/// at the table's end through a cursor.
+///
+/// **Why a cursor, not `insert`**: each `insert` descends the B-tree from its root, and a leaf that
+/// fills is split in half, so an ascending load leaves its leaves half full and touches each twice. A
+/// cursor at the table's end buffers the run and writes packed leaves into the gap (redb's bulk path for
+/// sorted data, redb 4.2's changelog: "around 3x faster"). It also refuses a key that is not greater than
+/// the one before it instead of overwriting, so a snapshot out of order is named, never half merged.
+fn append_in_order<'a>(
+    handle: &mut BytesTableMut<'_>,
+    table: Table,
+    bytes: &'a [u8],
+    run: &[(Table, usize, usize, usize)],
+) -> Result<(), Appended<'a>> {
+    let mut cursor = handle
+        .upper_bound_mut(std::ops::Bound::<&[u8]>::Unbounded)
+        .map_err(|e| Appended::Backend(e.to_string()))?;
+    for &(item_table, start, key_end, end) in run {
+        debug_assert_eq!(item_table, table, "a run holds one table's items");
+        let key = &bytes[start..key_end];
+        match cursor.insert_before(key, &bytes[key_end..end]) {
+            Ok(()) => {}
+            Err(redb::CursorError::UnorderedKey) => {
+                return Err(Appended::OutOfOrder { table, key });
+            }
+            Err(e) => return Err(Appended::Backend(e.to_string())),
+        }
+    }
+    // Only `close` reports a failure to write what the cursor buffered (dropping it would poison the
+    // transaction instead, so the loss could not be committed either).
+    cursor.close().map_err(|e| Appended::Backend(e.to_string()))
+}
+
+/// The first bytes of a key in hex, for an error message.
+fn hex_prefix(key: &[u8]) -> String {
+    let shown: String = key.iter().take(32).map(|b| format!("{b:02x}")).collect();
+    if key.len() > 32 {
+        format!("{shown}… ({} bytes)", key.len())
+    } else {
+        shown
     }
 }
 
