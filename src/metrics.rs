@@ -57,6 +57,8 @@ pub struct Metrics {
     pub repair_steps: Family<GroupLabel, Counter>,
     /// Replicas this node deleted after their group committed a membership without it.
     pub replicas_purged: Family<GroupLabel, Counter>,
+    /// Client sessions the groups led here forgot, idle past their bound (`raft::session_clock`).
+    pub sessions_expired: Family<GroupLabel, Counter>,
     /// Elections this node started because its leader fell silent past its lease (`raft::prompt_election`).
     pub elections_prompted: Family<GroupLabel, Counter>,
     /// 1 while a group this node leads has members down and no replacement inside its jurisdiction.
@@ -212,6 +214,12 @@ impl Metrics {
             "Replicas this node deleted once their group's leader showed a committed membership without it",
             replicas_purged.clone(),
         );
+        let sessions_expired = Family::<GroupLabel, Counter>::default();
+        registry.register(
+            "sessions_expired",
+            "Client sessions the groups led here dropped from their dedup tables, idle past the bound",
+            sessions_expired.clone(),
+        );
         let elections_prompted = Family::<GroupLabel, Counter>::default();
         registry.register(
             "elections_prompted",
@@ -315,6 +323,7 @@ impl Metrics {
             repair_steps,
             admin_requests_refused,
             replicas_purged,
+            sessions_expired,
             elections_prompted,
             under_replicated,
             has_leader,

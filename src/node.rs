@@ -35,6 +35,7 @@ use raft::quic::{Handler, LateHandler, QuicConfig, QuicNode};
 use raft::repair::{Repair, Repairer};
 use raft::routing::Router;
 use raft::service::NodeService;
+use raft::session_clock::SessionClock;
 use raft::stores::DiskStores;
 
 use crate::metrics::{GroupLabel, Metrics, OpLabel};
@@ -74,6 +75,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<ExitCode> {
     let prompts = tokio::spawn(prompt_elections(node.clone()));
     let names = tokio::spawn(follow_peer_names(node.clone()));
     let round_trips = tokio::spawn(crate::round_trip_watch::watch(node.clone()));
+    let session_clock = tokio::spawn(tick_session_clocks(node.clone()));
     let incidents = crate::incident_sink::spawn(&node);
     tracing::info!(node = %node.config.node, listen = %node.config.listen, admin = %node.config.admin, "node started");
     wait_for_stop_signal().await?;
@@ -87,6 +89,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<ExitCode> {
     prompts.abort();
     names.abort();
     round_trips.abort();
+    session_clock.abort();
     if let Some(incidents) = incidents {
         incidents.abort();
     }
@@ -139,6 +142,42 @@ async fn prompt_elections(node: Arc<Node>) {
                     jurisdiction: policy.jurisdiction.name().to_string(),
                 };
                 node.metrics.elections_prompted.get_or_create(&label).inc();
+            }
+        }
+    }
+}
+
+/// Every second, each group this node leads whose session clock is due a tick is sent one, which expires
+/// the client sessions idle past their bound on every replica alike (`raft::session_clock`).
+async fn tick_session_clocks(node: Arc<Node>) {
+    let every = node.config.raft.session_tick_ms;
+    if every == 0 {
+        return;
+    }
+    let clock = SessionClock::<TokioConfig>::new(Duration::from_millis(every));
+    loop {
+        tokio::time::sleep(Duration::from_millis(every.min(1000))).await;
+        for (group, ticked) in clock.round(&node.host).await {
+            match ticked {
+                Ok(storage::Response::SessionClock { clock, expired }) => {
+                    if expired > 0 {
+                        tracing::info!(%group, clock, expired, "idle client sessions expired");
+                    }
+                    if let Some(policy) = node.file.policies.get(&group) {
+                        let label = GroupLabel {
+                            group: group.0.clone(),
+                            jurisdiction: policy.jurisdiction.name().to_string(),
+                        };
+                        node.metrics
+                            .sessions_expired
+                            .get_or_create(&label)
+                            .inc_by(expired);
+                    }
+                }
+                Ok(other) => tracing::warn!(%group, ?other, "a session tick answered something else"),
+                Err(error) => {
+                    tracing::debug!(%group, %error, "session tick not applied; the next period retries")
+                }
             }
         }
     }

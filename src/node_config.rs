@@ -145,6 +145,10 @@ pub struct RaftTuning {
     /// no leader or have not heard from one for this long), and purges those the group's leader shows a
     /// committed membership leaves out (0: never; see `raft::purge`).
     pub purge_check_ms: u64,
+    /// The period of the session clock the groups led here tick (`raft::session_clock`): client sessions
+    /// idle for `storage::apply::SESSION_IDLE_TICKS_MAX` ticks are forgotten (0: never tick; the dedup
+    /// tables then only grow).
+    pub session_tick_ms: u64,
     /// Whether a follower whose leader fell silent campaigns once the leader's lease has run out, in an
     /// order the voters share, rather than after a random election timeout more (`raft::prompt_election`).
     pub prompt_elections: bool,
@@ -163,6 +167,7 @@ impl Default for RaftTuning {
             election_timeout_max_ms: 1000,
             repair_down_after_ms: 5000,
             purge_check_ms: 10_000,
+            session_tick_ms: raft::session_clock::SESSION_TICK_EVERY.as_millis() as u64,
             prompt_elections: true,
             snapshot_every_entries: raft::config::SNAPSHOT_EVERY_ENTRIES,
             log_kept_behind_snapshot_entries: raft::config::LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES,

@@ -36,6 +36,7 @@ pub mod repair;
 pub mod residency;
 pub mod routing;
 pub mod service;
+pub mod session_clock;
 pub mod sim;
 pub mod stores;
 pub mod transport;

@@ -44,16 +44,22 @@ pub const META_INCOMING: &[u8] = b"incoming";
 /// bring (see [`transfer`]).
 pub const META_REVISION_OFFSET: &[u8] = b"revision_offset";
 
+mod session_expiry;
 mod sessions;
 mod transfer;
+pub use session_expiry::{
+    META_SESSION_CLOCK, META_SESSION_SWEEP, SESSION_IDLE_TICKS_MAX, SWEEP_SESSIONS_MAX,
+};
 pub use sessions::{SessionBatch, read_sessions};
 pub use transfer::{RangeBatch, RangeDigest, range_digest, read_incoming, read_range};
 
-/// What the dedup table remembers per client.
+/// What the dedup table remembers per client session: its last write's sequence and response, and the
+/// tick of the group's session clock it was last written at (`session_expiry`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct DedupEntry {
     sequence: u64,
     response: Response,
+    active_tick: u64,
 }
 
 /// Encoded record key; a user's prefix is a byte prefix of each of its keys (length-prefixed
@@ -179,7 +185,8 @@ fn user_of(command: &Command) -> Option<(&str, &str)> {
         | Command::Depart(_)
         | Command::Purge { .. }
         | Command::CancelIncoming { .. }
-        | Command::MergeSessions { .. } => None,
+        | Command::MergeSessions { .. }
+        | Command::SessionTick => None,
     }
 }
 
@@ -199,6 +206,8 @@ pub struct Applier<'v, V: BackendView> {
     ownership: Option<Option<Ownership>>,
     /// The revision offset, read once per batch on first need.
     revision_offset: Option<u64>,
+    /// The session clock, read once per batch on first need (a tick in the batch updates it).
+    session_clock: Option<u64>,
 }
 
 impl<'v, V: BackendView> Applier<'v, V> {
@@ -208,6 +217,7 @@ impl<'v, V: BackendView> Applier<'v, V> {
             batch: WriteBatch::default(),
             ownership: None,
             revision_offset: None,
+            session_clock: None,
         }
     }
 
@@ -257,7 +267,7 @@ impl<'v, V: BackendView> Applier<'v, V> {
         };
         let dedup_key = write.client_id.to_be_bytes().to_vec();
         if let Some(sealed) = self.get(Table::Dedup, &dedup_key)? {
-            let last: DedupEntry = unseal(Table::Dedup, &dedup_key, &sealed)?;
+            let last = session_expiry::unseal_dedup(&dedup_key, &sealed)?;
             if last.sequence == write.sequence {
                 return Ok(last.response); // a retry: answer as the first time, change nothing
             }
@@ -283,6 +293,7 @@ impl<'v, V: BackendView> Applier<'v, V> {
         let entry = DedupEntry {
             sequence: write.sequence,
             response: response.clone(),
+            active_tick: self.session_clock()?,
         };
         let sealed = seal(&dedup_key, &entry)?;
         self.put(Table::Dedup, dedup_key, sealed);
@@ -371,6 +382,7 @@ impl<'v, V: BackendView> Applier<'v, V> {
                 epoch,
                 sessions,
             } => self.merge_sessions(jurisdiction, *epoch, sessions),
+            Command::SessionTick => self.tick_session_clock(),
         }
     }
 
@@ -566,7 +578,8 @@ fn validate(command: &Command) -> Option<CommandError> {
         | Command::Depart(_)
         | Command::Purge { .. }
         | Command::CancelIncoming { .. }
-        | Command::MergeSessions { .. } => None,
+        | Command::MergeSessions { .. }
+        | Command::SessionTick => None,
     };
     if let Some((a, b, c)) = key
         && let Some(bytes) = [a.len(), b.len(), c.len()]

@@ -119,6 +119,12 @@ pub enum Command {
         epoch: u64,
         sessions: Vec<CopiedSession>,
     },
+    /// One tick of the group's session clock, proposed by its leader once per
+    /// `raft::session_clock::SESSION_TICK_EVERY` it has led: the clock advances by one, and a bounded
+    /// sweep of the dedup table drops the sessions idle for more than
+    /// [`crate::apply::SESSION_IDLE_TICKS_MAX`] ticks (`crate::apply::session_expiry`). It carries no
+    /// time: every replica applies the same count, and a leader counts only time it has led.
+    SessionTick,
 }
 
 /// Bound on the records of one [`Command::CopyIn`].
@@ -213,7 +219,8 @@ impl Command {
             | Command::Depart(_)
             | Command::Purge { .. }
             | Command::CancelIncoming { .. }
-            | Command::MergeSessions { .. } => None,
+            | Command::MergeSessions { .. }
+            | Command::SessionTick => None,
         }
     }
 }
@@ -291,6 +298,7 @@ impl fmt::Display for Command {
                 "merge {} client sessions of {jurisdiction}'s loser for epoch {epoch}",
                 sessions.len()
             ),
+            Command::SessionTick => write!(f, "tick the session clock"),
         }
     }
 }
@@ -335,6 +343,11 @@ pub enum Response {
     /// this group's).
     SessionsMerged {
         taken: u64,
+    },
+    /// A `SessionTick` moved the session clock to `clock` and dropped `expired` idle sessions.
+    SessionClock {
+        clock: u64,
+        expired: u64,
     },
 }
 

@@ -66,7 +66,7 @@ pub fn read_sessions(
             batch.more = true;
             return Ok(false);
         }
-        let entry: DedupEntry = unseal(Table::Dedup, key, sealed)?;
+        let entry = super::session_expiry::unseal_dedup(key, sealed)?;
         batch.sessions.push(CopiedSession {
             client_id: client_of(key)?,
             sequence: entry.sequence,
@@ -108,15 +108,18 @@ impl<V: BackendView> Applier<'_, V> {
             let take = match self.get(Table::Dedup, &key)? {
                 None => true,
                 Some(sealed) => {
-                    let ours: DedupEntry = unseal(Table::Dedup, &key, &sealed)?;
+                    let ours = super::session_expiry::unseal_dedup(&key, &sealed)?;
                     copied.sequence > ours.sequence
                         || (copied.sequence == ours.sequence && not_owned(&ours.response))
                 }
             };
             if take {
+                // Active now by this group's clock: the loser's ticks are its own, not comparable with
+                // ours, and a session taken over must not expire before its retries can no longer come.
                 let entry = DedupEntry {
                     sequence: copied.sequence,
                     response: copied.response.clone(),
+                    active_tick: self.session_clock()?,
                 };
                 let sealed = seal(&key, &entry)?;
                 self.put(Table::Dedup, key, sealed);
