@@ -13,7 +13,9 @@
 # this many writes a second on a fixed schedule, latency counted from when each was due), BASELINE_S (20),
 # BENCH_DIR (where the cluster's data goes; must not be tmpfs), RESULTS (target/volume-bench), TIME_LIMIT
 # (seconds for the whole run, 7200), COPIES (`placement apply --copies`: one-at-a-time or side-by-side;
-# apply's default unless set), KEEP_LOGS (1: the nodes' and apply's logs are kept beside the report). Every process is stopped by pid on exit (the program's own guards),
+# apply's default unless set), KEEP_LOGS (1: the nodes' and apply's logs are kept beside the report),
+# DOMICILE_BIN (another build of the node and CLI to run, for a before/after comparison; this checkout's
+# release build by default). Every process is stopped by pid on exit (the program's own guards),
 # and the whole run by timeout(1).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -40,7 +42,7 @@ echo "== $(date -u '+%F %T UTC'), $(nproc) cores ($(grep -m1 'model name' /proc/
 echo "== records $RECORDS x $VALUE_BYTES B, data in $WORK" >&2
 if [ -n "${LIVE_RATE:-}" ]; then LIVE=(--live-rate "$LIVE_RATE"); else LIVE=(--live-writers "${LIVE_WRITERS:-8}"); fi
 timeout --kill-after=30 "$TIME_LIMIT" "$TARGET_DIR/release/volume-bench" \
-    --domicile "$TARGET_DIR/release/domicile" \
+    --domicile "${DOMICILE_BIN:-$TARGET_DIR/release/domicile}" \
     --dir "$WORK/cluster" \
     --records "$RECORDS" \
     --value-bytes "$VALUE_BYTES" \

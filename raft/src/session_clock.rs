@@ -7,7 +7,9 @@
 //! its first tick a whole period after it was first seen leading in its term, and each next one a period
 //! after the last, one at a time; a leader deposed unawares can commit nothing after its successor's
 //! election. Ticks a leader missed (a proposal that failed, a group without a leader) are not made up,
-//! so sessions only ever expire later than the period times the ticks say.
+//! so sessions expire later than the period times the ticks say, with one exception: a monotonic clock
+//! that leaps forward (a paused or migrated VM) brings that leader's next tick forward by at most one
+//! period, which an idle bound of 60 periods against call deadlines of seconds absorbs many times over.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

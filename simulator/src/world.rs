@@ -25,6 +25,8 @@ use raft::host::{GroupStatus, Host};
 use raft::identity::NodeIdentity;
 use raft::prompt_election::{ElectionPrompter, PROMPT_EVERY};
 use raft::routing::group_number;
+use raft::session_clock::SessionClock;
+use storage::Response;
 
 use crate::bulk::Bulk;
 use crate::checkers::{Checks, Observer, ReplicaView};
@@ -35,6 +37,13 @@ use crate::prng::Prng;
 use crate::stores::{DurableBackends, SimStores, StoresHandle, SyncLatency};
 use crate::timeline::{EventKind, Fault, Timeline};
 use crate::trace::Trace;
+
+/// The simulated nodes' session-clock period: a quarter of a second, so a session idle for its 60 ticks
+/// (15 s) expires within a run, while a call's retries end at its 2-s deadline (`crate::workload`).
+const SESSION_TICK_EVERY: Duration = Duration::from_millis(250);
+/// The session clock's round runs every this many election-prompt rounds (100 ms): its leader checks
+/// read each group's metrics, and a tick is due only every [`SESSION_TICK_EVERY`] anyway.
+const SESSION_ROUND_EVERY_PROMPTS: u64 = 5;
 
 /// Planted bugs the checkers must catch (only with the `canaries` feature).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -512,7 +521,7 @@ impl World {
                 .map_err(|error| format!("{node} opening {group}: {error}"))?;
         }
         self.network.attach(node, host.clone());
-        self.spawn_election_prompts(node, &host);
+        self.spawn_node_rounds(node, &host);
         if let Some(slot) = self.nodes().get_mut(&node) {
             slot.running = Some(Running { host, stores: handle });
         }
@@ -524,15 +533,18 @@ impl World {
         Ok(())
     }
 
-    /// The election prompts `node`'s incarnation `host` runs, as the node binary does
-    /// (`raft::prompt_election`), on the node's clock, until the incarnation stops or the run ends.
-    fn spawn_election_prompts(&self, node: NodeId, host: &Arc<SimHost>) {
+    /// The rounds `node`'s incarnation `host` runs, as the node binary does, on the node's clock, until
+    /// the incarnation stops or the run ends: election prompts (`raft::prompt_election`) every
+    /// [`PROMPT_EVERY`], and the session clock of the groups it leads (`raft::session_clock`), ticked every
+    /// [`SESSION_TICK_EVERY`] so that the sessions of retired clients expire within a run.
+    fn spawn_node_rounds(&self, node: NodeId, host: &Arc<SimHost>) {
         let world = self.clone();
         let incarnation = Arc::downgrade(host);
         drop(<openraft_rt_sim::SimRuntime as openraft::AsyncRuntime>::spawn(
             crate::clock::on_node(node.0, async move {
                 let prompter = ElectionPrompter::<SimConfig>::default();
-                loop {
+                let session_clock = SessionClock::<SimConfig>::new(SESSION_TICK_EVERY);
+                for round in 0u64.. {
                     <crate::clock::NodeClockRuntime as openraft::AsyncRuntime>::sleep(PROMPT_EVERY).await;
                     let Some(host) = incarnation.upgrade() else {
                         return;
@@ -547,6 +559,17 @@ impl World {
                         world.log(format!(
                             "{node} campaigns for {group}: leader {silent} silent past its lease"
                         ));
+                    }
+                    if round % SESSION_ROUND_EVERY_PROMPTS == 0 {
+                        for (group, ticked) in session_clock.round(&host).await {
+                            if let Ok(Response::SessionClock { clock, expired }) = ticked
+                                && expired > 0
+                            {
+                                world.log(format!(
+                                    "{node} ticked {group}'s session clock to {clock}: {expired} idle sessions expired"
+                                ));
+                            }
+                        }
                     }
                 }
             }),
