@@ -154,6 +154,15 @@ async fn tick_session_clocks(node: Arc<Node>) {
     if every == 0 {
         return;
     }
+    let idle_max = Duration::from_millis(every) * storage::apply::SESSION_IDLE_TICKS_MAX as u32;
+    if idle_max < Duration::from_secs(600) {
+        // Safe only while no client retries a write for longer than this (tests shorten it on purpose).
+        tracing::warn!(
+            session_tick_ms = every,
+            idle_max_s = idle_max.as_secs_f64(),
+            "client sessions expire after less than ten minutes idle: a write retried for longer would be applied again"
+        );
+    }
     let clock = SessionClock::<TokioConfig>::new(Duration::from_millis(every));
     loop {
         tokio::time::sleep(Duration::from_millis(every.min(1000))).await;

@@ -25,15 +25,22 @@ fn put(client_id: u64, sequence: u64) -> Command {
     }
 }
 
+/// A cluster whose `users-eea` group runs on nodes 1–3, with one write of client 70 applied.
+async fn eea_group_written_by_client_70() -> (common::Cluster, placement::GroupId) {
+    let cluster = cluster().await;
+    cluster.create("users-eea", &NODES).await;
+    cluster.write("users-eea", &NODES, put(70, 1)).await.unwrap();
+    (cluster, group("users-eea"))
+}
+
+const NODES: [u64; 3] = [1, 2, 3];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_ticks_the_session_clock_and_idle_sessions_are_forgotten() {
     let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
-    let cluster = cluster().await;
-    let eea = group("users-eea");
-    cluster.create("users-eea", &[1, 2, 3]).await;
-    let nodes = [1, 2, 3];
-    // Client 70 writes once and goes idle; client 80 keeps writing.
-    cluster.write("users-eea", &nodes, put(70, 1)).await.unwrap();
+    // Client 70 has written once and goes idle; client 80 keeps writing.
+    let (cluster, eea) = eea_group_written_by_client_70().await;
+    let nodes = NODES;
     let mut active_sequence = 1;
     cluster
         .write("users-eea", &nodes, put(80, active_sequence))
@@ -122,11 +129,8 @@ async fn the_leader_ticks_the_session_clock_and_idle_sessions_are_forgotten() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_only_just_leads_proposes_no_tick() {
     let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
-    let cluster = cluster().await;
-    let eea = group("users-eea");
-    cluster.create("users-eea", &[1, 2, 3]).await;
-    let nodes = [1, 2, 3];
-    cluster.write("users-eea", &nodes, put(70, 1)).await.unwrap();
+    let (cluster, eea) = eea_group_written_by_client_70().await;
+    let nodes = NODES;
     let leader = cluster
         .leader("users-eea", &nodes, Duration::from_secs(5))
         .await

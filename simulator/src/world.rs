@@ -40,9 +40,9 @@ use crate::trace::Trace;
 
 /// The simulated nodes' session-clock period: a quarter of a second, so a session idle for its 60 ticks
 /// (15 s) expires within a run, while a call's retries end at its 2-s deadline (`crate::workload`).
-const SESSION_TICK_EVERY: Duration = Duration::from_millis(250);
+const SESSION_TICK_EVERY_SIMULATED: Duration = Duration::from_millis(250);
 /// The session clock's round runs every this many election-prompt rounds (100 ms): its leader checks
-/// read each group's metrics, and a tick is due only every [`SESSION_TICK_EVERY`] anyway.
+/// read each group's metrics, and a tick is due only every [`SESSION_TICK_EVERY_SIMULATED`] anyway.
 const SESSION_ROUND_EVERY_PROMPTS: u64 = 5;
 
 /// Planted bugs the checkers must catch (only with the `canaries` feature).
@@ -536,14 +536,14 @@ impl World {
     /// The rounds `node`'s incarnation `host` runs, as the node binary does, on the node's clock, until
     /// the incarnation stops or the run ends: election prompts (`raft::prompt_election`) every
     /// [`PROMPT_EVERY`], and the session clock of the groups it leads (`raft::session_clock`), ticked every
-    /// [`SESSION_TICK_EVERY`] so that the sessions of retired clients expire within a run.
+    /// [`SESSION_TICK_EVERY_SIMULATED`] so that the sessions of retired clients expire within a run.
     fn spawn_node_rounds(&self, node: NodeId, host: &Arc<SimHost>) {
         let world = self.clone();
         let incarnation = Arc::downgrade(host);
         drop(<openraft_rt_sim::SimRuntime as openraft::AsyncRuntime>::spawn(
             crate::clock::on_node(node.0, async move {
                 let prompter = ElectionPrompter::<SimConfig>::default();
-                let session_clock = SessionClock::<SimConfig>::new(SESSION_TICK_EVERY);
+                let session_clock = SessionClock::<SimConfig>::new(SESSION_TICK_EVERY_SIMULATED);
                 for round in 0u64.. {
                     <crate::clock::NodeClockRuntime as openraft::AsyncRuntime>::sleep(PROMPT_EVERY).await;
                     let Some(host) = incarnation.upgrade() else {
