@@ -70,7 +70,8 @@ fuzz_target!(|data: &[u8]| {
             | Command::Depart(_)
             | Command::Purge { .. }
             | Command::CancelIncoming { .. }
-            | Command::MergeSessions { .. } => {}
+            | Command::MergeSessions { .. }
+            | Command::SessionTick => {}
         }
         match applier.apply(first_index.saturating_add(index as u64), &command) {
             Ok(response) => assert_round_trip::<Response>(&response),

@@ -203,11 +203,12 @@ enum Appended<'a> {
 /// Appends `run` (items of `table` in ascending key order, all greater than the table's keys so far)
 /// at the table's end through a cursor.
 ///
-/// **Why a cursor, not `insert`**: each `insert` descends the B-tree from its root, and a leaf that
-/// fills is split in half, so an ascending load leaves its leaves half full and touches each twice. A
-/// cursor at the table's end buffers the run and writes packed leaves into the gap (redb's bulk path for
-/// sorted data, redb 4.2's changelog: "around 3x faster"). It also refuses a key that is not greater than
-/// the one before it instead of overwriting, so a snapshot out of order is named, never half merged.
+/// **Why a cursor, not `insert`**: each `insert` descends the B-tree from its root for its one item; a
+/// cursor stays at the table's end, buffers the run and splices it into the tree a leaf's worth at a time
+/// (redb's bulk path for sorted data, since 4.2). Measured: about 40 % less CPU and 16 % fewer bytes
+/// written for the same file (docs/storage.md, "Appended, not inserted"). It also refuses a key that is
+/// not greater than the one before it instead of overwriting, so a snapshot out of order is named, never
+/// half merged.
 fn append_in_order<'a>(
     handle: &mut BytesTableMut<'_>,
     table: Table,
