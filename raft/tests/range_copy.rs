@@ -127,11 +127,16 @@ async fn preload(
 ) -> BTreeMap<String, u64> {
     let leaders = leaders(cluster);
     let mut revisions = BTreeMap::new();
-    // Thirty-two writes in flight at a time: their entries share commits.
+    // Thirty-two writes in flight at a time: their entries share commits. Each of the 32 is a session of
+    // its own (`client_id` and its slot): a session's writes go one at a time, and two in flight in one
+    // session could reach the log in either order, the later sequence first (then the earlier one is
+    // refused as stale).
     let numbered: Vec<(usize, &String)> = users.iter().enumerate().collect();
     for chunk in numbered.chunks(32) {
         let writes = chunk.iter().map(|(n, user)| {
-            let command = put(user, &format!("{user}@{tag}"), client_id, *n as u64 + 1);
+            let session = client_id * 1_000 + (*n % 32) as u64;
+            let sequence = (*n / 32) as u64 + 1;
+            let command = put(user, &format!("{user}@{tag}"), session, sequence);
             let leaders = &leaders;
             async move {
                 (
@@ -303,7 +308,7 @@ async fn a_range_with_records_moves_while_a_writer_writes_and_every_acknowledged
         events
             .iter()
             .any(|event| matches!(event, Progress::Sessions { carried, .. } if *carried >= 3)),
-        "the sessions of clients 1, 2 and 77 carried: {events:?}"
+        "the sessions of the preloads (clients 1,000 on and 2,000 on) and of client 77 carried: {events:?}"
     );
 
     // Every acknowledged write, and every record written before, at the new group; the staying ones at
