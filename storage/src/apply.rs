@@ -598,6 +598,20 @@ fn validate(command: &Command) -> Option<CommandError> {
     }
 }
 
+/// Every item of every table a view holds, in table and key order (tests comparing whole stores).
+#[cfg(test)]
+pub(crate) fn every_item(view: &impl BackendView) -> Vec<(Table, Vec<u8>, Vec<u8>)> {
+    let mut all = Vec::new();
+    for table in Table::ALL {
+        view.scan_prefix(table, &[], &mut |key, value| {
+            all.push((table, key.to_vec(), value.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+    }
+    all
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1026,20 +1040,7 @@ mod tests {
                 },
             })
             .collect();
-        let dump = |backend: &MemBackend| {
-            let mut all = Vec::new();
-            for table in Table::ALL {
-                backend
-                    .view()
-                    .unwrap()
-                    .scan_prefix(table, &[], &mut |k, v| {
-                        all.push((table, k.to_vec(), v.to_vec()));
-                        Ok(())
-                    })
-                    .unwrap();
-            }
-            all
-        };
+        let dump = |backend: &MemBackend| every_item(&backend.view().unwrap());
         let (mut a, mut b) = (MemBackend::new(), MemBackend::new());
         assert_eq!(run(&mut a, &commands), run(&mut b, &commands));
         assert_eq!(dump(&a), dump(&b));

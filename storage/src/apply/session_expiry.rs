@@ -273,18 +273,7 @@ mod tests {
         for per_batch in [1, 7, log.len()] {
             let mut backend = MemBackend::new();
             let responses = apply_in_batches(&mut backend, 1, &log, per_batch);
-            let mut tables = Vec::new();
-            for table in Table::ALL {
-                backend
-                    .view()
-                    .unwrap()
-                    .scan_prefix(table, &[], &mut |key, value| {
-                        tables.push((table, key.to_vec(), value.to_vec()));
-                        Ok(())
-                    })
-                    .unwrap();
-            }
-            outcomes.push((responses, tables));
+            outcomes.push((responses, super::super::every_item(&backend.view().unwrap())));
         }
         let expired: u64 = outcomes[0]
             .0
