@@ -671,6 +671,18 @@ mod tests {
         snapshot::build(&backend.view().unwrap(), header).unwrap()
     }
 
+    /// A store in `dir` holding one record, `old`, whose value is `value`.
+    fn holding_one_old_record(dir: &Path, value: &[u8]) -> RedbBackend {
+        let mut backend = RedbBackend::open(dir).unwrap();
+        let mut batch = WriteBatch::default();
+        batch.changes.insert(
+            (Table::Records, b"old".to_vec()),
+            Some(codec::seal(b"old", value).unwrap()),
+        );
+        backend.commit(batch).unwrap();
+        backend
+    }
+
     /// The records the backend holds, counted by a scan, and checked against the count redb keeps.
     fn records(backend: &RedbBackend) -> usize {
         let mut count = 0;
@@ -838,13 +850,7 @@ mod tests {
     #[test]
     fn a_snapshot_not_received_here_is_installed_from_its_file_in_many_transactions() {
         let dir = tempfile::tempdir().unwrap();
-        let mut backend = RedbBackend::open(dir.path()).unwrap();
-        let mut batch = WriteBatch::default();
-        batch.changes.insert(
-            (Table::Records, b"old".to_vec()),
-            Some(codec::seal(b"old", b"gone after the install").unwrap()),
-        );
-        backend.commit(batch).unwrap();
+        let mut backend = holding_one_old_record(dir.path(), b"gone after the install");
         // 20,000 values of 2,000 bytes: about 40 MB, several of the install's transactions.
         let data = source(20_000);
         backend.install_snapshot(&data).unwrap();
@@ -893,13 +899,7 @@ mod tests {
     #[test]
     fn a_snapshot_whose_keys_are_out_of_order_is_refused_by_name_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut backend = RedbBackend::open(dir.path()).unwrap();
-        let mut batch = WriteBatch::default();
-        batch.changes.insert(
-            (Table::Records, b"old".to_vec()),
-            Some(codec::seal(b"old", b"still here after the refusal").unwrap()),
-        );
-        backend.commit(batch).unwrap();
+        let mut backend = holding_one_old_record(dir.path(), b"still here after the refusal");
         // In order for 9,000 items (past the first transaction), then one key that goes back.
         let mut items: Vec<(Vec<u8>, Vec<u8>)> = (0..9_000)
             .map(|i| {
