@@ -256,6 +256,22 @@ pub fn group_round_trip_ms(
         .unwrap_or(0)
 }
 
+/// How a linearizable read (or barrier) is confirmed on a group's leader: a ReadIndex round — a heartbeat
+/// sent after the read began and acknowledged by a quorum — waited for up to two leases
+/// (`election_timeout_max` each), not openraft's default of one.
+///
+/// **Why two.** A leader under load (a snapshot build, a migration's copy, a debug build on two shared
+/// cores) can take longer than one lease to gather a quorum's acknowledgements while it is still the
+/// leader; with one lease the read failed with "not enough for a quorum", and its caller (the admin API,
+/// a range copy's reads, a test) had to ask again. Waiting longer changes no answer: the round still
+/// needs an acknowledgement sent after the read began, so a deposed leader can never confirm one. It only
+/// delays that failure, by one lease, for a leader cut off from its quorum — and a follower that is not
+/// leader is answered at once (forward to the leader), as before.
+pub fn read_index(config: &openraft::Config) -> openraft::LinearizerOption {
+    let lease = std::time::Duration::from_millis(config.election_timeout_max);
+    openraft::LinearizerOption::from(openraft::ReadPolicy::ReadIndex).with_wait_timeout(lease * 2)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,7 +29,7 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use openraft::type_config::TypeConfigExt;
 use openraft::vote::{RaftLeaderId, RaftVote};
-use openraft::{ChangeMembers, Raft, ReadPolicy, Snapshot};
+use openraft::{ChangeMembers, Raft, Snapshot};
 use placement::{FencedMembership, GroupId, GroupPolicy, Membership, NodeId, Refusal, Step, Topology};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -39,7 +39,7 @@ use storage::state_machine::StateMachine;
 use storage::{Command, CommandError, Record, RecordKey, Response, codec};
 
 use crate::audit::{AuditSink, Event, NoAudit, Observation, change_event, describe_step, members};
-use crate::config::{GroupConfig, RoundTrips, covering_round_trip, group_round_trip_ms};
+use crate::config::{GroupConfig, RoundTrips, covering_round_trip, group_round_trip_ms, read_index};
 use crate::fault::Isolation;
 use crate::identity::NodeIdentity;
 use crate::message::{SNAPSHOT_CHUNKS_IN_FLIGHT, SnapshotChunkRef, SnapshotsSent};
@@ -537,7 +537,11 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
         if leader != Some(self.me.node.0) {
             return failed(format!("not the leader; the leader is {leader:?}"));
         }
-        if let Err(error) = replica.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+        if let Err(error) = replica
+            .raft
+            .ensure_linearizable(read_index(replica.raft.config()))
+            .await
+        {
             return failed(error.to_string());
         }
         let metrics = replica.raft.metrics().borrow_watched().clone();
@@ -973,7 +977,7 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
         if consistency == ReadConsistency::Linearizable {
             replica
                 .raft
-                .ensure_linearizable(ReadPolicy::ReadIndex)
+                .ensure_linearizable(read_index(replica.raft.config()))
                 .await
                 .map_err(|error| match error.forward_to_leader() {
                     Some(forward) => HostError::NotLeader {
@@ -1036,9 +1040,10 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
     /// A linearizable barrier on the group's leader: after it, this replica has applied every entry
     /// committed before the call began (`NotLeader` on a follower).
     async fn barrier(&self, group: &GroupId) -> Result<(), HostError> {
-        self.group(group)?
+        let replica = self.group(group)?;
+        replica
             .raft
-            .ensure_linearizable(ReadPolicy::ReadIndex)
+            .ensure_linearizable(read_index(replica.raft.config()))
             .await
             .map(|_| ())
             .map_err(|error| match error.forward_to_leader() {
