@@ -610,13 +610,23 @@ async fn a_follower_is_prompted_to_campaign_once_its_dead_leaders_lease_has_run_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_is_heard_is_never_challenged_by_a_prompt() {
     let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
-    let cluster = cluster().await;
+    // The premise is a leader that *is* heard: heartbeats every 50 ms against a 3-s lease, so that a
+    // debug build on two loaded cores cannot miss a whole lease of them (with the 600-ms lease of the
+    // other tests it did once in CI: a gap of 650 ms is a real silence, and a prompt then is right). A
+    // prompt that ignored the silence, or measured it from anything but the last heartbeat, still fires
+    // within these 3 s of rounds every 20 ms, and fails the test.
+    let config = openraft::Config {
+        election_timeout_min: 2_500,
+        election_timeout_max: 3_000,
+        ..(*common::raft_config()).clone()
+    };
+    let cluster = common::cluster_with(common::TOPOLOGY, std::sync::Arc::new(config)).await;
     let eea = group("users-eea");
     cluster.create("users-eea", &[1, 2, 3]).await;
     let leader = cluster.write("users-eea", &[1, 2, 3], put(1)).await.unwrap();
     let term = cluster.node(leader.0).host.status(&eea).unwrap().term;
 
-    // Five of the leader's leases (600 ms) of prompting on every node, with writes going on.
+    // A whole lease (3 s) of prompting on every node, with writes going on.
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (prompted, ()) = tokio::join!(prompting(&cluster, &[1, 2, 3], &stop), async {
         let give_up = tokio::time::Instant::now() + Duration::from_secs(3);
