@@ -29,9 +29,13 @@ pub async fn write_frame<T: Serialize + ?Sized>(
     value: &T,
     bytes_max: u32,
 ) -> Result<(), FrameError> {
-    let mut frame = Vec::new();
+    // Sized before it is written (a snapshot chunk is a mebibyte: grown by doubling, it was copied
+    // again at each step), then handed to quinn whole: `write_chunk` takes the buffer over, where
+    // `write_all` copied it into quinn's own.
+    let payload = codec::encoded_len(value).map_err(QuicError::Codec)?;
+    let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + payload.min(bytes_max as usize));
     codec::encode_frame(value, None::<&()>, bytes_max as usize, &mut frame).map_err(QuicError::Codec)?;
-    send.write_all(&frame)
+    send.write_chunk(bytes::Bytes::from(frame))
         .await
         .map_err(|error| FrameError::Io(error.to_string()))?;
     send.finish().map_err(|error| FrameError::Io(error.to_string()))?;
