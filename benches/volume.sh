@@ -9,7 +9,8 @@
 #   RECORDS=100000 VALUE_BYTES=1024 bash benches/volume.sh   # a smaller run
 #
 # Knobs (environment): RECORDS (1000000), VALUE_BYTES (1024), IN_FLIGHT (128 puts at a time during the
-# load), LIVE_WRITERS (8 closed-loop writers before and during the migration) or LIVE_RATE (instead,
+# load), LIVE_WRITERS (8 closed-loop writers before and during the migration; 0: none, what a copy does
+# with the machine to itself, a diagnostic that measures no latency) or LIVE_RATE (instead,
 # this many writes a second on a fixed schedule, latency counted from when each was due), BASELINE_S (20),
 # BENCH_DIR (where the cluster's data goes; must not be tmpfs), RESULTS (target/volume-bench), TIME_LIMIT
 # (seconds for the whole run, 7200), COPIES (`placement apply --copies`: one-at-a-time or side-by-side;

@@ -157,6 +157,11 @@ pub struct CopyRate {
     pub mb_per_s: f64,
     /// The group's directory on the new node just after it caught up (redb file, log, snapshot).
     pub on_disk_bytes: u64,
+    /// CPU seconds (user + system) each process spent in the copy's window, by name (`n1`..`n5`, and
+    /// `bench`: this program, the writers' client library included), from the samples nearest its ends.
+    pub cpu_s: BTreeMap<String, f64>,
+    /// All of `cpu_s` per gigabyte of `logical_bytes`: what the copy and whatever ran beside it cost.
+    pub cpu_s_per_gb: f64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -263,7 +268,10 @@ impl Report {
                 self.final_voters, self.final_leader
             ));
         }
-        if self.baseline.writes == 0 || self.during.writes == 0 {
+        // With no writers at all (`--live-writers 0`: what a copy does with the machine to itself), there
+        // is nothing to acknowledge; with writers, none acknowledged is a failure.
+        let writers = self.live_rate.is_some() || self.live_writers > 0;
+        if writers && (self.baseline.writes == 0 || self.during.writes == 0) {
             failures.push("no live write was acknowledged before or during the migration".into());
         }
         failures
@@ -325,6 +333,14 @@ impl Report {
                 copy.catch_up_s,
                 copy.mb_per_s,
                 mb(copy.on_disk_bytes)
+            ));
+            let by_process: Vec<String> = (copy.cpu_s.iter())
+                .map(|(process, seconds)| format!("{process} {seconds:.1}"))
+                .collect();
+            text.push_str(&format!(
+                "  CPU-s in its window: {} = {:.1} CPU-s/GB\n",
+                by_process.join(", "),
+                copy.cpu_s_per_gb
             ));
         }
         for snapshots in &self.snapshots {
@@ -838,17 +854,27 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         config.start_live(&clients, value_bytes, next_live.clone(), stop.clone(), deadline);
     let sampling = Arc::new(AtomicBool::new(true));
     let peak_rss: Arc<Mutex<BTreeMap<u64, u64>>> = Arc::default();
+    let cpu_samples: Arc<Mutex<Vec<CpuSample>>> = Arc::default();
     let memory_sampler = {
         let (sampling, peak_rss, pids) = (sampling.clone(), peak_rss.clone(), pids.clone());
+        let cpu_samples = cpu_samples.clone();
         std::thread::spawn(move || {
             while sampling.load(Ordering::Relaxed) {
+                let mut cpu = BTreeMap::new();
                 for (id, pid) in &pids {
                     if let Some((rss, _)) = memory_kib(*pid) {
                         let mut peaks = peak_rss.lock().unwrap();
                         let peak = peaks.entry(*id).or_default();
                         *peak = (*peak).max(rss);
                     }
+                    if let Some(seconds) = cpu_seconds(&format!("/proc/{pid}/stat")) {
+                        cpu.insert(format!("n{id}"), seconds);
+                    }
                 }
+                if let Some(seconds) = cpu_seconds("/proc/self/stat") {
+                    cpu.insert("bench".to_string(), seconds);
+                }
+                cpu_samples.lock().unwrap().push((Instant::now(), cpu));
                 std::thread::sleep(Duration::from_millis(200));
             }
         })
@@ -1003,12 +1029,15 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         });
         if let Some((at, _)) = caught_up {
             let seconds = at.duration_since(*added_at).as_secs_f64();
+            let cpu_s = cpu_between(&cpu_samples.lock().unwrap(), *added_at, *at);
             report.copy.push(CopyRate {
                 node,
                 catch_up_s: seconds,
                 logical_bytes,
                 mb_per_s: logical_bytes as f64 / 1e6 / seconds.max(1e-9),
                 on_disk_bytes: dir_bytes(&cluster.group_dir(node)),
+                cpu_s_per_gb: cpu_s.values().sum::<f64>() / (logical_bytes as f64 / 1e9).max(1e-9),
+                cpu_s,
             });
         }
     }
@@ -1055,4 +1084,42 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     drop(apply);
     drop(nodes);
     Ok(report)
+}
+
+/// The CPU time of every process at one memory sample: when, and process name (`n1`.., `bench`) → seconds.
+type CpuSample = (Instant, BTreeMap<String, f64>);
+
+/// Each process's CPU seconds between the samples nearest `from` and `to` (the last at or before each,
+/// or the first after it where none is before).
+fn cpu_between(
+    samples: &[(Instant, BTreeMap<String, f64>)],
+    from: Instant,
+    to: Instant,
+) -> BTreeMap<String, f64> {
+    let nearest = |when: Instant| {
+        samples
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= when)
+            .or_else(|| samples.first())
+            .map(|(_, cpu)| cpu)
+    };
+    let (Some(start), Some(end)) = (nearest(from), nearest(to)) else {
+        return BTreeMap::new();
+    };
+    (end.iter())
+        .filter_map(|(process, &seconds)| Some((process.clone(), seconds - start.get(process)?)))
+        .collect()
+}
+
+/// CPU seconds (user + system) of the process whose `stat` file is `path` (`/proc/PID/stat`), all its
+/// threads; in clock ticks of 1/100 s, Linux's `USER_HZ` on every architecture we run on.
+fn cpu_seconds(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let after = stat.get(stat.rfind(')')? + 2..)?;
+    let mut fields = after.split(' ').skip(11);
+    let user: f64 = fields.next()?.parse().ok()?;
+    let system: f64 = fields.next()?.parse().ok()?;
+    Some((user + system) / 100.0)
 }
