@@ -142,6 +142,8 @@ fn commands() -> Vec<Command> {
             key: key("user-3", "profile"),
             value: b"v".to_vec(),
         },
+        // A tick of the session clock: its sweep reads the dedup entries the writes above left.
+        Command::SessionTick,
     ]
 }
 
@@ -323,7 +325,10 @@ fn peer_requests() -> Vec<PeerRequest> {
 
 fn snapshot_chunk() -> SnapshotChunk<C> {
     let data = built_snapshot();
-    let chunks: Vec<Vec<u8>> = data.chunks().collect::<Result<_, _>>().expect("a snapshot in memory");
+    let chunks: Vec<Vec<u8>> = data
+        .chunks()
+        .collect::<Result<_, _>>()
+        .expect("a snapshot in memory");
     SnapshotChunk {
         vote: vote(2, 1),
         meta: SnapshotMetaOf::<C> {
@@ -556,9 +561,17 @@ fn wal_seeds(root: &Path) {
 fn snapshot_seeds(root: &Path) {
     let mut corpus = Corpus::new(root, "snapshot");
     let data = built_snapshot();
-    let chunks: Vec<Vec<u8>> = data.chunks().collect::<Result<_, _>>().expect("a snapshot in memory");
+    let chunks: Vec<Vec<u8>> = data
+        .chunks()
+        .collect::<Result<_, _>>()
+        .expect("a snapshot in memory");
     corpus.seed("chunks", true, 0, &join_pieces(chunks.iter().map(Vec::as_slice)));
-    corpus.seed("chunks-raw", false, 0, &join_pieces(chunks.iter().map(Vec::as_slice)));
+    corpus.seed(
+        "chunks-raw",
+        false,
+        0,
+        &join_pieces(chunks.iter().map(Vec::as_slice)),
+    );
     let bytes = data.to_bytes().expect("a snapshot in memory");
     corpus.seed("bytes", true, 1, &join_pieces([bytes.as_slice()]));
     let empty = snapshot::build(
@@ -570,7 +583,10 @@ fn snapshot_seeds(root: &Path) {
         },
     )
     .expect("an empty snapshot");
-    let empty: Vec<Vec<u8>> = empty.chunks().collect::<Result<_, _>>().expect("a snapshot in memory");
+    let empty: Vec<Vec<u8>> = empty
+        .chunks()
+        .collect::<Result<_, _>>()
+        .expect("a snapshot in memory");
     corpus.seed("empty", true, 0, &join_pieces(empty.iter().map(Vec::as_slice)));
 
     let mut machine = Corpus::new(root, "state_machine");
