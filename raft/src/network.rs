@@ -282,7 +282,7 @@ impl<C: GroupConfig, T: Transport> GroupNetwork<C, T> {
         }
         drop(body);
         // An entry that does not encode fails the part that carries it, as it would the whole.
-        let entry_bytes = |entry: &C::Entry| codec::encode(entry).map_or(0, |bytes| bytes.len());
+        let entry_bytes = |entry: &C::Entry| codec::encoded_len(entry).unwrap_or(0);
         let parts = append_split::split(rpc, append_split::APPEND_BYTES_MAX, entry_bytes);
         let send = |part: AppendEntriesRequest<C>| async move {
             self.call(RequestKind::AppendEntries, true, &part).await

@@ -40,6 +40,11 @@ pub const GROUP: &str = "users-legacy";
 /// The client service and operator the run certifies (the topology grants the service the EEA).
 #[path = "at_volume.rs"]
 mod at_volume;
+/// CPU time and load from `/proc`, shared with the workload bench (whose quantiles and context switches
+/// this one does not use).
+#[path = "stats.rs"]
+#[allow(dead_code)]
+mod stats;
 
 use at_volume::{
     Guard, Keyspace, Latency, Live, Nodes, bulk_key, for_each, latency_of, live_at_rate, live_writers,
@@ -519,13 +524,6 @@ fn write_files(config: &Config, deadline: Instant) -> anyhow::Result<Cluster> {
     Ok(cluster)
 }
 
-fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|text| text.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn dir_bytes(path: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else {
         return 0;
@@ -728,7 +726,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         in_flight: config.in_flight,
         live_writers: config.live_writers,
         live_rate: config.live_rate,
-        load_average_start: load_average(),
+        load_average_start: stats::load_average(),
         ..Report::default()
     };
     let cluster = write_files(&config, deadline)?;
@@ -867,13 +865,13 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
                         let peak = peaks.entry(*id).or_default();
                         *peak = (*peak).max(rss);
                     }
-                    if let Some(seconds) = cpu_seconds(&format!("/proc/{pid}/stat")) {
+                    // 0 is a process gone: left out, so no window counts it.
+                    let seconds = stats::process_cpu_seconds(*pid);
+                    if seconds > 0.0 {
                         cpu.insert(format!("n{id}"), seconds);
                     }
                 }
-                if let Some(seconds) = cpu_seconds("/proc/self/stat") {
-                    cpu.insert("bench".to_string(), seconds);
-                }
+                cpu.insert("bench".to_string(), stats::own_cpu_seconds());
                 cpu_samples.lock().unwrap().push((Instant::now(), cpu));
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -1080,7 +1078,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     report.records_wrong_after = wrong_after;
     (report.live_acknowledged, report.live_lost) =
         read_live(&clients, &[&baseline, &during], config.keyspace(), deadline).await?;
-    report.load_average_end = load_average();
+    report.load_average_end = stats::load_average();
     drop(apply);
     drop(nodes);
     Ok(report)
@@ -1091,11 +1089,7 @@ type CpuSample = (Instant, BTreeMap<String, f64>);
 
 /// Each process's CPU seconds between the samples nearest `from` and `to` (the last at or before each,
 /// or the first after it where none is before).
-fn cpu_between(
-    samples: &[(Instant, BTreeMap<String, f64>)],
-    from: Instant,
-    to: Instant,
-) -> BTreeMap<String, f64> {
+fn cpu_between(samples: &[CpuSample], from: Instant, to: Instant) -> BTreeMap<String, f64> {
     let nearest = |when: Instant| {
         samples
             .iter()
@@ -1110,16 +1104,4 @@ fn cpu_between(
     (end.iter())
         .filter_map(|(process, &seconds)| Some((process.clone(), seconds - start.get(process)?)))
         .collect()
-}
-
-/// CPU seconds (user + system) of the process whose `stat` file is `path` (`/proc/PID/stat`), all its
-/// threads; in clock ticks of 1/100 s, Linux's `USER_HZ` on every architecture we run on.
-fn cpu_seconds(path: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(path).ok()?;
-    // The fields after the command name, which is in parentheses and may hold spaces.
-    let after = stat.get(stat.rfind(')')? + 2..)?;
-    let mut fields = after.split(' ').skip(11);
-    let user: f64 = fields.next()?.parse().ok()?;
-    let system: f64 = fields.next()?.parse().ok()?;
-    Some((user + system) / 100.0)
 }
