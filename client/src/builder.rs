@@ -15,6 +15,7 @@ pub struct ClientBuilder {
     timeout: Duration,
     attempts_max: u32,
     liveness_timeout: Duration,
+    backoff_seed: Option<u64>,
 }
 
 impl Default for ClientBuilder {
@@ -28,6 +29,7 @@ impl Default for ClientBuilder {
             // The deadline bounds a call; a count would end it early while a group elects its leader.
             attempts_max: u32::MAX,
             liveness_timeout: Duration::from_secs(2),
+            backoff_seed: None,
         }
     }
 }
@@ -80,6 +82,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Seeds the jitter of the pauses between retries, so a test can replay them. By default each client
+    /// draws its own seed: clients that lost the same leader at the same moment must not all retry at the
+    /// same moments after it.
+    pub fn backoff_seed(mut self, seed: u64) -> Self {
+        self.backoff_seed = Some(seed);
+        self
+    }
+
     pub async fn build(self) -> Result<Client, ClientError> {
         let mut addresses = BTreeMap::new();
         for endpoint in &self.endpoints {
@@ -107,6 +117,8 @@ impl ClientBuilder {
             self.default_jurisdiction,
             self.timeout,
             self.attempts_max,
+            self.backoff_seed
+                .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed),
         )
         .await
     }

@@ -47,6 +47,8 @@ pub struct Client {
     next_node: AtomicU64,
     /// Nodes found down, until a probe reaches them again: skipped while others remain.
     down: Arc<Mutex<BTreeMap<u64, Down>>>,
+    /// Draws the jitter of each pause between retries ([`backoff_pause`]).
+    jitter: Mutex<fastrand::Rng>,
 }
 
 /// A node found down: when its last probe began, and whether one is running.
@@ -118,12 +120,19 @@ impl Client {
         ClientBuilder::default()
     }
 
+    /// Waits out [`backoff_pause`] before retry number `attempt`, or until the deadline if that comes first.
+    async fn backoff(&self, attempt: u32, deadline: Instant) {
+        let pause = backoff_pause(attempt, &mut self.jitter.lock().expect("backoff jitter lock"));
+        tokio::time::sleep_until((Instant::now() + pause).min(deadline)).await;
+    }
+
     pub(crate) async fn connect(
         dialer: Arc<Dialer>,
         nodes: Vec<u64>,
         default_jurisdiction: String,
         timeout: Duration,
         attempts_max: u32,
+        jitter: fastrand::Rng,
     ) -> Result<Client, ClientError> {
         let client = Client {
             dialer,
@@ -137,6 +146,7 @@ impl Client {
             not_hosting: Mutex::new(BTreeMap::new()),
             next_node: AtomicU64::new(0),
             down: Arc::new(Mutex::new(BTreeMap::new())),
+            jitter: Mutex::new(jitter),
         };
         // Learn the default jurisdiction's map now, so a client that can reach no node fails here; a
         // jurisdiction with no group is only an error for the calls that use it.
@@ -273,7 +283,7 @@ impl Client {
                     Err(_) => last_error = format!("n{node} did not answer in time"),
                 }
             }
-            backoff(attempt, deadline).await;
+            self.backoff(attempt, deadline).await;
         }
         if Instant::now() >= deadline {
             return Err(ClientError::Timeout {
@@ -437,7 +447,7 @@ impl Client {
             if electing {
                 poll_election(deadline).await;
             } else {
-                backoff(pauses, deadline).await;
+                self.backoff(pauses, deadline).await;
                 pauses += 1;
             }
         }
@@ -650,12 +660,21 @@ async fn poll_election(deadline: Instant) {
     tokio::time::sleep_until((Instant::now() + ELECTION_POLL).min(deadline)).await;
 }
 
-/// Exponential backoff from 10 ms, capped at 200 ms and at the deadline.
-async fn backoff(attempt: u32, deadline: Instant) {
-    let pause = Duration::from_millis(10u64 << attempt.min(4)).min(Duration::from_millis(200));
-    let until = (Instant::now() + pause).min(deadline);
-    tokio::time::sleep_until(until).await;
+/// The pause before a call's retry number `attempt` (from 0): exponential from 10 ms, capped at 200 ms, and
+/// of that a random part ("equal jitter": half the step, plus up to the other half).
+///
+/// Why jitter: a leader lost at one moment fails every client's call at that moment, and pauses of the
+/// same lengths would bring all their retries back at the same moments, each wave one burst at the nodes
+/// (etcd's and gRPC's clients jitter theirs for this reason). Half the step is kept fixed, so no retry
+/// comes sooner than half of what the step asks for.
+fn backoff_pause(attempt: u32, jitter: &mut fastrand::Rng) -> Duration {
+    let step = Duration::from_millis(10u64 << attempt.min(4)).min(BACKOFF_MAX);
+    let half = step / 2;
+    half + Duration::from_micros(jitter.u64(0..=half.as_micros() as u64))
 }
+
+/// The longest pause between two attempts of a call.
+const BACKOFF_MAX: Duration = Duration::from_millis(200);
 
 /// Calls in one jurisdiction.
 pub struct Scoped<'a> {
@@ -849,5 +868,47 @@ mod tests {
                 }));
             assert_eq!(verdict(&lost, cut_short), Verdict::Down);
         }
+    }
+
+    #[test]
+    fn backoff_pauses_grow_to_their_cap_each_with_up_to_half_of_it_left_to_chance() {
+        let mut jitter = fastrand::Rng::with_seed(7);
+        for attempt in 0..12 {
+            let step = Duration::from_millis(10u64 << attempt.min(4)).min(BACKOFF_MAX);
+            let pauses: Vec<Duration> = (0..200).map(|_| backoff_pause(attempt, &mut jitter)).collect();
+            for pause in &pauses {
+                assert!(
+                    *pause >= step / 2 && *pause <= step,
+                    "retry {attempt}: {pause:?} is outside half to all of its step {step:?}"
+                );
+            }
+            let distinct: BTreeSet<Duration> = pauses.iter().copied().collect();
+            assert!(
+                distinct.len() > 100,
+                "retry {attempt}: the pauses vary ({} distinct of 200)",
+                distinct.len()
+            );
+        }
+        assert_eq!(
+            backoff_pause(40, &mut jitter).max(BACKOFF_MAX),
+            BACKOFF_MAX,
+            "capped"
+        );
+    }
+
+    #[test]
+    fn clients_seeded_alike_pause_alike_and_clients_seeded_apart_do_not() {
+        let pauses = |seed: u64| {
+            let mut jitter = fastrand::Rng::with_seed(seed);
+            (0..8)
+                .map(|attempt| backoff_pause(attempt, &mut jitter))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(pauses(1), pauses(1), "a seed replays its pauses");
+        assert_ne!(
+            pauses(1),
+            pauses(2),
+            "two clients that failed together come back apart"
+        );
     }
 }
