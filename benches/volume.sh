@@ -41,6 +41,15 @@ keep_logs() {
 trap keep_logs EXIT
 echo "== $(date -u '+%F %T UTC'), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 echo "== records $RECORDS x $VALUE_BYTES B, data in $WORK" >&2
+# A VM whose kernel reports free pages to its hypervisor gets them back as host faults on the next first
+# write: a copy then costs more CPU per byte than the same build on a machine (docs/performance.md, "why the
+# second copy is slow here"). Said in the header, so runs on such a VM are not compared with others unawares.
+REPORTING=/sys/module/page_reporting/parameters
+reported_kib() { cat "$REPORTING/reported_kib" 2>/dev/null || echo 0; }
+if [ -r "$REPORTING/page_reporting_order" ]; then
+    echo "== free page reporting to the hypervisor: order $(cat "$REPORTING/page_reporting_order"), min_free_ms $(cat "$REPORTING/min_free_ms" 2>/dev/null || echo '?'), $(( $(reported_kib) / 1024 )) MiB reported so far" >&2
+fi
+REPORTED_BEFORE=$(reported_kib)
 if [ -n "${LIVE_RATE:-}" ]; then LIVE=(--live-rate "$LIVE_RATE"); else LIVE=(--live-writers "${LIVE_WRITERS:-8}"); fi
 timeout --kill-after=30 "$TIME_LIMIT" "$TARGET_DIR/release/volume-bench" \
     --domicile "${DOMICILE_BIN:-$TARGET_DIR/release/domicile}" \
@@ -54,3 +63,6 @@ timeout --kill-after=30 "$TIME_LIMIT" "$TARGET_DIR/release/volume-bench" \
     ${COPIES:+--copies "$COPIES"} \
     --out "$RESULTS/volume-$STAMP.json" | tee "$RESULTS/volume-$STAMP.txt"
 echo "== done $(date -u '+%F %T UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg); $RESULTS/volume-$STAMP.json" >&2
+if [ -r "$REPORTING/reported_kib" ]; then
+    echo "== free memory reported to the hypervisor during the run: $(( ($(reported_kib) - REPORTED_BEFORE) / 1024 )) MiB" >&2
+fi
