@@ -44,7 +44,7 @@ async fn sessions_on_leader(
     let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let leader = cluster
-            .leader("users-eea", &NODES, Duration::from_secs(5))
+            .leader(&group.0, &NODES, Duration::from_secs(5))
             .await
             .unwrap();
         match cluster.nodes[&leader].host.read_sessions(group, after, 16).await {

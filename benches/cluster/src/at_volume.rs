@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use serde::Serialize;
 
+// The includer's `stats.rs` (both benchmarks and their tests include it beside this file).
+use super::stats::quantile;
+
 /// The record every bulk and live key is written under.
 pub const RECORD: &str = "v";
 
@@ -415,7 +418,7 @@ pub fn latency_of(live: &Live, seconds: f64) -> Latency {
             SecondOfWrites {
                 second,
                 writes: latencies.len(),
-                p99_us: nearest_rank(&latencies, 0.99),
+                p99_us: quantile(&latencies, 0.99),
             }
         })
         .collect();
@@ -424,21 +427,12 @@ pub fn latency_of(live: &Live, seconds: f64) -> Latency {
     Latency {
         writes: latencies.len(),
         failed: live.failed.load(Ordering::Relaxed) as usize,
-        p50_us: nearest_rank(&latencies, 0.5),
-        p99_us: nearest_rank(&latencies, 0.99),
+        p50_us: quantile(&latencies, 0.5),
+        p99_us: quantile(&latencies, 0.99),
         max_us: latencies.last().copied().unwrap_or(0),
         writes_per_s: latencies.len() as f64 / seconds.max(1e-9),
         by_second,
     }
-}
-
-/// The `q` quantile of sorted latencies (nearest rank); 0 for none.
-fn nearest_rank(sorted: &[u32], q: f64) -> u32 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
 }
 
 /// VmRSS and VmHWM of a process, in KiB.

@@ -40,6 +40,11 @@ use serde_json::{Value, json};
 
 #[path = "at_volume.rs"]
 mod at_volume;
+/// Quantiles for `at_volume`'s latencies, shared with the workload bench (whose CPU and load readers this
+/// one does not use).
+#[path = "stats.rs"]
+#[allow(dead_code)]
+mod stats;
 
 use at_volume::{
     Guard, Keyspace, Latency, Nodes, bulk_key, for_each, latency_of, live_writers, memory_kib, put,

@@ -40,8 +40,8 @@ pub const GROUP: &str = "users-legacy";
 /// The client service and operator the run certifies (the topology grants the service the EEA).
 #[path = "at_volume.rs"]
 mod at_volume;
-/// CPU time and load from `/proc`, shared with the workload bench (whose quantiles and context switches
-/// this one does not use).
+/// CPU time, load and (for `at_volume`'s latencies) quantiles, shared with the workload bench (whose
+/// context-switch reader this one does not use).
 #[path = "stats.rs"]
 #[allow(dead_code)]
 mod stats;
