@@ -167,6 +167,10 @@ pub struct CopyRate {
     pub cpu_s: BTreeMap<String, f64>,
     /// All of `cpu_s` per gigabyte of `logical_bytes`: what the copy and whatever ran beside it cost.
     pub cpu_s_per_gb: f64,
+    /// The new replica's part of `cpu_s` by thread name (`domicile-instal`: its install; `tokio-rt-worker`:
+    /// its runtime, which receives; threads of one name summed). A thread that ended inside the window
+    /// counts to its last sample, up to 200 ms short.
+    pub learner_threads_cpu_s: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -347,6 +351,13 @@ impl Report {
                 by_process.join(", "),
                 copy.cpu_s_per_gb
             ));
+            let mut by_thread: Vec<(&String, &f64)> = copy.learner_threads_cpu_s.iter().collect();
+            by_thread.sort_by(|a, b| b.1.total_cmp(a.1));
+            let by_thread: Vec<String> = (by_thread.iter())
+                .filter(|(_, seconds)| **seconds >= 0.05)
+                .map(|(thread, seconds)| format!("{thread} {seconds:.1}"))
+                .collect();
+            text.push_str(&format!("  n{}'s threads: {}\n", copy.node, by_thread.join(", ")));
         }
         for snapshots in &self.snapshots {
             text.push_str(&format!(
@@ -857,8 +868,12 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         let (sampling, peak_rss, pids) = (sampling.clone(), peak_rss.clone(), pids.clone());
         let cpu_samples = cpu_samples.clone();
         std::thread::spawn(move || {
+            // Every node thread seen so far, by node and thread id: its name and its last reading. An
+            // ended thread keeps its last reading, so a name's sum never falls when one of its threads
+            // ends (the install's thread ends as its copy does).
+            let mut threads_seen: BTreeMap<(u64, u32), (String, f64)> = BTreeMap::new();
             while sampling.load(Ordering::Relaxed) {
-                let mut cpu = BTreeMap::new();
+                let mut processes = BTreeMap::new();
                 for (id, pid) in &pids {
                     if let Some((rss, _)) = memory_kib(*pid) {
                         let mut peaks = peak_rss.lock().unwrap();
@@ -868,11 +883,22 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
                     // 0 is a process gone: left out, so no window counts it.
                     let seconds = stats::process_cpu_seconds(*pid);
                     if seconds > 0.0 {
-                        cpu.insert(format!("n{id}"), seconds);
+                        processes.insert(format!("n{id}"), seconds);
+                    }
+                    for (tid, name, seconds) in stats::thread_cpu_seconds(*pid) {
+                        threads_seen.insert((*id, tid), (name, seconds));
                     }
                 }
-                cpu.insert("bench".to_string(), stats::own_cpu_seconds());
-                cpu_samples.lock().unwrap().push((Instant::now(), cpu));
+                processes.insert("bench".to_string(), stats::own_cpu_seconds());
+                let mut threads = BTreeMap::new();
+                for ((id, _), (name, seconds)) in &threads_seen {
+                    *threads.entry(format!("n{id} {name}")).or_default() += seconds;
+                }
+                cpu_samples.lock().unwrap().push(CpuSample {
+                    at: Instant::now(),
+                    processes,
+                    threads,
+                });
                 std::thread::sleep(Duration::from_millis(200));
             }
         })
@@ -1027,7 +1053,13 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         });
         if let Some((at, _)) = caught_up {
             let seconds = at.duration_since(*added_at).as_secs_f64();
-            let cpu_s = cpu_between(&cpu_samples.lock().unwrap(), *added_at, *at);
+            let cpu_samples = cpu_samples.lock().unwrap();
+            let cpu_s = cpu_between(&cpu_samples, *added_at, *at, |sample| &sample.processes);
+            let learner = format!("n{node} ");
+            let learner_threads_cpu_s = cpu_between(&cpu_samples, *added_at, *at, |sample| &sample.threads)
+                .into_iter()
+                .filter_map(|(thread, seconds)| Some((thread.strip_prefix(&learner)?.to_string(), seconds)))
+                .collect();
             report.copy.push(CopyRate {
                 node,
                 catch_up_s: seconds,
@@ -1036,6 +1068,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
                 on_disk_bytes: dir_bytes(&cluster.group_dir(node)),
                 cpu_s_per_gb: cpu_s.values().sum::<f64>() / (logical_bytes as f64 / 1e9).max(1e-9),
                 cpu_s,
+                learner_threads_cpu_s,
             });
         }
     }
@@ -1084,24 +1117,35 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// The CPU time of every process at one memory sample: when, and process name (`n1`.., `bench`) → seconds.
-type CpuSample = (Instant, BTreeMap<String, f64>);
+/// The CPU time at one memory sample: when; each process's seconds by name (`n1`.., `bench`); and each
+/// node's threads' seconds by node and thread name (`n3 domicile-instal`, threads of one name summed).
+struct CpuSample {
+    at: Instant,
+    processes: BTreeMap<String, f64>,
+    threads: BTreeMap<String, f64>,
+}
 
-/// Each process's CPU seconds between the samples nearest `from` and `to` (the last at or before each,
-/// or the first after it where none is before).
-fn cpu_between(samples: &[CpuSample], from: Instant, to: Instant) -> BTreeMap<String, f64> {
+/// Seconds spent between the samples nearest `from` and `to` (the last at or before each, or the first
+/// after it where none is before), for each name of the readings `pick` chooses. A name missing at the end
+/// (a process gone) is left out; one missing at the start (a thread begun inside the window) counts from 0.
+fn cpu_between(
+    samples: &[CpuSample],
+    from: Instant,
+    to: Instant,
+    pick: impl Fn(&CpuSample) -> &BTreeMap<String, f64>,
+) -> BTreeMap<String, f64> {
     let nearest = |when: Instant| {
         samples
             .iter()
             .rev()
-            .find(|(at, _)| *at <= when)
+            .find(|sample| sample.at <= when)
             .or_else(|| samples.first())
-            .map(|(_, cpu)| cpu)
+            .map(&pick)
     };
     let (Some(start), Some(end)) = (nearest(from), nearest(to)) else {
         return BTreeMap::new();
     };
     (end.iter())
-        .filter_map(|(process, &seconds)| Some((process.clone(), seconds - start.get(process)?)))
+        .map(|(name, &seconds)| (name.clone(), seconds - start.get(name).copied().unwrap_or(0.0)))
         .collect()
 }
