@@ -41,9 +41,10 @@ keep_logs() {
 trap keep_logs EXIT
 echo "== $(date -u '+%F %T UTC'), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 echo "== records $RECORDS x $VALUE_BYTES B, data in $WORK" >&2
-# A VM whose kernel reports free pages to its hypervisor gets them back as host faults on the next first
-# write: a copy then costs more CPU per byte than the same build on a machine (docs/performance.md, "why the
-# second copy is slow here"). Said in the header, so runs on such a VM are not compared with others unawares.
+# A VM whose kernel reports free pages to its hypervisor pays a host fault for every page it touches again
+# after handing it back: a copy, which fills page cache, then costs more CPU per byte than the same build on
+# a machine (docs/performance.md, "why the second copy is slow here"). Said in the header, so runs on such a
+# VM are not compared with others unawares.
 REPORTING=/sys/module/page_reporting/parameters
 reported_kib() { cat "$REPORTING/reported_kib" 2>/dev/null || echo 0; }
 if [ -r "$REPORTING/page_reporting_order" ]; then
