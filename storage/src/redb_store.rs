@@ -29,6 +29,7 @@ use std::sync::Mutex;
 use std::thread::JoinHandle;
 
 mod fresh_install;
+mod gathered_writes;
 
 use fresh_install::Finished;
 use fresh_install::FreshInstall;
@@ -183,7 +184,12 @@ fn run_install_ahead(dir: &Path, feed: &SpoolFeed, file: &fs::File) -> Result<Fi
         }
     };
     // Logged so a copy's time can be split: the transfer, this install's lag behind it, the decision.
-    tracing::info!(store = %path.display(), items = finished.items, "snapshot install ahead: every item written and synced; waiting for the install");
+    tracing::info!(
+        store = %path.display(),
+        items = finished.items,
+        page_writes = finished.writes.taken,
+        file_writes = finished.writes.written,
+        "snapshot install ahead: every item written and synced; waiting for the install");
     match feed.await_decision() {
         Ok(true) => Ok(finished),
         Ok(false) => {

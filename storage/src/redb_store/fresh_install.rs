@@ -27,6 +27,9 @@ use super::CACHE_BYTES;
 use super::backend_error;
 use super::corrupt_or_backend;
 use super::definition;
+use super::gathered_writes::GatherCounts;
+use super::gathered_writes::GatherSwitch;
+use super::gathered_writes::GatheredWrites;
 use crate::backend::Table;
 use crate::error::StateMachineError;
 
@@ -48,6 +51,8 @@ const _: () = assert!(TRANSACTION_BYTES * 4 <= CACHE_BYTES && BATCH_BYTES <= TRA
 /// A fresh store being filled with a snapshot's items, in the order the snapshot holds them.
 pub(super) struct FreshInstall {
     database: Database,
+    /// redb's page writes are gathered into large ones until the install is finished.
+    gathering: GatherSwitch,
     path: PathBuf,
     txn: Option<WriteTransaction>,
     /// Item bytes written by the open transaction.
@@ -66,12 +71,21 @@ impl FreshInstall {
     pub(super) fn create(dir: &Path) -> Result<FreshInstall, StateMachineError> {
         let path = dir.join(INSTALL_FILE);
         remove_if_present(&path)?;
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| backend_error(&path, e))?;
+        let (backend, gathering) = GatheredWrites::new(file).map_err(|e| backend_error(&path, e))?;
         let database = Builder::new()
             .set_cache_size(CACHE_BYTES)
-            .create(&path)
+            .create_with_backend(backend)
             .map_err(|e| backend_error(&path, e))?;
         let mut install = FreshInstall {
             database,
+            gathering,
             path,
             txn: None,
             txn_bytes: 0,
@@ -116,10 +130,14 @@ impl FreshInstall {
             .map_err(|e| backend_error(&path, e))?;
         let txn = self.txn.take().expect("a transaction is open");
         txn.commit().map_err(|e| corrupt_or_backend(&path, e))?;
+        // The durable commit synced, so everything gathered is written: from here on the file is
+        // the store's, written straight.
+        let writes = self.gathering.stop().map_err(|e| backend_error(&path, e))?;
         Ok(Finished {
             database: self.database,
             path: self.path,
             items: self.count,
+            writes,
         })
     }
 
@@ -249,6 +267,8 @@ pub(super) struct Finished {
     database: Database,
     path: PathBuf,
     pub(super) items: u64,
+    /// Page writes redb made while the install filled, and the writes they were gathered into.
+    pub(super) writes: GatherCounts,
 }
 
 impl Finished {
