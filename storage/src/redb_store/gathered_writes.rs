@@ -267,6 +267,10 @@ impl StorageBackend for GatheredWrites {
         let Some(mut gathered) = self.0.gathered() else {
             return self.0.file.write(offset, data);
         };
+        if data.is_empty() {
+            // Nothing to write, and kept as an entry it would replace a gathered write at its offset.
+            return Ok(());
+        }
         gathered.counts.taken += 1;
         match gathered.overlapping(offset, data.len()) {
             None => {}
@@ -392,6 +396,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn an_empty_write_changes_nothing_gathered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, _switch, _file) = backend(&dir);
+        backend.set_len(2 * PAGE).unwrap();
+        backend.write(PAGE, &[7; PAGE as usize]).unwrap();
+        backend.write(PAGE, &[]).unwrap();
+        let mut out = [0u8; PAGE as usize];
+        backend.read(PAGE, &mut out).unwrap();
+        assert!(out.iter().all(|&b| b == 7));
     }
 
     #[test]
