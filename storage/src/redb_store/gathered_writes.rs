@@ -346,18 +346,6 @@ mod tests {
         (backend, switch, fs::File::open(&path).unwrap())
     }
 
-    /// A fixed-seed xorshift: the same operations on every run.
-    struct Draw(u64);
-
-    impl Draw {
-        fn below(&mut self, bound: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % bound
-        }
-    }
-
     #[test]
     fn every_read_sees_the_last_write_and_a_sync_puts_everything_in_the_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -366,23 +354,24 @@ mod tests {
         backend.set_len(len).unwrap();
         // What the file would hold if every write went straight to it.
         let mut model = vec![0u8; len as usize];
-        let mut draw = Draw(0x9e37_79b9_7f4a_7c15);
+        // A fixed seed: the same operations on every run.
+        let mut draw = fastrand::Rng::with_seed(0x9e37_79b9_7f4a_7c15);
         for round in 0..4_000u64 {
-            match draw.below(10) {
+            match draw.u64(..10) {
                 // Writes of one to eight pages, or an odd length, anywhere: overlapping earlier ones
                 // exactly, partly, or not at all.
                 0..=5 => {
-                    let pages = 1 + draw.below(8);
+                    let pages = draw.u64(1..=8);
                     let offset =
-                        draw.below(len / PAGE - pages) * PAGE + if draw.below(8) == 0 { 100 } else { 0 };
-                    let length = pages * PAGE - if draw.below(8) == 0 { 300 } else { 0 };
+                        draw.u64(..len / PAGE - pages) * PAGE + if draw.u64(..8) == 0 { 100 } else { 0 };
+                    let length = pages * PAGE - if draw.u64(..8) == 0 { 300 } else { 0 };
                     let data: Vec<u8> = (0..length).map(|i| (i as u8) ^ (round as u8)).collect();
                     backend.write(offset, &data).unwrap();
                     model[offset as usize..(offset + length) as usize].copy_from_slice(&data);
                 }
                 6..=8 => {
-                    let offset = draw.below(len - 2 * PAGE);
-                    let length = 1 + draw.below(2 * PAGE);
+                    let offset = draw.u64(..len - 2 * PAGE);
+                    let length = draw.u64(1..=2 * PAGE);
                     let mut out = vec![0u8; length as usize];
                     backend.read(offset, &mut out).unwrap();
                     assert_eq!(
@@ -420,10 +409,7 @@ mod tests {
         let pages = 2_048u64; // 8 MiB: under the gathering bound, so only `stop` writes them.
         backend.set_len(pages * PAGE).unwrap();
         let mut order: Vec<u64> = (0..pages).collect();
-        let mut draw = Draw(7);
-        for i in (1..order.len()).rev() {
-            order.swap(i, draw.below(i as u64 + 1) as usize);
-        }
+        fastrand::Rng::with_seed(7).shuffle(&mut order);
         for &page in &order {
             backend
                 .write(page * PAGE, &vec![page as u8; PAGE as usize])
