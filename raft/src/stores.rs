@@ -3,8 +3,10 @@
 //! A seam: production opens the log on real files with its sync thread and each state machine on redb; the
 //! simulator supplies in-memory disks and maps with the same log and apply code.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use openraft::storage::RaftLogStorage;
 use openraft::type_config::OneshotSender;
@@ -17,6 +19,7 @@ use storage::log::LogConfig;
 use storage::paced_removal;
 use storage::raft_log::{GroupLog, LogEngine};
 use storage::redb_store::RedbBackend;
+use storage::redb_store::StoresClosed;
 use storage::state_machine::{Execution, StateMachine};
 
 use crate::config::GroupConfig;
@@ -47,7 +50,8 @@ pub trait Stores<C: GroupConfig>: Send + Sync + 'static {
     fn is_retired(&self, group: u64) -> bool;
 
     /// Deletes this node's replica of `group`: its log first, durably — the point of no return,
-    /// after which a restart finds the group retired — then its state machine. The group's Raft
+    /// after which a restart finds the group retired — then its state machine, once its files are
+    /// closed (the store outlives the stopped Raft instance by its last commit). The group's Raft
     /// instance must be stopped.
     fn retire_group(&self, group: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
@@ -59,9 +63,17 @@ pub struct DiskStores {
     /// ([`LogEngine::replica`]).
     node: NodeId,
     engine: Arc<LogEngine<FsDisk>>,
+    /// Each opened group's hold on its store files: a purge deletes them only once they are closed.
+    stores_closed: Mutex<BTreeMap<u64, StoresClosed>>,
     // Kept for its lifetime: dropping it syncs what is pending and stops the driver.
     _sync: SyncThread,
 }
+
+/// How long a purge waits for a stopped group's store files to close before it deletes them anyway:
+/// the state machine's thread, a sync job or a snapshot build's view may hold them a little after the
+/// group's Raft instance stopped. The data must go either way; deleted under an open store, its space
+/// is freed only at the store's last close, and the store's last commit fails (logged).
+const STORE_CLOSE_WAIT: Duration = Duration::from_secs(60);
 
 impl DiskStores {
     pub fn open(dir: &Path, node: NodeId) -> Result<DiskStores, StoreError> {
@@ -80,6 +92,7 @@ impl DiskStores {
             dir: dir.to_path_buf(),
             node,
             engine,
+            stores_closed: Mutex::default(),
             _sync: sync,
         };
         // A purge cut short after its log was retired: finish it.
@@ -126,6 +139,10 @@ impl<C: GroupConfig> Stores<C> for DiskStores {
                 .map_err(|e| error(format!("reviving the log: {e}")))?;
         }
         let backend = RedbBackend::open(&path).map_err(|e| error(e.to_string()))?;
+        self.stores_closed
+            .lock()
+            .expect("stores closed lock")
+            .insert(group, backend.stores_closed());
         let state_machine =
             StateMachine::open(backend, Execution::DedicatedThread).map_err(|e| error(e.to_string()))?;
         Ok(OpenedGroup { log, state_machine })
@@ -144,12 +161,26 @@ impl<C: GroupConfig> Stores<C> for DiskStores {
         log.retire()
             .await
             .map_err(|e| error("retiring its log", e.to_string()))?;
-        // On a thread of its own: the paced removal waits between its cuts, seconds at volume.
+        // On a thread of its own: the wait for the store to close, and the paced removal, which waits
+        // between its cuts, seconds at volume.
         let dir = self.state_machine_dir(group);
+        let stores_closed = self
+            .stores_closed
+            .lock()
+            .expect("stores closed lock")
+            .remove(&group);
         let (tx, rx) = C::oneshot();
         std::thread::Builder::new()
             .name("domicile-purge".into())
             .spawn(move || {
+                if let Some(stores_closed) = stores_closed
+                    && !stores_closed.wait(STORE_CLOSE_WAIT)
+                {
+                    tracing::warn!(
+                        path = %dir.display(), waited_s = STORE_CLOSE_WAIT.as_secs(),
+                        "a purged replica's store is still open; deleting its files under it"
+                    );
+                }
                 let _ = tx.send(DiskStores::remove_state_machine(&dir));
             })
             .map_err(|e| error("starting its removal thread", e.to_string()))?;

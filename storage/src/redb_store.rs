@@ -30,9 +30,13 @@ use std::thread::JoinHandle;
 
 mod fresh_install;
 mod gathered_writes;
+mod open_stores;
+mod reported_io;
 
 use fresh_install::Finished;
 use fresh_install::FreshInstall;
+use open_stores::OpenStores;
+pub use open_stores::StoresClosed;
 use redb::Builder;
 use redb::Database;
 use redb::Durability;
@@ -40,6 +44,9 @@ use redb::ReadOnlyTable;
 use redb::ReadableDatabase;
 use redb::ReadableTableMetadata;
 use redb::TableDefinition;
+use redb::backends::FileBackend;
+use reported_io::IoFailures;
+use reported_io::ReportedIo;
 
 use crate::backend::Backend;
 use crate::backend::BackendView;
@@ -79,6 +86,8 @@ fn definition(table: Table) -> TableDefinition<'static, &'static [u8], &'static 
 pub struct RedbBackend {
     /// Shared with the sync jobs, which commit (empty, durably) without borrowing the backend.
     database: Arc<Store>,
+    /// Counts this directory's stores still open, the replaced ones included ([`open_stores`]).
+    open_stores: Arc<OpenStores>,
     dir: PathBuf,
     /// Names the next spool file.
     spools: std::sync::atomic::AtomicU64,
@@ -124,13 +133,15 @@ fn run_install_ahead(dir: &Path, feed: &SpoolFeed, file: &fs::File) -> Result<Fi
     let filled = (|| -> Result<Finished, FeedStopped> {
         let error = |e: &dyn std::fmt::Display| FeedStopped::from(backend_error(&path, e));
         // Written back along the way (see `SpoolFeed::feed`), so the install's last commit and the
-        // spool's sync before it becomes the current snapshot find little left to write. Written
+        // spool's sync before it becomes the current snapshot find little left to write, and both
+        // files' pages dropped from the page cache once written (`crate::page_cache`). Written
         // back, not synced: a sync commits the filesystem's journal, which makes every other fsync
         // on the disk (the logs' of every group) wait for this data too (`crate::writeback`). The
         // waits run on a thread of their own, so the inserts go on while the disk writes (on this
         // thread they were two thirds of a receive's wall time, `cargo bench -p storage --bench
         // snapshot_copy`); a request while one is queued is folded into it.
         let store_file = fs::File::open(&path).map_err(|e| error(&e))?;
+        let install_file = store_file.try_clone().map_err(|e| error(&e))?;
         let spool_file = file.try_clone().map_err(|e| error(&e))?;
         let (requests, pending) = std::sync::mpsc::sync_channel::<u64>(1);
         let sync_path = path.clone();
@@ -145,6 +156,14 @@ fn run_install_ahead(dir: &Path, feed: &SpoolFeed, file: &fs::File) -> Result<Fi
                     // Read by the install and now on the disk: its pages are dropped (`crate::page_cache`).
                     page_cache::drop_cached(&spool_file, read);
                     written(&store_file)?;
+                    // The store's pages too, once on the disk: the install writes a gigabyte of them
+                    // and reads few back (redb's cache and the gathered writes serve it), and pages
+                    // dropped here are the ones the rest of the copy reuses (`crate::page_cache`).
+                    let store_len = store_file
+                        .metadata()
+                        .map_err(|e| backend_error(&sync_path, e))?
+                        .len();
+                    page_cache::drop_cached(&store_file, store_len);
                 }
                 Ok(())
             })
@@ -172,7 +191,11 @@ fn run_install_ahead(dir: &Path, feed: &SpoolFeed, file: &fs::File) -> Result<Fi
         synced?;
         // Durable before the decision: nobody reads this file until it is taken, and the commit is
         // then off the path from the last chunk to the install.
-        Ok(install.finish()?)
+        let finished = install.finish()?;
+        // Synced, so every page is clean: the last ones written go too.
+        let store_len = install_file.metadata().map_err(|e| error(&e))?.len();
+        page_cache::drop_cached(&install_file, store_len);
+        Ok(finished)
     })();
     let finished = match filled {
         Ok(finished) => finished,
@@ -211,15 +234,33 @@ struct Store {
     /// Where the file is linked aside once an install replaced it ([`RedbBackend::take_install`]):
     /// removed, paced, once nothing reads it.
     retired_as: Mutex<Option<PathBuf>>,
+    /// The file's I/O failures, each logged where it happened; the first kept to name what redb
+    /// later reports only as `PreviousIo`.
+    io_failures: Arc<IoFailures>,
+    /// Counted open until dropped.
+    open_stores: Arc<OpenStores>,
 }
 
 impl Store {
-    fn new(database: Database) -> Arc<Store> {
+    fn new(database: Database, io_failures: Arc<IoFailures>, open_stores: &Arc<OpenStores>) -> Arc<Store> {
+        open_stores.opened_one();
         Arc::new(Store {
             database: Some(database),
             retired_as: Mutex::default(),
+            io_failures,
+            open_stores: open_stores.clone(),
         })
     }
+}
+
+/// The store's file, opened as redb's `Builder::create` opens it (a backend of ours needs the file).
+fn open_store_file(path: &Path) -> std::io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
 }
 
 impl std::ops::Deref for Store {
@@ -239,6 +280,7 @@ impl Drop for Store {
         if let Some(aside) = self.retired_as.get_mut().expect("retired store lock").take() {
             paced_removal::remove_file_behind(aside);
         }
+        self.open_stores.closed_one();
     }
 }
 
@@ -253,11 +295,11 @@ impl RedbBackend {
         // Dropped unkept if the rename fails: then the aside name is a second name of the store, and
         // unlinking it frees nothing.
         let aside = paced_removal::link_aside(&target);
-        let database = finished.take_as(&target)?;
+        let (database, io_failures) = finished.take_as(&target)?;
         if let Some(aside) = aside {
             *self.database.retired_as.lock().expect("retired store lock") = Some(aside.keep());
         }
-        self.database = Store::new(database);
+        self.database = Store::new(database, io_failures, &self.open_stores);
         Ok(())
     }
 
@@ -268,10 +310,13 @@ impl RedbBackend {
         let path = dir.join(DATABASE_FILE);
         // redb reports damage as errors, but a damaged file must never take the node down with a
         // panic: any panic while opening is a refusal to start, naming the file.
-        let opened = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<Database, StateMachineError> {
+        let opened = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<_, StateMachineError> {
+            let file = open_store_file(&path).map_err(|e| backend_error(&path, e))?;
+            let file = FileBackend::new(file).map_err(|e| backend_error(&path, e))?;
+            let (backend, io_failures) = ReportedIo::new(file, path.clone());
             let mut database = Builder::new()
                 .set_cache_size(CACHE_BYTES)
-                .create(&path)
+                .create_with_backend(backend)
                 .map_err(|e| corrupt_or_backend(&path, e))?;
             let intact = database
                 .check_integrity()
@@ -279,9 +324,9 @@ impl RedbBackend {
             if !intact {
                 tracing::warn!(file = %path.display(), "redb repaired the state machine file; unsynced applies are re-applied from the log");
             }
-            Ok(database)
+            Ok((database, io_failures))
         }));
-        let database = match opened {
+        let (database, io_failures) = match opened {
             Ok(result) => result?,
             Err(_) => {
                 return Err(StateMachineError::Corrupt {
@@ -290,8 +335,10 @@ impl RedbBackend {
                 });
             }
         };
+        let open_stores = Arc::default();
         let backend = RedbBackend {
-            database: Store::new(database),
+            database: Store::new(database, io_failures, &open_stores),
+            open_stores,
             dir,
             spools: std::sync::atomic::AtomicU64::new(0),
             install_ahead: Arc::default(),
@@ -302,6 +349,12 @@ impl RedbBackend {
         backend.create_tables()?;
         backend.remove_stale_spools()?;
         Ok(backend)
+    }
+
+    /// Waits, once this backend is dropped, until its files are closed: whoever deletes the directory
+    /// waits on it first ([`open_stores`]).
+    pub fn stores_closed(&self) -> StoresClosed {
+        StoresClosed(self.open_stores.clone())
     }
 
     /// Snapshot installs that were filled while their snapshot arrived, not after.
@@ -647,7 +700,13 @@ impl Drop for RedbBackend {
             ..WriteBatch::default()
         });
         if let Err(error) = result {
-            tracing::warn!(%error, "could not make the state machine durable at shutdown");
+            // After an I/O failure redb says only `PreviousIo`: the failure it means is named too.
+            let first_io_failure = self.database.io_failures.first();
+            tracing::warn!(
+                %error,
+                first_io_failure = first_io_failure.as_deref().unwrap_or("none"),
+                "could not make the state machine durable at shutdown"
+            );
         }
     }
 }
@@ -774,6 +833,28 @@ mod tests {
             "the install ran behind the foreground"
         );
         assert_eq!(records(&backend), 2000);
+    }
+
+    /// The install drops the store's pages once they are written back, as it goes, and the last ones
+    /// once it is durable: kept, each of a copy's gigabyte of them was a new page-cache page
+    /// (`crate::page_cache`).
+    #[test]
+    fn an_install_ahead_leaves_little_of_the_store_it_wrote_in_the_page_cache() {
+        // Beside the sources, not in a temporary directory that may be tmpfs (never written back).
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let mut backend = RedbBackend::open(dir.path()).unwrap();
+        let data = source(20_000);
+        let received = receive(&backend, &data, data.chunk_count()).finish().unwrap();
+        backend.install_snapshot(&received).unwrap();
+        assert_eq!(backend.installed_ahead(), 1, "the install followed the transfer");
+        let file = fs::File::open(dir.path().join(DATABASE_FILE)).unwrap();
+        let len = file.metadata().unwrap().len() as usize;
+        let (resident, pages) = (page_cache::resident_pages(&file, len), len / 4096);
+        assert!(
+            resident * 10 < pages,
+            "{resident} of the store's {pages} pages are still cached"
+        );
+        assert_eq!(records(&backend), 20_000, "read back from the disk, whole");
     }
 
     #[test]
@@ -947,6 +1028,27 @@ mod tests {
 
     fn hex_of(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// A purge deletes a store's files only once every store of the backend is closed: the backend,
+    /// and a view that outlives it (a build's, a sync job's), each keep them open.
+    #[test]
+    fn the_stores_count_as_closed_only_once_the_backend_and_its_last_view_are_gone() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let backend = holding_one_old_record(dir.path(), b"value");
+        let closed = backend.stores_closed();
+        let short = std::time::Duration::from_millis(20);
+        assert!(!closed.wait(short), "the backend is open");
+        let view = backend.view().unwrap();
+        drop(backend);
+        assert!(!closed.wait(short), "a view still reads the store");
+        let waiter = {
+            let closed = closed.clone();
+            std::thread::spawn(move || closed.wait(std::time::Duration::from_secs(60)))
+        };
+        drop(view);
+        assert!(waiter.join().unwrap(), "the last view gone, the wait ends");
+        assert!(closed.wait(short));
     }
 
     #[test]

@@ -17,6 +17,7 @@
 use std::fs;
 use std::path::Path;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use redb::Builder;
 use redb::Database;
@@ -30,6 +31,9 @@ use super::definition;
 use super::gathered_writes::GatherCounts;
 use super::gathered_writes::GatherSwitch;
 use super::gathered_writes::GatheredWrites;
+use super::open_store_file;
+use super::reported_io::IoFailures;
+use super::reported_io::ReportedIo;
 use crate::backend::Table;
 use crate::error::StateMachineError;
 
@@ -51,6 +55,7 @@ const _: () = assert!(TRANSACTION_BYTES * 4 <= CACHE_BYTES && BATCH_BYTES <= TRA
 /// A fresh store being filled with a snapshot's items, in the order the snapshot holds them.
 pub(super) struct FreshInstall {
     database: Database,
+    io_failures: Arc<IoFailures>,
     /// redb's page writes are gathered into large ones until the install is finished.
     gathering: GatherSwitch,
     path: PathBuf,
@@ -71,20 +76,16 @@ impl FreshInstall {
     pub(super) fn create(dir: &Path) -> Result<FreshInstall, StateMachineError> {
         let path = dir.join(INSTALL_FILE);
         remove_if_present(&path)?;
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| backend_error(&path, e))?;
+        let file = open_store_file(&path).map_err(|e| backend_error(&path, e))?;
         let (backend, gathering) = GatheredWrites::new(file).map_err(|e| backend_error(&path, e))?;
+        let (backend, io_failures) = ReportedIo::new(backend, path.clone());
         let database = Builder::new()
             .set_cache_size(CACHE_BYTES)
             .create_with_backend(backend)
             .map_err(|e| backend_error(&path, e))?;
         let mut install = FreshInstall {
             database,
+            io_failures,
             gathering,
             path,
             txn: None,
@@ -135,6 +136,7 @@ impl FreshInstall {
         let writes = self.gathering.stop().map_err(|e| backend_error(&path, e))?;
         Ok(Finished {
             database: self.database,
+            io_failures: self.io_failures,
             path: self.path,
             items: self.count,
             writes,
@@ -265,6 +267,7 @@ fn hex_prefix(key: &[u8]) -> String {
 /// A filled, durable install file, not yet the store.
 pub(super) struct Finished {
     database: Database,
+    io_failures: Arc<IoFailures>,
     path: PathBuf,
     pub(super) items: u64,
     /// Page writes redb made while the install filled, and the writes they were gathered into.
@@ -274,13 +277,14 @@ pub(super) struct Finished {
 impl Finished {
     /// Makes this file the store at `target`: renamed over it, then the directory synced, so the
     /// install survives a crash from here on (before the rename, the old store is whole).
-    pub(super) fn take_as(self, target: &Path) -> Result<Database, StateMachineError> {
+    pub(super) fn take_as(self, target: &Path) -> Result<(Database, Arc<IoFailures>), StateMachineError> {
         fs::rename(&self.path, target).map_err(|e| backend_error(&self.path, e))?;
+        self.io_failures.renamed(target.to_path_buf());
         let dir = target.parent().unwrap_or(Path::new("."));
         fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| backend_error(dir, e))?;
-        Ok(self.database)
+        Ok((self.database, self.io_failures))
     }
 
     /// Drops the file: the install was not taken. Removed paced, behind (`crate::paced_removal`): a
