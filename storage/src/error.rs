@@ -107,6 +107,11 @@ pub enum StateMachineError {
 
     #[error("state machine worker stopped")]
     WorkerStopped,
+
+    /// Every handle on the state machine was dropped while a snapshot build ran: the group was closed
+    /// (its replica purged, or its node stopping), and nobody will take the snapshot.
+    #[error("the state machine was closed; its snapshot build was given up")]
+    Closed,
 }
 
 impl From<StateMachineError> for io::Error {

@@ -181,6 +181,8 @@ pub struct StateMachine<C, B: Backend> {
     snapshots_installed: Arc<AtomicU64>,
     /// The core's [`Core::membership_changing`], read without its lock.
     membership_changing: Arc<AtomicBool>,
+    /// Held by every handle: once none is left the group is closed, and a build in progress gives up.
+    handles: Arc<()>,
     _config: PhantomData<fn() -> C>,
 }
 
@@ -192,6 +194,7 @@ impl<C, B: Backend> Clone for StateMachine<C, B> {
             executor: self.executor.clone(),
             snapshots_installed: self.snapshots_installed.clone(),
             membership_changing: self.membership_changing.clone(),
+            handles: self.handles.clone(),
             _config: PhantomData,
         }
     }
@@ -201,6 +204,11 @@ impl<C, B: Backend> Clone for StateMachine<C, B> {
 pub struct SnapshotBuilder<C, B: Backend> {
     core: Arc<Mutex<Core<B>>>,
     membership_changing: Arc<AtomicBool>,
+    /// The state machine's handles, not held: a build that finds none left gives up. A replica
+    /// removed in a migration resumed its deferred build of the whole keyspace (a gigabyte) as its
+    /// removal committed, and its purge, which waits for the store's files to close, waited the
+    /// build's 10–16 s for a snapshot nobody would take (docs/performance.md).
+    handles: std::sync::Weak<()>,
     executor: Arc<Executor>,
     _config: PhantomData<fn() -> C>,
 }
@@ -483,6 +491,7 @@ impl<C: StorageTypeConfig, B: Backend> StateMachine<C, B> {
             core: Arc::new(Mutex::new(core)),
             executor: Arc::new(executor),
             snapshots_installed: Arc::default(),
+            handles: Arc::default(),
             _config: PhantomData,
         })
     }
@@ -675,6 +684,7 @@ impl<C: StorageTypeConfig, B: Backend> RaftStateMachine<C> for StateMachine<C, B
         SnapshotBuilder {
             core: self.core.clone(),
             membership_changing: self.membership_changing.clone(),
+            handles: Arc::downgrade(&self.handles),
             executor: self.executor.clone(),
             _config: PhantomData,
         }
@@ -742,6 +752,7 @@ impl<C: StorageTypeConfig, B: Backend> RaftSnapshotBuilder<C> for SnapshotBuilde
         let settled = self.wait_while_membership_changes().await;
         let core = self.core.clone();
         let changing = self.membership_changing.clone();
+        let handles = self.handles.clone();
         // On a thread of its own: the scan takes seconds at volume, and large applies (and calls that
         // found the store busy) queue on the state machine's thread; they would wait behind it.
         let data = self
@@ -767,12 +778,18 @@ impl<C: StorageTypeConfig, B: Backend> RaftSnapshotBuilder<C> for SnapshotBuilde
                     // while the view is scanned, and take the CPU first.
                     apart.lower_priority(SNAPSHOT_THREAD_NICE, "snapshot build");
                     let mut chunks = 0u64;
+                    let mut closed = false;
                     let mut go_on = || {
                         chunks += 1;
-                        current.is_none() || !changing.load(Ordering::Relaxed)
+                        closed = handles.strong_count() == 0;
+                        !closed && (current.is_none() || !changing.load(Ordering::Relaxed))
                     };
                     let built = snapshot::build_unless_given_up(&view, header, spool, &mut go_on)?;
                     drop(view);
+                    if closed {
+                        tracing::info!(chunks, "snapshot build given up: the state machine was closed");
+                        return Err(StateMachineError::Closed);
+                    }
                     let Some(data) = built else {
                         let current = current.expect("only a replica with a snapshot gives a build up");
                         lock(&core).last_build_given_up = true;
@@ -1257,6 +1274,25 @@ mod tests {
             next.meta.last_log_id.map(|log_id| log_id.index),
             Some(128),
             "the build after one given up goes on"
+        );
+    }
+
+    /// A build whose state machine was closed (every handle dropped: the replica purged, the node
+    /// stopping) gives up, even a first one: nobody will take the snapshot, and the store's files
+    /// are held until it ends.
+    #[tokio::test]
+    async fn a_build_gives_up_once_its_state_machine_is_closed() {
+        let mut state_machine =
+            StateMachine::<TestConfig, _>::open(Watched::new(), Execution::DedicatedThread).unwrap();
+        apply_large(&mut state_machine, 1, 64).await;
+        let mut builder = state_machine.get_snapshot_builder().await;
+        let reader = state_machine.clone();
+        drop(state_machine);
+        drop(reader);
+        let error = builder.build_snapshot().await.unwrap_err();
+        assert!(
+            error.to_string().contains("the state machine was closed"),
+            "{error}"
         );
     }
 
