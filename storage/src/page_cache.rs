@@ -23,6 +23,16 @@ pub fn drop_cached(file: &File, len: u64) {
     let Ok(len) = libc::off_t::try_from(len) else {
         return;
     };
+    advise_dontneed(file, len);
+}
+
+/// As [`drop_cached`], over the whole file, however long it is now.
+pub fn drop_all_cached(file: &File) {
+    // A length of 0 means up to the file's end.
+    advise_dontneed(file, 0);
+}
+
+fn advise_dontneed(file: &File, len: libc::off_t) {
     // SAFETY: posix_fadvise reads no memory of ours; the descriptor is open for the call's duration.
     let result = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, len, libc::POSIX_FADV_DONTNEED) };
     if result != 0 {
@@ -76,6 +86,12 @@ mod tests {
         drop_cached(&file, len as u64);
         assert_eq!(resident_pages(&file, len), 0, "synced, they were dropped");
         drop_cached(&file, u64::MAX); // beyond `off_t`: ignored
+        file.rewind().unwrap();
+        file.write_all(&vec![7u8; len]).unwrap();
+        file.sync_data().unwrap();
+        assert!(resident_pages(&file, len) > 0, "written again, cached again");
+        drop_all_cached(&file);
+        assert_eq!(resident_pages(&file, len), 0, "dropped to the file's end");
         file.rewind().unwrap();
         let mut back = Vec::new();
         file.read_to_end(&mut back).unwrap();

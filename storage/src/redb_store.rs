@@ -159,11 +159,7 @@ fn run_install_ahead(dir: &Path, feed: &SpoolFeed, file: &fs::File) -> Result<Fi
                     // The store's pages too, once on the disk: the install writes a gigabyte of them
                     // and reads few back (redb's cache and the gathered writes serve it), and pages
                     // dropped here are the ones the rest of the copy reuses (`crate::page_cache`).
-                    let store_len = store_file
-                        .metadata()
-                        .map_err(|e| backend_error(&sync_path, e))?
-                        .len();
-                    page_cache::drop_cached(&store_file, store_len);
+                    page_cache::drop_all_cached(&store_file);
                 }
                 Ok(())
             })
@@ -193,8 +189,7 @@ fn run_install_ahead(dir: &Path, feed: &SpoolFeed, file: &fs::File) -> Result<Fi
         // then off the path from the last chunk to the install.
         let finished = install.finish()?;
         // Synced, so every page is clean: the last ones written go too.
-        let store_len = install_file.metadata().map_err(|e| error(&e))?.len();
-        page_cache::drop_cached(&install_file, store_len);
+        page_cache::drop_all_cached(&install_file);
         Ok(finished)
     })();
     let finished = match filled {
