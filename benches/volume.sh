@@ -14,7 +14,8 @@
 # this many writes a second on a fixed schedule, latency counted from when each was due), BASELINE_S (20),
 # BENCH_DIR (where the cluster's data goes; must not be tmpfs), RESULTS (target/volume-bench), TIME_LIMIT
 # (seconds for the whole run, 7200), COPIES (`placement apply --copies`: one-at-a-time or side-by-side;
-# apply's default unless set), KEEP_LOGS (1: the nodes' and apply's logs are kept beside the report),
+# apply's default unless set), SNAPSHOT_BUILD_MB_PER_S (the nodes' `[raft] snapshot_build_mb_per_s`; their
+# default unless set), KEEP_LOGS (1: the nodes' and apply's logs are kept beside the report),
 # DOMICILE_BIN (another build of the node and CLI to run, for a before/after comparison; this checkout's
 # release build by default). Every process is stopped by pid on exit (the program's own guards),
 # and the whole run by timeout(1).
@@ -62,6 +63,7 @@ timeout --kill-after=30 "$TIME_LIMIT" "$TARGET_DIR/release/volume-bench" \
     --baseline-s "${BASELINE_S:-20}" \
     --time-limit-s "$TIME_LIMIT" \
     ${COPIES:+--copies "$COPIES"} \
+    ${SNAPSHOT_BUILD_MB_PER_S:+--snapshot-build-mb-per-s "$SNAPSHOT_BUILD_MB_PER_S"} \
     --out "$RESULTS/volume-$STAMP.json" | tee "$RESULTS/volume-$STAMP.txt"
 echo "== done $(date -u '+%F %T UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg); $RESULTS/volume-$STAMP.json" >&2
 if [ -r "$REPORTING/reported_kib" ]; then

@@ -400,7 +400,8 @@ impl Node {
         .map_err(|error| anyhow!("can't listen on {}: {error} (is the port in use?)", config.listen))?;
 
         let stores = DiskStores::open(&config.data_dir.join("store"), identity.node)
-            .map_err(|error| anyhow!("{error}"))?;
+            .map_err(|error| anyhow!("{error}"))?
+            .with_build_pace(config.raft.snapshot_build_bytes_per_s());
         let groups = file
             .policies
             .values()

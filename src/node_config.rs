@@ -157,6 +157,21 @@ pub struct RaftTuning {
     /// Entries kept in the log behind the last snapshot, for replicas catching up after one
     /// (`raft::config::LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES`).
     pub log_kept_behind_snapshot_entries: u64,
+    /// The megabytes a second (10^6 bytes) this node's snapshot builds may write, all groups together
+    /// (`storage::build_pace`; 0: no limit). Installs, which someone waits for, are not limited.
+    pub snapshot_build_mb_per_s: u64,
+}
+
+/// The default pace of a node's snapshot builds, in MB/s (`[raft] snapshot_build_mb_per_s`): where a
+/// bulk writer beside a log's fsyncs begins to cost them (docs/storage.md, "Snapshots"), and TiKV's
+/// default for its snapshots' I/O. A gigabyte's build takes at least 10 s.
+pub const SNAPSHOT_BUILD_MB_PER_S: u64 = 100;
+
+impl RaftTuning {
+    /// `snapshot_build_mb_per_s` in bytes a second (`None`: no limit).
+    pub fn snapshot_build_bytes_per_s(&self) -> Option<u64> {
+        Some(self.snapshot_build_mb_per_s.saturating_mul(1_000_000)).filter(|&rate| rate > 0)
+    }
 }
 
 impl Default for RaftTuning {
@@ -171,6 +186,7 @@ impl Default for RaftTuning {
             prompt_elections: true,
             snapshot_every_entries: raft::config::SNAPSHOT_EVERY_ENTRIES,
             log_kept_behind_snapshot_entries: raft::config::LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES,
+            snapshot_build_mb_per_s: SNAPSHOT_BUILD_MB_PER_S,
         }
     }
 }
@@ -419,5 +435,16 @@ addr = "127.0.0.1:7102"
         assert_eq!(load(GOOD).unwrap().worker_threads, None);
         let config = load(&GOOD.replace("topology =", "worker_threads = 1\ntopology =")).unwrap();
         assert_eq!(config.worker_threads, Some(1));
+    }
+
+    #[test]
+    fn snapshot_builds_are_paced_unless_told_not_to_be() {
+        let default = load(GOOD).unwrap().raft.snapshot_build_bytes_per_s();
+        assert_eq!(default, Some(SNAPSHOT_BUILD_MB_PER_S * 1_000_000));
+        for (setting, expected) in [("0", None), ("40", Some(40_000_000))] {
+            let text = format!("{GOOD}[raft]\nsnapshot_build_mb_per_s = {setting}\n");
+            let config = load(&text).unwrap();
+            assert_eq!(config.raft.snapshot_build_bytes_per_s(), expected, "{setting}");
+        }
     }
 }

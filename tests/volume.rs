@@ -36,6 +36,7 @@ async fn a_legacy_group_of_6000_records_migrates_into_the_eea_with_every_write_k
         time_limit: Duration::from_secs(600),
         verbose: std::env::var_os("VOLUME_VERBOSE").is_some(),
         snapshot_policy: Some((2_000, 4_000)),
+        snapshot_build_mb_per_s: None,
         copies: None,
     };
     let report = volume::run(config).await.unwrap();

@@ -13,6 +13,7 @@ use openraft::type_config::OneshotSender;
 use openraft::type_config::TypeConfigExt;
 use placement::NodeId;
 use storage::backend::Backend;
+use storage::build_pace::BuildPace;
 use storage::disk::FsDisk;
 use storage::group_commit::SyncThread;
 use storage::log::LogConfig;
@@ -65,6 +66,8 @@ pub struct DiskStores {
     engine: Arc<LogEngine<FsDisk>>,
     /// Each opened group's hold on its store files: a purge deletes them only once they are closed.
     stores_closed: Mutex<BTreeMap<u64, StoresClosed>>,
+    /// The pace every group's snapshot builds keep to together (`None`: as fast as they can).
+    build_pace: Option<Arc<BuildPace>>,
     // Kept for its lifetime: dropping it syncs what is pending and stops the driver.
     _sync: SyncThread,
 }
@@ -93,6 +96,7 @@ impl DiskStores {
             node,
             engine,
             stores_closed: Mutex::default(),
+            build_pace: None,
             _sync: sync,
         };
         // A purge cut short after its log was retired: finish it.
@@ -101,6 +105,13 @@ impl DiskStores {
                 .map_err(|e| error("finishing an interrupted purge", e.to_string()))?;
         }
         Ok(stores)
+    }
+
+    /// Holds the snapshot builds of every group opened from now on to `bytes_per_second` together,
+    /// a limit of the disk's, which they share ([`storage::build_pace`]); `None`: no limit.
+    pub fn with_build_pace(mut self, bytes_per_second: Option<u64>) -> DiskStores {
+        self.build_pace = bytes_per_second.map(|rate| Arc::new(BuildPace::new(rate)));
+        self
     }
 
     fn state_machine_dir(&self, group: u64) -> PathBuf {
@@ -143,8 +154,9 @@ impl<C: GroupConfig> Stores<C> for DiskStores {
             .lock()
             .expect("stores closed lock")
             .insert(group, backend.stores_closed());
-        let state_machine =
-            StateMachine::open(backend, Execution::DedicatedThread).map_err(|e| error(e.to_string()))?;
+        let state_machine = StateMachine::open(backend, Execution::DedicatedThread)
+            .map_err(|e| error(e.to_string()))?
+            .with_build_pace(self.build_pace.clone());
         Ok(OpenedGroup { log, state_machine })
     }
 

@@ -38,6 +38,11 @@ pub(crate) struct Apart {
 }
 
 impl Apart {
+    /// Whether the job runs on a thread of its own (not inline on the caller's, as in the simulator).
+    pub(crate) fn own_thread(&self) -> bool {
+        self.own_thread
+    }
+
     /// Lowers the job's thread's CPU priority ([`crate::priority`]), if it has a thread of its own.
     /// Returns the thread's nice value afterwards (`None` inline).
     pub(crate) fn lower_priority(self, nice: i32, what: &str) -> Option<i32> {

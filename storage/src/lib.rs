@@ -27,6 +27,7 @@
 pub mod apply;
 pub mod backend;
 mod blocking;
+pub mod build_pace;
 pub mod disk;
 mod entry_index;
 pub mod error;

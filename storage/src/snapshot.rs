@@ -699,17 +699,22 @@ pub fn build_into(
     header: SnapshotHeader,
     spool: SnapshotSpool,
 ) -> Result<SnapshotData, StateMachineError> {
-    let built = build_unless_given_up(view, header, spool, &mut || true)?;
+    let built = build_unless_given_up(view, header, spool, &mut |_| true, &|| false)?;
     Ok(built.expect("a build that is never given up finishes"))
 }
 
-/// [`build_into`], asking `go_on` after each chunk is written whether to finish: `None` when it said
-/// no, the spool dropped unfinished (a file is deleted with whatever it held, written or not).
+/// [`build_into`], asking `go_on` after each chunk is written (with the bytes it took) whether to
+/// finish, and `stop_now` before
+/// each item whether to stop at once: `None` when either did, the spool dropped unfinished (a file is
+/// deleted with whatever it held, written or not). `stop_now` is for a build nobody will read (its
+/// state machine closed): a build starved of CPU behind the foreground can take seconds over one
+/// chunk, and the replica's purge waits for it.
 pub fn build_unless_given_up(
     view: &impl BackendView,
     header: SnapshotHeader,
     spool: SnapshotSpool,
-    go_on: &mut dyn FnMut() -> bool,
+    go_on: &mut dyn FnMut(u64) -> bool,
+    stop_now: &dyn Fn() -> bool,
 ) -> Result<Option<SnapshotData>, StateMachineError> {
     let mut writer = Writer {
         spool,
@@ -727,6 +732,10 @@ pub fn build_unless_given_up(
     )?;
     for table in Table::ALL {
         view.scan_after(table, &[], None, &mut |key, value| {
+            if stop_now() {
+                writer.given_up = true;
+                return Ok(false);
+            }
             writer.item(table, key, value)?;
             Ok(!writer.given_up)
         })?;
@@ -763,7 +772,7 @@ struct Writer<'a> {
     pending_bytes: usize,
     chunks: u64,
     items: u64,
-    go_on: &'a mut dyn FnMut() -> bool,
+    go_on: &'a mut dyn FnMut(u64) -> bool,
     /// `go_on` said no: nothing more is written.
     given_up: bool,
 }
@@ -807,7 +816,7 @@ impl Writer<'_> {
             },
         )?;
         self.chunks += 1;
-        self.given_up = !(self.go_on)();
+        self.given_up = !(self.go_on)(self.frame.len() as u64);
         Ok(())
     }
 }
@@ -868,20 +877,36 @@ mod tests {
         let spool_path = dir.path().join("building.tmp");
         let spool = SnapshotSpool::create_file(&spool_path, 1 << 30).unwrap();
         let mut asked = 0;
-        let built = build_unless_given_up(&source.view().unwrap(), header(), spool, &mut || {
-            asked += 1;
-            asked < 2
-        })
+        let built = build_unless_given_up(
+            &source.view().unwrap(),
+            header(),
+            spool,
+            &mut |_| {
+                asked += 1;
+                asked < 2
+            },
+            &|| false,
+        )
         .unwrap();
         assert!(built.is_none(), "given up after its second chunk");
         assert_eq!(asked, 2, "asked once per chunk, and no more once told no");
         assert!(!spool_path.exists(), "the unfinished spool is deleted");
         let spool = SnapshotSpool::create_file(&spool_path, 1 << 30).unwrap();
         let mut asked = 0;
-        let built = build_unless_given_up(&source.view().unwrap(), header(), spool, &mut || {
-            asked += 1;
-            true
-        })
+        let built = build_unless_given_up(
+            &source.view().unwrap(),
+            header(),
+            spool,
+            &mut |bytes| {
+                asked += 1;
+                assert!(
+                    bytes > 0 && bytes <= 2 * SNAPSHOT_CHUNK_BYTES_MAX as u64,
+                    "{bytes} bytes"
+                );
+                true
+            },
+            &|| false,
+        )
         .unwrap()
         .expect("a build never told to stop finishes");
         assert_eq!(
@@ -889,6 +914,40 @@ mod tests {
             built.chunk_count() - 2,
             "once per chunk of items (header and trailer aside)"
         );
+    }
+
+    /// A build told to stop now stops within the chunk, before the next item: nothing more is read
+    /// or written, and its spool file goes.
+    #[test]
+    fn a_build_told_to_stop_now_stops_before_the_next_item() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = filled_backend(2000);
+        let spool_path = dir.path().join("building.tmp");
+        let spool = SnapshotSpool::create_file(&spool_path, 1 << 30).unwrap();
+        let items_asked = std::cell::Cell::new(0u64);
+        let mut chunks_asked = 0;
+        let built = build_unless_given_up(
+            &source.view().unwrap(),
+            header(),
+            spool,
+            &mut |_| {
+                chunks_asked += 1;
+                true
+            },
+            &|| {
+                items_asked.set(items_asked.get() + 1);
+                items_asked.get() > 10
+            },
+        )
+        .unwrap();
+        assert!(built.is_none(), "stopped");
+        assert_eq!(
+            items_asked.get(),
+            11,
+            "asked before each item, and no more once told to stop"
+        );
+        assert_eq!(chunks_asked, 0, "stopped inside the first chunk");
+        assert!(!spool_path.exists(), "the unfinished spool is deleted");
     }
 
     #[test]

@@ -75,6 +75,7 @@ use crate::backend::Table;
 use crate::backend::WriteBatch;
 pub use crate::blocking::Execution;
 use crate::blocking::Executor;
+use crate::build_pace::BuildPace;
 use crate::codec;
 use crate::error::SnapshotError;
 use crate::error::StateMachineError;
@@ -183,6 +184,8 @@ pub struct StateMachine<C, B: Backend> {
     membership_changing: Arc<AtomicBool>,
     /// Held by every handle: once none is left the group is closed, and a build in progress gives up.
     handles: Arc<()>,
+    /// The node's pace for snapshot builds, shared by its groups (`None`: builds go as fast as they can).
+    build_pace: Option<Arc<BuildPace>>,
     _config: PhantomData<fn() -> C>,
 }
 
@@ -195,6 +198,7 @@ impl<C, B: Backend> Clone for StateMachine<C, B> {
             snapshots_installed: self.snapshots_installed.clone(),
             membership_changing: self.membership_changing.clone(),
             handles: self.handles.clone(),
+            build_pace: self.build_pace.clone(),
             _config: PhantomData,
         }
     }
@@ -209,6 +213,7 @@ pub struct SnapshotBuilder<C, B: Backend> {
     /// removal committed, and its purge, which waits for the store's files to close, waited the
     /// build's 10–16 s for a snapshot nobody would take (docs/performance.md).
     handles: std::sync::Weak<()>,
+    build_pace: Option<Arc<BuildPace>>,
     executor: Arc<Executor>,
     _config: PhantomData<fn() -> C>,
 }
@@ -492,8 +497,16 @@ impl<C: StorageTypeConfig, B: Backend> StateMachine<C, B> {
             executor: Arc::new(executor),
             snapshots_installed: Arc::default(),
             handles: Arc::default(),
+            build_pace: None,
             _config: PhantomData,
         })
+    }
+
+    /// Holds this group's snapshot builds to `pace`, shared with the node's other groups
+    /// ([`crate::build_pace`]); only builds on a thread of their own are paced.
+    pub fn with_build_pace(mut self, pace: Option<Arc<BuildPace>>) -> Self {
+        self.build_pace = pace;
+        self
     }
 
     /// Runs a short store call (one that never syncs): at once on this task when the store is free,
@@ -685,6 +698,7 @@ impl<C: StorageTypeConfig, B: Backend> RaftStateMachine<C> for StateMachine<C, B
             core: self.core.clone(),
             membership_changing: self.membership_changing.clone(),
             handles: Arc::downgrade(&self.handles),
+            build_pace: self.build_pace.clone(),
             executor: self.executor.clone(),
             _config: PhantomData,
         }
@@ -753,6 +767,7 @@ impl<C: StorageTypeConfig, B: Backend> RaftSnapshotBuilder<C> for SnapshotBuilde
         let core = self.core.clone();
         let changing = self.membership_changing.clone();
         let handles = self.handles.clone();
+        let build_pace = self.build_pace.clone();
         // On a thread of its own: the scan takes seconds at volume, and large applies (and calls that
         // found the store busy) queue on the state machine's thread; they would wait behind it.
         let data = self
@@ -763,6 +778,12 @@ impl<C: StorageTypeConfig, B: Backend> RaftSnapshotBuilder<C> for SnapshotBuilde
                     // Given up only by a replica that has a snapshot to answer with, whose membership had
                     // settled (a change longer than the wait, or learners kept for good, would otherwise
                     // stop every build), and not twice in a row: the log stays bounded.
+                    // Closed already (a removed replica's deferred build, resumed as its removal
+                    // committed): not even the durable commit the build begins with is worth making.
+                    if handles.strong_count() == 0 {
+                        tracing::info!("snapshot build not begun: the state machine was closed");
+                        return Err(StateMachineError::Closed);
+                    }
                     let (view, header, spool, current) = {
                         let mut core = lock(&core);
                         let (view, header, spool) = core.start_snapshot()?;
@@ -776,17 +797,20 @@ impl<C: StorageTypeConfig, B: Backend> RaftSnapshotBuilder<C> for SnapshotBuilde
                     };
                     // Without the lock, and behind the foreground (`crate::priority`): applies go on
                     // while the view is scanned, and take the CPU first.
+                    let pace = build_pace.filter(|_| apart.own_thread());
                     apart.lower_priority(SNAPSHOT_THREAD_NICE, "snapshot build");
                     let mut chunks = 0u64;
-                    let mut closed = false;
-                    let mut go_on = || {
+                    let mut go_on = |bytes| {
                         chunks += 1;
-                        closed = handles.strong_count() == 0;
-                        !closed && (current.is_none() || !changing.load(Ordering::Relaxed))
+                        if let Some(pace) = &pace {
+                            pace.wrote(bytes);
+                        }
+                        current.is_none() || !changing.load(Ordering::Relaxed)
                     };
-                    let built = snapshot::build_unless_given_up(&view, header, spool, &mut go_on)?;
+                    let closed = || handles.strong_count() == 0;
+                    let built = snapshot::build_unless_given_up(&view, header, spool, &mut go_on, &closed)?;
                     drop(view);
-                    if closed {
+                    if built.is_none() && closed() {
                         tracing::info!(chunks, "snapshot build given up: the state machine was closed");
                         return Err(StateMachineError::Closed);
                     }
@@ -1278,8 +1302,8 @@ mod tests {
     }
 
     /// A build whose state machine was closed (every handle dropped: the replica purged, the node
-    /// stopping) gives up, even a first one: nobody will take the snapshot, and the store's files
-    /// are held until it ends.
+    /// stopping) before it began does not begin, even a first one: nobody will take the snapshot, and
+    /// the store's files are held until it ends.
     #[tokio::test]
     async fn a_build_gives_up_once_its_state_machine_is_closed() {
         let mut state_machine =
@@ -1290,6 +1314,29 @@ mod tests {
         drop(state_machine);
         drop(reader);
         let error = builder.build_snapshot().await.unwrap_err();
+        assert!(
+            error.to_string().contains("the state machine was closed"),
+            "{error}"
+        );
+    }
+
+    /// A build whose state machine is closed while it runs (here: in its first durable commit) stops
+    /// at its next item, even a first build, and says the state machine was closed.
+    #[tokio::test]
+    async fn a_build_stops_once_its_state_machine_is_closed_while_it_runs() {
+        let (mut state_machine, hold) = open_with_held_sync();
+        apply_large(&mut state_machine, 1, 64).await;
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        *hold.lock().unwrap() = Some((started_tx, release_rx));
+        let mut builder = state_machine.get_snapshot_builder().await;
+        let mut build = std::pin::pin!(builder.build_snapshot());
+        let polled = tokio::time::timeout(Duration::from_millis(1), &mut build).await;
+        assert!(polled.is_err(), "the build waits for its held sync");
+        started.recv().unwrap(); // past the check made before it begins
+        drop(state_machine);
+        release.send(()).unwrap();
+        let error = build.await.unwrap_err();
         assert!(
             error.to_string().contains("the state machine was closed"),
             "{error}"

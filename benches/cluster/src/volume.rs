@@ -122,6 +122,8 @@ pub struct Config {
     /// The nodes' snapshot policy, (every N applied entries, entries kept behind the last), instead of
     /// their defaults (`[raft] snapshot_every_entries`, `log_kept_behind_snapshot_entries`).
     pub snapshot_policy: Option<(u64, u64)>,
+    /// The nodes' `[raft] snapshot_build_mb_per_s`, instead of their default.
+    pub snapshot_build_mb_per_s: Option<u64>,
     /// `placement apply --copies`: `one-at-a-time` or `side-by-side` (its default unless given).
     pub copies: Option<String>,
 }
@@ -194,6 +196,8 @@ pub struct Report {
     pub records: u64,
     pub value_bytes: usize,
     pub in_flight: usize,
+    /// The nodes' `[raft] snapshot_build_mb_per_s` when the run set it (their default otherwise).
+    pub snapshot_build_mb_per_s: Option<u64>,
     pub live_writers: usize,
     /// Live writes a second on a fixed schedule, when they were paced so (`live_writers` unused).
     pub live_rate: Option<f64>,
@@ -289,7 +293,7 @@ impl Report {
     pub fn render(&self) -> String {
         let mb = |bytes: u64| bytes as f64 / 1e6;
         let mut text = format!(
-            "records {} x {} B ({:.0} MB of values), {} in flight\n\
+            "records {} x {} B ({:.0} MB of values), {} in flight, snapshot builds paced to {}\n\
              load: {:.1} s, {:.1} MB/s; read back: {:.1} s; {} filler writes and their builds: {:.1} s\n\
              builds in the baseline: {:?}\n\
              checksum before {} after {}: {}\n\
@@ -300,6 +304,11 @@ impl Report {
             self.value_bytes,
             mb(self.records * self.value_bytes as u64),
             self.in_flight,
+            match self.snapshot_build_mb_per_s {
+                Some(0) => "no limit".to_string(),
+                Some(mb_per_s) => format!("{mb_per_s} MB/s"),
+                None => "the nodes' default".to_string(),
+            },
             self.load_s,
             self.load_mb_per_s,
             self.read_back_s,
@@ -521,13 +530,17 @@ fn write_files(config: &Config, deadline: Instant) -> anyhow::Result<Cluster> {
                 format!("snapshot_every_entries = {every}\nlog_kept_behind_snapshot_entries = {kept}\n")
             })
             .unwrap_or_default();
+        let build_pace = config
+            .snapshot_build_mb_per_s
+            .map(|mb_per_s| format!("snapshot_build_mb_per_s = {mb_per_s}\n"))
+            .unwrap_or_default();
         std::fs::write(
             config.dir.join(format!("node-{id}.toml")),
             format!(
                 "cluster = \"volume\"\nnode_id = {id}\nsite = \"{site}\"\ndata_dir = \"data-{id}\"\n\
                  listen = \"{}\"\nadmin = \"{}\"\ntopology = \"topology.toml\"\n\
                  [tls]\nca = \"certs/ca.pem\"\ncert = \"certs/node-{id}.pem\"\nkey = \"certs/node-{id}.key\"\n\
-                 {peers}\n[raft]\npurge_check_ms = 1000\n{snapshot_policy}",
+                 {peers}\n[raft]\npurge_check_ms = 1000\n{snapshot_policy}{build_pace}",
                 cluster.listen[&id], cluster.admin[&id]
             ),
         )?;
@@ -735,6 +748,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         records: config.records,
         value_bytes: config.value_bytes,
         in_flight: config.in_flight,
+        snapshot_build_mb_per_s: config.snapshot_build_mb_per_s,
         live_writers: config.live_writers,
         live_rate: config.live_rate,
         load_average_start: stats::load_average(),

@@ -43,6 +43,10 @@ struct Cli {
     /// Entries kept in the log behind the last snapshot (with --snapshot-every-entries).
     #[arg(long, requires = "snapshot_every_entries")]
     log_kept_behind_snapshot_entries: Option<u64>,
+    /// The MB/s every node's snapshot builds may write together (`[raft] snapshot_build_mb_per_s`; 0: no
+    /// limit; the nodes' default unless given).
+    #[arg(long)]
+    snapshot_build_mb_per_s: Option<u64>,
     /// How `placement apply` copies the new replicas: one-at-a-time or side-by-side (its default unless
     /// given).
     #[arg(long)]
@@ -74,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
         snapshot_policy: cli
             .snapshot_every_entries
             .zip(cli.log_kept_behind_snapshot_entries),
+        snapshot_build_mb_per_s: cli.snapshot_build_mb_per_s,
         copies: cli.copies,
     };
     let report = volume::run(config).await?;
