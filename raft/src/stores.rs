@@ -78,6 +78,9 @@ pub struct DiskStores {
 /// is freed only at the store's last close, and the store's last commit fails (logged).
 const STORE_CLOSE_WAIT: Duration = Duration::from_secs(60);
 
+/// How long a purge waits for the store to close before it says it is waiting.
+const STORE_CLOSE_NOTICED: Duration = Duration::from_secs(5);
+
 impl DiskStores {
     pub fn open(dir: &Path, node: NodeId) -> Result<DiskStores, StoreError> {
         let error = |what: &str, reason: String| StoreError {
@@ -186,12 +189,22 @@ impl<C: GroupConfig> Stores<C> for DiskStores {
             .name("domicile-purge".into())
             .spawn(move || {
                 if let Some(stores_closed) = stores_closed
-                    && !stores_closed.wait(STORE_CLOSE_WAIT)
+                    && !stores_closed.wait(STORE_CLOSE_NOTICED)
                 {
-                    tracing::warn!(
-                        path = %dir.display(), waited_s = STORE_CLOSE_WAIT.as_secs(),
-                        "a purged replica's store is still open; deleting its files under it"
+                    // Said while it waits, not only when the wait runs out: the operator's apply is
+                    // waiting for this purge's attestation meanwhile.
+                    tracing::info!(
+                        path = %dir.display(), waited_s = STORE_CLOSE_NOTICED.as_secs(),
+                        "a purged replica's store is still open (a snapshot build or a reader holds it); \
+                         its files are deleted once it closes, or in {} s at most",
+                        (STORE_CLOSE_WAIT - STORE_CLOSE_NOTICED).as_secs()
                     );
+                    if !stores_closed.wait(STORE_CLOSE_WAIT - STORE_CLOSE_NOTICED) {
+                        tracing::warn!(
+                            path = %dir.display(), waited_s = STORE_CLOSE_WAIT.as_secs(),
+                            "a purged replica's store is still open; deleting its files under it"
+                        );
+                    }
                 }
                 let _ = tx.send(DiskStores::remove_state_machine(&dir));
             })

@@ -733,11 +733,17 @@ impl<C: StorageTypeConfig, B: Backend> RaftStateMachine<C> for StateMachine<C, B
 
 impl<C: StorageTypeConfig, B: Backend> SnapshotBuilder<C, B> {
     /// Waits, at most [`BUILD_DEFERRED_MAX`], while the applied membership is changing; says whether
-    /// it settled (not whether the bound ran out).
-    async fn wait_while_membership_changes(&self) -> bool {
+    /// it settled (not whether the bound ran out). Fails with [`StateMachineError::Closed`] as soon as
+    /// the state machine is closed: a replica removed in a migration never sees its membership settle,
+    /// and a deferred build holds the store open, which its purge waits for (46 s in a bench run).
+    async fn wait_while_membership_changes(&self) -> Result<bool, StateMachineError> {
         let started = C::now();
         let mut deferred = false;
         loop {
+            if self.handles.strong_count() == 0 {
+                tracing::info!(deferred, "snapshot build not begun: the state machine was closed");
+                return Err(StateMachineError::Closed);
+            }
             let changing = self.membership_changing.load(Ordering::Relaxed);
             let waited = C::now().saturating_duration_since(started);
             if !changing || waited >= BUILD_DEFERRED_MAX {
@@ -748,7 +754,7 @@ impl<C: StorageTypeConfig, B: Backend> SnapshotBuilder<C, B> {
                         "snapshot build resumed after the membership change"
                     );
                 }
-                return !changing;
+                return Ok(!changing);
             }
             if !deferred {
                 tracing::info!("snapshot build deferred while the membership changes");
@@ -763,7 +769,7 @@ impl<C: StorageTypeConfig, B: Backend> RaftSnapshotBuilder<C> for SnapshotBuilde
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, SnapshotData>, io::Error> {
-        let settled = self.wait_while_membership_changes().await;
+        let settled = self.wait_while_membership_changes().await?;
         let core = self.core.clone();
         let changing = self.membership_changing.clone();
         let handles = self.handles.clone();
@@ -1369,6 +1375,30 @@ mod tests {
         state_machine.membership_changing.store(true, Ordering::Relaxed);
         let snapshot = build(&mut state_machine).await; // the clock is paused: its minute passes at once
         assert_eq!(snapshot.meta.last_log_id.map(|log_id| log_id.index), Some(128));
+    }
+
+    /// A build deferred while the membership changes stops waiting as soon as its state machine is
+    /// closed: a removed replica's membership never settles, and the wait held its store open, which
+    /// the replica's purge waits for.
+    #[tokio::test(start_paused = true)]
+    async fn a_deferred_build_ends_once_its_state_machine_is_closed() {
+        let mut state_machine =
+            StateMachine::<TestConfig, _>::open(Watched::new(), Execution::DedicatedThread).unwrap();
+        apply_large(&mut state_machine, 1, 64).await;
+        state_machine.membership_changing.store(true, Ordering::Relaxed);
+        let mut builder = state_machine.get_snapshot_builder().await;
+        let mut build = std::pin::pin!(builder.build_snapshot());
+        let polled = tokio::time::timeout(Duration::from_secs(5), &mut build).await;
+        assert!(polled.is_err(), "deferred while the membership changes");
+        drop(state_machine);
+        let ended = tokio::time::timeout(Duration::from_secs(1), build)
+            .await
+            .expect("it ends within a poll of the close, not when its minute runs out");
+        let error = ended.unwrap_err();
+        assert!(
+            error.to_string().contains("the state machine was closed"),
+            "{error}"
+        );
     }
 
     /// A follower's apply (no caller waits for its responses) first lets the tasks already woken
