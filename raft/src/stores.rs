@@ -111,9 +111,11 @@ impl DiskStores {
     }
 
     /// Holds the snapshot builds of every group opened from now on to `bytes_per_second` together,
-    /// a limit of the disk's, which they share ([`storage::build_pace`]); `None`: no limit.
+    /// a limit of the disk's, which they share ([`storage::build_pace`]); `None` or 0: no limit.
     pub fn with_build_pace(mut self, bytes_per_second: Option<u64>) -> DiskStores {
-        self.build_pace = bytes_per_second.map(|rate| Arc::new(BuildPace::new(rate)));
+        self.build_pace = bytes_per_second
+            .filter(|&rate| rate > 0)
+            .map(|rate| Arc::new(BuildPace::new(rate)));
         self
     }
 

@@ -704,11 +704,10 @@ pub fn build_into(
 }
 
 /// [`build_into`], asking `go_on` after each chunk is written (with the bytes it took) whether to
-/// finish, and `stop_now` before
-/// each item whether to stop at once: `None` when either did, the spool dropped unfinished (a file is
-/// deleted with whatever it held, written or not). `stop_now` is for a build nobody will read (its
-/// state machine closed): a build starved of CPU behind the foreground can take seconds over one
-/// chunk, and the replica's purge waits for it.
+/// finish, and `stop_now` before each item whether to stop at once: `None` when either said so, the
+/// spool dropped unfinished (a file is deleted with whatever it held, written or not). `stop_now` is
+/// for a build nobody will read (its state machine closed): a build starved of CPU behind the
+/// foreground can take seconds over one chunk, and the replica's purge waits for it.
 pub fn build_unless_given_up(
     view: &impl BackendView,
     header: SnapshotHeader,
@@ -773,7 +772,7 @@ struct Writer<'a> {
     chunks: u64,
     items: u64,
     go_on: &'a mut dyn FnMut(u64) -> bool,
-    /// `go_on` said no: nothing more is written.
+    /// `go_on` said no, or `stop_now` yes: nothing more is written.
     given_up: bool,
 }
 

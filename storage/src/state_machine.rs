@@ -781,15 +781,15 @@ impl<C: StorageTypeConfig, B: Backend> RaftSnapshotBuilder<C> for SnapshotBuilde
             .run_apart::<C, _>(
                 "domicile-snapshot",
                 move |apart| -> Result<SnapshotData, StateMachineError> {
-                    // Given up only by a replica that has a snapshot to answer with, whose membership had
-                    // settled (a change longer than the wait, or learners kept for good, would otherwise
-                    // stop every build), and not twice in a row: the log stays bounded.
-                    // Closed already (a removed replica's deferred build, resumed as its removal
-                    // committed): not even the durable commit the build begins with is worth making.
+                    // Closed since its wait (the replica purged, the node stopping): not even the
+                    // durable commit the build begins with is worth making.
                     if handles.strong_count() == 0 {
                         tracing::info!("snapshot build not begun: the state machine was closed");
                         return Err(StateMachineError::Closed);
                     }
+                    // Given up only by a replica that has a snapshot to answer with, whose membership had
+                    // settled (a change longer than the wait, or learners kept for good, would otherwise
+                    // stop every build), and not twice in a row: the log stays bounded.
                     let (view, header, spool, current) = {
                         let mut core = lock(&core);
                         let (view, header, spool) = core.start_snapshot()?;
