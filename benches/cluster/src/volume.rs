@@ -173,6 +173,9 @@ pub struct CopyRate {
     /// its runtime, which receives; threads of one name summed). A thread that ended inside the window
     /// counts to its last sample, up to 200 ms short.
     pub learner_threads_cpu_s: BTreeMap<String, f64>,
+    /// The group's leader when the copy began, and its part of `cpu_s` by thread name, likewise.
+    pub leader: Option<u64>,
+    pub leader_threads_cpu_s: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -360,13 +363,14 @@ impl Report {
                 by_process.join(", "),
                 copy.cpu_s_per_gb
             ));
-            let mut by_thread: Vec<(&String, &f64)> = copy.learner_threads_cpu_s.iter().collect();
-            by_thread.sort_by(|a, b| b.1.total_cmp(a.1));
-            let by_thread: Vec<String> = (by_thread.iter())
-                .filter(|(_, seconds)| **seconds >= 0.05)
-                .map(|(thread, seconds)| format!("{thread} {seconds:.1}"))
-                .collect();
+            let by_thread = threads_text(&copy.learner_threads_cpu_s);
             text.push_str(&format!("  n{}'s threads: {}\n", copy.node, by_thread.join(", ")));
+            if let Some(leader) = copy.leader {
+                text.push_str(&format!(
+                    "  leader n{leader}'s threads: {}\n",
+                    threads_text(&copy.leader_threads_cpu_s).join(", ")
+                ));
+            }
         }
         for snapshots in &self.snapshots {
             text.push_str(&format!(
@@ -1055,13 +1059,11 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
             continue;
         };
         // The leader's committed index in the first sample after the learner was added.
-        let Some(target) = samples
-            .iter()
-            .find(|(at, _)| at >= added_at)
-            .and_then(|(_, status)| group_view(status)["committed"].as_u64())
-        else {
+        let first = samples.iter().find(|(at, _)| at >= added_at);
+        let Some(target) = first.and_then(|(_, status)| group_view(status)["committed"].as_u64()) else {
             continue;
         };
+        let leader = first.and_then(|(_, status)| group_view(status)["leader"].as_u64());
         let caught_up = samples.iter().find(|(at, status)| {
             at >= added_at && applied_on(status, node).is_some_and(|applied| applied >= target)
         });
@@ -1069,11 +1071,17 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
             let seconds = at.duration_since(*added_at).as_secs_f64();
             let cpu_samples = cpu_samples.lock().unwrap();
             let cpu_s = cpu_between(&cpu_samples, *added_at, *at, |sample| &sample.processes);
-            let learner = format!("n{node} ");
-            let learner_threads_cpu_s = cpu_between(&cpu_samples, *added_at, *at, |sample| &sample.threads)
-                .into_iter()
-                .filter_map(|(thread, seconds)| Some((thread.strip_prefix(&learner)?.to_string(), seconds)))
-                .collect();
+            let threads = cpu_between(&cpu_samples, *added_at, *at, |sample| &sample.threads);
+            let threads_of = |node: u64| -> BTreeMap<String, f64> {
+                let prefix = format!("n{node} ");
+                (threads.iter())
+                    .filter_map(|(thread, seconds)| {
+                        Some((thread.strip_prefix(&prefix)?.to_string(), *seconds))
+                    })
+                    .collect()
+            };
+            let learner_threads_cpu_s = threads_of(node);
+            let leader_threads_cpu_s = leader.map(threads_of).unwrap_or_default();
             report.copy.push(CopyRate {
                 node,
                 catch_up_s: seconds,
@@ -1083,6 +1091,8 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
                 cpu_s_per_gb: cpu_s.values().sum::<f64>() / (logical_bytes as f64 / 1e9).max(1e-9),
                 cpu_s,
                 learner_threads_cpu_s,
+                leader,
+                leader_threads_cpu_s,
             });
         }
     }
@@ -1129,6 +1139,16 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     drop(apply);
     drop(nodes);
     Ok(report)
+}
+
+/// `name seconds` of each thread that spent at least 0.05 s, the busiest first.
+fn threads_text(threads: &BTreeMap<String, f64>) -> Vec<String> {
+    let mut by_thread: Vec<(&String, &f64)> = threads.iter().collect();
+    by_thread.sort_by(|a, b| b.1.total_cmp(a.1));
+    (by_thread.iter())
+        .filter(|(_, seconds)| **seconds >= 0.05)
+        .map(|(thread, seconds)| format!("{thread} {seconds:.1}"))
+        .collect()
 }
 
 /// The CPU time at one memory sample: when; each process's seconds by name (`n1`.., `bench`); and each
