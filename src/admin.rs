@@ -224,6 +224,18 @@ pub fn node_status(node: &Node) -> NodeStatus {
             .filter(|group| node.host.is_retired(group))
             .map(|group| group.0.clone())
             .collect(),
+        purging: node
+            .file
+            .policies
+            .keys()
+            .filter_map(|group| {
+                let state = node.host.purge_state(group)?;
+                Some(crate::admin_api::Purging {
+                    group: group.0.clone(),
+                    state: state.name().to_string(),
+                })
+            })
+            .collect(),
         fault: crate::admin_faults::view(node),
         round_trips: node.round_trips.peers(),
         round_trips_uncovered: node.round_trips.uncovered(),

@@ -26,6 +26,9 @@ pub struct NodeStatus {
     /// The groups whose replica here is retired (purged, and not added back since).
     #[serde(default)]
     pub retired: Vec<String>,
+    /// Purges under way here: past their point of no return, their files not all gone yet.
+    #[serde(default)]
+    pub purging: Vec<Purging>,
     /// An operator's isolation of this node from its peers (a drill), while in force.
     #[serde(default)]
     pub fault: Option<crate::admin_faults::FaultView>,
@@ -38,6 +41,14 @@ pub struct NodeStatus {
     /// Drained by an operator (`POST /drain`, or an evacuation): declines leadership until it restarts.
     #[serde(default)]
     pub draining: bool,
+}
+
+/// A purge under way on a node: `state` is `waiting_for_store` (its store is still open: a snapshot
+/// build or a reader holds it; its files go once it closes, or after a minute at most) or `deleting`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Purging {
+    pub group: String,
+    pub state: String,
 }
 
 /// A replica a node purged: the committed membership that left it out, as the group's leader showed it,

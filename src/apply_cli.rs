@@ -36,7 +36,7 @@ use clap::{Args, Subcommand};
 use placement::{GroupId, GroupReport, NodeId, Plan, Step, TopologyFile};
 
 use crate::admin_api::{AdminError, NodeStatus, PurgeRecord, StepRequest};
-use crate::apply_report::{Attestation, Outcome, PurgeState, Reporter};
+use crate::apply_report::{Attestation, Outcome, PendingPurge, PurgeState, Reporter};
 use crate::cluster_view::{Cluster, fetch_topology, topologies_disagreeing};
 use crate::operator_cli::{Output, fetch_status};
 use crate::placement_cli::render_problem;
@@ -772,7 +772,7 @@ impl Run<'_> {
     /// taken for the end of the wait, its silence would report a purge that took a moment longer as
     /// unconfirmed. (It is not what fails the evacuation test under load: there the node still holds its
     /// replica after the whole wait; docs/testing.md.)
-    fn pending_purges(&self, cluster: &Cluster, removed: &[(GroupId, NodeId)]) -> Vec<(String, NodeId)> {
+    fn pending_purges(&self, cluster: &Cluster, removed: &[(GroupId, NodeId)]) -> Vec<PendingPurge> {
         let mut pending = Vec::new();
         for group in &self.groups {
             let members = cluster.membership(group);
@@ -782,13 +782,24 @@ impl Run<'_> {
                 let unproven = proof_of(node, group).is_none()
                     && (node.retired.contains(&group.0) || removed.contains(&(group.clone(), id)));
                 if (holds || unproven) && !members.contains(id) && self.attests(id) {
-                    pending.push((group.0.clone(), id));
+                    let state = (node.purging.iter())
+                        .find(|purging| purging.group == group.0)
+                        .map(|purging| purging.state.clone());
+                    pending.push(PendingPurge {
+                        group: group.0.clone(),
+                        node: id,
+                        state,
+                    });
                 }
             }
             let silent = removed.iter().filter(|(of, id)| {
                 of == group && !cluster.answers(*id) && self.answered_at_start.contains(id)
             });
-            pending.extend(silent.map(|(_, id)| (group.0.clone(), *id)));
+            pending.extend(silent.map(|(_, id)| PendingPurge {
+                group: group.0.clone(),
+                node: *id,
+                state: None,
+            }));
         }
         pending
     }

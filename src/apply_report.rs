@@ -22,6 +22,15 @@ pub struct Reporter {
     topology: Topology,
 }
 
+/// A removed replica whose purge is not confirmed yet: its group, its node, and where the node says
+/// its purge stands (`waiting_for_store` or `deleting`; none if it has not begun, or the node is silent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingPurge {
+    pub group: String,
+    pub node: NodeId,
+    pub state: Option<String>,
+}
+
 /// What became of one removed replica.
 #[derive(Clone, Debug, Serialize)]
 pub struct Attestation {
@@ -210,15 +219,26 @@ impl Reporter {
         }
     }
 
-    pub fn purge_waiting(&self, waiting: &[(String, NodeId)], waited: Duration) {
+    /// Says which removed replicas are not purged yet, and where each node says its purge stands.
+    pub fn purge_waiting(&self, waiting: &[PendingPurge], waited: Duration) {
         let pending: Vec<String> = waiting
             .iter()
-            .map(|(group, node)| format!("{group} on {}", self.node(*node)))
+            .map(|purge| {
+                let state = match purge.state.as_deref() {
+                    Some("waiting_for_store") => {
+                        " (its store is still open: a snapshot build or a reader holds it; deleted once it \
+                         closes, a minute at most)"
+                    }
+                    Some("deleting") => " (deleting its files)",
+                    _ => "",
+                };
+                format!("{} on {}{state}", purge.group, self.node(purge.node))
+            })
             .collect();
         if self.json {
             let pending: Vec<serde_json::Value> = waiting
                 .iter()
-                .map(|(group, node)| json!({"group": group, "node": node.0}))
+                .map(|purge| json!({"group": purge.group, "node": purge.node.0, "state": purge.state}))
                 .collect();
             self.emit(
                 json!({"event": "purge_wait", "pending": pending, "waited_ms": waited.as_millis() as u64}),

@@ -563,6 +563,7 @@ mod tests {
             fault: None,
             round_trips: Vec::new(),
             round_trips_uncovered: Vec::new(),
+            purging: Vec::new(),
             draining: false,
         }
     }

@@ -416,6 +416,11 @@ impl<C: GroupConfig, T: Transport, S: Stores<C>> Host<C, T, S> {
         self.stores.is_retired(group_number(group))
     }
 
+    /// Where this node's purge of its replica of `group` stands, while one runs ([`crate::purge`]).
+    pub fn purge_state(&self, group: &GroupId) -> Option<crate::stores::PurgeState> {
+        self.stores.purge_state(group_number(group))
+    }
+
     /// How long since a leader last reached this node's replica of `group` (or since it was opened).
     pub fn leader_silence(&self, group: &GroupId) -> Result<Duration, HostError> {
         let replica = self.group(group)?;

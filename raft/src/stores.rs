@@ -32,6 +32,26 @@ pub struct StoreError {
     pub reason: String,
 }
 
+/// Where a purge of a replica stands, once its log is retired (the point of no return) and until its
+/// files are gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PurgeState {
+    /// Its store is still open (a snapshot build, a sync or a reader holds it): its files are deleted
+    /// once it closes, or after a minute at most.
+    WaitingForStore,
+    /// Its files are being deleted, a slice at a time ([`paced_removal`]).
+    Deleting,
+}
+
+impl PurgeState {
+    pub fn name(self) -> &'static str {
+        match self {
+            PurgeState::WaitingForStore => "waiting_for_store",
+            PurgeState::Deleting => "deleting",
+        }
+    }
+}
+
 /// A group's log and state machine, as recovered.
 pub struct OpenedGroup<C: GroupConfig, L, B: Backend> {
     pub log: L,
@@ -55,6 +75,11 @@ pub trait Stores<C: GroupConfig>: Send + Sync + 'static {
     /// closed (the store outlives the stopped Raft instance by its last commit). The group's Raft
     /// instance must be stopped.
     fn retire_group(&self, group: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Where this node's purge of `group` stands, while one runs ([`Stores::retire_group`]).
+    fn purge_state(&self, _group: u64) -> Option<PurgeState> {
+        None
+    }
 }
 
 /// Production storage under one data directory: `log/` (the node-wide WAL) and `groups/<n>/` (redb).
@@ -68,6 +93,8 @@ pub struct DiskStores {
     stores_closed: Mutex<BTreeMap<u64, StoresClosed>>,
     /// The pace every group's snapshot builds keep to together (`None`: as fast as they can).
     build_pace: Option<Arc<BuildPace>>,
+    /// Purges under way, by group: an operator waiting for one sees where it stands.
+    purges: Arc<Mutex<BTreeMap<u64, PurgeState>>>,
     // Kept for its lifetime: dropping it syncs what is pending and stops the driver.
     _sync: SyncThread,
 }
@@ -100,6 +127,7 @@ impl DiskStores {
             engine,
             stores_closed: Mutex::default(),
             build_pace: None,
+            purges: Arc::default(),
             _sync: sync,
         };
         // A purge cut short after its log was retired: finish it.
@@ -187,7 +215,16 @@ impl<C: GroupConfig> Stores<C> for DiskStores {
             .expect("stores closed lock")
             .remove(&group);
         let (tx, rx) = C::oneshot();
-        std::thread::Builder::new()
+        let purges = self.purges.clone();
+        let purge_state = move |state: Option<PurgeState>| {
+            let mut purges = purges.lock().expect("purges lock");
+            match state {
+                Some(state) => purges.insert(group, state),
+                None => purges.remove(&group),
+            };
+        };
+        purge_state(Some(PurgeState::WaitingForStore));
+        let spawned = std::thread::Builder::new()
             .name("domicile-purge".into())
             .spawn(move || {
                 if let Some(stores_closed) = stores_closed
@@ -208,11 +245,65 @@ impl<C: GroupConfig> Stores<C> for DiskStores {
                         );
                     }
                 }
-                let _ = tx.send(DiskStores::remove_state_machine(&dir));
-            })
-            .map_err(|e| error("starting its removal thread", e.to_string()))?;
+                purge_state(Some(PurgeState::Deleting));
+                let removed = DiskStores::remove_state_machine(&dir);
+                purge_state(None);
+                let _ = tx.send(removed);
+            });
+        if let Err(e) = spawned {
+            self.purges.lock().expect("purges lock").remove(&group);
+            return Err(error("starting its removal thread", e.to_string()));
+        }
         rx.await
             .map_err(|_| error("removing its state machine", "the removal thread stopped".into()))?
             .map_err(|e| error("removing its state machine", e.to_string()))
+    }
+
+    fn purge_state(&self, group: u64) -> Option<PurgeState> {
+        self.purges.lock().expect("purges lock").get(&group).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TokioConfig;
+
+    // Production stores on the real clock: the purge runs on a thread of its own.
+    #[allow(clippy::disallowed_methods)]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_purge_says_it_waits_for_its_open_store_and_ends_once_the_store_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = Arc::new(DiskStores::open(dir.path(), NodeId(1)).unwrap());
+        let opened: OpenedGroup<TokioConfig, _, _> = Stores::<TokioConfig>::open_group(&*stores, 7).unwrap();
+        let group_dir = dir.path().join("groups").join("7");
+        assert!(group_dir.exists());
+        assert_eq!(Stores::<TokioConfig>::purge_state(&*stores, 7), None);
+
+        let purge = tokio::spawn({
+            let stores = stores.clone();
+            async move { Stores::<TokioConfig>::retire_group(&*stores, 7).await }
+        });
+        // The state machine still holds its store: the purge waits for it, and says so meanwhile.
+        let mut waiting = false;
+        for _ in 0..100 {
+            if Stores::<TokioConfig>::purge_state(&*stores, 7) == Some(PurgeState::WaitingForStore) {
+                waiting = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(waiting, "no purge reported waiting for the open store");
+        assert!(!purge.is_finished() && group_dir.exists());
+
+        drop(opened);
+        purge.await.unwrap().unwrap();
+        assert_eq!(
+            Stores::<TokioConfig>::purge_state(&*stores, 7),
+            None,
+            "a finished purge is no longer reported"
+        );
+        assert!(!group_dir.exists());
+        assert!(Stores::<TokioConfig>::is_retired(&*stores, 7));
     }
 }
