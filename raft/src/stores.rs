@@ -269,8 +269,7 @@ mod tests {
     use super::*;
     use crate::config::TokioConfig;
 
-    // Production stores on the real clock: the purge runs on a thread of its own.
-    #[allow(clippy::disallowed_methods)]
+    // Production stores: the purge runs on a thread of its own, the test on the type config's runtime.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_purge_says_it_waits_for_its_open_store_and_ends_once_the_store_closes() {
         let dir = tempfile::tempdir().unwrap();
@@ -280,7 +279,7 @@ mod tests {
         assert!(group_dir.exists());
         assert_eq!(Stores::<TokioConfig>::purge_state(&*stores, 7), None);
 
-        let purge = tokio::spawn({
+        let purge = TokioConfig::spawn({
             let stores = stores.clone();
             async move { Stores::<TokioConfig>::retire_group(&*stores, 7).await }
         });
@@ -291,7 +290,7 @@ mod tests {
                 waiting = true;
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            TokioConfig::sleep(Duration::from_millis(20)).await;
         }
         assert!(waiting, "no purge reported waiting for the open store");
         assert!(!purge.is_finished() && group_dir.exists());

@@ -204,6 +204,11 @@ impl<C, B: Backend> Clone for StateMachine<C, B> {
     }
 }
 
+/// Whether the state machine whose `handles` a builder keeps was closed: none of its handles is left.
+fn closed(handles: &std::sync::Weak<()>) -> bool {
+    handles.strong_count() == 0
+}
+
 /// Builds snapshots while the state machine keeps applying.
 pub struct SnapshotBuilder<C, B: Backend> {
     core: Arc<Mutex<Core<B>>>,
@@ -740,7 +745,7 @@ impl<C: StorageTypeConfig, B: Backend> SnapshotBuilder<C, B> {
         let started = C::now();
         let mut deferred = false;
         loop {
-            if self.handles.strong_count() == 0 {
+            if closed(&self.handles) {
                 tracing::info!(deferred, "snapshot build not begun: the state machine was closed");
                 return Err(StateMachineError::Closed);
             }
@@ -783,7 +788,7 @@ impl<C: StorageTypeConfig, B: Backend> RaftSnapshotBuilder<C> for SnapshotBuilde
                 move |apart| -> Result<SnapshotData, StateMachineError> {
                     // Closed since its wait (the replica purged, the node stopping): not even the
                     // durable commit the build begins with is worth making.
-                    if handles.strong_count() == 0 {
+                    if closed(&handles) {
                         tracing::info!("snapshot build not begun: the state machine was closed");
                         return Err(StateMachineError::Closed);
                     }
@@ -813,10 +818,10 @@ impl<C: StorageTypeConfig, B: Backend> RaftSnapshotBuilder<C> for SnapshotBuilde
                         }
                         current.is_none() || !changing.load(Ordering::Relaxed)
                     };
-                    let closed = || handles.strong_count() == 0;
-                    let built = snapshot::build_unless_given_up(&view, header, spool, &mut go_on, &closed)?;
+                    let stop_now = || closed(&handles);
+                    let built = snapshot::build_unless_given_up(&view, header, spool, &mut go_on, &stop_now)?;
                     drop(view);
-                    if built.is_none() && closed() {
+                    if built.is_none() && closed(&handles) {
                         tracing::info!(chunks, "snapshot build given up: the state machine was closed");
                         return Err(StateMachineError::Closed);
                     }
